@@ -1,0 +1,194 @@
+"""The `crucible` command line: serve one service, bring the mesh up, check health, prepare models, run the demo.
+
+Each subcommand is a thin shell over library code so tests and notebooks can call the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from crucible import __version__
+from crucible.mesh import SERVICES, Mesh, default_ports, format_table, health_table
+from crucible.runtime.config import add_arguments, load_config
+from crucible.runtime.errors import ConfigError
+from crucible.runtime.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crucible", description="Crucible: a gRPC mesh for LLM red-teaming and reward-driven RL.")
+    parser.add_argument("--version", action="version", version=f"crucible {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run one service in the foreground (SIGTERM/SIGINT stop it gracefully)")
+    serve_sub = serve.add_subparsers(dest="service", required=True, metavar="SERVICE")
+    for name, entry in SERVICES.items():
+        config_cls, _ = entry.load_config_only()
+        p = serve_sub.add_parser(name, help=f"{entry.proto_service} (default port {entry.port})",
+                                 description=(config_cls.__doc__ or "").strip())
+        add_arguments(p, config_cls)
+
+    def mesh_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1", help="address every service binds to (default 127.0.0.1)")
+        p.add_argument("--base-port", type=int, default=None,
+                       help="put the services on BASE, BASE+1, ... (default: " +
+                            ", ".join(f"{n} {e.port}" for n, e in SERVICES.items()) + "); metrics on each port + 1000")
+        p.add_argument("--services", default=",".join(SERVICES), help="comma-separated subset to run (default: all five)")
+        p.add_argument("--log-dir", type=Path, default=None, help="write each service's log to DIR/NAME.log")
+        p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for every service to be SERVING")
+
+    up = sub.add_parser("up", help="run the five services on one host until Ctrl-C")
+    mesh_args(up)
+    demo = sub.add_parser("demo", help="start the mesh, show what it does, stop it cleanly")
+    mesh_args(demo)
+
+    health = sub.add_parser("health", help="check the health of running services; exit 1 unless all are SERVING")
+    health.add_argument("--host", default="127.0.0.1")
+    health.add_argument("--base-port", type=int, default=None)
+    health.add_argument("--services", default=",".join(SERVICES))
+    health.add_argument("--timeout", type=float, default=2.0, help="deadline of each check in seconds")
+
+    models = sub.add_parser("models", help="manage the embedded models")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    prep = models_sub.add_parser("prepare", help="convert the packaged SmolLM2 GGUF once into a cached Hugging Face folder and locate MiniLM")
+    prep.add_argument("--cache-dir", type=Path, default=None, help="default: $CRUCIBLE_CACHE_DIR or ~/.cache/crucible")
+    return parser
+
+
+def _selected(value: str) -> list[str]:
+    names = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        raise SystemExit(f"crucible: unknown service(s): {', '.join(unknown)} (choose from {', '.join(SERVICES)})")
+    return names
+
+
+def _serve(args: argparse.Namespace) -> int:
+    entry = SERVICES[args.service]
+    config_cls, create_server = entry.load()
+    try:
+        config = load_config(config_cls, args.service, args=args)
+    except ConfigError as err:
+        print(f"crucible serve {args.service}: invalid setting {err}", file=sys.stderr)
+        return 2
+    configure_logging(args.service, config.log_level, config.log_format)
+    log.info("starting %s", args.service, extra={"config": config.public_dict(), "version": __version__})
+
+    async def run() -> int:
+        server, _port = create_server(config)
+        return await server.serve()
+
+    return asyncio.run(run())
+
+
+async def _bring_up(args: argparse.Namespace) -> tuple[Mesh, dict[str, object]]:
+    mesh = Mesh(_selected(args.services), host=args.host, ports=default_ports(args.base_port), log_dir=args.log_dir)
+    started = time.perf_counter()
+    mesh.start()
+    try:
+        results = await mesh.wait_ready(timeout=args.startup_timeout)
+    except BaseException:
+        mesh.stop()
+        raise
+    print(f"mesh ready in {time.perf_counter() - started:.1f}s", flush=True)
+    print(health_table(mesh, results), flush=True)
+    return mesh, dict(results)
+
+
+def _up(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        try:
+            mesh, _ = await _bring_up(args)
+        except (RuntimeError, TimeoutError) as err:
+            print(f"crucible up: {err}", file=sys.stderr)
+            return 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print("serving; Ctrl-C stops every service gracefully", flush=True)
+        exited: dict[str, int] = {}
+        while not stop.is_set() and not exited:
+            exited = {n: p.returncode for n, p in mesh.processes.items() if p.poll() is not None}
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
+        if exited:
+            print(f"crucible up: service(s) exited: {exited}; stopping the rest", file=sys.stderr)
+        codes = mesh.stop()
+        print("stopped: " + ", ".join(f"{n} exit {c}" for n, c in codes.items()), flush=True)
+        return 1 if exited else 0
+
+    return asyncio.run(run())
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.log_dir is None:
+        args.log_dir = Path(tempfile.mkdtemp(prefix="crucible-demo-logs-"))
+
+    async def run() -> int:
+        print(f"Crucible {__version__} demo: starting the mesh (logs in {args.log_dir})", flush=True)
+        try:
+            mesh, _ = await _bring_up(args)
+        except (RuntimeError, TimeoutError) as err:
+            print(f"crucible demo: {err}", file=sys.stderr)
+            return 1
+        try:
+            results = await mesh.health()
+            ok = all(r.serving for r in results.values())
+        finally:
+            codes = mesh.stop()
+        clean = all(c == 0 for c in codes.values())
+        print(format_table(("service", "exit code after SIGTERM"), list(codes.items())))
+        print(f"demo {'finished' if ok and clean else 'FAILED'}: {sum(r.serving for r in results.values())}/{len(results)} "
+              f"services SERVING, {'clean' if clean else 'unclean'} shutdown", flush=True)
+        return 0 if ok and clean else 1
+
+    return asyncio.run(run())
+
+
+def _health(args: argparse.Namespace) -> int:
+    mesh = Mesh(_selected(args.services), host=args.host, ports=default_ports(args.base_port))
+    results = asyncio.run(mesh.health())
+    print(health_table(mesh, results))
+    for name, r in results.items():
+        if r.detail:
+            print(f"{name}: {r.detail}", file=sys.stderr)
+    return 0 if all(r.serving for r in results.values()) else 1
+
+
+def _models_prepare(args: argparse.Namespace) -> int:
+    from crucible.models import ModelError, prepare_models
+
+    try:
+        prepared = prepare_models(args.cache_dir)
+    except ModelError as err:
+        print(f"crucible models prepare: {err}", file=sys.stderr)
+        return 1
+    rows = [(p.alias, "created" if p.created else "present", p.revision, str(p.path)) for p in prepared]
+    print(format_table(("model", "state", "revision", "path"), rows))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "up":
+        return _up(args)
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "health":
+        return _health(args)
+    if args.command == "models":
+        return _models_prepare(args)
+    raise AssertionError(f"unhandled command {args.command}")  # argparse makes this unreachable

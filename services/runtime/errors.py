@@ -1,0 +1,176 @@
+"""Domain errors and their one mapping to gRPC status codes with google.rpc ErrorInfo/BadRequest details.
+
+Core code raises these (no grpc import needed there); the runtime interceptor turns them into statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+class CrucibleError(Exception):
+    """Base of every error that is the caller's to see; `code` and `reason` say what kind it is."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    default_reason: str = "UNKNOWN"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = dict(metadata or {})
+
+
+class InvalidArgument(CrucibleError):
+    """The request is malformed; `field_violations` names each offending field (e.g. 'texts[3]')."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field_violations: Sequence[tuple[str, str]] = (),
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.field_violations = list(field_violations)
+
+    @classmethod
+    def field(cls, field: str, description: str, *, reason: str | None = None) -> InvalidArgument:
+        """One bad field: the message reads '<field>: <description>'."""
+        return cls(f"{field}: {description}", field_violations=[(field, description)], reason=reason)
+
+
+class NotFound(CrucibleError):
+    """A named resource (job, budget, offer, model) does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(CrucibleError):
+    """A resource with that identity exists and the request may not replace it."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(CrucibleError):
+    """The system is not in a state that allows the request (e.g. cancelling a finished job, a hard budget)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class OutOfRange(CrucibleError):
+    """A value is past the valid range of the resource (e.g. an offset past the end of a log)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "OUT_OF_RANGE"
+
+
+class ResourceExhausted(CrucibleError):
+    """Overload: a queue or quota is full; retry later with backoff."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(CrucibleError):
+    """The service is not ready (models loading) or is shutting down; safe to retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(CrucibleError):
+    """The call's deadline passed before its work was done."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class Unauthenticated(CrucibleError):
+    """No valid credentials were sent."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(CrucibleError):
+    """Valid credentials that do not allow this call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class Unimplemented(CrucibleError):
+    """The method exists in the contract but this server does not serve it."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "NOT_IMPLEMENTED"
+
+
+class ConfigError(ValueError):
+    """A configuration setting is invalid; raised at start-up, never over the wire."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+_ERROR_DOMAIN_SUFFIX = "crucible"
+
+
+def error_domain(service: str) -> str:
+    """ErrorInfo.domain for a service, e.g. 'detector.crucible' (AIP-193 style: the service that raised it)."""
+    return f"{service}.{_ERROR_DOMAIN_SUFFIX}" if service else _ERROR_DOMAIN_SUFFIX
+
+
+def to_status(error: CrucibleError, domain: str) -> grpc.Status:
+    """Build the rich status: code, message, ErrorInfo(reason, domain, metadata) and BadRequest for invalid fields."""
+    detail = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=error.message)
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
+    detail.details.add().Pack(info)
+    if isinstance(error, InvalidArgument) and error.field_violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in error.field_violations
+            ]
+        )
+        detail.details.add().Pack(bad)
+    return rpc_status.to_status(detail)
+
+
+def internal_status(domain: str, request_id: str) -> grpc.Status:
+    """The last-resort status for an unexpected exception: no internals leak, the request id ties it to the log."""
+    detail = status_pb2.Status(
+        code=code_pb2.INTERNAL, message=f"internal error (request id {request_id}); the server log has the details"
+    )
+    detail.details.add().Pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=domain, metadata={"request_id": request_id}))
+    return rpc_status.to_status(detail)
+
+
+def parse_status_details(call_error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, list[tuple[str, str]]]:
+    """Client side: the ErrorInfo and BadRequest field violations carried by a failed call, if any."""
+    status = rpc_status.from_call(call_error)  # type: ignore[arg-type]
+    info = None
+    violations: list[tuple[str, str]] = []
+    if status is None:
+        return None, violations
+    for any_detail in status.details:
+        if any_detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            any_detail.Unpack(info)
+        elif any_detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            any_detail.Unpack(bad)
+            violations.extend((v.field, v.description) for v in bad.field_violations)
+    return info, violations

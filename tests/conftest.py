@@ -1,0 +1,47 @@
+"""Shared pytest set-up: offline model hub, a session event loop, and helpers to find free loopback ports.
+
+Tests read ../shared/data when present and must also pass where it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def free_port_block(count: int, start: int = 20000, stop: int = 40000) -> int:
+    """A base port such that base..base+count-1 and their +1000 metrics ports are all free on 127.0.0.1."""
+    import random
+
+    rng = random.Random(os.getpid())
+    for _ in range(200):
+        base = rng.randrange(start, stop - count)
+        ports = [base + i for i in range(count)] + [base + 1000 + i for i in range(count)]
+        sockets = []
+        try:
+            for port in ports:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no free block of ports found")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path | None:
+    """../shared/data when it exists (CI and developer machines), else None."""
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
