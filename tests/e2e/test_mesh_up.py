@@ -1,0 +1,112 @@
+"""End to end: `crucible up` as a subprocess, then grpcurl (reflection, health), /metrics and `crucible health`.
+
+The mesh runs on a free block of loopback ports; SIGINT must stop all five services cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from crucible.mesh import SERVICES, default_ports
+from tests.conftest import free_port_block
+
+pytestmark = pytest.mark.slow
+
+
+def _grpcurl(*args: str) -> str:
+    grpcurl = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    result = subprocess.run([grpcurl, "-plaintext", "-max-time", "10", *args], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    base = free_port_block(len(SERVICES))
+    log_dir = tmp_path_factory.mktemp("mesh-logs")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crucible", "up", "--base-port", str(base), "--log-dir", str(log_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("serving;"):
+            break
+    if not lines or not lines[-1].startswith("serving;"):
+        proc.kill()
+        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in log_dir.glob("*.log"))
+        pytest.fail("mesh did not come up:\n" + "".join(lines) + logs)
+    yield {"proc": proc, "ports": default_ports(base), "base": base, "banner": "".join(lines)}
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_banner_shows_every_service_serving(mesh):
+    for name in SERVICES:
+        row = next(line for line in mesh["banner"].splitlines() if line.startswith(name + " "))
+        assert "SERVING" in row
+
+
+def test_grpcurl_lists_service_health_and_reflection_on_every_port(mesh):
+    for name, entry in SERVICES.items():
+        listed = _grpcurl(f"127.0.0.1:{mesh['ports'][name]}", "list").split()
+        assert entry.proto_service in listed
+        assert "grpc.health.v1.Health" in listed
+        assert any(s.startswith("grpc.reflection.") for s in listed)
+
+
+def test_grpcurl_health_check_and_describe_without_proto_files(mesh):
+    for name, entry in SERVICES.items():
+        out = _grpcurl("-d", f'{{"service": "{entry.proto_service}"}}', f"127.0.0.1:{mesh['ports'][name]}",
+                       "grpc.health.v1.Health/Check")
+        assert '"status": "SERVING"' in out
+    described = _grpcurl(f"127.0.0.1:{mesh['ports']['detector']}", "describe", "crucible.detector.v1.DetectRequest")
+    assert "repeated string texts = 1;" in described
+
+
+def test_metrics_endpoint_exposes_grpc_server_handled_total(mesh):
+    for name in SERVICES:
+        with urllib.request.urlopen(f"http://127.0.0.1:{mesh['ports'][name] + 1000}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        assert "grpc_server_handled_total{" in text
+        assert 'grpc_service="grpc.health.v1.Health"' in text
+
+
+def test_crucible_health_command_reports_all_serving(mesh):
+    result = subprocess.run(
+        [sys.executable, "-m", "crucible", "health", "--base-port", str(mesh["base"])],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SERVING") == len(SERVICES)
+
+
+def test_sigint_stops_every_service_cleanly(mesh):
+    proc = mesh["proc"]
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    assert "stopped:" in out and out.count("exit 0") == len(SERVICES)
+    health = subprocess.run(
+        [sys.executable, "-m", "crucible", "health", "--base-port", str(mesh["base"]), "--timeout", "0.5"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert health.returncode == 1 and "UNREACHABLE" in health.stdout
