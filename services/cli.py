@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import importlib.util
 import logging
 import signal
 import sys
@@ -60,6 +62,14 @@ def _build_parser() -> argparse.ArgumentParser:
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     prep = models_sub.add_parser("prepare", help="convert the packaged SmolLM2 GGUF once into a cached Hugging Face folder and locate MiniLM")
     prep.add_argument("--cache-dir", type=Path, default=None, help="default: $CRUCIBLE_CACHE_DIR or ~/.cache/crucible")
+
+    # Service-specific commands (e.g. `crucible detect`, `crucible cost ...`, `crucible jobs ...`) live beside each
+    # service in crucible/<svc>/cli.py: `add_commands(subparsers)` adds parsers that set_defaults(handler=fn),
+    # where fn(args) -> exit code.
+    for name in SERVICES:
+        module_name = f"crucible.{name}.cli"
+        if importlib.util.find_spec(module_name) is not None:
+            importlib.import_module(module_name).add_commands(sub)
     return parser
 
 
@@ -181,6 +191,8 @@ def _models_prepare(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if getattr(args, "handler", None) is not None:
+        return int(args.handler(args))
     if args.command == "serve":
         return _serve(args)
     if args.command == "up":

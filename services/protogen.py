@@ -36,6 +36,12 @@ def generate(protos: Path = DEFAULT_PROTOS, out: Path = DEFAULT_OUT) -> list[Pat
     if not sources:
         raise SystemExit(f"no .proto files under {protos}")
     wkt_include = str(importlib.resources.files("grpc_tools") / "_proto")
+    plugins = []
+    for plugin in ("protoc-gen-mypy", "protoc-gen-mypy_grpc"):  # from mypy-protobuf, beside this interpreter
+        path = shutil.which(plugin, path=str(Path(sys.executable).parent)) or shutil.which(plugin)
+        if path is None:
+            raise SystemExit(f"{plugin} not found: pip install mypy-protobuf (the dev extra)")
+        plugins.append(f"--plugin={plugin}={path}")
     with tempfile.TemporaryDirectory(prefix="crucible-gen-") as tmp:
         stage = Path(tmp) / "crucible"
         stage.mkdir()
@@ -43,6 +49,7 @@ def generate(protos: Path = DEFAULT_PROTOS, out: Path = DEFAULT_OUT) -> list[Pat
             "grpc_tools.protoc",
             f"-I{protos}",
             f"-I{wkt_include}",
+            *plugins,
             f"--python_out={stage}",
             f"--grpc_python_out={stage}",
             f"--mypy_out={stage}",
