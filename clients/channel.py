@@ -1,0 +1,147 @@
+"""Client channels: one long-lived grpc.aio channel per target with retries, load balancing, auth, TLS and request ids.
+
+Retries come from the channel's service config (UNAVAILABLE only, idempotent methods only), never hand-written loops.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import ipaddress
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+REQUEST_ID_HEADER = "x-request-id"
+
+#: Set this in your own code to tie a batch of calls to one id; otherwise each call gets a fresh one.
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("crucible_client_request_id", default="")
+
+#: Methods safe to retry on UNAVAILABLE, per service: reads and computations without side effects, plus writes that are
+#: idempotent by contract (CreateJob carries a request_id, RecordUsage dedupes per job and interval, CancelJob).
+IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
+    "crucible.detector.v1.DetectorService": ("Detect", "GetInfo"),
+    "crucible.proposer.v1.ProposerService": ("Propose", "CheckEquivalence", "Embed", "GetInfo"),
+    "crucible.scorer.v1.ScorerService": ("ScoreChoices", "ScoreTexts", "GetInfo"),
+    "crucible.scheduler.v1.SchedulerService": (
+        "CreateJob", "GetJob", "ListJobs", "CancelJob", "ListArtifacts", "EstimateRequirements", "PlanPlacement",
+        "ListProviders",
+    ),
+    "crucible.cost.v1.CostService": (
+        "ListOffers", "EstimateCost", "CompareProviders", "GetBudget", "ListBudgets", "RecordUsage", "CheckAdmission",
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelConfig:
+    """How to reach one service.
+
+    `addresses` are host:port strings (several = client-side round robin over them), or one full gRPC target such as
+    `dns:///detector.crucible.svc.cluster.local:50051` (round robin over every resolved address).
+    """
+
+    addresses: tuple[str, ...]
+    token: str = ""  #: bearer token sent as `authorization: Bearer ...` on every call
+    tls: bool = False  #: use TLS (with the system roots unless root_certificates is set)
+    root_certificates: bytes | None = None
+    client_certificate: bytes | None = None  #: PEM chain for mTLS
+    client_key: bytes | None = None
+    tls_server_name: str = ""  #: override the name checked against the server certificate
+    timeout_s: float = 30.0  #: default deadline of every call
+    max_attempts: int = 4  #: retry attempts (first call included) for idempotent methods on UNAVAILABLE
+    max_message_bytes: int = 64 * 1024 * 1024
+
+    @property
+    def target(self) -> str:
+        """The gRPC target: the single address, or an ipv4:/ipv6: list of IP literals for client-side round robin."""
+        if not self.addresses:
+            raise ValueError("no address configured")
+        if len(self.addresses) == 1:
+            return self.addresses[0]
+        hosts = [a.rsplit(":", 1)[0] for a in self.addresses]
+        if all(_is_ip(h, 4) for h in hosts):
+            return "ipv4:" + ",".join(self.addresses)
+        if all(_is_ip(h.strip("[]"), 6) for h in hosts):
+            return "ipv6:" + ",".join(self.addresses)
+        raise ValueError(
+            f"several addresses must all be IPv4 or all IPv6 literals ({', '.join(self.addresses)}); "
+            "for host names use one dns:///name:port target, which balances over every address it resolves to"
+        )
+
+
+def _is_ip(host: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == version
+    except ValueError:
+        return False
+
+
+def service_config(service: str, max_attempts: int) -> str:
+    """gRPC service config JSON: round robin, and a retry policy for the service's idempotent methods."""
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    methods = IDEMPOTENT_METHODS.get(service, ())
+    if methods and max_attempts > 1:
+        config["methodConfig"] = [
+            {
+                "name": [{"service": service, "method": m} for m in methods],
+                "retryPolicy": {
+                    "maxAttempts": max_attempts,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return json.dumps(config)
+
+
+class _Metadata(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
+                grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    """Adds the request id (from REQUEST_ID or a fresh one) and the bearer token to every call."""
+
+    def __init__(self, token: str) -> None:
+        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = list(details.metadata or ())
+        if not any(k == REQUEST_ID_HEADER for k, _ in metadata):
+            metadata.append((REQUEST_ID_HEADER, REQUEST_ID.get() or uuid.uuid4().hex))
+        metadata.extend(self._auth)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, grpc.aio.Metadata(*metadata), details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # noqa: ANN001, ANN201
+        return await continuation(self._details(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # noqa: ANN001, ANN201
+        return await continuation(self._details(client_call_details), request)
+
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # noqa: ANN001, ANN201
+        return await continuation(self._details(client_call_details), request_iterator)
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # noqa: ANN001, ANN201
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+def open_channel(config: ChannelConfig, service: str) -> grpc.aio.Channel:
+    """Open the long-lived channel for `service` (a full proto service name) as configured."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.service_config", service_config(service, config.max_attempts)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+    ]
+    if config.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", config.tls_server_name))
+    interceptors: Sequence[Any] = [_Metadata(config.token)]
+    if config.tls:
+        creds = grpc.ssl_channel_credentials(config.root_certificates, config.client_key, config.client_certificate)
+        return grpc.aio.secure_channel(config.target, creds, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(config.target, options=options, interceptors=interceptors)
