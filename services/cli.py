@@ -64,10 +64,9 @@ def _build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--cache-dir", type=Path, default=None, help="default: $CRUCIBLE_CACHE_DIR or ~/.cache/crucible")
 
     # Service-specific commands (e.g. `crucible detect`, `crucible cost ...`, `crucible jobs ...`) live beside each
-    # service in crucible/<svc>/cli.py: `add_commands(subparsers)` adds parsers that set_defaults(handler=fn),
+    # service in crucible/<svc>/cli.py, and the SDK's (`crucible reward`, `crucible attack`) in crucible/clients/cli.py: `add_commands(subparsers)` adds parsers that set_defaults(handler=fn),
     # where fn(args) -> exit code.
-    for name in SERVICES:
-        module_name = f"crucible.{name}.cli"
+    for module_name in [*(f"crucible.{name}.cli" for name in SERVICES), "crucible.clients.cli"]:
         if importlib.util.find_spec(module_name) is not None:
             importlib.import_module(module_name).add_commands(sub)
     return parser

@@ -1,0 +1,279 @@
+"""The reward loop: a composite paraphrase reward (detector evasion, meaning kept, fluency) over the mesh, for GRPO.
+
+All components of a batch are requested concurrently; adapters fit TRL (async reward function) and Tinker (group rewards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from crucible.clients.mesh import Mesh, MeshConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """Weights, transforms, thresholds and penalties of the composite reward (defaults follow StealthRL's shape)."""
+
+    #: Weight of detector evasion, in [0, 1] per sample: 1 - P(machine), or a transform of the criterion.
+    w_detector: float = 1.0
+    #: Weight of semantic similarity between original and rewrite, in [0, 1].
+    w_similarity: float = 1.0
+    #: Weight of fluency (perplexity near a target), in [0, 1].
+    w_fluency: float = 0.5
+    #: "probability" uses the calibrated P(machine); "criterion" maps the raw criterion through a logistic
+    #: 1 / (1 + exp((criterion - center) / scale)) — use it when the detector's model pair is uncalibrated.
+    detector_signal: str = "probability"
+    criterion_center: float = 0.0
+    criterion_scale: float = 1.0
+    #: "embedding": (cosine + 1) / 2 of proposer embeddings; "equivalence": the proposer's CheckEquivalence score.
+    similarity: str = "embedding"
+    #: Below this similarity the meaning is considered lost: the similarity component is multiplied by
+    #: `below_threshold_scale` (continuous, so GRPO groups still get a gradient).
+    similarity_threshold: float = 0.0
+    below_threshold_scale: float = 0.5
+    #: Fluency: 1 at `perplexity_target`, falling linearly in log-perplexity to 0 at the bounds, 0 outside.
+    perplexity_target: float = 30.0
+    perplexity_min: float = 5.0
+    perplexity_max: float = 80.0
+    #: Where perplexity comes from: "detector" (the scoring model's pass) or "scorer" (the target model).
+    fluency_source: str = "detector"
+    #: Penalties added to the total.
+    empty_penalty: float = -1.0
+    min_words: int = 10
+    too_short_penalty: float = -0.5
+    max_length_ratio: float = 3.0
+    too_long_penalty: float = -0.5
+
+    def __post_init__(self) -> None:
+        if self.detector_signal not in ("probability", "criterion"):
+            raise ValueError("detector_signal must be 'probability' or 'criterion'")
+        if self.similarity not in ("embedding", "equivalence"):
+            raise ValueError("similarity must be 'embedding' or 'equivalence'")
+        if self.fluency_source not in ("detector", "scorer"):
+            raise ValueError("fluency_source must be 'detector' or 'scorer'")
+        if self.criterion_scale <= 0:
+            raise ValueError("criterion_scale must be positive")
+        if not 0 < self.perplexity_min < self.perplexity_target < self.perplexity_max:
+            raise ValueError("need 0 < perplexity_min < perplexity_target < perplexity_max")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardBreakdown:
+    """Every component of one sample's reward, and the weighted total."""
+
+    total: float
+    detector: float  # evasion in [0, 1]; higher = looks more human
+    similarity: float  # in [0, 1]
+    fluency: float  # in [0, 1]
+    penalty: float  # sum of penalties (<= 0)
+    p_machine: float | None  # calibrated P(machine) when available
+    criterion: float | None
+    perplexity: float | None
+    flags: tuple[str, ...] = ()  # e.g. ("empty",), ("too_short",), ("below_similarity_threshold",)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupResult:
+    """Rewards of one GRPO group with group-normalised advantages (r - mean) / (std + 1e-4)."""
+
+    rewards: list[RewardBreakdown]
+    advantages: list[float]
+
+    @property
+    def totals(self) -> list[float]:
+        return [r.total for r in self.rewards]
+
+
+def fluency_score(perplexity: float, config: RewardConfig) -> float:
+    """1 at the target perplexity, linear in log-perplexity down to 0 at the min/max bounds, 0 outside them."""
+    if not math.isfinite(perplexity) or perplexity <= 0:
+        return 0.0
+    log_p, log_t = math.log(perplexity), math.log(config.perplexity_target)
+    bound = math.log(config.perplexity_min) if perplexity < config.perplexity_target else math.log(config.perplexity_max)
+    return max(0.0, 1.0 - abs(log_p - log_t) / abs(bound - log_t))
+
+
+def evasion_score(criterion: float | None, probability: float | None, config: RewardConfig) -> float:
+    """Detector evasion in [0, 1] from P(machine) or from the criterion's logistic transform."""
+    if config.detector_signal == "probability":
+        if probability is None:
+            raise ValueError(
+                "the detector returned no calibrated probability for this model pair; use detector_signal='criterion' "
+                "(with criterion_center/scale fitted to your data) or calibrate the detector"
+            )
+        return 1.0 - probability
+    if criterion is None:
+        raise ValueError("detector returned no criterion")
+    z = (criterion - config.criterion_center) / config.criterion_scale
+    return 1.0 / (1.0 + math.exp(min(60.0, z)))
+
+
+def group_advantages(totals: Sequence[float]) -> list[float]:
+    """GRPO advantages: (r - group mean) / (group std + 1e-4), population std as TRL computes it."""
+    if not totals:
+        return []
+    mean = sum(totals) / len(totals)
+    std = math.sqrt(sum((t - mean) ** 2 for t in totals) / len(totals))
+    return [(t - mean) / (std + 1e-4) for t in totals]
+
+
+_CONTROL = dict.fromkeys(c for c in range(32) if chr(c) not in "\t\n\r")
+
+
+def clean_text(text: str) -> str:
+    """Drop C0 control characters (other than tab/newline) that generations sometimes contain and services reject."""
+    return text.translate(_CONTROL)
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    na = math.sqrt(sum(x * x for x in a))
+    nb = math.sqrt(sum(y * y for y in b))
+    return dot / (na * nb) if na and nb else 0.0
+
+
+class CompositeReward:
+    """reward = w_det * evasion + w_sim * similarity + w_flu * fluency + penalties, computed over the mesh."""
+
+    def __init__(self, mesh: Mesh | None = None, config: RewardConfig | None = None) -> None:
+        self.mesh = mesh or Mesh()
+        self.config = config or RewardConfig()
+
+    async def score(self, originals: Sequence[str], completions: Sequence[str]) -> list[RewardBreakdown]:
+        """One breakdown per (original, completion) pair; every service call for the batch is issued concurrently."""
+        if len(originals) != len(completions):
+            raise ValueError(f"{len(originals)} originals for {len(completions)} completions")
+        cfg = self.config
+        completions = [clean_text(c) for c in completions]
+        live = [i for i, c in enumerate(completions) if c.strip()]
+        texts = [completions[i] for i in live]
+        detect_task = self.mesh.detector.detect(texts) if texts else _none()
+        if cfg.similarity == "embedding":
+            unique_originals = list(dict.fromkeys(originals[i] for i in live))
+            sim_task = self.mesh.proposer.embed(unique_originals + texts) if texts else _none()
+        else:
+            sim_task = (
+                self.mesh.proposer.check_equivalence([(originals[i], completions[i]) for i in live]) if texts else _none()
+            )
+        ppl_task = self.mesh.scorer.score_texts(texts) if texts and cfg.fluency_source == "scorer" else _none()
+        detected, similar, scored = await asyncio.gather(detect_task, sim_task, ppl_task)
+
+        similarity: dict[int, float] = {}
+        if texts and cfg.similarity == "embedding":
+            vectors = similar
+            index = {o: k for k, o in enumerate(unique_originals)}
+            offset = len(unique_originals)
+            for j, i in enumerate(live):
+                similarity[i] = (_cosine(vectors[index[originals[i]]], vectors[offset + j]) + 1.0) / 2.0
+        elif texts:
+            for j, i in enumerate(live):
+                similarity[i] = similar[j].score
+
+        out: list[RewardBreakdown] = []
+        position = {i: j for j, i in enumerate(live)}
+        for i, (original, completion) in enumerate(zip(originals, completions, strict=True)):
+            if i not in position:
+                out.append(RewardBreakdown(cfg.empty_penalty, 0.0, 0.0, 0.0, cfg.empty_penalty, None, None, None, ("empty",)))
+                continue
+            j = position[i]
+            det = detected.detections[j]
+            evasion = evasion_score(det.criterion, det.probability, cfg)
+            perplexity = scored[j].perplexity if cfg.fluency_source == "scorer" else det.perplexity
+            fluency = fluency_score(perplexity, cfg)
+            sim = similarity[i]
+            flags: list[str] = []
+            sim_component = sim
+            if sim < cfg.similarity_threshold:
+                sim_component *= cfg.below_threshold_scale
+                flags.append("below_similarity_threshold")
+            penalty = 0.0
+            words = len(completion.split())
+            if words < cfg.min_words:
+                penalty += cfg.too_short_penalty
+                flags.append("too_short")
+            if words > cfg.max_length_ratio * max(1, len(original.split())):
+                penalty += cfg.too_long_penalty
+                flags.append("too_long")
+            total = cfg.w_detector * evasion + cfg.w_similarity * sim_component + cfg.w_fluency * fluency + penalty
+            out.append(RewardBreakdown(total, evasion, sim, fluency, penalty, det.probability, det.criterion, perplexity,
+                                       tuple(flags)))
+        return out
+
+    async def score_group(self, original: str, completions: Sequence[str]) -> GroupResult:
+        """A GRPO group: one original, its sampled rewrites; rewards plus group-normalised advantages."""
+        rewards = await self.score([original] * len(completions), completions)
+        return GroupResult(rewards, group_advantages([r.total for r in rewards]))
+
+
+async def _none() -> None:
+    return None
+
+
+def _completion_text(completion: Any) -> str:
+    """TRL passes strings (standard format) or message lists (conversational format)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
+        return str(completion[-1].get("content", ""))
+    raise TypeError(f"unsupported completion type {type(completion).__name__}")
+
+
+class TRLReward:
+    """A TRL GRPOTrainer reward function: `reward_funcs=[TRLReward(...)]`; TRL awaits async reward functions.
+
+    The original text is the dataset column named `original_column` when present, else the prompt itself.
+    """
+
+    def __init__(self, config: RewardConfig | None = None, mesh_config: MeshConfig | None = None,
+                 original_column: str = "original") -> None:
+        self.config = config or RewardConfig()
+        self.mesh_config = mesh_config
+        self.original_column = original_column
+        self.__name__ = "crucible_composite_reward"  # TRL logs reward functions by __name__
+        self._reward: CompositeReward | None = None
+
+    async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        if self._reward is None:
+            self._reward = CompositeReward(Mesh(self.mesh_config), self.config)
+        originals = kwargs.get(self.original_column) or [_completion_text(p) for p in prompts]
+        texts = [_completion_text(c) for c in completions]
+        return [r.total for r in await self._reward.score(list(originals), texts)]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "mesh_config": self.mesh_config, "original_column": self.original_column}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+
+class TinkerGroupReward:
+    """A Tinker-cookbook style group reward: picklable, channels created lazily on first call in the worker.
+
+    `await reward.compute_group_rewards(original, completions)` -> list of (reward, metrics) with advantage r - mean.
+    """
+
+    def __init__(self, config: RewardConfig | None = None, mesh_config: MeshConfig | None = None) -> None:
+        self.config = config or RewardConfig()
+        self.mesh_config = mesh_config
+        self._reward: CompositeReward | None = None
+
+    async def compute_group_rewards(self, original: str, completions: Sequence[str]) -> list[tuple[float, dict[str, float]]]:
+        if self._reward is None:
+            self._reward = CompositeReward(Mesh(self.mesh_config), self.config)
+        rewards = await self._reward.score([original] * len(completions), list(completions))
+        mean = sum(r.total for r in rewards) / max(1, len(rewards))
+        return [
+            (r.total, {"detector": r.detector, "similarity": r.similarity, "fluency": r.fluency, "penalty": r.penalty,
+                       "advantage": r.total - mean})
+            for r in rewards
+        ]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "mesh_config": self.mesh_config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
