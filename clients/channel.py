@@ -21,7 +21,7 @@ REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("crucible_client_request_id", default="")
 
 #: Methods safe to retry on UNAVAILABLE, per service: reads and computations without side effects, plus writes that are
-#: idempotent by contract (CreateJob carries a request_id, RecordUsage dedupes per job and interval, CancelJob).
+#: idempotent by contract (CreateJob and CreateBudget carry a request_id, RecordUsage dedupes per job and interval, CancelJob).
 IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
     "crucible.detector.v1.DetectorService": ("Detect", "GetInfo"),
     "crucible.proposer.v1.ProposerService": ("Propose", "CheckEquivalence", "Embed", "GetInfo"),
@@ -31,7 +31,8 @@ IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
         "ListProviders",
     ),
     "crucible.cost.v1.CostService": (
-        "ListOffers", "EstimateCost", "CompareProviders", "GetBudget", "ListBudgets", "RecordUsage", "CheckAdmission",
+        "ListOffers", "EstimateCost", "CompareProviders", "CreateBudget", "GetBudget", "ListBudgets", "RecordUsage",
+        "CheckAdmission",
     ),
 }
 

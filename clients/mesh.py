@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from crucible.clients.channel import ChannelConfig
+from crucible.clients.cost import CostClient
 from crucible.clients.detector import DetectorClient
 from crucible.clients.proposer import ProposerClient
+from crucible.clients.scheduler import SchedulerClient
 from crucible.clients.scorer import ScorerClient
 
 #: Default addresses: the ports `crucible up` uses.
@@ -100,6 +102,8 @@ class Mesh:
         self.detector = DetectorClient(self.config.services["detector"])
         self.proposer = ProposerClient(self.config.services["proposer"])
         self.scorer = ScorerClient(self.config.services["scorer"])
+        self.scheduler = SchedulerClient(self.config.services["scheduler"])
+        self.cost = CostClient(self.config.services["cost"])
 
     @classmethod
     def from_env(cls) -> Mesh:
@@ -115,7 +119,7 @@ class Mesh:
         return cls(MeshConfig.from_mapping(data))
 
     async def close(self) -> None:
-        for client in (self.detector, self.proposer, self.scorer):
+        for client in (self.detector, self.proposer, self.scorer, self.scheduler, self.cost):
             await client.close()
 
     async def __aenter__(self) -> Mesh:

@@ -58,6 +58,8 @@ class SyncMesh:
         self.detector = _SyncProxy(self._mesh.detector, self._runner)
         self.proposer = _SyncProxy(self._mesh.proposer, self._runner)
         self.scorer = _SyncProxy(self._mesh.scorer, self._runner)
+        self.scheduler = _SyncProxy(self._mesh.scheduler, self._runner)
+        self.cost = _SyncProxy(self._mesh.cost, self._runner)
 
     def run(self, fn: Callable[[Mesh], Any]) -> Any:
         """Run an async function of the Mesh (e.g. a reward computation) and return its result."""
