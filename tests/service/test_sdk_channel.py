@@ -121,7 +121,7 @@ def test_service_config_retries_only_unavailable_on_idempotent_methods():
     policy = config["methodConfig"][0]
     assert policy["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     methods = {m["method"] for m in policy["name"]}
-    assert "EstimateCost" in methods and "CreateBudget" not in methods
+    assert "EstimateCost" in methods and "RefreshPrices" not in methods
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
 
 
