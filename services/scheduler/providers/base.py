@@ -158,6 +158,15 @@ class Provider(abc.ABC):
     async def cancel(self, handle: RunHandle) -> None:
         """Stop the attempt and release its resources; idempotent."""
 
+    async def find(self, spec: LaunchSpec) -> RunHandle | None:
+        """Re-attach after a scheduler crash between launching an attempt and recording its handle.
+
+        Returns the handle of the run launched for `spec.job_id` / `spec.attempt` if the provider can find it (by a
+        name or marker the adapter set at submit), else None; the scheduler then treats the launch as never made.
+        Adapters that cannot look runs up keep this default.
+        """
+        return None
+
     async def read_logs(self, handle: RunHandle, stream: str, offset: int) -> LogChunk:
         """New log bytes since `offset`; providers without a log API return an empty chunk."""
         return LogChunk(stream, offset, b"", offset)

@@ -1,0 +1,225 @@
+"""Paperspace (DigitalOcean) adapter: machines via its REST API, the command delivered as a run-once startup script.
+
+Submit creates a startup script then a machine started on creation; cancel deletes both. Lists are paginated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from crucible.scheduler.providers import remote
+from crucible.scheduler.providers.base import LaunchSpec
+from crucible.scheduler.providers.base import LogChunk
+from crucible.scheduler.providers.base import ProviderCapabilities
+from crucible.scheduler.providers.base import ProviderError
+from crucible.scheduler.providers.base import ProviderErrorKind as K
+from crucible.scheduler.providers.base import RunHandle
+from crucible.scheduler.providers.base import RunState
+from crucible.scheduler.providers.base import RunStatus
+from crucible.scheduler.providers.http import HTTPProvider
+from crucible.scheduler.providers.http import body_message
+from crucible.scheduler.providers.http import kind_for_status
+
+log = logging.getLogger(__name__)
+
+_CAPACITY = ("capacity", "out of stock", "not available in", "no machines available", "unavailable in region")
+_QUOTA = ("limit", "quota", "billing", "payment", "insufficient funds")
+
+_PROVISIONING = {"provisioning": "provisioning", "starting": "starting", "restarting": "restarting",
+                 "upgrading": "upgrading"}
+
+
+class PaperspaceProvider(HTTPProvider):
+    """Paperspace machines. Settings: base_url (default https://api.paperspace.com/v1), template_id (OS template,
+    required), disk_size_gb, public_ip_type, cancel_action (delete|stop), page_size, ssh_key_path/ssh_user/ssh_command
+    (outcome and logs over SSH), remote_root, use_docker."""
+
+    name = "paperspace"
+    default_base_url = "https://api.paperspace.com/v1"
+    capabilities = ProviderCapabilities(spot=False, live_logs=False, artifacts=False)
+
+    def __init__(self, settings: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        s = self.settings
+        self.template_id = s.str("template_id")
+        self.disk_size_gb = s.int("disk_size_gb", 100, minimum=1)
+        self.public_ip_type = s.str("public_ip_type", "dynamic")
+        self.cancel_action = s.str("cancel_action", "delete")
+        if self.cancel_action not in ("delete", "stop"):
+            raise ValueError(f"paperspace.cancel_action: must be delete or stop, got {self.cancel_action!r}")
+        self.page_size = s.int("page_size", 50, minimum=1)
+        self.remote_root = s.str("remote_root", remote.DEFAULT_REMOTE_ROOT)
+        self.use_docker = s.bool("use_docker", True)
+        self.probe = remote.probe_from_settings(s, "paperspace")
+        if self.probe is not None:
+            self.capabilities = ProviderCapabilities(spot=False, live_logs=True, artifacts=False)
+
+    @staticmethod
+    def map_error(status: int, body: Any, text: str) -> tuple[K, str]:
+        """Paperspace errors are {code, message}; 400/409/422 with a capacity or limit message refine the kind."""
+        message = body_message(body) or text[:300]
+        code = str(body.get("code", "")) if isinstance(body, Mapping) else ""
+        low = f"{code} {message}".lower()
+        kind = kind_for_status(status)
+        if kind is K.INVALID or status == 403:
+            if any(s in low for s in _CAPACITY):
+                kind = K.CAPACITY
+            elif any(s in low for s in _QUOTA):
+                kind = K.QUOTA
+        return kind, f"{code}: {message}" if code else message
+
+    async def list_machines(self, name: str = "") -> AsyncIterator[Mapping[str, Any]]:
+        """Every machine of the account (following hasMore/nextPage with after=), optionally filtered by name."""
+        after: str | None = None
+        for _ in range(10_000):
+            params: dict[str, Any] = {"limit": self.page_size}
+            if name:
+                params["name"] = name
+            if after:
+                params["after"] = after
+            page = await self.http.request("GET", "/machines", params=params)
+            items = page.get("items") if isinstance(page, Mapping) else None
+            if not isinstance(items, list):
+                raise self.error(K.MALFORMED_RESPONSE, "GET /machines lacks items")
+            for item in items:
+                if isinstance(item, Mapping) and (not name or item.get("name") == name):
+                    yield item
+            if not page.get("hasMore"):
+                return
+            after = page.get("nextPage")
+            if not isinstance(after, str) or not after:
+                raise self.error(K.MALFORMED_RESPONSE, "GET /machines has hasMore but no nextPage")
+        raise self.error(K.MALFORMED_RESPONSE, "GET /machines pagination does not end")
+
+    @staticmethod
+    def _id_of(answer: Any) -> str:
+        obj = answer.get("data", answer) if isinstance(answer, Mapping) else None
+        ident = obj.get("id") if isinstance(obj, Mapping) else None
+        return ident if isinstance(ident, str) and ident else ""
+
+    async def submit(self, spec: LaunchSpec) -> RunHandle:
+        """POST /startup-scripts (run once) then POST /machines {..., startupScriptId, startOnCreate: true}."""
+        if spec.code_dir is not None:
+            raise self.error(K.INVALID, "paperspace cannot ship code_dir: bake the code into container_image or fetch it "
+                                        "in the command")
+        if not self.template_id:
+            raise self.error(K.INVALID, "setting paperspace.template_id is required (the OS template of the machine)")
+        if not spec.offer.instance_type or not spec.offer.region:
+            raise self.error(K.INVALID, "offer needs instance_type (machineType, e.g. A100-80G) and region")
+        name = remote.run_name(spec)
+        folder = remote.run_dir(spec, self.remote_root)
+        try:
+            script = remote.boot_script(remote.wrapper_script(spec, folder, docker=self.use_docker), folder)
+        except ValueError as exc:
+            raise self.error(K.INVALID, str(exc)) from None
+        answer = await self.http.request("POST", "/startup-scripts", json_body={
+            "name": name, "script": script, "isRunOnce": True, "isEnabled": True}, idempotent=False)
+        script_id = self._id_of(answer)
+        if not script_id:
+            raise self.error(K.MALFORMED_RESPONSE, "POST /startup-scripts answered no id")
+        data = {"name": name, "run_dir": folder, "startup_script_id": script_id}
+        body = {"name": name, "machineType": spec.offer.instance_type, "region": spec.offer.region,
+                "diskSize": self.disk_size_gb, "templateId": self.template_id, "startupScriptId": script_id,
+                "startOnCreate": True, "publicIpType": self.public_ip_type}
+        try:
+            answer = await self.http.request("POST", "/machines", json_body=body, idempotent=False)
+            machine_id = self._id_of(answer)
+            if not machine_id:
+                raise self.error(K.MALFORMED_RESPONSE, "POST /machines answered no id")
+        except ProviderError as exc:
+            if exc.kind in (K.TRANSIENT, K.MALFORMED_RESPONSE):
+                try:
+                    found = await self._find_by_name(name)
+                except ProviderError:
+                    found = None
+                if found is not None:
+                    log.warning("paperspace: create %s answered %s but machine %s exists: adopting it", name,
+                                exc.kind.value, found["id"])
+                    return RunHandle(self.name, str(found["id"]), data)
+            await self._delete_script(script_id)
+            raise
+        return RunHandle(self.name, machine_id, data)
+
+    async def find(self, spec: LaunchSpec) -> RunHandle | None:
+        """The machine named crucible-<job>-<attempt>, if any (re-attachment after a crash)."""
+        machine = await self._find_by_name(remote.run_name(spec))
+        if machine is None:
+            return None
+        data = {"name": remote.run_name(spec), "run_dir": remote.run_dir(spec, self.remote_root)}
+        if machine.get("startupScriptId"):
+            data["startup_script_id"] = str(machine["startupScriptId"])
+        return RunHandle(self.name, str(machine["id"]), data)
+
+    async def _find_by_name(self, name: str) -> Mapping[str, Any] | None:
+        async for machine in self.list_machines(name):
+            if machine.get("id"):
+                return machine
+        return None
+
+    async def _delete_script(self, script_id: str) -> None:
+        try:
+            await self.http.request("DELETE", f"/startup-scripts/{script_id}")
+        except ProviderError as exc:
+            if exc.kind is not K.NOT_FOUND:
+                log.warning("paperspace: startup script %s not deleted: %s", script_id, exc)
+
+    async def _machine(self, handle: RunHandle) -> Mapping[str, Any] | None:
+        try:
+            answer = await self.http.request("GET", f"/machines/{handle.ref}")
+        except ProviderError as exc:
+            if exc.kind is K.NOT_FOUND:
+                return None
+            raise
+        machine = answer.get("data", answer) if isinstance(answer, Mapping) else None
+        if not isinstance(machine, Mapping) or not isinstance(machine.get("state"), str):
+            raise self.error(K.MALFORMED_RESPONSE, "GET /machines/{id} lacks state")
+        return machine
+
+    async def status(self, handle: RunHandle) -> RunStatus:
+        """GET /machines/{id}: provisioning/starting -> PROVISIONING, ready -> SSH probe (or RUNNING), off -> see README."""
+        machine = await self._machine(handle)
+        cancelled = handle.ref in self._cancelled
+        if machine is None:
+            if cancelled:
+                return RunStatus(RunState.CANCELLED)
+            raise self.error(K.NOT_FOUND, f"machine {handle.ref} is unknown to Paperspace")
+        state = machine["state"]
+        if state in _PROVISIONING:
+            return RunStatus(RunState.PROVISIONING, message=state)
+        if state in ("ready", "serviceready"):
+            if self.probe is None:
+                return RunStatus(RunState.RUNNING, message=remote.NO_PROBE)
+            ip = machine.get("publicIp")
+            if not ip:
+                return RunStatus(RunState.RUNNING, message="ready, no public ip (set public_ip_type)")
+            return await self.probe.outcome(str(ip), 22, handle.data.get("run_dir", ""))
+        if state in ("off", "stopping"):
+            if cancelled:
+                return RunStatus(RunState.CANCELLED, message=state)
+            return RunStatus(RunState.PREEMPTED, message=f"machine {state} outside the scheduler (auto-shutdown or host)")
+        raise self.error(K.MALFORMED_RESPONSE, f"unknown machine state {state!r}")
+
+    async def cancel(self, handle: RunHandle) -> None:
+        """DELETE /machines/{id} (or PATCH .../stop with cancel_action=stop), then delete the startup script."""
+        self._cancelled.add(handle.ref)
+        try:
+            if self.cancel_action == "stop":
+                await self.http.request("PATCH", f"/machines/{handle.ref}/stop")
+            else:
+                await self.http.request("DELETE", f"/machines/{handle.ref}")
+        except ProviderError as exc:
+            if exc.kind is not K.NOT_FOUND:
+                raise
+        script_id = handle.data.get("startup_script_id")
+        if script_id and self.cancel_action == "delete":
+            await self._delete_script(str(script_id))
+
+    async def read_logs(self, handle: RunHandle, stream: str, offset: int) -> LogChunk:
+        """Log bytes over SSH when ssh_key_path is set (Paperspace has no log API for machines); otherwise empty."""
+        if self.probe is None:
+            return LogChunk(stream, offset, b"", offset)
+        machine = await self._machine(handle)
+        ip = str(machine.get("publicIp") or "") if machine else ""
+        return await remote.read_remote_log(self.probe, ip, 22, handle.data.get("run_dir", ""), stream, offset)
