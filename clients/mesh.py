@@ -37,8 +37,11 @@ class MeshConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MeshConfig:
-        """CRUCIBLE_<SVC>_ADDRESS (comma-separated or a dns:/// target), CRUCIBLE_CLIENT_TOKEN (else CRUCIBLE_AUTH_TOKEN),
-        CRUCIBLE_CLIENT_TLS=1, CRUCIBLE_CLIENT_CA_FILE, CRUCIBLE_CLIENT_TIMEOUT_S; a CRUCIBLE_CLIENT_CONFIG file is read first.
+        """Client settings from the environment; a CRUCIBLE_CLIENT_CONFIG TOML file is read first.
+
+        CRUCIBLE_<SVC>_ADDRESS (comma-separated IPs or a dns:/// target); the token from CRUCIBLE_CLIENT_TOKEN,
+        CRUCIBLE_AUTH_TOKEN, CRUCIBLE_CLIENT_TOKEN_FILE or CRUCIBLE_AUTH_TOKEN_FILE (first line), in that order;
+        CRUCIBLE_CLIENT_TLS=1, CRUCIBLE_CLIENT_CA_FILE, CRUCIBLE_CLIENT_TIMEOUT_S.
         """
         env = os.environ if env is None else env
         base: dict[str, Any] = {}
@@ -47,6 +50,9 @@ class MeshConfig:
         overrides: dict[str, Any] = {}
         if env.get("CRUCIBLE_CLIENT_TOKEN") or env.get("CRUCIBLE_AUTH_TOKEN"):
             overrides["token"] = env.get("CRUCIBLE_CLIENT_TOKEN") or env.get("CRUCIBLE_AUTH_TOKEN")
+        elif env.get("CRUCIBLE_CLIENT_TOKEN_FILE") or env.get("CRUCIBLE_AUTH_TOKEN_FILE"):
+            token_file = Path(env.get("CRUCIBLE_CLIENT_TOKEN_FILE") or env["CRUCIBLE_AUTH_TOKEN_FILE"])
+            overrides["token"] = token_file.read_text(encoding="utf-8").splitlines()[0].strip()
         if env.get("CRUCIBLE_CLIENT_TLS"):
             overrides["tls"] = env["CRUCIBLE_CLIENT_TLS"].lower() in {"1", "true", "yes"}
         if env.get("CRUCIBLE_CLIENT_CA_FILE"):

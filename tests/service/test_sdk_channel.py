@@ -168,3 +168,13 @@ def test_sync_facade_blocks_and_returns_results():
         asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+def test_token_file_is_read_when_no_token_variable(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("from-file\n")
+    config = MeshConfig.from_env({"CRUCIBLE_CLIENT_TOKEN_FILE": str(token)})
+    assert all(c.token == "from-file" for c in config.services.values())
+    assert MeshConfig.from_env({"CRUCIBLE_CLIENT_TOKEN": "direct", "CRUCIBLE_CLIENT_TOKEN_FILE": str(token)}).services[
+        "cost"
+    ].token == "direct"
