@@ -26,6 +26,7 @@ from crucible.cost.catalog import (
     local_row,
 )
 from crucible.cost.config import CostConfig
+from crucible.cost.metrics import BudgetCollector
 from crucible.cost.refresh import PriceApi, Refresher, load_live_cache
 from crucible.cost.servicer import SERVICE_DESCRIPTOR, CostServicer
 from crucible.runtime.errors import ConfigError
@@ -120,4 +121,6 @@ class CostService(BaseService):
 def create_server(config: CostConfig) -> tuple[CrucibleServer, int]:
     """Build the cost server; returns it and its bound port. A malformed catalog raises ConfigError naming the file."""
     registry = CollectorRegistry()
-    return _create_server(config, CostService(config), registry)
+    service = CostService(config)
+    registry.register(BudgetCollector(service.store))
+    return _create_server(config, service, registry)

@@ -344,3 +344,21 @@ async def test_cli_prints_tables_and_reports_errors(tmp_path, capsys):
         assert rc == 1 and "FAILED_PRECONDITION" in captured.err and "budget_id=bud-" in captured.err
         rc = await asyncio.to_thread(main, ["cost", "offers", "--gpu", "B300", *address])
         assert rc == 1 and "NOT_FOUND" in capsys.readouterr().err
+
+
+async def test_budget_spend_is_exported_for_the_alert_rules(tmp_path):
+    import urllib.request
+
+    async with cost_server(tmp_path) as (server, stub):
+        created = (await stub.CreateBudget(_budget_request(request_id="m-1"), timeout=5)).budget
+        await stub.RecordUsage(_usage(hours=6), timeout=5)  # $5.16 of $10
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as reply:
+                return reply.read().decode()
+
+        text = await asyncio.to_thread(scrape)
+    line = next(line for line in text.splitlines()
+                if line.startswith("crucible_cost_budget_spent_ratio{") and created.budget_id in line)
+    assert 'scope="project:nano"' in line and 'enforcement="hard"' in line
+    assert float(line.rsplit(" ", 1)[1]) == pytest.approx(0.516)
