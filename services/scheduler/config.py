@@ -6,9 +6,14 @@ Every field is documented where it is declared; `crucible serve scheduler --help
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from pathlib import Path
 
-from crucible.runtime.config import setting
-from crucible.runtime.config import ServerConfig
+from crucible.runtime.config import ServerConfig, setting
+from crucible.runtime.errors import ConfigError
+
+ALL_PROVIDERS = ("local", "dryrun", "kubernetes", "lambda", "runpod", "paperspace", "replicate", "modal", "colab")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,3 +21,64 @@ class SchedulerConfig(ServerConfig):
     """GPU jobs on local and remote providers with durable state, logs, progress and checkpoints."""
 
     port: int = setting(50054, "gRPC port of the scheduler service.")
+    state_dir: str = setting(
+        "", "Folder for the job database and each job's working directory, logs and checkpoints; empty means "
+        "$CRUCIBLE_STATE_DIR/scheduler or ~/.local/share/crucible/scheduler."
+    )
+    database: str = setting("", "SQLite job database; empty means <state_dir>/scheduler.db.")
+    sqlite_synchronous: str = setting(
+        "FULL", "SQLite synchronous mode in WAL: FULL survives power loss, NORMAL only process crashes (faster).",
+        choices=("FULL", "NORMAL"),
+    )
+    cost_address: str = setting(
+        "", "host:port of the cost service (offers, estimates, admission, usage). Empty: only local and dryrun jobs run, "
+        "with cost reported as unknown."
+    )
+    cost_timeout_s: float = setting(5.0, "Deadline of each call to the cost service, in seconds.")
+    providers: tuple[str, ...] = setting(ALL_PROVIDERS, "Providers the scheduler may launch on (comma-separated).")
+    provider_settings_file: str = setting(
+        "", "JSON file of per-provider settings, e.g. {\"lambda\": {\"base_url\": \"...\"}, \"dryrun\": {\"duration_s\": \"1\"}}."
+    )
+    poll_interval_s: float = setting(1.0, "Seconds between status polls (and log reads) of a running attempt.")
+    usage_interval_s: float = setting(60.0, "Seconds of runtime between usage records sent to the cost service.")
+    default_max_duration_s: float = setting(86400.0, "Wall-clock limit of a job whose spec sets no max_duration.")
+    default_budget_scope: str = setting("", "Budget scope of jobs whose spec sets none; empty charges only global budgets.")
+    max_recoveries: int = setting(10, "Relaunches after preemption or a lost machine before the job is FAILED.")
+    transient_retries: int = setting(2, "Retries of a launch that failed with a transient provider error before failover.")
+    local_gpus: int = setting(-1, "GPUs the local provider may use; -1 counts /proc/driver/nvidia/gpus.")
+
+    def validate(self) -> None:
+        super().validate()
+        unknown = [p for p in self.providers if p not in ALL_PROVIDERS]
+        if unknown:
+            raise ConfigError("providers", f"unknown provider(s) {', '.join(unknown)}; choose from {', '.join(ALL_PROVIDERS)}")
+        for name in ("poll_interval_s", "usage_interval_s", "default_max_duration_s", "cost_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, "must be positive")
+        if self.max_recoveries < 0 or self.transient_retries < 0:
+            raise ConfigError("max_recoveries" if self.max_recoveries < 0 else "transient_retries", "must not be negative")
+        if self.provider_settings_file:
+            self.provider_settings()
+
+    def resolved_state_dir(self) -> Path:
+        """The state folder, defaults applied."""
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        base = os.environ.get("CRUCIBLE_STATE_DIR")
+        return Path(base) / "scheduler" if base else Path.home() / ".local" / "share" / "crucible" / "scheduler"
+
+    def resolved_database(self) -> Path:
+        """The SQLite file, defaults applied."""
+        return Path(self.database).expanduser() if self.database else self.resolved_state_dir() / "scheduler.db"
+
+    def provider_settings(self) -> dict[str, dict[str, str]]:
+        """Per-provider string settings from provider_settings_file ({} when unset)."""
+        if not self.provider_settings_file:
+            return {}
+        try:
+            data = json.loads(Path(self.provider_settings_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError("provider_settings_file", f"cannot read JSON: {exc}") from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise ConfigError("provider_settings_file", "must be an object of provider -> object of settings")
+        return {str(p): {str(k): str(v) for k, v in table.items()} for p, table in data.items()}

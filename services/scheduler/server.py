@@ -5,18 +5,78 @@ Run it with `crucible serve scheduler`; tests call `create_server(config)` with 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry
 
 from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc
-from crucible.scheduler.config import SchedulerConfig
-from crucible.scheduler.servicer import SERVICE_DESCRIPTOR, build_servicer
 from crucible.runtime.server import CrucibleServer
 from crucible.runtime.server import create_server as _create_server
 from crucible.runtime.service import BaseService
+from crucible.scheduler.config import SchedulerConfig
+from crucible.scheduler.engine import Engine, EngineSettings
+from crucible.scheduler.pricing import CostServicePricing, UnpricedOfferSource, local_gpu_count
+from crucible.scheduler.providers.base import Provider
+from crucible.scheduler.providers.registry import ProviderRegistry
+from crucible.scheduler.servicer import SERVICE_DESCRIPTOR, SchedulerServicer
+from crucible.scheduler.store import AsyncJobStore, JobStore
+
+log = logging.getLogger(__name__)
 
 
-def create_server(config: SchedulerConfig) -> tuple[CrucibleServer, int]:
-    """Build the scheduler server; returns it and its bound port."""
+class SchedulerService(BaseService):
+    """Opens the job store and reconciles unfinished jobs in start(); health is SERVING only after that."""
+
+    def __init__(self, config: SchedulerConfig, providers: Mapping[str, Provider] | None = None) -> None:
+        self.config = config
+        self.engine: Engine | None = None
+        self._providers = dict(providers or {})
+        servicer = _LazyServicer(self)
+        super().__init__("scheduler", [SERVICE_DESCRIPTOR.full_name], servicer,
+                         scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server)
+
+    async def start(self) -> None:
+        cfg = self.config
+        gpus = cfg.local_gpus if cfg.local_gpus >= 0 else local_gpu_count()
+        registry = ProviderRegistry(cfg.providers, cfg.provider_settings(), instances=self._providers)
+        pricing = (CostServicePricing(cfg.cost_address, timeout_s=cfg.cost_timeout_s, local_gpus=gpus) if cfg.cost_address
+                   else UnpricedOfferSource(gpus))
+        store = AsyncJobStore(JobStore(cfg.resolved_database(), synchronous=cfg.sqlite_synchronous))
+        settings = EngineSettings(
+            state_dir=cfg.resolved_state_dir(), poll_interval_s=cfg.poll_interval_s, usage_interval_s=cfg.usage_interval_s,
+            default_max_duration_s=cfg.default_max_duration_s, default_budget_scope=cfg.default_budget_scope,
+            max_recoveries=cfg.max_recoveries, transient_retries=cfg.transient_retries,
+        )
+        engine = Engine(settings, store, registry, pricing)
+        resumed = await engine.start()
+        self.engine = engine
+        log.info("scheduler ready", extra={"state_dir": str(settings.state_dir), "resumed_jobs": resumed,
+                                           "cost_address": cfg.cost_address or "(none: cost unknown)"})
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
+
+
+class _LazyServicer(SchedulerServicer):
+    """The servicer before start() has built the engine answers UNAVAILABLE (health says NOT_SERVING meanwhile)."""
+
+    def __init__(self, service: SchedulerService) -> None:
+        self._service = service
+
+    @property  # type: ignore[override]
+    def engine(self) -> Engine:
+        from crucible.runtime.errors import Unavailable
+
+        if self._service.engine is None:
+            raise Unavailable("the scheduler is starting or stopping", reason="NOT_READY")
+        return self._service.engine
+
+
+def create_server(config: SchedulerConfig, *, providers: Mapping[str, Provider] | None = None
+                  ) -> tuple[CrucibleServer, int]:
+    """Build the scheduler server; returns it and its bound port. `providers` adds or replaces adapter instances."""
     registry = CollectorRegistry()
-    service = BaseService("scheduler", [SERVICE_DESCRIPTOR.full_name], build_servicer(), scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server)
-    return _create_server(config, service, registry)
+    return _create_server(config, SchedulerService(config, providers), registry)

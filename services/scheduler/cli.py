@@ -1,0 +1,359 @@
+"""`crucible jobs ...`: submit, list, inspect, follow, cancel jobs and fetch their artifacts on a running scheduler.
+
+Each command talks to the scheduler at --address (default $CRUCIBLE_SCHEDULER_ADDRESS or 127.0.0.1:50054).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, json_format
+
+from crucible.api.scheduler.v1 import job_pb2
+from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
+from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
+from crucible.mesh import format_table
+from crucible.runtime.errors import parse_status_details
+
+DEFAULT_ADDRESS = os.environ.get("CRUCIBLE_SCHEDULER_ADDRESS", "127.0.0.1:50054")
+POLICIES = {"explicit": job_pb2.PROVIDER_POLICY_EXPLICIT, "cheapest": job_pb2.PROVIDER_POLICY_CHEAPEST,
+            "fastest": job_pb2.PROVIDER_POLICY_FASTEST, "ordered": job_pb2.PROVIDER_POLICY_ORDERED}
+TIMEOUT_S = 30.0
+
+
+def state_name(state: int) -> str:
+    """'RUNNING' for JOB_STATE_RUNNING."""
+    return job_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
+
+
+def _duration(seconds: float | None) -> duration_pb2.Duration | None:
+    if seconds is None:
+        return None
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def _money(job: job_pb2.Job) -> tuple[str, str]:
+    priced = not job.offer.price_source.startswith("unknown")
+    est = f"${job.cost.estimated_usd:.4f}" if priced else "unknown"
+    spent = f"${job.cost.spent_usd:.4f}" if priced else "unknown"
+    return est, spent
+
+
+def progress_text(job: job_pb2.Job, width: int = 24) -> str:
+    """'[#####-----] 512/2000 loss 1.98 ETA 0:03:12' from the job's progress."""
+    p = job.progress
+    parts = []
+    if p.HasField("step") and p.HasField("total_steps") and p.total_steps:
+        done = min(1.0, p.step / p.total_steps)
+        parts.append(f"[{'#' * int(done * width)}{'-' * (width - int(done * width))}] {p.step}/{p.total_steps}")
+    elif p.HasField("step"):
+        parts.append(f"step {p.step}")
+    if p.HasField("epoch"):
+        parts.append(f"epoch {p.epoch}/{p.total_epochs}")
+    for key in ("loss", "train_loss", "val_loss"):
+        if key in p.metrics:
+            parts.append(f"{key} {p.metrics[key]:.4g}")
+    if p.HasField("eta"):
+        parts.append(f"ETA {dt.timedelta(seconds=int(p.eta.seconds))}")
+    return " ".join(parts)
+
+
+def status_line(job: job_pb2.Job) -> str:
+    """One line of the live view: state, progress bar, latest loss, ETA, cost so far."""
+    _est, spent = _money(job)
+    return f"{state_name(job.state):<12} {progress_text(job)}  cost so far {spent}".rstrip()
+
+
+async def _call(args: argparse.Namespace, fn: Any) -> int:
+    async with grpc.aio.insecure_channel(args.address) as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        try:
+            return await fn(stub)
+        except grpc.aio.AioRpcError as err:
+            info, violations = parse_status_details(err)
+            reason = f" [{info.reason}]" if info else ""
+            print(f"crucible jobs: {err.code().name}{reason}: {err.details()}", file=sys.stderr)
+            for field, why in violations:
+                print(f"  {field}: {why}", file=sys.stderr)
+            return 1
+
+
+def _spec(args: argparse.Namespace) -> job_pb2.JobSpec:
+    providers = args.provider or []
+    policy = args.policy or ("explicit" if len(providers) == 1 else "cheapest")
+    env = {}
+    for item in args.env or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"crucible jobs submit: --env {item!r} must be NAME=VALUE")
+        env[key] = value
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    spec = job_pb2.JobSpec(
+        display_name=args.name, command=command, env=env, provider_policy=POLICIES[policy], providers=providers,
+        spot_allowed=args.spot, checkpoint_dir=args.checkpoint_dir, budget_scope=args.scope,
+        resources={"gpu_names": args.gpu or [], "gpu_count": args.gpus, "min_gpu_memory_gib": args.gpu_memory_gib},
+        restart_policy={"max_restarts_on_errors": args.max_restarts},
+    )
+    if args.code_dir:
+        spec.code_dir = str(Path(args.code_dir).resolve())
+    for field, value in (("max_duration", args.max_duration), ("expected_duration", args.expected_duration)):
+        if value is not None:
+            getattr(spec, field).CopyFrom(_duration(value))
+    if args.max_cost is not None:
+        spec.max_cost_usd = args.max_cost
+    if args.max_price is not None:
+        spec.max_price_usd_per_hour = args.max_price
+    return spec
+
+
+async def _follow(stub: pb_grpc.SchedulerServiceStub, job_id: str, show_logs: bool) -> int:
+    tty = sys.stdout.isatty()
+    last = None
+
+    async def logs() -> None:
+        async for chunk in stub.StreamJobLogs(pb.StreamJobLogsRequest(job_id=job_id, follow=True)):
+            stream = sys.stderr if chunk.stream == pb.LOG_STREAM_STDERR else sys.stdout
+            if tty:
+                stream.write("\r\x1b[K")
+            stream.write(chunk.text)
+            stream.flush()
+
+    task = asyncio.create_task(logs()) if show_logs else None
+    async for reply in stub.WatchJob(pb.WatchJobRequest(job_id=job_id)):
+        last = reply.job
+        line = status_line(last)
+        if tty:
+            sys.stdout.write("\r\x1b[K" + line)
+            sys.stdout.flush()
+        else:
+            print(line, flush=True)
+    if task is not None:
+        await task
+    if tty:
+        print()
+    assert last is not None
+    print(f"{job_id}: {state_name(last.state)}: {last.transitions[-1].reason}")
+    return 0 if last.state == job_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Validate, show the chosen offer and estimated cost, create, and optionally follow."""
+    spec = _spec(args)
+
+    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+        preview = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, validate_only=True), timeout=TIMEOUT_S)).job
+        est, _ = _money(preview)
+        o = preview.offer
+        gpu = f"{o.gpu_count}x {o.gpu_name}" if o.gpu_count else "CPU"
+        price = f"${o.price_usd_per_hour:.4f}/h" if not o.price_source.startswith("unknown") else "price unknown"
+        print(f"offer: {o.offer_id} ({gpu}, {price}; {o.price_source})")
+        print(f"estimated cost: {est} ({preview.transitions[0].reason})")
+        if args.dry_run:
+            return 0
+        request_id = args.request_id or str(uuid.uuid4())
+        job = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, request_id=request_id), timeout=TIMEOUT_S)).job
+        print(f"job {job.job_id} {state_name(job.state)}")
+        if args.follow:
+            return await _follow(stub, job.job_id, show_logs=not args.no_logs)
+        return 0
+
+    return asyncio.run(_call(args, run))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """A table of jobs, newest first."""
+    states = [job_pb2.JobState.Value("JOB_STATE_" + s.upper()) for s in args.state or []]
+
+    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+        reply = await stub.ListJobs(pb.ListJobsRequest(states=states, providers=args.provider or [],
+                                                       budget_scope=args.scope, page_size=args.limit), timeout=TIMEOUT_S)
+        rows = []
+        for j in reply.jobs:
+            est, spent = _money(j)
+            created = j.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+            rows.append((j.job_id, state_name(j.state), j.provider, j.spec.display_name[:30], created, progress_text(j, 10),
+                         spent))
+        print(format_table(("job", "state", "provider", "name", "created (UTC)", "progress", "spent"), rows))
+        return 0
+
+    return asyncio.run(_call(args, run))
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    """The whole job as JSON."""
+
+    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+        job = (await stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=TIMEOUT_S)).job
+        print(json_format.MessageToJson(job))
+        return 0
+
+    return asyncio.run(_call(args, run))
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print the job's stdout/stderr; -f keeps following until the job ends."""
+    streams = {"stdout": [pb.LOG_STREAM_STDOUT], "stderr": [pb.LOG_STREAM_STDERR], "both": []}[args.stream]
+
+    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+        async for chunk in stub.StreamJobLogs(pb.StreamJobLogsRequest(job_id=args.job_id, streams=streams,
+                                                                      follow=args.follow)):
+            out = sys.stderr if chunk.stream == pb.LOG_STREAM_STDERR else sys.stdout
+            out.write(chunk.text)
+            out.flush()
+        return 0
+
+    return asyncio.run(_call(args, run))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """The live view without logs."""
+    return asyncio.run(_call(args, lambda stub: _follow(stub, args.job_id, show_logs=False)))
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a job."""
+
+    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+        job = (await stub.CancelJob(pb.CancelJobRequest(job_id=args.job_id, reason=args.reason), timeout=TIMEOUT_S)).job
+        print(f"{job.job_id} {state_name(job.state)}")
+        return 0
+
+    return asyncio.run(_call(args, run))
+
+
+def cmd_artifacts(args: argparse.Namespace) -> int:
+    """A table of the job's files."""
+
+    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+        rows, token = [], ""
+        while True:
+            reply = await stub.ListArtifacts(pb.ListArtifactsRequest(job_id=args.job_id, prefix=args.prefix,
+                                                                     page_token=token), timeout=TIMEOUT_S)
+            rows += [(a.path, f"{a.size_bytes:,}", a.modify_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+                      "yes" if a.checkpoint else "") for a in reply.artifacts]
+            token = reply.next_page_token
+            if not token:
+                break
+        print(format_table(("path", "bytes", "modified (UTC)", "checkpoint"), rows))
+        return 0
+
+    return asyncio.run(_call(args, run))
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Download one artifact, resuming a partial file, and check its SHA-256."""
+    out = Path(args.output or Path(args.path).name)
+    offset = out.stat().st_size if out.exists() and args.resume else 0
+
+    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+        sha = ""
+        with open(out, "ab" if offset else "wb") as f:
+            async for chunk in stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=args.job_id, path=args.path,
+                                                                               offset=offset)):
+                f.write(chunk.data)
+                sha = chunk.sha256 or sha
+        local = hashlib.sha256(out.read_bytes()).hexdigest()
+        if sha and local != sha:
+            print(f"crucible jobs: checksum mismatch for {out}: got {local}, server says {sha}", file=sys.stderr)
+            return 1
+        print(f"{out} ({out.stat().st_size:,} bytes, sha256 {local})")
+        return 0
+
+    return asyncio.run(_call(args, run))
+
+
+def cmd_providers(args: argparse.Namespace) -> int:
+    """A table of providers and whether they can be used."""
+
+    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+        reply = await stub.ListProviders(pb.ListProvidersRequest(), timeout=TIMEOUT_S)
+        rows = [(p.name, "yes" if p.enabled else "no", "yes" if p.credentials_present else "no",
+                 "yes" if p.supports_spot else "", p.unavailable_reason or "usable", p.credentials_hint)
+                for p in reply.providers]
+        print(format_table(("provider", "enabled", "credentials", "spot", "status", "credentials from"), rows))
+        return 0
+
+    return asyncio.run(_call(args, run))
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add `crucible jobs ...` to the main parser."""
+    jobs = subparsers.add_parser("jobs", help="submit and manage GPU jobs on the scheduler")
+    sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"scheduler host:port (default {DEFAULT_ADDRESS})")
+        return p
+
+    s = common(sub.add_parser("submit", help="show the chosen offer and estimated cost, then create the job"))
+    s.add_argument("--provider", action="append", help="provider to use (repeat for a set or an order)")
+    s.add_argument("--policy", choices=sorted(POLICIES), help="default: explicit with one --provider, else cheapest")
+    s.add_argument("--code-dir", default="", help="folder copied into the job's working directory")
+    s.add_argument("--name", default="", help="display name")
+    s.add_argument("--gpu", action="append", help="acceptable GPU model, e.g. A100-80GB (repeatable)")
+    s.add_argument("--gpus", type=int, default=0, help="GPUs per instance (0 = CPU only)")
+    s.add_argument("--gpu-memory-gib", type=float, default=0.0)
+    s.add_argument("--max-duration", type=float, default=None, help="seconds")
+    s.add_argument("--expected-duration", type=float, default=None, help="seconds, for the estimate")
+    s.add_argument("--max-cost", type=float, default=None, help="USD cap for the whole job")
+    s.add_argument("--max-price", type=float, default=None, help="USD per hour cap")
+    s.add_argument("--spot", action="store_true", help="allow spot offers")
+    s.add_argument("--env", action="append", help="NAME=VALUE (repeatable)")
+    s.add_argument("--checkpoint-dir", default="", help="relative checkpoint folder (default checkpoints)")
+    s.add_argument("--max-restarts", type=int, default=0, help="restarts after the command fails")
+    s.add_argument("--scope", default="", help="budget scope, e.g. project:nanogpt")
+    s.add_argument("--request-id", default="", help="idempotency key (default: a new UUID)")
+    s.add_argument("--dry-run", action="store_true", help="only show the offer and estimate")
+    s.add_argument("-f", "--follow", action="store_true", help="live view until the job ends")
+    s.add_argument("--no-logs", action="store_true", help="with --follow, show only the status line")
+    s.add_argument("command", nargs=argparse.REMAINDER, help="-- program and arguments")
+    s.set_defaults(handler=cmd_submit)
+
+    p = common(sub.add_parser("list", help="jobs, newest first"))
+    p.add_argument("--state", action="append", help="e.g. running (repeatable)")
+    p.add_argument("--provider", action="append")
+    p.add_argument("--scope", default="")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(handler=cmd_list)
+
+    for name, fn, text in (("get", cmd_get, "one job as JSON"), ("watch", cmd_watch, "live view of a job")):
+        p = common(sub.add_parser(name, help=text))
+        p.add_argument("job_id")
+        p.set_defaults(handler=fn)
+
+    p = common(sub.add_parser("logs", help="a job's output"))
+    p.add_argument("job_id")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--stream", choices=("both", "stdout", "stderr"), default="both")
+    p.set_defaults(handler=cmd_logs)
+
+    p = common(sub.add_parser("cancel", help="cancel a job"))
+    p.add_argument("job_id")
+    p.add_argument("--reason", default="")
+    p.set_defaults(handler=cmd_cancel)
+
+    p = common(sub.add_parser("artifacts", help="files a job produced"))
+    p.add_argument("job_id")
+    p.add_argument("--prefix", default="")
+    p.set_defaults(handler=cmd_artifacts)
+
+    p = common(sub.add_parser("download", help="download one artifact"))
+    p.add_argument("job_id")
+    p.add_argument("path")
+    p.add_argument("-o", "--output", default="")
+    p.add_argument("--resume", action="store_true", help="continue a partial download")
+    p.set_defaults(handler=cmd_download)
+
+    p = common(sub.add_parser("providers", help="providers and their status"))
+    p.set_defaults(handler=cmd_providers)

@@ -1,0 +1,988 @@
+"""The job engine: creates jobs durably, drives each through its states on a provider, and reconciles after a restart.
+
+One asyncio task per unfinished job launches attempts (failing over between offers), polls the provider, mirrors the
+logs into the job's folder, parses progress, records usage and applies the restart and recovery policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from crucible.api.cost.v1 import offer_pb2
+from crucible.api.scheduler.v1 import job_pb2
+from crucible.runtime.errors import (
+    AlreadyExists,
+    CrucibleError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+)
+from crucible.scheduler import jobspec
+from crucible.scheduler.core import states as st
+from crucible.scheduler.core.progress import Progress, ProgressTracker
+from crucible.scheduler.pricing import Candidate
+from crucible.scheduler.providers.base import (
+    LaunchSpec,
+    OfferRef,
+    ProviderError,
+    ProviderErrorKind,
+    RunHandle,
+    RunState,
+    RunStatus,
+)
+from crucible.scheduler.providers.registry import ProviderRegistry
+from crucible.scheduler.store import AsyncJobStore, JobRecord
+
+log = logging.getLogger(__name__)
+
+A = job_pb2.AttemptOutcome
+K = ProviderErrorKind
+STREAMS = ("stdout", "stderr")
+LOG_CHUNK = 64 * 1024
+ARTIFACT_CHUNK = 1 << 20
+PROGRESS_SAVE_INTERVAL_S = 1.0
+MAX_LOG_READ_PER_POLL = 16 << 20
+
+
+class Aborted(CrucibleError):
+    """The operation was interrupted by a concurrent change (an artifact rewritten while it was being sent)."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
+@dataclasses.dataclass
+class EngineSettings:
+    """What the engine needs from the service config."""
+
+    state_dir: Path
+    poll_interval_s: float = 1.0
+    usage_interval_s: float = 60.0
+    default_max_duration_s: float = 86400.0
+    default_budget_scope: str = ""
+    max_recoveries: int = 10
+    transient_retries: int = 2
+    container_image: str = ""
+
+
+def now_ts(t: float) -> timestamp_pb2.Timestamp:
+    """Timestamp of a unix time."""
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(t * 1e9))
+    return ts
+
+
+def ts_s(ts: timestamp_pb2.Timestamp) -> float:
+    """Unix seconds of a timestamp."""
+    return ts.ToNanoseconds() / 1e9
+
+
+def offer_ref(offer: offer_pb2.Offer) -> OfferRef:
+    """The provider-interface view of an offer."""
+    return OfferRef(offer.provider, offer.instance_type, offer.region, offer.gpu_name, offer.gpu_count, offer.spot,
+                    offer.price_usd_per_hour, offer.offer_id)
+
+
+def priced(offer: offer_pb2.Offer) -> bool:
+    """Whether the offer comes from the cost catalog (usage can be recorded against it)."""
+    return not offer.price_source.startswith("unknown")
+
+
+def utf8_cut(data: bytes) -> int:
+    """Length of the longest prefix of `data` that does not end inside a UTF-8 character."""
+    n = len(data)
+    for back in range(1, min(4, n) + 1):
+        b = data[n - back]
+        if b & 0xC0 == 0x80:  # continuation byte: keep looking for the lead byte
+            continue
+        need = 1 if b < 0x80 else 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 1
+        return n if back >= need else n - back
+    return n
+
+
+class _Live:
+    """In-memory companions of a job being driven: lock, change notification, progress tracker, log line buffers."""
+
+    def __init__(self, rec: JobRecord) -> None:
+        self.rec = rec
+        self.lock = asyncio.Lock()
+        self.changed = asyncio.Condition()
+        self.version = 0
+        self.wake = asyncio.Event()
+        self.tracker = ProgressTracker()
+        self.partial = {s: b"" for s in STREAMS}
+        self.progress_saved_at = 0.0
+        self.progress_dirty = False
+        p = rec.job.progress
+        tp = self.tracker.progress
+        tp.step = p.step if p.HasField("step") else None
+        tp.total_steps = p.total_steps if p.HasField("total_steps") else None
+        tp.epoch = p.epoch if p.HasField("epoch") else None
+        tp.total_epochs = p.total_epochs if p.HasField("total_epochs") else None
+        tp.metrics = dict(p.metrics)
+
+
+class Engine:
+    """Owns the store, the providers and the pricing source; the servicer calls its public methods."""
+
+    def __init__(self, settings: EngineSettings, store: AsyncJobStore, registry: ProviderRegistry, pricing: Any,
+                 clock: Any = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.pricing = pricing
+        self.clock = clock
+        self.jobs_dir = settings.state_dir / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._live: dict[str, _Live] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._create_lock = asyncio.Lock()
+        self._stopping = False
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Reconcile every unfinished job with its provider and resume driving it; returns how many were resumed."""
+        records = await self.store.unfinished(tuple(st.TERMINAL))
+        for rec in records:
+            self._spawn(rec)
+        if records:
+            log.info("reconciling %d unfinished job(s) after start", len(records))
+        return len(records)
+
+    async def stop(self) -> None:
+        """Stop driving jobs (they keep running on their providers and are re-attached on the next start)."""
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.pricing.close()
+        await self.store.close()
+
+    def _spawn(self, rec: JobRecord) -> None:
+        live = _Live(rec)
+        self._live[rec.job.job_id] = live
+        self._tasks[rec.job.job_id] = asyncio.create_task(self._drive(live), name=f"job-{rec.job.job_id}")
+
+    def job_dir(self, job_id: str) -> Path:
+        """The job's folder: work/ (working directory), logs/, attempts/."""
+        return self.jobs_dir / job_id
+
+    # --- persistence and notification --------------------------------------------------------------------------
+
+    async def _save(self, live: _Live) -> None:
+        live.rec.job.update_time.CopyFrom(now_ts(self.clock()))
+        await self.store.update(live.rec)
+        async with live.changed:
+            live.version += 1
+            live.changed.notify_all()
+
+    async def _transition(self, live: _Live, to: int, reason: str) -> None:
+        job = live.rec.job
+        st.check_transition(job.state, to)
+        now = self.clock()
+        job.transitions.add(from_state=job.state, to_state=to, time=now_ts(now), reason=reason, attempt=len(job.attempts))
+        job.state = to
+        if st.is_terminal(to):
+            job.end_time.CopyFrom(now_ts(now))
+        log.info("job %s -> %s: %s", job.job_id, st.name(to), reason)
+        await self._save(live)
+
+    # --- create / read -----------------------------------------------------------------------------------------
+
+    def _usable_providers(self) -> list[str]:
+        return [s.name for s in self.registry.statuses() if s.usable]
+
+    async def create(self, spec: job_pb2.JobSpec, request_id: str, validate_only: bool) -> job_pb2.Job:
+        """CreateJob: validate, pick offers, estimate, admit, store (durably) and start driving."""
+        jobspec.validate_spec(spec, request_id, self.registry.known())
+        digest = jobspec.spec_sha256(spec)
+        if request_id and not validate_only:
+            existing = await self.store.by_request_id(request_id)
+            if existing is not None:
+                return self._check_same(existing, digest)
+        if spec.WhichOneof("code") == "code_archive":
+            jobspec.check_archive(spec.code_archive)
+        usable = self._usable_providers()
+        wanted = list(spec.providers) or usable
+        unusable = [p for p in spec.providers if p not in usable]
+        if spec.provider_policy in (job_pb2.PROVIDER_POLICY_EXPLICIT,) and unusable:
+            raise FailedPrecondition(
+                f"provider {unusable[0]} cannot be used: {self.registry.status(unusable[0]).unavailable_reason}",
+                reason="PROVIDER_UNAVAILABLE", metadata={"provider": unusable[0]},
+            )
+        candidates = await self.pricing.candidates(spec, [p for p in wanted if p in usable], self.settings.default_max_duration_s)
+        if not candidates:
+            why = f"; unusable providers: {', '.join(unusable)}" if unusable else ""
+            if not self.pricing.known:
+                why += "; no cost service is configured, so only local and dryrun can run"
+            raise FailedPrecondition(f"no offer meets the spec{why}", reason="NO_FEASIBLE_OFFER")
+        first = candidates[0]
+        seconds = self._expected_seconds(spec)
+        estimated, assumptions = await self.pricing.estimate(first, seconds)
+        scope = spec.budget_scope or self.settings.default_budget_scope
+        await self.pricing.admit(scope, estimated, "")
+        now = self.clock()
+        job = job_pb2.Job(spec=spec, state=st.PENDING, provider=first.provider, offer=first.offer,
+                          create_time=now_ts(now), update_time=now_ts(now))
+        if spec.WhichOneof("code") == "code_archive":
+            job.spec.ClearField("code_archive")
+            job.code_archive_sha256 = hashlib.sha256(spec.code_archive).hexdigest()
+        if not spec.budget_scope and scope:
+            job.spec.budget_scope = scope
+        cost_note = "estimated cost unknown: " + first.offer.price_source if estimated is None else (
+            f"estimated ${estimated:.4f} on {first.offer.offer_id} for {seconds / 3600:.2f} h")
+        job.cost.estimated_usd = estimated or 0.0
+        job.cost.update_time.CopyFrom(now_ts(now))
+        job.transitions.add(from_state=st.UNSPECIFIED, to_state=st.PENDING, time=now_ts(now),
+                            reason=f"created; {cost_note}", attempt=0)
+        if validate_only:
+            return job
+        job.job_id = f"job-{time.strftime('%Y%m%d', time.gmtime(now))}-{uuid.uuid4().hex[:12]}"
+        meta: dict[str, Any] = {
+            "candidates": [{"offer": c.offer.SerializeToString().hex(), "estimated_usd": c.estimated_usd} for c in candidates],
+            "assumptions": assumptions, "handles": {}, "log_starts": {}, "blocked_providers": [], "blocked_locations": [],
+            "restarts_used": 0, "recoveries": 0, "usage_until": {},
+        }
+        folder = self.job_dir(job.job_id)
+        manifest = await asyncio.to_thread(jobspec.unpack_code, spec, folder / "work")
+        (folder / "logs").mkdir(parents=True, exist_ok=True)
+        (folder / "code_manifest.json").write_text(json.dumps(manifest))
+        rec = JobRecord(job, digest, request_id, meta)
+        async with self._create_lock:
+            try:
+                await self.store.insert(rec)
+            except sqlite3.IntegrityError:
+                shutil.rmtree(folder, ignore_errors=True)
+                existing = await self.store.by_request_id(request_id) if request_id else None
+                if existing is None:
+                    raise
+                return self._check_same(existing, digest)
+        self._spawn(rec)
+        return self._snapshot(rec)
+
+    @staticmethod
+    def _check_same(existing: JobRecord, digest: str) -> job_pb2.Job:
+        if existing.spec_sha256 != digest:
+            raise AlreadyExists(f"request_id was used for job {existing.job.job_id} with a different spec",
+                                reason="REQUEST_ID_REUSED", metadata={"job_id": existing.job.job_id})
+        return existing.job
+
+    def _expected_seconds(self, spec: job_pb2.JobSpec) -> float:
+        if spec.HasField("expected_duration"):
+            return spec.expected_duration.ToTimedelta().total_seconds()
+        if spec.HasField("max_duration"):
+            return spec.max_duration.ToTimedelta().total_seconds()
+        return 3600.0
+
+    @staticmethod
+    def _snapshot(rec: JobRecord) -> job_pb2.Job:
+        out = job_pb2.Job()
+        out.CopyFrom(rec.job)
+        return out
+
+    async def _record(self, job_id: str) -> JobRecord:
+        live = self._live.get(job_id)
+        if live is not None:
+            return live.rec
+        if not job_id:
+            raise InvalidArgument.field("job_id", "is required")
+        rec = await self.store.get(job_id)
+        if rec is None:
+            raise NotFound(f"job {job_id!r} not found", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
+        return rec
+
+    async def get(self, job_id: str) -> job_pb2.Job:
+        """GetJob."""
+        return self._snapshot(await self._record(job_id))
+
+    async def list(self, **filters: Any) -> list[tuple[int, job_pb2.Job]]:
+        """ListJobs page as (store sequence, job), newest first; live jobs are returned as they are in memory."""
+        out = []
+        for rec in await self.store.list(**filters):
+            live = self._live.get(rec.job.job_id)
+            out.append((rec.seq, self._snapshot(live.rec if live else rec)))
+        return out
+
+    # --- cancel / watch ----------------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str, reason: str) -> job_pb2.Job:
+        """CancelJob: PENDING -> CANCELLED, running states -> CANCELLING (the driver stops the run), terminal refused."""
+        rec = await self._record(job_id)
+        live = self._live.get(job_id)
+        if live is None or st.is_terminal(rec.job.state):
+            raise FailedPrecondition(f"job {job_id} is {st.name(rec.job.state)}, which cannot be cancelled",
+                                     reason="JOB_TERMINAL", metadata={"job_id": job_id, "state": st.name(rec.job.state)})
+        text = f"cancelled: {reason or 'user request'}"
+        async with live.lock:
+            state = live.rec.job.state
+            if st.is_terminal(state):
+                raise FailedPrecondition(f"job {job_id} is {st.name(state)}, which cannot be cancelled",
+                                         reason="JOB_TERMINAL", metadata={"job_id": job_id, "state": st.name(state)})
+            if state == st.CANCELLING:
+                return self._snapshot(live.rec)
+            live.rec.meta["cancel_reason"] = text
+            if state == st.PENDING or (state == st.RECOVERING and not self._current_handle(live.rec)):
+                await self._transition(live, st.CANCELLED, text)
+            else:
+                await self._transition(live, st.CANCELLING, text)
+        live.wake.set()
+        return self._snapshot(live.rec)
+
+    async def watch(self, job_id: str) -> AsyncIterator[job_pb2.Job]:
+        """WatchJob: the job now, then on every change; ends after a terminal snapshot."""
+        rec = await self._record(job_id)
+        live = self._live.get(job_id)
+        if live is None:
+            yield self._snapshot(rec)
+            return
+        seen = -1
+        while True:
+            async with live.changed:
+                while live.version == seen:
+                    await live.changed.wait()
+                seen = live.version
+                snap = self._snapshot(live.rec)
+            yield snap
+            if st.is_terminal(snap.state):
+                return
+
+    async def _wait_change(self, job_id: str, timeout: float) -> None:
+        live = self._live.get(job_id)
+        if live is None:
+            await asyncio.sleep(timeout)
+            return
+        async with live.changed:
+            try:
+                await asyncio.wait_for(live.changed.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    # --- logs --------------------------------------------------------------------------------------------------
+
+    def _log_path(self, job_id: str, stream: str) -> Path:
+        return self.job_dir(job_id) / "logs" / f"{stream}.log"
+
+    @staticmethod
+    def _attempt_at(rec: JobRecord, stream: str, offset: int) -> tuple[int, int | None]:
+        """(attempt that wrote byte `offset`, start offset of the next attempt or None)."""
+        starts = sorted(((int(a), int(v[stream])) for a, v in rec.meta.get("log_starts", {}).items()), key=lambda x: x[1])
+        attempt, nxt = (starts[0][0] if starts else 1), None
+        for i, (a, start) in enumerate(starts):
+            if start <= offset:
+                attempt = a
+                nxt = None
+                for _a2, s2 in starts[i + 1:]:
+                    if s2 > start:
+                        nxt = s2
+                        break
+        return attempt, nxt
+
+    async def logs(self, job_id: str, streams: list[str], offsets: dict[str, int], follow: bool
+                   ) -> AsyncIterator[tuple[str, int, int, int, str]]:
+        """StreamJobLogs: (stream, attempt, offset, next_offset, text) chunks from the mirrored log files."""
+        rec = await self._record(job_id)
+        pos = dict(offsets)
+        while True:
+            rec = self._live[job_id].rec if job_id in self._live else rec
+            terminal = st.is_terminal(rec.job.state)
+            sent = False
+            for stream in streams:
+                path = self._log_path(job_id, stream)
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    size = 0
+                while pos[stream] < size:
+                    attempt, nxt = self._attempt_at(rec, stream, pos[stream])
+                    end = min(size, pos[stream] + LOG_CHUNK, nxt if nxt is not None else size)
+                    with open(path, "rb") as f:
+                        f.seek(pos[stream])
+                        data = f.read(end - pos[stream])
+                    cut = utf8_cut(data)
+                    if cut < len(data) and not (end == nxt or (end == size and terminal)):
+                        if cut == 0:
+                            break  # an incomplete character at the end: wait for its remaining bytes
+                        data = data[:cut]
+                    yield stream, attempt, pos[stream], pos[stream] + len(data), data.decode("utf-8", "replace")
+                    pos[stream] += len(data)
+                    sent = True
+            if not follow or (terminal and not sent):
+                return
+            if not sent:
+                await self._wait_change(job_id, 0.25)
+
+    # --- artifacts ---------------------------------------------------------------------------------------------
+
+    def _work(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "work"
+
+    def _manifest(self, job_id: str) -> dict[str, list[int]]:
+        try:
+            return json.loads((self.job_dir(job_id) / "code_manifest.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    async def artifacts(self, job_id: str, prefix: str) -> list[tuple[str, int, float, bool]]:
+        """(path, size, mtime, is_checkpoint) of every file the job produced, in path order."""
+        rec = await self._record(job_id)
+        root = self._work(job_id)
+        manifest = self._manifest(job_id)
+        ckpt = (rec.job.spec.checkpoint_dir or "checkpoints").rstrip("/") + "/"
+
+        def scan() -> dict[str, tuple[int, float]]:
+            found: dict[str, tuple[int, float]] = {}
+            if not root.is_dir():
+                return found
+            for dirpath, _dirs, files in os.walk(root):
+                for name in files:
+                    full = Path(dirpath) / name
+                    if full.is_symlink() or not full.is_file():
+                        continue
+                    rel = full.relative_to(root).as_posix()
+                    s = full.stat()
+                    if manifest.get(rel) == [s.st_size, s.st_mtime_ns]:
+                        continue  # uploaded code, unchanged
+                    found[rel] = (s.st_size, s.st_mtime)
+            return found
+
+        files = await asyncio.to_thread(scan)
+        handle = self._current_handle(rec)
+        if handle is not None and handle.provider != "local":
+            provider = self.registry.load(handle.provider)
+            if provider is not None and provider.capabilities.artifacts:
+                try:
+                    for a in await provider.list_artifacts(handle):
+                        files.setdefault(a.path, (a.size_bytes, a.modified_unix_s))
+                except ProviderError as exc:
+                    log.warning("listing artifacts of %s on %s failed: %s", job_id, handle.provider, exc)
+        return [(p, s, m, p.startswith(ckpt)) for p, (s, m) in sorted(files.items()) if p.startswith(prefix)]
+
+    def _resolve_artifact(self, job_id: str, path: str) -> Path:
+        if not path:
+            raise InvalidArgument.field("path", "is required")
+        if not jobspec.relative_path_ok(path):
+            raise InvalidArgument.field("path", "must be relative to the job's directory, without '..'",
+                                        reason="PATH_OUTSIDE_JOB")
+        root = self._work(job_id).resolve()
+        full = (root / path).resolve()
+        if full != root and root not in full.parents:
+            raise InvalidArgument.field("path", "leads outside the job's directory", reason="PATH_OUTSIDE_JOB")
+        return full
+
+    async def download(self, job_id: str, path: str, offset: int) -> AsyncIterator[tuple[int, bytes, int, str]]:
+        """DownloadArtifact: (offset, data, total size, sha256 on the last chunk) from the job's working directory."""
+        rec = await self._record(job_id)
+        full = self._resolve_artifact(job_id, path)
+        if not full.is_file():
+            handle = self._current_handle(rec)
+            provider = self.registry.load(handle.provider) if handle is not None and handle.provider != "local" else None
+            if provider is None or not provider.capabilities.artifacts:
+                raise NotFound(f"artifact {path!r} not found for job {job_id}", reason="ARTIFACT_NOT_FOUND")
+            async for item in self._download_remote(provider, handle, path, offset):  # type: ignore[arg-type]
+                yield item
+            return
+        before = full.stat()
+        size = before.st_size
+        if offset > size:
+            raise OutOfRange(f"offset {offset} is past the end of {path} ({size} bytes)", reason="OFFSET_PAST_END")
+        digest = hashlib.sha256()
+        with open(full, "rb") as f:
+            remaining = offset
+            while remaining:
+                block = f.read(min(remaining, ARTIFACT_CHUNK))
+                if not block:
+                    break
+                digest.update(block)
+                remaining -= len(block)
+            pos = offset
+            if size == offset:
+                yield pos, b"", size, digest.hexdigest()
+                return
+            while pos < size:
+                data = await asyncio.to_thread(f.read, min(ARTIFACT_CHUNK, size - pos))
+                if not data:
+                    raise Aborted(f"{path} shrank while it was being sent", reason="ARTIFACT_CHANGED")
+                digest.update(data)
+                last = pos + len(data) >= size
+                if last:
+                    after = full.stat()
+                    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                        raise Aborted(f"{path} changed while it was being sent", reason="ARTIFACT_CHANGED")
+                yield pos, data, size, digest.hexdigest() if last else ""
+                pos += len(data)
+
+    async def _download_remote(self, provider: Any, handle: RunHandle, path: str, offset: int
+                               ) -> AsyncIterator[tuple[int, bytes, int, str]]:
+        sizes = {a.path: a.size_bytes for a in await provider.list_artifacts(handle)}
+        if path not in sizes:
+            raise NotFound(f"artifact {path!r} not found", reason="ARTIFACT_NOT_FOUND")
+        size = sizes[path]
+        if offset > size:
+            raise OutOfRange(f"offset {offset} is past the end of {path} ({size} bytes)", reason="OFFSET_PAST_END")
+        digest, pos = hashlib.sha256(), 0
+        buffered: list[tuple[int, bytes]] = []
+        async for block in provider.open_artifact(handle, path, ARTIFACT_CHUNK):
+            digest.update(block)
+            if pos + len(block) > offset:
+                part = block[max(0, offset - pos):]
+                buffered.append((max(pos, offset), part))
+            pos += len(block)
+            while len(buffered) > 1:
+                o, d = buffered.pop(0)
+                yield o, d, size, ""
+        if pos != size:
+            raise Aborted(f"{path} changed while it was being sent", reason="ARTIFACT_CHANGED")
+        o, d = buffered.pop(0) if buffered else (offset, b"")
+        yield o, d, size, digest.hexdigest()
+
+    # --- the driver --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _current_handle(rec: JobRecord) -> RunHandle | None:
+        n = len(rec.job.attempts)
+        h = rec.meta.get("handles", {}).get(str(n))
+        if not h or rec.job.attempts[n - 1].outcome != A.ATTEMPT_OUTCOME_IN_PROGRESS:
+            return None
+        return RunHandle(h["provider"], h["ref"], h.get("data", {}))
+
+    def _candidates(self, rec: JobRecord) -> list[Candidate]:
+        out = []
+        for c in rec.meta.get("candidates", []):
+            offer = offer_pb2.Offer()
+            offer.ParseFromString(bytes.fromhex(c["offer"]))
+            out.append(Candidate(offer, c.get("estimated_usd")))
+        return out
+
+    def _blocked(self, rec: JobRecord, c: Candidate) -> bool:
+        return (c.provider in rec.meta.get("blocked_providers", [])
+                or [c.provider, c.offer.region] in rec.meta.get("blocked_locations", []))
+
+    async def _drive(self, live: _Live) -> None:
+        job_id = live.rec.job.job_id
+        try:
+            while not st.is_terminal(live.rec.job.state):
+                state = live.rec.job.state
+                if state in (st.PENDING, st.RECOVERING) or (state == st.PROVISIONING and self._needs_launch(live.rec)):
+                    await self._reattach_or_launch(live)
+                elif state == st.CANCELLING and self._current_handle(live.rec) is None:
+                    await self._cancel_unlaunched(live)
+                else:
+                    await self._follow_attempt(live)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: fail the job loudly instead of leaving it stuck
+            log.exception("driver of job %s crashed", job_id)
+            try:
+                async with live.lock:
+                    if not st.is_terminal(live.rec.job.state):
+                        self._end_attempt(live.rec, A.ATTEMPT_OUTCOME_STOPPED, None, f"scheduler error: {exc}")
+                        await self._transition(live, st.FAILED, f"scheduler error: {type(exc).__name__}: {exc}")
+            except Exception:
+                log.exception("could not record the failure of job %s", job_id)
+        finally:
+            if not self._stopping:
+                self._tasks.pop(job_id, None)
+                # Keep the record in memory briefly so watchers and log followers see the final state.
+                asyncio.get_running_loop().call_later(60.0, self._live.pop, job_id, None)
+
+    async def _cancel_unlaunched(self, live: _Live) -> None:
+        """CANCELLING without a recorded handle (a restart during the launch): find the run, else cancel outright."""
+        rec = live.rec
+        if rec.job.attempts and rec.job.attempts[-1].outcome == A.ATTEMPT_OUTCOME_IN_PROGRESS:
+            n, a = len(rec.job.attempts), rec.job.attempts[-1]
+            provider = self.registry.load(a.provider)
+            found = None
+            if provider is not None:
+                try:
+                    found = await provider.find(self._launch_spec(rec, n, Candidate(a.offer, None), resume=n > 1))
+                except ProviderError as exc:
+                    log.warning("looking up attempt %d of %s failed: %s", n, rec.job.job_id, exc)
+            if found is not None:
+                async with live.lock:
+                    self._remember_handle(rec, n, found)
+                    await self._save(live)
+                return  # the follow loop sends the cancel
+        async with live.lock:
+            self._end_attempt(rec, A.ATTEMPT_OUTCOME_STOPPED, None, rec.meta.get("cancel_reason", "cancelled"))
+            await self._transition(live, st.CANCELLED, rec.meta.get("cancel_reason", "cancelled"))
+
+    def _needs_launch(self, rec: JobRecord) -> bool:
+        """PROVISIONING with no attempt in progress, or one whose handle was never recorded (crash during submit)."""
+        if not rec.job.attempts:
+            return True
+        return self._current_handle(rec) is None
+
+    def _launch_spec(self, rec: JobRecord, n: int, c: Candidate, resume: bool) -> LaunchSpec:
+        job = rec.job
+        spec = job.spec
+        ckpt = spec.checkpoint_dir or "checkpoints"
+        env = dict(spec.env)
+        env.update({"CRUCIBLE_JOB_ID": job.job_id, "CRUCIBLE_ATTEMPT": str(n), "CRUCIBLE_CHECKPOINT_DIR": ckpt})
+        if resume:
+            env["CRUCIBLE_RESUME"] = "1"
+        limit = self._max_duration(spec) - self._running_seconds(rec)
+        return LaunchSpec(
+            job_id=job.job_id, attempt=n, command=tuple(spec.command), env=env, offer=offer_ref(c.offer),
+            work_dir=self.job_dir(job.job_id), code_dir=self._work(job.job_id),
+            container_image=spec.container_image or self.settings.container_image, checkpoint_dir=ckpt,
+            max_duration_s=max(1.0, limit), resume=resume,
+        )
+
+    def _max_duration(self, spec: job_pb2.JobSpec) -> float:
+        if spec.HasField("max_duration"):
+            return spec.max_duration.ToTimedelta().total_seconds()
+        return self.settings.default_max_duration_s
+
+    def _running_seconds(self, rec: JobRecord) -> float:
+        total, now = 0.0, self.clock()
+        for a in rec.job.attempts:
+            if a.HasField("start_time"):
+                end = ts_s(a.end_time) if a.HasField("end_time") else now
+                total += max(0.0, end - ts_s(a.start_time))
+        return total
+
+    def _log_sizes(self, job_id: str) -> dict[str, int]:
+        out = {}
+        for s in STREAMS:
+            try:
+                out[s] = self._log_path(job_id, s).stat().st_size
+            except FileNotFoundError:
+                out[s] = 0
+        return out
+
+    def _end_attempt(self, rec: JobRecord, outcome: int, exit_code: int | None, reason: str) -> None:
+        if not rec.job.attempts:
+            return
+        a = rec.job.attempts[-1]
+        if a.outcome != A.ATTEMPT_OUTCOME_IN_PROGRESS:
+            return
+        a.outcome = outcome
+        a.reason = reason[:500]
+        if exit_code is not None:
+            a.exit_code = exit_code
+        a.end_time.CopyFrom(now_ts(self.clock()))
+
+    async def _reattach_or_launch(self, live: _Live) -> None:
+        rec = live.rec
+        # A crash between submit and recording the handle: ask the provider before launching again.
+        if rec.job.attempts and rec.job.attempts[-1].outcome == A.ATTEMPT_OUTCOME_IN_PROGRESS:
+            n = len(rec.job.attempts)
+            a = rec.job.attempts[-1]
+            provider = self.registry.load(a.provider)
+            c = Candidate(a.offer, None)
+            found = None
+            if provider is not None:
+                try:
+                    found = await provider.find(self._launch_spec(rec, n, c, resume=n > 1))
+                except ProviderError as exc:
+                    log.warning("looking up attempt %d of %s failed: %s", n, rec.job.job_id, exc)
+            async with live.lock:
+                if found is not None:
+                    self._remember_handle(rec, n, found)
+                    await self._save(live)
+                    return
+                self._end_attempt(rec, A.ATTEMPT_OUTCOME_LAUNCH_FAILED, None,
+                                  "the scheduler stopped during the launch and the provider has no run for it")
+                await self._save(live)
+        await self._launch(live)
+
+    def _remember_handle(self, rec: JobRecord, n: int, handle: RunHandle) -> None:
+        rec.meta.setdefault("handles", {})[str(n)] = {"provider": handle.provider, "ref": handle.ref, "data": dict(handle.data)}
+        rec.job.attempts[n - 1].provider_ref = handle.ref
+
+    async def _launch(self, live: _Live) -> None:
+        rec = live.rec
+        resume = any(a.HasField("start_time") for a in rec.job.attempts) or rec.job.state == st.RECOVERING
+        failures: list[str] = []
+        for c in self._candidates(rec):
+            if self._blocked(rec, c):
+                continue
+            async with live.lock:
+                if rec.job.state not in (st.PENDING, st.RECOVERING, st.PROVISIONING):
+                    return  # cancelled meanwhile
+                n = len(rec.job.attempts) + 1
+                rec.job.attempts.add(attempt=n, provider=c.provider, offer=c.offer, outcome=A.ATTEMPT_OUTCOME_IN_PROGRESS,
+                                     create_time=now_ts(self.clock()))
+                rec.meta.setdefault("log_starts", {})[str(n)] = self._log_sizes(rec.job.job_id)
+                rec.job.provider = c.provider
+                rec.job.offer.CopyFrom(c.offer)
+                if rec.job.state != st.PROVISIONING:
+                    await self._transition(live, st.PROVISIONING, f"launching attempt {n} on {c.offer.offer_id}")
+                else:
+                    await self._save(live)
+            provider = self.registry.load(c.provider)
+            handle, error = None, None
+            if provider is None:
+                error = ProviderError(c.provider, K.AUTH, self.registry.error(c.provider) or "unavailable")
+            else:
+                spec = self._launch_spec(rec, n, c, resume)
+                for retry in range(self.settings.transient_retries + 1):
+                    try:
+                        handle = await provider.submit(spec)
+                        error = None
+                        break
+                    except ProviderError as exc:
+                        error = exc
+                        if exc.kind not in (K.TRANSIENT, K.MALFORMED_RESPONSE) or retry == self.settings.transient_retries:
+                            break
+                        await asyncio.sleep(min(exc.retry_after_s or 0.5 * 2**retry, 10.0))
+                    except Exception as exc:  # an adapter bug: treat like a failed launch, keep the job alive
+                        log.exception("adapter %s failed to submit", c.provider)
+                        error = ProviderError(c.provider, K.TRANSIENT, f"adapter error: {type(exc).__name__}: {exc}")
+                        break
+            async with live.lock:
+                if handle is not None:
+                    self._remember_handle(rec, n, handle)
+                    await self._save(live)
+                    if rec.job.state == st.CANCELLING:
+                        live.wake.set()
+                    return
+                assert error is not None
+                text = str(error)
+                failures.append(text)
+                self._end_attempt(rec, A.ATTEMPT_OUTCOME_LAUNCH_FAILED, None, text)
+                if error.kind in (K.QUOTA, K.AUTH):
+                    rec.meta.setdefault("blocked_providers", []).append(c.provider)
+                else:
+                    rec.meta.setdefault("blocked_locations", []).append([c.provider, c.offer.region])
+                if rec.job.state == st.CANCELLING:
+                    await self._transition(live, st.CANCELLED, rec.meta.get("cancel_reason", "cancelled"))
+                    return
+                if error.kind == K.INVALID:
+                    await self._transition(live, st.FAILED, f"the provider rejected the job: {text}")
+                    return
+                await self._save(live)
+                log.warning("launch of %s attempt %d failed (%s); failing over", rec.job.job_id, n, text)
+        async with live.lock:
+            if rec.job.state == st.CANCELLING:
+                await self._transition(live, st.CANCELLED, rec.meta.get("cancel_reason", "cancelled"))
+                return
+            if st.is_terminal(rec.job.state):
+                return
+            detail = "; ".join(failures[-3:]) or "every offer's provider or location is blocked"
+            await self._transition(live, st.FAILED, f"no offer could be launched: {detail}"[:1000])
+
+    async def _follow_attempt(self, live: _Live) -> None:
+        """Poll the current attempt until it ends, mirroring logs and recording usage."""
+        rec = live.rec
+        handle = self._current_handle(rec)
+        assert handle is not None
+        provider = self.registry.load(handle.provider)
+        n = len(rec.job.attempts)
+        while True:
+            if provider is None:
+                log.warning("job %s: provider %s is unavailable; cannot poll attempt %d", rec.job.job_id, handle.provider, n)
+                status = RunStatus(RunState.UNKNOWN)
+                provider = self.registry.load(handle.provider)
+            else:
+                if (rec.job.state == st.CANCELLING or rec.meta.get("stop_reason")) and not rec.meta.get(f"cancel_sent_{n}"):
+                    try:
+                        await provider.cancel(handle)
+                        rec.meta[f"cancel_sent_{n}"] = True
+                    except ProviderError as exc:
+                        log.warning("cancel of %s on %s failed (will retry): %s", rec.job.job_id, handle.provider, exc)
+                try:
+                    status = await provider.status(handle)
+                except ProviderError as exc:
+                    if exc.kind == K.NOT_FOUND:
+                        status = RunStatus(RunState.PREEMPTED, message=f"the provider no longer knows the run: {exc}")
+                    else:
+                        status = RunStatus(RunState.UNKNOWN, message=str(exc))
+                await self._tail_logs(live, provider, handle)
+            if status.state == RunState.RUNNING and rec.job.state in (st.PROVISIONING, st.RECOVERING):
+                async with live.lock:
+                    if rec.job.state in (st.PROVISIONING, st.RECOVERING):
+                        now = now_ts(self.clock())
+                        rec.job.attempts[-1].start_time.CopyFrom(now)
+                        if not rec.job.HasField("start_time"):
+                            rec.job.start_time.CopyFrom(now)
+                        await self._transition(live, st.RUNNING, f"attempt {n} running on {handle.provider} ({handle.ref})")
+            if status.state.terminal:
+                await self._finish(live, status)
+                return
+            await self._check_limits(live, final=False)
+            await self._flush_progress(live, force=False)
+            live.wake.clear()
+            try:
+                await asyncio.wait_for(live.wake.wait(), self.settings.poll_interval_s)
+            except TimeoutError:
+                pass
+
+    async def _tail_logs(self, live: _Live, provider: Any, handle: RunHandle) -> None:
+        rec = live.rec
+        n = len(rec.job.attempts)
+        starts = rec.meta.get("log_starts", {}).get(str(n), {"stdout": 0, "stderr": 0})
+        for stream in STREAMS:
+            path = self._log_path(rec.job.job_id, stream)
+            read = 0
+            while read < MAX_LOG_READ_PER_POLL:
+                size = path.stat().st_size if path.exists() else 0
+                offset = size - int(starts[stream])
+                try:
+                    chunk = await provider.read_logs(handle, stream, offset)
+                except ProviderError as exc:
+                    log.debug("log read of %s failed: %s", rec.job.job_id, exc)
+                    break
+                if not chunk.data:
+                    break
+                with open(path, "ab") as f:
+                    f.write(chunk.data)
+                read += len(chunk.data)
+                self._feed(live, stream, chunk.data)
+            if read:
+                async with live.changed:
+                    live.changed.notify_all()  # log followers
+
+    def _feed(self, live: _Live, stream: str, data: bytes) -> None:
+        buf = live.partial[stream] + data
+        *lines, rest = buf.split(b"\n")
+        live.partial[stream] = rest[-65536:]
+        now = self.clock()
+        for raw in lines:
+            for part in raw.split(b"\r"):  # progress bars rewrite a line with carriage returns
+                if live.tracker.feed(part.decode("utf-8", "replace"), now):
+                    live.progress_dirty = True
+
+    def _apply_progress(self, job: job_pb2.Job, p: Progress) -> None:
+        out = job.progress
+        out.Clear()
+        for name in ("step", "total_steps", "epoch", "total_epochs"):
+            value = getattr(p, name)
+            if value is not None:
+                setattr(out, name, value)
+        for k, v in p.metrics.items():
+            out.metrics[k] = v
+        if p.eta_s is not None:
+            out.eta.CopyFrom(duration_pb2.Duration(seconds=int(p.eta_s), nanos=int((p.eta_s % 1) * 1e9)))
+        if p.update_time is not None:
+            out.update_time.CopyFrom(now_ts(p.update_time))
+
+    async def _flush_progress(self, live: _Live, *, force: bool) -> None:
+        now = self.clock()
+        if not live.progress_dirty or (not force and now - live.progress_saved_at < PROGRESS_SAVE_INTERVAL_S):
+            return
+        async with live.lock:
+            self._apply_progress(live.rec.job, live.tracker.progress)
+            self._update_checkpoint(live.rec)
+            live.progress_dirty = False
+            live.progress_saved_at = now
+            await self._save(live)
+
+    def _update_checkpoint(self, rec: JobRecord) -> None:
+        """Newest file under the checkpoint directory (local working directory)."""
+        folder = self._work(rec.job.job_id) / (rec.job.spec.checkpoint_dir or "checkpoints")
+        if not folder.is_dir():
+            return
+        newest = max((p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".tmp")),
+                     key=lambda p: p.stat().st_mtime_ns, default=None)
+        if newest is not None:
+            rec.job.latest_checkpoint = newest.relative_to(self._work(rec.job.job_id)).as_posix()
+
+    async def _record_usage(self, live: _Live, final: bool) -> None:
+        rec = live.rec
+        if not self.pricing.known or not rec.job.attempts:
+            return
+        a = rec.job.attempts[-1]
+        if not a.HasField("start_time") or not priced(a.offer):
+            return
+        key = str(a.attempt)
+        start = float(rec.meta.get("usage_until", {}).get(key, ts_s(a.start_time)))
+        end = ts_s(a.end_time) if a.HasField("end_time") else self.clock()
+        if end <= start or (not final and end - start < self.settings.usage_interval_s):
+            return
+        result = await self.pricing.record(rec.job.job_id, a.offer.offer_id, rec.job.spec.budget_scope, start, end)
+        if result is None:
+            return
+        rec.meta.setdefault("usage_until", {})[key] = end
+        rec.job.cost.spent_usd = result.job_spent_usd
+        rec.job.cost.update_time.CopyFrom(now_ts(self.clock()))
+        spec = rec.job.spec
+        if result.hard_budget_exhausted and not rec.meta.get("stop_reason"):
+            rec.meta["stop_reason"] = result.hard_budget_exhausted
+        elif spec.HasField("max_cost_usd") and result.job_spent_usd >= spec.max_cost_usd and not rec.meta.get("stop_reason"):
+            rec.meta["stop_reason"] = f"max_cost_usd ${spec.max_cost_usd:.2f} reached (spent ${result.job_spent_usd:.4f})"
+
+    async def _check_limits(self, live: _Live, final: bool) -> None:
+        rec = live.rec
+        before = rec.meta.get("stop_reason")
+        await self._record_usage(live, final)
+        if not rec.meta.get("stop_reason") and self._running_seconds(rec) > self._max_duration(rec.job.spec) + 5:
+            rec.meta["stop_reason"] = f"maximum duration {self._max_duration(rec.job.spec):.0f}s reached"
+        if rec.meta.get("stop_reason") != before or final:
+            async with live.lock:
+                await self._save(live)
+            live.wake.set()
+
+    async def _finish(self, live: _Live, status: RunStatus) -> None:
+        rec = live.rec
+        job = rec.job
+        n = len(job.attempts)
+        spec = job.spec
+        async with live.lock:
+            a = job.attempts[-1]
+            a.end_time.CopyFrom(now_ts(self.clock()))
+        await self._record_usage(live, final=True)
+        live.progress_dirty = True
+        await self._flush_progress(live, force=True)
+        async with live.lock:
+            exit_code = status.exit_code
+            detail = status.message or (f"exit status {exit_code}" if exit_code is not None else status.state.value)
+            stop_reason = rec.meta.get("stop_reason", "")
+            limit_hit = status.message == "time limit reached" or self._running_seconds(rec) >= self._max_duration(spec)
+            a = job.attempts[-1]
+            a.ClearField("end_time")  # _end_attempt sets it together with the outcome
+            if status.state == RunState.SUCCEEDED:
+                self._end_attempt(rec, A.ATTEMPT_OUTCOME_SUCCEEDED, 0, "exit status 0")
+                note = "finished before the cancellation took effect; " if job.state == st.CANCELLING else ""
+                await self._transition(live, st.SUCCEEDED, f"{note}attempt {n} exited with status 0")
+            elif job.state == st.CANCELLING:
+                self._end_attempt(rec, A.ATTEMPT_OUTCOME_STOPPED, exit_code, rec.meta.get("cancel_reason", "cancelled"))
+                await self._transition(live, st.CANCELLED, rec.meta.get("cancel_reason", "cancelled"))
+            elif stop_reason:
+                self._end_attempt(rec, A.ATTEMPT_OUTCOME_STOPPED, exit_code, stop_reason)
+                await self._transition(live, st.FAILED, f"stopped: {stop_reason}")
+            elif status.state == RunState.FAILED and limit_hit:
+                text = f"maximum duration {self._max_duration(spec):.0f}s reached"
+                self._end_attempt(rec, A.ATTEMPT_OUTCOME_STOPPED, exit_code, text)
+                await self._transition(live, st.FAILED, f"stopped: {text}")
+            elif status.state == RunState.FAILED:
+                self._end_attempt(rec, A.ATTEMPT_OUTCOME_USER_ERROR, exit_code, detail)
+                used, limit = int(rec.meta.get("restarts_used", 0)), spec.restart_policy.max_restarts_on_errors
+                if used < limit:
+                    rec.meta["restarts_used"] = used + 1
+                    await self._transition(live, st.RECOVERING, f"{detail} (restart {used + 1} of {limit})")
+                else:
+                    suffix = f" (restart limit {limit} reached)" if limit else ""
+                    await self._transition(live, st.FAILED, f"attempt {n}: {detail}{suffix}")
+            else:  # PREEMPTED, or CANCELLED by the provider on its own
+                lost = not a.offer.spot or status.state == RunState.CANCELLED
+                outcome = A.ATTEMPT_OUTCOME_LOST if lost else A.ATTEMPT_OUTCOME_PREEMPTED
+                what = (f"lost by {a.provider}" if lost else f"preempted by {a.provider}") + (f": {detail}" if detail else "")
+                self._end_attempt(rec, outcome, exit_code, what)
+                recover = (not spec.restart_policy.HasField("recover_on_preemption")
+                           or spec.restart_policy.recover_on_preemption)
+                recoveries = int(rec.meta.get("recoveries", 0))
+                if recover and recoveries < self.settings.max_recoveries:
+                    rec.meta["recoveries"] = recoveries + 1
+                    await self._transition(live, st.RECOVERING, f"{what}; relaunching to resume from the latest checkpoint")
+                else:
+                    why = "recovery disabled" if not recover else f"{recoveries} recoveries already"
+                    await self._transition(live, st.FAILED, f"{what} ({why})")

@@ -1,0 +1,93 @@
+"""Supervisor of one local attempt: runs the command in its own process group, enforces the time limit, records the exit.
+
+Started by the `local` provider in a new session; it outlives a crashed scheduler and leaves `exit.json` for it to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def _write_json(path: str, payload: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _stop_group(child: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the child's process group, then SIGKILL it after `grace_s` seconds."""
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(child.pid, signal.SIGKILL)  # also reaps grandchildren left in the group
+    except ProcessLookupError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command given after `--`; returns 0 (the command's own status is in exit.json)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--attempt-dir", required=True)
+    parser.add_argument("--cwd", required=True)
+    parser.add_argument("--max-duration-s", type=float, default=0.0)
+    parser.add_argument("--grace-s", type=float, default=10.0)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    exit_path = os.path.join(args.attempt_dir, "exit.json")
+    stop = {"signal": 0}
+
+    def on_term(signum: int, _frame: object) -> None:
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    started = time.time()
+    with open(os.path.join(args.attempt_dir, "stdout"), "ab") as out, open(os.path.join(args.attempt_dir, "stderr"), "ab") as err:
+        try:
+            child = subprocess.Popen(command, cwd=args.cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, process_group=0)
+        except OSError as exc:
+            err.write(f"crucible: cannot start {command[0]!r}: {exc}\n".encode())
+            _write_json(exit_path, {"exit_code": 127, "cancelled": False, "timed_out": False, "start_error": str(exc),
+                                    "end_time": time.time()})
+            return 0
+        _write_json(os.path.join(args.attempt_dir, "child.json"), {"pid": child.pid, "pgid": child.pid, "start_time": started})
+        timed_out = False
+        while True:
+            try:
+                child.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if stop["signal"]:
+                _stop_group(child, args.grace_s)
+                break
+            if args.max_duration_s > 0 and time.time() - started > args.max_duration_s:
+                timed_out = True
+                err.write(f"\ncrucible: time limit of {args.max_duration_s:.0f}s reached; stopping\n".encode())
+                err.flush()
+                _stop_group(child, args.grace_s)
+                break
+        code = child.wait()
+    _write_json(exit_path, {"exit_code": code, "cancelled": bool(stop["signal"]), "timed_out": timed_out,
+                            "end_time": time.time()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
