@@ -19,6 +19,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from crucible.api.cost.v1 import budget_pb2, cost_service_pb2, cost_service_pb2_grpc, offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
+from crucible.clients.channel import open_channel
+from crucible.clients.mesh import MeshConfig
 from crucible.runtime.errors import FailedPrecondition, NotFound, Unavailable, parse_status_details
 
 log = logging.getLogger(__name__)
@@ -156,7 +158,10 @@ class CostServicePricing:
         self.address = address
         self.timeout_s = timeout_s
         self.local_gpus = local_gpus
-        self._channel = grpc.aio.insecure_channel(address)
+        # The SDK's channel: bearer token, TLS and retries (UNAVAILABLE, idempotent methods) from CRUCIBLE_CLIENT_* env,
+        # the same settings every other client of the mesh reads (deploy/README.md, tls-and-token component).
+        channel_config = dataclasses.replace(MeshConfig.from_env().services["cost"], addresses=(address,), timeout_s=timeout_s)
+        self._channel = open_channel(channel_config, "crucible.cost.v1.CostService")
         self._stub = cost_service_pb2_grpc.CostServiceStub(self._channel)
 
     async def close(self) -> None:

@@ -38,7 +38,7 @@ def mesh(tmp_path_factory):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "CRUCIBLE_STATE_DIR": str(log_dir / "state")},
     )
     lines: list[str] = []
     deadline = time.monotonic() + 240
