@@ -1,18 +1,136 @@
 """gRPC servicer of the proposer service: protobuf <-> domain translation only.
 
-Its RPCs are built in issue #4; until then every method answers UNIMPLEMENTED (never a fake success).
+The work (validation, prompts, batched generation, cleaning, meaning checks) lives in crucible.proposer.engine.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from crucible.api.proposer.v1 import proposer_service_pb2, proposer_service_pb2_grpc
-from crucible.runtime.server import unimplemented_servicer
+import grpc
+from crucible.api.common.v1 import common_pb2
+from crucible.api.proposer.v1 import proposer_service_pb2 as pb
+from crucible.api.proposer.v1 import proposer_service_pb2_grpc as pb_grpc
+from crucible.proposer import engine as core
+from crucible.proposer import generation, prompts
+from crucible.runtime.batching import BatchSettings
+from google.protobuf import duration_pb2
 
-SERVICE_DESCRIPTOR = proposer_service_pb2.DESCRIPTOR.services_by_name["ProposerService"]
+SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["ProposerService"]
+
+_MODES = {pb.PROPOSE_MODE_PARAPHRASE: prompts.MODE_PARAPHRASE,
+          pb.PROPOSE_MODE_EQUIVALENT_QUESTION: prompts.MODE_EQUIVALENT_QUESTION}
+_METHODS = {pb.EQUIVALENCE_METHOD_EMBEDDING_COSINE: core.METHOD_COSINE,
+            pb.EQUIVALENCE_METHOD_NLI_ENTAILMENT: core.METHOD_NLI}
+_METHOD_ENUMS = {name: value for value, name in _METHODS.items()}
+_FINISH = {generation.FINISH_STOP: pb.FINISH_REASON_STOP, generation.FINISH_LENGTH: pb.FINISH_REASON_LENGTH}
 
 
-def build_servicer() -> Any:
+def model_identity(identity: Any) -> common_pb2.ModelIdentity:
+    """A crucible.models.ModelIdentity as its protobuf message."""
+    return common_pb2.ModelIdentity(name=identity.name, revision=identity.revision, dtype=identity.dtype,
+                                    device=identity.device, quantization=identity.quantization)
+
+
+def batching_settings(settings: BatchSettings) -> common_pb2.BatchingSettings:
+    """Batcher settings as their protobuf message."""
+    wait = duration_pb2.Duration()
+    wait.FromNanoseconds(round(settings.max_wait_s * 1e9))
+    return common_pb2.BatchingSettings(max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
+                                       max_wait=wait, max_queue_size=settings.max_queue_size)
+
+
+def _remaining(context: grpc.aio.ServicerContext) -> float | None:
+    return context.time_remaining()
+
+
+class ProposerServicer(pb_grpc.ProposerServiceServicer):
+    """Translates ProposerService calls to ProposerEngine calls."""
+
+    def __init__(self, engine: core.ProposerEngine) -> None:
+        self.engine = engine
+
+    async def Propose(self, request: pb.ProposeRequest, context: grpc.aio.ServicerContext) -> pb.ProposeResponse:
+        spec = core.ProposeSpec(
+            text=request.text,
+            mode=_MODES.get(request.mode),
+            options=tuple(request.options),
+            correct_option_index=request.correct_option_index if request.HasField("correct_option_index") else None,
+            n=request.n,
+            instruction=request.instruction,
+            temperature=request.temperature if request.HasField("temperature") else None,
+            top_p=request.top_p if request.HasField("top_p") else None,
+            max_new_tokens=request.max_new_tokens,
+            seed=request.seed if request.HasField("seed") else None,
+        )
+        result = await self.engine.propose(spec, timeout=_remaining(context))
+        return pb.ProposeResponse(
+            candidates=[pb.Candidate(text=c.text, generated_tokens=c.generated_tokens, finish_reason=_FINISH[c.finish])
+                        for c in result.candidates],
+            dropped_empty=result.dropped_empty,
+            dropped_degenerate=result.dropped_degenerate,
+            seed=result.seed,
+            prompt=result.prompt,
+            model=model_identity(result.model),
+        )
+
+    async def CheckEquivalence(
+        self, request: pb.CheckEquivalenceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckEquivalenceResponse:
+        result = await self.engine.check_equivalence(
+            [(pair.first, pair.second) for pair in request.pairs],
+            _METHODS.get(request.method),
+            request.threshold if request.HasField("threshold") else None,
+            timeout=_remaining(context),
+        )
+        results = []
+        for verdict in result.verdicts:
+            item = pb.EquivalenceResult(score=verdict.score, equivalent=verdict.equivalent)
+            if verdict.entailment_forward is not None:
+                item.entailment_forward = verdict.entailment_forward
+            if verdict.entailment_backward is not None:
+                item.entailment_backward = verdict.entailment_backward
+            results.append(item)
+        return pb.CheckEquivalenceResponse(results=results, method=_METHOD_ENUMS[result.method],
+                                           threshold=result.threshold, model=model_identity(result.model))
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        result = await self.engine.embed(list(request.texts), timeout=_remaining(context))
+        return pb.EmbedResponse(
+            embeddings=[pb.Embedding(values=e.vector, token_count=e.token_count, truncated=e.truncated)
+                        for e in result.embeddings],
+            dimension=result.dimension,
+            model=model_identity(result.model),
+        )
+
+    async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.GetInfoResponse:
+        engine = self.engine
+        engine.require_ready()
+        cfg = engine.config
+        equivalence = [pb.EquivalenceSettings(method=pb.EQUIVALENCE_METHOD_EMBEDDING_COSINE,
+                                              default_threshold=cfg.cosine_threshold,
+                                              model=model_identity(engine.embedder.identity))]
+        response = pb.GetInfoResponse(
+            generator_model=model_identity(engine.generator.identity),
+            chat_template=engine.chat_template,
+            embedding_model=model_identity(engine.embedder.identity),
+            embedding_dimension=engine.embedding_dimension,
+            defaults=pb.GenerationDefaults(temperature=cfg.default_temperature, top_p=cfg.default_top_p,
+                                           max_new_tokens=cfg.default_max_new_tokens),
+            limits=pb.Limits(max_candidates=cfg.max_candidates, max_new_tokens=cfg.max_new_tokens_limit,
+                             max_text_chars=cfg.max_text_chars, max_instruction_chars=cfg.max_instruction_chars,
+                             max_pairs_per_call=cfg.max_pairs_per_call, max_texts_per_call=cfg.max_texts_per_call),
+            batching=batching_settings(engine.generation_settings),
+        )
+        if engine.nli is not None:
+            response.nli_model.CopyFrom(model_identity(engine.nli.identity))
+            equivalence.append(pb.EquivalenceSettings(method=pb.EQUIVALENCE_METHOD_NLI_ENTAILMENT,
+                                                      default_threshold=cfg.nli_threshold,
+                                                      model=model_identity(engine.nli.identity)))
+        response.equivalence.extend(equivalence)
+        return response
+
+
+def build_servicer(engine: core.ProposerEngine) -> ProposerServicer:
     """The servicer registered on the server."""
-    return unimplemented_servicer(proposer_service_pb2_grpc.ProposerServiceServicer, SERVICE_DESCRIPTOR, "issue #4")
+    return ProposerServicer(engine)

@@ -1,0 +1,485 @@
+"""The proposer's domain logic: models, batchers, request validation, Propose / CheckEquivalence / Embed / info.
+
+No grpc here: the servicer translates protobuf to these plain calls and back; errors are crucible.runtime.errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import secrets
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from crucible.proposer import cleaning, equivalence, generation, prompts
+from crucible.proposer.config import ProposerConfig
+from crucible.runtime.batching import BatcherMetrics, BatchSettings, DynamicBatcher
+from crucible.runtime.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+)
+from prometheus_client import CollectorRegistry, Counter
+
+log = logging.getLogger(__name__)
+
+METHOD_COSINE = "embedding_cosine"
+METHOD_NLI = "nli_entailment"
+MIN_OPTIONS, MAX_OPTIONS = 2, 26
+
+
+@dataclasses.dataclass(frozen=True)
+class ProposeSpec:
+    """A Propose request in plain values. None means unset; `mode` None is UNSPECIFIED; n and max_new_tokens 0 = default."""
+
+    text: str
+    mode: str | None
+    options: tuple[str, ...] = ()
+    correct_option_index: int | None = None
+    n: int = 1
+    instruction: str = ""
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int = 0
+    seed: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateResult:
+    """One kept rewrite: cleaned text, tokens generated (end token included) and finish reason (stop or length)."""
+
+    text: str
+    generated_tokens: int
+    finish: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ProposeResult:
+    """What Propose returns: kept candidates, drop counts, the seed used, the exact prompt and the generator's identity."""
+
+    candidates: list[CandidateResult]
+    dropped_empty: int
+    dropped_degenerate: int
+    seed: int
+    prompt: str
+    model: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class EquivalenceResult:
+    """Verdicts of one CheckEquivalence call with the method, threshold and model that produced them."""
+
+    verdicts: list[equivalence.PairVerdict]
+    method: str
+    threshold: float
+    model: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedResult:
+    """Embeddings of one Embed call, their dimension and the embedding model's identity."""
+
+    embeddings: list[equivalence.EmbeddedText]
+    dimension: int
+    model: Any
+
+
+class _Violations:
+    """Collects every bad field of one request, then raises one INVALID_ARGUMENT naming them all."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, str]] = []
+
+    def add(self, field: str, description: str, reason: str) -> None:
+        self.items.append((field, description, reason))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            message = "; ".join(f"{field}: {description}" for field, description, _ in self.items)
+            raise InvalidArgument(
+                message, field_violations=[(f, d) for f, d, _ in self.items], reason=self.items[0][2]
+            )
+
+
+def _blank(text: str) -> bool:
+    return not text or text.isspace()
+
+
+def plan_placement(config: ProposerConfig) -> None:
+    """Refuse, before loading anything, models that together exceed the declared device memory (memory_limit_gb).
+
+    Sums the weight estimates of the generator (with its dtype and quantisation), the embedder and the NLI model,
+    adds the registry's headroom, and raises PlacementError with the breakdown. Nothing is checked when no memory
+    is declared (each load then checks the measured free memory).
+    """
+    if config.memory_limit_gb <= 0:
+        return
+    import transformers
+    from crucible.models import (
+        PlacementError,
+        count_parameters,
+        estimate_model_bytes,
+        resolve_model,
+        select_device,
+        select_dtype,
+    )
+    from crucible.models.devices import DEFAULT_HEADROOM
+
+    device = select_device(config.device)
+    cache = config.model_cache_dir or None
+    planned = [("generator", config.model, config.dtype, config.quantize, "AutoModelForCausalLM"),
+               ("embedder", config.embedding_model, config.equivalence_dtype, "none", "AutoModel")]
+    if config.nli_model:
+        planned.append(("nli", config.nli_model, config.equivalence_dtype, "none", "AutoModelForSequenceClassification"))
+    parts: list[tuple[str, int]] = []
+    for label, setting, dtype_setting, quantize, auto_class in planned:
+        resolved = resolve_model(setting, cache_dir=cache)
+        model_config = transformers.AutoConfig.from_pretrained(resolved.path, local_files_only=True)
+        counts = count_parameters(model_config, getattr(transformers, auto_class))
+        dtype = select_dtype(dtype_setting, device)
+        size = estimate_model_bytes(counts.total, dtype, quantize, quantizable_params=counts.quantizable)
+        parts.append((f"{label} {resolved.name} ({counts.total / 1e6:.1f}M params, {dtype}, quantize={quantize})", size))
+    required = int(sum(size for _, size in parts) * (1.0 + DEFAULT_HEADROOM))
+    declared = int(config.memory_limit_gb * 1e9)
+    breakdown = ", ".join(f"{name}: {size / 1e9:.2f} GB" for name, size in parts)
+    if required > declared:
+        raise PlacementError(
+            f"the proposer's models need ~{required / 1e9:.2f} GB on {device} ({breakdown}, plus "
+            f"{DEFAULT_HEADROOM:.0%} headroom) but memory_limit_gb declares {config.memory_limit_gb:g} GB; "
+            "use quantize=int8 or nf4, dtype=bfloat16, smaller models, or raise memory_limit_gb",
+            required,
+            declared,
+        )
+    log.info("placement check passed: ~%.2f GB of %.2f GB declared (%s)", required / 1e9, declared / 1e9, breakdown)
+
+
+class ProposerEngine:
+    """Loads the generator, embedder and optional NLI model, and serves the proposer's operations through batchers."""
+
+    def __init__(self, config: ProposerConfig, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self._metrics = BatcherMetrics(registry)
+        self.generated_tokens = Counter("crucible_proposer_generated_tokens_total",
+                                        "Tokens generated for Propose candidates, kept or dropped.", registry=registry)
+        self.candidates = Counter("crucible_proposer_candidates_total", "Propose candidates by outcome.", ["outcome"],
+                                  registry=registry)
+        self.generation_settings = BatchSettings(
+            max_batch_size=config.max_batch_size,
+            max_batch_tokens=config.max_batch_tokens,
+            max_wait_s=config.max_wait_ms / 1000.0,
+            max_queue_size=config.max_queue_size,
+        )
+        self.embedding_settings = BatchSettings(
+            max_batch_size=config.embed_max_batch_size, max_batch_tokens=0,
+            max_wait_s=config.max_wait_ms / 1000.0, max_queue_size=config.embed_max_queue_size,
+        )
+        self.generator: Any = None
+        self.embedder: Any = None
+        self.nli: Any = None
+        self.embedding_dimension = 0
+        self._eos_ids: list[int] = []
+        self._pad_id = 0
+        self._batchers: list[DynamicBatcher[Any, Any]] = []
+        self._generate: DynamicBatcher[generation.GenerationRow, generation.GeneratedRow] | None = None
+        self._embed: DynamicBatcher[str, equivalence.EmbeddedText] | None = None
+        self._entail: DynamicBatcher[tuple[str, str], float] | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check placement, load the models (in a thread), start the batchers and warm every path once."""
+        from crucible.models import (
+            load_causal_lm,
+            load_embedding_model,
+            load_sequence_classifier,
+        )
+
+        cfg = self.config
+        cache = cfg.model_cache_dir or None
+        declared = int(cfg.memory_limit_gb * 1e9) if cfg.memory_limit_gb > 0 else None
+        await asyncio.to_thread(plan_placement, cfg)
+        self.generator = await asyncio.to_thread(
+            load_causal_lm, cfg.model, device=cfg.device, dtype=cfg.dtype, quantize=cfg.quantize,
+            cache_dir=cache, available_bytes=declared,
+        )
+        self.embedder = await asyncio.to_thread(
+            load_embedding_model, cfg.embedding_model, device=cfg.device, dtype=cfg.equivalence_dtype,
+            cache_dir=cache, available_bytes=declared,
+        )
+        if cfg.nli_model:
+            self.nli = await asyncio.to_thread(
+                load_sequence_classifier, cfg.nli_model, device=cfg.device, dtype=cfg.equivalence_dtype,
+                cache_dir=cache, available_bytes=declared,
+            )
+            equivalence.entailment_label_index(self.nli.model.config.id2label)  # refuse a non-NLI classifier now
+        self._eos_ids = self._end_token_ids(self.generator)
+        self._pad_id = int(self.generator.tokenizer.pad_token_id if self.generator.tokenizer.pad_token_id is not None
+                           else (self._eos_ids[0] if self._eos_ids else 0))
+
+        self._generate = DynamicBatcher(
+            "proposer_generate", self._run_generation, self.generation_settings,
+            cost=lambda row: len(row.prompt_ids) + row.max_new_tokens, metrics=self._metrics,
+        )
+        self._embed = DynamicBatcher(
+            "proposer_embed", self._run_embedding, self.embedding_settings, dedup_key=lambda text: text,
+            metrics=self._metrics,
+        )
+        self._batchers = [self._generate, self._embed]
+        if self.nli is not None:
+            self._entail = DynamicBatcher(
+                "proposer_nli", self._run_entailment, self.embedding_settings, dedup_key=lambda pair: pair,
+                metrics=self._metrics,
+            )
+            self._batchers.append(self._entail)
+        for batcher in self._batchers:
+            batcher.start()
+        warm = await self._embed.submit("warm-up")
+        self.embedding_dimension = len(warm.vector)
+        await self._generate.submit(generation.GenerationRow((self._pad_id,), 1.0, 1.0, 2, 0))
+        if self._entail is not None:
+            await self._entail.submit(("warm-up", "warm-up"))
+        log.info("proposer ready", extra={"generator": dataclasses.asdict(self.generator.identity),
+                                          "embedder": dataclasses.asdict(self.embedder.identity),
+                                          "nli": dataclasses.asdict(self.nli.identity) if self.nli else None})
+
+    async def stop(self) -> None:
+        """Stop the batchers (waiting calls fail with UNAVAILABLE) and release the models."""
+        for batcher in self._batchers:
+            await batcher.stop()
+        self._batchers = []
+        self.generator = self.embedder = self.nli = None
+
+    @staticmethod
+    def _end_token_ids(loaded: Any) -> list[int]:
+        """Token ids that end a turn: the tokenizer's EOS, the generation config's, and <|im_end|>/<|eot_id|> if known."""
+        ids: set[int] = set()
+        tokenizer = loaded.tokenizer
+        if tokenizer.eos_token_id is not None:
+            ids.add(int(tokenizer.eos_token_id))
+        configured = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+        if isinstance(configured, int):
+            ids.add(configured)
+        elif isinstance(configured, (list, tuple)):
+            ids.update(int(i) for i in configured)
+        vocab = tokenizer.get_vocab()
+        for token in ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>", "<|endoftext|>"):
+            if token in vocab:
+                ids.add(int(vocab[token]))
+        return sorted(ids)
+
+    # ---- batch functions (worker threads) ---------------------------------------------------------------------------
+
+    def _run_generation(self, rows: list[generation.GenerationRow]) -> list[generation.GeneratedRow]:
+        generated = generation.generate_rows(self.generator.model, rows, eos_token_ids=self._eos_ids,
+                                             pad_token_id=self._pad_id)
+        self.generated_tokens.inc(sum(row.steps for row in generated))
+        return generated
+
+    def _run_embedding(self, texts: list[str]) -> list[equivalence.EmbeddedText]:
+        return equivalence.embed_texts(self.embedder, texts, batch_size=self.config.embed_max_batch_size)
+
+    def _run_entailment(self, pairs: list[tuple[str, str]]) -> list[float]:
+        probs = equivalence.entailment_probabilities(
+            self.nli, [p for p, _ in pairs], [h for _, h in pairs], batch_size=self.config.embed_max_batch_size
+        )
+        return [float(p) for p in probs]
+
+    def require_ready(self) -> None:
+        if self._generate is None or self.generator is None:
+            raise Unavailable("the proposer's models are still loading", reason="NOT_READY")
+
+    # ---- Propose ---------------------------------------------------------------------------------------------------
+
+    def validate_propose(self, spec: ProposeSpec) -> None:
+        """Raise one INVALID_ARGUMENT naming every bad field of `spec` (fields as in ProposeRequest)."""
+        cfg = self.config
+        bad = _Violations()
+        if _blank(spec.text):
+            bad.add("text", "must contain a non-whitespace character", "EMPTY_TEXT")
+        elif len(spec.text) > cfg.max_text_chars:
+            bad.add("text", f"has {len(spec.text)} characters, more than the limit of {cfg.max_text_chars}", "TEXT_TOO_LONG")
+        if spec.mode is None:
+            bad.add("mode", "is required: PROPOSE_MODE_PARAPHRASE or PROPOSE_MODE_EQUIVALENT_QUESTION", "MODE_UNSPECIFIED")
+        elif spec.mode == prompts.MODE_EQUIVALENT_QUESTION:
+            if not spec.options:
+                bad.add("options", "EQUIVALENT_QUESTION needs the answer options", "MISSING_OPTIONS")
+            elif not MIN_OPTIONS <= len(spec.options) <= MAX_OPTIONS:
+                bad.add("options", f"has {len(spec.options)} options; {MIN_OPTIONS} to {MAX_OPTIONS} are allowed",
+                        "OPTIONS_OUT_OF_RANGE")
+            for i, option in enumerate(spec.options):
+                if _blank(option):
+                    bad.add(f"options[{i}]", "must contain a non-whitespace character", "EMPTY_OPTION")
+            if spec.correct_option_index is None:
+                bad.add("correct_option_index", "EQUIVALENT_QUESTION needs the index of the correct answer",
+                        "MISSING_CORRECT_OPTION")
+            elif spec.options and spec.correct_option_index >= len(spec.options):
+                bad.add("correct_option_index", f"{spec.correct_option_index} is not an index into "
+                        f"{len(spec.options)} options", "CORRECT_OPTION_OUT_OF_RANGE")
+        elif spec.mode == prompts.MODE_PARAPHRASE:
+            if spec.options:
+                bad.add("options", "must be empty in PARAPHRASE mode", "UNEXPECTED_OPTIONS")
+            if spec.correct_option_index is not None:
+                bad.add("correct_option_index", "must be unset in PARAPHRASE mode", "UNEXPECTED_OPTIONS")
+        if not 0 <= spec.n <= cfg.max_candidates:
+            bad.add("n", f"must be within 1..{cfg.max_candidates} (0 means 1), got {spec.n}", "N_OUT_OF_RANGE")
+        if not 0 <= spec.max_new_tokens <= cfg.max_new_tokens_limit:
+            bad.add("max_new_tokens", f"must be within 1..{cfg.max_new_tokens_limit} (0 means the default "
+                    f"{cfg.default_max_new_tokens}), got {spec.max_new_tokens}", "MAX_NEW_TOKENS_OUT_OF_RANGE")
+        if len(spec.instruction) > cfg.max_instruction_chars:
+            bad.add("instruction", f"has {len(spec.instruction)} characters, more than the limit of "
+                    f"{cfg.max_instruction_chars}", "INSTRUCTION_TOO_LONG")
+        if spec.temperature is not None and not (math.isfinite(spec.temperature) and 0.0 <= spec.temperature <= 2.0):
+            bad.add("temperature", f"must be within [0, 2], got {spec.temperature}", "TEMPERATURE_OUT_OF_RANGE")
+        if spec.top_p is not None and not (math.isfinite(spec.top_p) and 0.0 < spec.top_p <= 1.0):
+            bad.add("top_p", f"must be within (0, 1], got {spec.top_p}", "TOP_P_OUT_OF_RANGE")
+        bad.raise_if_any()
+
+    def render(self, spec: ProposeSpec) -> str:
+        """The exact prompt text for a validated spec."""
+        messages = prompts.build_messages(
+            spec.mode or "", spec.text, options=spec.options, correct_option_index=spec.correct_option_index,
+            instruction=spec.instruction,
+        )
+        return prompts.render_prompt(self.generator.tokenizer, messages)
+
+    async def propose(self, spec: ProposeSpec, *, timeout: float | None = None) -> ProposeResult:
+        """Validate, build the prompt, generate n rows through the batcher, then clean and filter the candidates.
+
+        `timeout` is the caller's remaining deadline: rows still queued then are dropped, rows being generated stop
+        at the next token, and the call fails with DEADLINE_EXCEEDED. A cancelled caller stops its rows the same way.
+        """
+        self.validate_propose(spec)
+        self.require_ready()
+        assert self._generate is not None
+        cfg = self.config
+        prompt = self.render(spec)
+        prompt_ids = tuple(prompts.encode_prompt(self.generator.tokenizer, prompt))
+        max_new = spec.max_new_tokens or cfg.default_max_new_tokens
+        context = self.generator.max_length
+        if context is not None and len(prompt_ids) + max_new > context:
+            raise InvalidArgument.field(
+                "text", f"the prompt is {len(prompt_ids)} tokens; with max_new_tokens {max_new} it exceeds the "
+                f"model's context of {context} tokens", reason="PROMPT_TOO_LONG",
+            )
+        budget = self.generation_settings.max_batch_tokens
+        if budget and len(prompt_ids) + max_new > budget:
+            raise InvalidArgument.field(
+                "text", f"the prompt is {len(prompt_ids)} tokens; with max_new_tokens {max_new} it exceeds the batch "
+                f"token budget of {budget}", reason="PROMPT_TOO_LONG",
+            )
+        seed = spec.seed if spec.seed is not None else secrets.randbits(63)
+        temperature = cfg.default_temperature if spec.temperature is None else spec.temperature
+        top_p = cfg.default_top_p if spec.top_p is None else spec.top_p
+        abort = threading.Event()
+        rows = [
+            generation.GenerationRow(prompt_ids, float(temperature), float(top_p), max_new,
+                                     generation.row_seed(seed, i), abort)
+            for i in range(max(spec.n, 1))
+        ]
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(max(timeout, 0.0), abort.set) if timeout is not None else None
+        try:
+            generated = await self._generate.submit_many(rows, timeout=timeout)
+        except BaseException:
+            abort.set()  # cancelled or failed: stop this call's rows if they are being generated
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if any(row.finish == generation.FINISH_ABORTED for row in generated):
+            raise DeadlineExceeded("the deadline passed while the candidates were being generated",
+                                   reason="DEADLINE_IN_GENERATION")
+        return self.collect_candidates(spec, prompt, seed, generated)
+
+    def collect_candidates(self, spec: ProposeSpec, prompt: str, seed: int, generated: Sequence[generation.GeneratedRow]) -> ProposeResult:
+        tokenizer = self.generator.tokenizer
+        kept: list[CandidateResult] = []
+        empty = degenerate = 0
+        for row in generated:
+            raw = tokenizer.decode(list(row.token_ids), skip_special_tokens=True)
+            cleaned = cleaning.clean_candidate(raw, source=spec.text, mode=spec.mode or "")
+            if cleaned.outcome == cleaning.EMPTY:
+                empty += 1
+            elif cleaned.outcome == cleaning.DEGENERATE:
+                degenerate += 1
+            else:
+                kept.append(CandidateResult(cleaned.text, row.steps, row.finish))
+        self.candidates.labels(cleaning.KEPT).inc(len(kept))
+        self.candidates.labels(cleaning.EMPTY).inc(empty)
+        self.candidates.labels(cleaning.DEGENERATE).inc(degenerate)
+        return ProposeResult(kept, empty, degenerate, seed, prompt, self.generator.identity)
+
+    # ---- CheckEquivalence and Embed ---------------------------------------------------------------------------------
+
+    async def check_equivalence(
+        self, pairs: Sequence[tuple[str, str]], method: str | None, threshold: float | None, *, timeout: float | None = None
+    ) -> EquivalenceResult:
+        """Score and judge every pair with embedding cosine or bidirectional NLI entailment."""
+        cfg = self.config
+        bad = _Violations()
+        if not pairs:
+            bad.add("pairs", "must hold at least one pair", "EMPTY_PAIRS")
+        elif len(pairs) > cfg.max_pairs_per_call:
+            bad.add("pairs", f"has {len(pairs)} pairs, more than the limit of {cfg.max_pairs_per_call}", "TOO_MANY_PAIRS")
+        for i, (first, second) in enumerate(pairs):
+            if _blank(first):
+                bad.add(f"pairs[{i}].first", "must contain a non-whitespace character", "EMPTY_TEXT")
+            if _blank(second):
+                bad.add(f"pairs[{i}].second", "must contain a non-whitespace character", "EMPTY_TEXT")
+        if method is None:
+            bad.add("method", "is required: EQUIVALENCE_METHOD_EMBEDDING_COSINE or EQUIVALENCE_METHOD_NLI_ENTAILMENT",
+                    "METHOD_UNSPECIFIED")
+        elif threshold is not None:
+            low = -1.0 if method == METHOD_COSINE else 0.0
+            if not (math.isfinite(threshold) and low <= threshold <= 1.0):
+                bad.add("threshold", f"must be within [{low:g}, 1] for this method, got {threshold}", "THRESHOLD_OUT_OF_RANGE")
+        bad.raise_if_any()
+        self.require_ready()
+        if method == METHOD_NLI:
+            if self._entail is None:
+                raise FailedPrecondition("NLI_ENTAILMENT needs an NLI model: start the proposer with --nli-model DIR",
+                                         reason="NLI_NOT_CONFIGURED")
+            cut = cfg.nli_threshold if threshold is None else threshold
+            probs = await self._entail.submit_many([(a, b) for a, b in pairs] + [(b, a) for a, b in pairs], timeout=timeout)
+            n = len(pairs)
+            return EquivalenceResult(equivalence.nli_verdicts(probs[:n], probs[n:], cut), METHOD_NLI, cut, self.nli.identity)
+        assert self._embed is not None
+        cut = cfg.cosine_threshold if threshold is None else threshold
+        embedded = await self._embed.submit_many([a for a, _ in pairs] + [b for _, b in pairs], timeout=timeout)
+        import torch
+
+        vectors = torch.tensor([e.vector for e in embedded], dtype=torch.float32)
+        n = len(pairs)
+        scores = equivalence.cosine_scores(vectors[:n], vectors[n:]).tolist()
+        return EquivalenceResult(equivalence.cosine_verdicts(scores, cut), METHOD_COSINE, cut, self.embedder.identity)
+
+    async def embed(self, texts: Sequence[str], *, timeout: float | None = None) -> EmbedResult:
+        """L2-normalised embeddings of `texts` (batched with concurrent calls), with token counts."""
+        bad = _Violations()
+        if not texts:
+            bad.add("texts", "must hold at least one text", "EMPTY_TEXTS")
+        elif len(texts) > self.config.max_texts_per_call:
+            bad.add("texts", f"has {len(texts)} texts, more than the limit of {self.config.max_texts_per_call}",
+                    "TOO_MANY_TEXTS")
+        for i, text in enumerate(texts):
+            if _blank(text):
+                bad.add(f"texts[{i}]", "must contain a non-whitespace character", "EMPTY_TEXT")
+        bad.raise_if_any()
+        self.require_ready()
+        assert self._embed is not None
+        embedded = await self._embed.submit_many(list(texts), timeout=timeout)
+        return EmbedResult(list(embedded), self.embedding_dimension, self.embedder.identity)
+
+    @property
+    def generation_queue_depth(self) -> int:
+        """Rows waiting for generation (not yet in a running batch)."""
+        return self._generate.queue_depth if self._generate is not None else 0
+
+    @property
+    def chat_template(self) -> bool:
+        """True when the generator has a chat template (Propose uses it)."""
+        return prompts.has_chat_template(self.generator.tokenizer)
