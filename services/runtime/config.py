@@ -167,7 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[ServerConfig]) -> N
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
-            help=f"{f.metadata.get('help', '')} (default: {shown!r})",
+            help=f"{f.metadata.get('help', '')} (default: {shown!r})".replace("%", "%%"),  # argparse formats help with %
         )
 
 

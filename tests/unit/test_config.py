@@ -77,3 +77,17 @@ def test_every_setting_is_documented():
         for flag, env, _default, help_text in describe(cls, name):
             assert help_text, f"{flag} has no help"
             assert env.startswith(f"CRUCIBLE_{name.upper()}_")
+
+
+def test_help_text_with_percent_signs_renders():
+    import dataclasses
+
+    from crucible.runtime.config import ServerConfig, setting
+
+    @dataclasses.dataclass(frozen=True)
+    class WithPercent(ServerConfig):
+        headroom: float = setting(0.2, "Keep 20% of memory free.")
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, WithPercent)
+    assert "20% of memory" in parser.format_help()
