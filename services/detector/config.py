@@ -6,13 +6,87 @@ Every field is documented where it is declared; `crucible serve detector --help`
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from crucible.runtime.config import setting
+from crucible.runtime.errors import ConfigError
 from crucible.runtime.service import ModelServerConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class DetectorConfig(ModelServerConfig):
-    """Batched Fast-DetectGPT, Binoculars and classifier ensemble scoring how machine-written a text is."""
+    """Batched Fast-DetectGPT, Binoculars and classifier ensemble scoring how machine-written a text is.
+
+    `model` is the Fast-DetectGPT scoring model (and Binoculars performer); `sampling_model` the sampling model
+    (and Binoculars observer), the scoring model itself when empty.
+    """
 
     port: int = setting(50051, "gRPC port of the detector service.")
+    sampling_model: str = setting(
+        "",
+        "Fast-DetectGPT sampling model (Binoculars observer); empty = the scoring model `model` (one forward pass). "
+        "A different model must share the scoring model's tokenizer (e.g. falcon-7b with falcon-7b-instruct).",
+    )
+    binoculars: bool = setting(True, "Enable the Binoculars member (computed from the same forward pass, nearly free).")
+    classifier_model: str = setting(
+        "", "Local Hugging Face sequence-classification folder (e.g. roberta-base-openai-detector); empty disables it."
+    )
+    classifier_machine_label: str = setting(
+        "",
+        "The classifier's id2label name meaning machine-written (e.g. Fake); empty = the one label named like "
+        "Fake/Machine/AI in its config.json.",
+    )
+    max_tokens: int = setting(512, "Tokens scored per text; longer texts are truncated to their first max_tokens and flagged.")
+    max_texts_per_call: int = setting(256, "Most texts in one Detect call or DetectStream chunk.")
+    max_text_bytes: int = setting(262144, "Most UTF-8 bytes in one text (checked before tokenising); 0 = no limit.")
+    padding_side: str = setting(
+        "right", "Where batches are padded; results are the same either way (masked), right is the fast path.",
+        choices=("right", "left"),
+    )
+    max_batch_size: int = setting(32, "Most texts in one forward pass (larger batches: more throughput, more latency).")
+    max_batch_tokens: int = setting(
+        16384, "Token budget of one batch (rows x longest row); bounds activation memory. Must be >= max_tokens."
+    )
+    max_wait_ms: float = setting(
+        5.0, "Milliseconds a batch window stays open after its first text before running partly full."
+    )
+    max_queue_size: int = setting(2048, "Most texts waiting for a batch; beyond it calls fail at once with RESOURCE_EXHAUSTED.")
+    cache_size: int = setting(100000, "Results held in the in-memory LRU cache (about 0.3 KB each); 0 disables it.")
+    cache_path: str = setting("", "SQLite file for a cache that survives restarts; empty disables it.")
+    calibration_file: str = setting(
+        "",
+        "Calibration file written by `crucible detector calibrate`; its entries are tried before the built-in "
+        "(published Fast-DetectGPT) parameters. Empty = built-in only.",
+    )
+    stats_chunk_elements: int = setting(
+        1 << 22, "Logits (rows x vocabulary) processed at once by the criterion; bounds its memory (16 MB in fp32)."
+    )
+    classifier_batch_size: int = setting(32, "Texts per classifier forward pass.")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_tokens < 2:
+            raise ConfigError("max_tokens", "must be at least 2 (the first token is never scored)")
+        for name in ("max_texts_per_call", "max_batch_size", "max_queue_size", "stats_chunk_elements",
+                     "classifier_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1")
+        if self.max_text_bytes < 0 or self.cache_size < 0 or self.max_wait_ms < 0:
+            raise ConfigError("max_text_bytes" if self.max_text_bytes < 0 else
+                              "cache_size" if self.cache_size < 0 else "max_wait_ms", "must not be negative")
+        if self.max_batch_tokens and self.max_batch_tokens < self.max_tokens:
+            raise ConfigError("max_batch_tokens", f"must be 0 or at least max_tokens ({self.max_tokens}), "
+                              "or a long text could never be batched")
+
+    def engine_settings(self) -> Any:
+        """The core's view of these settings (crucible.detector.engine.DetectorSettings)."""
+        from crucible.detector.engine import DetectorSettings
+
+        return DetectorSettings(
+            model=self.model, sampling_model=self.sampling_model, classifier_model=self.classifier_model,
+            classifier_machine_label=self.classifier_machine_label, binoculars=self.binoculars, device=self.device,
+            dtype=self.dtype, model_cache_dir=self.model_cache_dir, max_tokens=self.max_tokens,
+            max_texts_per_call=self.max_texts_per_call, max_text_bytes=self.max_text_bytes,
+            padding_side=self.padding_side, chunk_elements=self.stats_chunk_elements,
+            classifier_batch_size=self.classifier_batch_size,
+        )

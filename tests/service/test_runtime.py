@@ -21,11 +21,11 @@ from prometheus_client import CollectorRegistry
 from crucible.api.detector.v1 import detector_service_pb2 as pb
 from crucible.api.detector.v1 import detector_service_pb2_grpc as pb_grpc
 from crucible.detector.config import DetectorConfig
-from crucible.detector.servicer import SERVICE_DESCRIPTOR, build_servicer
+from crucible.detector.servicer import SERVICE_DESCRIPTOR
 from crucible.runtime.config import load_config
 from crucible.runtime.errors import InvalidArgument, NotFound, parse_status_details
 from crucible.runtime.logs import configure_logging
-from crucible.runtime.server import CrucibleServer, create_server
+from crucible.runtime.server import CrucibleServer, create_server, unimplemented_servicer
 from crucible.runtime.service import BaseService
 
 SERVICE = SERVICE_DESCRIPTOR.full_name
@@ -245,7 +245,8 @@ async def test_domain_errors_carry_error_info_and_bad_request_and_server_keeps_s
 
 
 async def test_unbuilt_rpcs_answer_unimplemented_never_a_fake_success():
-    server, _ = await _started(build_servicer())
+    placeholder = unimplemented_servicer(pb_grpc.DetectorServiceServicer, SERVICE_DESCRIPTOR, "test")
+    server, _ = await _started(placeholder)
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.DetectorServiceStub(channel)

@@ -1,0 +1,97 @@
+"""`crucible detect` (in-process and against a served detector) and `crucible detector calibrate` on a tiny random model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from crucible.cli import main
+from crucible.detector.calibration import load_calibration_file
+from crucible.detector.cli import InputError, read_inputs
+from crucible.detector.config import DetectorConfig
+from crucible.detector.server import create_server
+from crucible.runtime.config import load_config
+from tests.unit.test_detector_engine import tiny_lm_folder
+
+HUMAN = [f"Human story number {i}: the farmer watched the quick brown fox from his porch." for i in range(6)]
+MACHINE = [f"Machine text {i}: fluent, plain and predictable sentences follow one another." for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    return tiny_lm_folder(tmp_path_factory.mktemp("cli-models") / "tiny-lm")
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "detect.json"
+    path.write_text(json.dumps({"original": HUMAN, "sampled": MACHINE}))
+    return path
+
+
+def _lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_read_inputs_accepts_the_data_format_lists_and_json_lines(tmp_path, data_file):
+    texts, labels, pairs = read_inputs([str(data_file)])
+    assert texts == HUMAN + MACHINE and labels == [0] * 6 + [1] * 6 and pairs == list(range(6)) * 2
+    lines = tmp_path / "texts.jsonl"
+    lines.write_text('"plain string"\n{"text": "labelled", "label": "machine"}\n\n')
+    texts, labels, _ = read_inputs([str(lines)])
+    assert texts == ["plain string", "labelled"] and labels is None
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x", "label": "maybe"}\n')
+    with pytest.raises(InputError, match="label 'maybe'"):
+        read_inputs([str(bad)])
+
+
+def test_detect_in_process_prints_scores_and_auroc(lm, data_file, capsys):
+    code = main(["detect", str(data_file), "--model", str(lm), "--device", "cpu", "--dtype", "float32",
+                 "--max-tokens", "64"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    rows = _lines(out)
+    assert [r["index"] for r in rows] == list(range(12)) and [r["label"] for r in rows] == [0] * 6 + [1] * 6
+    assert all(r["probability"] is None and set(r["members"]) == {"fast_detectgpt", "binoculars"} for r in rows)
+    assert "criterion (fast_detectgpt)" in err and "AUROC" in err
+
+
+def test_detect_reports_the_offending_text(lm, tmp_path, capsys):
+    path = tmp_path / "texts.jsonl"
+    path.write_text('"fine text here"\n"   "\n')
+    assert main(["detect", str(path), "--model", str(lm), "--device", "cpu", "--dtype", "float32"]) == 2
+    assert "texts[1]" in capsys.readouterr().err
+
+
+def test_calibrate_writes_a_file_the_detect_command_applies(lm, data_file, tmp_path, capsys):
+    out_path = tmp_path / "cal.json"
+    code = main(["detector", "calibrate", "--data", str(data_file), "--out", str(out_path), "--holdout-fraction", "0.5",
+                 "--version", "tiny-v1", "--model", str(lm), "--device", "cpu", "--dtype", "float32"])
+    out = capsys.readouterr().out
+    assert code == 0 and "held-out pairs 3..5" in out
+    cal = load_calibration_file(out_path)
+    assert cal.version == "tiny-v1" and cal.entries[0].fitted_on["human"] == 3
+    assert set(cal.entries[0].members) == {"fast_detectgpt", "binoculars"} and cal.entries[0].ensemble is not None
+    assert main(["detect", str(data_file), "--model", str(lm), "--device", "cpu", "--dtype", "float32",
+                 "--calibration-file", str(out_path)]) == 0
+    rows = _lines(capsys.readouterr().out)
+    assert all(0.0 <= r["probability"] <= 1.0 for r in rows)
+
+
+async def test_detect_against_a_running_service(lm, data_file, capsys):
+    config = load_config(DetectorConfig, "detector", env={}, port=0, metrics_enabled=False, model=str(lm),
+                         device="cpu", dtype="float32", max_tokens=64, log_format="text")
+    server, _ = create_server(config)
+    await server.start()
+    await server.wait_ready(120)
+    try:
+        code = await asyncio.to_thread(main, ["detect", str(data_file), "--address", server.address])
+    finally:
+        await server.stop(0)
+    out, err = capsys.readouterr()
+    assert code == 0
+    rows = _lines(out)
+    assert len(rows) == 12 and all("cached" in r for r in rows) and "AUROC" in err
