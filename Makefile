@@ -65,7 +65,7 @@ test: lint models tools
 
 # Every benchmark, one after another (each prints its own side-by-side table).
 bench: models
-	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	@for f in bench/[!_]*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
 	rm -rf services/api build *.egg-info .pytest_cache

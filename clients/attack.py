@@ -22,9 +22,6 @@ from crucible.clients.scorer import ChoiceQuery, Question
 
 log = logging.getLogger(__name__)
 
-LETTERS = "ABCDEFGHIJ"
-
-
 @dataclasses.dataclass(frozen=True)
 class MCQ:
     """One multiple-choice question with a stable id (subject + row) for traces and resumption."""
@@ -36,7 +33,7 @@ class MCQ:
     answer: int
 
     def with_question(self, text: str) -> Question:
-        return Question(self.subject.replace("_", " "), text, self.options)
+        return Question(self.subject, text, self.options)
 
 
 def load_mmlu(data_dir: Path, subjects: Sequence[str] = (), *, seca_subset: bool = False,
@@ -150,8 +147,9 @@ class SecaAttack:
             await self.trace.write({"ts": time.time(), **event})
 
     async def _score(self, q: MCQ, texts: Sequence[str]) -> list[Any]:
-        letters = tuple(LETTERS[: len(q.options)])
-        return await self.mesh.scorer.score_choices([ChoiceQuery(question=q.with_question(t), choices=letters) for t in texts])
+        # No explicit choices: the scorer scores the answer letters as the target model writes them after
+        # "option: " (" A".." D" for most tokenizers), as the paper does.
+        return await self.mesh.scorer.score_choices([ChoiceQuery(question=q.with_question(t)) for t in texts])
 
     async def attack(self, q: MCQ) -> AttackOutcome:
         """Attack one question; returns its outcome (also written to the trace)."""

@@ -24,7 +24,11 @@ class Question:
 
 @dataclasses.dataclass(frozen=True)
 class ChoiceQuery:
-    """What to score: exactly one of `prompt` or `question`; `choices` default to letters A.. for a question."""
+    """What to score: exactly one of `prompt` or `question`.
+
+    For a question, empty `choices` means the answer letters as the target writes them after "option: " — " A", " B", ...
+    when that is one token for the tokenizer, else "A", "B", ... (returned `choices` show which).
+    """
 
     prompt: str | None = None
     question: Question | None = None

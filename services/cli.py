@@ -141,25 +141,31 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from crucible.clients.mesh import Mesh
+    from crucible.demo import demo_ok, print_summary, run_demo
+
     if args.log_dir is None:
-        args.log_dir = Path(tempfile.mkdtemp(prefix="crucible-demo-logs-"))
+        args.log_dir = Path(tempfile.mkdtemp(prefix="crucible-demo-"))
 
     async def run() -> int:
-        print(f"Crucible {__version__} demo: starting the mesh (logs in {args.log_dir})", flush=True)
+        print(f"Crucible {__version__} demo: starting the mesh (logs and traces in {args.log_dir})", flush=True)
         try:
             mesh, _ = await _bring_up(args)
         except (RuntimeError, TimeoutError) as err:
             print(f"crucible demo: {err}", file=sys.stderr)
             return 1
         try:
-            results = await mesh.health()
-            ok = all(r.serving for r in results.values())
+            async with Mesh.local(args.base_port) as clients:
+                results = await run_demo(clients, args.log_dir)
+            health = await mesh.health()
+            results["services_serving_after_demo"] = f"{sum(r.serving for r in health.values())}/{len(health)}"
+            ok = demo_ok(results) and all(r.serving for r in health.values())
         finally:
             codes = mesh.stop()
         clean = all(c == 0 for c in codes.values())
-        print(format_table(("service", "exit code after SIGTERM"), list(codes.items())))
-        print(f"demo {'finished' if ok and clean else 'FAILED'}: {sum(r.serving for r in results.values())}/{len(results)} "
-              f"services SERVING, {'clean' if clean else 'unclean'} shutdown", flush=True)
+        results["shutdown"] = "clean (every service exited 0 after SIGTERM)" if clean else f"unclean: {codes}"
+        print_summary(results)
+        print(f"demo {'finished' if ok and clean else 'FAILED'}", flush=True)
         return 0 if ok and clean else 1
 
     return asyncio.run(run())

@@ -105,8 +105,11 @@ class Mesh:
     def start(self) -> None:
         """Spawn every service; their logs go to log_dir/NAME.log when a log dir is given, else to our stderr."""
         for name in self.services:
+            extra = list(self.extra_args.get(name, ()))
+            if name == "scheduler" and "cost" in self.services and "--cost-address" not in extra:
+                extra += ["--cost-address", self.address("cost")]  # offers, estimates and spend from this mesh's cost
             cmd = [sys.executable, "-m", "crucible", "serve", name, "--host", self.host, "--port", str(self.ports[name]),
-                   *self.extra_args.get(name, ())]
+                   *extra]
             out: IO[bytes] | None = None
             if self.log_dir is not None:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
