@@ -136,6 +136,36 @@ def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
     return dot / (na * nb) if na and nb else 0.0
 
 
+def combine(original: str, completion: str, criterion: float | None, probability: float | None,
+            perplexity: float | None, similarity: float, config: RewardConfig) -> RewardBreakdown:
+    """One sample's reward from its raw signals (the single definition both the mesh path and baselines use)."""
+    cfg = config
+    if not completion.strip():
+        return RewardBreakdown(cfg.empty_penalty, 0.0, 0.0, 0.0, cfg.empty_penalty, None, None, None, ("empty",))
+    evasion = evasion_score(criterion, probability, cfg)
+    fluency = fluency_score(perplexity, cfg) if perplexity is not None else 0.0
+    flags: list[str] = []
+    sim_component = similarity
+    if similarity < cfg.similarity_threshold:
+        sim_component *= cfg.below_threshold_scale
+        flags.append("below_similarity_threshold")
+    penalty = 0.0
+    words = len(completion.split())
+    if words < cfg.min_words:
+        penalty += cfg.too_short_penalty
+        flags.append("too_short")
+    if words > cfg.max_length_ratio * max(1, len(original.split())):
+        penalty += cfg.too_long_penalty
+        flags.append("too_long")
+    total = cfg.w_detector * evasion + cfg.w_similarity * sim_component + cfg.w_fluency * fluency + penalty
+    return RewardBreakdown(total, evasion, similarity, fluency, penalty, probability, criterion, perplexity, tuple(flags))
+
+
+def embedding_similarity(a: Sequence[float], b: Sequence[float]) -> float:
+    """(cosine + 1) / 2, the similarity component for embeddings."""
+    return (_cosine(a, b) + 1.0) / 2.0
+
+
 class CompositeReward:
     """reward = w_det * evasion + w_sim * similarity + w_flu * fluency + penalties, computed over the mesh."""
 
@@ -168,7 +198,7 @@ class CompositeReward:
             index = {o: k for k, o in enumerate(unique_originals)}
             offset = len(unique_originals)
             for j, i in enumerate(live):
-                similarity[i] = (_cosine(vectors[index[originals[i]]], vectors[offset + j]) + 1.0) / 2.0
+                similarity[i] = embedding_similarity(vectors[index[originals[i]]], vectors[offset + j])
         elif texts:
             for j, i in enumerate(live):
                 similarity[i] = similar[j].score
@@ -177,30 +207,12 @@ class CompositeReward:
         position = {i: j for j, i in enumerate(live)}
         for i, (original, completion) in enumerate(zip(originals, completions, strict=True)):
             if i not in position:
-                out.append(RewardBreakdown(cfg.empty_penalty, 0.0, 0.0, 0.0, cfg.empty_penalty, None, None, None, ("empty",)))
+                out.append(combine(original, completion, None, None, None, 0.0, cfg))
                 continue
             j = position[i]
             det = detected.detections[j]
-            evasion = evasion_score(det.criterion, det.probability, cfg)
             perplexity = scored[j].perplexity if cfg.fluency_source == "scorer" else det.perplexity
-            fluency = fluency_score(perplexity, cfg)
-            sim = similarity[i]
-            flags: list[str] = []
-            sim_component = sim
-            if sim < cfg.similarity_threshold:
-                sim_component *= cfg.below_threshold_scale
-                flags.append("below_similarity_threshold")
-            penalty = 0.0
-            words = len(completion.split())
-            if words < cfg.min_words:
-                penalty += cfg.too_short_penalty
-                flags.append("too_short")
-            if words > cfg.max_length_ratio * max(1, len(original.split())):
-                penalty += cfg.too_long_penalty
-                flags.append("too_long")
-            total = cfg.w_detector * evasion + cfg.w_similarity * sim_component + cfg.w_fluency * fluency + penalty
-            out.append(RewardBreakdown(total, evasion, sim, fluency, penalty, det.probability, det.criterion, perplexity,
-                                       tuple(flags)))
+            out.append(combine(original, completion, det.criterion, det.probability, perplexity, similarity[i], cfg))
         return out
 
     async def score_group(self, original: str, completions: Sequence[str]) -> GroupResult:
