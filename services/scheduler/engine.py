@@ -816,6 +816,7 @@ class Engine:
                             rec.job.start_time.CopyFrom(now)
                         await self._transition(live, st.RUNNING, f"attempt {n} running on {handle.provider} ({handle.ref})")
             if status.state.terminal:
+                await self._release(live, provider, handle, n)
                 await self._finish(live, status)
                 return
             await self._check_limits(live, final=False)
@@ -825,6 +826,24 @@ class Engine:
                 await asyncio.wait_for(live.wake.wait(), self.settings.poll_interval_s)
             except TimeoutError:
                 pass
+
+    async def _release(self, live: _Live, provider: Any, handle: RunHandle, attempt: int) -> None:
+        """Give the attempt's machine back once its run ended: VM providers (lambda, runpod, paperspace) keep billing
+        a machine whose command has exited until it is terminated. cancel() is idempotent (a no-op for local runs)."""
+        rec = live.rec
+        if provider is None or rec.meta.get(f"released_{attempt}") or rec.meta.get(f"cancel_sent_{attempt}"):
+            return  # already released, or already stopped by CancelJob / a limit
+        for wait_s in (0.0, 1.0, 4.0):
+            await asyncio.sleep(wait_s)
+            try:
+                await provider.cancel(handle)
+            except ProviderError as exc:
+                log.warning("releasing attempt %d of %s on %s failed: %s", attempt, rec.job.job_id, handle.provider, exc)
+                continue
+            rec.meta[f"released_{attempt}"] = True
+            return
+        log.error("attempt %d of %s on %s could not be released; it may still be billing (ref %s)",
+                  attempt, rec.job.job_id, handle.provider, handle.ref)
 
     async def _tail_logs(self, live: _Live, provider: Any, handle: RunHandle) -> None:
         rec = live.rec

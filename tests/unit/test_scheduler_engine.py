@@ -158,6 +158,17 @@ async def test_preemption_recovers_and_resumes(tmp_path: Path) -> None:
     await engine.stop()
 
 
+async def test_machines_are_released_after_every_attempt_ends(tmp_path: Path) -> None:
+    """VM providers bill a machine whose command exited until it is terminated: each ended attempt is released."""
+    rp = ScriptedProvider("runpod", [[RUNNING, RunStatus(RunState.FAILED, 1, "exit status 1")], [RUNNING, OK]])
+    engine = await make_engine(tmp_path, [rp], FixedOffers([offer("runpod", "", 0.5)]))
+    job = await engine.create(spec(restart_policy={"max_restarts_on_errors": 1}), "", False)
+    done = await finish(engine, job.job_id)
+    assert done.state == st.SUCCEEDED
+    assert rp.cancelled == ["runpod-1", "runpod-2"]
+    await engine.stop()
+
+
 async def test_user_failures_restart_only_up_to_the_limit(tmp_path: Path) -> None:
     fail = [RUNNING, RunStatus(RunState.FAILED, 3, "exit status 3")]
     rp = ScriptedProvider("runpod", [fail, fail, fail])
