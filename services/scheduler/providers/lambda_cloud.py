@@ -89,14 +89,9 @@ class LambdaProvider(HTTPProvider):
         try:
             answer = await self.http.request("POST", "/instance-operations/launch", json_body=body, idempotent=False)
         except ProviderError as exc:
-            if exc.kind not in (K.TRANSIENT, K.MALFORMED_RESPONSE):
-                raise
-            try:
-                found = await self._find_by_name(name)
-            except ProviderError:
-                found = None
+            found = await remote.adopt_after_lost_reply(exc, lambda: self._find_by_name(name))
             if found is None:
-                raise exc from None
+                raise
             log.warning("lambda: launch of %s answered %s but instance %s exists: adopting it", name, exc.kind.value, found)
             return RunHandle(self.name, found, data)
         ids = need(self.http, answer, "data", "instance_ids")

@@ -129,15 +129,11 @@ class PaperspaceProvider(HTTPProvider):
             if not machine_id:
                 raise self.error(K.MALFORMED_RESPONSE, "POST /machines answered no id")
         except ProviderError as exc:
-            if exc.kind in (K.TRANSIENT, K.MALFORMED_RESPONSE):
-                try:
-                    found = await self._find_by_name(name)
-                except ProviderError:
-                    found = None
-                if found is not None:
-                    log.warning("paperspace: create %s answered %s but machine %s exists: adopting it", name,
-                                exc.kind.value, found["id"])
-                    return RunHandle(self.name, str(found["id"]), data)
+            found = await remote.adopt_after_lost_reply(exc, lambda: self._find_by_name(name))
+            if found is not None:
+                log.warning("paperspace: create %s answered %s but machine %s exists: adopting it", name,
+                            exc.kind.value, found["id"])
+                return RunHandle(self.name, str(found["id"]), data)
             await self._delete_script(script_id)
             raise
         return RunHandle(self.name, machine_id, data)

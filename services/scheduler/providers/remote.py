@@ -10,16 +10,37 @@ import base64
 import dataclasses
 import re
 import shlex
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from crucible.scheduler.providers.base import LaunchSpec
+from crucible.scheduler.providers.base import ProviderError
+from crucible.scheduler.providers.base import ProviderErrorKind
 from crucible.scheduler.providers.base import LogChunk
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
 from crucible.scheduler.providers.http import Settings
 
+T = TypeVar("T")
+
 DEFAULT_REMOTE_ROOT = "/var/tmp/crucible"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+async def adopt_after_lost_reply(exc: ProviderError, find: Callable[[], Awaitable[T | None]]) -> T | None:
+    """After a launch call failed, the run it may still have created, looked up by its name.
+
+    Only a lost or unreadable reply (TRANSIENT, MALFORMED_RESPONSE) can hide a launch that happened; for those the run
+    is looked up so it is adopted rather than launched twice. None means: no such run (or another error kind), so the
+    launch really failed and the caller re-raises.
+    """
+    if exc.kind not in (ProviderErrorKind.TRANSIENT, ProviderErrorKind.MALFORMED_RESPONSE):
+        return None
+    try:
+        return await find()
+    except ProviderError:
+        return None
 
 
 def job_slug(job_id: str) -> str:

@@ -140,14 +140,9 @@ class RunPodProvider(HTTPProvider):
         try:
             answer = await self._gql(query, {"input": inp}, idempotent=False)
         except ProviderError as exc:
-            if exc.kind not in (K.TRANSIENT, K.MALFORMED_RESPONSE):
-                raise
-            try:
-                found = await self._find_by_name(name)
-            except ProviderError:
-                found = None
+            found = await remote.adopt_after_lost_reply(exc, lambda: self._find_by_name(name))
             if found is None:
-                raise exc from None
+                raise
             log.warning("runpod: deploy of %s answered %s but pod %s exists: adopting it", name, exc.kind.value, found)
             return RunHandle(self.name, found, data)
         pod = need(self.http, answer, field)
