@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 _HUMAN = {"0", "human", "original", "false", "real"}
 _MACHINE = {"1", "machine", "sampled", "true", "ai", "fake", "generated"}
 
@@ -198,7 +200,8 @@ def _detect(args: argparse.Namespace) -> int:
         print(f"crucible detect: {err.message}", file=sys.stderr)
         return 2
     except Exception as err:  # gRPC errors and model loading problems: say what failed, no traceback
-        print(f"crucible detect: {type(err).__name__}: {getattr(err, 'details', lambda: err)()}", file=sys.stderr)
+        detail = err.details() if isinstance(err, grpc.RpcError) and hasattr(err, "details") else err
+        print(f"crucible detect: {type(err).__name__}: {detail}", file=sys.stderr)
         return 1
     for row, text in zip(rows, texts, strict=True):
         if labels is not None:
