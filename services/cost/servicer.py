@@ -22,6 +22,8 @@ from crucible.cost.compare import Objective, Requirements, compare
 from crucible.cost.estimate import NS_PER_HOUR, Breakdown, check_amount, estimate
 from crucible.cost.refresh import Outcome, Refresher
 from crucible.runtime.errors import InvalidArgument, Unavailable
+from crucible.runtime.validation import duration_ns
+from crucible.runtime.validation import timestamp_ns as checked_timestamp_ns
 
 SERVICE_DESCRIPTOR = cost_service_pb2.DESCRIPTOR.services_by_name["CostService"]
 
@@ -69,23 +71,11 @@ def _duration(ns: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=ns // _NS, nanos=ns % _NS)
 
 
-def duration_ns(value: duration_pb2.Duration, field: str) -> int:
-    """A protobuf Duration as non-negative nanoseconds; InvalidArgument when negative or malformed."""
-    if value.seconds < 0 or value.nanos < 0:
-        raise InvalidArgument.field(field, "must not be negative", reason="NEGATIVE_DURATION")
-    if value.nanos >= _NS:
-        raise InvalidArgument.field(field, "nanos must be below 1e9", reason="BAD_DURATION")
-    return value.seconds * _NS + value.nanos
-
-
 def timestamp_ns(msg: Any, name: str) -> int:
-    """A required Timestamp field as nanoseconds since the epoch; InvalidArgument when unset or malformed."""
+    """A required Timestamp field as nanoseconds since the epoch; InvalidArgument when unset or out of range."""
     if not msg.HasField(name):
         raise InvalidArgument.field(name, "required", reason="MISSING_TIME")
-    ts = getattr(msg, name)
-    if not 0 <= ts.nanos < _NS:
-        raise InvalidArgument.field(name, "nanos must be within 0..999999999", reason="BAD_TIME")
-    return ts.seconds * _NS + ts.nanos
+    return checked_timestamp_ns(getattr(msg, name), name)
 
 
 def _offer_pb(offer: Offer) -> offer_pb2.Offer:

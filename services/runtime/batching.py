@@ -227,7 +227,9 @@ class DynamicBatcher(Generic[T, R]):
                     self._metrics.items.labels(self.name, "expired").inc()
                 continue
             alive.append(entry)
-        self._pending = alive
+        if len(alive) != len(self._pending):
+            self._pending = alive
+            self._set_depth()  # else an idle server keeps reporting the dropped items (HPA and alerts read this gauge)
 
     def _take_batch(self) -> list[_Entry[T]]:
         """Oldest item first (no starvation), then the same-group items closest to it in length, within the limits."""

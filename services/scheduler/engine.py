@@ -287,9 +287,9 @@ class Engine:
 
     def _expected_seconds(self, spec: job_pb2.JobSpec) -> float:
         if spec.HasField("expected_duration"):
-            return spec.expected_duration.ToTimedelta().total_seconds()
+            return spec.expected_duration.ToNanoseconds() / 1e9
         if spec.HasField("max_duration"):
-            return spec.max_duration.ToTimedelta().total_seconds()
+            return spec.max_duration.ToNanoseconds() / 1e9
         return 3600.0
 
     @staticmethod
@@ -641,14 +641,16 @@ class Engine:
         limit = self._max_duration(spec) - self._running_seconds(rec)
         return LaunchSpec(
             job_id=job.job_id, attempt=n, command=tuple(spec.command), env=env, offer=offer_ref(c.offer),
-            work_dir=self.job_dir(job.job_id), code_dir=self._work(job.job_id),
+            work_dir=self.job_dir(job.job_id),
+            # Only a job that brings code has code to ship; remote adapters refuse a code_dir they cannot upload.
+            code_dir=self._work(job.job_id) if spec.WhichOneof("code") else None,
             container_image=spec.container_image or self.settings.container_image, checkpoint_dir=ckpt,
             max_duration_s=max(1.0, limit), resume=resume,
         )
 
     def _max_duration(self, spec: job_pb2.JobSpec) -> float:
         if spec.HasField("max_duration"):
-            return spec.max_duration.ToTimedelta().total_seconds()
+            return spec.max_duration.ToNanoseconds() / 1e9
         return self.settings.default_max_duration_s
 
     def _running_seconds(self, rec: JobRecord) -> float:

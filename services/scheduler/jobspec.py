@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.errors import InvalidArgument, NotFound
+from crucible.runtime.validation import duration_ns
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SCOPE = re.compile(r"^(global|[a-z0-9_.-]+:[a-z0-9_.-]+)$")
@@ -71,10 +72,10 @@ def validate_spec(spec: job_pb2.JobSpec, request_id: str, known_providers: Colle
     for i, g in enumerate(r.gpu_names):
         if not g.strip():
             raise InvalidArgument.field(f"spec.resources.gpu_names[{i}]", "must not be empty")
-    if spec.HasField("max_duration") and spec.max_duration.ToNanoseconds() <= 0:
-        raise InvalidArgument.field("spec.max_duration", "must be positive")
-    if spec.HasField("expected_duration") and spec.expected_duration.ToNanoseconds() < 0:
-        raise InvalidArgument.field("spec.expected_duration", "must not be negative")
+    if spec.HasField("max_duration"):
+        duration_ns(spec.max_duration, "spec.max_duration", allow_zero=False)
+    if spec.HasField("expected_duration"):
+        duration_ns(spec.expected_duration, "spec.expected_duration")
     for field in ("max_cost_usd", "max_price_usd_per_hour"):
         if spec.HasField(field):
             value = getattr(spec, field)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from crucible.api.scheduler.v1 import job_pb2, scheduler_service_pb2 as pb, scheduler_service_pb2_grpc
-from crucible.runtime.errors import InvalidArgument
+from crucible.runtime.errors import InvalidArgument, OutOfRange
 from crucible.scheduler.core import sizing
 from crucible.scheduler.engine import Engine, now_ts
 from crucible.scheduler.store import decode_page_token, encode_page_token
@@ -39,6 +39,17 @@ def _page_size(value: int, default: int, field: str) -> int:
 def _shape(t: pb.TransformerConfig) -> sizing.Shape:
     return sizing.Shape(t.n_layer, t.n_head, t.n_embd, t.block_size, t.vocab_size)
 
+
+
+_U64_MAX = 2**64 - 1
+
+
+def _u64(value: int, what: str) -> int:
+    """A computed byte count for a uint64 field; OUT_OF_RANGE when the inputs describe more than 2^64 bytes."""
+    if not 0 <= value <= _U64_MAX:
+        raise OutOfRange(f"{what} comes to {value} bytes, beyond 2^64: the request's sizes (batch, sequence length, "
+                         "parallel requests, activation bytes) are far past any real machine", reason="SIZE_OVERFLOW")
+    return int(value)
 
 class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     """Translates SchedulerService calls to the engine and the sizing functions."""
@@ -135,9 +146,11 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             precision=PRECISIONS[request.precision], optimizer=OPTIMIZERS.get(request.optimizer),
         )
         return pb.EstimateRequirementsResponse(
-            parameter_count=est.parameter_count, weights_bytes=est.weights_bytes, gradients_bytes=est.gradients_bytes,
-            optimizer_state_bytes=est.optimizer_state_bytes, activations_bytes=est.activations_bytes,
-            total_bytes=est.total_bytes, arithmetic=est.arithmetic,
+            parameter_count=_u64(est.parameter_count, "parameter_count"), weights_bytes=_u64(est.weights_bytes, "weights"),
+            gradients_bytes=_u64(est.gradients_bytes, "gradients"),
+            optimizer_state_bytes=_u64(est.optimizer_state_bytes, "optimizer state"),
+            activations_bytes=_u64(est.activations_bytes, "activations"), total_bytes=_u64(est.total_bytes, "total"),
+            arithmetic=est.arithmetic,
         )
 
     async def PlanPlacement(self, request: pb.PlanPlacementRequest, context: grpc.aio.ServicerContext
@@ -166,11 +179,13 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         return pb.PlanPlacementResponse(
             fits=plan.fits,
             assignments=[pb.ModelAssignment(model_name=a.model_name, strategy=STRATEGIES[a.strategy],
-                                            device_names=a.device_names, weights_bytes=a.weights_bytes,
-                                            activations_bytes=a.activations_bytes, total_bytes=a.total_bytes)
+                                            device_names=a.device_names, weights_bytes=_u64(a.weights_bytes, "weights"),
+                                            activations_bytes=_u64(a.activations_bytes, "activations"),
+                                            total_bytes=_u64(a.total_bytes, "total"))
                          for a in plan.assignments],
             devices=[pb.DeviceUsage(device_name=u.name, memory_bytes=u.memory_bytes, usable_bytes=u.usable_bytes,
-                                    used_bytes=u.used_bytes, model_names=u.model_names, fits=u.fits) for u in plan.devices],
+                                    used_bytes=_u64(u.used_bytes, "device usage"), model_names=u.model_names, fits=u.fits)
+                     for u in plan.devices],
             explanation=plan.explanation,
         )
 
