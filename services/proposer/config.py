@@ -57,7 +57,10 @@ class ProposerConfig(ModelServerConfig):
     max_batch_tokens: int = setting(
         16384, "Generation batch budget: rows x (longest prompt + its max_new_tokens); 0 disables the budget."
     )
-    max_wait_ms: float = setting(10.0, "Milliseconds a generation batch waits for more rows after its first one.")
+    max_wait_ms: float = setting(
+        25.0, "Milliseconds a generation batch waits for more rows after its first one (generation takes seconds, so a "
+        "longer window costs little latency and gathers concurrent calls into one batch)."
+    )
     max_queue_size: int = setting(256, "Most rows waiting for generation; past it Propose fails with RESOURCE_EXHAUSTED.")
     embed_max_batch_size: int = setting(64, "Most texts (or NLI pairs) in one embedding/NLI forward pass.")
     embed_max_queue_size: int = setting(4096, "Most texts waiting for embedding or NLI; past it calls fail with RESOURCE_EXHAUSTED.")
