@@ -18,6 +18,7 @@ from _mesh import running_mesh  # noqa: E402
 
 from crucible.clients.attack import AttackConfig, SecaAttack, Trace, load_mmlu  # noqa: E402
 from crucible.clients.mesh import Mesh  # noqa: E402
+from crucible.clients.scorer import ChoiceQuery  # noqa: E402
 from crucible.demo import ATTACK_SAMPLES  # noqa: E402
 from crucible.mesh import format_table  # noqa: E402
 
@@ -37,15 +38,17 @@ async def _campaign(base: int, questions, parallel: int, iterations: int) -> tup
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--questions", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=3)
     args = parser.parse_args()
     data = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mmlu"
-    if data.is_dir():
-        questions = load_mmlu(data, ["high_school_psychology"], limit_per_subject=args.questions)
-    else:
-        questions = (ATTACK_SAMPLES * args.questions)[: args.questions]
+    pool = load_mmlu(data, ["high_school_psychology"], limit_per_subject=40) if data.is_dir() else list(ATTACK_SAMPLES)
     rows = []
     async with running_mesh(["proposer", "scorer"]) as base:
+        # Only questions the target answers right are attacked (the rest end at iteration 0 and measure nothing).
+        async with Mesh.local(base) as mesh:
+            scores = await mesh.scorer.score_choices([ChoiceQuery(question=q.with_question(q.question)) for q in pool])
+        right = [q for q, sc in zip(pool, scores, strict=True) if sc.top_index == q.answer]
+        questions = (right * args.questions)[: args.questions] if right else pool[: args.questions]
         results = {}
         for parallel in (1, 3):
             seconds, done, errors = await _campaign(base, questions, parallel, args.iterations)
