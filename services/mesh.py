@@ -115,7 +115,8 @@ class Mesh:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
                 out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
                 self._logs.append(out)
-            self.processes[name] = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out, start_new_session=True)
+            self.processes[name] = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out, start_new_session=True,
+                                                    preexec_fn=_stop_with_parent)
 
     async def wait_ready(self, timeout: float = 180.0) -> dict[str, HealthResult]:
         """Wait until every service answers SERVING; fails early, naming the service, if a child exits."""
@@ -155,6 +156,20 @@ class Mesh:
             handle.close()
         self._logs.clear()
         return codes
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec: on Linux, get SIGTERM (a graceful stop) when the launching process dies, even by
+    SIGKILL, so a killed `crucible up` or test run leaves no services behind. Elsewhere a no-op."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -110,3 +110,30 @@ def test_sigint_stops_every_service_cleanly(mesh):
         capture_output=True, text=True, timeout=60,
     )
     assert health.returncode == 1 and "UNREACHABLE" in health.stdout
+
+
+def test_services_stop_when_the_launcher_is_killed(tmp_path):
+    """A SIGKILLed `crucible up` (or test run) must not leave services running: children get SIGTERM on parent death."""
+    port = free_port_block(1)
+    code = (
+        "import asyncio, time\n"
+        "from crucible.mesh import Mesh\n"
+        f"m = Mesh(['cost'], ports={{'cost': {port}}}, env={{'CRUCIBLE_STATE_DIR': {str(tmp_path)!r}}})\n"
+        "m.start()\n"
+        "asyncio.run(m.wait_ready(120))\n"
+        "print(m.processes['cost'].pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    child = int(launcher.stdout.readline())
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the cost service outlived its killed launcher")
