@@ -49,7 +49,8 @@ async def test_nanogpt_progress_cancel_download_resume(tmp_path: Path, shared_da
             async def until_checkpointed() -> job_pb2.Job:
                 async for r in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id)):
                     p = r.job.progress
-                    if r.job.latest_checkpoint and p.HasField("step") and p.step >= 45:
+                    # The ETA needs a step rate from two progress updates; wait for it rather than race it.
+                    if r.job.latest_checkpoint and p.HasField("step") and p.step >= 45 and p.HasField("eta"):
                         return r.job
                 raise AssertionError("job ended before checkpointing")
 
