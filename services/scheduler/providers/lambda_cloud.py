@@ -69,19 +69,14 @@ class LambdaProvider(HTTPProvider):
 
     async def submit(self, spec: LaunchSpec) -> RunHandle:
         """POST /instance-operations/launch with the wrapper as cloud-init user data; adopt by name after an unclear failure."""
-        if spec.code_dir is not None:
-            raise self.error(K.INVALID, "lambda cannot ship code_dir: bake the code into container_image or fetch it "
-                                        "in the command")
+        try:
+            name, folder, script = remote.boot_plan(spec, self.remote_root, docker=self.use_docker)
+        except ValueError as exc:
+            raise self.error(K.INVALID, f"lambda {exc}") from None
         if not self.ssh_key_names:
             raise self.error(K.INVALID, "setting lambda.ssh_key_names is required (the SSH key name registered at Lambda)")
         if not spec.offer.region or not spec.offer.instance_type:
             raise self.error(K.INVALID, "offer needs region and instance_type (e.g. us-east-1, gpu_1x_a10)")
-        name = remote.run_name(spec)
-        folder = remote.run_dir(spec, self.remote_root)
-        try:
-            script = remote.boot_script(remote.wrapper_script(spec, folder, docker=self.use_docker), folder)
-        except ValueError as exc:
-            raise self.error(K.INVALID, str(exc)) from None
         body = {"region_name": spec.offer.region, "instance_type_name": spec.offer.instance_type,
                 "ssh_key_names": self.ssh_key_names, "file_system_names": self.file_system_names, "quantity": 1,
                 "name": name, "user_data": script}

@@ -101,19 +101,14 @@ class PaperspaceProvider(HTTPProvider):
 
     async def submit(self, spec: LaunchSpec) -> RunHandle:
         """POST /startup-scripts (run once) then POST /machines {..., startupScriptId, startOnCreate: true}."""
-        if spec.code_dir is not None:
-            raise self.error(K.INVALID, "paperspace cannot ship code_dir: bake the code into container_image or fetch it "
-                                        "in the command")
+        try:
+            name, folder, script = remote.boot_plan(spec, self.remote_root, docker=self.use_docker)
+        except ValueError as exc:
+            raise self.error(K.INVALID, f"paperspace {exc}") from None
         if not self.template_id:
             raise self.error(K.INVALID, "setting paperspace.template_id is required (the OS template of the machine)")
         if not spec.offer.instance_type or not spec.offer.region:
             raise self.error(K.INVALID, "offer needs instance_type (machineType, e.g. A100-80G) and region")
-        name = remote.run_name(spec)
-        folder = remote.run_dir(spec, self.remote_root)
-        try:
-            script = remote.boot_script(remote.wrapper_script(spec, folder, docker=self.use_docker), folder)
-        except ValueError as exc:
-            raise self.error(K.INVALID, str(exc)) from None
         answer = await self.http.request("POST", "/startup-scripts", json_body={
             "name": name, "script": script, "isRunOnce": True, "isEnabled": True}, idempotent=False)
         script_id = self._id_of(answer)

@@ -117,6 +117,17 @@ def boot_script(wrapper: str, folder: str) -> str:
             f"nohup setsid bash {q(folder + '/run.sh')} >/dev/null 2>&1 &\n")
 
 
+def boot_plan(spec: LaunchSpec, root: str, *, docker: bool) -> tuple[str, str, str]:
+    """(run name, run folder, boot script) of a launch on a VM provider (lambda, paperspace).
+
+    ValueError says why the spec cannot run there: a code_dir (VMs get no upload) or a command the wrapper refuses.
+    """
+    if spec.code_dir is not None:
+        raise ValueError("cannot ship code_dir: bake the code into container_image or fetch it in the command")
+    folder = run_dir(spec, root)
+    return run_name(spec), folder, boot_script(wrapper_script(spec, folder, docker=docker), folder)
+
+
 def container_args(wrapper: str) -> str:
     """A container start command (RunPod dockerArgs) that runs the wrapper, then idles so the outcome stays readable."""
     encoded = base64.b64encode(wrapper.encode()).decode()
