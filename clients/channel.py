@@ -28,7 +28,7 @@ IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
     "crucible.scorer.v1.ScorerService": ("ScoreChoices", "ScoreTexts", "GetInfo"),
     "crucible.scheduler.v1.SchedulerService": (
         "CreateJob", "GetJob", "ListJobs", "CancelJob", "ListArtifacts", "EstimateRequirements", "PlanPlacement",
-        "ListProviders",
+        "ListProviders", "ListJobProgress",
     ),
     "crucible.cost.v1.CostService": (
         "ListOffers", "EstimateCost", "CompareProviders", "CreateBudget", "GetBudget", "ListBudgets", "RecordUsage",

@@ -97,6 +97,16 @@ class SchedulerClient(ServiceClient[pb_grpc.SchedulerServiceStub]):
         """Which model goes on which device (PlanPlacementRequest in protobuf JSON form)."""
         return to_plain(await self.stub.PlanPlacement(request(pb.PlanPlacementRequest, fields), timeout=self.timeout(timeout)))
 
+    async def list_progress(self, job_id: str, *, page_size: int = 0, page_token: str = "",
+                            timeout: float | None = None) -> tuple[list[Any], str, str]:
+        """One page of the job's progress history, oldest first: (points, next_page_token, resume_page_token).
+
+        Pass `resume_page_token` later to get only points stored since (a running job keeps adding them)."""
+        reply = await self.stub.ListJobProgress(
+            pb.ListJobProgressRequest(job_id=job_id, page_size=page_size, page_token=page_token),
+            timeout=self.timeout(timeout))
+        return [to_plain(p) for p in reply.points], reply.next_page_token, reply.resume_page_token
+
     async def list_providers(self, *, timeout: float | None = None) -> list[Any]:
         reply = await self.stub.ListProviders(pb.ListProvidersRequest(), timeout=self.timeout(timeout))
         return [to_plain(p) for p in reply.providers]

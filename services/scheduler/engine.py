@@ -36,6 +36,7 @@ from crucible.runtime.errors import (
 from crucible.scheduler import jobspec
 from crucible.scheduler.core import states as st
 from crucible.scheduler.core.progress import Progress, ProgressTracker
+from crucible.scheduler.history import line_point
 from crucible.scheduler.pricing import Candidate
 from crucible.scheduler.providers.base import (
     LaunchSpec,
@@ -881,6 +882,8 @@ class Engine:
             for part in raw.split(b"\r"):  # progress bars rewrite a line with carriage returns
                 if live.tracker.feed(part.decode("utf-8", "replace"), now):
                     live.progress_dirty = True
+                    self.store.note_progress(live.rec.job.job_id, line_point(
+                        part.decode("utf-8", "replace"), now, live.tracker.progress, len(live.rec.job.attempts)))
 
     def _apply_progress(self, job: job_pb2.Job, p: Progress) -> None:
         out = job.progress

@@ -14,7 +14,7 @@ from crucible.api.scheduler.v1 import job_pb2, scheduler_service_pb2 as pb, sche
 from crucible.runtime.errors import InvalidArgument, OutOfRange
 from crucible.scheduler.core import sizing
 from crucible.scheduler.engine import Engine, now_ts
-from crucible.scheduler.store import decode_page_token, encode_page_token
+from crucible.scheduler.store import decode_page_token, decode_progress_token, encode_page_token, encode_progress_token
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["SchedulerService"]
 
@@ -198,6 +198,29 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
                             unavailable_reason=s.unavailable_reason)
             for s in self.engine.registry.statuses()
         ])
+
+    async def ListJobProgress(self, request: pb.ListJobProgressRequest, context: grpc.aio.ServicerContext
+                              ) -> pb.ListJobProgressResponse:
+        if not 0 <= request.page_size <= 1000:
+            raise InvalidArgument.field("page_size", "must be between 0 (the default, 500) and 1000")
+        size = request.page_size or 500
+        after = 0
+        if request.page_token:
+            decoded = decode_progress_token(request.page_token)
+            if decoded is None:
+                raise InvalidArgument.field("page_token", "is not a token returned by ListJobProgress")
+            after = decoded
+        await self.engine.get(request.job_id)  # NOT_FOUND for an unknown job
+        rows = await self.engine.store.list_progress(request.job_id, after_seq=after, limit=size + 1)
+        page = rows[:size]
+        out = pb.ListJobProgressResponse(
+            points=[pb.ProgressPoint(step=p.step, total_steps=p.total_steps, metrics=p.metrics, time=now_ts(p.time),
+                                     attempt=p.attempt) for _seq, p in page],
+            resume_page_token=encode_progress_token(page[-1][0]) if page else request.page_token,
+        )
+        if len(rows) > size:
+            out.next_page_token = encode_progress_token(page[-1][0])
+        return out
 
 
 def encode_page_token_path(path: str) -> str:

@@ -10,6 +10,7 @@ import base64
 import concurrent.futures
 import dataclasses
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -17,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from crucible.api.scheduler.v1 import job_pb2
+from crucible.scheduler.history import ProgressPoint
+
+log = logging.getLogger(__name__)
+
+#: Progress points kept in memory per job between two saves of the job (saves come about once a second).
+MAX_PENDING_PROGRESS = 100_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -32,6 +39,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     meta TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS job_progress (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    total_steps INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    time REAL NOT NULL,
+    attempt INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_progress_job ON job_progress(job_id, seq);
 """
 
 
@@ -180,6 +197,29 @@ class JobStore:
     def count(self) -> int:
         """Number of stored jobs."""
         with self._lock:
+    def add_progress(self, job_id: str, points: Sequence[ProgressPoint]) -> None:
+        """Append progress points of a job in one committed transaction."""
+        rows = [(job_id, p.step, p.total_steps, json.dumps(p.metrics, separators=(",", ":")), p.time, p.attempt)
+                for p in points]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT INTO job_progress(job_id, step, total_steps, metrics, time, attempt)"
+                                     " VALUES (?,?,?,?,?,?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def list_progress(self, job_id: str, *, after_seq: int = 0, limit: int = 500) -> list[tuple[int, ProgressPoint]]:
+        """Up to `limit` points of a job stored after `after_seq`, oldest first, each with its sequence number."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, step, total_steps, metrics, time, attempt FROM job_progress WHERE job_id=? AND seq>?"
+                " ORDER BY seq LIMIT ?", (job_id, after_seq, limit)).fetchall()
+        return [(seq, ProgressPoint(step, total, json.loads(metrics), t, attempt))
+                for seq, step, total, metrics, t, attempt in rows]
+
             return int(self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
 
 
@@ -198,6 +238,7 @@ class AsyncJobStore:
 
     async def _write(self, op: str, rec: JobRecord) -> Any:
         loop = asyncio.get_running_loop()
+        self._progress: dict[str, list[ProgressPoint]] = {}  # points parsed since the job's last save
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.append((op, rec, fut))
         if not self._flushing:
@@ -243,6 +284,7 @@ class AsyncJobStore:
 
     async def get(self, job_id: str) -> JobRecord | None:
         """See JobStore.get."""
+        await self._save_progress(rec.job.job_id)
         return await self._run(self.sync.get, job_id)
 
     async def by_request_id(self, request_id: str) -> JobRecord | None:
@@ -260,6 +302,27 @@ class AsyncJobStore:
     async def close(self) -> None:
         """Finish pending writes and close."""
         await self._run(self.sync.close)
+    def note_progress(self, job_id: str, point: ProgressPoint | None) -> None:
+        """Queue a progress point; it is committed right after the job's next update (so it is as durable as the
+        job's latest progress). At most MAX_PENDING_PROGRESS wait per job; past that the oldest go, with a warning."""
+        if point is None:
+            return
+        pending = self._progress.setdefault(job_id, [])
+        pending.append(point)
+        if len(pending) > MAX_PENDING_PROGRESS:
+            del pending[: len(pending) - MAX_PENDING_PROGRESS]
+            log.warning("job %s: more than %d progress points between saves; the oldest were not kept",
+                        job_id, MAX_PENDING_PROGRESS)
+
+    async def _save_progress(self, job_id: str) -> None:
+        points = self._progress.pop(job_id, None)
+        if points:
+            await self._run(self.sync.add_progress, job_id, points)
+
+    async def list_progress(self, job_id: str, *, after_seq: int = 0, limit: int = 500) -> list[tuple[int, ProgressPoint]]:
+        """See JobStore.list_progress."""
+        return await self._run(self.sync.list_progress, job_id, after_seq=after_seq, limit=limit)
+
         self._pool.shutdown(wait=True)
 
 
@@ -280,5 +343,19 @@ def decode_page_token(token: str) -> int | None:
         text = base64.urlsafe_b64decode(token.encode()).decode()
         kind, _, value = text.partition(":")
         return int(value) if kind == "seq" and int(value) > 0 else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def encode_progress_token(seq: int) -> str:
+    """Opaque ListJobProgress page token: the last point sent."""
+    return base64.urlsafe_b64encode(f"progress:{seq}".encode()).decode()
+
+
+def decode_progress_token(token: str) -> int | None:
+    """The sequence number in a ListJobProgress page token, or None when it is malformed."""
+    try:
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        return int(value) if kind == "progress" and int(value) >= 0 else None
     except (ValueError, UnicodeDecodeError):
         return None
