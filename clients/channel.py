@@ -5,12 +5,14 @@ Retries come from the channel's service config (UNAVAILABLE only, idempotent met
 
 from __future__ import annotations
 
+import argparse
 import contextvars
 import dataclasses
 import ipaddress
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -132,6 +134,47 @@ class _Metadata(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClient
 
 def open_channel(config: ChannelConfig, service: str) -> grpc.aio.Channel:
     """Open the long-lived channel for `service` (a full proto service name) as configured."""
+    options = _options(config, service)
+    interceptors: Sequence[Any] = [_Metadata(config.token)]
+    if config.tls:
+        creds = grpc.ssl_channel_credentials(config.root_certificates, config.client_key, config.client_certificate)
+        return grpc.aio.secure_channel(config.target, creds, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(config.target, options=options, interceptors=interceptors)
+
+
+class _SyncMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """The blocking-API twin of _Metadata: request id and bearer token on every call."""
+
+    def __init__(self, token: str) -> None:
+        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def _details(self, details: Any) -> Any:
+        metadata = list(details.metadata or ())
+        if not any(k == REQUEST_ID_HEADER for k, _ in metadata):
+            metadata.append((REQUEST_ID_HEADER, REQUEST_ID.get() or uuid.uuid4().hex))
+        metadata.extend(self._auth)
+        return _SyncCallDetails(details.method, details.timeout, metadata, details.credentials,
+                                details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # noqa: ANN001, ANN201
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):  # noqa: ANN001, ANN201
+        return continuation(self._details(client_call_details), request)
+
+
+class _SyncCallDetails(grpc.ClientCallDetails):
+    def __init__(self, method: str, timeout: float | None, metadata: Any, credentials: Any, wait_for_ready: Any,
+                 compression: Any) -> None:
+        self.method = method
+        self.timeout = timeout
+        self.metadata = metadata
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
+
+
+def _options(config: ChannelConfig, service: str) -> list[tuple[str, Any]]:
     options: list[tuple[str, Any]] = [
         ("grpc.service_config", service_config(service, config.max_attempts)),
         ("grpc.enable_retries", 1),
@@ -141,8 +184,101 @@ def open_channel(config: ChannelConfig, service: str) -> grpc.aio.Channel:
     ]
     if config.tls_server_name:
         options.append(("grpc.ssl_target_name_override", config.tls_server_name))
-    interceptors: Sequence[Any] = [_Metadata(config.token)]
+    return options
+
+
+def open_sync_channel(config: ChannelConfig, service: str) -> grpc.Channel:
+    """The blocking-API channel for `service`, configured exactly like open_channel (for synchronous command lines)."""
+    options = _options(config, service)
     if config.tls:
         creds = grpc.ssl_channel_credentials(config.root_certificates, config.client_key, config.client_certificate)
-        return grpc.aio.secure_channel(config.target, creds, options=options, interceptors=interceptors)
-    return grpc.aio.insecure_channel(config.target, options=options, interceptors=interceptors)
+        channel = grpc.secure_channel(config.target, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(config.target, options=options)
+    return grpc.intercept_channel(channel, _SyncMetadata(config.token))
+
+
+# ------------------------------------------------------------------------------------------------ command lines
+
+#: Names of the services that `MeshConfig` knows, as used in CRUCIBLE_<NAME>_ADDRESS.
+CLI_SERVICES = ("detector", "proposer", "scorer", "scheduler", "cost")
+
+
+def add_connection_arguments(parser: Any, *, address: bool = True, token: bool = True, timeout: bool = True,
+                             address_help: str = "") -> None:
+    """Connection flags every command line shares; unset flags fall back to the SDK config (see cli_channel_config).
+
+    Flags: --address, --token, --token-file, --tls, --ca-file, --tls-server-name, --timeout. Pass address/token/timeout
+    False where a command already defines that flag itself (its value is still read by cli_channel_config).
+    """
+    group = parser.add_argument_group(
+        "connection", "unset flags come from CRUCIBLE_CLIENT_CONFIG (TOML) and CRUCIBLE_* variables "
+        "(CRUCIBLE_<SERVICE>_ADDRESS, CRUCIBLE_CLIENT_TOKEN[_FILE], CRUCIBLE_CLIENT_TLS, CRUCIBLE_CLIENT_CA_FILE, "
+        "CRUCIBLE_CLIENT_TIMEOUT_S)")
+    if address:
+        group.add_argument("--address", default=None, metavar="HOST:PORT",
+                           help=address_help or "service address, or a dns:/// target")
+    if token:
+        group.add_argument("--token", default=None, help="bearer token (prefer --token-file or CRUCIBLE_CLIENT_TOKEN: "
+                                                         "arguments are visible to other local users)")
+    group.add_argument("--token-file", default=None, metavar="PATH", help="file whose first line is the bearer token")
+    group.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None,
+                       help="use TLS (system roots unless --ca-file)")
+    group.add_argument("--ca-file", default=None, metavar="PEM", help="CA certificate(s) to verify the server; implies --tls")
+    group.add_argument("--tls-server-name", default=None, metavar="NAME", help="name checked against the server certificate")
+    if timeout:
+        group.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="deadline of each call")
+
+
+def cli_channel_config(service: str, args: Any = None, *, env: Mapping[str, str] | None = None) -> ChannelConfig:
+    """The ChannelConfig of `service` for a command line: the SDK config (TOML + env, as MeshConfig.from_env) with the
+    command's flags on top. Flags left at None keep the config's value; `args` may be any object with those attributes.
+
+    Raises ValueError (with the setting named) for a token or CA file that cannot be read.
+    """
+    from crucible.clients.mesh import MeshConfig  # mesh imports this module
+
+    if service not in CLI_SERVICES:
+        raise ValueError(f"unknown service {service!r}; choose from {', '.join(CLI_SERVICES)}")
+    try:
+        config = MeshConfig.from_env(env).services[service]
+    except OSError as err:
+        raise ValueError(f"client config: cannot read {err.filename}: {err.strerror}") from None
+
+    def flag(name: str) -> Any:
+        return getattr(args, name, None) if args is not None else None
+
+    changes: dict[str, Any] = {}
+    if flag("address"):
+        changes["addresses"] = tuple(a.strip() for a in str(flag("address")).split(",") if a.strip())
+    if flag("token"):
+        changes["token"] = str(flag("token"))
+    elif flag("token_file"):
+        changes["token"] = _first_line(flag("token_file"), "--token-file")
+    if flag("ca_file"):
+        changes["root_certificates"] = _read(flag("ca_file"), "--ca-file")
+        changes["tls"] = True
+    if flag("tls") is not None:
+        changes["tls"] = bool(flag("tls")) or "root_certificates" in changes
+    if flag("tls_server_name"):
+        changes["tls_server_name"] = str(flag("tls_server_name"))
+    if flag("timeout") is not None:
+        if not float(flag("timeout")) > 0:
+            raise ValueError("--timeout: must be positive")
+        changes["timeout_s"] = float(flag("timeout"))
+    return dataclasses.replace(config, **changes)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as err:
+        raise ValueError(f"{what}: cannot read {path}: {err.strerror}") from None
+
+
+def _first_line(path: str, what: str) -> str:
+    lines = _read(path, what).decode("utf-8", errors="replace").splitlines()
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise ValueError(f"{what}: {path} is empty")
+    return token

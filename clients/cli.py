@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from crucible.clients.attack import AttackConfig, SecaAttack, Trace, load_mmlu, summarize
-from crucible.clients.mesh import Mesh
+from crucible.clients.channel import CLI_SERVICES, add_connection_arguments, cli_channel_config
+from crucible.clients.mesh import Mesh, MeshConfig
 from crucible.clients.reward import CompositeReward, RewardConfig
 
 
@@ -29,6 +31,7 @@ def add_commands(sub: Any) -> None:
                              "criterion, which works for uncalibrated model pairs)")
     reward.add_argument("--limit", type=int, default=None, help="score at most N pairs")
     reward.add_argument("--json", action="store_true", help="print one JSON object per pair instead of a table")
+    add_connection_arguments(reward, address=False)
     reward.set_defaults(handler=_reward)
 
     attack = sub.add_parser("attack", help="SECA-style attack on MMLU-format questions over the mesh")
@@ -44,11 +47,20 @@ def add_commands(sub: Any) -> None:
     attack.add_argument("--threshold", type=float, default=None, help="equivalence threshold (default: the proposer's)")
     attack.add_argument("--seed", type=int, default=0)
     attack.add_argument("--base-port", type=int, default=None)
+    attack.add_argument("--json", action="store_true", help="print the summary as one JSON object instead of a table")
+    add_connection_arguments(attack, address=False)
     attack.set_defaults(handler=_attack)
 
 
-def _mesh(base_port: int | None) -> Mesh:
-    return Mesh.local(base_port) if base_port is not None else Mesh.from_env()
+def _mesh(args: argparse.Namespace) -> Mesh:
+    """The SDK mesh from the client config (TOML/env) and the connection flags; --base-port sets local addresses."""
+    configs = {}
+    for i, name in enumerate(CLI_SERVICES):
+        config = cli_channel_config(name, args)
+        if args.base_port is not None:
+            config = dataclasses.replace(config, addresses=(f"127.0.0.1:{args.base_port + i}",))
+        configs[name] = config
+    return Mesh(MeshConfig(configs))
 
 
 def _pairs(path: Path) -> list[tuple[str, str]]:
@@ -83,7 +95,7 @@ def _reward(args: argparse.Namespace) -> int:
         return 1
 
     async def run() -> list[Any]:
-        async with _mesh(args.base_port) as mesh:
+        async with _mesh(args) as mesh:
             reward = CompositeReward(mesh, RewardConfig(detector_signal=args.signal))
             out: list[Any] = []
             with tqdm(total=len(pairs), desc="reward", unit="pair", file=sys.stderr) as bar:
@@ -126,7 +138,7 @@ def _attack(args: argparse.Namespace) -> int:
     already = len(trace.finished())
 
     async def run() -> list[Any]:
-        async with _mesh(args.base_port) as mesh:
+        async with _mesh(args) as mesh:
             attack = SecaAttack(mesh, config, trace)
             with tqdm(total=len(questions), initial=min(already, len(questions)), desc="attack", unit="q",
                       file=sys.stderr) as bar:
@@ -138,6 +150,9 @@ def _attack(args: argparse.Namespace) -> int:
 
     outcomes = asyncio.run(run())
     summary = summarize(outcomes)
+    if args.json:
+        print(json.dumps({**summary, "trace": str(args.trace)}))
+        return 0 if summary["errors"] == 0 else 1
     print(format_table(("metric", "value"), [(k, "" if v is None else (f"{v:.3f}" if isinstance(v, float) else v))
                                              for k, v in summary.items()]))
     print(f"trace: {args.trace}")

@@ -7,16 +7,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import importlib.util
+import json
 import logging
+import os
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import grpc
+
 from crucible import __version__
+from crucible.clients.channel import ChannelConfig, add_connection_arguments, cli_channel_config, open_channel
+from crucible.clients.health import HealthResult
 from crucible.mesh import SERVICES, Mesh, default_ports, format_table, health_table
 from crucible.runtime.config import add_arguments, load_config
 from crucible.runtime.errors import ConfigError
@@ -52,11 +59,22 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start the mesh, show what it does, stop it cleanly")
     mesh_args(demo)
 
-    health = sub.add_parser("health", help="check the health of running services; exit 1 unless all are SERVING")
-    health.add_argument("--host", default="127.0.0.1")
+    health = sub.add_parser("health", help="check the health of running services; exit 1 unless all are SERVING",
+                            description="Addresses come from --host/--base-port when given, else from the client "
+                            "config (CRUCIBLE_<SERVICE>_ADDRESS, CRUCIBLE_CLIENT_CONFIG), else the default ports.")
+    health.add_argument("--host", default=None, help="host of every service (default 127.0.0.1 with --base-port)")
     health.add_argument("--base-port", type=int, default=None)
     health.add_argument("--services", default=",".join(SERVICES))
     health.add_argument("--timeout", type=float, default=2.0, help="deadline of each check in seconds")
+    health.add_argument("--json", action="store_true", help="one JSON object per service, a line each")
+    add_connection_arguments(health, address=False, timeout=False)
+
+    completion = sub.add_parser("completion", help="print a shell completion script (bash, zsh or tcsh)",
+                                description="Static completion script generated from this command line (shtab); it "
+                                "needs no network and no Python at completion time. bash: "
+                                "`crucible completion bash > ~/.local/share/bash-completion/completions/crucible`; "
+                                "zsh: `crucible completion zsh > \"${fpath[1]}/_crucible\"`.")
+    completion.add_argument("shell", choices=("bash", "zsh", "tcsh"))
 
     models = sub.add_parser("models", help="manage the embedded models")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -171,14 +189,60 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+async def _check(config: ChannelConfig, timeout: float) -> HealthResult:
+    """One grpc.health.v1 Check over a channel built from the SDK config (TLS, token); never raises."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    start = time.perf_counter()
+    address = ",".join(config.addresses)
+    try:
+        async with open_channel(config, "grpc.health.v1.Health") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        status, detail = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status), ""
+    except grpc.aio.AioRpcError as err:
+        unreachable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        status, detail = "UNREACHABLE" if unreachable else "ERROR", f"{err.code().name}: {err.details()}"
+    except ValueError as err:  # an address the channel cannot use
+        status, detail = "ERROR", str(err)
+    return HealthResult(address, "", status, (time.perf_counter() - start) * 1000, detail)
+
+
 def _health(args: argparse.Namespace) -> int:
-    mesh = Mesh(_selected(args.services), host=args.host, ports=default_ports(args.base_port))
-    results = asyncio.run(mesh.health())
-    print(health_table(mesh, results))
-    for name, r in results.items():
-        if r.detail:
-            print(f"{name}: {r.detail}", file=sys.stderr)
+    names = _selected(args.services)
+    ports = default_ports(args.base_port)
+    configs = {}
+    try:
+        for name in names:
+            config = cli_channel_config(name, args)
+            if args.host is not None or args.base_port is not None:
+                config = dataclasses.replace(config, addresses=(f"{args.host or '127.0.0.1'}:{ports[name]}",))
+            configs[name] = config
+    except ValueError as err:
+        print(f"crucible health: {err}", file=sys.stderr)
+        return 2
+
+    async def run() -> list[HealthResult]:
+        return list(await asyncio.gather(*(_check(configs[n], args.timeout) for n in names)))
+
+    results = dict(zip(names, asyncio.run(run()), strict=True))
+    if args.json:
+        for name, r in results.items():
+            print(json.dumps({"service": name, "contract": SERVICES[name].proto_service, "address": r.address,
+                              "status": r.status, "latency_ms": round(r.latency_ms, 3), "detail": r.detail}))
+    else:
+        rows = [(n, SERVICES[n].proto_service, r.address, r.status, f"{r.latency_ms:.1f}") for n, r in results.items()]
+        print(format_table(("service", "contract", "address", "health", "ms"), rows))
+        for name, r in results.items():
+            if r.detail:
+                print(f"{name}: {r.detail}", file=sys.stderr)
     return 0 if all(r.serving for r in results.values()) else 1
+
+
+def _completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    import shtab
+
+    print(shtab.complete(parser, shell=shell), end="")
+    return 0
 
 
 def _models_prepare(args: argparse.Namespace) -> int:
@@ -194,10 +258,32 @@ def _models_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Exit status after stdout was closed early (`crucible jobs list | head -1`): 128 + SIGPIPE, what a program killed by
+#: SIGPIPE reports, so `set -o pipefail` scripts see the same as with `cat` or `grep`; nothing is printed.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    """Run one command; a reader that closed the pipe ends it quietly with EXIT_BROKEN_PIPE (see there)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe must surface here, not in the interpreter's final flush
+        return code
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again on the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
     if getattr(args, "handler", None) is not None:
         return int(args.handler(args))
+    if args.command == "completion":
+        return _completion(parser, args.shell)
     if args.command == "serve":
         return _serve(args)
     if args.command == "up":

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,6 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from crucible.clients.channel import add_connection_arguments
 from crucible.mesh import format_table
 
 DEFAULT_ADDRESS = "127.0.0.1:50055"
@@ -262,12 +262,17 @@ def _run(command: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callab
         from crucible.api.cost.v1 import cost_service_pb2_grpc
         from crucible.runtime.errors import parse_status_details
 
+        from crucible.clients.channel import cli_channel_config, open_channel
+
         async def go() -> int:
-            metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
-            interceptors = [_MetadataInterceptor(metadata)] if metadata else None
-            async with grpc.aio.insecure_channel(args.address, interceptors=interceptors) as channel:
+            async with open_channel(config, "crucible.cost.v1.CostService") as channel:
                 return await command(cost_service_pb2_grpc.CostServiceStub(channel), args)
 
+        try:
+            config = cli_channel_config("cost", args)  # address, token, TLS from flags, then TOML/env
+        except ValueError as err:
+            print(f"crucible cost: {err}", file=sys.stderr)
+            return 2
         try:
             return asyncio.run(go())
         except KeyboardInterrupt:
@@ -284,22 +289,6 @@ def _run(command: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callab
     return handler
 
 
-class _MetadataInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    """Adds the bearer token to every call."""
-
-    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
-        self._metadata = metadata
-
-    def _details(self, details: Any) -> Any:
-        return details._replace(metadata=(*(details.metadata or ()), *self._metadata))
-
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-
 def _thresholds(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -310,11 +299,13 @@ def _thresholds(text: str) -> list[float]:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `crucible cost ...` to the crucible command line."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--address", default=os.environ.get("CRUCIBLE_COST_ADDRESS", DEFAULT_ADDRESS),
-                        help=f"cost service host:port (default $CRUCIBLE_COST_ADDRESS or {DEFAULT_ADDRESS})")
+    common.add_argument("--address", default=None,
+                        help=f"cost service host:port (default $CRUCIBLE_COST_ADDRESS, the client config, or {DEFAULT_ADDRESS})")
     common.add_argument("--timeout", type=float, default=30.0, help="deadline of each call in seconds (default 30)")
-    common.add_argument("--token", default=os.environ.get("CRUCIBLE_AUTH_TOKEN", ""),
-                        help="bearer token when the service has auth on (default $CRUCIBLE_AUTH_TOKEN)")
+    common.add_argument("--token", default=None,
+                        help="bearer token when the service has auth on (default $CRUCIBLE_CLIENT_TOKEN, "
+                             "$CRUCIBLE_AUTH_TOKEN or the client config)")
+    add_connection_arguments(common, address=False, token=False, timeout=False)  # --token-file, --tls, --ca-file
     cost = subparsers.add_parser("cost", help="GPU prices, estimates, provider comparison and budgets (cost service)")
     sub = cost.add_subparsers(dest="cost_command", required=True, metavar="ACTION")
 

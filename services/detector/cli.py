@@ -143,23 +143,23 @@ def _in_process(args: argparse.Namespace, texts: list[str]) -> tuple[list[dict[s
 
 
 def _remote(args: argparse.Namespace, texts: list[str]) -> tuple[list[dict[str, Any]], str]:
-    import grpc
-
     from crucible.api.detector.v1 import detector_service_pb2 as pb
     from crucible.api.detector.v1 import detector_service_pb2_grpc as pb_grpc
 
     names = {pb.MEMBER_FAST_DETECTGPT: "fast_detectgpt", pb.MEMBER_BINOCULARS: "binoculars",
              pb.MEMBER_CLASSIFIER: "classifier"}
-    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+    from crucible.clients.channel import cli_channel_config, open_sync_channel
+
+    config = cli_channel_config("detector", args)  # token and TLS from flags, then the client config (TOML/env)
     rows: list[dict[str, Any]] = []
     method = "none"
-    with grpc.insecure_channel(args.address) as channel:
+    with open_sync_channel(config, "crucible.detector.v1.DetectorService") as channel:
         stub = pb_grpc.DetectorServiceStub(channel)
-        info = stub.GetInfo(pb.GetInfoRequest(), timeout=args.timeout, metadata=metadata)
+        info = stub.GetInfo(pb.GetInfoRequest(), timeout=args.timeout)
         step = max(1, min(64, info.limits.max_texts_per_call))
         for start in range(0, len(texts), step):
             reply = stub.Detect(pb.DetectRequest(texts=texts[start : start + step], skip_cache=args.skip_cache),
-                                timeout=args.timeout, metadata=metadata)
+                                timeout=args.timeout)
             method = pb.CalibrationMethod.Name(reply.calibration.method).removeprefix("CALIBRATION_METHOD_").lower()
             for d in reply.detections:
                 rows.append({"index": start + d.index, "criterion": d.criterion,
@@ -210,7 +210,9 @@ def _detect(args: argparse.Namespace) -> int:
             row["text"] = text
         print(json.dumps(row))
     if labels is not None:
-        print(format_table(("score", "AUROC"), _summary(labels, rows, method)), file=sys.stderr)
+        summary = _summary(labels, rows, method)
+        print(json.dumps({"auroc": dict(summary)}) if args.json else format_table(("score", "AUROC"), summary),
+              file=sys.stderr)
     return 0
 
 
@@ -296,12 +298,18 @@ def add_commands(subparsers: Any) -> None:
                         help="detect data format {\"original\": [...], \"sampled\": [...]}, a JSON list of strings, or "
                         "JSON lines of strings / {\"text\", \"label\"} objects; '-' reads stdin")
     detect.add_argument("--address", default="", help="HOST:PORT of a running detector service (default: in-process)")
-    detect.add_argument("--token", default="", help="bearer token for a service with auth on")
+    detect.add_argument("--token", default=None, help="bearer token for a service with auth on (default: the client "
+                                                      "config: $CRUCIBLE_CLIENT_TOKEN, --token-file, ...)")
+    detect.add_argument("--json", action="store_true",
+                        help="the AUROC summary (with labels) as one JSON object on stderr; scores are always JSON lines")
     detect.add_argument("--timeout", type=float, default=600.0, help="deadline of each call to the service (seconds)")
     detect.add_argument("--skip-cache", action="store_true", help="service: bypass its caches")
     detect.add_argument("--calibration-file", default="", help="in-process: calibration file to apply")
     detect.add_argument("--with-text", action="store_true", help="include each text in its output line")
     _model_args(detect)
+    from crucible.clients.channel import add_connection_arguments
+
+    add_connection_arguments(detect, address=False, token=False, timeout=False)  # --token-file, --tls, --ca-file
     detect.set_defaults(handler=_detect)
 
     detector = subparsers.add_parser("detector", help="detector tools (calibration)")

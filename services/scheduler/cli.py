@@ -9,7 +9,7 @@ import argparse
 import asyncio
 import datetime as dt
 import hashlib
-import os
+import json
 import sys
 import uuid
 from pathlib import Path
@@ -21,13 +21,13 @@ from google.protobuf import duration_pb2, json_format
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
+from crucible.clients.channel import add_connection_arguments, cli_channel_config, open_channel
 from crucible.mesh import format_table
 from crucible.runtime.errors import parse_status_details
 
-DEFAULT_ADDRESS = os.environ.get("CRUCIBLE_SCHEDULER_ADDRESS", "127.0.0.1:50054")
+SERVICE = "crucible.scheduler.v1.SchedulerService"
 POLICIES = {"explicit": job_pb2.PROVIDER_POLICY_EXPLICIT, "cheapest": job_pb2.PROVIDER_POLICY_CHEAPEST,
             "fastest": job_pb2.PROVIDER_POLICY_FASTEST, "ordered": job_pb2.PROVIDER_POLICY_ORDERED}
-TIMEOUT_S = 30.0
 
 
 def state_name(state: int) -> str:
@@ -76,7 +76,13 @@ def status_line(job: job_pb2.Job) -> str:
 
 
 async def _call(args: argparse.Namespace, fn: Any) -> int:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    try:
+        config = cli_channel_config("scheduler", args)
+    except ValueError as err:
+        print(f"crucible jobs: {err}", file=sys.stderr)
+        return 2
+    args.timeout_s = config.timeout_s
+    async with open_channel(config, SERVICE) as channel:
         stub = pb_grpc.SchedulerServiceStub(channel)
         try:
             return await fn(stub)
@@ -87,6 +93,11 @@ async def _call(args: argparse.Namespace, fn: Any) -> int:
             for field, why in violations:
                 print(f"  {field}: {why}", file=sys.stderr)
             return 1
+
+
+def _json_line(message: Any) -> None:
+    """One protobuf message as one compact JSON line (the --json output of lists: one object per line)."""
+    print(json.dumps(json_format.MessageToDict(message), separators=(",", ":")))
 
 
 def _spec(args: argparse.Namespace) -> job_pb2.JobSpec:
@@ -152,7 +163,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = _spec(args)
 
     async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
-        preview = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, validate_only=True), timeout=TIMEOUT_S)).job
+        preview = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, validate_only=True), timeout=args.timeout_s)).job
         est, _ = _money(preview)
         o = preview.offer
         gpu = f"{o.gpu_count}x {o.gpu_name}" if o.gpu_count else "CPU"
@@ -162,7 +173,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.dry_run:
             return 0
         request_id = args.request_id or str(uuid.uuid4())
-        job = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, request_id=request_id), timeout=TIMEOUT_S)).job
+        job = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, request_id=request_id), timeout=args.timeout_s)).job
         print(f"job {job.job_id} {state_name(job.state)}")
         if args.follow:
             return await _follow(stub, job.job_id, show_logs=not args.no_logs)
@@ -177,7 +188,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
         reply = await stub.ListJobs(pb.ListJobsRequest(states=states, providers=args.provider or [],
-                                                       budget_scope=args.scope, page_size=args.limit), timeout=TIMEOUT_S)
+                                                       budget_scope=args.scope, page_size=args.limit), timeout=args.timeout_s)
+        if args.json:
+            for j in reply.jobs:
+                _json_line(j)
+            return 0
         rows = []
         for j in reply.jobs:
             est, spent = _money(j)
@@ -194,8 +209,9 @@ def cmd_get(args: argparse.Namespace) -> int:
     """The whole job as JSON."""
 
     async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
-        job = (await stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=TIMEOUT_S)).job
-        print(json_format.MessageToJson(job))
+        job = (await stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=args.timeout_s)).job
+        print(json.dumps(json_format.MessageToDict(job), separators=(",", ":")) if args.json
+              else json_format.MessageToJson(job))
         return 0
 
     return asyncio.run(_call(args, run))
@@ -225,8 +241,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel a job."""
 
     async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
-        job = (await stub.CancelJob(pb.CancelJobRequest(job_id=args.job_id, reason=args.reason), timeout=TIMEOUT_S)).job
-        print(f"{job.job_id} {state_name(job.state)}")
+        job = (await stub.CancelJob(pb.CancelJobRequest(job_id=args.job_id, reason=args.reason), timeout=args.timeout_s)).job
+        print(json.dumps(json_format.MessageToDict(job), separators=(",", ":")) if args.json
+              else f"{job.job_id} {state_name(job.state)}")
         return 0
 
     return asyncio.run(_call(args, run))
@@ -239,13 +256,17 @@ def cmd_artifacts(args: argparse.Namespace) -> int:
         rows, token = [], ""
         while True:
             reply = await stub.ListArtifacts(pb.ListArtifactsRequest(job_id=args.job_id, prefix=args.prefix,
-                                                                     page_token=token), timeout=TIMEOUT_S)
+                                                                     page_token=token), timeout=args.timeout_s)
+            if args.json:
+                for a in reply.artifacts:
+                    _json_line(a)
             rows += [(a.path, f"{a.size_bytes:,}", a.modify_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
                       "yes" if a.checkpoint else "") for a in reply.artifacts]
             token = reply.next_page_token
             if not token:
                 break
-        print(format_table(("path", "bytes", "modified (UTC)", "checkpoint"), rows))
+        if not args.json:
+            print(format_table(("path", "bytes", "modified (UTC)", "checkpoint"), rows))
         return 0
 
     return asyncio.run(_call(args, run))
@@ -277,7 +298,11 @@ def cmd_providers(args: argparse.Namespace) -> int:
     """A table of providers and whether they can be used."""
 
     async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
-        reply = await stub.ListProviders(pb.ListProvidersRequest(), timeout=TIMEOUT_S)
+        reply = await stub.ListProviders(pb.ListProvidersRequest(), timeout=args.timeout_s)
+        if args.json:
+            for p in reply.providers:
+                _json_line(p)
+            return 0
         rows = [(p.name, "yes" if p.enabled else "no", "yes" if p.credentials_present else "no",
                  "yes" if p.supports_spot else "", p.unavailable_reason or "usable", p.credentials_hint)
                 for p in reply.providers]
@@ -292,8 +317,11 @@ def add_commands(subparsers: Any) -> None:
     jobs = subparsers.add_parser("jobs", help="submit and manage GPU jobs on the scheduler")
     sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
 
-    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"scheduler host:port (default {DEFAULT_ADDRESS})")
+    def common(p: argparse.ArgumentParser, json_output: bool = True) -> argparse.ArgumentParser:
+        add_connection_arguments(p, address_help="scheduler host:port (default $CRUCIBLE_SCHEDULER_ADDRESS, the client "
+                                                 "config, or 127.0.0.1:50054)")
+        if json_output:
+            p.add_argument("--json", action="store_true", help="machine-readable output (lists: one JSON object a line)")
         return p
 
     s = common(sub.add_parser("submit", help="show the chosen offer and estimated cost, then create the job"))
@@ -328,11 +356,11 @@ def add_commands(subparsers: Any) -> None:
     p.set_defaults(handler=cmd_list)
 
     for name, fn, text in (("get", cmd_get, "one job as JSON"), ("watch", cmd_watch, "live view of a job")):
-        p = common(sub.add_parser(name, help=text))
+        p = common(sub.add_parser(name, help=text), json_output=name == "get")
         p.add_argument("job_id")
         p.set_defaults(handler=fn)
 
-    p = common(sub.add_parser("logs", help="a job's output"))
+    p = common(sub.add_parser("logs", help="a job's output"), json_output=False)
     p.add_argument("job_id")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--stream", choices=("both", "stdout", "stderr"), default="both")
@@ -348,7 +376,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--prefix", default="")
     p.set_defaults(handler=cmd_artifacts)
 
-    p = common(sub.add_parser("download", help="download one artifact"))
+    p = common(sub.add_parser("download", help="download one artifact"), json_output=False)
     p.add_argument("job_id")
     p.add_argument("path")
     p.add_argument("-o", "--output", default="")
