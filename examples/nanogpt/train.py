@@ -1,7 +1,9 @@
 """A small character-level GPT trainer (ideas from nanoGPT, written here) that the scheduler runs as its example job.
 
 Trains on CPU in minutes, prints nanoGPT-style lines plus Crucible JSON progress, checkpoints every N iterations and
-resumes with --resume (or when the scheduler sets CRUCIBLE_RESUME=1 after a preemption).
+resumes with --resume (or when the scheduler sets CRUCIBLE_RESUME=1 after a preemption). With CRUCIBLE_CHECKPOINT_URL
+set (the scheduler's object store: file:// or s3://) checkpoints go there through crucible.clients.checkpoint, so a
+relaunch on a fresh machine resumes from the newest complete one.
 """
 
 from __future__ import annotations
@@ -160,6 +162,35 @@ def save_checkpoint(path: Path, model: CharGPT, opt: torch.optim.Optimizer, mode
     os.replace(tmp, path)
 
 
+def store_url() -> str:
+    """The object-store URL for checkpoints ($CRUCIBLE_CHECKPOINT_URL) when the checkpoint helper is importable."""
+    url = os.environ.get("CRUCIBLE_CHECKPOINT_URL", "")
+    if not url:
+        return ""
+    try:
+        import crucible.clients.checkpoint  # noqa: F401 - only checks that the helper (and fsspec) are installed
+    except ImportError:
+        print("CRUCIBLE_CHECKPOINT_URL is set but crucible is not installed: checkpoints stay local", flush=True)
+        return ""
+    return url
+
+
+def load_resume_state(ckpt_path: Path, url: str, wanted: bool) -> tuple[dict | None, str]:
+    """(checkpoint dict, where it came from): the store's newest complete checkpoint, else the local file, else None."""
+    if not wanted:
+        return None, ""
+    if url:
+        from crucible.clients.checkpoint import load_latest
+
+        found = load_latest(url=url)
+        if found is not None:
+            state, info = found
+            return state, f"{url} (step {info.step})"
+    if ckpt_path.exists():
+        return torch.load(ckpt_path, map_location="cpu", weights_only=False), str(ckpt_path)
+    return None, ""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line settings (nanoGPT's names where they exist)."""
     p = argparse.ArgumentParser(description=__doc__)
@@ -199,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     ckpt_path = Path(args.out_dir) / "ckpt.pt"
-    resume = (args.resume or os.environ.get("CRUCIBLE_RESUME") == "1") and ckpt_path.exists()
+    url = store_url()
+    # With a store, every start looks for a checkpoint: a relaunch after preemption is a fresh machine and process.
+    wanted = bool(url) or args.resume or os.environ.get("CRUCIBLE_RESUME") == "1"
     text, source = load_text(args.data)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if resume else None
+    ckpt, ckpt_source = load_resume_state(ckpt_path, url, wanted)
     data = CharData(text, ckpt["chars"] if ckpt else None)
     model_args = ckpt["model_args"] if ckpt else dict(
         vocab_size=len(data.chars), block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
@@ -215,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         opt.load_state_dict(ckpt["optimizer"])
         start, best_val = ckpt["iter_num"] + 1, ckpt["best_val_loss"]
         gen.manual_seed(args.seed + start)
-        print(f"resuming from {ckpt_path} at iter {start}", flush=True)
+        print(f"resumed from step {ckpt['iter_num']}: {ckpt_source}, continuing at iter {start}", flush=True)
     params = sum(p.numel() for p in model.parameters())
     print(f"data: {source} ({len(text):,} chars, vocabulary {len(data.chars)}); model: {params:,} parameters", flush=True)
     if start >= args.max_iters:
@@ -239,8 +272,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"iter {it}: loss {loss.item():.4f}, time {dt:.2f}ms", flush=True)
             progress(it, args.max_iters, loss=loss.item())
         if (it + 1) % args.checkpoint_interval == 0 or it == args.max_iters - 1:
-            save_checkpoint(ckpt_path, model, opt, model_args, it, best_val, data.chars, args)
-            print(f"saved checkpoint {ckpt_path} at iter {it}", flush=True)
+            if url:
+                from crucible.clients.checkpoint import save_checkpoint as store_checkpoint
+
+                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "model_args": model_args,
+                         "iter_num": it, "best_val_loss": best_val, "chars": data.chars, "config": vars(args)}
+                info = store_checkpoint(state, it, {"loss": loss.item()}, url=url)
+                print(f"saved checkpoint {info.url} at iter {it}", flush=True)
+            else:
+                save_checkpoint(ckpt_path, model, opt, model_args, it, best_val, data.chars, args)
+                print(f"saved checkpoint {ckpt_path} at iter {it}", flush=True)
     if args.sample_chars:
         model.eval()
         out = model.sample(torch.zeros((1, 1), dtype=torch.long), args.sample_chars, gen)

@@ -89,7 +89,7 @@ async def test_nanogpt_progress_cancel_download_resume(tmp_path: Path, shared_da
             assert done.state == S.JOB_STATE_SUCCEEDED, done.transitions[-1].reason
             logs = "".join([c.text async for c in stub.StreamJobLogs(pb.StreamJobLogsRequest(
                 job_id=second.job_id, streams=[pb.LOG_STREAM_STDOUT]))])
-            assert f"resuming from checkpoints/ckpt.pt at iter {iter_num + 1}" in logs
+            assert f"resumed from step {iter_num}: checkpoints/ckpt.pt, continuing at iter {iter_num + 1}" in logs
             assert f"iter {iter_num + 1}: loss" in logs and "iter 0: loss" not in logs
             assert done.progress.step == target - 1
     finally:
