@@ -1,4 +1,4 @@
-"""The reward loop: a composite paraphrase reward (detector evasion, meaning kept, fluency) over the mesh, for GRPO.
+"""The reward loop: a composite paraphrase reward (detector evasion, meaning kept, fluency, hygiene) over the mesh.
 
 All components of a batch are requested concurrently; adapters fit TRL (async reward function) and Tinker (group rewards).
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import re
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,6 +49,19 @@ class RewardConfig:
     too_short_penalty: float = -0.5
     max_length_ratio: float = 3.0
     too_long_penalty: float = -0.5
+    #: Hygiene against reward hacking (each a component in [0, 1], subtracted with its weight; 0 weight disables it).
+    #: Repetition: 1 - mean(distinct-2, distinct-3) word n-gram ratio, or the zlib-compression degeneracy when larger
+    #: (catches loops inside long "words"); fluent prose scores ~0, "word word word ..." ~0.9.
+    w_repetition: float = 1.0
+    #: Language: how far the rewrite falls from the original's English-likeness (share of alphabetic word tokens times
+    #: the stopword share relative to `language_stopword_share`); not checked when the original itself is not English.
+    w_language: float = 0.5
+    language_stopword_share: float = 0.15
+    #: Length: 0 while words(rewrite) / words(original) is within [length_ratio_min, length_ratio_max], rising linearly in
+    #: log-ratio to 1 at half the minimum / twice the maximum (continuous, unlike the flat too_short/too_long penalties).
+    w_length: float = 0.5
+    length_ratio_min: float = 0.5
+    length_ratio_max: float = 2.0
 
     def __post_init__(self) -> None:
         if self.detector_signal not in ("probability", "criterion"):
@@ -59,6 +74,12 @@ class RewardConfig:
             raise ValueError("criterion_scale must be positive")
         if not 0 < self.perplexity_min < self.perplexity_target < self.perplexity_max:
             raise ValueError("need 0 < perplexity_min < perplexity_target < perplexity_max")
+        if min(self.w_repetition, self.w_language, self.w_length) < 0:
+            raise ValueError("hygiene weights (w_repetition, w_language, w_length) must be >= 0")
+        if not 0 < self.language_stopword_share <= 1:
+            raise ValueError("language_stopword_share must be in (0, 1]")
+        if not 0 < self.length_ratio_min < 1 < self.length_ratio_max:
+            raise ValueError("need 0 < length_ratio_min < 1 < length_ratio_max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +94,29 @@ class RewardBreakdown:
     p_machine: float | None  # calibrated P(machine) when available
     criterion: float | None
     perplexity: float | None
-    flags: tuple[str, ...] = ()  # e.g. ("empty",), ("too_short",), ("below_similarity_threshold",)
+    flags: tuple[str, ...] = ()  # e.g. ("empty",), ("too_short",), ("below_similarity_threshold",), ("repetitive",)
+    repetition: float = 0.0  # degeneracy in [0, 1]; higher = more repetitive (subtracted with w_repetition)
+    language: float = 1.0  # English-likeness relative to the original, in [0, 1] (1 - language, times w_language)
+    length: float = 1.0  # 1 within the length-ratio bounds, falling to 0 outside (1 - length, times w_length)
+
+    def components(self, config: RewardConfig) -> dict[str, float]:
+        """Each component's weighted contribution to `total` (they sum to it), for logs and progress lines."""
+        if "empty" in self.flags:
+            return {name: 0.0 for name in COMPONENTS[:-1]} | {"penalty": self.penalty}
+        scale = config.below_threshold_scale if "below_similarity_threshold" in self.flags else 1.0
+        return {
+            "detector": config.w_detector * self.detector,
+            "similarity": config.w_similarity * self.similarity * scale,
+            "fluency": config.w_fluency * self.fluency,
+            "repetition": -config.w_repetition * self.repetition,
+            "language": -config.w_language * (1.0 - self.language),
+            "length": -config.w_length * (1.0 - self.length),
+            "penalty": self.penalty,
+        }
+
+
+#: The names `RewardBreakdown.components` returns, in order.
+COMPONENTS = ("detector", "similarity", "fluency", "repetition", "language", "length", "penalty")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,12 +179,82 @@ def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
     return dot / (na * nb) if na and nb else 0.0
 
 
+_WORD = re.compile(r"\w+(?:['’]\w+)*")
+_ASCII_WORD = re.compile(r"[A-Za-z]+(?:['’-][A-Za-z]+)*|[0-9][0-9.,:%-]*")
+#: Common English function words (articles, pronouns, auxiliaries, prepositions, conjunctions): 30-50 % of the words of
+#: ordinary English prose, near 0 % of other languages' prose and of keyword soup.
+_STOPWORDS = frozenset(
+    "a about above after again against all am an and any are as at be because been before being below between both but "
+    "by can could did do does doing down during each few for from further had has have having he her here hers herself "
+    "him himself his how i if in into is it its itself just me more most my myself no nor not now of off on once only or "
+    "other our ours ourselves out over own same she should so some such than that the their theirs them themselves then "
+    "there these they this those through to too under until up very was we were what when where which while who whom why "
+    "will with would you your yours yourself yourselves also may might must shall upon onto".split()
+)
+
+
+def _distinct(words: Sequence[str], n: int) -> float | None:
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def repetition_score(text: str) -> float:
+    """Degeneracy in [0, 1]: 1 - mean distinct-2/3 word n-gram ratio, or zlib's verdict on long texts when larger.
+
+    Ordinary prose has almost no repeated bigrams (score ~0); "word word word ..." scores ~0.9. Compression
+    (compressed/raw bytes under ~0.4) catches loops the word split misses, e.g. one long repeated token.
+    """
+    words = [w.lower() for w in _WORD.findall(text)]
+    ratios = [r for r in (_distinct(words, 2), _distinct(words, 3)) if r is not None]
+    by_words = 1.0 - sum(ratios) / len(ratios) if ratios else 0.0
+    raw = text.encode("utf-8")
+    by_zlib = 0.0
+    if len(raw) >= 64:  # shorter texts do not compress (header overhead), so the ratio says nothing
+        ratio = len(zlib.compress(raw, 9)) / len(raw)
+        by_zlib = min(1.0, max(0.0, (0.4 - ratio) / 0.3))
+    return max(by_words, by_zlib)
+
+
+def english_likeness(text: str, config: RewardConfig) -> float:
+    """In [0, 1]: share of word tokens that are ASCII words or numbers, times min(1, stopword share / target).
+
+    The stopword share is smoothed towards 1/4 by 4 pseudo-words, so a terse but English sentence is not judged on
+    a handful of words alone.
+    """
+    tokens = text.split()
+    if not tokens:
+        return 0.0
+    ascii_share = sum(1 for t in tokens if _ASCII_WORD.fullmatch(t.strip(".,;:!?\"'()[]{}“”‘’«»…-—–"))) / len(tokens)
+    words = [w.lower() for w in _WORD.findall(text)]
+    stop_share = (sum(1 for w in words if w in _STOPWORDS) + 1) / (len(words) + 4)
+    return ascii_share * min(1.0, stop_share / config.language_stopword_share)
+
+
+def language_score(original: str, completion: str, config: RewardConfig) -> float:
+    """The rewrite's English-likeness relative to the original's, in [0, 1]; 1 (unchecked) for a non-English original."""
+    reference = english_likeness(original, config)
+    if reference < 0.5:
+        return 1.0
+    return min(1.0, english_likeness(completion, config) / reference)
+
+
+def length_score(original: str, completion: str, config: RewardConfig) -> float:
+    """1 while the word-count ratio is within the bounds; linear in log-ratio down to 0 at half the min / twice the max."""
+    ratio = max(1, len(completion.split())) / max(1, len(original.split()))
+    if ratio < config.length_ratio_min:
+        return max(0.0, 1.0 - math.log(config.length_ratio_min / ratio) / math.log(2.0))
+    if ratio > config.length_ratio_max:
+        return max(0.0, 1.0 - math.log(ratio / config.length_ratio_max) / math.log(2.0))
+    return 1.0
+
+
 def combine(original: str, completion: str, criterion: float | None, probability: float | None,
             perplexity: float | None, similarity: float, config: RewardConfig) -> RewardBreakdown:
     """One sample's reward from its raw signals (the single definition both the mesh path and baselines use)."""
     cfg = config
     if not completion.strip():
-        return RewardBreakdown(cfg.empty_penalty, 0.0, 0.0, 0.0, cfg.empty_penalty, None, None, None, ("empty",))
+        return RewardBreakdown(cfg.empty_penalty, 0.0, 0.0, 0.0, cfg.empty_penalty, None, None, None, ("empty",),
+                               repetition=0.0, language=0.0, length=0.0)
     evasion = evasion_score(criterion, probability, cfg)
     fluency = fluency_score(perplexity, cfg) if perplexity is not None else 0.0
     flags: list[str] = []
@@ -157,8 +270,19 @@ def combine(original: str, completion: str, criterion: float | None, probability
     if words > cfg.max_length_ratio * max(1, len(original.split())):
         penalty += cfg.too_long_penalty
         flags.append("too_long")
-    total = cfg.w_detector * evasion + cfg.w_similarity * sim_component + cfg.w_fluency * fluency + penalty
-    return RewardBreakdown(total, evasion, similarity, fluency, penalty, probability, criterion, perplexity, tuple(flags))
+    repetition = repetition_score(completion)
+    language = language_score(original, completion, cfg)
+    length = length_score(original, completion, cfg)
+    if repetition >= 0.5:
+        flags.append("repetitive")
+    if language < 0.5:
+        flags.append("not_english")
+    if length < 1.0:
+        flags.append("length_out_of_bounds")
+    total = (cfg.w_detector * evasion + cfg.w_similarity * sim_component + cfg.w_fluency * fluency + penalty
+             - cfg.w_repetition * repetition - cfg.w_language * (1.0 - language) - cfg.w_length * (1.0 - length))
+    return RewardBreakdown(total, evasion, similarity, fluency, penalty, probability, criterion, perplexity, tuple(flags),
+                           repetition=repetition, language=language, length=length)
 
 
 def embedding_similarity(a: Sequence[float], b: Sequence[float]) -> float:
@@ -237,7 +361,8 @@ def _completion_text(completion: Any) -> str:
 class TRLReward:
     """A TRL GRPOTrainer reward function: `reward_funcs=[TRLReward(...)]`; TRL awaits async reward functions.
 
-    The original text is the dataset column named `original_column` when present, else the prompt itself.
+    The original text is the dataset column named `original_column` when present, else the prompt itself. When TRL
+    passes its `log_metric` hook, the batch mean of each weighted component is logged as `reward_<component>`.
     """
 
     def __init__(self, config: RewardConfig | None = None, mesh_config: MeshConfig | None = None,
@@ -253,13 +378,27 @@ class TRLReward:
             self._reward = CompositeReward(Mesh(self.mesh_config), self.config)
         originals = kwargs.get(self.original_column) or [_completion_text(p) for p in prompts]
         texts = [_completion_text(c) for c in completions]
-        return [r.total for r in await self._reward.score(list(originals), texts)]
+        rewards = await self._reward.score(list(originals), texts)
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric) and rewards:
+            for name, value in mean_components(rewards, self.config).items():
+                log_metric(f"reward_{name}", value)
+        return [r.total for r in rewards]
 
     def __getstate__(self) -> dict[str, Any]:
         return {"config": self.config, "mesh_config": self.mesh_config, "original_column": self.original_column}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
+
+
+def mean_components(rewards: Sequence[RewardBreakdown], config: RewardConfig) -> dict[str, float]:
+    """Batch mean of each weighted component (`RewardBreakdown.components`), keyed by component name."""
+    sums = dict.fromkeys(COMPONENTS, 0.0)
+    for r in rewards:
+        for name, value in r.components(config).items():
+            sums[name] += value
+    return {name: value / max(1, len(rewards)) for name, value in sums.items()}
 
 
 class TinkerGroupReward:
