@@ -20,16 +20,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from crucible.cost import limits
 from crucible.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from crucible.runtime.statefile import Check, open_state_db
 
 log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLDS = (50.0, 80.0, 100.0)
 GLOBAL_SCOPE = "global"
 MAX_THRESHOLDS = 20
-MAX_DISPLAY_NAME = 200
-MAX_REQUEST_ID = 128
-MAX_JOB_ID = 256
+MAX_DISPLAY_NAME = limits.MAX_DISPLAY_NAME
+MAX_REQUEST_ID = limits.MAX_REQUEST_ID
+MAX_JOB_ID = limits.MAX_JOB_ID
+#: Longest recorded interval of one usage record (100 years, the longest protobuf Duration the mesh accepts).
+MAX_INTERVAL_NS = 100 * 366 * 24 * 3600 * 1_000_000_000
 _SCOPE = re.compile(r"^[a-z0-9_.-]+:[a-z0-9_.-]+$")
 # Relative slack when comparing spend with a threshold, so 10 x $0.10 reaches a $1.00 limit despite float rounding.
 _EPS = 1e-9
@@ -149,7 +153,11 @@ class BudgetCheck:
 
 
 def check_scope(scope: str, field: str, *, allow_empty: bool) -> str:
-    """`global` or `kind:name` in lower-case letters, digits, '-', '_' and '.'; InvalidArgument otherwise."""
+    """`global` or `kind:name` in lower-case letters, digits, '-', '_' and '.', at most 128 characters; InvalidArgument
+    otherwise (the length is checked before the pattern, so an oversized scope costs nothing)."""
+    if len(scope) > limits.MAX_SCOPE:
+        raise InvalidArgument.field(field, f"at most {limits.MAX_SCOPE} characters, got {len(scope)}",
+                                    reason="SCOPE_TOO_LONG")
     if not scope:
         if allow_empty:
             return ""
@@ -191,7 +199,10 @@ class BudgetStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # The spend database is money: a truncated or corrupt file refuses the start (StateFileError) instead of
+        # serving a broken table; the full check also compares indexes with their tables (the file stays small).
+        self._db = open_state_db(self.path, field="database_path", what="cost database", check=Check.FULL,
+                                 check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
@@ -228,14 +239,10 @@ class BudgetStore:
                       enforcement: Enforcement, request_id: str, now_ns: int) -> Budget:
         """Validate and store a budget; a retried `request_id` returns the first budget (AlreadyExists if it differs)."""
         scope = check_scope(scope, "budget.scope", allow_empty=False)
-        if len(display_name) > MAX_DISPLAY_NAME:
-            raise InvalidArgument.field("budget.display_name", f"at most {MAX_DISPLAY_NAME} characters", reason="NAME_TOO_LONG")
-        if not math.isfinite(limit_usd) or limit_usd <= 0:
-            raise InvalidArgument.field("budget.limit_usd", f"must be a finite number > 0, got {limit_usd!r}",
-                                        reason="BAD_LIMIT")
+        limits.text(display_name, "budget.display_name", MAX_DISPLAY_NAME)
+        limits.amount(limit_usd, "budget.limit_usd", limits.MAX_USD, positive=True)
         levels = check_thresholds(thresholds, "budget.alert_thresholds_percent")
-        if len(request_id) > MAX_REQUEST_ID:
-            raise InvalidArgument.field("request_id", f"at most {MAX_REQUEST_ID} characters", reason="REQUEST_ID_TOO_LONG")
+        limits.text(request_id, "request_id", MAX_REQUEST_ID)
         fingerprint = hashlib.sha256(
             json.dumps([scope, display_name, limit_usd, levels, enforcement.value]).encode()).hexdigest()
         with self._tx() as db:
@@ -275,6 +282,7 @@ class BudgetStore:
         """One budget with its spend; InvalidArgument when the id is empty, NotFound when unknown."""
         if not budget_id:
             raise InvalidArgument.field("budget_id", "required", reason="MISSING_BUDGET_ID")
+        limits.text(budget_id, "budget_id", limits.MAX_BUDGET_ID)
         with self._lock:
             return self._get(self._db, budget_id)
 
@@ -302,16 +310,14 @@ class BudgetStore:
         Idempotent per (job_id, start, end): a repeat returns the stored record and changes nothing. An interval of the
         same job that overlaps a different recorded one is FailedPrecondition. Crossed thresholds become alerts.
         """
-        if not job_id:
-            raise InvalidArgument.field("job_id", "required", reason="MISSING_JOB_ID")
-        if len(job_id) > MAX_JOB_ID:
-            raise InvalidArgument.field("job_id", f"at most {MAX_JOB_ID} characters", reason="JOB_ID_TOO_LONG")
+        limits.text(job_id, "job_id", MAX_JOB_ID, required=True)
+        limits.text(offer_id, "offer_id", limits.MAX_OFFER_ID)
         scope = check_scope(scope, "scope", allow_empty=True)
         if end_ns < start_ns:
             raise InvalidArgument.field("end_time", "must not be before start_time", reason="END_BEFORE_START")
-        if not math.isfinite(price_usd_per_hour) or price_usd_per_hour < 0:
-            raise InvalidArgument.field("price_usd_per_hour", f"must be a finite number >= 0, got {price_usd_per_hour!r}",
-                                        reason="BAD_PRICE")
+        if end_ns - start_ns > MAX_INTERVAL_NS:
+            raise InvalidArgument.field("end_time", "the interval must be at most 100 years long", reason="INTERVAL_TOO_LONG")
+        limits.amount(price_usd_per_hour, "price_usd_per_hour", limits.MAX_PRICE_USD_PER_HOUR)
         with self._tx() as db:
             existing = db.execute(
                 "SELECT job_id, offer_id, scope, start_ns, end_ns, price_usd_per_hour, cost_usd, record_ns FROM usage "
@@ -328,7 +334,7 @@ class BudgetStore:
                     reason="USAGE_OVERLAP",
                     metadata={"job_id": job_id, "recorded_start_ns": str(overlap[0]), "recorded_end_ns": str(overlap[1])},
                 )
-            cost = price_usd_per_hour * (end_ns - start_ns) / 3.6e12
+            cost = price_usd_per_hour * (end_ns - start_ns) / 3.6e12  # bounded above: at most about $8.8e9
             usage = Usage(job_id, offer_id, scope, start_ns, end_ns, price_usd_per_hour, cost, now_ns)
             db.execute("INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (job_id, start_ns, end_ns, offer_id, scope, price_usd_per_hour, cost, now_ns))
@@ -365,9 +371,8 @@ class BudgetStore:
         Raises FailedPrecondition (reason BUDGET_EXCEEDED) when a HARD budget would be passed; soft ones are reported.
         """
         scope = check_scope(scope, "scope", allow_empty=True)
-        if not math.isfinite(estimated_cost_usd) or estimated_cost_usd < 0:
-            raise InvalidArgument.field("estimated_cost_usd", f"must be a finite number >= 0, got {estimated_cost_usd!r}",
-                                        reason="BAD_ESTIMATE")
+        limits.amount(estimated_cost_usd, "estimated_cost_usd", limits.MAX_USD)
+        limits.text(job_id, "job_id", MAX_JOB_ID)
         with self._lock:
             budgets = self._budgets_for(self._db, scope)
         checks = [BudgetCheck(b, b.spent_usd + estimated_cost_usd) for b in budgets]

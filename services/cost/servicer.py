@@ -6,7 +6,6 @@ The logic lives in catalog.py, estimate.py, compare.py, budgets.py and refresh.p
 from __future__ import annotations
 
 import datetime as dt
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,11 +14,11 @@ import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from crucible.api.cost.v1 import budget_pb2, cost_service_pb2, cost_service_pb2_grpc, offer_pb2
-from crucible.cost import paging
-from crucible.cost.budgets import Alert, AlertHub, Budget, BudgetStore, Enforcement
+from crucible.cost import limits, paging
+from crucible.cost.budgets import Alert, AlertHub, Budget, BudgetStore, Enforcement, check_scope
 from crucible.cost.catalog import Availability, Billing, Offer, OfferFilter, Origin, PriceBook
 from crucible.cost.compare import Objective, Requirements, compare
-from crucible.cost.estimate import NS_PER_HOUR, Breakdown, check_amount, estimate
+from crucible.cost.estimate import NS_PER_HOUR, Breakdown, estimate
 from crucible.cost.refresh import Outcome, Refresher
 from crucible.runtime.errors import InvalidArgument, Unavailable
 from crucible.runtime.validation import duration_ns
@@ -114,8 +113,12 @@ def _alert_pb(a: Alert) -> budget_pb2.BudgetAlert:
     )
 
 
-def _amount(value: float, field: str) -> float:
-    return check_amount(value, field)
+def _amount(value: float, field: str, maximum: float) -> float:
+    return limits.amount(value, field, maximum)
+
+
+def _page_token(token: str, field: str = "page_token") -> str:
+    return limits.text(token, field, limits.MAX_PAGE_TOKEN)
 
 
 class CostServicer(cost_service_pb2_grpc.CostServiceServicer):
@@ -141,12 +144,15 @@ class CostServicer(cost_service_pb2_grpc.CostServiceServicer):
                          ) -> cost_service_pb2.ListOffersResponse:
         """Catalog offers matching the filters, cheapest first, one page."""
         size = paging.page_size(request.page_size)
+        _page_token(request.page_token)
         max_price = None
         if request.HasField("max_price_usd_per_hour"):
-            max_price = _amount(request.max_price_usd_per_hour, "max_price_usd_per_hour")
+            max_price = _amount(request.max_price_usd_per_hour, "max_price_usd_per_hour", limits.MAX_PRICE_USD_PER_HOUR)
         flt = OfferFilter(
-            gpu_names=request.gpu_names, min_gpu_memory_gib=_amount(request.min_gpu_memory_gib, "min_gpu_memory_gib"),
-            gpu_count=request.gpu_count if request.HasField("gpu_count") else None, providers=request.providers,
+            gpu_names=limits.names(request.gpu_names, "gpu_names"),
+            min_gpu_memory_gib=_amount(request.min_gpu_memory_gib, "min_gpu_memory_gib", limits.MAX_MEMORY_GIB),
+            gpu_count=request.gpu_count if request.HasField("gpu_count") else None,
+            providers=limits.names(request.providers, "providers"),
             spot_allowed=request.spot_allowed, max_price_usd_per_hour=max_price,
             exclude_unavailable=request.exclude_unavailable,
         )
@@ -167,6 +173,7 @@ class CostServicer(cost_service_pb2_grpc.CostServiceServicer):
     async def EstimateCost(self, request: cost_service_pb2.EstimateCostRequest, context: grpc.aio.ServicerContext
                            ) -> cost_service_pb2.EstimateCostResponse:
         """Cost of one offer for a duration or a range, with storage, egress and assumptions."""
+        limits.text(request.offer_id, "offer_id", limits.MAX_OFFER_ID)
         which = request.WhichOneof("runtime")
         if which == "duration":
             low = high = duration_ns(request.duration, "duration")
@@ -178,8 +185,8 @@ class CostServicer(cost_service_pb2_grpc.CostServiceServicer):
                                             reason="BAD_DURATION_RANGE")
         else:
             raise InvalidArgument.field("duration", "required: set duration or duration_range", reason="MISSING_RUNTIME")
-        storage = _amount(request.storage_gb_hours, "storage_gb_hours")
-        egress = _amount(request.egress_gb, "egress_gb")
+        storage = _amount(request.storage_gb_hours, "storage_gb_hours", limits.MAX_QUANTITY_GB)
+        egress = _amount(request.egress_gb, "egress_gb", limits.MAX_QUANTITY_GB)
         offer = self.book.catalog.get(request.offer_id)
         result = estimate(offer, low, high, storage, egress)
         low_pb = _breakdown_pb(result.low)
@@ -197,16 +204,20 @@ class CostServicer(cost_service_pb2_grpc.CostServiceServicer):
         runtime = duration_ns(request.duration, "duration") if request.HasField("duration") else NS_PER_HOUR
         r = request.requirements
         req = Requirements(
-            gpu_names=r.gpu_names, gpu_count=r.gpu_count,
-            min_gpu_memory_gib=_amount(r.min_gpu_memory_gib, "requirements.min_gpu_memory_gib"), min_vcpus=r.min_vcpus,
-            min_memory_gib=_amount(r.min_memory_gib, "requirements.min_memory_gib"),
+            gpu_names=limits.names(r.gpu_names, "requirements.gpu_names"), gpu_count=r.gpu_count,
+            min_gpu_memory_gib=_amount(r.min_gpu_memory_gib, "requirements.min_gpu_memory_gib", limits.MAX_MEMORY_GIB),
+            min_vcpus=r.min_vcpus,
+            min_memory_gib=_amount(r.min_memory_gib, "requirements.min_memory_gib", limits.MAX_MEMORY_GIB),
         )
-        max_cost = _amount(request.max_cost_usd, "max_cost_usd") if request.HasField("max_cost_usd") else None
+        max_cost = (_amount(request.max_cost_usd, "max_cost_usd", limits.MAX_USD)
+                    if request.HasField("max_cost_usd") else None)
         result = compare(
-            self.book.catalog, req, runtime, objective=objective, reference_gpu=request.reference_gpu_name,
-            providers=request.providers, spot_allowed=request.spot_allowed, max_cost_usd=max_cost,
-            storage_gb_hours=_amount(request.storage_gb_hours, "storage_gb_hours"),
-            egress_gb=_amount(request.egress_gb, "egress_gb"),
+            self.book.catalog, req, runtime, objective=objective,
+            reference_gpu=limits.text(request.reference_gpu_name, "reference_gpu_name", limits.MAX_NAME),
+            providers=limits.names(request.providers, "providers"), spot_allowed=request.spot_allowed,
+            max_cost_usd=max_cost,
+            storage_gb_hours=_amount(request.storage_gb_hours, "storage_gb_hours", limits.MAX_QUANTITY_GB),
+            egress_gb=_amount(request.egress_gb, "egress_gb", limits.MAX_QUANTITY_GB),
         )
         return cost_service_pb2.CompareProvidersResponse(
             offers=[cost_service_pb2.RankedOffer(rank=x.rank, offer=self.offer_pb(x.offer), relative_speed=x.relative_speed,
@@ -219,7 +230,8 @@ class CostServicer(cost_service_pb2_grpc.CostServiceServicer):
                             ) -> cost_service_pb2.RefreshPricesResponse:
         """Pull live prices from providers with a price API; failures keep the last good prices."""
         catalog = self.book.catalog
-        providers = catalog.check_providers(request.providers, "providers") or set(catalog.providers)
+        providers = (catalog.check_providers(limits.names(request.providers, "providers"), "providers")
+                     or set(catalog.providers))
         results = await self.refresher.refresh(sorted(providers))
         out = []
         for r in results:
@@ -257,6 +269,8 @@ class CostServicer(cost_service_pb2_grpc.CostServiceServicer):
                           ) -> cost_service_pb2.ListBudgetsResponse:
         """Budgets oldest first, optionally of one scope, one page."""
         size = paging.page_size(request.page_size)
+        _page_token(request.page_token)
+        check_scope(request.scope, "scope", allow_empty=True)
         key = paging.filter_key(request.scope.encode())
         offset = paging.decode_token(request.page_token, key)
         budgets, more = self.store.list_budgets(request.scope, offset, size)
@@ -268,17 +282,15 @@ class CostServicer(cost_service_pb2_grpc.CostServiceServicer):
     async def RecordUsage(self, request: cost_service_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
                           ) -> cost_service_pb2.RecordUsageResponse:
         """Charge one interval of a job to its scope's and the global budgets; idempotent per job and interval."""
-        if not request.job_id:
-            raise InvalidArgument.field("job_id", "required", reason="MISSING_JOB_ID")
+        limits.text(request.job_id, "job_id", limits.MAX_JOB_ID, required=True)
+        limits.text(request.offer_id, "offer_id", limits.MAX_OFFER_ID)
+        check_scope(request.scope, "scope", allow_empty=True)
         start = timestamp_ns(request, "start_time")
         end = timestamp_ns(request, "end_time")
         if end < start:
             raise InvalidArgument.field("end_time", "must not be before start_time", reason="END_BEFORE_START")
         if request.HasField("price_usd_per_hour"):
-            price = request.price_usd_per_hour
-            if not math.isfinite(price) or price < 0:
-                raise InvalidArgument.field("price_usd_per_hour", f"must be a finite number >= 0, got {price!r}",
-                                            reason="BAD_PRICE")
+            price = _amount(request.price_usd_per_hour, "price_usd_per_hour", limits.MAX_PRICE_USD_PER_HOUR)
             offer_id = request.offer_id
             self.book.catalog.get(offer_id)  # the offer must still be known (current or retired)
         else:
@@ -301,6 +313,9 @@ class CostServicer(cost_service_pb2_grpc.CostServiceServicer):
     async def WatchBudget(self, request: cost_service_pb2.WatchBudgetRequest, context: grpc.aio.ServicerContext
                           ) -> AsyncIterator[cost_service_pb2.WatchBudgetResponse]:
         """The budget's state, then one message per threshold crossing until the client cancels."""
+        if not request.budget_id:
+            raise InvalidArgument.field("budget_id", "required", reason="MISSING_BUDGET_ID")
+        limits.text(request.budget_id, "budget_id", limits.MAX_BUDGET_ID)
         with self.hub.watch(request.budget_id) as queue:  # subscribe first so no crossing falls between read and watch
             budget = self.store.get_budget(request.budget_id)
             yield cost_service_pb2.WatchBudgetResponse(budget=_budget_pb(budget))

@@ -6,13 +6,13 @@ Keys are (model fingerprint, text): the fingerprint covers every model identity 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from crucible.detector.engine import RawScores
+from crucible.runtime.statefile import OnCorrupt, open_state_db
 
 
 def cache_key(fingerprint: str, text: str) -> str:
@@ -54,7 +54,10 @@ class SqliteCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        # A pure cache: every entry can be recomputed from the model, so a corrupt or truncated file is moved aside
+        # (kept for inspection, with a warning) and the detector starts with an empty cache instead of refusing to start.
+        self._db = open_state_db(self.path, field="cache_path", what="detector result cache",
+                                 on_corrupt=OnCorrupt.MOVE_ASIDE, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS detections (key TEXT PRIMARY KEY, scores TEXT NOT NULL)")
