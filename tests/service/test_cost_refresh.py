@@ -149,9 +149,9 @@ async def test_refresh_replaces_provider_prices_but_not_user_rows_and_keeps_last
         assert runpod_offers["runpod/NVIDIA A100 80GB PCIe//spot"].price_usd_per_hour == 0.82
         assert runpod_offers["runpod/NVIDIA L4//on-demand"].availability == offer_pb2.AVAILABILITY_LOW
         # A bundled offer that left the catalog still prices a running job.
-        old = await stub.EstimateCost(pb.EstimateCostRequest(offer_id="lambda/gpu_1x_h100_pcie//on-demand",
+        old = await stub.EstimateCost(pb.EstimateCostRequest(offer_id="lambda/gpu_1x_h100_pcie/us-east-1/on-demand",
                                                              duration={"seconds": 3600}), timeout=5)
-        assert old.low.compute_usd == pytest.approx(2.86)
+        assert old.low.compute_usd == pytest.approx(2.49)
 
         failures = {
             "429": "rate limited (HTTP 429, Retry-After 7s)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 
 import pytest
 
@@ -50,20 +51,32 @@ def _book(user_body: str = "", live=None) -> PriceBook:
     return PriceBook(bundled=bundled, local=[_local()], user=user, gpus=load_gpu_table(), live=live)
 
 
-def test_bundled_catalog_covers_the_providers_with_honest_dates():
+SKYPILOT = "github.com/skypilot-org/skypilot-catalog@"
+
+
+def test_bundled_catalog_has_a_region_a_source_and_a_date_on_every_row():
     rows = load_catalog_file(BUNDLED_CATALOG, origin=Origin.BUNDLED_CATALOG)
     assert {r.provider for r in rows} >= {"lambda", "modal", "paperspace", "runpod", "replicate"}
     for r in rows:
-        assert r.source, r
-        # A row is undated exactly when its source says so; dated rows carry the date of the source.
-        assert (r.observed_at is None) == ("undated" in r.source), r
+        assert r.source and r.region and r.observed_at is not None, r
         assert r.price_usd_per_hour and r.price_usd_per_hour > 0
         assert r.gpu_name and r.gpu_count >= 1 and r.gpu_memory_gib > 0
-    by_key = {(r.provider, r.instance_type): r for r in rows}
-    assert by_key[("lambda", "gpu_1x_a10")].price_usd_per_hour == 0.86
-    assert by_key[("lambda", "gpu_1x_a10")].observed_at == dt.datetime(2026, 5, 7, tzinfo=dt.UTC)
-    assert by_key[("modal", "H100")].billing is Billing.PER_SECOND
-    assert by_key[("paperspace", "H100")].observed_at is None
+        if r.provider in ("lambda", "runpod"):  # from SkyPilot's published file: repository, commit and path
+            assert re.fullmatch(SKYPILOT + r"[0-9a-f]{40}:catalogs/v7/" + r.provider + "/vms.csv", r.source), r.source
+        else:  # from a price page: its address
+            assert "https://" in r.source, r.source
+    by_key = {(r.provider, r.instance_type, r.region): r for r in rows}
+    a10 = by_key[("lambda", "gpu_1x_a10", "us-east-1")]
+    assert (a10.price_usd_per_hour, a10.billing) == (0.75, Billing.PER_MINUTE)
+    assert a10.observed_at == dt.datetime(2026, 12, 3, tzinfo=dt.UTC)
+    # Every Lambda GPU type in all 17 regions SkyPilot lists; RunPod per data center, named as its API takes them.
+    assert len({r.region for r in rows if r.provider == "lambda"}) == 17
+    assert {r.region for r in rows if r.instance_type == "NVIDIA A40"} >= {"US-TX-1", "EU-SE-1", "CA-MTL-1"}
+    assert by_key[("runpod", "2x NVIDIA A40", "US-TX-1")].gpu_count == 2
+    assert by_key[("runpod", "NVIDIA H100 80GB HBM3", "US-GA-1")].spot_price_usd_per_hour == 2.69
+    assert by_key[("modal", "H100", "any")].billing is Billing.PER_SECOND
+    assert by_key[("paperspace", "H100", "ny2")].observed_at == dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    assert BUNDLED_CATALOG.stat().st_size < 600_000  # GPU rows only: the file stays small
 
 
 @pytest.mark.parametrize(("text", "memory", "expected"), [
@@ -118,30 +131,31 @@ def test_minimal_user_row_gets_defaults():
 
 
 def test_user_rows_override_and_extend_the_bundled_catalog():
-    book = _book("lambda,gpu_1x_a10,A10,1,24,,0.55,,per_minute,my contract,2026-10-01\n"
+    book = _book("lambda,gpu_1x_a10,A10,1,24,us-east-1,0.55,,per_minute,my contract,2026-10-01\n"
                  "myco,box1,H100,2,80,eu,4.0,2.0,per_hour,invoice,2026-10-02\n")
     cat = book.catalog
-    a10 = cat.get("lambda/gpu_1x_a10//on-demand")
+    a10 = cat.get("lambda/gpu_1x_a10/us-east-1/on-demand")
     assert (a10.price_usd_per_hour, a10.origin, a10.source) == (0.55, Origin.USER_CATALOG, "my contract")
+    assert cat.get("lambda/gpu_1x_a10/us-west-1/on-demand").origin is Origin.BUNDLED_CATALOG  # other regions stay
     assert cat.get("myco/box1/eu/spot").price_usd_per_hour == 2.0
     assert "myco" in cat.providers
-    assert sum(1 for o in cat.offers if o.offer_id == "lambda/gpu_1x_a10//on-demand") == 1
+    assert sum(1 for o in cat.offers if o.offer_id == "lambda/gpu_1x_a10/us-east-1/on-demand") == 1
 
 
 def test_live_rows_replace_a_provider_but_never_user_rows_and_retired_offers_stay_resolvable():
-    book = _book("lambda,gpu_1x_a10,A10,1,24,,0.55,,per_minute,my contract,2026-10-01\n")
+    book = _book("lambda,gpu_1x_a10,A10,1,24,us-west-1,0.55,,per_minute,my contract,2026-10-01\n")
     live_row = dataclasses.replace(book.catalog.rows[0], provider="lambda", instance_type="gpu_1x_a10", region="us-east-1",
-                                   gpu_name="A10", price_usd_per_hour=0.75, origin=Origin.LIVE_API, observed_at=NOW,
+                                   gpu_name="A10", price_usd_per_hour=0.86, origin=Origin.LIVE_API, observed_at=NOW,
                                    availability=Availability.AVAILABLE, spot_price_usd_per_hour=None)
-    user_clash = dataclasses.replace(live_row, region="", price_usd_per_hour=0.99)
+    user_clash = dataclasses.replace(live_row, region="us-west-1", price_usd_per_hour=0.99)
     updated, skipped = book.apply_live("lambda", [live_row, user_clash])
     assert (updated, skipped) == (1, 1)
     cat = book.catalog
-    assert cat.get("lambda/gpu_1x_a10//on-demand").price_usd_per_hour == 0.55  # the user's row
+    assert cat.get("lambda/gpu_1x_a10/us-west-1/on-demand").price_usd_per_hour == 0.55  # the user's row
     assert cat.get("lambda/gpu_1x_a10/us-east-1/on-demand").origin is Origin.LIVE_API
     # Bundled Lambda rows are gone from listings (the live answer is the whole list) but resolve by id.
-    assert "lambda/gpu_1x_h100_pcie//on-demand" not in cat.by_id
-    assert cat.get("lambda/gpu_1x_h100_pcie//on-demand").price_usd_per_hour == 2.86
+    assert "lambda/gpu_1x_h100_pcie/us-east-1/on-demand" not in cat.by_id
+    assert cat.get("lambda/gpu_1x_h100_pcie/us-east-1/on-demand").price_usd_per_hour == 2.49
     assert {o.provider for o in cat.offers if o.origin is Origin.BUNDLED_CATALOG} >= {"modal", "runpod"}
 
 
@@ -153,7 +167,7 @@ def test_select_filters_and_orders_cheapest_first():
     assert h100 and all(o.gpu_name == "H100" and o.gpu_count == 1 and o.price_usd_per_hour <= 4.0 for o in h100)
     assert {o.provider for o in h100} == {"lambda", "runpod", "modal"}
     big = cat.select(OfferFilter(min_gpu_memory_gib=48, providers=["PaperSpace"]))
-    assert {o.instance_type for o in big} == {"A6000", "A100-80G", "H100"}
+    assert {(o.instance_type, o.region) for o in big} == {(t, r) for t in ("A100-80G", "H100") for r in ("ny2", "ca1", "ams1")}
     assert cat.select(OfferFilter(gpu_names=["T4"], max_price_usd_per_hour=0.1)) == []
     assert all(not o.spot for o in cat.select(OfferFilter()))
 
