@@ -1,11 +1,18 @@
 """Typed async client of crucible.scheduler.v1.SchedulerService: submit, watch, follow logs, fetch artifacts.
 
-CreateJob always carries a request_id (generated when not given), so the channel may retry it safely.
+CreateJob always carries a request_id (generated when not given), so the channel may retry it safely. A spec's
+`code_dir` is a folder on the caller's machine: it is packed into `code_archive` (a .tar.gz) unless pack_code=False.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import gzip
 import hashlib
+import io
+import os
+import tarfile
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -17,6 +24,47 @@ from crucible.clients.base import ServiceClient
 from crucible.clients.plain import request, to_plain
 
 
+PACK_IGNORED_DIRS = frozenset({".git", "__pycache__", ".venv"})  # and *.pyc files: never part of a packed folder
+MAX_PACKED_BYTES = 48 << 20  # below the scheduler's default 64 MiB message limit
+
+
+def pack_code_dir(folder: str | os.PathLike[str], max_bytes: int = MAX_PACKED_BYTES) -> bytes:
+    """A .tar.gz of `folder` for JobSpec.code_archive: regular files, folders and links that stay inside it.
+
+    .git, __pycache__, .venv and *.pyc are left out; owners are not recorded. ValueError for a special file (FIFO,
+    socket, device), a link leading out, or an archive past `max_bytes` (keep data out of the code folder).
+    """
+    root = Path(folder).resolve(strict=True)
+    if not root.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    buf = io.BytesIO()
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info.name).parts
+        if any(p in PACK_IGNORED_DIRS for p in parts) or info.name.endswith(".pyc"):
+            return None
+        if not (info.isreg() or info.isdir() or info.issym()):
+            raise ValueError(f"{info.name} in {root} is a special file (FIFO, socket or device)")
+        if info.issym():
+            real = Path(os.path.realpath(root / info.name))
+            if real != root and root not in real.parents:
+                raise ValueError(f"{info.name} in {root} is a link leading outside the folder")
+        if buf.tell() > max_bytes:  # compressed so far
+            raise ValueError(f"{root} packs to more than {max_bytes} bytes; keep data out of the code folder")
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    # gzip header time 0: the same folder packs to the same bytes, so a repeated request_id still matches its spec.
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as t:
+        for child in sorted(root.iterdir()):
+            t.add(child, arcname=child.name, filter=keep)
+    data = buf.getvalue()
+    if len(data) > max_bytes:
+        raise ValueError(f"{root} packs to {len(data)} bytes, more than {max_bytes}; keep data out of the code folder")
+    return data
+
+
 class SchedulerClient(ServiceClient[pb_grpc.SchedulerServiceStub]):
     """Client of the scheduler service; jobs come back as plain dataclasses mirroring the Job message."""
 
@@ -24,8 +72,16 @@ class SchedulerClient(ServiceClient[pb_grpc.SchedulerServiceStub]):
     STUB = pb_grpc.SchedulerServiceStub
 
     async def create_job(self, spec: dict[str, Any], *, request_id: str = "", validate_only: bool = False,
-                         timeout: float | None = None) -> Any:
-        """Submit a job from a JobSpec dict (protobuf JSON form, e.g. {"command": ["python", "train.py"], ...})."""
+                         pack_code: bool = True, timeout: float | None = None) -> Any:
+        """Submit a job from a JobSpec dict (protobuf JSON form, e.g. {"command": ["python", "train.py"], ...}).
+
+        With pack_code (the default) a `code_dir` names a folder here, sent packed as `code_archive`, so the scheduler
+        may be remote; pack_code=False sends the path as is (the scheduler must allow it with --code-roots)."""
+        code_dir = spec.get("code_dir") or spec.get("codeDir")
+        if pack_code and code_dir:
+            data = await asyncio.to_thread(pack_code_dir, code_dir)
+            spec = {k: v for k, v in spec.items() if k not in ("code_dir", "codeDir")}
+            spec["code_archive"] = base64.b64encode(data).decode()
         req = request(pb.CreateJobRequest, {"spec": spec, "request_id": request_id or uuid.uuid4().hex,
                                             "validate_only": validate_only})
         return to_plain((await self.stub.CreateJob(req, timeout=self.timeout(timeout))).job)

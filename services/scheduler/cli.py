@@ -116,8 +116,15 @@ def _spec(args: argparse.Namespace) -> job_pb2.JobSpec:
         resources={"gpu_names": args.gpu or [], "gpu_count": args.gpus, "min_gpu_memory_gib": args.gpu_memory_gib},
         restart_policy={"max_restarts_on_errors": args.max_restarts},
     )
-    if args.code_dir:
-        spec.code_dir = str(Path(args.code_dir).resolve())
+    if args.code_dir and args.server_code_dir:
+        spec.code_dir = str(Path(args.code_dir).resolve())  # a path on the scheduler's host, allowed by --code-roots
+    elif args.code_dir:
+        from crucible.clients.scheduler import pack_code_dir
+
+        try:
+            spec.code_archive = pack_code_dir(args.code_dir)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"crucible jobs submit: --code-dir: {err}") from None
     for field, value in (("max_duration", args.max_duration), ("expected_duration", args.expected_duration)):
         if value is not None:
             getattr(spec, field).CopyFrom(_duration(value))
@@ -284,10 +291,16 @@ def cmd_download(args: argparse.Namespace) -> int:
                                                                                offset=offset)):
                 f.write(chunk.data)
                 sha = chunk.sha256 or sha
-        local = hashlib.sha256(out.read_bytes()).hexdigest()
-        if sha and local != sha:
-            print(f"crucible jobs: checksum mismatch for {out}: got {local}, server says {sha}", file=sys.stderr)
+        received = hashlib.sha256()  # the server's sha256 covers the bytes it sent, from the offset on
+        with open(out, "rb") as f:
+            f.seek(offset)
+            while block := f.read(1 << 20):
+                received.update(block)
+        if sha and received.hexdigest() != sha:
+            print(f"crucible jobs: checksum mismatch for {out}: got {received.hexdigest()}, server says {sha}",
+                  file=sys.stderr)
             return 1
+        local = hashlib.sha256(out.read_bytes()).hexdigest()
         print(f"{out} ({out.stat().st_size:,} bytes, sha256 {local})")
         return 0
 
@@ -327,7 +340,9 @@ def add_commands(subparsers: Any) -> None:
     s = common(sub.add_parser("submit", help="show the chosen offer and estimated cost, then create the job"))
     s.add_argument("--provider", action="append", help="provider to use (repeat for a set or an order)")
     s.add_argument("--policy", choices=sorted(POLICIES), help="default: explicit with one --provider, else cheapest")
-    s.add_argument("--code-dir", default="", help="folder copied into the job's working directory")
+    s.add_argument("--code-dir", default="", help="folder packed here and sent as the job's code (code_archive)")
+    s.add_argument("--server-code-dir", action="store_true",
+                   help="send --code-dir as a path on the scheduler's host instead (it must allow it: --code-roots)")
     s.add_argument("--name", default="", help="display name")
     s.add_argument("--gpu", action="append", help="acceptable GPU model, e.g. A100-80GB (repeatable)")
     s.add_argument("--gpus", type=int, default=0, help="GPUs per instance (0 = CPU only)")

@@ -46,6 +46,29 @@ class SchedulerConfig(ServerConfig):
     max_recoveries: int = setting(10, "Relaunches after preemption or a lost machine before the job is FAILED.")
     transient_retries: int = setting(2, "Retries of a launch that failed with a transient provider error before failover.")
     local_gpus: int = setting(-1, "GPUs the local provider may use; -1 counts /proc/driver/nvidia/gpus.")
+    code_roots: tuple[str, ...] = setting(
+        (), "Folders (comma-separated) a JobSpec.code_dir may name: the path, symlinks resolved, must lie inside one. "
+        "Empty (the default for a server) refuses every code_dir; clients send the folder packed as code_archive "
+        "(the CLI and SDK do this by default). `crucible up` and the demo allow their working directory."
+    )
+    code_max_bytes: int = setting(
+        1 << 30, "Largest total size in bytes of a job's code: the files under code_dir, or code_archive once unpacked."
+    )
+    code_max_files: int = setting(20000, "Most files and folders in a job's code (code_dir or code_archive).")
+    log_cap_bytes: int = setting(
+        1 << 30, "Bytes of stdout and of stderr (each) kept per job, across attempts. Output past it is dropped and "
+        "counted in Job.log_bytes_dropped, and a marker line says so in the log."
+    )
+    job_user: str = setting(
+        "", "User local jobs run as (name or uid), with that user's group and no supplementary groups; the job's "
+        "working directory is given to it. Empty: 'nobody' when the scheduler runs as root and nobody can run the "
+        "local Python and reach the state folder, else the scheduler's own user (a warning says so). Needs root."
+    )
+
+    protect_process: bool = setting(
+        True, "At start, make the process non-dumpable (prctl PR_SET_DUMPABLE 0: its /proc environ and memory need root "
+        "to read) and remove provider keys from its environment once the adapters have read them."
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -59,6 +82,12 @@ class SchedulerConfig(ServerConfig):
             raise ConfigError("max_recoveries" if self.max_recoveries < 0 else "transient_retries", "must not be negative")
         if self.provider_settings_file:
             self.provider_settings()
+        for name in ("code_max_bytes", "code_max_files", "log_cap_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, "must be positive")
+        for root in self.code_roots:
+            if not Path(root).expanduser().is_dir():
+                raise ConfigError("code_roots", f"{root!r} is not a folder")
 
     def resolved_state_dir(self) -> Path:
         """The state folder, defaults applied."""
@@ -66,6 +95,10 @@ class SchedulerConfig(ServerConfig):
             return Path(self.state_dir).expanduser()
         base = os.environ.get("CRUCIBLE_STATE_DIR")
         return Path(base) / "scheduler" if base else Path.home() / ".local" / "share" / "crucible" / "scheduler"
+
+    def resolved_code_roots(self) -> tuple[Path, ...]:
+        """The code_dir allow-list, each root resolved (symlinks followed)."""
+        return tuple(Path(r).expanduser().resolve() for r in self.code_roots)
 
     def resolved_database(self) -> Path:
         """The SQLite file, defaults applied."""

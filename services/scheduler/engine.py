@@ -33,6 +33,7 @@ from crucible.runtime.errors import (
     NotFound,
     OutOfRange,
 )
+from crucible.scheduler import artifacts as files
 from crucible.scheduler import jobspec
 from crucible.scheduler.core import states as st
 from crucible.scheduler.core.progress import Progress, ProgressTracker
@@ -61,6 +62,18 @@ PROGRESS_SAVE_INTERVAL_S = 1.0
 MAX_LOG_READ_PER_POLL = 16 << 20
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
 class Aborted(CrucibleError):
     """The operation was interrupted by a concurrent change (an artifact rewritten while it was being sent)."""
 
@@ -80,6 +93,8 @@ class EngineSettings:
     max_recoveries: int = 10
     transient_retries: int = 2
     container_image: str = ""
+    code_limits: jobspec.CodeLimits = dataclasses.field(default_factory=jobspec.CodeLimits)
+    log_cap_bytes: int = 1 << 30  # per stream per job, across attempts
 
 
 def now_ts(t: float) -> timestamp_pb2.Timestamp:
@@ -219,8 +234,8 @@ class Engine:
             existing = await self.store.by_request_id(request_id)
             if existing is not None:
                 return self._check_same(existing, digest)
-        if spec.WhichOneof("code") == "code_archive":
-            jobspec.check_archive(spec.code_archive)
+        # File system and archive checks (allow-list, sizes, special files) run in a thread, before any provider work.
+        await asyncio.to_thread(jobspec.check_code, spec, self.settings.code_limits)
         usable = self._usable_providers()
         wanted = list(spec.providers) or usable
         unusable = [p for p in spec.providers if p not in usable]
@@ -263,9 +278,7 @@ class Engine:
             "restarts_used": 0, "recoveries": 0, "usage_until": {},
         }
         folder = self.job_dir(job.job_id)
-        manifest = await asyncio.to_thread(jobspec.unpack_code, spec, folder / "work")
-        (folder / "logs").mkdir(parents=True, exist_ok=True)
-        (folder / "code_manifest.json").write_text(json.dumps(manifest))
+        await asyncio.to_thread(self._prepare_folder, folder, spec)
         rec = JobRecord(job, digest, request_id, meta)
         async with self._create_lock:
             try:
@@ -278,6 +291,16 @@ class Engine:
                 return self._check_same(existing, digest)
         self._spawn(rec)
         return self._snapshot(rec)
+
+    def _prepare_folder(self, folder: Path, spec: job_pb2.JobSpec) -> None:
+        """The job's folder with its code (in a thread); a refused code folder leaves nothing behind."""
+        try:
+            manifest = jobspec.unpack_code(spec, folder / "work", self.settings.code_limits)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        (folder / "logs").mkdir(parents=True, exist_ok=True)
+        (folder / "code_manifest.json").write_text(json.dumps(manifest))
 
     @staticmethod
     def _check_same(existing: JobRecord, digest: str) -> job_pb2.Job:
@@ -445,54 +468,28 @@ class Engine:
         """(path, size, mtime, is_checkpoint) of every file the job produced, in path order."""
         rec = await self._record(job_id)
         root = self._work(job_id)
-        manifest = self._manifest(job_id)
         ckpt = (rec.job.spec.checkpoint_dir or "checkpoints").rstrip("/") + "/"
-
-        def scan() -> dict[str, tuple[int, float]]:
-            found: dict[str, tuple[int, float]] = {}
-            if not root.is_dir():
-                return found
-            for dirpath, _dirs, files in os.walk(root):
-                for name in files:
-                    full = Path(dirpath) / name
-                    if full.is_symlink() or not full.is_file():
-                        continue
-                    rel = full.relative_to(root).as_posix()
-                    s = full.stat()
-                    if manifest.get(rel) == [s.st_size, s.st_mtime_ns]:
-                        continue  # uploaded code, unchanged
-                    found[rel] = (s.st_size, s.st_mtime)
-            return found
-
-        files = await asyncio.to_thread(scan)
+        found = await asyncio.to_thread(lambda: files.scan(root, self._manifest(job_id)))
         handle = self._current_handle(rec)
         if handle is not None and handle.provider != "local":
             provider = self.registry.load(handle.provider)
             if provider is not None and provider.capabilities.artifacts:
                 try:
                     for a in await provider.list_artifacts(handle):
-                        files.setdefault(a.path, (a.size_bytes, a.modified_unix_s))
+                        found.setdefault(a.path, (a.size_bytes, a.modified_unix_s))
                 except ProviderError as exc:
                     log.warning("listing artifacts of %s on %s failed: %s", job_id, handle.provider, exc)
-        return [(p, s, m, p.startswith(ckpt)) for p, (s, m) in sorted(files.items()) if p.startswith(prefix)]
-
-    def _resolve_artifact(self, job_id: str, path: str) -> Path:
-        if not path:
-            raise InvalidArgument.field("path", "is required")
-        if not jobspec.relative_path_ok(path):
-            raise InvalidArgument.field("path", "must be relative to the job's directory, without '..'",
-                                        reason="PATH_OUTSIDE_JOB")
-        root = self._work(job_id).resolve()
-        full = (root / path).resolve()
-        if full != root and root not in full.parents:
-            raise InvalidArgument.field("path", "leads outside the job's directory", reason="PATH_OUTSIDE_JOB")
-        return full
+        return [(p, s, m, p.startswith(ckpt)) for p, (s, m) in sorted(found.items()) if p.startswith(prefix)]
 
     async def download(self, job_id: str, path: str, offset: int) -> AsyncIterator[tuple[int, bytes, int, str]]:
-        """DownloadArtifact: (offset, data, total size, sha256 on the last chunk) from the job's working directory."""
+        """DownloadArtifact: (offset, data, total size, sha256 of the bytes from `offset` on the last chunk).
+
+        Only a regular file physically inside the job's working directory is served (see artifacts.py); every file
+        operation runs in a thread and nothing before `offset` is read."""
+        files.check_path(path)
         rec = await self._record(job_id)
-        full = self._resolve_artifact(job_id, path)
-        if not full.is_file():
+        opened = await asyncio.to_thread(files.open_file, self._work(job_id), path)
+        if opened is None:
             handle = self._current_handle(rec)
             provider = self.registry.load(handle.provider) if handle is not None and handle.provider != "local" else None
             if provider is None or not provider.capabilities.artifacts:
@@ -500,35 +497,29 @@ class Engine:
             async for item in self._download_remote(provider, handle, path, offset):  # type: ignore[arg-type]
                 yield item
             return
-        before = full.stat()
-        size = before.st_size
-        if offset > size:
-            raise OutOfRange(f"offset {offset} is past the end of {path} ({size} bytes)", reason="OFFSET_PAST_END")
-        digest = hashlib.sha256()
-        with open(full, "rb") as f:
-            remaining = offset
-            while remaining:
-                block = f.read(min(remaining, ARTIFACT_CHUNK))
-                if not block:
-                    break
-                digest.update(block)
-                remaining -= len(block)
+        fd, before = opened
+        try:
+            size = before.st_size
+            if offset > size:
+                raise OutOfRange(f"offset {offset} is past the end of {path} ({size} bytes)", reason="OFFSET_PAST_END")
+            digest = hashlib.sha256()
             pos = offset
             if size == offset:
                 yield pos, b"", size, digest.hexdigest()
                 return
             while pos < size:
-                data = await asyncio.to_thread(f.read, min(ARTIFACT_CHUNK, size - pos))
+                data = await asyncio.to_thread(files.read_chunk, fd, pos, min(ARTIFACT_CHUNK, size - pos), digest)
                 if not data:
                     raise Aborted(f"{path} shrank while it was being sent", reason="ARTIFACT_CHANGED")
-                digest.update(data)
                 last = pos + len(data) >= size
                 if last:
-                    after = full.stat()
+                    after = await asyncio.to_thread(os.fstat, fd)
                     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                         raise Aborted(f"{path} changed while it was being sent", reason="ARTIFACT_CHANGED")
                 yield pos, data, size, digest.hexdigest() if last else ""
                 pos += len(data)
+        finally:
+            os.close(fd)
 
     async def _download_remote(self, provider: Any, handle: RunHandle, path: str, offset: int
                                ) -> AsyncIterator[tuple[int, bytes, int, str]]:
@@ -541,9 +532,9 @@ class Engine:
         digest, pos = hashlib.sha256(), 0
         buffered: list[tuple[int, bytes]] = []
         async for block in provider.open_artifact(handle, path, ARTIFACT_CHUNK):
-            digest.update(block)
             if pos + len(block) > offset:
                 part = block[max(0, offset - pos):]
+                digest.update(part)  # the sha256 covers the bytes sent, as for local files
                 buffered.append((max(pos, offset), part))
             pos += len(block)
             while len(buffered) > 1:
@@ -646,8 +637,17 @@ class Engine:
             # Only a job that brings code has code to ship; remote adapters refuse a code_dir they cannot upload.
             code_dir=self._work(job.job_id) if spec.WhichOneof("code") else None,
             container_image=spec.container_image or self.settings.container_image, checkpoint_dir=ckpt,
-            max_duration_s=max(1.0, limit), resume=resume,
+            max_duration_s=max(1.0, limit), resume=resume, log_cap_bytes=self.settings.log_cap_bytes,
         )
+
+    def _end_of_run(self, a: job_pb2.JobAttempt, status: RunStatus) -> float:
+        """When the run ended: the provider's record (the local wrapper writes it) when it has one, else now.
+        A job that ended while the scheduler was down is billed until its real end, not until the restart."""
+        now = self.clock()
+        if status.end_time is None:
+            return now
+        earliest = ts_s(a.start_time) if a.HasField("start_time") else ts_s(a.create_time)
+        return max(earliest, min(float(status.end_time), now))
 
     def _max_duration(self, spec: job_pb2.JobSpec) -> float:
         if spec.HasField("max_duration"):
@@ -681,7 +681,8 @@ class Engine:
         a.reason = reason[:500]
         if exit_code is not None:
             a.exit_code = exit_code
-        a.end_time.CopyFrom(now_ts(self.clock()))
+        if not a.HasField("end_time"):  # _finish sets the run's real end first (it may have ended while we were down)
+            a.end_time.CopyFrom(now_ts(self.clock()))
 
     async def _reattach_or_launch(self, live: _Live) -> None:
         rec = live.rec
@@ -819,6 +820,10 @@ class Engine:
                             rec.job.start_time.CopyFrom(now)
                         await self._transition(live, st.RUNNING, f"attempt {n} running on {handle.provider} ({handle.ref})")
             if status.state.terminal:
+                if provider is not None:
+                    while await self._tail_logs(live, provider, handle):
+                        pass  # the output written just before the end, however much, up to the cap
+                    await self._provider_dropped(live, status)
                 await self._release(live, provider, handle, n)
                 await self._finish(live, status)
                 return
@@ -848,16 +853,25 @@ class Engine:
         log.error("attempt %d of %s on %s could not be released; it may still be billing (ref %s)",
                   attempt, rec.job.job_id, handle.provider, handle.ref)
 
-    async def _tail_logs(self, live: _Live, provider: Any, handle: RunHandle) -> None:
+    async def _tail_logs(self, live: _Live, provider: Any, handle: RunHandle) -> int:
+        """Mirror new output of the current attempt into the job's log files; returns the bytes read from the provider.
+
+        Each stream keeps at most `log_cap_bytes` per job; past it a marker line is written once and further bytes
+        are dropped and counted (Job.log_bytes_dropped), never silently. Until a stream is capped, the provider offset
+        is derived from the mirrored file's size (crash-consistent); after, from meta["log_read"]."""
         rec = live.rec
         n = len(rec.job.attempts)
         starts = rec.meta.get("log_starts", {}).get(str(n), {"stdout": 0, "stderr": 0})
+        cap = self.settings.log_cap_bytes
+        total = 0
         for stream in STREAMS:
             path = self._log_path(rec.job.job_id, stream)
+            read_at = rec.meta.setdefault("log_read", {}).setdefault(str(n), {})
             read = 0
             while read < MAX_LOG_READ_PER_POLL:
-                size = path.stat().st_size if path.exists() else 0
-                offset = size - int(starts[stream])
+                size = await asyncio.to_thread(_size, path)
+                capped = stream in rec.meta.get("log_capped", {})
+                offset = int(read_at[stream]) if capped and stream in read_at else size - int(starts[stream])
                 try:
                     chunk = await provider.read_logs(handle, stream, offset)
                 except ProviderError as exc:
@@ -865,13 +879,48 @@ class Engine:
                     break
                 if not chunk.data:
                     break
-                with open(path, "ab") as f:
-                    f.write(chunk.data)
-                read += len(chunk.data)
-                self._feed(live, stream, chunk.data)
+                data = chunk.data
+                read_at[stream] = offset + len(data)
+                keep = data if capped else data[:max(0, cap - size)]
+                dropped = len(data) - len(keep)
+                marker = b""
+                if dropped and not capped:
+                    marker = self._cap_marker(rec, stream)
+                if keep or marker:
+                    await asyncio.to_thread(_append, path, keep + marker)
+                if dropped:
+                    self._count_dropped(rec, stream, dropped)
+                read += len(data)
+                if keep:
+                    self._feed(live, stream, keep)
+            total += read
             if read:
                 async with live.changed:
                     live.changed.notify_all()  # log followers
+        return total
+
+    def _cap_marker(self, rec: JobRecord, stream: str) -> bytes:
+        """The one line that says a stream reached its cap (written once per stream per job)."""
+        rec.meta.setdefault("log_capped", {})[stream] = True
+        rec.job.logs_truncated = True
+        return (f"\n[crucible] {stream} reached the per-job log cap of {self.settings.log_cap_bytes} bytes; further "
+                "output is dropped and counted in Job.log_bytes_dropped\n").encode()
+
+    def _count_dropped(self, rec: JobRecord, stream: str, n: int) -> None:
+        dropped = rec.meta.setdefault("log_dropped", {})
+        dropped[stream] = int(dropped.get(stream, 0)) + n
+        rec.job.log_bytes_dropped = sum(int(v) for v in dropped.values())
+        rec.job.logs_truncated = True
+
+    async def _provider_dropped(self, live: _Live, status: RunStatus) -> None:
+        """Output the provider itself dropped at the cap (the local wrapper bounds its files): counted and marked."""
+        rec = live.rec
+        for stream, n in (status.log_bytes_dropped or {}).items():
+            if n <= 0 or stream not in STREAMS:
+                continue
+            if stream not in rec.meta.get("log_capped", {}):
+                await asyncio.to_thread(_append, self._log_path(rec.job.job_id, stream), self._cap_marker(rec, stream))
+            self._count_dropped(rec, stream, int(n))
 
     def _feed(self, live: _Live, stream: str, data: bytes) -> None:
         buf = live.partial[stream] + data
@@ -903,22 +952,26 @@ class Engine:
         now = self.clock()
         if not live.progress_dirty or (not force and now - live.progress_saved_at < PROGRESS_SAVE_INTERVAL_S):
             return
+        newest = await asyncio.to_thread(self._newest_checkpoint, self._work(live.rec.job.job_id),
+                                         live.rec.job.spec.checkpoint_dir or "checkpoints")
         async with live.lock:
             self._apply_progress(live.rec.job, live.tracker.progress)
-            self._update_checkpoint(live.rec)
+            if newest is not None:
+                live.rec.job.latest_checkpoint = newest
             live.progress_dirty = False
             live.progress_saved_at = now
             await self._save(live)
 
-    def _update_checkpoint(self, rec: JobRecord) -> None:
-        """Newest file under the checkpoint directory (local working directory)."""
-        folder = self._work(rec.job.job_id) / (rec.job.spec.checkpoint_dir or "checkpoints")
-        if not folder.is_dir():
-            return
-        newest = max((p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".tmp")),
-                     key=lambda p: p.stat().st_mtime_ns, default=None)
-        if newest is not None:
-            rec.job.latest_checkpoint = newest.relative_to(self._work(rec.job.job_id)).as_posix()
+    @staticmethod
+    def _newest_checkpoint(work: Path, checkpoint_dir: str) -> str | None:
+        """Newest servable file under the checkpoint directory (local working directory); runs in a thread."""
+        folder = work / checkpoint_dir
+        found = files.scan(folder, {}) if folder.is_dir() and not folder.is_symlink() else {}
+        found = {p: v for p, v in found.items() if not p.endswith(".tmp")}
+        if not found:
+            return None
+        newest = max(found, key=lambda p: found[p][1])
+        return (folder / newest).relative_to(work).as_posix()
 
     async def _record_usage(self, live: _Live, final: bool) -> None:
         rec = live.rec
@@ -960,9 +1013,10 @@ class Engine:
         job = rec.job
         n = len(job.attempts)
         spec = job.spec
+        ended = self._end_of_run(job.attempts[-1], status)
         async with live.lock:
             a = job.attempts[-1]
-            a.end_time.CopyFrom(now_ts(self.clock()))
+            a.end_time.CopyFrom(now_ts(ended))
         await self._record_usage(live, final=True)
         live.progress_dirty = True
         await self._flush_progress(live, force=True)
@@ -972,7 +1026,6 @@ class Engine:
             stop_reason = rec.meta.get("stop_reason", "")
             limit_hit = status.message == "time limit reached" or self._running_seconds(rec) >= self._max_duration(spec)
             a = job.attempts[-1]
-            a.ClearField("end_time")  # _end_attempt sets it together with the outcome
             if status.state == RunState.SUCCEEDED:
                 self._end_attempt(rec, A.ATTEMPT_OUTCOME_SUCCEEDED, 0, "exit status 0")
                 note = "finished before the cancellation took effect; " if job.state == st.CANCELLING else ""

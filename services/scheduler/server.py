@@ -6,6 +6,7 @@ Run it with `crucible serve scheduler`; tests call `create_server(config)` with 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry
@@ -16,8 +17,10 @@ from crucible.runtime.server import create_server as _create_server
 from crucible.runtime.service import BaseService
 from crucible.scheduler.config import SchedulerConfig
 from crucible.scheduler.engine import Engine, EngineSettings
+from crucible.scheduler.jobspec import CodeLimits
 from crucible.scheduler.pricing import CostServicePricing, UnpricedOfferSource, local_gpu_count
 from crucible.scheduler.providers.base import Provider
+from crucible.scheduler.providers.credentials import protect_process
 from crucible.scheduler.providers.registry import ProviderRegistry
 from crucible.scheduler.servicer import SERVICE_DESCRIPTOR, SchedulerServicer
 from crucible.scheduler.store import AsyncJobStore, JobStore
@@ -39,7 +42,12 @@ class SchedulerService(BaseService):
     async def start(self) -> None:
         cfg = self.config
         gpus = cfg.local_gpus if cfg.local_gpus >= 0 else local_gpu_count()
-        registry = ProviderRegistry(cfg.providers, cfg.provider_settings(), instances=self._providers)
+        provider_settings = cfg.provider_settings()
+        local = provider_settings.setdefault("local", {})
+        local.setdefault("state_dir", str(cfg.resolved_state_dir()))
+        if cfg.job_user:
+            local["job_user"] = cfg.job_user
+        registry = ProviderRegistry(cfg.providers, provider_settings, instances=self._providers)
         pricing = (CostServicePricing(cfg.cost_address, timeout_s=cfg.cost_timeout_s, local_gpus=gpus) if cfg.cost_address
                    else UnpricedOfferSource(gpus))
         store = AsyncJobStore(JobStore(cfg.resolved_database(), synchronous=cfg.sqlite_synchronous))
@@ -47,8 +55,15 @@ class SchedulerService(BaseService):
             state_dir=cfg.resolved_state_dir(), poll_interval_s=cfg.poll_interval_s, usage_interval_s=cfg.usage_interval_s,
             default_max_duration_s=cfg.default_max_duration_s, default_budget_scope=cfg.default_budget_scope,
             max_recoveries=cfg.max_recoveries, transient_retries=cfg.transient_retries,
+            code_limits=CodeLimits(cfg.resolved_code_roots(), cfg.code_max_bytes, cfg.code_max_files),
+            log_cap_bytes=cfg.log_cap_bytes,
         )
+        _owner_only(cfg.resolved_database())
         engine = Engine(settings, store, registry, pricing)
+        registry.statuses()  # every enabled adapter reads its keys now (and the local job user is checked) ...
+        if cfg.protect_process:  # ... so they can leave the environment
+            moved = protect_process()
+            log.info("process not dumpable; provider keys moved out of the environment: %s", ", ".join(moved) or "none")
         resumed = await engine.start()
         self.engine = engine
         log.info("scheduler ready", extra={"state_dir": str(settings.state_dir), "resumed_jobs": resumed,
@@ -58,6 +73,15 @@ class SchedulerService(BaseService):
         if self.engine is not None:
             await self.engine.stop()
             self.engine = None
+
+
+def _owner_only(database: os.PathLike[str]) -> None:
+    """The job database (specs, env values, handles) readable by the scheduler's user only, WAL files included."""
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.chmod(f"{os.fspath(database)}{suffix}", 0o600)
+        except FileNotFoundError:
+            pass
 
 
 class _LazyServicer(SchedulerServicer):

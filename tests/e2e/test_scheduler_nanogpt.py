@@ -32,7 +32,7 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32
 async def test_nanogpt_progress_cancel_download_resume(tmp_path: Path, shared_data: Path | None) -> None:
     data = str(shared_data / "tinyshakespeare" / "input.txt") if shared_data else ""  # else Python's own sources
     cfg = load_config(SchedulerConfig, "scheduler", env={}, port=0, state_dir=str(tmp_path / "state"), poll_interval_s=0.2,
-                      metrics_enabled=False)
+                      metrics_enabled=False, code_roots=(str(EXAMPLE),))
     server, port = create_server(cfg)
     await server.start()
     await server.wait_ready(30)

@@ -240,7 +240,7 @@ def _spec(**kw) -> job_pb2.JobSpec:
         (_spec(checkpoint_dir="/abs"), "spec.checkpoint_dir"),
         (_spec(budget_scope="Alice"), "spec.budget_scope"),
         (_spec(max_cost_usd=-1), "spec.max_cost_usd"),
-        (_spec(code_dir="/does/not/exist"), "spec.code_dir"),
+        (_spec(code_dir="relative/path"), "spec.code_dir"),
         (_spec(resources={"gpu_count": 0, "gpu_names": ["A100"]}), "spec.resources.gpu_count"),
     ],
 )

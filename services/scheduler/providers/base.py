@@ -83,6 +83,7 @@ class LaunchSpec:
     checkpoint_dir: str = ""  # where the program reads/writes checkpoints (mounted/synced by the adapter)
     max_duration_s: float = 0.0  # 0 = no limit; the adapter enforces it where the provider can
     resume: bool = False  # True when relaunching after preemption/failure: the program should resume
+    log_cap_bytes: int = 0  # bytes of stdout and of stderr (each) the attempt may keep; 0 = no limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +102,8 @@ class RunStatus:
     state: RunState
     exit_code: int | None = None
     message: str = ""
+    end_time: float | None = None  # unix seconds the run ended, when the provider recorded it (billing uses it)
+    log_bytes_dropped: Mapping[str, int] = dataclasses.field(default_factory=dict)  # per stream, past the log cap
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,32 @@ _PATTERNS = (
 )
 
 
+PR_SET_DUMPABLE = 4
+PR_GET_DUMPABLE = 3
+
+
+def protect_process() -> list[str]:
+    """Keep provider keys away from other processes of this user: returns the variables moved out of os.environ.
+
+    Makes the process non-dumpable (prctl PR_SET_DUMPABLE 0): /proc/<pid>/environ, /proc/<pid>/mem and ptrace then
+    need root (CAP_SYS_PTRACE), so a job running as the scheduler's own non-root user cannot read the keys the
+    scheduler was started with. /proc/<pid>/environ shows the environment as it was at exec, which is why this,
+    not removing variables, is what hides it; the variables are removed from os.environ as well so that no child
+    process inherits them. Call it after the adapters have read their keys (their SecretStores keep a copy).
+    Children are dumpable again after exec, so jobs are unaffected. A no-op for the bit where prctl is missing.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_DUMPABLE, 0) failed (errno %s)", ctypes.get_errno())
+    except (OSError, AttributeError):
+        log.warning("prctl is not available: other processes of this user can read this process's environment")
+    names = [n for keys in PROVIDER_SECRETS.values() for ns in keys.values() for n in ns]
+    return [n for n in names if os.environ.pop(n, None) is not None]
+
+
 class SecretsFileError(ValueError):
     """The secrets file exists but cannot be read or parsed (the message names the file, never its content)."""
 
