@@ -1,6 +1,7 @@
 """`crucible cost offers|estimate|compare|refresh|budget ...`: the cost service for people who don't speak protobuf.
 
-Each command calls a running cost service (--address, default 127.0.0.1:50055) and prints a table.
+Each command calls a running cost service (--address, default 127.0.0.1:50055) and prints a table, or with --json the
+service's answer as JSON (proto field names; `budget watch` prints one JSON object per line).
 """
 
 from __future__ import annotations
@@ -8,13 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from crucible.clients.channel import add_connection_arguments
 from crucible.mesh import format_table
@@ -73,6 +75,15 @@ def _observed(offer: Any) -> str:
     return offer.price_observed_at.ToDatetime().date().isoformat() if offer.HasField("price_observed_at") else "undated"
 
 
+def _json(message: Any) -> dict[str, Any]:
+    """A reply as a JSON-ready dict: proto field names, every field (zeros and empty lists too), enums by name."""
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
+
+
+def _print_json(message: Any, *, one_line: bool = False) -> None:
+    print(json.dumps(_json(message), indent=None if one_line else 2, sort_keys=False), flush=one_line)
+
+
 # --------------------------------------------------------------------------------------------------------- commands
 
 async def _offers(stub: Any, args: argparse.Namespace) -> int:
@@ -86,6 +97,9 @@ async def _offers(stub: Any, args: argparse.Namespace) -> int:
     if args.max_price is not None:
         request.max_price_usd_per_hour = args.max_price
     reply = await stub.ListOffers(request, timeout=args.timeout)
+    if args.json:
+        _print_json(reply)
+        return 0
     rows = [(
         o.offer_id, o.gpu_name or "-", o.gpu_count, f"{o.gpu_memory_gib:g}", f"{o.price_usd_per_hour:.4g}",
         _enum(offer_pb2.BillingGranularity, o.billing_granularity, "BILLING_GRANULARITY_"),
@@ -109,6 +123,9 @@ async def _estimate(stub: Any, args: argparse.Namespace) -> int:
     else:
         request.duration_range.CopyFrom(offer_pb2.DurationRange(low=_pb_duration(low), high=_pb_duration(high)))
     reply = await stub.EstimateCost(request, timeout=args.timeout)
+    if args.json:
+        _print_json(reply)
+        return 0
     o = reply.offer
     print(f"{o.offer_id}: {_money(o.price_usd_per_hour)}/h, source {o.price_source!r}, observed {_observed(o)}")
     ends = [("estimate", reply.low)] if low == high else [("low", reply.low), ("high", reply.high)]
@@ -137,6 +154,9 @@ async def _compare(stub: Any, args: argparse.Namespace) -> int:
     if args.max_cost is not None:
         request.max_cost_usd = args.max_cost
     reply = await stub.CompareProviders(request, timeout=args.timeout)
+    if args.json:
+        _print_json(reply)
+        return 0 if reply.recommended_offer_id else 1
     rows = [(r.rank, r.offer.offer_id, f"{r.offer.price_usd_per_hour:.4g}", f"{r.relative_speed:.2f}x",
              _fmt_seconds(r.cost.runtime), _money(r.cost.total_usd), _observed(r.offer)) for r in reply.offers[:args.limit]]
     print(format_table(("rank", "offer", "$/h", "speed", "runtime", "total", "observed"), rows))
@@ -153,6 +173,9 @@ async def _refresh(stub: Any, args: argparse.Namespace) -> int:
     from crucible.api.cost.v1 import cost_service_pb2 as pb
 
     reply = await stub.RefreshPrices(pb.RefreshPricesRequest(providers=args.provider), timeout=args.timeout)
+    if args.json:
+        _print_json(reply)
+        return 0
     rows = [(r.provider, _enum(pb.RefreshOutcome, r.outcome, "REFRESH_OUTCOME_"), r.offers_updated, r.user_edited_rows_skipped,
              r.prices_observed_at.ToJsonString() if r.HasField("prices_observed_at") else "undated", r.error or "-")
             for r in reply.results]
@@ -181,6 +204,9 @@ async def _budget_create(stub: Any, args: argparse.Namespace) -> int:
         enforcement=budget_pb2.BUDGET_ENFORCEMENT_HARD if args.hard else budget_pb2.BUDGET_ENFORCEMENT_SOFT,
     )
     reply = await stub.CreateBudget(pb.CreateBudgetRequest(budget=budget, request_id=args.request_id), timeout=args.timeout)
+    if args.json:
+        _print_json(reply)
+        return 0
     print(_budget_rows([reply.budget]))
     return 0
 
@@ -197,6 +223,9 @@ async def _budget_list(stub: Any, args: argparse.Namespace) -> int:
         token = reply.next_page_token
         if not token:
             break
+    if args.json:
+        _print_json(pb.ListBudgetsResponse(budgets=budgets))
+        return 0
     print(_budget_rows(budgets))
     return 0
 
@@ -205,6 +234,9 @@ async def _budget_get(stub: Any, args: argparse.Namespace) -> int:
     from crucible.api.cost.v1 import cost_service_pb2 as pb
 
     reply = await stub.GetBudget(pb.GetBudgetRequest(budget_id=args.budget_id), timeout=args.timeout)
+    if args.json:
+        _print_json(reply)
+        return 0
     print(_budget_rows([reply.budget]))
     return 0
 
@@ -214,6 +246,9 @@ async def _budget_watch(stub: Any, args: argparse.Namespace) -> int:
 
     stream = stub.WatchBudget(pb.WatchBudgetRequest(budget_id=args.budget_id))
     async for message in stream:
+        if args.json:
+            _print_json(message, one_line=True)
+            continue
         b = message.budget
         if message.HasField("alert"):
             a = message.alert
@@ -231,6 +266,9 @@ async def _budget_check(stub: Any, args: argparse.Namespace) -> int:
 
     reply = await stub.CheckAdmission(pb.CheckAdmissionRequest(scope=args.scope, estimated_cost_usd=args.cost,
                                                                job_id=args.job_id), timeout=args.timeout)
+    if args.json:
+        _print_json(reply)
+        return 0
     rows = [(c.budget_id, _enum(budget_pb2.BudgetEnforcement, c.enforcement, "BUDGET_ENFORCEMENT_"), _money(c.limit_usd),
              _money(c.spent_usd), _money(c.projected_usd), "yes" if c.would_exceed else "no") for c in reply.checks]
     print(format_table(("budget", "enforcement", "limit", "spent", "projected", "would exceed"), rows))
@@ -246,6 +284,9 @@ async def _budget_record(stub: Any, args: argparse.Namespace) -> int:
     if args.price is not None:
         request.price_usd_per_hour = args.price
     reply = await stub.RecordUsage(request, timeout=args.timeout)
+    if args.json:
+        _print_json(reply)
+        return 0
     u = reply.usage
     state = "already recorded (nothing added)" if reply.already_recorded else "recorded"
     print(f"{state}: job {u.job_id} on {u.offer_id}: {_money(u.cost_usd)} at {_money(u.price_usd_per_hour)}/h; "
@@ -274,7 +315,7 @@ def _run(command: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callab
             print(f"crucible cost: {err}", file=sys.stderr)
             return 2
         try:
-            return asyncio.run(go())
+            return asyncio.run(go())  # a closed stdout (`| head`) ends quietly in crucible.cli.main
         except KeyboardInterrupt:
             return 130
         except grpc.aio.AioRpcError as err:
@@ -306,6 +347,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
                         help="bearer token when the service has auth on (default $CRUCIBLE_CLIENT_TOKEN, "
                              "$CRUCIBLE_AUTH_TOKEN or the client config)")
     add_connection_arguments(common, address=False, token=False, timeout=False)  # --token-file, --tls, --ca-file
+    common.add_argument("--json", action="store_true",
+                        help="print the service's answer as JSON (proto field names) instead of a table")
     cost = subparsers.add_parser("cost", help="GPU prices, estimates, provider comparison and budgets (cost service)")
     sub = cost.add_subparsers(dest="cost_command", required=True, metavar="ACTION")
 

@@ -367,3 +367,49 @@ async def test_budget_spend_is_exported_for_the_alert_rules(tmp_path):
                 if line.startswith("crucible_cost_budget_spent_ratio{") and created.budget_id in line)
     assert 'scope="project:nano"' in line and 'enforcement="hard"' in line
     assert float(line.rsplit(" ", 1)[1]) == pytest.approx(0.516)
+
+
+async def test_cli_json_lists_offers_with_regions_and_dated_sources(tmp_path, capsys):
+    """Issue 14: `crucible cost offers --provider lambda|runpod --json` gives rows with a region and a dated source."""
+    import json
+    import re
+
+    from crucible.cli import main
+
+    async with cost_server(tmp_path) as (server, _):
+        address = ["--address", server.address]
+        for provider, region in (("lambda", r"[a-z]+-[a-z]+-\d"), ("runpod", r"[A-Z]+-[A-Z]+-\d")):
+            rc = await asyncio.to_thread(main, ["cost", "offers", "--provider", provider, "--limit", "1000", "--json",
+                                                *address])
+            offers = json.loads(capsys.readouterr().out)["offers"]
+            assert rc == 0 and len(offers) > 100
+            for o in offers:
+                assert o["provider"] == provider and re.fullmatch(region, o["region"]), o
+                assert o["offer_id"] == f"{provider}/{o['instance_type']}/{o['region']}/on-demand"
+                assert re.fullmatch(r"github\.com/skypilot-org/skypilot-catalog@[0-9a-f]{40}:catalogs/v7/"
+                                    + provider + "/vms.csv", o["price_source"]), o
+                assert o["price_observed_at"].startswith("2026-12-03")
+        rc = await asyncio.to_thread(main, ["cost", "budget", "create", "--scope", "user:alice", "--limit", "3", "--json",
+                                            *address])
+        created = json.loads(capsys.readouterr().out)["budget"]
+        assert rc == 0 and created["scope"] == "user:alice" and created["enforcement"] == "BUDGET_ENFORCEMENT_SOFT"
+        for argv, key in ((["budget", "list"], "budgets"), (["budget", "get", created["budget_id"]], "budget"),
+                          (["estimate", "modal/H100/any/on-demand", "--duration", "1h"], "assumptions"),
+                          (["budget", "check", "--scope", "user:alice", "--cost", "1"], "checks"),
+                          (["compare", "--gpu", "H100", "--duration", "1h"], "recommended_offer_id"),
+                          (["refresh", "--provider", "modal"], "results")):
+            rc = await asyncio.to_thread(main, ["cost", *argv, "--json", *address])
+            assert rc == 0 and key in json.loads(capsys.readouterr().out), argv
+
+
+async def test_cli_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`crucible cost offers | head -1`: no traceback, no BrokenPipeError message, the SIGPIPE exit status."""
+    import subprocess
+    import sys
+
+    async with cost_server(tmp_path) as (server, _):
+        command = (f"{sys.executable} -m crucible cost offers --limit 1000 --json --address {server.address} | head -c 10;"
+                   ' echo " rc=${PIPESTATUS[0]}"')
+        done = await asyncio.to_thread(subprocess.run, ["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("{") and "rc=141" in done.stdout, done
+    assert done.stderr == "", done.stderr
