@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from crucible.runtime.config import ServerConfig, setting
@@ -22,8 +21,9 @@ class SchedulerConfig(ServerConfig):
 
     port: int = setting(50054, "gRPC port of the scheduler service.")
     state_dir: str = setting(
-        "", "Folder for the job database and each job's working directory, logs and checkpoints; empty means "
-        "$CRUCIBLE_STATE_DIR/scheduler or ~/.local/share/crucible/scheduler."
+        "", "Folder for the job database (scheduler.db) and each job's folder (jobs/<id>/: work, logs, attempts). "
+        "Set by --state-dir, CRUCIBLE_SCHEDULER_STATE_DIR or, shared with the cost service, CRUCIBLE_STATE_DIR itself "
+        "(no subfolder: the file names differ). Empty means ~/.local/share/crucible/scheduler."
     )
     database: str = setting("", "SQLite job database; empty means <state_dir>/scheduler.db.")
     sqlite_synchronous: str = setting(
@@ -91,10 +91,9 @@ class SchedulerConfig(ServerConfig):
 
     def resolved_state_dir(self) -> Path:
         """The state folder, defaults applied."""
-        if self.state_dir:
+        if self.state_dir:  # CRUCIBLE_STATE_DIR, when set, arrives here through the config loader
             return Path(self.state_dir).expanduser()
-        base = os.environ.get("CRUCIBLE_STATE_DIR")
-        return Path(base) / "scheduler" if base else Path.home() / ".local" / "share" / "crucible" / "scheduler"
+        return Path.home() / ".local" / "share" / "crucible" / "scheduler"
 
     def resolved_code_roots(self) -> tuple[Path, ...]:
         """The code_dir allow-list, each root resolved (symlinks followed)."""

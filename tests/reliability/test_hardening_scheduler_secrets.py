@@ -1,0 +1,70 @@
+"""Issue 12, class 6: a local job cannot read the scheduler's provider keys, from its /proc environ or its secrets file.
+
+The scheduler runs as a `crucible serve` child with keys in its environment and a 0600 secrets file. As root it runs
+jobs as `nobody` (--job-user), so neither is readable; as another user the job shares its uid, and the scheduler's
+non-dumpable flag is what keeps /proc/<pid>/environ closed (the secrets file then needs a separate user: README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import grpc
+
+from crucible.api.scheduler.v1 import job_pb2
+from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
+from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
+from crucible.clients.health import wait_serving
+from tests.conftest import free_port_block
+from tests.reliability.support import ServiceProcess, child_env, serve_command
+
+KEYS = {"LAMBDA_API_KEY": "lam-key-61f0aa93c2", "RUNPOD_API_KEY": "rpd-key-0c7e55d1ab",
+        "MODAL_TOKEN_SECRET": "as-modal-9e8d7c6b5a"}
+FILE_KEY = "pps-file-key-4d3c2b1a00"
+# What the job tries: its uid, the scheduler's initial environment, the secrets file, its own environment.
+PROBE = 'id -u; echo "--environ"; cat /proc/$1/environ; echo "--file"; cat "$2"; echo "--env"; env'
+
+
+async def test_local_job_cannot_read_the_schedulers_keys() -> None:
+    root = os.geteuid() == 0
+    work = Path(tempfile.mkdtemp(prefix="crucible-secrets-"))
+    try:
+        work.chmod(0o711)  # the job user passes through to its own folder only
+        secrets = work / "secrets.json"
+        secrets.write_text(json.dumps({"paperspace": {"api_key": FILE_KEY}}))
+        secrets.chmod(0o600)
+        port = free_port_block(1)
+        argv = serve_command("scheduler", port, "--state-dir", str(work / "state"), "--providers", "local",
+                             "--poll-interval-s", "0.1", "--metrics-enabled", "false",
+                             *(["--job-user", "nobody"] if root else []))
+        sched = ServiceProcess(argv, work / "scheduler.log", child_env(**KEYS, CRUCIBLE_SECRETS_FILE=str(secrets)))
+        try:
+            await wait_serving(f"127.0.0.1:{port}", timeout=90)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.SchedulerServiceStub(channel)
+                spec = job_pb2.JobSpec(command=["/bin/sh", "-c", PROBE, "sh", str(sched.pid), str(secrets)],
+                                       provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT, providers=["local"])
+                job = (await stub.CreateJob(pb.CreateJobRequest(spec=spec), timeout=30)).job
+                async for reply in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=60):
+                    job = reply.job
+                text = "".join([c.text async for c in stub.StreamJobLogs(pb.StreamJobLogsRequest(job_id=job.job_id),
+                                                                         timeout=30)])
+        finally:
+            sched.stop()
+        assert "--env" in text and "PATH=" in text, text  # the probe ran to its end
+        for value in (*KEYS.values(), FILE_KEY if root else None):
+            if value is not None:
+                assert value not in text, f"the job read {value!r}:\n{text}"
+        environ_part = text.split("--environ", 1)[1].split("--file", 1)[0]
+        assert "Permission denied" in text and "PATH=" not in environ_part, text  # refused, not just empty
+        if root:
+            assert text.split()[0] == "65534", text  # nobody
+            file_part = text.split("--file", 1)[1].split("--env", 1)[0]
+            assert "Permission denied" in text and "paperspace" not in file_part, text
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
