@@ -45,7 +45,8 @@ RUNPOD_COLUMNS = ("InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs"
                   "SpotPrice", "Price", "AvailabilityZone")
 
 #: SkyPilot's RunPod accelerator name -> (RunPod `gpuTypeId`, the id `podFindAndDeployOnDemand` takes; canonical GPU
-#: name; memory per GPU in GiB). The ids and memory sizes are RunPod's published GPU types; SkyPilot's file carries
+#: name; memory per GPU in GiB). The ids and memory sizes are RunPod's published GPU types (checked against a dated
+#: 2026-02-26 `gpuTypes { id displayName memoryInGb }` answer quoted in a public repository); SkyPilot's file carries
 #: neither (its MemoryGiB column is host memory).
 RUNPOD_GPU_TYPES: dict[str, tuple[str, str, float]] = {
     "A100-80GB": ("NVIDIA A100 80GB PCIe", "A100-80GB", 80),
