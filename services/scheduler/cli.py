@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -171,14 +172,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
         preview = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, validate_only=True), timeout=args.timeout_s)).job
+        if args.dry_run:
+            return _show_dry_run(args, preview)
         est, _ = _money(preview)
         o = preview.offer
         gpu = f"{o.gpu_count}x {o.gpu_name}" if o.gpu_count else "CPU"
         price = f"${o.price_usd_per_hour:.4f}/h" if not o.price_source.startswith("unknown") else "price unknown"
         print(f"offer: {o.offer_id} ({gpu}, {price}; {o.price_source})")
         print(f"estimated cost: {est} ({preview.transitions[0].reason})")
-        if args.dry_run:
-            return 0
         request_id = args.request_id or str(uuid.uuid4())
         job = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, request_id=request_id), timeout=args.timeout_s)).job
         print(f"job {job.job_id} {state_name(job.state)}")
@@ -187,6 +188,39 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(_call(args, run))
+
+
+def _show_dry_run(args: argparse.Namespace, preview: job_pb2.Job) -> int:
+    """The chosen offer, the estimate and the exact launch request(s) the first attempt would send (key redacted)."""
+    from crucible.scheduler.providers import preview as launch_preview
+
+    try:
+        launch = launch_preview.describe(preview, launch_preview.read_settings(args.provider_settings))
+    except ValueError as err:
+        print(f"crucible jobs submit: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"offer": json_format.MessageToDict(preview.offer), "estimated_usd": preview.cost.estimated_usd,
+                          "estimate": preview.transitions[0].reason, "launch": launch.as_dict()}, indent=2))
+        return 0
+    est, _ = _money(preview)
+    o = preview.offer
+    gpu = f"{o.gpu_count}x {o.gpu_name}" if o.gpu_count else "CPU"
+    price = f"${o.price_usd_per_hour:.4f}/h" if not o.price_source.startswith("unknown") else "price unknown"
+    region = f", region {o.region}" if o.region else ""
+    print(f"offer: {o.offer_id} ({gpu}, {price}{region}; {o.price_source})")
+    print(f"estimated cost: {est} ({preview.transitions[0].reason})")
+    for request in launch.requests:
+        print(f"launch request: {request['method']} {request['url']}")
+        for name, value in request["headers"].items():
+            print(f"  {name}: {value}")
+        print("  " + json.dumps(request["json"], indent=2).replace("\n", "\n  "))
+    for problem in launch.problems:
+        print(f"launch problem: {problem}")
+    if launch.requests:
+        print(f"(built here by the {launch.provider} adapter from {args.provider_settings or 'default settings'}; "
+              f"{launch_preview.PLACEHOLDER_JOB_ID} is assigned at creation)")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -357,7 +391,11 @@ def add_commands(subparsers: Any) -> None:
     s.add_argument("--max-restarts", type=int, default=0, help="restarts after the command fails")
     s.add_argument("--scope", default="", help="budget scope, e.g. project:nanogpt")
     s.add_argument("--request-id", default="", help="idempotency key (default: a new UUID)")
-    s.add_argument("--dry-run", action="store_true", help="only show the offer and estimate")
+    s.add_argument("--dry-run", action="store_true",
+                   help="only show the offer, the estimate and the exact launch request (key redacted)")
+    s.add_argument("--provider-settings", default=os.environ.get("CRUCIBLE_SCHEDULER_PROVIDER_SETTINGS_FILE", ""),
+                   metavar="JSON", help="with --dry-run: the scheduler's provider settings file (default "
+                                        "$CRUCIBLE_SCHEDULER_PROVIDER_SETTINGS_FILE)")
     s.add_argument("-f", "--follow", action="store_true", help="live view until the job ends")
     s.add_argument("--no-logs", action="store_true", help="with --follow, show only the status line")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- program and arguments")

@@ -120,6 +120,10 @@ def _timestamp(unix_s: float) -> timestamp_pb2.Timestamp:
     return t
 
 
+#: Providers whose launch API requires a region (Lambda: region_name, Paperspace: region).
+REGION_REQUIRED = frozenset({"lambda", "paperspace"})
+
+
 class UnpricedOfferSource:
     """No cost service: `local` and `dryrun` offers with cost unknown; every other provider is infeasible."""
 
@@ -191,7 +195,9 @@ class CostServicePricing:
                 raise FailedPrecondition(f"the cost service rejected the requirements: {err.details()}",
                                          reason="NO_FEASIBLE_OFFER") from None
             raise self._unavailable("CompareProviders", err) from None
-        out = [Candidate(r.offer, r.cost.total_usd, r.relative_speed or 1.0) for r in reply.offers if r.offer.provider in usable]
+        # Lambda and Paperspace launch only into a named region: a catalog row without one cannot be launched.
+        out = [Candidate(r.offer, r.cost.total_usd, r.relative_speed or 1.0) for r in reply.offers
+               if r.offer.provider in usable and (r.offer.region or r.offer.provider not in REGION_REQUIRED)]
         priced_providers = {r.offer.provider for r in reply.offers}
         for p in ("local", "dryrun"):
             if p in usable and p not in priced_providers and offline_feasible(p, spec, self.local_gpus):

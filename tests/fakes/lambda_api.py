@@ -11,9 +11,19 @@ import re
 from tests.fakes.server import FakeServer
 from tests.fakes.server import Request
 from tests.fakes.server import Response
+from tests.fakes.api_fields import LAMBDA_LAUNCH
+from tests.fakes.api_fields import violations
 from tests.fakes.server import bearer_ok
 
 PREFIX = "/api/v1"
+#: Instance types and regions the fake knows (Lambda's names; the catalog's rows use them).
+INSTANCE_TYPES = ("gpu_1x_a10", "gpu_1x_a6000", "gpu_1x_a100", "gpu_1x_a100_sxm4", "gpu_8x_a100_80gb_sxm4",
+                  "gpu_1x_h100_pcie", "gpu_1x_h100_sxm5", "gpu_2x_h100_sxm5", "gpu_4x_h100_sxm5", "gpu_8x_h100_sxm5",
+                  "gpu_1x_gh200", "gpu_8x_b200_sxm6", "gpu_8x_v100", "gpu_1x_rtx6000", "gpu_2x_a6000", "gpu_4x_a6000",
+                  "gpu_2x_a100", "gpu_4x_a100", "gpu_8x_a100")
+REGIONS = ("us-east-1", "us-east-2", "us-east-3", "us-west-1", "us-west-2", "us-west-3", "us-south-1", "us-south-2",
+           "us-south-3", "us-midwest-1", "us-midwest-2", "europe-central-1", "asia-south-1", "europe-south-1", "asia-northeast-1",
+           "asia-northeast-2", "me-west-1", "australia-east-1")
 
 
 def _error(status: int, code: str, message: str, suggestion: str = "") -> Response:
@@ -31,6 +41,8 @@ class FakeLambda(FakeServer):
         self.api_key = api_key
         self.instances: dict[str, dict] = {}
         self.capacity: set[tuple[str, str]] = {("us-east-1", "gpu_1x_a10")}
+        self.instance_types = set(INSTANCE_TYPES)  # what Lambda sells; another name is invalid-parameters
+        self.regions = set(REGIONS)
         self.quota = 10
         self.launch_bodies: list[dict] = []
         self._ids = itertools.count(1)
@@ -83,11 +95,26 @@ class FakeLambda(FakeServer):
     def _launch(self, r: Request) -> Response:
         body = r.json()
         self.launch_bodies.append(body)
+        problems = violations(body, LAMBDA_LAUNCH)
+        if problems:
+            return _error(400, "global/invalid-parameters", f"Invalid request body: {'; '.join(problems)}")
         for field in ("region_name", "instance_type_name", "ssh_key_names"):
             if not body.get(field):
                 return _error(400, "global/invalid-parameters", f"Missing or invalid field {field}")
         if len(body["ssh_key_names"]) != 1:
             return _error(400, "global/invalid-parameters", "Exactly one SSH key name must be given")
+        if len(body.get("file_system_names") or []) > 1:
+            return _error(400, "global/invalid-parameters", "At most one file system may be attached")
+        if len(body.get("name") or "") > 64:
+            return _error(400, "global/invalid-parameters", "Instance name must be at most 64 characters")
+        if len((body.get("user_data") or "").encode()) > 1 << 20:
+            return _error(400, "global/invalid-parameters", "user_data must be at most 1 MB")
+        if body["instance_type_name"] not in self.instance_types:
+            return _error(400, "global/invalid-parameters", "Invalid instance type name",
+                          "Use an instance type name from GET /instance-types.")
+        if body["region_name"] not in self.regions:
+            return _error(400, "global/invalid-parameters", "Invalid region name",
+                          "Use a region name from GET /instance-types.")
         if self.quota <= 0:
             return _error(400, "global/quota-exceeded", "Quota exceeded for instance launches.",
                           "Contact Support to increase your quota.")

@@ -8,12 +8,19 @@ from __future__ import annotations
 import itertools
 import re
 
+from tests.fakes.api_fields import PAPERSPACE_MACHINE
+from tests.fakes.api_fields import PAPERSPACE_STARTUP_SCRIPT
+from tests.fakes.api_fields import violations
 from tests.fakes.server import FakeServer
 from tests.fakes.server import Request
 from tests.fakes.server import Response
 from tests.fakes.server import bearer_ok
 
 PREFIX = "/v1"
+#: Machine types and regions the fake knows (Paperspace's names).
+MACHINE_TYPES = ("C5", "C7", "P4000", "P5000", "P6000", "RTX4000", "RTX5000", "A4000", "A5000", "A6000", "V100-32G",
+                 "A100", "A100-80G", "H100", "A100-80Gx8", "H100x8")
+REGIONS = ("ny2", "ams1", "ca1", "sf1", "East Coast (NY2)", "Europe (AMS1)", "West Coast (CA1)")
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -30,6 +37,8 @@ class FakePaperspace(FakeServer):
         self.scripts: dict[str, dict] = {}
         self.unavailable: set[str] = set()
         self.machine_limit = 50
+        self.machine_types = set(MACHINE_TYPES)  # what Paperspace sells; another name is refused
+        self.regions = set(REGIONS)
         self._ids = itertools.count(1)
 
     @property
@@ -51,6 +60,9 @@ class FakePaperspace(FakeServer):
         path = r.path.removeprefix(PREFIX)
         if path == "/startup-scripts" and r.method == "POST":
             body = r.json()
+            problems = violations(body, PAPERSPACE_STARTUP_SCRIPT)
+            if problems:
+                return _error(400, "BAD_REQUEST", "; ".join(problems))
             if not body.get("name") or not body.get("script"):
                 return _error(400, "BAD_REQUEST", "name and script are required")
             script_id = f"scr{next(self._ids):05d}"
@@ -95,9 +107,18 @@ class FakePaperspace(FakeServer):
         return Response.json({"items": page, "hasMore": more, "nextPage": page[-1]["id"] if more else None})
 
     def _create(self, body: dict) -> Response:
+        problems = violations(body, PAPERSPACE_MACHINE)
+        if problems:
+            return _error(400, "BAD_REQUEST", "; ".join(problems))
         for field in ("name", "machineType", "region", "diskSize", "templateId"):
             if not body.get(field):
                 return _error(400, "BAD_REQUEST", f"{field} is required")
+        if body["machineType"] not in self.machine_types:
+            return _error(400, "BAD_REQUEST", f"Invalid machineType: {body['machineType']}")
+        if body["region"] not in self.regions:
+            return _error(400, "BAD_REQUEST", f"Invalid region: {body['region']}")
+        if body.get("publicIpType") not in (None, "static", "dynamic", "none"):
+            return _error(400, "BAD_REQUEST", "publicIpType must be static, dynamic or none")
         if len(self.machines) >= self.machine_limit:
             return _error(400, "MACHINE_LIMIT", "You have reached your limit of machines for this team.")
         if body["machineType"] in self.unavailable:

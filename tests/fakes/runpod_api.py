@@ -9,6 +9,10 @@ import itertools
 import re
 from typing import Any
 
+from tests.fakes.api_fields import RUNPOD_CLOUD_TYPES
+from tests.fakes.api_fields import RUNPOD_ON_DEMAND
+from tests.fakes.api_fields import RUNPOD_SPOT
+from tests.fakes.api_fields import violations
 from tests.fakes.server import FakeServer
 from tests.fakes.server import Request
 from tests.fakes.server import Response
@@ -75,6 +79,17 @@ class FakeRunPod(FakeServer):
 
     def _deploy(self, inp: dict, field: str, spot: bool) -> Response:
         self.inputs.append(inp)
+        type_name = "PodRentInterruptableInput" if spot else "PodFindAndDeployOnDemandInput"
+        for problem in violations(inp, RUNPOD_SPOT if spot else RUNPOD_ON_DEMAND):
+            if problem.startswith("unknown field"):
+                name = problem.split("'")[1]
+                return _errors(f'Variable "$input" got invalid value; Field "{name}" is not defined by type '
+                               f'"{type_name}".', None, "BAD_USER_INPUT")
+            if not problem.startswith("missing"):
+                return _errors(f'Variable "$input" got invalid value; {problem}.', None, "BAD_USER_INPUT")
+        if inp.get("cloudType", "ALL") not in RUNPOD_CLOUD_TYPES:
+            return _errors(f'Variable "$input" got invalid value; Value "{inp["cloudType"]}" does not exist in '
+                           '"CloudTypeEnum" enum.', None, "BAD_USER_INPUT")
         for key in ("imageName", "gpuTypeId", "gpuCount"):
             if not inp.get(key):
                 return _errors(f"Variable \"$input\" got invalid value; Field \"{key}\" of required type was not "

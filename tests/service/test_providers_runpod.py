@@ -6,7 +6,9 @@ capacity/quota/auth/invalid classification, retries, adoption after a lost answe
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -58,10 +60,11 @@ async def test_on_demand_deploy_carries_command_and_env(fake, tmp_path):
         "/workspace/ckpt"
     # dockerArgs is a shell command line that, run in the container, writes and runs the wrapper
     argv = shlex.split(inp["dockerArgs"])
-    assert argv[:2] == ["bash", "-c"] and "sleep infinity" in argv[2]
-    decoded = subprocess.run(["bash", "-c", argv[2].split(" && ")[0].replace("> /tmp/crucible-run.sh", "")],
-                             capture_output=True, text=True, check=True).stdout
-    assert "python train.py --out '/workspace/out dir'" in decoded
+    assert argv[:2] == ["bash", "-c"] and argv[2].endswith("bash /tmp/crucible-run.sh; sleep infinity")
+    sshd_setup, wrapper = (base64.b64decode(b).decode() for b in re.findall(r"echo ([A-Za-z0-9+/=]{16,}) \| base64 -d",
+                                                                          argv[2]))
+    assert "python train.py --out '/workspace/out dir'" in wrapper
+    assert "service ssh start" in sshd_setup and "authorized_keys" in sshd_setup  # sshd first, then the workload
     assert handle.ref in fake.pods and handle.data["run_dir"].startswith("/workspace/crucible/")
     assert (await p.status(handle)).state is RunState.PROVISIONING  # no runtime yet
     fake.set_pod(handle.ref, runtime={"uptimeInSeconds": 3, "ports": []})
@@ -153,18 +156,39 @@ async def test_lost_deploy_answer_adopts_the_pod(fake, tmp_path):
     await p.aclose()
 
 
-async def test_outcome_over_ssh_uses_the_public_port(fake, tmp_path):
+def container_stubs(folder: Path, calls: Path) -> Path:
+    """sshd, service, ssh-keygen and sleep stand-ins that only record their calls (nothing is installed or started)."""
+    folder.mkdir(parents=True)
+    for name in ("sshd", "service", "ssh-keygen", "sleep", "apt-get"):
+        stub = folder / name
+        stub.write_text(f'#!/bin/sh\necho "{name} $*" >> {shlex.quote(str(calls))}\n')
+        stub.chmod(0o755)
+    return folder
+
+
+async def test_start_command_brings_up_sshd_then_the_workload_and_ssh_reads_the_outcome(fake, tmp_path):
     ssh, _, calls = make_fake_ssh(tmp_path / "ssh")
     (tmp_path / "key").write_text("k")
+    (tmp_path / "key.pub").write_text("ssh-ed25519 AAAAprobe crucible-probe\n")
     p = provider(fake, ssh_key_path=str(tmp_path / "key"), ssh_command=str(ssh), remote_root=str(tmp_path / "remote"))
-    handle = await p.submit(spec(tmp_path, command=("sh", "-c", "echo trained; exit 0")))
+    handle = await p.submit(spec(tmp_path, command=("sh", "-c", 'echo workload >> "$CALLS"; echo trained; exit 0')))
     fake.set_pod(handle.ref, runtime={"uptimeInSeconds": 9, "ports": [
         {"ip": "100.65.0.2", "isIpPublic": False, "privatePort": 22, "publicPort": 22, "type": "tcp"},
         {"ip": "203.0.113.9", "isIpPublic": True, "privatePort": 22, "publicPort": 40122, "type": "tcp"}]})
-    wrapper = subprocess.run(["bash", "-c", shlex.split(fake.inputs[-1]["dockerArgs"])[2].split(" && ")[0]
-                              .replace("> /tmp/crucible-run.sh", "")], capture_output=True, text=True).stdout
+    # Run the pod's start command as the container would, with RunPod's env ($PUBLIC_KEY is the account key).
+    container_calls, home = tmp_path / "container-calls", tmp_path / "home"
+    stubs = container_stubs(tmp_path / "stubs", container_calls)
     env = {e["key"]: e["value"] for e in fake.inputs[-1]["env"]}
-    subprocess.run(["bash", "-c", wrapper], check=True, timeout=30, env={"PATH": "/usr/bin:/bin", **env})
+    subprocess.run(shlex.split(fake.inputs[-1]["dockerArgs"]), check=True, timeout=30,
+                   env={"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(home), "CALLS": str(container_calls),
+                        "PUBLIC_KEY": "ssh-ed25519 AAAAaccount me@laptop", **env})
+    order = [line.split()[0] for line in container_calls.read_text().splitlines()]
+    assert order == ["ssh-keygen", "service", "workload", "sleep"], order  # sshd is up before the workload runs
+    assert "service ssh start" in container_calls.read_text() and "apt-get" not in order
+    keys = (home / ".ssh" / "authorized_keys").read_text()
+    assert "AAAAaccount" in keys and "AAAAprobe" in keys
+    assert (home / ".ssh").stat().st_mode & 0o777 == 0o700
+    assert (home / ".ssh" / "authorized_keys").stat().st_mode & 0o777 == 0o600
     status = await p.status(handle)
     assert status.state is RunState.SUCCEEDED and status.exit_code == 0
     assert "root@203.0.113.9" in calls.read_text() and "-p 40122" in calls.read_text()

@@ -12,11 +12,12 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 
+from crucible.scheduler.providers.base import LaunchSpec
 from crucible.scheduler.providers.base import Provider
 from crucible.scheduler.providers.base import ProviderError
 from crucible.scheduler.providers.base import ProviderErrorKind as K
@@ -306,6 +307,23 @@ def need(provider: ProviderHTTP, body: Any, *path: str | int) -> Any:
     return current
 
 
+@dataclasses.dataclass(frozen=True)
+class LaunchPreview:
+    """The provider API calls submit() would make for one spec, without making them (`crucible jobs submit --dry-run`).
+
+    `requests` are {"method", "url", "headers", "json"} with the credential shown as `***` (or where it would come from,
+    when it is missing); `problems` are the reasons submit() would refuse the spec before calling anything.
+    """
+
+    provider: str
+    requests: tuple[Mapping[str, Any], ...]
+    problems: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {"provider": self.provider, "requests": [dict(r) for r in self.requests], "problems": list(self.problems)}
+
+
 def dumps(value: Any) -> str:
     """Compact JSON for logs and handles."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
@@ -351,6 +369,22 @@ class HTTPProvider(Provider):
     def error(self, kind: K, message: str) -> ProviderError:
         """A scrubbed ProviderError of this provider."""
         return self.http.error(kind, message)
+
+    def preview_request(self, method: str, path: str, body: Any) -> dict[str, Any]:
+        """One request as the adapter would send it (same base URL, path and JSON body), the credential redacted."""
+        auth = (f"{self.http._auth_scheme} ***" if self._secret is not None
+                else f"{self.http._auth_scheme} <missing: {self.credentials_hint()}>")
+        return {"method": method, "url": f"{self.http.base_url}{path}",
+                "headers": {"Authorization": auth, "Content-Type": "application/json"}, "json": body}
+
+    def describe_launch(self, spec: LaunchSpec) -> LaunchPreview:
+        """The launch request(s) submit(spec) would send; adapters without a preview say so in `problems`."""
+        return LaunchPreview(self.name, (), (f"{self.name} does not preview its launch request",))
+
+    def refuse(self, problems: Sequence[str]) -> None:
+        """Raise INVALID naming every problem of a launch plan (submit refuses what describe_launch reports)."""
+        if problems:
+            raise self.error(K.INVALID, "; ".join(problems))
 
     async def aclose(self) -> None:
         """Close the HTTP connection pool (the registry calls it at shutdown)."""

@@ -19,11 +19,15 @@ from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
 from crucible.scheduler.providers.http import HTTPProvider
+from crucible.scheduler.providers.http import LaunchPreview
 from crucible.scheduler.providers.http import body_message
 from crucible.scheduler.providers.http import kind_for_status
 from crucible.scheduler.providers.http import need
 
 log = logging.getLogger(__name__)
+
+LAUNCH_PATH = "/instance-operations/launch"
+USER_DATA_LIMIT = 1 << 20  # Lambda accepts cloud-init user data up to 1 MB
 
 
 class LambdaProvider(HTTPProvider):
@@ -67,22 +71,44 @@ class LambdaProvider(HTTPProvider):
             kind = kind_for_status(status)
         return kind, f"{code}: {message}" if code else message
 
-    async def submit(self, spec: LaunchSpec) -> RunHandle:
-        """POST /instance-operations/launch with the wrapper as cloud-init user data; adopt by name after an unclear failure."""
+    def _launch_plan(self, spec: LaunchSpec) -> tuple[dict[str, Any], list[str]]:
+        """The body of POST /instance-operations/launch for `spec`, and what Lambda would refuse in it (checked here).
+
+        Fields and limits from Lambda's API reference (LaunchInstanceRequest): region_name, instance_type_name and
+        exactly one ssh_key_names are required; at most one file system; name up to 64 characters; user_data up to 1 MB.
+        """
+        problems: list[str] = []
+        name, script = remote.run_name(spec), None
         try:
-            name, folder, script = remote.boot_plan(spec, self.remote_root, docker=self.use_docker)
+            name, _folder, script = remote.boot_plan(spec, self.remote_root, docker=self.use_docker)
         except ValueError as exc:
-            raise self.error(K.INVALID, f"lambda {exc}") from None
-        if not self.ssh_key_names:
-            raise self.error(K.INVALID, "setting lambda.ssh_key_names is required (the SSH key name registered at Lambda)")
+            problems.append(f"lambda {exc}")
+        if len(self.ssh_key_names) != 1:
+            problems.append("setting lambda.ssh_key_names must name exactly one SSH key registered at Lambda")
+        if len(self.file_system_names) > 1:
+            problems.append("setting lambda.file_system_names: Lambda attaches at most one file system")
         if not spec.offer.region or not spec.offer.instance_type:
-            raise self.error(K.INVALID, "offer needs region and instance_type (e.g. us-east-1, gpu_1x_a10)")
+            problems.append("offer needs region and instance_type (e.g. us-east-1, gpu_1x_a10): pick an offer with a region")
+        if script is not None and len(script.encode()) > USER_DATA_LIMIT:
+            problems.append(f"cloud-init user_data is {len(script.encode())} bytes, over Lambda's {USER_DATA_LIMIT}")
         body = {"region_name": spec.offer.region, "instance_type_name": spec.offer.instance_type,
                 "ssh_key_names": self.ssh_key_names, "file_system_names": self.file_system_names, "quantity": 1,
                 "name": name, "user_data": script}
-        data = {"name": name, "run_dir": folder, "region": spec.offer.region}
+        return body, problems
+
+    def describe_launch(self, spec: LaunchSpec) -> LaunchPreview:
+        """POST /instance-operations/launch exactly as submit() sends it (the key redacted)."""
+        body, problems = self._launch_plan(spec)
+        return LaunchPreview(self.name, (self.preview_request("POST", LAUNCH_PATH, body),), tuple(problems))
+
+    async def submit(self, spec: LaunchSpec) -> RunHandle:
+        """POST /instance-operations/launch with the wrapper as cloud-init user data; adopt by name after an unclear failure."""
+        body, problems = self._launch_plan(spec)
+        self.refuse(problems)
+        name = body["name"]
+        data = {"name": name, "run_dir": remote.run_dir(spec, self.remote_root), "region": spec.offer.region}
         try:
-            answer = await self.http.request("POST", "/instance-operations/launch", json_body=body, idempotent=False)
+            answer = await self.http.request("POST", LAUNCH_PATH, json_body=body, idempotent=False)
         except ProviderError as exc:
             found = await remote.adopt_after_lost_reply(exc, lambda: self._find_by_name(name))
             if found is None:

@@ -19,6 +19,7 @@ from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
 from crucible.scheduler.providers.http import HTTPProvider
+from crucible.scheduler.providers.http import LaunchPreview
 from crucible.scheduler.providers.http import body_message
 from crucible.scheduler.providers.http import kind_for_status
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 _CAPACITY = ("capacity", "out of stock", "not available in", "no machines available", "unavailable in region")
 _QUOTA = ("limit", "quota", "billing", "payment", "insufficient funds")
+
+PUBLIC_IP_TYPES = ("dynamic", "static", "none")
 
 _PROVISIONING = {"provisioning": "provisioning", "starting": "starting", "restarting": "restarting",
                  "upgrading": "upgrading"}
@@ -99,25 +102,50 @@ class PaperspaceProvider(HTTPProvider):
         ident = obj.get("id") if isinstance(obj, Mapping) else None
         return ident if isinstance(ident, str) and ident else ""
 
+    def _launch_plan(self, spec: LaunchSpec) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        """The bodies of POST /startup-scripts and POST /machines for `spec`, and what Paperspace would refuse in them.
+
+        Fields from Paperspace's machines API (`pspace machine create`): name, machineType, templateId, region and
+        diskSize are required; startupScriptId, startOnCreate and publicIpType are optional. startupScriptId is filled
+        in with the id the first call returns.
+        """
+        problems: list[str] = []
+        name, script = remote.run_name(spec), None
+        try:
+            name, _folder, script = remote.boot_plan(spec, self.remote_root, docker=self.use_docker)
+        except ValueError as exc:
+            problems.append(f"paperspace {exc}")
+        if not self.template_id:
+            problems.append("setting paperspace.template_id is required (the OS template of the machine)")
+        if not spec.offer.instance_type or not spec.offer.region:
+            problems.append("offer needs instance_type (machineType, e.g. A100-80G) and region (e.g. ny2): "
+                            "pick an offer with a region")
+        if self.public_ip_type not in PUBLIC_IP_TYPES:
+            problems.append(f"setting paperspace.public_ip_type must be one of {', '.join(PUBLIC_IP_TYPES)}")
+        script_body = {"name": name, "script": script, "isRunOnce": True, "isEnabled": True}
+        machine_body = {"name": name, "machineType": spec.offer.instance_type, "region": spec.offer.region,
+                        "diskSize": self.disk_size_gb, "templateId": self.template_id, "startupScriptId": None,
+                        "startOnCreate": True, "publicIpType": self.public_ip_type}
+        return script_body, machine_body, problems
+
+    def describe_launch(self, spec: LaunchSpec) -> LaunchPreview:
+        """POST /startup-scripts then POST /machines, as submit() sends them (the key redacted)."""
+        script_body, machine_body, problems = self._launch_plan(spec)
+        machine_body["startupScriptId"] = "<id answered by POST /startup-scripts>"
+        return LaunchPreview(self.name, (self.preview_request("POST", "/startup-scripts", script_body),
+                                         self.preview_request("POST", "/machines", machine_body)), tuple(problems))
+
     async def submit(self, spec: LaunchSpec) -> RunHandle:
         """POST /startup-scripts (run once) then POST /machines {..., startupScriptId, startOnCreate: true}."""
-        try:
-            name, folder, script = remote.boot_plan(spec, self.remote_root, docker=self.use_docker)
-        except ValueError as exc:
-            raise self.error(K.INVALID, f"paperspace {exc}") from None
-        if not self.template_id:
-            raise self.error(K.INVALID, "setting paperspace.template_id is required (the OS template of the machine)")
-        if not spec.offer.instance_type or not spec.offer.region:
-            raise self.error(K.INVALID, "offer needs instance_type (machineType, e.g. A100-80G) and region")
-        answer = await self.http.request("POST", "/startup-scripts", json_body={
-            "name": name, "script": script, "isRunOnce": True, "isEnabled": True}, idempotent=False)
+        script_body, body, problems = self._launch_plan(spec)
+        self.refuse(problems)
+        name = body["name"]
+        answer = await self.http.request("POST", "/startup-scripts", json_body=script_body, idempotent=False)
         script_id = self._id_of(answer)
         if not script_id:
             raise self.error(K.MALFORMED_RESPONSE, "POST /startup-scripts answered no id")
-        data = {"name": name, "run_dir": folder, "startup_script_id": script_id}
-        body = {"name": name, "machineType": spec.offer.instance_type, "region": spec.offer.region,
-                "diskSize": self.disk_size_gb, "templateId": self.template_id, "startupScriptId": script_id,
-                "startOnCreate": True, "publicIpType": self.public_ip_type}
+        data = {"name": name, "run_dir": remote.run_dir(spec, self.remote_root), "startup_script_id": script_id}
+        body["startupScriptId"] = script_id
         try:
             answer = await self.http.request("POST", "/machines", json_body=body, idempotent=False)
             machine_id = self._id_of(answer)

@@ -128,11 +128,40 @@ def boot_plan(spec: LaunchSpec, root: str, *, docker: bool) -> tuple[str, str, s
     return run_name(spec), folder, boot_script(wrapper_script(spec, folder, docker=docker), folder)
 
 
-def container_args(wrapper: str) -> str:
-    """A container start command (RunPod dockerArgs) that runs the wrapper, then idles so the outcome stays readable."""
+#: Env var with one more public key to authorize (the SSH probe's), next to RunPod's account key in $PUBLIC_KEY.
+EXTRA_PUBLIC_KEY_ENV = "CRUCIBLE_SSH_PUBLIC_KEY"
+
+#: Brings up sshd in a container whose start command we replace, as RunPod documents for custom start commands
+#: ("Connect to a Pod with SSH"; RunPod's own images do the same in start.sh): authorize $PUBLIC_KEY (and the probe's
+#: key) in ~/.ssh/authorized_keys, install openssh-server if the image lacks it (Debian/Ubuntu), make host keys, start
+#: the ssh service. Its output goes to /tmp/crucible-sshd.log; a failure here never stops the workload.
+SSHD_SETUP = f"""(
+umask 077
+mkdir -p ~/.ssh
+for key in "${{PUBLIC_KEY:-}}" "${{{EXTRA_PUBLIC_KEY_ENV}:-}}"; do
+  if [ -n "$key" ]; then echo "$key" >> ~/.ssh/authorized_keys; fi
+done
+chmod 700 ~/.ssh; [ -f ~/.ssh/authorized_keys ] && chmod 600 ~/.ssh/authorized_keys
+if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server
+fi
+ssh-keygen -A
+service ssh start || {{ mkdir -p /run/sshd && /usr/sbin/sshd; }}
+) >/tmp/crucible-sshd.log 2>&1
+"""
+
+
+def container_args(wrapper: str, *, sshd: bool = False) -> str:
+    """A container start command (RunPod dockerArgs) that runs the wrapper, then idles so the outcome stays readable.
+
+    With `sshd`, SSHD_SETUP runs first, so the SSH probe can read the exit code and logs of the run folder.
+    """
     encoded = base64.b64encode(wrapper.encode()).decode()
-    return shlex.join(["bash", "-c", f"echo {encoded} | base64 -d > /tmp/crucible-run.sh && bash /tmp/crucible-run.sh; "
-                       "sleep infinity"])
+    prelude = ""
+    if sshd:
+        prelude = f"echo {base64.b64encode(SSHD_SETUP.encode()).decode()} | base64 -d | bash; "
+    return shlex.join(["bash", "-c", f"{prelude}echo {encoded} | base64 -d > /tmp/crucible-run.sh && "
+                       "bash /tmp/crucible-run.sh; sleep infinity"])
 
 
 @dataclasses.dataclass(frozen=True)

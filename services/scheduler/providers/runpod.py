@@ -6,12 +6,15 @@ The job command runs as the container's start command (dockerArgs) under the wra
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from crucible.scheduler.providers import remote
 from crucible.scheduler.providers.base import LaunchSpec
 from crucible.scheduler.providers.base import LogChunk
+from crucible.scheduler.providers.base import OfferRef
 from crucible.scheduler.providers.base import ProviderCapabilities
 from crucible.scheduler.providers.base import ProviderError
 from crucible.scheduler.providers.base import ProviderErrorKind as K
@@ -19,13 +22,14 @@ from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
 from crucible.scheduler.providers.http import HTTPProvider
+from crucible.scheduler.providers.http import LaunchPreview
 from crucible.scheduler.providers.http import kind_for_status
 from crucible.scheduler.providers.http import need
 
 log = logging.getLogger(__name__)
 
 _POD_FIELDS = "id name desiredStatus costPerHr lastStatusChange"
-DEPLOY = ("mutation Deploy($input: PodFindAndDeployOnDemandInput) { podFindAndDeployOnDemand(input: $input) { "
+DEPLOY = ("mutation Deploy($input: PodFindAndDeployOnDemandInput!) { podFindAndDeployOnDemand(input: $input) { "
           + _POD_FIELDS + " } }")
 DEPLOY_SPOT = ("mutation DeploySpot($input: PodRentInterruptableInput!) { podRentInterruptable(input: $input) { "
                + _POD_FIELDS + " } }")
@@ -33,6 +37,23 @@ POD = ("query Pod($input: PodFilter!) { pod(input: $input) { " + _POD_FIELDS + "
        "ports { ip isIpPublic privatePort publicPort type } } } }")
 MY_PODS = "query MyPods { myself { pods { id name desiredStatus } } }"
 TERMINATE = "mutation Terminate($input: PodTerminateInput!) { podTerminate(input: $input) }"
+
+#: Catalog GPU names -> RunPod gpuTypeIds (the ids RunPod's `gpuTypes` query lists; the same pairs SkyPilot keeps).
+GPU_TYPE_IDS = {
+    "A100-80GB": "NVIDIA A100 80GB PCIe", "A100-80GB-SXM": "NVIDIA A100-SXM4-80GB", "A30": "NVIDIA A30",
+    "A40": "NVIDIA A40", "B200": "NVIDIA B200", "H100": "NVIDIA H100 PCIe", "H100-SXM": "NVIDIA H100 80GB HBM3",
+    "H100-NVL": "NVIDIA H100 NVL", "H200-SXM": "NVIDIA H200", "H200": "NVIDIA H200", "L4": "NVIDIA L4",
+    "L40": "NVIDIA L40", "L40S": "NVIDIA L40S", "MI300X": "AMD Instinct MI300X OAM",
+    "RTX3090": "NVIDIA GeForce RTX 3090", "RTX4090": "NVIDIA GeForce RTX 4090", "RTX5090": "NVIDIA GeForce RTX 5090",
+    "RTXA4000": "NVIDIA RTX A4000", "RTXA4500": "NVIDIA RTX A4500", "RTXA5000": "NVIDIA RTX A5000",
+    "RTXA6000": "NVIDIA RTX A6000", "RTX4000-Ada": "NVIDIA RTX 4000 Ada Generation",
+    "RTX6000-Ada": "NVIDIA RTX 6000 Ada Generation", "V100-32GB-SXM2": "Tesla V100-SXM2-32GB",
+}
+_KNOWN_IDS = frozenset(GPU_TYPE_IDS.values())
+_SKYPILOT_TYPE = re.compile(r"(\d+)x_([A-Za-z0-9-]+)_(SECURE|COMMUNITY)")
+_COUNTED_ID = re.compile(r"(\d+)x (.+)")
+_DATA_CENTER = re.compile(r"[A-Z]{2,3}-[A-Z]{2,4}-\d+")
+_COUNTRY = re.compile(r"[A-Z]{2}")
 
 _CAPACITY = ("no longer any instances available", "not enough free gpus", "no instances available",
              "there are no available", "could not find any pods", "out of stock", "no gpus available")
@@ -88,6 +109,12 @@ class RunPodProvider(HTTPProvider):
         self.bid_factor = s.float("bid_factor", 1.0, minimum=0.01)
         self.remote_root = s.str("remote_root", self.volume_mount_path.rstrip("/") + "/crucible")
         self.probe = remote.probe_from_settings(s, "root")
+        # The probe's public key is authorized in the pod next to the account's $PUBLIC_KEY (setting ssh_public_key,
+        # or ssh_key_path + ".pub" when that file exists).
+        self.public_key = s.str("ssh_public_key")
+        if not self.public_key and self.probe is not None:
+            pub = Path(self.probe.key_path + ".pub")
+            self.public_key = pub.read_text(encoding="utf-8").strip() if pub.is_file() else ""
         if self.probe is not None:
             self.capabilities = ProviderCapabilities(spot=True, live_logs=True, artifacts=False)
 
@@ -105,37 +132,86 @@ class RunPodProvider(HTTPProvider):
         return await self.http.graphql(self.graphql_path, query, variables, idempotent=idempotent,
                                        error_kind=graphql_error_kind)
 
-    async def submit(self, spec: LaunchSpec) -> RunHandle:
-        """podFindAndDeployOnDemand (or podRentInterruptable with bidPerGpu when the offer is spot)."""
+    def gpu_type(self, offer: OfferRef) -> tuple[str, int, str, str]:
+        """(gpuTypeId, gpuCount, cloudType, problem) of an offer.
+
+        Accepts a RunPod gpuTypeId ("NVIDIA A100 80GB PCIe"), a catalog GPU name ("A100-80GB"), or SkyPilot's instance
+        type "<count>x_<GPU>_<SECURE|COMMUNITY>" (its RunPod catalog), or "<count>x <gpuTypeId>". RunPod answers an
+        unknown gpuTypeId as if it had no capacity, so unknown names are refused here, before any call.
+        """
+        count = max(1, offer.gpu_count)
+        cloud = self.cloud_type
+        name = offer.instance_type or offer.gpu_name
+        m = _SKYPILOT_TYPE.fullmatch(name)
+        if m:
+            count, name, cloud = int(m.group(1)), m.group(2), m.group(3)
+        m = _COUNTED_ID.fullmatch(name)
+        if m:  # the cost catalog's "<count>x <gpuTypeId>"
+            count, name = int(m.group(1)), m.group(2)
+        if name in GPU_TYPE_IDS:
+            return GPU_TYPE_IDS[name], count, cloud, ""
+        if name in _KNOWN_IDS or name.startswith(("NVIDIA ", "AMD ", "Tesla ")):
+            return name, count, cloud, ""
+        return name, count, cloud, (f"unknown RunPod GPU type {name!r}: use a gpuTypeId such as 'NVIDIA A100 80GB PCIe' "
+                                    f"or one of {', '.join(sorted(GPU_TYPE_IDS))}")
+
+    def _deploy_plan(self, spec: LaunchSpec) -> tuple[str, str, dict[str, Any], list[str]]:
+        """(query, mutation field, `input`, problems) of the deploy mutation for `spec`.
+
+        Fields of PodFindAndDeployOnDemandInput / PodRentInterruptableInput as in RunPod's GraphQL reference and its
+        Python SDK (runpod/api/mutations/pods.py). The offer's region is a data center id ("US-TX-1" -> dataCenterId)
+        or a country ("US" -> countryCode, as SkyPilot's catalog lists it).
+        """
+        problems: list[str] = []
         if spec.code_dir is not None:
-            raise self.error(K.INVALID, "runpod cannot ship code_dir: bake the code into container_image or fetch it "
-                                        "in the command")
-        gpu_type = spec.offer.instance_type or spec.offer.gpu_name
-        if not gpu_type:
-            raise self.error(K.INVALID, "offer needs instance_type (a RunPod gpuTypeId such as 'NVIDIA A40')")
+            problems.append("runpod cannot ship code_dir: bake the code into container_image or fetch it in the command")
+        gpu_type, gpu_count, cloud_type, problem = self.gpu_type(spec.offer)
+        if problem:
+            problems.append(problem)
         name = remote.run_name(spec)
         folder = remote.run_dir(spec, self.remote_root)
+        env: dict[str, str] = {}
+        args = ""
         try:
             env = remote.job_env(spec)
-            args = remote.container_args(remote.wrapper_script(spec, folder, export_env=False))
+            args = remote.container_args(remote.wrapper_script(spec, folder, export_env=False), sshd=True)
         except ValueError as exc:
-            raise self.error(K.INVALID, str(exc)) from None
-        gpu_count = max(1, spec.offer.gpu_count)
+            problems.append(str(exc))
+        if self.public_key:
+            env[remote.EXTRA_PUBLIC_KEY_ENV] = self.public_key
         inp: dict[str, Any] = {
             "name": name, "imageName": spec.container_image or self.image, "gpuTypeId": gpu_type,
-            "cloudType": self.cloud_type, "gpuCount": gpu_count, "volumeInGb": self.volume_gb,
+            "cloudType": cloud_type, "gpuCount": gpu_count, "volumeInGb": self.volume_gb,
             "containerDiskInGb": self.container_disk_gb, "volumeMountPath": self.volume_mount_path,
             "env": [{"key": k, "value": v} for k, v in sorted(env.items())], "dockerArgs": args,
             "ports": "22/tcp", "supportPublicIp": True}
-        if spec.offer.region:
-            inp["dataCenterId"] = spec.offer.region
+        region = spec.offer.region
+        if _DATA_CENTER.fullmatch(region):
+            inp["dataCenterId"] = region
+        elif _COUNTRY.fullmatch(region):
+            inp["countryCode"] = region
+        elif region:
+            problems.append(f"offer region {region!r} is neither a RunPod data center id (US-TX-1) nor a country code (US)")
         if spec.offer.spot:
             if spec.offer.price_usd_per_hour <= 0:
-                raise self.error(K.INVALID, "a spot offer needs price_usd_per_hour to derive bidPerGpu")
-            inp["bidPerGpu"] = round(spec.offer.price_usd_per_hour / gpu_count * self.bid_factor, 4)
-            query, field = DEPLOY_SPOT, "podRentInterruptable"
-        else:
-            query, field = DEPLOY, "podFindAndDeployOnDemand"
+                problems.append("a spot offer needs price_usd_per_hour to derive bidPerGpu")
+            else:
+                inp["bidPerGpu"] = round(spec.offer.price_usd_per_hour / gpu_count * self.bid_factor, 4)
+            return DEPLOY_SPOT, "podRentInterruptable", inp, problems
+        return DEPLOY, "podFindAndDeployOnDemand", inp, problems
+
+    def describe_launch(self, spec: LaunchSpec) -> LaunchPreview:
+        """The deploy mutation exactly as submit() posts it: {"query", "variables": {"input"}} (the key redacted)."""
+        query, _field, inp, problems = self._deploy_plan(spec)
+        body = {"query": query, "variables": {"input": inp}}
+        return LaunchPreview(self.name, (self.preview_request("POST", self.graphql_path, body),), tuple(problems))
+
+    async def submit(self, spec: LaunchSpec) -> RunHandle:
+        """podFindAndDeployOnDemand (or podRentInterruptable with bidPerGpu when the offer is spot)."""
+        query, field, inp, problems = self._deploy_plan(spec)
+        self.refuse(problems)
+        name = inp["name"]
+        folder = remote.run_dir(spec, self.remote_root)
         data = {"name": name, "run_dir": folder, "spot": spec.offer.spot}
         try:
             answer = await self._gql(query, {"input": inp}, idempotent=False)

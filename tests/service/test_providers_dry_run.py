@@ -1,0 +1,117 @@
+"""`crucible jobs submit --provider lambda|runpod|paperspace --dry-run`: a real scheduler and cost service pick an offer
+with a region, and the CLI shows the complete launch request (documented fields only, the key redacted)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+
+from crucible.cli import main
+from crucible.cost.config import CostConfig
+from crucible.cost.server import create_server as create_cost
+from crucible.runtime.config import load_config
+from crucible.scheduler.config import SchedulerConfig
+from crucible.scheduler.providers.credentials import SecretStore
+from crucible.scheduler.providers.lambda_cloud import LambdaProvider
+from crucible.scheduler.providers.paperspace import PaperspaceProvider
+from crucible.scheduler.providers.runpod import RunPodProvider
+from crucible.scheduler.server import create_server as create_scheduler
+from tests.fakes.api_fields import LAMBDA_LAUNCH
+from tests.fakes.api_fields import PAPERSPACE_MACHINE
+from tests.fakes.api_fields import PAPERSPACE_STARTUP_SCRIPT
+from tests.fakes.api_fields import RUNPOD_ON_DEMAND
+from tests.fakes.api_fields import violations
+
+KEYS = {"LAMBDA_API_KEY": "secret_lambda_0123456789abcdef", "RUNPOD_API_KEY": "rpa_SECRET0123456789ABCDEF",
+        "PAPERSPACE_API_KEY": "ps-SECRET-0123456789abcdef"}
+CATALOG = """provider,instance_type,gpu_name,gpu_count,gpu_memory_gib,vcpus,memory_gib,region,price_usd_per_hour,\
+spot_price_usd_per_hour,storage_price_usd_per_gb_hour,egress_price_usd_per_gb,billing_granularity,source,observed_at
+lambda,gpu_1x_a10,A10,1,24,30,200,us-east-1,0.31,,,,per_minute,test row,2026-12-01
+lambda,gpu_1x_a10,A10,1,24,30,200,,0.05,,,,per_minute,cheapest but no region: cannot be launched,2026-12-01
+paperspace,A100-80G,A100-80GB,1,80,,,,0.06,,,,per_hour,cheapest but no region: cannot be launched,2026-12-01
+runpod,NVIDIA A100 80GB PCIe,A100-80GB,1,80,8,80,US-TX-3,0.41,,,,per_second,test row,2026-12-01
+paperspace,A100-80G,A100-80GB,1,80,,,ny2,0.51,,,,per_hour,test row,2026-12-01
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dryrun")
+    (folder / "user.csv").write_text(CATALOG)
+    settings = {"lambda": {"ssh_key_names": "laptop"}, "paperspace": {"template_id": "t0abc123"}}
+    (folder / "providers.json").write_text(json.dumps(settings))
+    store = SecretStore(env=KEYS)
+    providers = {"lambda": LambdaProvider.from_settings(settings["lambda"], secrets=store),
+                 "runpod": RunPodProvider.from_settings({}, secrets=store),
+                 "paperspace": PaperspaceProvider.from_settings(settings["paperspace"], secrets=store)}
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start():
+        cost, cost_port = create_cost(load_config(CostConfig, "cost", env={}, port=0, metrics_enabled=False,
+                                                  state_dir=str(folder / "cost"), user_catalog_file=str(folder / "user.csv")))
+        await cost.start()
+        await cost.wait_ready(30)
+        sched, sched_port = create_scheduler(
+            load_config(SchedulerConfig, "scheduler", env={}, port=0, metrics_enabled=False,
+                        state_dir=str(folder / "state"), cost_address=f"127.0.0.1:{cost_port}"),
+            providers=providers)
+        await sched.start()
+        await sched.wait_ready(30)
+        return [sched, cost], sched_port
+
+    servers, port = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
+    yield {"address": f"127.0.0.1:{port}", "settings": folder / "providers.json"}
+    for s in servers:
+        asyncio.run_coroutine_threadsafe(s.stop(0), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@pytest.mark.parametrize("provider,gpu", [("lambda", "A10"), ("runpod", "A100-80GB"), ("paperspace", "A100-80GB")])
+def test_dry_run_shows_a_complete_launch_request_with_a_region(mesh, provider, gpu, capsys, monkeypatch):
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    argv = ["jobs", "submit", "--address", mesh["address"], "--provider", provider, "--gpu", gpu, "--gpus", "1",
+            "--dry-run", "--provider-settings", str(mesh["settings"])]
+    command = ["--", "python", "train.py"]
+    code = main([*argv, "--json", *command])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
+    shown = json.loads(out)
+    assert shown["offer"]["provider"] == provider and shown["offer"]["region"]
+    launch = shown["launch"]
+    assert launch["problems"] == [] and launch["requests"]
+    for key in KEYS.values():
+        assert key not in out
+    last = launch["requests"][-1]
+    assert last["method"] == "POST" and last["headers"]["Authorization"] == "Bearer ***"
+    if provider == "lambda":
+        assert violations(last["json"], LAMBDA_LAUNCH) == []
+        assert last["json"]["region_name"] == shown["offer"]["region"]
+        assert last["url"] == "https://cloud.lambda.ai/api/v1/instance-operations/launch"
+    elif provider == "runpod":
+        inp = last["json"]["variables"]["input"]
+        assert violations(inp, RUNPOD_ON_DEMAND) == [] and "podFindAndDeployOnDemand" in last["json"]["query"]
+        assert inp["dataCenterId"] == shown["offer"]["region"] and inp["gpuTypeId"].startswith("NVIDIA")
+        assert last["url"] == "https://api.runpod.io/graphql"
+    else:
+        assert violations(launch["requests"][0]["json"], PAPERSPACE_STARTUP_SCRIPT) == []
+        assert violations(last["json"], PAPERSPACE_MACHINE) == [] and last["json"]["region"] == shown["offer"]["region"]
+        assert last["url"] == "https://api.paperspace.com/v1/machines"
+    assert main([*argv, *command]) == 0  # the human form shows the same request
+    text = capsys.readouterr().out
+    assert "launch request: POST" in text and "region " in text and "launch problem" not in text
+
+
+def test_dry_run_without_required_settings_names_the_problem(mesh, capsys, monkeypatch):
+    monkeypatch.setenv("LAMBDA_API_KEY", KEYS["LAMBDA_API_KEY"])
+    argv = ["jobs", "submit", "--address", mesh["address"], "--provider", "lambda", "--gpu", "A10", "--gpus", "1",
+            "--dry-run", "--provider-settings", "", "--", "python", "train.py"]
+    assert main(argv) == 0
+    assert "launch problem: setting lambda.ssh_key_names" in capsys.readouterr().out
