@@ -22,7 +22,7 @@ from pathlib import Path
 
 from crucible.cost import limits
 from crucible.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from crucible.runtime.statefile import Check, open_state_db
+from crucible.runtime.statefile import Check, StateFileError, open_state_db
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ MAX_THRESHOLDS = 20
 MAX_DISPLAY_NAME = limits.MAX_DISPLAY_NAME
 MAX_REQUEST_ID = limits.MAX_REQUEST_ID
 MAX_JOB_ID = limits.MAX_JOB_ID
+#: Largest amount a stored usage cost or budget spend may hold; anything else (infinite, negative) is damage.
+_MAX_STORED_USD = 1e15
 #: Longest recorded interval of one usage record (100 years, the longest protobuf Duration the mesh accepts).
 MAX_INTERVAL_NS = 100 * 366 * 24 * 3600 * 1_000_000_000
 _SCOPE = re.compile(r"^[a-z0-9_.-]+:[a-z0-9_.-]+$")
@@ -207,6 +209,25 @@ class BudgetStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        if self.path != ":memory:":
+            self._check_amounts()
+
+    def _check_amounts(self) -> None:
+        """Refuse a database whose spend is not a finite number (left by an unbounded price before prices were bounded):
+        every admission against it would be refused, so it must be repaired, not served."""
+        bad_usage = self._db.execute(
+            "SELECT job_id, start_ns, end_ns FROM usage WHERE NOT (cost_usd BETWEEN ? AND ?) LIMIT 5",
+            (0.0, _MAX_STORED_USD)).fetchall()
+        bad_budgets = [r[0] for r in self._db.execute(
+            "SELECT budget_id FROM budgets WHERE NOT (spent_usd BETWEEN ? AND ?) LIMIT 5", (0.0, _MAX_STORED_USD))]
+        if bad_usage or bad_budgets:
+            where = "; ".join(
+                [f"usage of job {j!r} [{a}, {b}) ns" for j, a, b in bad_usage] + [f"budget {b}" for b in bad_budgets])
+            raise StateFileError(
+                "database_path", Path(self.path),
+                f"the cost database holds spend that is negative or not a finite number ({where})",
+                "Delete those usage rows and set each budget's spent_usd to the sum of its scope's usage (sqlite3 CLI), "
+                "or restore a backup; the service does not start on it")
 
     def close(self) -> None:
         """Close the database."""

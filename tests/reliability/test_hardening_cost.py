@@ -240,3 +240,21 @@ async def test_megabyte_scope_and_other_oversized_strings_are_refused(tmp_path):
             assert all(len(d) < 500 for _, d in violations)  # the message does not echo the megabyte back
         # The service still answers normally afterwards.
         assert (await stub.ListBudgets(pb.ListBudgetsRequest(scope="user:alice"), timeout=5)).budgets == []
+
+
+def test_cost_database_with_infinite_spend_refuses_to_start(tmp_path):
+    """A database already poisoned by an unbounded price (before the bound) is refused, not served."""
+    db = tmp_path / "state" / "cost.sqlite3"
+    store = BudgetStore(db)
+    budget = store.create_budget(scope="global", display_name="", limit_usd=10.0, thresholds=(),
+                                 enforcement=Enforcement.HARD, request_id="", now_ns=T0 * NS)
+    store.close()
+    con = sqlite3.connect(db)
+    con.execute("INSERT INTO usage VALUES ('job-x', ?, ?, 'o', 'global', 1e308, ?, ?)",
+                ((T0 + 1) * NS, (T0 + 7200) * NS, math.inf, T0 * NS))
+    con.execute("UPDATE budgets SET spent_usd = ?", (math.inf,))
+    con.commit()
+    con.close()
+    with pytest.raises(StateFileError) as err:
+        create_server(_config(tmp_path))
+    assert str(db) in str(err.value) and "job-x" in str(err.value) and budget.budget_id in str(err.value)
