@@ -147,7 +147,7 @@ def test_unavailable_offers_and_unknown_speeds_are_left_out():
                      gpus=load_gpu_table())
     row = next(r for r in book.catalog.rows if r.provider == "modal" and r.gpu_name == "T4")
     book.apply_live("modal", [dataclasses.replace(row, availability=Availability.UNAVAILABLE, origin=Origin.LIVE_API),
-                              dataclasses.replace(row, instance_type="B200", gpu_name="B200")])
+                              dataclasses.replace(row, instance_type="X9", gpu_name="X9")])  # no datasheet figure
     result = compare(book.catalog, Requirements(gpu_count=1), NS_PER_HOUR, objective=Objective.CHEAPEST,
                      providers=["modal"], reference_gpu="T4")
     assert result.ranked == ()
