@@ -69,6 +69,11 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        return os.pread(f.fileno(), size, offset)
+
+
 def _append(path: Path, data: bytes) -> None:
     with open(path, "ab") as f:
         f.write(data)
@@ -430,16 +435,11 @@ class Engine:
             sent = False
             for stream in streams:
                 path = self._log_path(job_id, stream)
-                try:
-                    size = path.stat().st_size
-                except FileNotFoundError:
-                    size = 0
+                size = await asyncio.to_thread(_size, path)
                 while pos[stream] < size:
                     attempt, nxt = self._attempt_at(rec, stream, pos[stream])
                     end = min(size, pos[stream] + LOG_CHUNK, nxt if nxt is not None else size)
-                    with open(path, "rb") as f:
-                        f.seek(pos[stream])
-                        data = f.read(end - pos[stream])
+                    data = await asyncio.to_thread(_read_at, path, pos[stream], end - pos[stream])
                     cut = utf8_cut(data)
                     if cut < len(data) and not (end == nxt or (end == size and terminal)):
                         if cut == 0:

@@ -12,6 +12,7 @@ import grpc
 
 from crucible.api.scheduler.v1 import job_pb2, scheduler_service_pb2 as pb, scheduler_service_pb2_grpc
 from crucible.runtime.errors import InvalidArgument, OutOfRange
+from crucible.scheduler import artifacts
 from crucible.scheduler.core import sizing
 from crucible.scheduler.engine import Engine, now_ts
 from crucible.scheduler.store import decode_page_token, decode_progress_token, encode_page_token, encode_progress_token
@@ -108,6 +109,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def ListArtifacts(self, request: pb.ListArtifactsRequest, context: grpc.aio.ServicerContext
                             ) -> pb.ListArtifactsResponse:
         size = _page_size(request.page_size, 100, "page_size")
+        if len(request.prefix.encode("utf-8", "surrogatepass")) > artifacts.MAX_PATH_BYTES:
+            raise InvalidArgument.field("prefix", f"at most {artifacts.MAX_PATH_BYTES} bytes")
         items = await self.engine.artifacts(request.job_id, request.prefix)
         if request.page_token:
             after = decode_page_token_path(request.page_token)

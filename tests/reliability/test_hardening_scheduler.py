@@ -222,6 +222,7 @@ async def test_artifacts_are_only_single_link_regular_files_inside_the_job(tmp_p
         assert b"".join(c.data for c in got) == b"mine"
         await refused(_download(stub, job.job_id, "a" * 5000), "path")
         await refused(_download(stub, job.job_id, "/".join(["b" * 300] * 3)), "path")
+        await refused(stub.ListArtifacts(pb.ListArtifactsRequest(job_id=job.job_id, prefix="p" * 5000)), "prefix")
 
 
 async def _download(stub, job_id: str, path: str, offset: int = 0) -> list[pb.DownloadArtifactResponse]:

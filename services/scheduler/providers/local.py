@@ -129,6 +129,15 @@ def resolve_job_user(setting: str, python: str, state_dir: str) -> JobUser | Non
     return JobUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
+def _read_from(path: Path, offset: int) -> bytes:
+    """Up to READ_LIMIT bytes of a log file from `offset` (none when it does not exist yet)."""
+    try:
+        with open(path, "rb") as f:
+            return os.pread(f.fileno(), READ_LIMIT, offset)
+    except FileNotFoundError:
+        return b""
+
+
 def _give_to(folder: Path, user: JobUser) -> None:
     """Make the job's working directory the job user's (it writes checkpoints and artifacts there)."""
     os.chown(folder, user.uid, user.gid)
@@ -290,12 +299,7 @@ class LocalProvider(Provider):
     async def read_logs(self, handle: RunHandle, stream: str, offset: int) -> LogChunk:
         """Up to 1 MiB of the attempt's stdout or stderr file from `offset`."""
         path = Path(handle.data["attempt_dir"]) / ("stderr" if stream == "stderr" else "stdout")
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read(READ_LIMIT)
-        except FileNotFoundError:
-            data = b""
+        data = await asyncio.to_thread(_read_from, path, offset)
         return LogChunk(stream, offset, data, offset + len(data))
 
     async def list_artifacts(self, handle: RunHandle) -> list[ArtifactInfo]:
