@@ -1,17 +1,17 @@
-"""Modal adapter: each attempt is a Function of a detached ephemeral App, spawned once and polled by FunctionCall id.
+"""Modal adapter: each attempt is a Modal Sandbox running the job's argv, with live stdout/stderr and its exit code.
 
-The `modal` SDK (gRPC) is imported lazily; tests inject a fake module at the SDK boundary.
+The `modal` SDK (gRPC) is imported lazily; tests inject a fake module at the SDK boundary (tests/fakes/modal_sdk.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import builtins
+import dataclasses
 import importlib
 import logging
 import os
 import sys
-import types
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,62 +32,48 @@ from crucible.scheduler.providers.http import Settings
 log = logging.getLogger(__name__)
 
 CODE_MOUNT = "/root/code"
-TAIL_BYTES = 64 * 1024
+MAX_TIMEOUT_S = 24 * 3600  # Modal's longest Sandbox timeout
+READ_LIMIT = 1 << 20  # bytes returned by one read_logs call
+DRAIN_TIMEOUT_S = 30.0  # how long status() waits for the last log bytes after the Sandbox ended
+TIMEOUT_EXIT, TERMINATED_EXIT = 124, 137  # Modal's returncode for a Sandbox past its timeout / terminated
 
 
-def _run_in_container(argv: list[str], env: dict[str, str], workdir: str, tail_bytes: int) -> dict[str, Any]:
-    """Runs inside the Modal container: the command with its env; returns the exit code and the logs' last bytes.
+@dataclasses.dataclass
+class _Pump:
+    """Copies one Sandbox stream into a local file as it arrives (a thread: the SDK's stream reader blocks)."""
 
-    Only builtins and the standard library: it is pickled by value and must not import crucible.
-    """
-    import os
-    import subprocess
-    import tempfile
+    path: Path
+    thread: threading.Thread | None = None
+    error: str = ""
 
-    full_env = dict(os.environ)
-    full_env.update(env)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.run(argv, env=full_env, cwd=workdir or None, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                              check=False)
-        tails = []
-        for f in (out, err):
-            size = f.seek(0, 2)
-            f.seek(max(0, size - tail_bytes))
-            tails.append((f.read(), size))
-    return {"exit_code": proc.returncode, "stdout": tails[0][0], "stdout_size": tails[0][1], "stderr": tails[1][0],
-            "stderr_size": tails[1][1]}
-
-
-def _portable(fn: types.FunctionType) -> types.FunctionType:
-    """A copy of `fn` that cloudpickle serialises by value (not importable by reference in the container)."""
-    copy = types.FunctionType(fn.__code__, {"__builtins__": builtins}, "crucible_run", fn.__defaults__)
-    copy.__module__ = "__main__"
-    copy.__qualname__ = "crucible_run"
-    return copy
+    @property
+    def done(self) -> bool:
+        return self.thread is not None and not self.thread.is_alive()
 
 
 class ModalProvider(Provider):
-    """Modal functions. Settings: app_prefix, image (default when the job has none), add_python (Python version added
-    to registry images), default_timeout_s, volume_prefix (checkpoint Volumes, one per job), environment.
-    Credentials: MODAL_TOKEN_ID/MODAL_TOKEN_SECRET (env or secrets file) or the SDK's own ~/.modal.toml."""
+    """Modal Sandboxes. Settings: app_name (the App holding every attempt's Sandbox), image (default when the job has
+    none), add_python (Python version added to registry images), default_timeout_s, volume_prefix (checkpoint Volumes,
+    one per job). Credentials: MODAL_TOKEN_ID/MODAL_TOKEN_SECRET (env or secrets file) or the SDK's own ~/.modal.toml."""
 
     name = "modal"
-    capabilities = ProviderCapabilities(spot=False, live_logs=False, artifacts=False)
+    capabilities = ProviderCapabilities(spot=False, live_logs=True, artifacts=False)
 
     def __init__(self, settings: Mapping[str, str] | None = None, *, secrets: SecretStore | None = None,
                  sdk: Any = None) -> None:
         s = self.settings = Settings(self.name, settings or {})
         self.secrets = secrets if secrets is not None else SecretStore(path=s.str("secrets_file") or None)
-        self.app_prefix = s.str("app_prefix", "crucible")
+        self.app = s.str("app_name", "crucible")
         self.image = s.str("image")
         self.add_python = s.str("add_python", f"{sys.version_info.major}.{sys.version_info.minor}")
-        self.default_timeout_s = s.int("default_timeout_s", 24 * 3600, minimum=10)
+        self.default_timeout_s = min(s.int("default_timeout_s", MAX_TIMEOUT_S, minimum=10), MAX_TIMEOUT_S)
         self.volume_prefix = s.str("volume_prefix", "crucible-ckpt")
         self._token_id = self.secrets.get(self.name, "token_id")
         self._token_secret = self.secrets.get(self.name, "token_secret")
         self._sdk = sdk
         self._client: Any = None
-        self._results: dict[str, dict[str, Any]] = {}
+        self._pumps: dict[tuple[str, str], _Pump] = {}
+        self._pumps_lock = threading.Lock()
         self._cancelled: set[str] = set()
 
     @classmethod
@@ -141,40 +127,45 @@ class ModalProvider(Provider):
             kind = K.TRANSIENT  # connection and server errors of the gRPC transport
         return self.error(kind, f"{what}: {kind_name}: {exc}")
 
-    def app_name(self, spec: LaunchSpec) -> str:
-        """The ephemeral App of one attempt: <app_prefix>-<job>-<attempt>."""
-        return self.app_prefix + remote.run_name(spec)[len("crucible"):]
-
     def _gpu(self, spec: LaunchSpec) -> str | None:
         if not spec.offer.gpu_name and spec.offer.gpu_count <= 0:
             return None
         name = spec.offer.gpu_name or spec.offer.instance_type
         return f"{name}:{spec.offer.gpu_count}" if spec.offer.gpu_count > 1 else name
 
+    def _timeout(self, spec: LaunchSpec) -> int:
+        wanted = int(spec.max_duration_s + 0.999) if spec.max_duration_s > 0 else self.default_timeout_s
+        if wanted > MAX_TIMEOUT_S:
+            log.warning("modal: %s attempt %s wants %ss; Modal stops a Sandbox after %ss", spec.job_id, spec.attempt,
+                        wanted, MAX_TIMEOUT_S)
+        return min(wanted, MAX_TIMEOUT_S)
+
     def _launch(self, spec: LaunchSpec) -> str:
-        """Blocking part of submit (runs in a thread): build the App and Function, run it detached, spawn once."""
+        """Blocking part of submit (runs in a thread): look the App up, build the image, create the Sandbox."""
         modal = self.sdk()
+        client = self._sdk_client()
         image_name = spec.container_image or self.image
         image = (modal.Image.from_registry(image_name, add_python=self.add_python) if image_name
                  else modal.Image.debian_slim(python_version=self.add_python))
-        workdir = ""
+        workdir = None
         if spec.code_dir is not None:
             image = image.add_local_dir(str(spec.code_dir), remote_path=CODE_MOUNT)
             workdir = CODE_MOUNT
         volumes = {}
         if spec.checkpoint_dir:
             volume_name = f"{self.volume_prefix}-{remote.job_slug(spec.job_id)}"[:60]
-            volumes[spec.checkpoint_dir] = modal.Volume.from_name(volume_name, create_if_missing=True)
-        app = modal.App(self.app_name(spec))
-        timeout = int(spec.max_duration_s + 0.999) if spec.max_duration_s > 0 else self.default_timeout_s
-        function = app.function(image=image, gpu=self._gpu(spec), timeout=timeout, serialized=True, volumes=volumes,
-                                retries=0)(_portable(_run_in_container))
-        with app.run(client=self._sdk_client(), detach=True):
-            call = function.spawn(list(spec.command), remote.job_env(spec), workdir, TAIL_BYTES)
-        return str(call.object_id)
+            volumes[spec.checkpoint_dir] = modal.Volume.from_name(volume_name, create_if_missing=True, client=client)
+        app = modal.App.lookup(self.app, create_if_missing=True, client=client)
+        sandbox = modal.Sandbox.create(*spec.command, app=app, name=remote.run_name(spec), image=image,
+                                       env=remote.job_env(spec), timeout=self._timeout(spec), workdir=workdir,
+                                       gpu=self._gpu(spec), volumes=volumes, client=client)
+        return str(sandbox.object_id)
+
+    def _data(self, spec: LaunchSpec) -> dict[str, Any]:
+        return {"app": self.app, "name": remote.run_name(spec), "log_dir": str(Path(spec.work_dir) / "modal-logs")}
 
     async def submit(self, spec: LaunchSpec) -> RunHandle:
-        """Spawn the attempt's function on a detached App; the handle is the FunctionCall id (fc-...)."""
+        """Sandbox.create(*argv, app=..., name=crucible-<job>-<attempt>, ...); the handle is the Sandbox id (sb-...)."""
         if not spec.command:
             raise self.error(K.INVALID, "command must not be empty")
         try:
@@ -183,47 +174,105 @@ class ModalProvider(Provider):
             raise self.error(K.INVALID, str(exc)) from None
         self.sdk()
         try:
-            call_id = await asyncio.to_thread(self._launch, spec)
+            sandbox_id = await asyncio.to_thread(self._launch, spec)
         except ProviderError:
             raise
         except Exception as exc:  # noqa: BLE001 - SDK errors are classified by type
-            raise self._sdk_error(exc, "spawn") from None
-        if not call_id.startswith("fc-"):
-            raise self.error(K.MALFORMED_RESPONSE, f"spawn returned call id {call_id!r}")
-        return RunHandle(self.name, call_id, {"app": self.app_name(spec)})
+            if "AlreadyExists" in type(exc).__name__:  # the attempt's Sandbox runs already (a retried submit): adopt it
+                found = await self.find(spec)
+                if found is not None:
+                    return found
+            raise self._sdk_error(exc, "Sandbox.create") from None
+        if not sandbox_id.startswith("sb-"):
+            raise self.error(K.MALFORMED_RESPONSE, f"Sandbox.create returned id {sandbox_id!r}")
+        handle = RunHandle(self.name, sandbox_id, self._data(spec))
+        self._start_pumps(handle)
+        return handle
 
-    def _call(self, handle: RunHandle) -> Any:
-        return self.sdk().FunctionCall.from_id(handle.ref, client=self._sdk_client())
+    async def find(self, spec: LaunchSpec) -> RunHandle | None:
+        """Sandbox.from_name(app, crucible-<job>-<attempt>), finished ones included (re-attachment after a crash)."""
+        def lookup() -> str | None:
+            try:
+                sandbox = self.sdk().Sandbox.from_name(self.app, remote.run_name(spec), include_terminated=True,
+                                                       client=self._sdk_client())
+            except Exception as exc:  # noqa: BLE001
+                if "NotFound" in type(exc).__name__:
+                    return None
+                raise self._sdk_error(exc, "Sandbox.from_name") from None
+            return str(sandbox.object_id)
+
+        sandbox_id = await asyncio.to_thread(lookup)
+        return RunHandle(self.name, sandbox_id, self._data(spec)) if sandbox_id else None
+
+    def _sandbox(self, handle: RunHandle) -> Any:
+        return self.sdk().Sandbox.from_id(handle.ref, client=self._sdk_client())
+
+    # ---------------------------------------------------------------------------------------------- live output
+
+    def _log_path(self, handle: RunHandle, stream: str) -> Path:
+        folder = Path(str(handle.data.get("log_dir") or "modal-logs"))
+        return folder / f"{handle.data.get('name') or handle.ref}.{stream}.log"
+
+    def _start_pumps(self, handle: RunHandle) -> dict[str, _Pump]:
+        """One copying thread per stream of the Sandbox, started once per process (again after a restart: the
+        Sandbox's streams are read from their beginning, so the local files are rewritten with the same bytes)."""
+        pumps = {}
+        with self._pumps_lock:
+            for stream in ("stdout", "stderr"):
+                key = (handle.ref, stream)
+                if key not in self._pumps:
+                    pump = _Pump(self._log_path(handle, stream))
+                    pump.thread = threading.Thread(target=self._copy, args=(handle, stream, pump), daemon=True,
+                                                   name=f"modal-{stream}-{handle.ref}")
+                    self._pumps[key] = pump
+                    pump.thread.start()
+                pumps[stream] = self._pumps[key]
+        return pumps
+
+    def _copy(self, handle: RunHandle, stream: str, pump: _Pump) -> None:
+        try:
+            pump.path.parent.mkdir(parents=True, exist_ok=True)
+            reader = getattr(self._sandbox(handle), stream)
+            with open(pump.path, "wb") as out:
+                for chunk in reader:
+                    out.write(chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk))
+                    out.flush()
+        except Exception as exc:  # noqa: BLE001 - reported by read_logs/status, never raised in a thread
+            pump.error = self.secrets.scrub(f"{type(exc).__name__}: {exc}")[:300]
+            log.warning("modal: %s of %s stopped: %s", stream, handle.ref, pump.error)
+
+    def _drain(self, handle: RunHandle) -> str:
+        """Wait (bounded) until both streams reached their end; '' when they did, else why not."""
+        problems = []
+        for stream, pump in self._start_pumps(handle).items():
+            if pump.thread is not None:
+                pump.thread.join(DRAIN_TIMEOUT_S)
+            if not pump.done:
+                problems.append(f"{stream} still streaming after {DRAIN_TIMEOUT_S:.0f}s")
+            elif pump.error:
+                problems.append(f"{stream} stream failed ({pump.error})")
+        return "; ".join(problems)
+
+    # ---------------------------------------------------------------------------------------------- polling
 
     def _poll(self, handle: RunHandle) -> RunStatus:
-        modal = self.sdk()
-        exc_mod = getattr(modal, "exception", None)
-        function_timeout = getattr(exc_mod, "FunctionTimeoutError", None)
-        modal_timeout = getattr(exc_mod, "TimeoutError", None)
-        call = self._call(handle)
-        try:
-            result = call.get(timeout=0)
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if function_timeout is not None and isinstance(exc, function_timeout):
-                return RunStatus(RunState.FAILED, message="stopped at the function timeout (max_duration_s)")
-            if isinstance(exc, TimeoutError) or (modal_timeout is not None and isinstance(exc, modal_timeout)):
-                return RunStatus(RunState.RUNNING)
-            name = type(exc).__name__
-            if "Cancel" in name or handle.ref in self._cancelled:
-                return RunStatus(RunState.CANCELLED, message=name)
-            if "OutputExpired" in name:
-                return RunStatus(RunState.UNKNOWN, message="Modal no longer keeps this call's result")
-            if any(s in name for s in ("Auth", "NotFound", "Connection", "ResourceExhausted")):
-                raise self._sdk_error(exc, "poll") from None
-            return RunStatus(RunState.FAILED, message=self.secrets.scrub(f"{name}: {exc}")[:500])
-        if not isinstance(result, Mapping) or not isinstance(result.get("exit_code"), int):
-            raise self.error(K.MALFORMED_RESPONSE, "the function returned no exit_code")
-        self._results[handle.ref] = dict(result)
-        code = result["exit_code"]
-        return RunStatus(RunState.SUCCEEDED if code == 0 else RunState.FAILED, exit_code=code)
+        code = self._sandbox(handle).poll()
+        if code is None:
+            self._start_pumps(handle)
+            return RunStatus(RunState.RUNNING)
+        incomplete = self._drain(handle)  # the last output lines reach the log files before the end is reported
+        note = f" (logs may be incomplete: {incomplete})" if incomplete else ""
+        if handle.ref in self._cancelled:
+            return RunStatus(RunState.CANCELLED, exit_code=code, message="terminated by the scheduler" + note)
+        if code == TIMEOUT_EXIT:
+            return RunStatus(RunState.FAILED, exit_code=code, message="stopped at the Sandbox timeout (max_duration_s)" + note)
+        if code == 0:
+            return RunStatus(RunState.SUCCEEDED, exit_code=0, message=note.strip())
+        why = "terminated (killed, out of memory, or stopped outside the scheduler)" if code == TERMINATED_EXIT else ""
+        return RunStatus(RunState.FAILED, exit_code=code, message=(why + note).strip())
 
     async def status(self, handle: RunHandle) -> RunStatus:
-        """FunctionCall.from_id(id).get(timeout=0): TimeoutError -> RUNNING, a result -> its exit code."""
+        """Sandbox.from_id(id).poll(): None -> RUNNING; an exit code -> SUCCEEDED/FAILED (124: past its timeout)."""
         try:
             return await asyncio.to_thread(self._poll, handle)
         except ProviderError:
@@ -232,28 +281,28 @@ class ModalProvider(Provider):
             raise self._sdk_error(exc, "poll") from None
 
     async def cancel(self, handle: RunHandle) -> None:
-        """FunctionCall.cancel(); the container is stopped by Modal."""
+        """Sandbox.terminate(); a Sandbox Modal no longer knows counts as stopped."""
         self._cancelled.add(handle.ref)
         try:
-            await asyncio.to_thread(lambda: self._call(handle).cancel())
+            await asyncio.to_thread(lambda: self._sandbox(handle).terminate())
         except Exception as exc:  # noqa: BLE001
-            err = self._sdk_error(exc, "cancel")
+            err = self._sdk_error(exc, "terminate")
             if err.kind is not K.NOT_FOUND:
                 raise err from None
 
     async def read_logs(self, handle: RunHandle, stream: str, offset: int) -> LogChunk:
-        """After the call finished: the last 64 KiB of each stream, at their true offsets (earlier bytes are skipped).
-
-        Modal streams live logs only to `modal app logs`, so nothing is returned while the call runs.
-        """
+        """Live: the bytes the Sandbox wrote to `stream` since `offset` (copied as they arrive into a local file)."""
         if stream not in ("stdout", "stderr"):
             raise ValueError(f"stream must be stdout or stderr, got {stream!r}")
-        result = self._results.get(handle.ref)
-        if result is None:
-            return LogChunk(stream, offset, b"", offset)
-        data = bytes(result.get(stream) or b"")
-        size = int(result.get(f"{stream}_size", len(data)))
-        start = size - len(data)  # absolute offset of the tail's first byte
-        begin = max(offset, start)
-        chunk = data[begin - start:] if begin < size else b""
-        return LogChunk(stream, begin, chunk, begin + len(chunk))
+        path = self._start_pumps(handle)[stream].path
+
+        def read() -> bytes:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    return f.read(READ_LIMIT)
+            except FileNotFoundError:
+                return b""
+
+        data = await asyncio.to_thread(read)
+        return LogChunk(stream, offset, data, offset + len(data))
