@@ -20,11 +20,14 @@ from prometheus_client import CollectorRegistry
 
 from crucible.api.detector.v1 import detector_service_pb2 as dpb
 from crucible.api.detector.v1 import detector_service_pb2_grpc as dpb_grpc
+from crucible.api.proposer.v1 import proposer_service_pb2 as ppb
+from crucible.api.proposer.v1 import proposer_service_pb2_grpc as ppb_grpc
 from crucible.cli import EXIT_BROKEN_PIPE, main
 from crucible.clients.channel import cli_channel_config
 from crucible.cost.config import CostConfig
 from crucible.cost.server import create_server as create_cost
 from crucible.detector.config import DetectorConfig
+from crucible.proposer.config import ProposerConfig
 from crucible.runtime.config import load_config
 from crucible.runtime.server import create_server as create_runtime
 from crucible.runtime.service import BaseService
@@ -66,6 +69,15 @@ class ScriptedDetector(dpb_grpc.DetectorServiceServicer):
                                               for i, t in enumerate(request.texts)])
 
 
+class ScriptedProposer(ppb_grpc.ProposerServiceServicer):
+    """Embed on the real contract: a unit vector from the text length (no models)."""
+
+    async def Embed(self, request, context):  # noqa: ANN001, ANN201
+        vectors = [[1.0, 0.0] if len(t) % 2 == 0 else [0.6, 0.8] for t in request.texts]
+        return ppb.EmbedResponse(embeddings=[ppb.Embedding(values=v, token_count=len(t))
+                                             for v, t in zip(vectors, request.texts, strict=True)], dimension=2)
+
+
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory):
     """Scheduler, cost and detector servers with TLS + token, served from a background event loop."""
@@ -84,11 +96,14 @@ def secured(tmp_path_factory):
         service = BaseService("detector", ["crucible.detector.v1.DetectorService"], ScriptedDetector(),
                               dpb_grpc.add_DetectorServiceServicer_to_server)
         det, det_port = create_runtime(load_config(DetectorConfig, "detector", **common), service, CollectorRegistry())
-        servers = [sched, cost, det]
+        service = BaseService("proposer", ["crucible.proposer.v1.ProposerService"], ScriptedProposer(),
+                              ppb_grpc.add_ProposerServiceServicer_to_server)
+        prop, prop_port = create_runtime(load_config(ProposerConfig, "proposer", **common), service, CollectorRegistry())
+        servers = [sched, cost, det, prop]
         for s in servers:
             await s.start()
             await s.wait_ready(30)
-        return servers, {"scheduler": sched_port, "cost": cost_port, "detector": det_port}
+        return servers, {"scheduler": sched_port, "cost": cost_port, "detector": det_port, "proposer": prop_port}
 
     servers, ports = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
     yield {"ca": cert, "token_file": folder / "token", "ports": ports, "folder": folder}
@@ -164,6 +179,15 @@ def test_health_uses_tls_and_reports_json(client_env, capsys):
     assert code == 0, (out, err)
     rows = [json.loads(line) for line in out.splitlines()]
     assert {r["service"]: r["status"] for r in rows} == {"scheduler": "SERVING", "cost": "SERVING", "detector": "SERVING"}
+
+
+def test_reward_runs_over_tls_and_token(client_env, capsys, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"original": "the cat sat", "completions": ["a cat sat down", "the cat was sitting"]}) + "\n")
+    code, out, err = _run(capsys, "reward", "--data", str(data), "--json")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 2 and all(0.0 <= r["similarity"] <= 1.0 for r in rows)
 
 
 def test_reward_and_attack_build_their_mesh_from_the_same_config(client_env):
