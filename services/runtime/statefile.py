@@ -103,6 +103,9 @@ def open_state_db(path: str | Path, *, field: str, what: str, check: Check = Che
     path = Path(path)
     remedy = (f"The {what} is not opened, so nothing is served from it: restore it from a backup, or move it away "
               f"to start with an empty {what} (its contents are then lost)")
+    if path.exists() and not path.is_file():
+        # A folder, FIFO, socket or device is a setting gone wrong, never something to move aside, even for a cache.
+        raise StateFileError(field, path, f"the {what} is not a regular file", f"Point {field} at a file")
     for attempt in range(2):
         problem = _problem_before_open(path) if path.exists() else None
         db: sqlite3.Connection | None = None

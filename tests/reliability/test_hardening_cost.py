@@ -258,3 +258,17 @@ def test_cost_database_with_infinite_spend_refuses_to_start(tmp_path):
     with pytest.raises(StateFileError) as err:
         create_server(_config(tmp_path))
     assert str(db) in str(err.value) and "job-x" in str(err.value) and budget.budget_id in str(err.value)
+
+
+def test_a_folder_or_fifo_is_refused_even_as_a_cache(tmp_path):
+    from crucible.detector.cache import SqliteCache
+
+    folder = tmp_path / "cache.sqlite3"
+    folder.mkdir()
+    with pytest.raises(StateFileError, match="not a regular file"):
+        SqliteCache(folder)
+    assert folder.is_dir()  # left where it was
+    fifo = tmp_path / "cost.sqlite3"
+    os.mkfifo(fifo)
+    with pytest.raises(StateFileError, match="not a regular file"):
+        BudgetStore(fifo)  # refused without opening it (opening a FIFO would block)
