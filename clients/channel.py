@@ -224,8 +224,10 @@ def add_connection_arguments(parser: Any, *, address: bool = True, token: bool =
     group.add_argument("--token-file", default=None, metavar="PATH", help="file whose first line is the bearer token")
     group.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None,
                        help="use TLS (system roots unless --ca-file)")
-    group.add_argument("--ca-file", default=None, metavar="PEM", help="CA certificate(s) to verify the server; implies --tls")
-    group.add_argument("--tls-server-name", default=None, metavar="NAME", help="name checked against the server certificate")
+    group.add_argument("--ca-file", default=None, metavar="PEM",
+                       help="CA certificate(s) to verify the server; implies --tls")
+    group.add_argument("--tls-server-name", default=None, metavar="NAME",
+                       help="name checked against the server certificate")
     if timeout:
         group.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="deadline of each call")
 
