@@ -56,8 +56,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run the five services on one host until Ctrl-C")
     mesh_args(up)
-    up.add_argument("--no-console", action="store_true", help="do not start the web console")
-    up.add_argument("--console-port", type=int, default=8080, help="port of the web console (default 8080)")
     demo = sub.add_parser("demo", help="start the mesh, show what it does, stop it cleanly")
     mesh_args(demo)
 
@@ -87,7 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
     # Service-specific commands (e.g. `crucible detect`, `crucible cost ...`, `crucible jobs ...`) live beside each
     # service in crucible/<svc>/cli.py, and the SDK's (`crucible reward`, `crucible attack`) in crucible/clients/cli.py: `add_commands(subparsers)` adds parsers that set_defaults(handler=fn),
     # where fn(args) -> exit code.
-    for module_name in [*(f"crucible.{name}.cli" for name in SERVICES), "crucible.clients.cli", "crucible.console.cli"]:
+    for module_name in [*(f"crucible.{name}.cli" for name in SERVICES), "crucible.clients.cli"]:
         if importlib.util.find_spec(module_name) is not None:
             importlib.import_module(module_name).add_commands(sub)
     return parser
@@ -144,18 +142,6 @@ def _up(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        console = None
-        if not args.no_console:
-            from crucible.console.cli import ConsoleProcess
-
-            console = ConsoleProcess(args.host, args.console_port, {n: mesh.address(n) for n in mesh.services},
-                                     args.log_dir)
-            console.start()
-            try:
-                await console.wait_ready()
-                print(f"console: {console.url}", flush=True)
-            except (RuntimeError, TimeoutError) as err:
-                print(f"crucible up: web console not started: {err}", file=sys.stderr)
         print("serving; Ctrl-C stops every service gracefully", flush=True)
         exited: dict[str, int] = {}
         while not stop.is_set() and not exited:
@@ -166,8 +152,6 @@ def _up(args: argparse.Namespace) -> int:
                 pass
         if exited:
             print(f"crucible up: service(s) exited: {exited}; stopping the rest", file=sys.stderr)
-        if console is not None:
-            console.stop()
         codes = mesh.stop()
         print("stopped: " + ", ".join(f"{n} exit {c}" for n, c in codes.items()), flush=True)
         return 1 if exited else 0
