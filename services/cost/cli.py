@@ -310,10 +310,11 @@ def _run(command: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callab
                 return await command(cost_service_pb2_grpc.CostServiceStub(channel), args)
 
         try:
-            config = cli_channel_config("cost", args)  # address, token, TLS from flags, then TOML/env
+            config = cli_channel_config("cost", args)  # address, token, TLS, deadline from flags, then TOML/env
         except ValueError as err:
             print(f"crucible cost: {err}", file=sys.stderr)
             return 2
+        args.timeout = config.timeout_s
         try:
             return asyncio.run(go())  # a closed stdout (`| head`) ends quietly in crucible.cli.main
         except KeyboardInterrupt:
@@ -342,7 +343,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--address", default=None,
                         help=f"cost service host:port (default $CRUCIBLE_COST_ADDRESS, the client config, or {DEFAULT_ADDRESS})")
-    common.add_argument("--timeout", type=float, default=30.0, help="deadline of each call in seconds (default 30)")
+    common.add_argument("--timeout", type=float, default=None,
+                        help="deadline of each call in seconds (default $CRUCIBLE_CLIENT_TIMEOUT_S or 30)")
     common.add_argument("--token", default=None,
                         help="bearer token when the service has auth on (default $CRUCIBLE_CLIENT_TOKEN, "
                              "$CRUCIBLE_AUTH_TOKEN or the client config)")
