@@ -264,8 +264,8 @@ async def test_40_mb_of_output_is_kept_and_streamed_in_full(tmp_path: Path) -> N
             [sys.executable, "-c", PRINT_MIB.format(n=n)])))).job
         job = await finished(stub, job.job_id)
         assert job.state == S.JOB_STATE_SUCCEEDED
+        assert await _log_bytes(stub, job.job_id) == n * 1024  # before the fix: 16,777,216
         assert not job.logs_truncated and job.log_bytes_dropped == 0
-        assert await _log_bytes(stub, job.job_id) == n * 1024
 
 
 async def test_past_the_cap_the_job_says_so_with_a_field_and_a_marker(tmp_path: Path) -> None:
