@@ -38,7 +38,10 @@ class DetectorConfig(ModelServerConfig):
     )
     max_tokens: int = setting(512, "Tokens scored per text; longer texts are truncated to their first max_tokens and flagged.")
     max_texts_per_call: int = setting(256, "Most texts in one Detect call or DetectStream chunk.")
-    max_text_bytes: int = setting(262144, "Most UTF-8 bytes in one text (checked before tokenising); 0 = no limit.")
+    max_text_bytes: int = setting(
+        65536, "Most UTF-8 bytes in one text, checked before tokenising (INVALID_ARGUMENT naming texts[i]): 4 bytes x "
+        "max_tokens (512) x 32, so long documents still fit and are truncated to their first max_tokens; 0 = no limit."
+    )
     padding_side: str = setting(
         "right", "Where batches are padded; results are the same either way (masked), right is the fast path.",
         choices=("right", "left"),

@@ -24,6 +24,7 @@ from crucible.detector.criterion import (
     pad_batch,
 )
 from crucible.runtime.errors import InvalidArgument
+from crucible.runtime.validation import is_blank
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +251,9 @@ class Detector:
                     where, f"text of {len(text.encode('utf-8'))} UTF-8 bytes exceeds the limit of {s.max_text_bytes}",
                     reason="TEXT_TOO_LARGE",
                 )
-            if not text.strip():
-                raise InvalidArgument.field(where, "must contain a non-whitespace character", reason="EMPTY_TEXT")
+            if is_blank(text):
+                raise InvalidArgument.field(where, "must contain a visible character (not only whitespace, zero-width, "
+                                            "bidi or other invisible characters)", reason="EMPTY_TEXT")
             bad = _CONTROL.search(text)
             if bad is not None:
                 raise InvalidArgument.field(

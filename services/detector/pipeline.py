@@ -24,8 +24,10 @@ from crucible.runtime.batching import BatcherMetrics, BatchSettings, DynamicBatc
 
 log = logging.getLogger(__name__)
 
-# Texts larger than this (in characters, summed over a call) are tokenised in a thread, off the event loop.
-_TOKENIZE_INLINE_CHARS = 65536
+# Rows and tokens per row of the probe batch that measures throughput at start (the admission prior): as long as the
+# texts a full call scores (max_tokens, up to 512), so the rate holds for them; two rows keep it to seconds on a CPU.
+_PROBE_ROWS = 2
+_PROBE_TOKENS = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +100,24 @@ class DetectionPipeline:
         """Start the batching loop (call from the serving event loop)."""
         self.batcher.start()
 
+    async def measure_throughput(self) -> float | None:
+        """Run one probe batch of long texts through the batcher, so admission by expected wait has a measured rate
+        before the first real batch (the service awaits it before reporting SERVING); returns tokens per second."""
+        tokens = min(_PROBE_TOKENS, self.detector.settings.max_tokens)
+        texts = [" ".join(f"probe{row} word{i}" for i in range(tokens)) for row in range(_PROBE_ROWS)]
+        try:
+            prepared = await asyncio.to_thread(self.detector.prepare, texts, classifier=self.detector.classifier is not None)
+            await self.batcher.submit_many(prepared)  # the first pass at this length allocates; it is not the rate
+            self.batcher.throughput.forget()
+            await self.batcher.submit_many(prepared)
+        except Exception:  # noqa: BLE001 - the prior is an optimisation; admission then waits for real measurements
+            log.warning("detector throughput probe failed; admission by expected wait starts after the first batch",
+                        exc_info=True)
+            return None
+        log.info("detector throughput %.0f tokens/s (probe of %d x %d tokens)", self.batcher.throughput.rate or 0.0,
+                 _PROBE_ROWS, tokens)
+        return self.batcher.throughput.rate
+
     async def stop(self) -> None:
         """Stop batching (waiting items fail UNAVAILABLE) and close the disk cache."""
         await self.batcher.stop()
@@ -122,11 +142,12 @@ class DetectionPipeline:
     ) -> CallResult:
         """Check, look up, batch and calibrate one call's texts; errors name `field[first_index + i]`."""
         with_classifier = self.detector.check_members(members, members_field)
-        if sum(len(t) for t in texts if isinstance(t, str)) > _TOKENIZE_INLINE_CHARS:
-            prepared = await asyncio.to_thread(self.detector.prepare, texts, classifier=with_classifier, field=field,
-                                               first_index=first_index)
-        else:
-            prepared = self.detector.prepare(texts, classifier=with_classifier, field=field, first_index=first_index)
+        # Refuse before tokenising when even the shortest texts could not be scored in time (2 tokens is the least a
+        # text may have); under a burst, the tokeniser work of calls that are refused anyway would slow the model.
+        self.batcher.check_wait(2 * len(texts), timeout, items=len(texts))
+        # Checks (byte limits first) and tokenising run in a thread: the event loop keeps serving health and other calls.
+        prepared = await asyncio.to_thread(self.detector.prepare, texts, classifier=with_classifier, field=field,
+                                           first_index=first_index)
         computed = self.members_for(members)
         results: list[RawScores | None] = [None] * len(prepared)
         cached = [False] * len(prepared)

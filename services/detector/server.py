@@ -52,6 +52,7 @@ class DetectorService(BaseService):
         pipeline = DetectionPipeline(detector, calibration, self.batch_settings(), cache_size=cfg.cache_size,
                                      cache_path=cfg.cache_path, registry=self.registry)
         pipeline.start()
+        await pipeline.measure_throughput()  # the prior of admission by expected wait
         servicer = self.detector_servicer
         servicer.limits = pb.Limits(max_tokens=cfg.max_tokens, max_texts_per_call=cfg.max_texts_per_call,
                                     max_text_bytes=cfg.max_text_bytes)

@@ -23,6 +23,7 @@ from crucible.runtime.errors import (
     InvalidArgument,
     Unavailable,
 )
+from crucible.runtime.validation import is_blank
 from prometheus_client import CollectorRegistry, Counter
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class _Violations:
 
 
 def _blank(text: str) -> bool:
-    return not text or text.isspace()
+    return is_blank(text)  # whitespace, zero-width, bidi, BOM and other invisible characters only
 
 
 def plan_placement(config: ProposerConfig) -> None:
@@ -172,6 +173,9 @@ class ProposerEngine:
             max_batch_tokens=config.max_batch_tokens,
             max_wait_s=config.max_wait_ms / 1000.0,
             max_queue_size=config.max_queue_size,
+            # Generation time goes with decode steps x batch fill, not with tokens of cost, so a tokens/s estimate
+            # would refuse calls that fit; rows stop at their caller's deadline instead (GenerationRow.abort).
+            admit_by_wait=False,
         )
         self.embedding_settings = BatchSettings(
             max_batch_size=config.embed_max_batch_size, max_batch_tokens=0,
@@ -346,6 +350,10 @@ class ProposerEngine:
         )
         return prompts.render_prompt(self.generator.tokenizer, messages)
 
+    def _render_and_encode(self, spec: ProposeSpec) -> tuple[str, tuple[int, ...]]:
+        prompt = self.render(spec)
+        return prompt, tuple(prompts.encode_prompt(self.generator.tokenizer, prompt))
+
     async def propose(self, spec: ProposeSpec, *, timeout: float | None = None) -> ProposeResult:
         """Validate, build the prompt, generate n rows through the batcher, then clean and filter the candidates.
 
@@ -356,8 +364,7 @@ class ProposerEngine:
         self.require_ready()
         assert self._generate is not None
         cfg = self.config
-        prompt = self.render(spec)
-        prompt_ids = tuple(prompts.encode_prompt(self.generator.tokenizer, prompt))
+        prompt, prompt_ids = await asyncio.to_thread(self._render_and_encode, spec)  # tokenising off the event loop
         max_new = spec.max_new_tokens or cfg.default_max_new_tokens
         context = self.generator.max_length
         if context is not None and len(prompt_ids) + max_new > context:

@@ -91,6 +91,13 @@ class ServerConfig:
             if path and not os.path.isfile(path):
                 raise ConfigError(name, f"file not found: {path}")
 
+    def text_limits(self) -> Any:
+        """Byte limits the runtime holds every request's strings to before its handler runs (none by default;
+        the model services set them)."""
+        from crucible.runtime.validation import TextLimits
+
+        return TextLimits()
+
     def resolved_metrics_port(self, grpc_port: int) -> int:
         """The metrics port to bind given the bound gRPC port (-1 means gRPC port + 1000, 0 means any free port)."""
         if self.metrics_port == -1:

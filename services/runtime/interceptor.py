@@ -1,6 +1,8 @@
-"""The server interceptor every Crucible service runs: metrics, request ids, bearer-token auth and error mapping.
+"""The server interceptor every Crucible service runs: metrics, request ids, auth, request checks and error mapping.
 
-One wrapper per call does all four in a fixed order so each call is counted once and every failure has one status.
+One wrapper per call does all of it in a fixed order so each call is counted once and every failure has one status.
+Request bytes that do not parse become INVALID_ARGUMENT (not grpc's UNKNOWN naming a Python class), and every string
+of a request is held to the service's byte limits before its handler runs.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from crucible.runtime.errors import CrucibleError, Unauthenticated, internal_status, to_status
+from crucible.runtime.errors import CrucibleError, InvalidArgument, Unauthenticated, internal_status, to_status
 from crucible.runtime.logs import REQUEST_ID
+from crucible.runtime.validation import TextLimits, check_text_sizes, string_fields
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +182,10 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
     The request id (from x-request-id or generated) is returned in trailing metadata, on errors too.
     """
 
-    def __init__(self, metrics: ServerMetrics, *, domain: str, token: str = "") -> None:
+    def __init__(self, metrics: ServerMetrics, *, domain: str, token: str = "", text_limits: TextLimits | None = None) -> None:
         self._metrics = metrics
         self.domain = domain
+        self.text_limits = text_limits or TextLimits()
         self._token = token.encode() if token else b""
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -209,23 +213,66 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), self._token)
 
 
+class _Malformed:
+    """Stands in for a request whose bytes did not parse; the call fails with INVALID_ARGUMENT inside its scope."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(f"request is not a valid {self.message}", reason="MALFORMED_REQUEST")
+
+
+def _safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """grpc.aio answers a deserializer's exception with UNKNOWN and the exception's class and text; this one returns
+    a _Malformed marker instead, so the call is answered INVALID_ARGUMENT by the interceptor's error mapping."""
+    if deserialize is None:
+        return None
+    owner = getattr(deserialize, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    name = getattr(descriptor, "full_name", "") or "message"
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:  # noqa: BLE001 - DecodeError, or anything a corrupt payload makes the parser raise
+            return _Malformed(name)
+
+    return parse
+
+
+def _checked(request: Any, limits: TextLimits) -> Any:
+    """The request after the malformed-bytes and text-size checks (InvalidArgument when one fails)."""
+    if isinstance(request, _Malformed):
+        raise request.error()
+    if limits.enabled and hasattr(request, "ListFields"):
+        check_text_sizes(string_fields(request), limits)
+    return request
+
+
 def _wrap_handler(
     handler: grpc.RpcMethodHandler, owner: RuntimeInterceptor, method: str, metrics: _MethodMetrics
 ) -> grpc.RpcMethodHandler:
     """Rebuild the method handler with each behaviour running inside a _CallScope, preserving its streaming shape."""
+    limits = owner.text_limits
+    # A stream message is held to the per-request total here; its texts are numbered across the whole stream, so the
+    # service checks each one itself and names it by its position in the stream (DetectStream: texts[i]).
+    stream_limits = TextLimits(0, limits.max_request_bytes)
 
     def count_in(request_iterator: Any) -> Any:
         async def counted() -> AsyncIterator[Any]:
             async for item in request_iterator:
                 metrics.received.inc()
-                yield item
+                yield _checked(item, stream_limits)
 
         return counted()
 
     def wrap_unary_response(behavior: Callable[..., Any], streaming_in: bool) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with _CallScope(owner, method, metrics, context):
-                return await behavior(count_in(request) if streaming_in else request, context)
+                return await behavior(count_in(request) if streaming_in else _checked(request, limits), context)
 
         return call
 
@@ -234,7 +281,7 @@ def _wrap_handler(
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with _CallScope(owner, method, metrics, context):
-                    async for item in behavior(count_in(request) if streaming_in else request, context):
+                    async for item in behavior(count_in(request) if streaming_in else _checked(request, limits), context):
                         metrics.sent.inc()
                         yield item
 
@@ -242,18 +289,19 @@ def _wrap_handler(
 
         return wrap_unary_response(behavior, streaming_in)  # a coroutine that writes with context.write()
 
+    deserialize = _safe_deserializer(handler.request_deserializer)
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            wrap_unary_response(handler.unary_unary, False), handler.request_deserializer, handler.response_serializer
+            wrap_unary_response(handler.unary_unary, False), deserialize, handler.response_serializer
         )
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            wrap_unary_response(handler.stream_unary, True), handler.request_deserializer, handler.response_serializer
+            wrap_unary_response(handler.stream_unary, True), deserialize, handler.response_serializer
         )
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            wrap_stream_response(handler.unary_stream, False), handler.request_deserializer, handler.response_serializer
+            wrap_stream_response(handler.unary_stream, False), deserialize, handler.response_serializer
         )
     return grpc.stream_stream_rpc_method_handler(
-        wrap_stream_response(handler.stream_stream, True), handler.request_deserializer, handler.response_serializer
+        wrap_stream_response(handler.stream_stream, True), deserialize, handler.response_serializer
     )

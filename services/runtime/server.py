@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from crucible.runtime.config import ServerConfig
 from crucible.runtime.errors import Unimplemented, error_domain
 from crucible.runtime.interceptor import RuntimeInterceptor, ServerMetrics
+from crucible.runtime.memory import limit_arenas
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ class CrucibleServer:
         self._stopping = False
         token = config.bearer_token()
         self._grpc = grpc.aio.server(
-            interceptors=[RuntimeInterceptor(ServerMetrics(registry), domain=error_domain(service.short_name), token=token)],
+            interceptors=[RuntimeInterceptor(ServerMetrics(registry), domain=error_domain(service.short_name), token=token,
+                                             text_limits=config.text_limits())],
             options=_channel_options(config),
             maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
         )
@@ -90,6 +92,9 @@ class CrucibleServer:
 
     async def start(self) -> None:
         """Serve immediately (health NOT_SERVING), then run the service's start hook in the background."""
+        arenas = getattr(self.config, "malloc_arena_max", 0)
+        if arenas:
+            limit_arenas(arenas)
         await self._set_health(NOT_SERVING)
         await self._grpc.start()
         if self.config.metrics_enabled:

@@ -33,9 +33,37 @@ class ModelServerConfig(ServerConfig):
         choices=("auto", "float32", "bfloat16", "float16"),
     )
     model_cache_dir: str = setting("", "Where prepared models live; empty means $CRUCIBLE_CACHE_DIR or ~/.cache/crucible.")
+    max_message_bytes: int = setting(
+        16 * 1024 * 1024,
+        "Largest request or response message in bytes; larger ones fail with RESOURCE_EXHAUSTED before they are parsed. "
+        "Model requests are text: max_request_bytes of it plus framing.",
+    )
+    max_text_bytes: int = setting(
+        32768,
+        "Most UTF-8 bytes in any one string of a request (a text, an option, a choice, a prefix), checked before any "
+        "tokenising: INVALID_ARGUMENT naming the field. 16 bytes per token x a 2048-token sequence; 0 = no limit.",
+    )
+    max_request_bytes: int = setting(
+        4 * 1024 * 1024,
+        "Most UTF-8 bytes of all the strings of one request (or one stream message) together; INVALID_ARGUMENT "
+        "beyond it. Bounds the tokenising and memory one call can ask for; 0 = no limit.",
+    )
+    malloc_arena_max: int = setting(
+        2,
+        "glibc malloc arenas the process may create (mallopt M_ARENA_MAX), set at start; fewer arenas keep less freed "
+        "memory stranded per thread after a burst. 0 leaves glibc's default (8 x cores).",
+    )
+
+    def text_limits(self) -> Any:
+        from crucible.runtime.validation import TextLimits
+
+        return TextLimits(self.max_text_bytes, self.max_request_bytes)
 
     def validate(self) -> None:
         super().validate()
+        for name in ("max_text_bytes", "max_request_bytes", "malloc_arena_max"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, "must not be negative")
         if not self.model.strip():
             raise ConfigError("model", "must name a registry alias or a local folder")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):

@@ -24,7 +24,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from crucible.runtime.batching import BatchCancel
 from crucible.runtime.errors import InvalidArgument
+from crucible.runtime.validation import is_blank
 from crucible.scorer.seca import (
     McqQuestion,
     QuestionError,
@@ -317,13 +319,18 @@ class TargetScorer:
             where = f"items[{index}]"
             if request.question is not None:
                 q = request.question
+                for name, text in (("subject", q.subject), ("question", q.question),
+                                   *((f"options[{j}]", o) for j, o in enumerate(q.options))):
+                    if text.strip() and is_blank(text):  # empty or whitespace: the question checks' own messages
+                        raise InvalidArgument.field(f"{where}.question.{name}", "must contain a visible character",
+                                                    reason="EMPTY_TEXT")
                 try:
                     prompt = build_seca_prompt(q.subject, q.question, q.options)
                 except QuestionError as err:
                     raise InvalidArgument.field(f"{where}.question.{err.field}", err.description, reason=err.reason) from None
                 choices = request.choices or self.default_choices(len(q.options))
             elif request.prompt is not None:
-                if not request.prompt.strip():
+                if is_blank(request.prompt):
                     raise InvalidArgument.field(
                         f"{where}.raw_prompt", "must contain a non-whitespace character", reason="EMPTY_PROMPT"
                     )
@@ -341,8 +348,9 @@ class TargetScorer:
                 )
             seen: dict[str, int] = {}
             for j, choice in enumerate(choices):
-                if not choice:
-                    raise InvalidArgument.field(f"{where}.choices[{j}]", "must not be empty", reason="EMPTY_CHOICE")
+                if is_blank(choice):
+                    raise InvalidArgument.field(f"{where}.choices[{j}]", "must contain a visible character (not only "
+                                                "whitespace or invisible characters)", reason="EMPTY_CHOICE")
                 if choice in seen:
                     raise InvalidArgument.field(
                         f"{where}.choices[{j}]", f"duplicates choices[{seen[choice]}] ({choice!r})", reason="DUPLICATE_CHOICE"
@@ -380,7 +388,7 @@ class TargetScorer:
         """Validate and tokenise ScoreTexts items (truncating texts that overflow); raises InvalidArgument."""
         self._check_item_count(len(requests))
         for index, request in enumerate(requests):
-            if not request.text.strip():
+            if is_blank(request.text):
                 raise InvalidArgument.field(
                     f"items[{index}].text", "must contain a non-whitespace character", reason="EMPTY_TEXT"
                 )
@@ -426,8 +434,10 @@ class TargetScorer:
         out.logits = out.logits[:, -keep:]
         return out
 
-    def score_choices(self, jobs: Sequence[ChoiceJob]) -> list[ChoiceScores]:
-        """Summed log-probability of every choice of every job: one prompt pass, then one cached pass for tails."""
+    def score_choices(self, jobs: Sequence[ChoiceJob], cancel: BatchCancel | None = None) -> list[ChoiceScores]:
+        """Summed log-probability of every choice of every job: one prompt pass, then one cached pass for tails.
+
+        `cancel` is checked between passes: once every caller of the batch has gone, the rest is not computed."""
         if not jobs:
             return []
         rows: dict[tuple[int, ...], int] = {}
@@ -458,6 +468,8 @@ class TargetScorer:
             totals += picked.double().cpu()
             if tails:
                 for part, copy_first in self._tail_passes(tails, ids.shape[1]):
+                    if cancel is not None:
+                        cancel.raise_if_cancelled()
                     select = torch.tensor([row for _, row, _ in part], device=self.device)
                     cache = _select_cache_rows(out.past_key_values, select, copy_first=copy_first)
                     # feed c[0..k-2]; the logits at those positions predict c[1..k-1]
@@ -515,10 +527,14 @@ class TargetScorer:
             totals = torch.zeros(len(jobs), dtype=torch.float64).index_add_(0, segments, _token_logprobs(out.logits, targets))
         return [text_scores(total, len(job.scored_ids)) for total, job in zip(totals.tolist(), jobs, strict=True)]
 
-    def run_batch(self, jobs: Sequence[ChoiceJob | TextJob]) -> list[ChoiceScores | TextScores]:
-        """The batcher's entry point: a batch holds one kind of job (the batcher groups them by kind)."""
+    def run_batch(self, jobs: Sequence[ChoiceJob | TextJob], cancel: BatchCancel | None = None
+                  ) -> list[ChoiceScores | TextScores]:
+        """The batcher's entry point: a batch holds one kind of job (the batcher groups them by kind); `cancel` says
+        when every caller of the batch has gone."""
+        if cancel is not None:
+            cancel.raise_if_cancelled()
         if all(isinstance(job, ChoiceJob) for job in jobs):
-            return list(self.score_choices(jobs))  # type: ignore[arg-type]
+            return list(self.score_choices(jobs, cancel))  # type: ignore[arg-type]
         if all(isinstance(job, TextJob) for job in jobs):
             return list(self.score_texts(jobs))  # type: ignore[arg-type]
         raise TypeError("a batch mixes choice and text jobs; the batcher must group them by kind")

@@ -107,6 +107,12 @@ class ScorerService(BaseService):
         texts = scorer.prepare_texts([TextRequest(text="Warm-up text for the scorer.")])
         await batcher.submit_many([p.job for p in choices])
         await batcher.submit_many([p.job for p in texts])
+        # A probe of two longer texts measures the model's tokens per second: the prior of admission by expected wait.
+        words = min(256, scorer.limits.max_tokens // 2)
+        probe = scorer.prepare_texts([TextRequest(text=" ".join(f"probe{row} word{i}" for i in range(words)))
+                                      for row in range(2)])
+        await batcher.submit_many([p.job for p in probe])
+        log.info("scorer throughput %.0f tokens/s", batcher.throughput.rate or 0.0)
 
     async def stop(self) -> None:
         """Fail waiting items with UNAVAILABLE, let the running batch finish, restore the CPU placement."""

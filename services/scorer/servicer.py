@@ -5,6 +5,7 @@ Validation, tokenisation and scoring live in scoring.py and seca.py; batching in
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,8 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
     async def ScoreChoices(self, request: pb.ScoreChoicesRequest, context: grpc.aio.ServicerContext) -> pb.ScoreChoicesResponse:
         """Validate and tokenise the items, score them through the batcher, answer in request order."""
         runtime = self._service.ready()
-        prepared = runtime.scorer.prepare_choices([_choice_request(item) for item in request.items])
+        # Byte limits were checked by the runtime before this handler ran; tokenising happens off the event loop.
+        prepared = await asyncio.to_thread(runtime.scorer.prepare_choices, [_choice_request(item) for item in request.items])
         scores = await runtime.batcher.submit_many([p.job for p in prepared], timeout=context.time_remaining())
         results = []
         for item, score in zip(prepared, scores, strict=True):
@@ -71,7 +73,8 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
     async def ScoreTexts(self, request: pb.ScoreTextsRequest, context: grpc.aio.ServicerContext) -> pb.ScoreTextsResponse:
         """Validate and tokenise the texts, score them through the batcher, answer in request order."""
         runtime = self._service.ready()
-        prepared = runtime.scorer.prepare_texts([TextRequest(text=i.text, prefix=i.prefix) for i in request.items])
+        prepared = await asyncio.to_thread(runtime.scorer.prepare_texts,
+                                           [TextRequest(text=i.text, prefix=i.prefix) for i in request.items])
         scores = await runtime.batcher.submit_many([p.job for p in prepared], timeout=context.time_remaining())
         return pb.ScoreTextsResponse(
             scores=[

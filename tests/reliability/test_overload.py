@@ -165,12 +165,17 @@ async def test_short_deadlines_expire_and_the_server_keeps_working(detector: Det
         # A backlog: 6 long texts, computed 2 at a time (3 forward passes); then calls that cannot wait that long.
         backlog = asyncio.create_task(_detect(stub, _texts("backlog", 6)))
         await asyncio.sleep(0.01)
+        rejected_before = detector.items("rejected")
         hurried = await asyncio.gather(*(_detect(stub, [f"hurried {i}: {LONG}"], timeout=0.1) for i in range(2)))
-        assert [c for c, _, _ in hurried] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2
+        # Refused at once when admission sees the backlog would outlast the deadline; else dropped when it passes.
+        for code, reason, _ in hurried:
+            assert (code, reason) in ((grpc.StatusCode.DEADLINE_EXCEEDED, ""),
+                                      (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUEUE_WAIT_EXCEEDS_DEADLINE")), (code, reason)
         assert (await backlog)[0] == grpc.StatusCode.OK
         wait_until(lambda: detector.in_flight("Detect") == 0, 30, what="no Detect handler left running")
-        # The hurried texts were dropped, not computed for nobody.
-        assert detector.items("expired") + detector.items("cancelled") - dropped_before == 2
+        # The hurried texts were refused or dropped, not computed for nobody.
+        assert (detector.items("expired") + detector.items("cancelled") - dropped_before
+                + detector.items("rejected") - rejected_before) == 2
         assert detector.items("done") - done_before == 6
         assert detector.queue_depth() == 0, "queue-depth gauge stale after expired/cancelled items were dropped"
         assert (await _detect(stub, ["Still answering after the deadlines."]))[0] == grpc.StatusCode.OK
