@@ -203,3 +203,52 @@ async def test_adapters_map_the_refusals(tmp_path):
     finally:
         for fake in (lam, rp, ps):
             await fake.close()
+
+
+async def test_replicate_kubernetes_and_modal_preview_what_they_send(tmp_path):
+    from tests.fakes.kubernetes_api import FakeKubernetes
+    from tests.fakes.modal_sdk import FakeModal
+    from tests.fakes.replicate_api import FakeReplicate
+    from tests.service import test_providers_kubernetes as kube
+    from tests.service import test_providers_replicate as rep
+    from tests.unit import test_providers_modal as mod
+
+    fake = await FakeReplicate(rep.TOKEN).start()
+    try:
+        p = rep.provider(fake)
+        s = rep.spec(tmp_path)
+        preview = p.describe_launch(s)
+        assert preview.problems == () and rep.TOKEN not in json.dumps(preview.as_dict())
+        training = fake.trainings[(await p.submit(s)).ref]
+        request = preview.requests[0]
+        assert request["json"]["input"] == training["input"] and request["json"]["destination"] == training["destination"]
+        assert request["url"].endswith(f"/v1/models/{training['model']}/versions/{training['version']}/trainings")
+        await p.aclose()
+    finally:
+        await fake.close()
+
+    fake = await FakeKubernetes(kube.TOKEN).start()
+    try:
+        p = kube.provider(fake)
+        s = kube.spec(tmp_path)
+        preview = p.describe_launch(s)
+        assert preview.problems == () and kube.TOKEN not in json.dumps(preview.as_dict())
+        handle = await p.submit(s)
+        job = fake.jobs[(kube.NS, handle.ref)]
+        manifest = preview.requests[0]["json"]
+        assert preview.requests[0]["url"] == f"{fake.url}/apis/batch/v1/namespaces/{kube.NS}/jobs"
+        assert manifest["metadata"]["name"] == handle.ref
+        assert manifest["spec"]["template"]["spec"] == job["spec"]["template"]["spec"]
+    finally:
+        await fake.close()
+
+    sdk = FakeModal(mod.TOKEN_ID, mod.TOKEN_SECRET)
+    p = mod.provider(sdk)
+    s = mod.spec(tmp_path, ("echo", "hi"), max_duration_s=120)
+    preview = p.describe_launch(s)
+    assert preview.problems == () and mod.TOKEN_SECRET not in json.dumps(preview.as_dict())
+    call = preview.requests[0]["json"]
+    run = sdk.runs[(await p.submit(s)).ref]
+    assert (call["name"], call["timeout"], call["gpu"], call["env"]) == (run.name, run.options["timeout"],
+                                                                         run.options["gpu"], run.options["env"])
+    sdk.shutdown()

@@ -23,6 +23,7 @@ from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
 from crucible.scheduler.providers.credentials import SecretStore
+from crucible.scheduler.providers.http import LaunchPreview
 from crucible.scheduler.providers.http import Settings
 from crucible.scheduler.providers.http import kind_for_status
 from crucible.scheduler.providers.http import parse_retry_after
@@ -200,6 +201,16 @@ class KubernetesProvider(Provider):
             job_spec["ttlSecondsAfterFinished"] = self.ttl_after_finished
         return {"apiVersion": "batch/v1", "kind": "Job",
                 "metadata": {"name": name, "namespace": self.namespace, "labels": labels}, "spec": job_spec}
+
+    def describe_launch(self, spec: LaunchSpec) -> LaunchPreview:
+        """POST /apis/batch/v1/namespaces/{ns}/jobs with the Job manifest submit() creates (the token redacted)."""
+        try:
+            manifest = self.manifest(spec)
+        except ProviderError as exc:
+            return LaunchPreview(self.name, (), (str(exc).split(": ", 2)[-1],))
+        request = {"method": "POST", "url": f"{self._host}/apis/batch/v1/namespaces/{self.namespace}/jobs",
+                   "headers": {"Authorization": "Bearer ***", "Content-Type": "application/json"}, "json": manifest}
+        return LaunchPreview(self.name, (request,))
 
     async def submit(self, spec: LaunchSpec) -> RunHandle:
         """Create the Job; 409 AlreadyExists (a retried or re-attached submit) adopts the existing Job of that name."""

@@ -27,6 +27,7 @@ from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
 from crucible.scheduler.providers.credentials import SecretStore
+from crucible.scheduler.providers.http import LaunchPreview
 from crucible.scheduler.providers.http import Settings
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,29 @@ class ModalProvider(Provider):
                                        env=remote.job_env(spec), timeout=self._timeout(spec), workdir=workdir,
                                        gpu=self._gpu(spec), volumes=volumes, client=client)
         return str(sandbox.object_id)
+
+    def describe_launch(self, spec: LaunchSpec) -> LaunchPreview:
+        """The SDK calls submit() makes (Modal's transport is gRPC, so these are calls, not HTTP requests)."""
+        problems = [] if spec.command else ["command must not be empty"]
+        env: dict[str, str] = {}
+        try:
+            env = remote.job_env(spec)
+        except ValueError as exc:
+            problems.append(str(exc))
+        image_name = spec.container_image or self.image
+        image = {"from_registry": image_name, "add_python": self.add_python} if image_name else {
+            "debian_slim": {"python_version": self.add_python}}
+        if spec.code_dir is not None:
+            image["add_local_dir"] = {"local_path": str(spec.code_dir), "remote_path": CODE_MOUNT}
+        volumes = {spec.checkpoint_dir: f"Volume.from_name({self.volume_prefix}-{remote.job_slug(spec.job_id)})"[:80]
+                   } if spec.checkpoint_dir else {}
+        call = {"args": list(spec.command), "app": f"App.lookup({self.app!r}, create_if_missing=True)",
+                "name": remote.run_name(spec), "image": image, "env": env, "timeout": self._timeout(spec),
+                "workdir": CODE_MOUNT if spec.code_dir is not None else None, "gpu": self._gpu(spec), "volumes": volumes}
+        token = "***" if self._token_id is not None and self._token_secret is not None else "<~/.modal.toml>"
+        request = {"method": "modal.Sandbox.create", "url": "grpc: api.modal.com (modal SDK)",
+                   "headers": {"token": token}, "json": call}
+        return LaunchPreview(self.name, (request,), tuple(problems))
 
     def _data(self, spec: LaunchSpec) -> dict[str, Any]:
         return {"app": self.app, "name": remote.run_name(spec), "log_dir": str(Path(spec.work_dir) / "modal-logs")}

@@ -20,6 +20,7 @@ from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
 from crucible.scheduler.providers.http import HTTPProvider
+from crucible.scheduler.providers.http import LaunchPreview
 from crucible.scheduler.providers.http import body_message
 from crucible.scheduler.providers.http import kind_for_status
 
@@ -78,20 +79,38 @@ class ReplicateProvider(HTTPProvider):
         inputs[self.input_field] = shlex.join(spec.command)
         return inputs
 
-    async def submit(self, spec: LaunchSpec) -> RunHandle:
-        """POST /v1/models/{owner}/{name}/versions/{version}/trainings {destination, input, webhook}."""
+    def _launch_plan(self, spec: LaunchSpec) -> tuple[str, str, dict[str, Any], list[str]]:
+        """(trainer, path, body, problems) of the training create call for `spec`."""
+        problems: list[str] = []
         if spec.code_dir is not None:
-            raise self.error(K.INVALID, "replicate runs a trainer model: code_dir cannot be shipped")
+            problems.append("replicate runs a trainer model: code_dir cannot be shipped")
         trainer = spec.container_image if _TRAINER.match(spec.container_image or "") else self.trainer
         match = _TRAINER.match(trainer or "")
+        path = "/v1/models/<owner>/<name>/versions/<version>/trainings"
         if match is None:
-            raise self.error(K.INVALID, "no trainer: set container_image or replicate.trainer to owner/name:version")
+            problems.append("no trainer: set container_image or replicate.trainer to owner/name:version")
+        else:
+            path = f"/v1/models/{match['owner']}/{match['name']}/versions/{match['version']}/trainings"
         if not self.destination:
-            raise self.error(K.INVALID, "setting replicate.destination (owner/model) is required")
-        body: dict[str, Any] = {"destination": self.destination, "input": self.training_input(spec)}
+            problems.append("setting replicate.destination (owner/model) is required")
+        body: dict[str, Any] = {"destination": self.destination, "input": {}}
+        try:
+            body["input"] = self.training_input(spec)
+        except ProviderError as exc:
+            problems.append(str(exc).split(": ", 2)[-1])  # without the "replicate: invalid: " prefix
         if self.webhook:
             body["webhook"] = self.webhook
-        path = f"/v1/models/{match['owner']}/{match['name']}/versions/{match['version']}/trainings"
+        return trainer, path, body, problems
+
+    def describe_launch(self, spec: LaunchSpec) -> LaunchPreview:
+        """The training create call exactly as submit() sends it (the token redacted)."""
+        _trainer, path, body, problems = self._launch_plan(spec)
+        return LaunchPreview(self.name, (self.preview_request("POST", path, body),), tuple(problems))
+
+    async def submit(self, spec: LaunchSpec) -> RunHandle:
+        """POST /v1/models/{owner}/{name}/versions/{version}/trainings {destination, input, webhook}."""
+        trainer, path, body, problems = self._launch_plan(spec)
+        self.refuse(problems)
         answer = await self.http.request("POST", path, json_body=body, idempotent=False)
         ident = answer.get("id") if isinstance(answer, Mapping) else None
         if not isinstance(ident, str) or not ident:
