@@ -22,6 +22,8 @@ from crucible.api.detector.v1 import detector_service_pb2 as dpb
 from crucible.api.detector.v1 import detector_service_pb2_grpc as dpb_grpc
 from crucible.api.proposer.v1 import proposer_service_pb2 as ppb
 from crucible.api.proposer.v1 import proposer_service_pb2_grpc as ppb_grpc
+from crucible.api.scorer.v1 import scorer_service_pb2 as spb
+from crucible.api.scorer.v1 import scorer_service_pb2_grpc as spb_grpc
 from crucible.cli import EXIT_BROKEN_PIPE, main
 from crucible.clients.channel import cli_channel_config
 from crucible.cost.config import CostConfig
@@ -33,6 +35,7 @@ from crucible.runtime.server import create_server as create_runtime
 from crucible.runtime.service import BaseService
 from crucible.scheduler.config import SchedulerConfig
 from crucible.scheduler.server import create_server as create_scheduler
+from crucible.scorer.config import ScorerConfig
 
 TOKEN = "cli-transport-token"
 REPO = Path(__file__).resolve().parents[2]
@@ -78,6 +81,16 @@ class ScriptedProposer(ppb_grpc.ProposerServiceServicer):
                                              for v, t in zip(vectors, request.texts, strict=True)], dimension=2)
 
 
+class ScriptedScorer(spb_grpc.ScorerServiceServicer):
+    """ScoreChoices on the real contract: always prefers option D (no models)."""
+
+    async def ScoreChoices(self, request, context):  # noqa: ANN001, ANN201
+        probs = [0.1, 0.1, 0.1, 0.7]
+        return spb.ScoreChoicesResponse(results=[spb.ChoiceResult(prompt="p", top_index=3, choices=[
+            spb.ChoiceScore(text=f" {c}", logprob=-1.0 - i, probability=probs[i], token_count=1)
+            for i, c in enumerate("ABCD")]) for _ in request.items])
+
+
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory):
     """Scheduler, cost and detector servers with TLS + token, served from a background event loop."""
@@ -99,11 +112,15 @@ def secured(tmp_path_factory):
         service = BaseService("proposer", ["crucible.proposer.v1.ProposerService"], ScriptedProposer(),
                               ppb_grpc.add_ProposerServiceServicer_to_server)
         prop, prop_port = create_runtime(load_config(ProposerConfig, "proposer", **common), service, CollectorRegistry())
-        servers = [sched, cost, det, prop]
+        service = BaseService("scorer", ["crucible.scorer.v1.ScorerService"], ScriptedScorer(),
+                              spb_grpc.add_ScorerServiceServicer_to_server)
+        scorer, scorer_port = create_runtime(load_config(ScorerConfig, "scorer", **common), service, CollectorRegistry())
+        servers = [sched, cost, det, prop, scorer]
         for s in servers:
             await s.start()
             await s.wait_ready(30)
-        return servers, {"scheduler": sched_port, "cost": cost_port, "detector": det_port, "proposer": prop_port}
+        return servers, {"scheduler": sched_port, "cost": cost_port, "detector": det_port, "proposer": prop_port,
+                         "scorer": scorer_port}
 
     servers, ports = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
     yield {"ca": cert, "token_file": folder / "token", "ports": ports, "folder": folder}
@@ -188,6 +205,19 @@ def test_reward_runs_over_tls_and_token(client_env, capsys, tmp_path):
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == 2 and all(0.0 <= r["similarity"] <= 1.0 for r in rows)
+
+
+def test_attack_runs_over_tls_and_token(client_env, capsys, tmp_path):
+    data = tmp_path / "mmlu"
+    data.mkdir()
+    (data / "algebra_test.csv").write_text("question,choice0,choice1,choice2,choice3,answer\n"
+                                           "What is 1+1?,2,3,4,5,0\n")
+    code, out, err = _run(capsys, "attack", "--data", str(data), "--iterations", "1", "--trace",
+                          str(tmp_path / "trace.jsonl"), "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["errors"] == 0 and summary["trace"].endswith("trace.jsonl")  # the scorer was reached: skipped_wrong
+    assert "skipped_wrong" in (tmp_path / "trace.jsonl").read_text()
 
 
 def test_reward_and_attack_build_their_mesh_from_the_same_config(client_env):
