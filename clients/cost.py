@@ -52,6 +52,13 @@ class CostClient(ServiceClient[pb_grpc.CostServiceStub]):
     async def get_budget(self, budget_id: str, *, timeout: float | None = None) -> Any:
         return (await self._unary("GetBudget", pb.GetBudgetRequest(budget_id=budget_id), timeout)).budget
 
+    async def list_budgets(self, *, scope: str = "", page_size: int = 0, page_token: str = "",
+                           timeout: float | None = None) -> tuple[list[Any], str]:
+        """One page of budgets (oldest first) and the next page token ('' at the end), optionally of one scope."""
+        reply = await self._unary("ListBudgets", pb.ListBudgetsRequest(scope=scope, page_size=page_size,
+                                                                       page_token=page_token), timeout)
+        return list(reply.budgets), reply.next_page_token
+
     async def record_usage(self, *, timeout: float | None = None, **fields: Any) -> Any:
         """Record job usage (job_id, offer_id, scope, start_time, end_time as RFC 3339); idempotent per job+interval."""
         return await self._unary("RecordUsage", request(pb.RecordUsageRequest, fields), timeout)

@@ -90,10 +90,10 @@ class SchedulerClient(ServiceClient[pb_grpc.SchedulerServiceStub]):
         return to_plain((await self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout(timeout))).job)
 
     async def list_jobs(self, *, states: Sequence[str] = (), providers: Sequence[str] = (), page_size: int = 0,
-                        page_token: str = "", timeout: float | None = None) -> tuple[list[Any], str]:
+                        page_token: str = "", budget_scope: str = "", timeout: float | None = None) -> tuple[list[Any], str]:
         """One page of jobs and the next page token ('' at the end); states as enum names like "JOB_STATE_RUNNING"."""
         req = request(pb.ListJobsRequest, {"states": list(states), "providers": list(providers), "page_size": page_size,
-                                           "page_token": page_token})
+                                           "page_token": page_token, "budget_scope": budget_scope})
         reply = await self.stub.ListJobs(req, timeout=self.timeout(timeout))
         return [to_plain(j) for j in reply.jobs], reply.next_page_token
 

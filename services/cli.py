@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -53,6 +54,9 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--services", default=",".join(SERVICES), help="comma-separated subset to run (default: all five)")
         p.add_argument("--log-dir", type=Path, default=None, help="write each service's log to DIR/NAME.log")
         p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for every service to be SERVING")
+        p.add_argument("--no-console", action="store_true", help="do not start the web console")
+        p.add_argument("--console-port", type=int, default=8080,
+                       help="port of the web console (default 8080; a free one when 8080 is taken)")
 
     up = sub.add_parser("up", help="run the five services on one host until Ctrl-C")
     mesh_args(up)
@@ -85,7 +89,7 @@ def _build_parser() -> argparse.ArgumentParser:
     # Service-specific commands (e.g. `crucible detect`, `crucible cost ...`, `crucible jobs ...`) live beside each
     # service in crucible/<svc>/cli.py, and the SDK's (`crucible reward`, `crucible attack`) in crucible/clients/cli.py: `add_commands(subparsers)` adds parsers that set_defaults(handler=fn),
     # where fn(args) -> exit code.
-    for module_name in [*(f"crucible.{name}.cli" for name in SERVICES), "crucible.clients.cli"]:
+    for module_name in [*(f"crucible.{name}.cli" for name in SERVICES), "crucible.clients.cli", "crucible.console.cli"]:
         if importlib.util.find_spec(module_name) is not None:
             importlib.import_module(module_name).add_commands(sub)
     return parser
@@ -131,6 +135,25 @@ async def _bring_up(args: argparse.Namespace) -> tuple[Mesh, dict[str, object]]:
     return mesh, dict(results)
 
 
+async def _start_console(args: argparse.Namespace, mesh: Mesh) -> Any:
+    """The web console as a child process pointed at this mesh (None with --no-console or when it fails to start)."""
+    if args.no_console:
+        return None
+    from crucible.console.cli import ConsoleProcess, port_or_free
+
+    console = ConsoleProcess(args.host, port_or_free(args.host, args.console_port),
+                             {n: mesh.address(n) for n in mesh.services}, args.log_dir)
+    console.start()
+    try:
+        await console.wait_ready()
+    except (RuntimeError, TimeoutError) as err:
+        print(f"crucible {args.command}: web console not started: {err}", file=sys.stderr)
+        console.stop()
+        return None
+    print(f"console: {console.url}", flush=True)
+    return console
+
+
 def _up(args: argparse.Namespace) -> int:
     async def run() -> int:
         try:
@@ -142,6 +165,7 @@ def _up(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        console = await _start_console(args, mesh)
         print("serving; Ctrl-C stops every service gracefully", flush=True)
         exited: dict[str, int] = {}
         while not stop.is_set() and not exited:
@@ -152,6 +176,8 @@ def _up(args: argparse.Namespace) -> int:
                 pass
         if exited:
             print(f"crucible up: service(s) exited: {exited}; stopping the rest", file=sys.stderr)
+        if console is not None:
+            console.stop()
         codes = mesh.stop()
         print("stopped: " + ", ".join(f"{n} exit {c}" for n, c in codes.items()), flush=True)
         return 1 if exited else 0
@@ -173,6 +199,9 @@ def _demo(args: argparse.Namespace) -> int:
         except (RuntimeError, TimeoutError) as err:
             print(f"crucible demo: {err}", file=sys.stderr)
             return 1
+        console = await _start_console(args, mesh)
+        if console is not None:
+            os.environ["CRUCIBLE_CONSOLE_URL"] = console.url  # the demo prints where to watch its job
         try:
             async with Mesh.local(args.base_port) as clients:
                 results = await run_demo(clients, args.log_dir)
@@ -180,6 +209,8 @@ def _demo(args: argparse.Namespace) -> int:
             results["services_serving_after_demo"] = f"{sum(r.serving for r in health.values())}/{len(health)}"
             ok = demo_ok(results) and all(r.serving for r in health.values())
         finally:
+            if console is not None:
+                console.stop()
             codes = mesh.stop()
         clean = all(c == 0 for c in codes.values())
         results["shutdown"] = "clean (every service exited 0 after SIGTERM)" if clean else f"unclean: {codes}"

@@ -6,6 +6,7 @@ estimate, then a summary and a clean stop. Uses ../shared/data when present, els
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -118,6 +119,8 @@ async def nanogpt_section(mesh: Mesh, max_iters: int = 60) -> dict[str, Any]:
     job = await mesh.scheduler.create_job(spec)
     print(f"\n== nanoGPT job {job.job_id} on {job.provider or 'local'}: offer {job.offer.offer_id if job.offer else '-'}, "
           f"estimated ${job.cost.estimated_usd:.6f} (local: electricity + amortisation rate)")
+    if os.environ.get("CRUCIBLE_CONSOLE_URL"):  # set by `crucible demo` when it started the web console
+        print(f"  watch it in the web console: {os.environ['CRUCIBLE_CONSOLE_URL']}jobs/{job.job_id}", flush=True)
     last_step = None
     async for snapshot in mesh.scheduler.watch_job(job.job_id, timeout=600):
         job = snapshot

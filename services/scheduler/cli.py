@@ -359,6 +359,31 @@ def cmd_providers(args: argparse.Namespace) -> int:
     return asyncio.run(_call(args, run))
 
 
+def cmd_progress(args: argparse.Namespace) -> int:
+    """Every progress point of a job, oldest first (all pages of ListJobProgress)."""
+
+    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+        rows, token = [], ""
+        while True:
+            reply = await stub.ListJobProgress(pb.ListJobProgressRequest(job_id=args.job_id, page_size=1000,
+                                                                         page_token=token), timeout=args.timeout_s)
+            for point in reply.points:
+                if args.json:
+                    _json_line(point)
+                else:
+                    metrics = " ".join(f"{k} {v:.6g}" for k, v in sorted(point.metrics.items()))
+                    rows.append((point.step, point.total_steps or "", point.attempt,
+                                 point.time.ToDatetime().strftime("%H:%M:%S.%f")[:-3], metrics))
+            token = reply.next_page_token
+            if not token:
+                break
+        if not args.json:
+            print(format_table(("step", "total", "attempt", "time (UTC)", "metrics"), rows))
+        return 0
+
+    return asyncio.run(_call(args, run))
+
+
 def add_commands(subparsers: Any) -> None:
     """Add `crucible jobs ...` to the main parser."""
     jobs = subparsers.add_parser("jobs", help="submit and manage GPU jobs on the scheduler")
@@ -435,6 +460,10 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("-o", "--output", default="")
     p.add_argument("--resume", action="store_true", help="continue a partial download")
     p.set_defaults(handler=cmd_download)
+
+    p = common(sub.add_parser("progress", help="a job's progress history (every parsed step and metric)"))
+    p.add_argument("job_id")
+    p.set_defaults(handler=cmd_progress)
 
     p = common(sub.add_parser("providers", help="providers and their status"))
     p.set_defaults(handler=cmd_providers)

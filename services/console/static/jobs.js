@@ -1,0 +1,44 @@
+// Jobs page: ListJobs with state/provider/scope filters, newest first, refreshed every few seconds.
+"use strict";
+(() => {
+  const { api, el, clear, showError, usd, when, stateBadge, header } = Console;
+  header("jobs");
+  const form = document.getElementById("filters");
+  const body = document.querySelector("#jobs tbody");
+  const more = document.getElementById("more");
+  let nextToken = "";
+
+  function row(j) {
+    const p = j.progress || {};
+    const frac = p.total_steps ? Math.min(1, (p.step || 0) / p.total_steps) : 0;
+    const bar = el("div", { class: "bar" }, el("div", {}));
+    bar.firstChild.style.width = (frac * 100).toFixed(1) + "%";
+    return el("tr", { "data-job": j.job_id },
+      el("td", { class: "mono" }, el("a", { href: "/jobs/" + encodeURIComponent(j.job_id) }, j.job_id)),
+      el("td", {}, j.spec.display_name || "-"), el("td", {}, stateBadge(j.state)), el("td", {}, j.provider || "-"),
+      el("td", {}, p.total_steps ? bar : null, el("span", { class: "muted" }, Console.progressText(p))),
+      el("td", { class: "num" }, usd(j.cost && j.cost.spent_usd, 6)),
+      el("td", { class: "num" }, usd(j.cost && j.cost.estimated_usd, 6)), el("td", {}, when(j.create_time)));
+  }
+
+  async function load(append) {
+    const q = new URLSearchParams();
+    for (const n of ["state", "provider", "scope"]) if (form.elements[n].value) q.set(n, form.elements[n].value);
+    if (append && nextToken) q.set("page_token", nextToken);
+    try {
+      const r = await api("/api/jobs?" + q);
+      if (!append) clear(body);
+      clear(document.getElementById("jobs-error"));
+      for (const j of r.jobs) body.appendChild(row(j));
+      if (!append && !r.jobs.length) body.appendChild(el("tr", {}, el("td", { colspan: 8, class: "muted" }, "no jobs")));
+      nextToken = r.next_page_token;
+      more.classList.toggle("hidden", !nextToken);
+    } catch (err) { showError(document.getElementById("jobs-error"), err); }
+  }
+
+  form.addEventListener("change", () => load(false));
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); load(false); });
+  more.addEventListener("click", () => load(true));
+  setInterval(() => { if (document.getElementById("auto").checked && !nextToken) load(false); }, 3000);
+  load(false);
+})();
