@@ -197,9 +197,6 @@ class JobStore:
             rows = self._db.execute(sql, tuple(terminal)).fetchall()
         return [self._decode(r) for r in rows]
 
-    def count(self) -> int:
-        """Number of stored jobs."""
-        with self._lock:
     def add_progress(self, job_id: str, points: Sequence[ProgressPoint]) -> None:
         """Append progress points of a job in one committed transaction."""
         rows = [(job_id, p.step, p.total_steps, json.dumps(p.metrics, separators=(",", ":")), p.time, p.attempt)
@@ -223,6 +220,9 @@ class JobStore:
         return [(seq, ProgressPoint(step, total, json.loads(metrics), t, attempt))
                 for seq, step, total, metrics, t, attempt in rows]
 
+    def count(self) -> int:
+        """Number of stored jobs."""
+        with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
 
 
@@ -238,10 +238,10 @@ class AsyncJobStore:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-store")
         self._queue: list[tuple[str, JobRecord, asyncio.Future[Any]]] = []
         self._flushing = False
+        self._progress: dict[str, list[ProgressPoint]] = {}  # points parsed since the job's last save
 
     async def _write(self, op: str, rec: JobRecord) -> Any:
         loop = asyncio.get_running_loop()
-        self._progress: dict[str, list[ProgressPoint]] = {}  # points parsed since the job's last save
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.append((op, rec, fut))
         if not self._flushing:
@@ -284,10 +284,10 @@ class AsyncJobStore:
         """See JobStore.update; the record is copied when called and the call returns once it is committed."""
         snapshot = JobRecord(_copy(rec.job), rec.spec_sha256, rec.request_id, json.loads(json.dumps(rec.meta)), rec.seq)
         await self._write("update", snapshot)
+        await self._save_progress(rec.job.job_id)
 
     async def get(self, job_id: str) -> JobRecord | None:
         """See JobStore.get."""
-        await self._save_progress(rec.job.job_id)
         return await self._run(self.sync.get, job_id)
 
     async def by_request_id(self, request_id: str) -> JobRecord | None:
@@ -302,9 +302,6 @@ class AsyncJobStore:
         """See JobStore.unfinished."""
         return await self._run(self.sync.unfinished, terminal)
 
-    async def close(self) -> None:
-        """Finish pending writes and close."""
-        await self._run(self.sync.close)
     def note_progress(self, job_id: str, point: ProgressPoint | None) -> None:
         """Queue a progress point; it is committed right after the job's next update (so it is as durable as the
         job's latest progress). At most MAX_PENDING_PROGRESS wait per job; past that the oldest go, with a warning."""
@@ -326,6 +323,9 @@ class AsyncJobStore:
         """See JobStore.list_progress."""
         return await self._run(self.sync.list_progress, job_id, after_seq=after_seq, limit=limit)
 
+    async def close(self) -> None:
+        """Finish pending writes and close."""
+        await self._run(self.sync.close)
         self._pool.shutdown(wait=True)
 
 
