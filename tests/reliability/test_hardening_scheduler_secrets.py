@@ -68,3 +68,22 @@ async def test_local_job_cannot_read_the_schedulers_keys() -> None:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_protect_process_hides_the_environment_from_same_user_processes() -> None:
+    """What holds for a job under the scheduler's own non-root user: the process is not dumpable (its /proc environ
+    and memory then need root) and the keys have left os.environ, so no child inherits them."""
+    import subprocess
+    import sys
+
+    code = ("import ctypes, os\n"
+            "from crucible.scheduler.providers.credentials import protect_process, PR_GET_DUMPABLE\n"
+            "moved = protect_process()\n"
+            "print(ctypes.CDLL(None).prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), sorted(moved), 'LAMBDA_API_KEY' in os.environ)\n")
+    from crucible.scheduler.providers.credentials import PROVIDER_SECRETS
+
+    names = {n for keys in PROVIDER_SECRETS.values() for ns in keys.values() for n in ns}
+    env = {k: v for k, v in os.environ.items() if k not in names} | KEYS
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    assert out == ["0", "['LAMBDA_API_KEY',", "'MODAL_TOKEN_SECRET',", "'RUNPOD_API_KEY']", "False"], out
