@@ -37,10 +37,9 @@ paperspace,A100-80G,A100-80GB,1,80,,,ny2,0.51,,,,per_hour,test row,2026-12-01
 """
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
+def _serve(tmp_path_factory, user_catalog: str):
     folder = tmp_path_factory.mktemp("dryrun")
-    (folder / "user.csv").write_text(CATALOG)
+    (folder / "user.csv").write_text(user_catalog)
     settings = {"lambda": {"ssh_key_names": "laptop"}, "paperspace": {"template_id": "t0abc123"}}
     (folder / "providers.json").write_text(json.dumps(settings))
     store = SecretStore(env=KEYS)
@@ -70,6 +69,18 @@ def mesh(tmp_path_factory):
         asyncio.run_coroutine_threadsafe(s.stop(0), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    """User catalog rows on top of the shipped catalog, including cheaper rows without a region."""
+    yield from _serve(tmp_path_factory, CATALOG)
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """Only the shipped catalog (the user layer is empty)."""
+    yield from _serve(tmp_path_factory, CATALOG.splitlines()[0] + "\n")
 
 
 @pytest.mark.parametrize("provider,gpu", [("lambda", "A10"), ("runpod", "A100-80GB"), ("paperspace", "A100-80GB")])
@@ -115,3 +126,16 @@ def test_dry_run_without_required_settings_names_the_problem(mesh, capsys, monke
             "--dry-run", "--provider-settings", "", "--", "python", "train.py"]
     assert main(argv) == 0
     assert "launch problem: setting lambda.ssh_key_names" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("provider,gpu", [("lambda", "A10"), ("runpod", "A100-80GB"), ("paperspace", "A100-80GB")])
+def test_the_shipped_catalog_is_launchable_on_each_remote_provider(shipped, provider, gpu, capsys, monkeypatch):
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    code = main(["jobs", "submit", "--address", shipped["address"], "--provider", provider, "--gpu", gpu, "--gpus", "1",
+                 "--dry-run", "--provider-settings", str(shipped["settings"]), "--json", "--", "python", "train.py"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    shown = json.loads(captured.out)
+    assert shown["offer"]["region"] and "test row" not in shown["offer"]["priceSource"]
+    assert shown["launch"]["problems"] == [] and shown["launch"]["requests"]
