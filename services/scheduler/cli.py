@@ -217,6 +217,8 @@ def _show_dry_run(args: argparse.Namespace, preview: job_pb2.Job) -> int:
         print("  " + json.dumps(request["json"], indent=2).replace("\n", "\n  "))
     for problem in launch.problems:
         print(f"launch problem: {problem}")
+    if not launch.requests and not launch.problems:
+        print(f"launch request: none ({launch.provider} runs on the scheduler's machine)")
     if launch.requests:
         print(f"(built here by the {launch.provider} adapter from {args.provider_settings or 'default settings'}; "
               f"{launch_preview.PLACEHOLDER_JOB_ID} is assigned at creation)")

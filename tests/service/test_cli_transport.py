@@ -163,6 +163,8 @@ def test_jobs_commands_use_tls_and_token(client_env, capsys):
     assert code == 0 and "dryrun" in [json.loads(line)["name"] for line in out.splitlines()], err
     code, out, err = _run(capsys, "jobs", "artifacts", job_id, "--json")
     assert code == 0, err
+    code, out, err = _run(capsys, "jobs", "submit", "--provider", "dryrun", "--dry-run", "--", "echo", "hi")
+    assert code == 0 and "launch request: none (dryrun runs on the scheduler's machine)" in out, err
 
 
 def test_jobs_fail_clearly_without_the_token_or_without_tls(client_env, capsys, monkeypatch):

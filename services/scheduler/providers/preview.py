@@ -55,8 +55,8 @@ def launch_spec(job: job_pb2.Job, attempt: int = 1) -> LaunchSpec:
 def describe(job: job_pb2.Job, settings: Mapping[str, Mapping[str, str]]) -> LaunchPreview:
     """The provider request(s) the first attempt of `job` would make, secrets redacted."""
     name = job.offer.provider or job.provider
-    if name in OFFLINE_PROVIDERS:
-        return LaunchPreview(name, (), (f"{name} runs on the scheduler's machine: no provider API request",))
+    if name in OFFLINE_PROVIDERS:  # no requests and no problems: nothing is sent to a provider
+        return LaunchPreview(name, ())
     if name not in ADAPTERS:
         return LaunchPreview(name, (), (f"unknown provider {name!r}",))
     module_name, _, class_name = ADAPTERS[name].partition(":")
