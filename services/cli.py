@@ -303,7 +303,11 @@ EXIT_BROKEN_PIPE = 141
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a reader that closed the pipe ends it quietly with EXIT_BROKEN_PIPE (see there)."""
     try:
-        code = _main(argv)
+        try:
+            code = _main(argv)
+        except SystemExit:  # --help, usage errors: their output too is flushed here
+            sys.stdout.flush()
+            raise
         sys.stdout.flush()  # a closed pipe must surface here, not in the interpreter's final flush
         return code
     except BrokenPipeError:
