@@ -1,6 +1,7 @@
 """The reward loop: a composite paraphrase reward (detector evasion, meaning kept, fluency, hygiene) over the mesh.
 
-All components of a batch are requested concurrently; adapters fit TRL (async reward function) and Tinker (group rewards).
+All components of a batch are requested concurrently; TRLReward fits TRL's GRPOTrainer, and clients/tinker_env.py
+implements tinker-cookbook's environment protocol on top of CompositeReward.
 """
 
 from __future__ import annotations
@@ -399,32 +400,3 @@ def mean_components(rewards: Sequence[RewardBreakdown], config: RewardConfig) ->
         for name, value in r.components(config).items():
             sums[name] += value
     return {name: value / max(1, len(rewards)) for name, value in sums.items()}
-
-
-class TinkerGroupReward:
-    """A Tinker-cookbook style group reward: picklable, channels created lazily on first call in the worker.
-
-    `await reward.compute_group_rewards(original, completions)` -> list of (reward, metrics) with advantage r - mean.
-    """
-
-    def __init__(self, config: RewardConfig | None = None, mesh_config: MeshConfig | None = None) -> None:
-        self.config = config or RewardConfig()
-        self.mesh_config = mesh_config
-        self._reward: CompositeReward | None = None
-
-    async def compute_group_rewards(self, original: str, completions: Sequence[str]) -> list[tuple[float, dict[str, float]]]:
-        if self._reward is None:
-            self._reward = CompositeReward(Mesh(self.mesh_config), self.config)
-        rewards = await self._reward.score([original] * len(completions), list(completions))
-        mean = sum(r.total for r in rewards) / max(1, len(rewards))
-        return [
-            (r.total, {"detector": r.detector, "similarity": r.similarity, "fluency": r.fluency, "penalty": r.penalty,
-                       "advantage": r.total - mean})
-            for r in rewards
-        ]
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config, "mesh_config": self.mesh_config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)  # type: ignore[misc]

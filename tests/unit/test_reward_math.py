@@ -12,7 +12,6 @@ import pytest
 
 from crucible.clients.reward import (
     RewardConfig,
-    TinkerGroupReward,
     TRLReward,
     clean_text,
     evasion_score,
@@ -71,5 +70,3 @@ def test_invalid_reward_config_is_rejected(kwargs):
 def test_trainer_adapters_pickle_without_channels():
     trl = pickle.loads(pickle.dumps(TRLReward(RewardConfig(w_fluency=0.25))))
     assert trl.config.w_fluency == 0.25 and trl.__name__ == "crucible_composite_reward"
-    tinker = pickle.loads(pickle.dumps(TinkerGroupReward()))
-    assert tinker._reward is None
