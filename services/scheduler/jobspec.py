@@ -269,14 +269,18 @@ def check_archive(data: bytes, limits: CodeLimits | None = None) -> str:
             raise _archive_error(f"unpacks to more than {limits.max_bytes} bytes (--code-max-bytes)", "CODE_TOO_LARGE")
 
     if zipfile.is_zipfile(io.BytesIO(data)):
+        # The entry count from the end record first: ZipFile() would build every entry of the central directory.
+        end = zipfile._EndRecData(io.BytesIO(data))  # noqa: SLF001 - the stdlib's own end-record reader
+        if end and end[zipfile._ECD_ENTRIES_TOTAL] > limits.max_files:  # noqa: SLF001
+            raise _archive_error(f"more than {limits.max_files} members (--code-max-files)", "CODE_TOO_LARGE")
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as z:
                 for i, info in enumerate(z.infolist()):
                     name = info.filename
                     if not _safe_member(name.removeprefix("./")):
                         raise _archive_error(f"member {i} ({name!r}) escapes the working directory")
-                    mode = info.external_attr >> 16
-                    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                    kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the writer recorded no Unix type
+                    if kind in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
                         raise _archive_error(f"member {i} ({name!r}) is a special file")
                     tally(name, info.file_size)
         except (zipfile.BadZipFile, ValueError) as exc:

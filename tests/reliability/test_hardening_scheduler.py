@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import grpc
@@ -89,6 +90,14 @@ def tar_gz(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
     with tarfile.open(fileobj=buf, mode="w:gz") as t:
         for info, data in members:
             t.addfile(info, io.BytesIO(data) if data else None)
+    return buf.getvalue()
+
+
+def _zip(names: list[str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name in names:
+            z.writestr(name, "x")
     return buf.getvalue()
 
 
@@ -169,12 +178,17 @@ async def test_archives_are_bounded_and_unpacked_safely(tmp_path: Path) -> None:
         "fifo": tar_gz([(fifo, b"")]),
         "absolute": tar_gz([reg("/tmp/evil.py", 1)]),
         "garbage": b"\x1f\x8b" + os.urandom(200),
+        "zip too many": _zip([f"{i}.py" for i in range(7)]),
+        "zip escaping": _zip(["../evil.py"]),
     }
     async with Scheduler(tmp_path / "state", code_max_files=5, code_max_bytes=4096) as stub:
         for name, data in cases.items():
             got = await refused(stub.CreateJob(pb.CreateJobRequest(spec=dryrun(code_archive=data))), "spec.code_archive")
             assert got in ("CODE_TOO_LARGE", "CODE_ARCHIVE_UNSAFE", "CODE_ARCHIVE_INVALID"), name
         assert not list((tmp_path / "state" / "jobs").iterdir())
+        for data in (_zip(["a.py", "pkg/b.py"]), tar_gz([reg("a.py", 10)])):  # ordinary archives still work
+            job = (await stub.CreateJob(pb.CreateJobRequest(spec=dryrun(code_archive=data)))).job
+            assert (tmp_path / "state" / "jobs" / job.job_id / "work" / "a.py").is_file()
 
 
 async def test_sdk_packs_code_dir_so_a_scheduler_without_roots_runs_it(tmp_path: Path) -> None:
