@@ -320,12 +320,15 @@ def unpack_code(spec: job_pb2.JobSpec, dest: Path, limits: CodeLimits | None = N
         walk_code_dir(resolve_code_dir(spec.code_dir, limits), limits, dest)
     elif kind == "code_archive":
         data = spec.code_archive
-        if check_archive(data, limits) == "zip":
-            with zipfile.ZipFile(io.BytesIO(data)) as z:
-                z.extractall(dest)
-        else:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as t:
-                t.extractall(dest, filter="data")
+        try:
+            if check_archive(data, limits) == "zip":
+                with zipfile.ZipFile(io.BytesIO(data)) as z:  # sizes are capped by the headers checked above
+                    z.extractall(dest)
+            else:
+                with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as t:
+                    t.extractall(dest, filter="data")
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:  # e.g. a CRC error
+            raise _archive_error(f"cannot be unpacked: {type(exc).__name__}: {exc}"[:300], "CODE_ARCHIVE_INVALID") from None
     manifest = {}
     for dirpath, _dirs, names in os.walk(dest):
         for name in names:

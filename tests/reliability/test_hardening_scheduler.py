@@ -101,6 +101,16 @@ def _zip(names: list[str]) -> bytes:
     return buf.getvalue()
 
 
+def _corrupt_zip() -> bytes:
+    """A zip whose headers are fine and whose deflated data is not: it fails only while unpacking."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.py", "x" * 1000)
+    data = bytearray(buf.getvalue())
+    data[30 + len("a.py") + 5] ^= 0xFF
+    return bytes(data)
+
+
 # --- class 1: code_dir and code_archive ----------------------------------------------------------------------------
 
 
@@ -180,6 +190,7 @@ async def test_archives_are_bounded_and_unpacked_safely(tmp_path: Path) -> None:
         "garbage": b"\x1f\x8b" + os.urandom(200),
         "zip too many": _zip([f"{i}.py" for i in range(7)]),
         "zip escaping": _zip(["../evil.py"]),
+        "zip corrupt": _corrupt_zip(),
     }
     async with Scheduler(tmp_path / "state", code_max_files=5, code_max_bytes=4096) as stub:
         for name, data in cases.items():
