@@ -1,6 +1,9 @@
-"""Load run over the real mesh on loopback: a mix of model, catalog, job and health calls from concurrent clients.
+"""Load runs over the real mesh on loopback. `mix` (default): model, catalog, job and health calls from concurrent
+clients, bounded by a call count and a wall-clock limit; prints calls/s, p50/p99 and errors per RPC.
 
-Bounded by a call count and a wall-clock limit (whichever comes first); prints calls/s, p50/p99 and errors per RPC.
+`--scenario overload`: a burst of concurrent long Detect calls (200 x 512 tokens, 60 s deadlines, bounded to about a
+minute) against the model services; prints the share refused within 1 s, p50/p99 latency of the accepted calls, and
+each model service's idle, peak and after-burst RSS.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _mesh import running_mesh  # noqa: E402
+from _mesh import free_base_port, running_mesh  # noqa: E402
 
 from crucible.api.cost.v1 import cost_service_pb2 as cost_pb  # noqa: E402
 from crucible.api.cost.v1 import cost_service_pb2_grpc as cost_grpc  # noqa: E402
@@ -34,7 +37,10 @@ from crucible.api.scheduler.v1 import scheduler_service_pb2 as sched_pb  # noqa:
 from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as sched_grpc  # noqa: E402
 from crucible.api.scorer.v1 import scorer_service_pb2 as scorer_pb  # noqa: E402
 from crucible.api.scorer.v1 import scorer_service_pb2_grpc as scorer_grpc  # noqa: E402
-from crucible.mesh import SERVICES, format_table  # noqa: E402
+from crucible.mesh import SERVICES, Mesh, default_ports, format_table  # noqa: E402
+from crucible.runtime.errors import parse_status_details  # noqa: E402
+
+MODEL_SERVICES = ("detector", "proposer", "scorer")
 
 SENTENCES = [
     "The committee postponed the vote because several members were travelling abroad.",
@@ -111,13 +117,102 @@ def _pct(values: list[float], q: float) -> str:
     return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.1f}"
 
 
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process in MiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def long_text(index: int, tokens: int) -> str:
+    """A distinct text of at least `tokens` tokens for SmolLM2's tokenizer (about one token per word here)."""
+    words = [SENTENCES[(index + i) % len(SENTENCES)] for i in range(tokens // 10 + 2)]
+    return f"Sample {index}. " + " ".join(words)
+
+
+async def overload(args: argparse.Namespace) -> None:
+    """Start the model services, measure idle RSS, fire the burst while sampling RSS, wait, measure again."""
+    import tempfile
+
+    base = free_base_port()
+    work = Path(tempfile.mkdtemp(prefix="crucible-overload-"))
+    model_args = ["--dtype", args.dtype]
+    mesh = Mesh(list(MODEL_SERVICES), ports=default_ports(base), log_dir=work / "logs",
+                env={"CRUCIBLE_STATE_DIR": str(work / "state"), "HF_HUB_OFFLINE": "1"},
+                extra_args={"detector": [*model_args, "--max-tokens", str(args.tokens), "--cache-size", "0"],
+                            "proposer": model_args, "scorer": model_args})
+    t_start = time.perf_counter()
+    mesh.start()
+    try:
+        await mesh.wait_ready(timeout=600)
+        up_s = time.perf_counter() - t_start
+        pids = {name: mesh.processes[name].pid for name in MODEL_SERVICES}
+        async with grpc.aio.insecure_channel(mesh.address("detector")) as channel:
+            stub = det_grpc.DetectorServiceStub(channel)
+            await stub.Detect(det_pb.DetectRequest(texts=[long_text(-1, args.tokens)]), timeout=120)  # warm
+            await asyncio.sleep(1.0)
+            idle = {name: rss_mib(pid) for name, pid in pids.items()}
+            peak = dict(idle)
+            sampling = True
+
+            async def sample() -> None:
+                while sampling:
+                    for name, pid in pids.items():
+                        peak[name] = max(peak[name], rss_mib(pid))
+                    await asyncio.sleep(0.05)
+
+            async def one(i: int) -> tuple[str, str, float]:
+                t0 = time.perf_counter()
+                try:
+                    await stub.Detect(det_pb.DetectRequest(texts=[long_text(i, args.tokens)]), timeout=args.deadline_s)
+                    return "OK", "", time.perf_counter() - t0
+                except grpc.aio.AioRpcError as err:
+                    info, _ = parse_status_details(err)
+                    return err.code().name, info.reason if info else "", time.perf_counter() - t0
+
+            sampler = asyncio.create_task(sample())
+            t0 = time.perf_counter()
+            results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(args.calls))),
+                                             args.deadline_s + 15)
+            burst_s = time.perf_counter() - t0
+            await asyncio.sleep(args.settle_s)  # the batchers trim the heap once their queues have drained
+            sampling = False
+            await sampler
+            after = {name: rss_mib(pid) for name, pid in pids.items()}
+    finally:
+        mesh.stop()
+    codes = collections.Counter(f"{c} {r}".strip() for c, r, _ in results)
+    refused_fast = sum(1 for c, _, t in results if c == "RESOURCE_EXHAUSTED" and t <= 1.0)
+    accepted = [t for c, _, t in results if c == "OK"]
+    print(f"overload: {args.calls} concurrent Detect calls of {args.tokens} tokens, {args.deadline_s:.0f} s deadlines, "
+          f"models {args.dtype}; burst over in {burst_s:.1f} s; model services up in {up_s:.0f} s")
+    print(f"outcomes: {', '.join(f'{k} {v}' for k, v in codes.most_common())}")
+    refused = [t for c, _, t in results if c == "RESOURCE_EXHAUSTED"]
+    print(f"refused within 1 s: {refused_fast / args.calls:.0%} of calls (refusal latency p50 {_pct(refused, 0.5)} ms, "
+          f"p99 {_pct(refused, 0.99)} ms); accepted: {len(accepted)}, latency p50 {_pct(accepted, 0.5)} ms, "
+          f"p99 {_pct(accepted, 0.99)} ms")
+    rows = [(name, f"{idle[name]:.0f}", f"{peak[name]:.0f}", f"{after[name]:.0f}",
+             f"{after[name] - idle[name]:+.0f}") for name in MODEL_SERVICES]
+    print(format_table(("service", "idle RSS MiB", "peak RSS MiB", f"after +{args.settle_s:.0f}s MiB", "after - idle"),
+                       rows))
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scenario", default="mix", choices=("mix", "overload"), help="what to run (see above)")
+    parser.add_argument("--calls", type=int, default=200, help="overload: concurrent Detect calls in the burst")
+    parser.add_argument("--tokens", type=int, default=512, help="overload: tokens per Detect text (detector max_tokens)")
+    parser.add_argument("--deadline-s", type=float, default=60.0, help="overload: deadline of each call")
+    parser.add_argument("--settle-s", type=float, default=5.0, help="overload: idle seconds before the after-burst RSS")
     parser.add_argument("--clients", type=int, default=32, help="concurrent client loops")
     parser.add_argument("--max-calls", type=int, default=4000, help="stop after this many calls")
     parser.add_argument("--max-seconds", type=float, default=45.0, help="stop after this many seconds of load")
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"), help="dtype of the model services")
     args = parser.parse_args()
+    if args.scenario == "overload":
+        await overload(args)
+        return
     model_args = ["--dtype", args.dtype, "--max-wait-ms", "10"]
     extra = {"detector": [*model_args, "--max-tokens", "128"], "proposer": model_args, "scorer": model_args,
              "scheduler": ["--providers", "dryrun,local"]}

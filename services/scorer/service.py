@@ -111,6 +111,8 @@ class ScorerService(BaseService):
         words = min(256, scorer.limits.max_tokens // 2)
         probe = scorer.prepare_texts([TextRequest(text=" ".join(f"probe{row} word{i}" for i in range(words)))
                                       for row in range(2)])
+        await batcher.submit_many([p.job for p in probe])  # the first pass at this length allocates; not the rate
+        batcher.throughput.forget()
         await batcher.submit_many([p.job for p in probe])
         log.info("scorer throughput %.0f tokens/s", batcher.throughput.rate or 0.0)
 

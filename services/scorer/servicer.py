@@ -50,7 +50,9 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
     async def ScoreChoices(self, request: pb.ScoreChoicesRequest, context: grpc.aio.ServicerContext) -> pb.ScoreChoicesResponse:
         """Validate and tokenise the items, score them through the batcher, answer in request order."""
         runtime = self._service.ready()
-        # Byte limits were checked by the runtime before this handler ran; tokenising happens off the event loop.
+        # Byte limits were checked by the runtime before this handler ran. A call that could not be scored before its
+        # deadline even at 2 tokens an item is refused before tokenising, which happens off the event loop.
+        runtime.batcher.check_wait(2 * len(request.items), context.time_remaining(), items=len(request.items))
         prepared = await asyncio.to_thread(runtime.scorer.prepare_choices, [_choice_request(item) for item in request.items])
         scores = await runtime.batcher.submit_many([p.job for p in prepared], timeout=context.time_remaining())
         results = []
@@ -73,6 +75,7 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
     async def ScoreTexts(self, request: pb.ScoreTextsRequest, context: grpc.aio.ServicerContext) -> pb.ScoreTextsResponse:
         """Validate and tokenise the texts, score them through the batcher, answer in request order."""
         runtime = self._service.ready()
+        runtime.batcher.check_wait(2 * len(request.items), context.time_remaining(), items=len(request.items))
         prepared = await asyncio.to_thread(runtime.scorer.prepare_texts,
                                            [TextRequest(text=i.text, prefix=i.prefix) for i in request.items])
         scores = await runtime.batcher.submit_many([p.job for p in prepared], timeout=context.time_remaining())

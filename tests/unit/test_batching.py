@@ -180,3 +180,47 @@ async def test_stop_fails_waiting_items_with_unavailable():
     with pytest.raises(Unavailable):
         await b.submit("after stop")
     await asyncio.gather(running, return_exceptions=True)
+
+
+def test_throughput_is_weighted_by_tokens_so_small_batches_barely_move_it():
+    from crucible.runtime.batching import Throughput
+
+    rate = Throughput(window_tokens=10_000, prior=50.0)
+    assert rate.rate == 50.0  # the prior until the first measurement
+    rate.observe(8_000, 2.0)  # a full batch: 4000 tokens/s
+    for _ in range(10):
+        rate.observe(10, 0.01)  # single short items at idle: 1000 tokens/s each
+    assert 3_500 < rate.rate < 4_000
+    rate.observe(0, 1.0)  # nothing computed: ignored
+    rate.forget()
+    assert rate.rate == 50.0
+
+
+async def test_admission_by_wait_counts_the_running_batch_and_can_be_turned_off():
+    gate = threading.Event()
+
+    def run(items: list[str]) -> list[str]:
+        gate.wait(10)
+        return items
+
+    b = DynamicBatcher("wait", run, BatchSettings(max_batch_size=1, max_batch_tokens=0, max_wait_s=0.0),
+                       cost=len, prior_tokens_per_s=100.0)
+    b.start()
+    running = asyncio.ensure_future(b.submit("r" * 100))  # about 1 s of work at 100 tokens/s
+    await asyncio.sleep(0.05)
+    assert 0.8 < b.expected_wait(0) <= 1.0
+    with pytest.raises(ResourceExhausted) as err:
+        await b.submit("x" * 10, timeout=0.5)
+    assert err.value.reason == "QUEUE_WAIT_EXCEEDS_DEADLINE"
+    assert set(err.value.metadata) == {"expected_wait_s", "deadline_s", "tokens_ahead", "tokens_per_s"}
+    assert err.value.metadata["tokens_ahead"] == "100"
+    waiting = asyncio.ensure_future(b.submit("y" * 10))  # no deadline: bounded by the queue alone
+    gate.set()
+    assert await running == "r" * 100 and await waiting == "y" * 10
+    await b.stop()
+
+    off = DynamicBatcher("off", run, BatchSettings(max_batch_size=1, max_batch_tokens=0, max_wait_s=0.0,
+                                                   admit_by_wait=False), cost=len, prior_tokens_per_s=1.0)
+    off.start()
+    assert await off.submit("z" * 10, timeout=5) == "z" * 10
+    await off.stop()
