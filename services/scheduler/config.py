@@ -11,6 +11,7 @@ from pathlib import Path
 
 from crucible.runtime.config import ServerConfig, setting
 from crucible.runtime.errors import ConfigError
+from crucible.scheduler.storage import StoreSettings, default_store_url
 
 ALL_PROVIDERS = ("local", "dryrun", "kubernetes", "lambda", "runpod", "paperspace", "replicate", "modal", "colab")
 
@@ -65,6 +66,41 @@ class SchedulerConfig(ServerConfig):
         "local Python and reach the state folder, else the scheduler's own user (a warning says so). Needs root."
     )
 
+    artifact_store: str = setting(
+        "", "Object store for each job's code, checkpoints, artifacts and staged inputs (README \"Object store\"): "
+        "file:///absolute/folder or s3://bucket/prefix. Empty means file://<state_dir>/store. Remote providers that "
+        "fetch code by URL (lambda, paperspace, runpod, kubernetes) need s3://."
+    )
+    artifact_store_endpoint: str = setting("", "S3 endpoint URL (MinIO, R2, ...); empty: AWS's, or AWS_ENDPOINT_URL.")
+    artifact_store_access_key: str = setting("", "S3 access key id; empty: the usual AWS environment and files.")
+    artifact_store_secret_key: str = setting("", "S3 secret access key; empty: the usual AWS environment and files.",
+                                             secret=True)
+    artifact_store_region: str = setting("", "S3 region; empty: the environment's or us-east-1.")
+    artifact_store_role_arn: str = setting(
+        "", "S3 only: an IAM role the scheduler assumes (STS) for each job with a session policy limited to that job's "
+        "prefix, so jobs get short-lived keys that reach only their own objects. Empty: jobs get no store keys."
+    )
+    artifact_store_share_credentials: bool = setting(
+        False, "S3 without a role: give jobs the scheduler's own store keys (they then reach every job's objects). "
+        "Off by default."
+    )
+    artifact_retention_days: float = setting(
+        0.0, "Days after a job ends before its store objects and working folder are removed; 0 keeps them until "
+        "DeleteJobArtifacts (`crucible jobs artifacts JOB --delete`)."
+    )
+    artifact_max_bytes: int = setting(
+        16 << 30, "Largest total size in bytes of a job's output files uploaded to the store after each attempt; "
+        "past it the largest files are left out and a warning names them."
+    )
+    code_url_ttl_s: int = setting(
+        3600, "Lifetime in seconds of the presigned URL a remote machine fetches the job's code and inputs with."
+    )
+    input_roots: tuple[str, ...] = setting(
+        (), "Where JobSpec.inputs may come from (comma-separated): file:///folder (symlinks resolved) or "
+        "s3://bucket/prefix. Built-ins (builtin:tinyshakespeare) are always allowed; empty refuses the rest."
+    )
+    input_max_bytes: int = setting(4 << 30, "Largest total size in bytes of a job's inputs.")
+
     protect_process: bool = setting(
         True, "At start, make the process non-dumpable (prctl PR_SET_DUMPABLE 0: its /proc environ and memory need root "
         "to read) and remove provider keys from its environment once the adapters have read them."
@@ -85,6 +121,16 @@ class SchedulerConfig(ServerConfig):
         for name in ("code_max_bytes", "code_max_files", "log_cap_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, "must be positive")
+        for name in ("artifact_max_bytes", "code_url_ttl_s", "input_max_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, "must be positive")
+        if self.artifact_retention_days < 0:
+            raise ConfigError("artifact_retention_days", "must not be negative")
+        if self.artifact_store and not self.artifact_store.startswith(("file:///", "s3://")):
+            raise ConfigError("artifact_store", "must be file:///absolute/folder or s3://bucket/prefix")
+        for root in self.input_roots:
+            if not root.startswith(("file:///", "s3://")):
+                raise ConfigError("input_roots", f"{root!r} must be file:///folder or s3://bucket/prefix")
         for root in self.code_roots:
             if not Path(root).expanduser().is_dir():
                 raise ConfigError("code_roots", f"{root!r} is not a folder")
@@ -94,6 +140,15 @@ class SchedulerConfig(ServerConfig):
         if self.state_dir:  # CRUCIBLE_STATE_DIR, when set, arrives here through the config loader
             return Path(self.state_dir).expanduser()
         return Path.home() / ".local" / "share" / "crucible" / "scheduler"
+
+    def store_settings(self) -> StoreSettings:
+        """The artifact store's settings, defaults applied."""
+        return StoreSettings(
+            url=self.artifact_store or default_store_url(self.resolved_state_dir()),
+            endpoint_url=self.artifact_store_endpoint, access_key=self.artifact_store_access_key,
+            secret_key=self.artifact_store_secret_key, region=self.artifact_store_region,
+            role_arn=self.artifact_store_role_arn, share_credentials=self.artifact_store_share_credentials,
+        )
 
     def resolved_code_roots(self) -> tuple[Path, ...]:
         """The code_dir allow-list, each root resolved (symlinks followed)."""

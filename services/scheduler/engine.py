@@ -32,9 +32,11 @@ from crucible.runtime.errors import (
     InvalidArgument,
     NotFound,
     OutOfRange,
+    Unavailable,
 )
 from crucible.scheduler import artifacts as files
-from crucible.scheduler import jobspec
+from crucible.scheduler import inputs as job_inputs
+from crucible.scheduler import joboutputs, jobspec
 from crucible.scheduler.core import states as st
 from crucible.scheduler.core.progress import Progress, ProgressTracker
 from crucible.scheduler.history import line_point
@@ -49,6 +51,7 @@ from crucible.scheduler.providers.base import (
     RunStatus,
 )
 from crucible.scheduler.providers.registry import ProviderRegistry
+from crucible.scheduler.storage import JobObjectStore, StoreError, StoreSettings, default_store_url
 from crucible.scheduler.store import AsyncJobStore, JobRecord
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,11 @@ class EngineSettings:
     container_image: str = ""
     code_limits: jobspec.CodeLimits = dataclasses.field(default_factory=jobspec.CodeLimits)
     log_cap_bytes: int = 1 << 30  # per stream per job, across attempts
+    store: StoreSettings | None = None  # the artifact store; None: file://<state_dir>/store
+    artifact_retention_days: float = 0.0  # 0 keeps a job's store objects until DeleteJobArtifacts
+    artifact_max_bytes: int = 16 << 30  # output bytes uploaded to the store per job
+    code_url_ttl_s: int = 3600  # lifetime of presigned code/input URLs handed to remote machines
+    input_limits: job_inputs.InputLimits = dataclasses.field(default_factory=job_inputs.InputLimits)
 
 
 def now_ts(t: float) -> timestamp_pb2.Timestamp:
@@ -175,6 +183,8 @@ class Engine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._create_lock = asyncio.Lock()
         self._stopping = False
+        self.objects = JobObjectStore(settings.store or StoreSettings(default_store_url(settings.state_dir)))
+        self._retention_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -185,12 +195,14 @@ class Engine:
             self._spawn(rec)
         if records:
             log.info("reconciling %d unfinished job(s) after start", len(records))
+        if self.settings.artifact_retention_days > 0:
+            self._retention_task = asyncio.create_task(self._retention_loop(), name="artifact-retention")
         return len(records)
 
     async def stop(self) -> None:
         """Stop driving jobs (they keep running on their providers and are re-attached on the next start)."""
         self._stopping = True
-        tasks = list(self._tasks.values())
+        tasks = list(self._tasks.values()) + ([self._retention_task] if self._retention_task else [])
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -239,8 +251,15 @@ class Engine:
             existing = await self.store.by_request_id(request_id)
             if existing is not None:
                 return self._check_same(existing, digest)
-        # File system and archive checks (allow-list, sizes, special files) run in a thread, before any provider work.
+        job_inputs.validate_inputs(spec.inputs)
+        # File system and archive checks (allow-list, sizes, special files) run in a thread, before any provider work;
+        # so do the inputs' (allowed roots, links, sizes: listing a store prefix is I/O).
         await asyncio.to_thread(jobspec.check_code, spec, self.settings.code_limits)
+        if spec.inputs:
+            try:
+                await asyncio.to_thread(job_inputs.resolve_inputs, spec.inputs, self.settings.input_limits, self.objects)
+            except StoreError as exc:
+                raise Unavailable(f"the artifact store cannot be read: {exc}", reason="STORE_UNAVAILABLE") from None
         usable = self._usable_providers()
         wanted = list(spec.providers) or usable
         unusable = [p for p in spec.providers if p not in usable]
@@ -283,7 +302,12 @@ class Engine:
             "restarts_used": 0, "recoveries": 0, "usage_until": {},
         }
         folder = self.job_dir(job.job_id)
-        await asyncio.to_thread(self._prepare_folder, folder, spec)
+        try:
+            code = await asyncio.to_thread(self._prepare_folder, folder, spec, job.job_id)
+        except StoreError as exc:
+            raise Unavailable(f"the job's code could not be stored: {exc}", reason="STORE_UNAVAILABLE") from None
+        if code is not None:
+            meta["code_sha256"], meta["code_bytes"] = code
         rec = JobRecord(job, digest, request_id, meta)
         async with self._create_lock:
             try:
@@ -297,15 +321,20 @@ class Engine:
         self._spawn(rec)
         return self._snapshot(rec)
 
-    def _prepare_folder(self, folder: Path, spec: job_pb2.JobSpec) -> None:
-        """The job's folder with its code (in a thread); a refused code folder leaves nothing behind."""
+    def _prepare_folder(self, folder: Path, spec: job_pb2.JobSpec, job_id: str) -> tuple[str, int] | None:
+        """The job's folder with its code (in a thread); a refused code folder leaves nothing behind. A job with code
+        also gets it packed into the store (code/code.tar.gz): fresh working folders and remote machines start from it.
+        Returns (sha256, size) of that archive, or None without code."""
         try:
             manifest = jobspec.unpack_code(spec, folder / "work", self.settings.code_limits)
+            code = (joboutputs.publish_code(self.objects, job_id, folder / "work", manifest)
+                    if spec.WhichOneof("code") else None)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         (folder / "logs").mkdir(parents=True, exist_ok=True)
         (folder / "code_manifest.json").write_text(json.dumps(manifest))
+        return code
 
     @staticmethod
     def _check_same(existing: JobRecord, digest: str) -> job_pb2.Job:
@@ -479,7 +508,15 @@ class Engine:
                         found.setdefault(a.path, (a.size_bytes, a.modified_unix_s))
                 except ProviderError as exc:
                     log.warning("listing artifacts of %s on %s failed: %s", job_id, handle.provider, exc)
-        return [(p, s, m, p.startswith(ckpt)) for p, (s, m) in sorted(found.items()) if p.startswith(prefix)]
+        out = {p: (s, m, p.startswith(ckpt)) for p, (s, m) in found.items()}
+        try:  # what earlier attempts uploaded, and the store's checkpoints: still there after the machine is gone
+            stored = await asyncio.to_thread(joboutputs.listing, self.objects, job_id)
+        except StoreError as exc:
+            log.warning("listing the stored artifacts of %s failed: %s", job_id, exc)
+            stored = {}
+        for p, (s, m, c) in stored.items():
+            out.setdefault(p, (s, m, c or p.startswith(ckpt)))
+        return [(p, s, m, c) for p, (s, m, c) in sorted(out.items()) if p.startswith(prefix)]
 
     async def download(self, job_id: str, path: str, offset: int) -> AsyncIterator[tuple[int, bytes, int, str]]:
         """DownloadArtifact: (offset, data, total size, sha256 of the bytes from `offset` on the last chunk).
@@ -493,7 +530,9 @@ class Engine:
             handle = self._current_handle(rec)
             provider = self.registry.load(handle.provider) if handle is not None and handle.provider != "local" else None
             if provider is None or not provider.capabilities.artifacts:
-                raise NotFound(f"artifact {path!r} not found for job {job_id}", reason="ARTIFACT_NOT_FOUND")
+                async for item in self._download_stored(job_id, path, offset):
+                    yield item
+                return
             async for item in self._download_remote(provider, handle, path, offset):  # type: ignore[arg-type]
                 yield item
             return
@@ -520,6 +559,79 @@ class Engine:
                 pos += len(data)
         finally:
             os.close(fd)
+
+    async def _download_stored(self, job_id: str, path: str, offset: int) -> AsyncIterator[tuple[int, bytes, int, str]]:
+        """An artifact from the object store (artifacts/, or checkpoints/ for "checkpoints/..."): ranged reads from
+        `offset`, nothing before it; ABORTED when the object is replaced while it is being sent."""
+        try:
+            found = await asyncio.to_thread(joboutputs.locate, self.objects, job_id, path)
+        except StoreError as exc:
+            raise Unavailable(f"the artifact store cannot be read: {exc}", reason="STORE_UNAVAILABLE") from None
+        if found is None:
+            raise NotFound(f"artifact {path!r} not found for job {job_id}", reason="ARTIFACT_NOT_FOUND")
+        kind, rel, size, mtime = found
+        if offset > size:
+            raise OutOfRange(f"offset {offset} is past the end of {path} ({size} bytes)", reason="OFFSET_PAST_END")
+        digest, pos = hashlib.sha256(), offset
+        if size == offset:
+            yield pos, b"", size, digest.hexdigest()
+            return
+        while pos < size:
+            try:
+                data = await asyncio.to_thread(self.objects.read_range, job_id, kind, rel, pos,
+                                               min(ARTIFACT_CHUNK, size - pos))
+            except (StoreError, FileNotFoundError) as exc:
+                raise Aborted(f"{path} changed or vanished while it was being sent: {exc}",
+                              reason="ARTIFACT_CHANGED") from None
+            if not data:
+                raise Aborted(f"{path} shrank while it was being sent", reason="ARTIFACT_CHANGED")
+            digest.update(data)
+            last = pos + len(data) >= size
+            if last:
+                after = await asyncio.to_thread(self.objects.stat, job_id, kind, rel)
+                if after is None or (after.size, after.mtime) != (size, mtime):
+                    raise Aborted(f"{path} changed while it was being sent", reason="ARTIFACT_CHANGED")
+            yield pos, data, size, digest.hexdigest() if last else ""
+            pos += len(data)
+
+    async def delete_artifacts(self, job_id: str) -> int:
+        """DeleteJobArtifacts: remove an ended job's store objects and working folder; returns the objects removed."""
+        rec = await self._record(job_id)
+        if not st.is_terminal(rec.job.state):
+            raise FailedPrecondition(f"job {job_id} is {st.name(rec.job.state)}; its artifacts can be deleted once it "
+                                     "has ended (cancel it first)", reason="JOB_NOT_TERMINAL",
+                                     metadata={"job_id": job_id, "state": st.name(rec.job.state)})
+        return await asyncio.to_thread(self._delete_job_files, job_id)
+
+    def _delete_job_files(self, job_id: str) -> int:
+        try:
+            count = self.objects.delete_job(job_id)
+        except StoreError as exc:
+            raise Unavailable(f"the artifact store refused the deletion: {exc}", reason="STORE_UNAVAILABLE") from None
+        shutil.rmtree(self._work(job_id), ignore_errors=True)
+        log.info("deleted the stored objects (%d) and working folder of job %s", count, job_id)
+        return count
+
+    async def _retention_loop(self) -> None:
+        """Every hour (and at start): remove the files of jobs that ended more than artifact_retention_days ago."""
+        while True:
+            cutoff = self.clock() - self.settings.artifact_retention_days * 86400
+            before: int | None = None
+            while True:
+                page = await self.store.list(states=list(st.TERMINAL), limit=200, before_seq=before)
+                for rec in page:
+                    if rec.job.HasField("end_time") and ts_s(rec.job.end_time) < cutoff and not rec.meta.get("files_expired"):
+                        try:
+                            await asyncio.to_thread(self._delete_job_files, rec.job.job_id)
+                        except CrucibleError as exc:
+                            log.warning("retention: %s", exc)
+                            continue
+                        rec.meta["files_expired"] = True
+                        await self.store.update(rec)
+                if len(page) < 200:
+                    break
+                before = page[-1].seq
+            await asyncio.sleep(3600)
 
     async def _download_remote(self, provider: Any, handle: RunHandle, path: str, offset: int
                                ) -> AsyncIterator[tuple[int, bytes, int, str]]:
@@ -622,11 +734,13 @@ class Engine:
             return True
         return self._current_handle(rec) is None
 
-    def _launch_spec(self, rec: JobRecord, n: int, c: Candidate, resume: bool) -> LaunchSpec:
+    def _launch_spec(self, rec: JobRecord, n: int, c: Candidate, resume: bool, store_env: dict[str, str] | None = None,
+                     code_url: str = "", input_urls: tuple[tuple[str, str], ...] = ()) -> LaunchSpec:
         job = rec.job
         spec = job.spec
         ckpt = spec.checkpoint_dir or "checkpoints"
         env = dict(spec.env)
+        env.update(store_env or {})  # CRUCIBLE_CHECKPOINT_URL, ARTIFACT_URL, scoped keys: never logged
         env.update({"CRUCIBLE_JOB_ID": job.job_id, "CRUCIBLE_ATTEMPT": str(n), "CRUCIBLE_CHECKPOINT_DIR": ckpt})
         if resume:
             env["CRUCIBLE_RESUME"] = "1"
@@ -638,6 +752,7 @@ class Engine:
             code_dir=self._work(job.job_id) if spec.WhichOneof("code") else None,
             container_image=spec.container_image or self.settings.container_image, checkpoint_dir=ckpt,
             max_duration_s=max(1.0, limit), resume=resume, log_cap_bytes=self.settings.log_cap_bytes,
+            code_url=code_url, code_sha256=str(rec.meta.get("code_sha256", "")) if code_url else "", input_urls=input_urls,
         )
 
     def _end_of_run(self, a: job_pb2.JobAttempt, status: RunStatus) -> float:
@@ -712,10 +827,54 @@ class Engine:
         rec.meta.setdefault("handles", {})[str(n)] = {"provider": handle.provider, "ref": handle.ref, "data": dict(handle.data)}
         rec.job.attempts[n - 1].provider_ref = handle.ref
 
+    def _prepare_attempt(self, rec: JobRecord, relaunch: bool) -> None:
+        """Before an attempt (in a thread): inputs staged to the store once; a relaunch gets a fresh working folder
+        with only the code (the last attempt's outputs went to the store when it ended; checkpoints come back through
+        CRUCIBLE_CHECKPOINT_URL), as it would on a new machine."""
+        job_id, spec = rec.job.job_id, rec.job.spec
+        if spec.inputs and not rec.meta.get("inputs_staged"):
+            sources = job_inputs.resolve_inputs(spec.inputs, self.settings.input_limits, self.objects)
+            staged = job_inputs.stage_to_store(sources, self.objects, job_id)
+            rec.meta["inputs_staged"] = staged
+            log.info("job %s: %d input bytes staged to the store", job_id, staged)
+        if relaunch:
+            manifest = joboutputs.fresh_work(self.objects, job_id, self._work(job_id), str(rec.meta.get("code_sha256", "")),
+                                             self.settings.code_limits.max_bytes)
+            (self.job_dir(job_id) / "code_manifest.json").write_text(json.dumps(manifest))
+            rec.meta.pop("inputs_local", None)
+
+    def _local_inputs(self, rec: JobRecord) -> None:
+        """The staged inputs copied from the store into the local working folder (in a thread; once per folder)."""
+        if rec.job.spec.inputs and not rec.meta.get("inputs_local"):
+            self.objects.download_tree(rec.job.job_id, "inputs", self._work(rec.job.job_id),
+                                       max_bytes=self.settings.input_limits.max_bytes)
+            rec.meta["inputs_local"] = True
+
+    def _remote_urls(self, rec: JobRecord) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """(code URL, input URLs) a rented machine can GET: presigned, short-lived; empty on a file:// store."""
+        if self.objects.scheme != "s3":
+            return "", ()
+        job_id, ttl = rec.job.job_id, self.settings.code_url_ttl_s
+        code = (self.objects.read_url(job_id, "code", joboutputs.CODE_OBJECT, ttl)
+                if rec.meta.get("code_sha256") else "")
+        objs = self.objects.list(job_id, "inputs") if rec.job.spec.inputs else []
+        if len(objs) > 1000:
+            raise StoreError(f"{len(objs)} input objects: remote machines fetch at most 1000 (pack them in one file)")
+        return code, tuple((o.path, self.objects.read_url(job_id, "inputs", o.path, ttl)) for o in objs)
+
     async def _launch(self, live: _Live) -> None:
         rec = live.rec
         resume = any(a.HasField("start_time") for a in rec.job.attempts) or rec.job.state == st.RECOVERING
         failures: list[str] = []
+        try:
+            await asyncio.to_thread(self._prepare_attempt, rec, bool(rec.job.attempts))
+            store_env = await asyncio.to_thread(self.objects.job_env, rec.job.job_id,
+                                                self._max_duration(rec.job.spec) - self._running_seconds(rec))
+        except (StoreError, OSError, ValueError, CrucibleError) as exc:
+            async with live.lock:
+                if not st.is_terminal(rec.job.state):
+                    await self._transition(live, st.FAILED, f"the job's files could not be prepared: {exc}"[:1000])
+            return
         for c in self._candidates(rec):
             if self._blocked(rec, c):
                 continue
@@ -734,10 +893,23 @@ class Engine:
                     await self._save(live)
             provider = self.registry.load(c.provider)
             handle, error = None, None
+            code_url, input_urls = "", ()
+            try:
+                if c.provider == "local":
+                    await asyncio.to_thread(self._local_inputs, rec)
+                    user = getattr(provider, "job_user", None)
+                    if user is not None:
+                        await asyncio.to_thread(joboutputs.lend_to_job_user, self.objects, rec.job.job_id, user.uid, user.gid)
+                elif c.provider != "dryrun":
+                    code_url, input_urls = await asyncio.to_thread(self._remote_urls, rec)
+                    if rec.job.spec.inputs and not input_urls:
+                        raise StoreError(f"inputs reach {c.provider} only through an s3:// store (set --artifact-store)")
+            except (StoreError, OSError) as exc:
+                provider, error = None, ProviderError(c.provider, K.INVALID, f"the job's files: {exc}")
             if provider is None:
-                error = ProviderError(c.provider, K.AUTH, self.registry.error(c.provider) or "unavailable")
+                error = error or ProviderError(c.provider, K.AUTH, self.registry.error(c.provider) or "unavailable")
             else:
-                spec = self._launch_spec(rec, n, c, resume)
+                spec = self._launch_spec(rec, n, c, resume, store_env, code_url, input_urls)
                 for retry in range(self.settings.transient_retries + 1):
                     try:
                         handle = await provider.submit(spec)
@@ -824,6 +996,7 @@ class Engine:
                     while await self._tail_logs(live, provider, handle):
                         pass  # the output written just before the end, however much, up to the cap
                     await self._provider_dropped(live, status)
+                    await self._collect_outputs(live, provider, handle, n)
                 await self._release(live, provider, handle, n)
                 await self._finish(live, status)
                 return
@@ -834,6 +1007,37 @@ class Engine:
                 await asyncio.wait_for(live.wake.wait(), self.settings.poll_interval_s)
             except TimeoutError:
                 pass
+
+    async def _collect_outputs(self, live: _Live, provider: Any, handle: RunHandle, attempt: int) -> None:
+        """Upload what the ended attempt left to the store's artifacts/ (bounded; before a remote machine is released),
+        so ListArtifacts and DownloadArtifact serve it after the working folder or machine is gone."""
+        rec = live.rec
+        job_id = rec.job.job_id
+        if rec.meta.get(f"collected_{attempt}"):
+            return
+        done = rec.meta.setdefault("uploaded", {})
+        try:
+            if handle.provider == "local":
+                await asyncio.to_thread(joboutputs.reclaim_from_job_user, self.objects, job_id)
+                result = await asyncio.to_thread(joboutputs.upload_outputs, self.objects, job_id, self._work(job_id),
+                                                 self._manifest(job_id), done, self.settings.artifact_max_bytes)
+            elif provider.capabilities.artifacts:
+                result = await joboutputs.pull_remote_outputs(self.objects, job_id, provider, handle,
+                                                              self.job_dir(job_id) / "pull", done,
+                                                              self.settings.artifact_max_bytes, asyncio.to_thread)
+            else:
+                return
+        except (StoreError, ProviderError, OSError, CrucibleError) as exc:
+            log.warning("job %s attempt %d: outputs not uploaded to the store: %s", job_id, attempt, exc)
+            rec.meta[f"collect_error_{attempt}"] = str(exc)[:500]
+            return
+        rec.meta[f"collected_{attempt}"] = True
+        if result.skipped:
+            log.warning("job %s attempt %d: %d output file(s) over --artifact-max-bytes not uploaded: %s", job_id,
+                        attempt, len(result.skipped), ", ".join(result.skipped[:10]))
+            rec.meta[f"collect_skipped_{attempt}"] = result.skipped[:100]
+        log.info("job %s attempt %d: %d output file(s), %d bytes uploaded to the store", job_id, attempt,
+                 result.uploaded, result.bytes)
 
     async def _release(self, live: _Live, provider: Any, handle: RunHandle, attempt: int) -> None:
         """Give the attempt's machine back once its run ended: VM providers (lambda, runpod, paperspace) keep billing
@@ -954,6 +1158,14 @@ class Engine:
             return
         newest = await asyncio.to_thread(self._newest_checkpoint, self._work(live.rec.job.job_id),
                                          live.rec.job.spec.checkpoint_dir or "checkpoints")
+        if newest is None and force:  # at the end of an attempt: the newest complete checkpoint in the store
+            try:
+                manifests = [o for o in await asyncio.to_thread(self.objects.list, live.rec.job.job_id, "checkpoints")
+                             if o.path.endswith("/manifest.json")]
+            except StoreError:
+                manifests = []
+            if manifests:
+                newest = joboutputs.CHECKPOINTS_PREFIX + max(manifests, key=lambda o: o.path).path
         async with live.lock:
             self._apply_progress(live.rec.job, live.tracker.progress)
             if newest is not None:

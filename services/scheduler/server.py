@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -17,6 +18,7 @@ from crucible.runtime.server import create_server as _create_server
 from crucible.runtime.service import BaseService
 from crucible.scheduler.config import SchedulerConfig
 from crucible.scheduler.engine import Engine, EngineSettings
+from crucible.scheduler.inputs import InputLimits
 from crucible.scheduler.jobspec import CodeLimits
 from crucible.scheduler.pricing import CostServicePricing, UnpricedOfferSource, local_gpu_count
 from crucible.scheduler.providers.base import Provider
@@ -56,7 +58,10 @@ class SchedulerService(BaseService):
             default_max_duration_s=cfg.default_max_duration_s, default_budget_scope=cfg.default_budget_scope,
             max_recoveries=cfg.max_recoveries, transient_retries=cfg.transient_retries,
             code_limits=CodeLimits(cfg.resolved_code_roots(), cfg.code_max_bytes, cfg.code_max_files),
-            log_cap_bytes=cfg.log_cap_bytes,
+            log_cap_bytes=cfg.log_cap_bytes, store=cfg.store_settings(),
+            artifact_retention_days=cfg.artifact_retention_days, artifact_max_bytes=cfg.artifact_max_bytes,
+            code_url_ttl_s=cfg.code_url_ttl_s,
+            input_limits=InputLimits(tuple(_input_root(r) for r in cfg.input_roots), cfg.input_max_bytes),
         )
         _owner_only(cfg.resolved_database())
         engine = Engine(settings, store, registry, pricing)
@@ -73,6 +78,13 @@ class SchedulerService(BaseService):
         if self.engine is not None:
             await self.engine.stop()
             self.engine = None
+
+
+def _input_root(root: str) -> str:
+    """An input root as compared with input URIs: file:// roots resolved (symlinks followed), s3:// as given."""
+    if root.startswith("file://"):
+        return "file://" + str(Path(root[len("file://"):]).resolve())
+    return root
 
 
 def _owner_only(database: os.PathLike[str]) -> None:

@@ -130,6 +130,10 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         async for offset, data, total, sha in self.engine.download(request.job_id, request.path, request.offset):
             yield pb.DownloadArtifactResponse(offset=offset, data=data, total_size_bytes=total, sha256=sha)
 
+    async def DeleteJobArtifacts(self, request: pb.DeleteJobArtifactsRequest, context: grpc.aio.ServicerContext
+                                 ) -> pb.DeleteJobArtifactsResponse:
+        return pb.DeleteJobArtifactsResponse(objects_deleted=await self.engine.delete_artifacts(request.job_id))
+
     async def EstimateRequirements(self, request: pb.EstimateRequirementsRequest, context: grpc.aio.ServicerContext
                                    ) -> pb.EstimateRequirementsResponse:
         which = request.WhichOneof("model")

@@ -84,6 +84,12 @@ class LaunchSpec:
     max_duration_s: float = 0.0  # 0 = no limit; the adapter enforces it where the provider can
     resume: bool = False  # True when relaunching after preemption/failure: the program should resume
     log_cap_bytes: int = 0  # bytes of stdout and of stderr (each) the attempt may keep; 0 = no limit
+    # The job's code as a .tar.gz a remote machine can GET without keys (a presigned store URL, short-lived), and its
+    # SHA-256; empty when the job has no code or the store is not reachable from outside (file://).
+    code_url: str = ""
+    code_sha256: str = ""
+    # Staged inputs as (path relative to the working directory, presigned GET URL) pairs, for remote machines.
+    input_urls: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
