@@ -279,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                          "iter_num": it, "best_val_loss": best_val, "chars": data.chars, "config": vars(args)}
                 info = store_checkpoint(state, it, {"loss": loss.item()}, url=url)
                 print(f"saved checkpoint {info.url} at iter {it}", flush=True)
-            else:
-                save_checkpoint(ckpt_path, model, opt, model_args, it, best_val, data.chars, args)
-                print(f"saved checkpoint {ckpt_path} at iter {it}", flush=True)
+            # Also next to the run (an artifact of the attempt, and a resume point without a store).
+            save_checkpoint(ckpt_path, model, opt, model_args, it, best_val, data.chars, args)
+            print(f"saved checkpoint {ckpt_path} at iter {it}", flush=True)
     if args.sample_chars:
         model.eval()
         out = model.sample(torch.zeros((1, 1), dtype=torch.long), args.sample_chars, gen)
