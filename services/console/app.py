@@ -444,17 +444,21 @@ class Console:
         async def events() -> AsyncIterator[dict[str, str]]:
             yield {"event": "reset", "data": "{}"}
             token = ""
-            snapshots = mesh.scheduler.watch_job(job_id, timeout=7 * 24 * 3600)
             last = first
-            async for job in snapshots:
-                last = job
-                yield {"event": "job", "data": json.dumps(jsonable(job))}
-                while True:
-                    points, nxt, token = await mesh.scheduler.list_progress(job_id, page_size=1000, page_token=token)
-                    if points:
-                        yield {"event": "progress", "data": json.dumps(jsonable(points))}
-                    if not nxt:
-                        break
+            try:
+                async for job in mesh.scheduler.watch_job(job_id, timeout=7 * 24 * 3600):
+                    last = job
+                    yield {"event": "job", "data": json.dumps(jsonable(job))}
+                    while True:
+                        points, nxt, token = await mesh.scheduler.list_progress(job_id, page_size=1000,
+                                                                                page_token=token)
+                        if points:
+                            yield {"event": "progress", "data": json.dumps(jsonable(points))}
+                        if not nxt:
+                            break
+            except grpc.aio.AioRpcError as err:  # the browser reconnects (and starts over with `reset`)
+                yield _failure(err)
+                return
             yield {"event": "end", "data": json.dumps({"state": last.state})}
 
         return EventSourceResponse(events(), ping=15, headers={"cache-control": "no-store"})
@@ -472,14 +476,18 @@ class Console:
         cap = self.config.max_log_bytes_per_event
 
         async def events() -> AsyncIterator[dict[str, str]]:
-            async for chunk in mesh.scheduler.logs(job_id, follow=True, stdout_offset=offsets["stdout"],
-                                                   stderr_offset=offsets["stderr"], timeout=7 * 24 * 3600):
-                offsets[chunk.stream] = chunk.next_offset
-                text = chunk.text
-                for i in range(0, max(len(text), 1), cap):
-                    yield {"event": "log", "id": f"{offsets['stdout']}:{offsets['stderr']}",
-                           "data": json.dumps({"stream": chunk.stream, "text": text[i:i + cap],
-                                               "next_offset": chunk.next_offset})}
+            try:
+                async for chunk in mesh.scheduler.logs(job_id, follow=True, stdout_offset=offsets["stdout"],
+                                                       stderr_offset=offsets["stderr"], timeout=7 * 24 * 3600):
+                    offsets[chunk.stream] = chunk.next_offset
+                    text = chunk.text
+                    for i in range(0, max(len(text), 1), cap):
+                        yield {"event": "log", "id": f"{offsets['stdout']}:{offsets['stderr']}",
+                               "data": json.dumps({"stream": chunk.stream, "text": text[i:i + cap],
+                                                   "next_offset": chunk.next_offset})}
+            except grpc.aio.AioRpcError as err:  # the browser reconnects from the last event id
+                yield _failure(err)
+                return
             yield {"event": "end", "data": "{}"}
 
         return EventSourceResponse(events(), ping=15, headers={"cache-control": "no-store"})
@@ -513,8 +521,11 @@ class Console:
             queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
 
             async def watch(budget_id: str) -> None:
-                async for reply in mesh.cost.watch_budget(budget_id, timeout=7 * 24 * 3600):
-                    await queue.put(reply)
+                try:
+                    async for reply in mesh.cost.watch_budget(budget_id, timeout=7 * 24 * 3600):
+                        await queue.put(reply)
+                except grpc.aio.AioRpcError as err:
+                    await queue.put(err)
 
             tasks = [asyncio.create_task(watch(b.budget_id)) for b in budgets]
             waiting = {b.budget_id for b in budgets}  # `ready` once every watch has sent its first state
@@ -523,6 +534,9 @@ class Console:
             try:
                 while True:
                     reply = await queue.get()
+                    if isinstance(reply, grpc.aio.AioRpcError):
+                        yield _failure(reply)
+                        return  # the browser reconnects and watches again
                     yield {"event": "budget", "data": json.dumps(jsonable(reply.budget))}
                     if reply.alert is not None:
                         yield {"event": "alert", "data": json.dumps(jsonable(reply.alert))}
@@ -565,6 +579,12 @@ class Console:
             Route("/api/budgets/events", a(self.budget_events)),
             Mount("/static", StaticFiles(directory=self.static_dir), name="static"),
         ]
+
+
+def _failure(err: grpc.aio.AioRpcError) -> dict[str, str]:
+    """An SSE `failure` event for a stream the mesh broke off (the page shows it; EventSource then reconnects)."""
+    log.info("stream ended by the mesh: %s %s", err.code().name, err.details())
+    return {"event": "failure", "data": json.dumps({"code": err.code().name, "message": err.details() or ""})}
 
 
 def _job_id(request: Request) -> str:

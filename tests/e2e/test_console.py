@@ -149,7 +149,7 @@ def fill(driver: Any, name: str, value: str) -> None:
 
 
 def submit_from_page(driver: Any, url: str, command: str, *, name: str, archive: Path | None = None,
-                     estimate: bool = False) -> str:
+                     folder: Path | None = None, estimate: bool = False) -> str:
     """Fill the Submit page (local provider, explicit), optionally estimate first; return the new job's id."""
     driver.get(url + "/submit")
     wait(driver, lambda d: css(d, "input[data-provider='local']"), message="providers not listed")
@@ -157,6 +157,8 @@ def submit_from_page(driver: Any, url: str, command: str, *, name: str, archive:
     fill(driver, "command", command)
     if archive is not None:
         by_id(driver, "code-archive").send_keys(str(archive))
+    if folder is not None:
+        by_id(driver, "code-folder").send_keys(str(folder))  # a webkitdirectory input: the console packs the files
     css(driver, "input[data-provider='local']")[0].click()
     from selenium.webdriver.support.ui import Select
 
@@ -249,9 +251,12 @@ def test_submit_nanogpt_chart_and_logs_stream(stack: dict[str, Any], browser: An
     assert response.headers["content-disposition"].startswith("attachment")
 
 
-def test_cancel_second_job(stack: dict[str, Any], browser: Any) -> None:
-    command = f"{sys.executable} -c \"import time; print('waiting', flush=True); time.sleep(600)\""
-    job_id = submit_from_page(browser, stack["url"], command, name="console-cancel")
+def test_cancel_second_job(stack: dict[str, Any], browser: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "sleeper"
+    (folder / "lib").mkdir(parents=True)
+    (folder / "lib" / "say.py").write_text("WORD = 'waiting'\n")
+    (folder / "job.py").write_text("import time\nfrom lib.say import WORD\nprint(WORD, flush=True)\ntime.sleep(600)\n")
+    job_id = submit_from_page(browser, stack["url"], f"{sys.executable} job.py", name="console-cancel", folder=folder)
     wait(browser, lambda d: "waiting" in by_id(d, "log").text, message="the job did not start")
     assert by_id(browser, "job-state").get_attribute("data-state") == "running"
     by_id(browser, "cancel").click()

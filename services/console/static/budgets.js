@@ -41,6 +41,8 @@
         ` — ${usd(a.spent_usd, 4)} of ${usd(a.limit_usd, 2)} (${short(a.enforcement).toLowerCase()}) by job `,
         el("a", { href: "/jobs/" + encodeURIComponent(a.job_id) }, a.job_id), el("span", { class: "muted" }, " " + when(a.time))));
     });
+    events.addEventListener("failure", (ev) => { const f = JSON.parse(ev.data);
+      document.getElementById("watch-status").textContent = `interrupted (${f.code}: ${f.message}); reconnecting`; });
     events.onerror = () => { document.getElementById("watch-status").textContent = "reconnecting…"; };
     return events;
   }

@@ -148,10 +148,13 @@
 
   const events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/events`);
   events.addEventListener("reset", () => { series.clear(); pointCount = 0; plotKeys = "";
+    clear(document.getElementById("job-error"));
     clear(document.getElementById("metric-toggles")); shown.clear(); });
   events.addEventListener("job", (ev) => renderJob(JSON.parse(ev.data)));
   events.addEventListener("progress", (ev) => addPoints(JSON.parse(ev.data)));
   events.addEventListener("end", () => events.close());
+  events.addEventListener("failure", (ev) => { const f = JSON.parse(ev.data);
+    showError(document.getElementById("job-error"), new Error(`live updates interrupted (${f.code}: ${f.message}); reconnecting`)); });
   events.onerror = () => {
     if (job && TERMINAL.has(job.state)) { events.close(); return; }
     api(`/api/jobs/${encodeURIComponent(jobId)}`).catch((err) => { showError(document.getElementById("job-error"), err);
@@ -204,6 +207,8 @@
   const logs = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/logs`);
   logs.addEventListener("open", () => { document.getElementById("log-status").textContent = "streaming"; });
   logs.addEventListener("log", (ev) => { const c = JSON.parse(ev.data); appendLog(c.stream, c.text); });
+  logs.addEventListener("failure", (ev) => { const f = JSON.parse(ev.data);
+    document.getElementById("log-status").textContent = `interrupted (${f.code}); reconnecting`; });
   logs.addEventListener("end", () => { logs.close(); document.getElementById("log-status").textContent = "ended (job finished)"; });
   logs.onerror = () => { if (job && TERMINAL.has(job.state)) logs.close(); };
 })();
