@@ -143,6 +143,12 @@ class SchedulerClient(ServiceClient[pb_grpc.SchedulerServiceStub]):
         partial.replace(destination)
         return destination
 
+    async def delete_artifacts(self, job_id: str, *, timeout: float | None = None) -> int:
+        """Remove an ended job's objects from the artifact store (DeleteJobArtifacts); returns how many went."""
+        reply = await self.stub.DeleteJobArtifacts(pb.DeleteJobArtifactsRequest(job_id=job_id),
+                                                   timeout=self.timeout(timeout))
+        return int(reply.objects_deleted)
+
     async def estimate_requirements(self, fields: dict[str, Any], *, timeout: float | None = None) -> Any:
         """GPU memory for a training or inference workload (EstimateRequirementsRequest in protobuf JSON form)."""
         reply = await self.stub.EstimateRequirements(request(pb.EstimateRequirementsRequest, fields),

@@ -117,6 +117,11 @@ def _spec(args: argparse.Namespace) -> job_pb2.JobSpec:
         resources={"gpu_names": args.gpu or [], "gpu_count": args.gpus, "min_gpu_memory_gib": args.gpu_memory_gib},
         restart_policy={"max_restarts_on_errors": args.max_restarts},
     )
+    for item in args.input or []:  # URI, or PATH=URI (a URI may itself hold '=')
+        path, sep, uri = item.partition("=")
+        if not sep or not uri.startswith(("builtin:", "file:", "s3:")):
+            path, uri = "", item
+        spec.inputs.add(uri=uri, path=path)
     if args.code_dir and args.server_code_dir:
         spec.code_dir = str(Path(args.code_dir).resolve())  # a path on the scheduler's host, allowed by --code-roots
     elif args.code_dir:
@@ -293,9 +298,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_artifacts(args: argparse.Namespace) -> int:
-    """A table of the job's files."""
+    """A table of the job's files (from its working folder, machine or the object store), or with --delete their
+    removal from the store once the job has ended."""
 
     async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+        if args.delete:
+            reply = await stub.DeleteJobArtifacts(pb.DeleteJobArtifactsRequest(job_id=args.job_id), timeout=args.timeout_s)
+            if args.json:
+                _json_line(reply)
+            else:
+                print(f"deleted {reply.objects_deleted} stored object(s) of {args.job_id}")
+            return 0
         rows, token = [], ""
         while True:
             reply = await stub.ListArtifacts(pb.ListArtifactsRequest(job_id=args.job_id, prefix=args.prefix,
@@ -415,6 +428,10 @@ def add_commands(subparsers: Any) -> None:
     s.add_argument("--spot", action="store_true", help="allow spot offers")
     s.add_argument("--env", action="append", help="NAME=VALUE (repeatable)")
     s.add_argument("--checkpoint-dir", default="", help="relative checkpoint folder (default checkpoints)")
+    s.add_argument("--input", action="append", metavar="[PATH=]URI",
+                   help="dataset staged into the working folder before the command runs: builtin:tinyshakespeare, "
+                        "file:///... or s3://... (inside the scheduler's --input-roots), optionally after PATH= "
+                        "(relative destination; default data/<name>) (repeatable)")
     s.add_argument("--max-restarts", type=int, default=0, help="restarts after the command fails")
     s.add_argument("--scope", default="", help="budget scope, e.g. project:nanogpt")
     s.add_argument("--request-id", default="", help="idempotency key (default: a new UUID)")
@@ -454,6 +471,8 @@ def add_commands(subparsers: Any) -> None:
     p = common(sub.add_parser("artifacts", help="files a job produced"))
     p.add_argument("job_id")
     p.add_argument("--prefix", default="")
+    p.add_argument("--delete", action="store_true",
+                   help="remove the job's objects from the artifact store and its working folder (ended jobs only)")
     p.set_defaults(handler=cmd_artifacts)
 
     p = common(sub.add_parser("download", help="download one artifact"), json_output=False)

@@ -31,9 +31,14 @@ MAX_OUTPUT_FILES = 10_000
 
 
 def pack_code(work: Path, manifest: dict[str, list[int]]) -> bytes:
-    """A deterministic .tar.gz of the job's code files (the manifest's regular files only, sorted, mode 0644/0755)."""
+    """A .tar.gz of the job's code: its folders and the manifest's regular files (sorted, mode 0644/0755, no links)."""
     buf = io.BytesIO()
+    folders = sorted({Path(dirpath).relative_to(work).as_posix() for dirpath, _d, _n in os.walk(work)} - {"."})
     with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for rel in folders:  # empty folders of the code too: the program may expect them
+            info = tarfile.TarInfo(rel)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
         for rel in sorted(manifest):
             path = work / rel
             st = path.lstat()

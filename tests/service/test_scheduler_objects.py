@@ -1,0 +1,116 @@
+"""The scheduler's object store on its default file:// backend: outputs uploaded when an attempt ends and served after
+the working folder is gone, a restart in a fresh folder that resumes through CRUCIBLE_CHECKPOINT_URL, inputs staged and
+refused, DeleteJobArtifacts refused while running, and the store's secret kept out of the logged config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import textwrap
+
+import grpc
+import pytest
+
+from crucible.api.scheduler.v1 import job_pb2
+from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
+from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
+from crucible.runtime.config import load_config
+from crucible.scheduler.config import SchedulerConfig
+from tests.service.test_scheduler import error_of, final, local_spec, start_scheduler
+
+S = job_pb2.JobState
+# Attempt 1 saves a checkpoint through the SDK, leaves a file and fails; attempt 2 (a fresh folder) must resume.
+RESUMING = textwrap.dedent("""
+    import os, sys
+    from crucible.clients.checkpoint import load_latest, save_checkpoint
+    found = load_latest(raw=True)
+    print("attempt", os.environ["CRUCIBLE_ATTEMPT"], "leftover", os.path.exists("left.txt"),
+          "resumed", found[1].step if found else None, "input", open("data/words.txt").read().strip(), flush=True)
+    if found is None:
+        save_checkpoint(b"weights at step 7", 7, {"loss": 1.5})
+        open("left.txt", "w").write("from attempt 1")
+        sys.exit(3)
+    open("out/result.txt", "w").write("x" * 5000)
+""")
+
+
+@pytest.fixture
+async def sched(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "words.txt").write_text("hello input\n")
+    server, port = await start_scheduler(str(tmp_path / "state"), code_roots=(str(tmp_path),),
+                                         input_roots=(f"file://{data}",))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield pb_grpc.SchedulerServiceStub(channel), tmp_path
+    await channel.close()
+    await server.stop(0)
+
+
+async def test_restart_resumes_in_a_fresh_folder_and_outputs_outlive_it(sched) -> None:
+    stub, tmp = sched
+    code = tmp / "code"
+    (code / "out").mkdir(parents=True)
+    (code / "job.py").write_text(RESUMING)
+    spec = local_spec([sys.executable, "job.py"], code_dir=str(code),
+                      restart_policy=job_pb2.RestartPolicy(max_restarts_on_errors=1),
+                      inputs=[job_pb2.JobInput(uri=f"file://{tmp}/data/words.txt", path="data/words.txt")])
+    job = (await stub.CreateJob(pb.CreateJobRequest(spec=spec))).job
+    done = await final(stub, job.job_id)
+    assert done.state == S.JOB_STATE_SUCCEEDED, done.transitions[-1].reason
+    text = "".join(c.text for c in [c async for c in stub.StreamJobLogs(pb.StreamJobLogsRequest(job_id=job.job_id))])
+    assert "attempt 1 leftover False resumed None input hello input" in text
+    assert "attempt 2 leftover False resumed 7 input hello input" in text  # fresh folder, checkpoint from the store
+
+    shutil.rmtree(tmp / "state" / "jobs" / job.job_id / "work")
+    arts = {a.path: a for a in (await stub.ListArtifacts(pb.ListArtifactsRequest(job_id=job.job_id))).artifacts}
+    assert {"left.txt", "out/result.txt", "checkpoints/step-000000000007/state.pt"} <= set(arts)
+    assert "job.py" not in arts and arts["checkpoints/step-000000000007/state.pt"].checkpoint
+    got = [c async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job.job_id, path="out/result.txt",
+                                                                            offset=4990))]
+    assert b"".join(c.data for c in got) == b"x" * 10 and got[-1].total_size_bytes == 5000
+    assert got[-1].sha256 == hashlib.sha256(b"x" * 10).hexdigest()
+    code_, reason, _ = await error_of(stub.DownloadArtifact(
+        pb.DownloadArtifactRequest(job_id=job.job_id, path="out/result.txt", offset=5001)).read())
+    assert code_ == grpc.StatusCode.OUT_OF_RANGE
+    ckpt = [c async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(
+        job_id=job.job_id, path="checkpoints/step-000000000007/state.pt"))]
+    assert b"".join(c.data for c in ckpt) == b"weights at step 7"
+
+    deleted = await stub.DeleteJobArtifacts(pb.DeleteJobArtifactsRequest(job_id=job.job_id))
+    assert deleted.objects_deleted >= 4
+    assert not (await stub.ListArtifacts(pb.ListArtifactsRequest(job_id=job.job_id))).artifacts
+    again = await stub.DeleteJobArtifacts(pb.DeleteJobArtifactsRequest(job_id=job.job_id))
+    assert again.objects_deleted == 0
+
+
+async def test_delete_refused_while_running_and_bad_inputs_name_the_field(sched) -> None:
+    stub, tmp = sched
+    job = (await stub.CreateJob(pb.CreateJobRequest(spec=local_spec(
+        [sys.executable, "-c", "import time; time.sleep(60)"])))).job
+    code_, reason, _ = await error_of(stub.DeleteJobArtifacts(pb.DeleteJobArtifactsRequest(job_id=job.job_id)))
+    assert code_ == grpc.StatusCode.FAILED_PRECONDITION and reason == "JOB_NOT_TERMINAL"
+    await stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id))
+    await final(stub, job.job_id)
+
+    (tmp / "secret.txt").write_text("not an input")
+    for uri, path, field in ((f"file://{tmp}/secret.txt", "", "spec.inputs[0].uri"),  # outside --input-roots
+                             ("ftp://example.com/x", "", "spec.inputs[0].uri"),
+                             ("builtin:tinyshakespeare", "../escape", "spec.inputs[0].path")):
+        code_, _, fields = await error_of(stub.CreateJob(pb.CreateJobRequest(spec=local_spec(
+            [sys.executable, "-c", "pass"], inputs=[job_pb2.JobInput(uri=uri, path=path)]))))
+        assert code_ == grpc.StatusCode.INVALID_ARGUMENT and fields[0][0] == field, (uri, fields)
+
+
+def test_store_secret_is_masked_and_bad_settings_refused(tmp_path) -> None:
+    cfg = load_config(SchedulerConfig, "scheduler", env={}, state_dir=str(tmp_path), artifact_store="s3://b/p",
+                      artifact_store_secret_key="very-secret", artifact_store_access_key="AKIA1")
+    shown = cfg.public_dict()
+    assert shown["artifact_store_secret_key"] == "***" and "very-secret" not in repr(cfg.store_settings())
+    assert cfg.store_settings().url == "s3://b/p"
+    assert load_config(SchedulerConfig, "scheduler", env={}, state_dir=str(tmp_path)).store_settings().url == \
+        f"file://{tmp_path.resolve()}/store"
+    with pytest.raises(Exception, match="artifact_store"):
+        load_config(SchedulerConfig, "scheduler", env={}, state_dir=str(tmp_path), artifact_store="relative/folder")
