@@ -92,7 +92,8 @@ class Sessions:
             required = False
         except grpc.aio.AioRpcError as err:
             required = err.code() == grpc.StatusCode.UNAUTHENTICATED
-            if not required:  # the mesh is down or broken: do not cache, pages show the error
+            if not required:  # the mesh is down or broken: pages show its error; ask again in a couple of seconds
+                self._probe = (now - PROBE_TTL_S + 2.0, False)
                 return False
         self._probe = (now, required)
         return required
