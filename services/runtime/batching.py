@@ -303,6 +303,8 @@ class DynamicBatcher(Generic[T, R]):
                 raise
         for entry in entries:
             entry.waiters += 1
+            if entry.waiters > 1 and entry.deadline is not None:  # shared: it expires with its last caller's deadline
+                entry.deadline = None if deadline is None else max(entry.deadline, deadline)
         for entry in new_entries:
             if entry.key is not None:
                 self._inflight[entry.key] = entry

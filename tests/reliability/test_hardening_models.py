@@ -110,6 +110,35 @@ async def test_the_texts_of_one_request_together_are_bounded(model_folders) -> N
         await running.server.stop(0)
 
 
+TOKENISING = [
+    ("detector", "Detect", {"texts": ["A text tokenised somewhere."]},
+     lambda service: service.detector_servicer.pipeline.detector, "prepare"),
+    ("scorer", "ScoreTexts", {"items": [{"text": "A text tokenised somewhere."}]},
+     lambda service: service.runtime.scorer, "prepare_texts"),
+    ("scorer", "ScoreChoices", {"items": [{"raw_prompt": "Capital of France?", "choices": [" Paris", " Rome"]}]},
+     lambda service: service.runtime.scorer, "prepare_choices"),
+    ("proposer", "Propose", {"text": "How do vaccines work?", "mode": "PROPOSE_MODE_PARAPHRASE", "seed": 3},
+     lambda service: service.engine, "render"),
+]
+
+
+@pytest.mark.parametrize(("service", "name", "fields", "owner", "attribute"), TOKENISING,
+                         ids=[f"{s}.{n}" for s, n, *_ in TOKENISING])
+def test_tokenising_runs_off_the_event_loop(fleet: dict[str, Running], monkeypatch: pytest.MonkeyPatch, service: str,
+                                            name: str, fields: dict, owner, attribute: str) -> None:
+    target = owner(fleet[service].server.service)
+    original = getattr(target, attribute)
+    threads: list[str] = []
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003 - forwards the call as it came
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, attribute, recording)
+    assert _call(fleet, service, name, fields) is None
+    assert threads and "reliability-servers" not in threads, threads  # the loop thread of the in-process servers
+
+
 async def test_a_batch_whose_callers_are_gone_stops_between_steps() -> None:
     """A running batch is told when every caller has gone (deadline or cancel) and stops at its next step."""
     from crucible.runtime.batching import BatchCancelled, BatchSettings, DynamicBatcher

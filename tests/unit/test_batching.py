@@ -224,3 +224,25 @@ async def test_admission_by_wait_counts_the_running_batch_and_can_be_turned_off(
     off.start()
     assert await off.submit("z" * 10, timeout=5) == "z" * 10
     await off.stop()
+
+
+async def test_a_shared_item_expires_with_its_last_callers_deadline_not_its_first():
+    gate = threading.Event()
+
+    def run(items: list[str]) -> list[str]:
+        gate.wait(10)
+        return [i.upper() for i in items]
+
+    b = DynamicBatcher("share", run, BatchSettings(max_batch_size=1, max_batch_tokens=0, max_wait_s=0.0),
+                       dedup_key=lambda item: item)
+    b.start()
+    blocker = asyncio.ensure_future(b.submit("first"))
+    await asyncio.sleep(0.05)
+    hurried = asyncio.ensure_future(b.submit("same", timeout=0.1))
+    patient = asyncio.ensure_future(b.submit("same", timeout=30))
+    await asyncio.sleep(0.3)  # past the hurried caller's deadline; it has not been computed yet
+    gate.set()
+    assert await patient == "SAME"
+    assert await blocker == "FIRST"
+    assert (await asyncio.gather(hurried, return_exceptions=True))[0] == "SAME"  # nobody cancelled it: it got the result
+    await b.stop()
