@@ -51,7 +51,7 @@ class DetectorSettings:
     model_cache_dir: str = ""
     max_tokens: int = 512
     max_texts_per_call: int = 256
-    max_text_bytes: int = 262144
+    max_text_bytes: int = 65536
     padding_side: str = "right"
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
     classifier_batch_size: int = 32
