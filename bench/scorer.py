@@ -168,7 +168,8 @@ async def run_modes(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--questions", type=int, default=64, help="questions per mode (default 64)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
+    parser.add_argument("--dtype", default=ScorerConfig.dtype, choices=("auto", "float32", "bfloat16"),
+                        help=f"target dtype (default {ScorerConfig.dtype}, the service default)")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--clients", type=int, default=8, help="concurrent service clients")
     parser.add_argument("--per-call", type=int, default=4, help="questions per ScoreChoices call")

@@ -43,7 +43,11 @@ def add_commands(sub: Any) -> None:
     attack.add_argument("--parallel", type=int, default=3, help="questions attacked concurrently")
     attack.add_argument("--trace", type=Path, default=Path("attack-trace.jsonl"),
                         help="JSONL trace of every candidate; an existing trace is resumed (finished questions skipped)")
-    attack.add_argument("--equivalence", choices=("embedding", "nli"), default="embedding")
+    attack.add_argument("--equivalence", choices=("question", "embedding", "nli"), default="question",
+                        help="meaning check: question (form checks, then NLI if configured, else cosine; default), "
+                        "embedding or nli alone")
+    attack.add_argument("--temperature", type=float, default=AttackConfig.temperature,
+                        help=f"proposer sampling temperature (default {AttackConfig.temperature}; the paper uses 1.0)")
     attack.add_argument("--threshold", type=float, default=None, help="equivalence threshold (default: the proposer's)")
     attack.add_argument("--seed", type=int, default=0)
     attack.add_argument("--base-port", type=int, default=None)
@@ -133,7 +137,7 @@ def _attack(args: argparse.Namespace) -> int:
         print(f"crucible attack: {err}", file=sys.stderr)
         return 2
     config = AttackConfig(iterations=args.iterations, equivalence_method=args.equivalence,
-                          equivalence_threshold=args.threshold, seed=args.seed)
+                          equivalence_threshold=args.threshold, seed=args.seed, temperature=args.temperature)
     trace = Trace(args.trace)
     already = len(trace.finished())
 

@@ -13,13 +13,19 @@ from crucible.api.proposer.v1 import proposer_service_pb2_grpc as pb_grpc
 from crucible.clients.base import ServiceClient, model_dict, optional_field
 
 MODES = {"paraphrase": pb.PROPOSE_MODE_PARAPHRASE, "equivalent_question": pb.PROPOSE_MODE_EQUIVALENT_QUESTION}
-METHODS = {"embedding": pb.EQUIVALENCE_METHOD_EMBEDDING_COSINE, "nli": pb.EQUIVALENCE_METHOD_NLI_ENTAILMENT}
+METHODS = {"embedding": pb.EQUIVALENCE_METHOD_EMBEDDING_COSINE, "nli": pb.EQUIVALENCE_METHOD_NLI_ENTAILMENT,
+           "question": pb.EQUIVALENCE_METHOD_QUESTION}
 _METHOD_NAMES = {v: k for k, v in METHODS.items()}
+
+
+def _reason(value: int) -> str:
+    """A DropReason as the lower-case name the service's cleaning uses ("not_a_question"); "" for UNSPECIFIED."""
+    return "" if value == pb.DROP_REASON_UNSPECIFIED else pb.DropReason.Name(value)[len("DROP_REASON_"):].lower()
 
 
 @dataclasses.dataclass(frozen=True)
 class Proposal:
-    """Candidates of one Propose call (empty and degenerate ones already dropped and counted)."""
+    """Candidates of one Propose call (invalid ones already dropped and counted: `dropped` by reason)."""
 
     candidates: list[str]
     finish_reasons: list[str]
@@ -28,6 +34,7 @@ class Proposal:
     seed: int
     prompt: str
     model: dict[str, str]
+    dropped: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +47,11 @@ class Equivalence:
     method: str
     entailment_forward: float | None = None
     entailment_backward: float | None = None
+    #: "question" method: why the pair failed the form checks ("not_a_question", "answers", ...); "" when it passed.
+    form_violation: str = ""
+    form_detail: str = ""
+    #: The method that produced the score ("question" scores with "nli" or "embedding").
+    similarity_method: str = ""
 
 
 class ProposerClient(ServiceClient[pb_grpc.ProposerServiceStub]):
@@ -86,6 +98,7 @@ class ProposerClient(ServiceClient[pb_grpc.ProposerServiceStub]):
             reply.seed,
             reply.prompt,
             model_dict(reply.model),
+            {_reason(d.reason): d.count for d in reply.dropped},
         )
 
     async def check_equivalence(
@@ -94,19 +107,23 @@ class ProposerClient(ServiceClient[pb_grpc.ProposerServiceStub]):
         *,
         method: str = "embedding",
         threshold: float | None = None,
+        options: Sequence[str] = (),
         timeout: float | None = None,
     ) -> list[Equivalence]:
-        """Whether each (first, second) pair means the same; method "embedding" (default) or "nli"."""
+        """Whether each (first, second) pair means the same; method "embedding" (default), "nli" or "question"
+        (first = a question stem, second = its rewording; `options` are the question's answer options)."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-        request = pb.CheckEquivalenceRequest(pairs=[pb.TextPair(first=a, second=b) for a, b in pairs], method=METHODS[method])
+        request = pb.CheckEquivalenceRequest(
+            pairs=[pb.TextPair(first=a, second=b, options=list(options)) for a, b in pairs], method=METHODS[method])
         if threshold is not None:
             request.threshold = threshold
         reply = await self.stub.CheckEquivalence(request, timeout=self.timeout(timeout))
         used = _METHOD_NAMES.get(reply.method, str(reply.method))
+        scoring = _METHOD_NAMES.get(reply.similarity_method, used)
         return [
             Equivalence(r.score, r.equivalent, reply.threshold, used, optional_field(r, "entailment_forward"),
-                        optional_field(r, "entailment_backward"))
+                        optional_field(r, "entailment_backward"), _reason(r.form_violation), r.form_detail, scoring)
             for r in reply.results
         ]
 

@@ -1,7 +1,7 @@
 """`crucible demo` (what `make run` runs): bring the mesh up on the embedded models and show each loop working.
 
-Reward loop on a few texts, a short SECA attack on two questions, a nanoGPT job on the local provider with its cost
-estimate, then a summary and a clean stop. Uses ../shared/data when present, else the small samples written here.
+Reward loop on a few texts, a short SECA attack on two questions the target answers right (from a built-in set), a
+nanoGPT job on the local provider with its cost estimate, then a summary and a clean stop. Needs no data folder.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crucible.clients.attack import MCQ, AttackConfig, SecaAttack, Trace, load_mmlu, summarize
+from crucible.clients.attack import MCQ, AttackConfig, IterationReport, SecaAttack, Trace, summarize
 from crucible.clients.mesh import Mesh
 from crucible.clients.reward import CompositeReward, RewardConfig
 from crucible.clients.scorer import ChoiceQuery
@@ -38,19 +38,31 @@ REWARD_SAMPLES: list[tuple[str, list[str]]] = [
     ),
 ]
 
-#: Two MMLU-format questions (answers are indexes into the options) for machines without ../shared/data.
+#: A dozen easy general-knowledge questions in MMLU format (answers are indexes into the options, spread over the
+#: letters). The demo scores them all first and attacks those the configured target answers right, so it has
+#: something to attack whatever the target; no ../shared/data is needed.
 ATTACK_SAMPLES = [
     MCQ("builtin/0", "high_school_geography", "What is the capital city of France?",
         ("Berlin", "Madrid", "Paris", "Rome"), 2),
     MCQ("builtin/1", "elementary_mathematics", "What is the result of 7 multiplied by 8?",
         ("54", "56", "58", "64"), 1),
+    MCQ("builtin/2", "astronomy", "Which planet is known as the Red Planet?", ("Mars", "Venus", "Jupiter", "Saturn"), 0),
+    MCQ("builtin/3", "high_school_biology", "Which organ pumps blood through the human body?",
+        ("The lungs", "The liver", "The heart", "The kidneys"), 2),
+    MCQ("builtin/4", "high_school_chemistry", "What is the chemical formula of water?", ("CO2", "NaCl", "H2O", "O2"), 2),
+    MCQ("builtin/5", "elementary_mathematics", "How many days are there in a week?", ("Five", "Six", "Seven", "Eight"), 2),
+    MCQ("builtin/6", "high_school_geography", "Which is the largest ocean on Earth?",
+        ("The Atlantic Ocean", "The Pacific Ocean", "The Indian Ocean", "The Arctic Ocean"), 1),
+    MCQ("builtin/7", "high_school_physics", "At what temperature in degrees Celsius does pure water freeze at sea level?",
+        ("0", "10", "50", "100"), 0),
+    MCQ("builtin/8", "high_school_biology", "Which animal is known as the king of the jungle?",
+        ("The elephant", "The tiger", "The zebra", "The lion"), 3),
+    MCQ("builtin/9", "high_school_biology", "What do bees collect from flowers to make honey?",
+        ("Nectar", "Leaves", "Bark", "Seeds"), 0),
+    MCQ("builtin/10", "high_school_geography", "On which continent is Egypt located?",
+        ("Asia", "Africa", "Europe", "South America"), 1),
+    MCQ("builtin/11", "elementary_mathematics", "How many sides does a triangle have?", ("Two", "Three", "Four", "Five"), 1),
 ]
-
-
-def _shared_data() -> Path | None:
-    here = Path(__file__).resolve().parent.parent
-    candidate = here.parent / "shared" / "data"
-    return candidate if candidate.is_dir() else None
 
 
 async def reward_section(mesh: Mesh) -> dict[str, Any]:
@@ -66,36 +78,56 @@ async def reward_section(mesh: Mesh) -> dict[str, Any]:
         group = await reward.score_group(original, rewrites)
         for text, r, adv in zip(rewrites, group.rewards, group.advantages, strict=True):
             rows.append((f"{r.total:+.3f}", f"{adv:+.2f}", f"{r.detector:.3f}", f"{r.similarity:.3f}", f"{r.fluency:.3f}",
-                         "-" if r.perplexity is None else f"{r.perplexity:.0f}", f"{r.penalty:+.1f}",
-                         ",".join(r.flags) or "-", (text or "<empty>")[:44]))
+                         "-" if r.perplexity is None else f"{r.perplexity:.0f}", f"{r.repetition:.2f}",
+                         f"{r.language:.2f}", f"{r.length:.2f}", f"{r.penalty:+.1f}", ",".join(r.flags) or "-",
+                         (text or "<empty>")[:44]))
             totals.append(r.total)
-    print("\n== Reward loop (composite reward per GRPO group: detector evasion + similarity + fluency + penalties)")
-    print(format_table(("total", "advantage", "evasion", "similarity", "fluency", "ppl", "penalty", "flags", "rewrite"),
-                       rows))
+    # Hygiene: repetition (degeneracy, subtracted), language (English-likeness vs the original) and length (1 within
+    # the bounds) are weighted components too, so "Exercise exercise ..." no longer outscores a sensible rewrite.
+    print("\n== Reward loop (composite reward per GRPO group: evasion + similarity + fluency - repetition - language "
+          "- length + penalties)")
+    print(format_table(("total", "advantage", "evasion", "similarity", "fluency", "ppl", "repetition", "language",
+                        "length", "penalty", "flags", "rewrite"), rows))
     return {"rewrites_scored": len(totals), "reward_seconds": time.perf_counter() - started}
 
 
-async def attack_section(mesh: Mesh, trace_dir: Path, iterations: int = 3) -> dict[str, Any]:
-    """A short SECA attack on two questions; prints each outcome and the campaign summary."""
-    data = _shared_data()
+async def attack_section(mesh: Mesh, trace_dir: Path, iterations: int = 3, questions: int = 2) -> dict[str, Any]:
+    """A short SECA attack on questions the target answers right, picked by scoring the built-in set first.
+
+    Prints, per iteration, each question's best candidate so far, its objective (log P of the target wrong letter)
+    and the meaning check's verdict on it, then the outcomes and the summary (attacked, flipped, valid candidates).
+    """
     pool = ATTACK_SAMPLES
-    if data is not None and (data / "mmlu").is_dir():
-        pool = load_mmlu(data / "mmlu", ["high_school_psychology"], limit_per_subject=12)
-    # SECA attacks only questions the target answers right: pick the first two of those (one scoring call).
+    # SECA attacks only questions the target answers right: score the whole set once and keep the first of those.
     scores = await mesh.scorer.score_choices([ChoiceQuery(question=q.with_question(q.question)) for q in pool])
-    questions = [q for q, s in zip(pool, scores, strict=True) if s.top_index == q.answer][:2] or pool[:2]
-    attack = SecaAttack(mesh, AttackConfig(iterations=iterations), Trace(trace_dir / "demo-attack.jsonl"))
+    right = [q for q, s in zip(pool, scores, strict=True) if s.top_index == q.answer]
+    print(f"\n== Attack loop (SECA search, {iterations} iterations, 3 parents x 3 candidates): the target answers "
+          f"{len(right)}/{len(pool)} built-in questions right; attacking {min(questions, len(right))} of them")
+    if not right:
+        return {"attack_attacked": 0, "attack_note": "the target answers none of the built-in questions right"}
+
+    def show(report: IterationReport) -> None:
+        verdict = "original" if report.equivalence_score is None else (
+            f"{'equivalent' if report.equivalent else 'not equivalent'} ({report.equivalence_score:.2f})")
+        print(f"  {report.qid} it {report.iteration}: objective {report.best_objective:7.3f}  top "
+              f"{'ABCD'[report.top_option] if report.top_option < 4 else report.top_option} (answer "
+              f"{'ABCD'[report.answer] if report.answer < 4 else report.answer})  {verdict}  "
+              f"valid {report.valid}/{report.candidates}  best: {report.best_question[:70]}")
+
+    attack = SecaAttack(mesh, AttackConfig(iterations=iterations), Trace(trace_dir / "demo-attack.jsonl"),
+                        on_iteration=show)
     started = time.perf_counter()
-    outcomes = await attack.campaign(questions, parallel=2)
-    print(f"\n== Attack loop (SECA search, {iterations} iterations, 3 parents x 3 candidates)")
+    outcomes = await attack.campaign(right[:questions], parallel=questions)
     print(format_table(
-        ("question", "status", "iterations", "objective before", "best objective", "equivalence passed/checked"),
+        ("question", "status", "iterations", "objective before", "best objective", "equivalence passed/checked",
+         "valid candidates"),
         [(o.qid, o.status, o.iterations, f"{o.original_objective:.2f}", f"{o.best_objective:.2f}",
-          f"{o.equivalence_passed}/{o.equivalence_checked}") for o in outcomes],
+          f"{o.equivalence_passed}/{o.equivalence_checked}", f"{o.candidates_valid}/{o.candidates_generated}")
+         for o in outcomes],
     ))
     summary = summarize(outcomes)
-    return {"attack_" + k: v for k, v in summary.items() if k in ("attacked", "flipped", "attack_success_rate")} | {
-        "attack_seconds": time.perf_counter() - started}
+    keep = ("attacked", "flipped", "attack_success_rate", "valid_candidate_rate", "equivalence_pass_rate", "errors")
+    return {"attack_" + k: summary[k] for k in keep} | {"attack_seconds": time.perf_counter() - started}
 
 
 async def nanogpt_section(mesh: Mesh, max_iters: int = 60) -> dict[str, Any]:

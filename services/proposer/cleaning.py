@@ -6,8 +6,11 @@ Pure string work (no grpc, no torch); every rule is unit-tested in tests/unit/te
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
+from collections.abc import Sequence
 
+from crucible.proposer import prompts
 from crucible.proposer.prompts import MODE_EQUIVALENT_QUESTION
 
 KEPT = "kept"
@@ -154,3 +157,182 @@ def clean_candidate(raw: str, *, source: str, mode: str = "") -> Cleaned:
     if _normalise(text) == _normalise(source) or is_repetition_loop(text):
         return Cleaned(text, DEGENERATE)
     return Cleaned(text, KEPT)
+
+
+# ---- question rewrites: form checks ------------------------------------------------------------------------------
+#
+# A rewrite of a multiple-choice question must stay a question (or the same kind of open stem), must not answer it,
+# name one of its options or list them, must not be a near-copy of the original and must keep about its length.
+# These checks are shared by Propose (EQUIVALENT_QUESTION cleaning) and CheckEquivalence (the QUESTION method).
+
+#: Reasons a candidate is dropped (Propose) or a pair is refused before any similarity (CheckEquivalence).
+NOT_A_QUESTION = "not_a_question"
+ANSWERS = "answers"
+REPEATS_OPTIONS = "repeats_options"
+NEAR_COPY = "near_copy"
+LENGTH_CHANGE = "length_change"
+MEANING_CHANGE = "meaning_change"
+#: Every reason in reporting order (EMPTY and DEGENERATE apply to both modes, the rest to question rewrites).
+DROP_REASONS = (EMPTY, DEGENERATE, NOT_A_QUESTION, ANSWERS, REPEATS_OPTIONS, NEAR_COPY, LENGTH_CHANGE, MEANING_CHANGE)
+
+FORM_QUESTION = "question"  # ends with '?'
+FORM_BLANK = "blank"  # a stem with a blank to fill ("___")
+FORM_TASK = "task"  # an instruction ("Find the degree of ...")
+FORM_OPEN = "open"  # an unfinished stem the options complete ("Delusions of grandeur are most characteristic of")
+FORM_STATEMENT = "statement"  # a finished declarative sentence
+#: Forms that ask for the answer: any of them may be reworded into any other.
+ASKING_FORMS = frozenset({FORM_QUESTION, FORM_BLANK, FORM_TASK, FORM_OPEN})
+
+_BLANK = re.compile(r"_{3,}|\.{4,}|\(\s*\)|\[\s*\]")
+_TASK_VERBS = frozenset(
+    "find compute calculate determine identify select choose name give state evaluate simplify solve estimate "
+    "predict explain describe list classify complete pick indicate match arrange".split()
+)
+_ASKING_OPENERS = frozenset(
+    "what which who whom whose when where why how is are was were do does did can could should would will shall "
+    "may might must has have had".split()
+)
+_ANSWER_LEAD = re.compile(
+    r"^\s*(?:the\s+)?(?:(?:correct|right|best|final)\s+)?(?:answer|option|choice|solution)\s*(?:is|would be|:)"
+    r"|^\s*\((?-i:[A-Z])\)\s|^\s*(?-i:[A-Z])[.:)]\s|^\s*\(?(?-i:[A-Z])\)?[.:]?\s*$"
+    r"|\b(?:option|choice|answer)\s+\(?(?-i:[A-Z])\)?(?:\b|$)",
+    re.IGNORECASE,
+)
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\s*%)?")
+_NEGATIONS = frozenset("not no never none neither nor cannot without except n't nobody nothing nowhere".split())
+#: Words that carry a negation themselves: "NOT true" and "false" ask the same.
+_NEGATIVE_WORDS = frozenset("false incorrect untrue wrong invalid inaccurate".split())
+#: Opposites: a rewrite that swaps one for the other asks a different question.
+_OPPOSITES = (
+    ("most", "least"), ("largest", "smallest"), ("highest", "lowest"), ("maximum", "minimum"), ("greatest", "least"),
+    ("true", "false"), ("correct", "incorrect"), ("increase", "decrease"), ("increases", "decreases"),
+    ("before", "after"), ("first", "last"), ("above", "below"), ("more", "less"), ("greater", "smaller"),
+    ("larger", "smaller"), ("higher", "lower"), ("longest", "shortest"), ("fastest", "slowest"), ("best", "worst"),
+    ("strongest", "weakest"), ("always", "never"), ("all", "none"), ("inside", "outside"), ("positive", "negative"),
+    ("accurate", "inaccurate"), ("valid", "invalid"), ("consistent", "inconsistent"), ("likely", "unlikely"),
+    ("closest", "farthest"), ("nearest", "farthest"), ("begin", "end"), ("start", "end"), ("began", "ended"),
+    ("absorb", "release"), ("oldest", "youngest"), ("earliest", "latest"), ("minimum", "maximum"),
+)
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.casefold().replace("\u2019", "'").replace("n't", " n't"))
+
+
+def question_form(text: str) -> str:
+    """The form of a question stem: FORM_QUESTION, FORM_BLANK, FORM_TASK, FORM_OPEN or FORM_STATEMENT."""
+    stripped = text.strip().rstrip("\"'\u201d\u2019)*").strip()
+    if not stripped:
+        return FORM_STATEMENT
+    if stripped.endswith("?"):
+        return FORM_QUESTION
+    if _BLANK.search(stripped):
+        return FORM_BLANK
+    last_sentence = re.split(r"(?<=[.!?])\s+", stripped)[-1]
+    words = _words(last_sentence)
+    if words and words[0] in _TASK_VERBS:
+        return FORM_TASK
+    if stripped.endswith((".", "!")):
+        # A finished sentence; one that opens like a question ("What is the capital of France.") still asks.
+        return FORM_QUESTION if words and words[0] in _ASKING_OPENERS and words[0] not in ("is", "are", "was", "were",
+                                                                                            "has", "have", "had") else FORM_STATEMENT
+    return FORM_OPEN if stripped[-1].isalnum() or stripped.endswith((":", ",", "-", "\u2013", "\u2014")) else FORM_STATEMENT
+
+
+def names_option(text: str, original: str, options: Sequence[str]) -> list[int]:
+    """Indexes of options whose text appears (as whole words) in `text` but not in `original`."""
+    found = []
+    said = f" {' '.join(_words(text))} "
+    before = f" {' '.join(_words(original))} "
+    for index, option in enumerate(options):
+        words = _words(option)
+        if not words:
+            continue
+        phrase = f" {' '.join(words)} "
+        if phrase in said and phrase not in before:
+            found.append(index)
+    return found
+
+
+def word_similarity(first: str, second: str) -> float:
+    """Similarity of two texts' word sequences in [0, 1] (difflib's ratio over normalised words)."""
+    return difflib.SequenceMatcher(None, _words(first), _words(second), autojunk=False).ratio()
+
+
+def _numbers(text: str) -> set[str]:
+    return {re.sub(r"\s+", "", n).replace(",", "") for n in _NUMBER.findall(text)}
+
+
+def meaning_change(original: str, rewrite: str) -> str:
+    """Why `rewrite` cannot ask the same as `original` on its surface, or "" when nothing obvious changed:
+    a number added or dropped, negation added or dropped, or a word swapped for its opposite."""
+    if _numbers(original) != _numbers(rewrite):
+        return f"numbers differ ({sorted(_numbers(original))} vs {sorted(_numbers(rewrite))})"
+    first, second = _words(original), _words(rewrite)
+    negations = sum(w in _NEGATIONS for w in first), sum(w in _NEGATIONS for w in second)
+    negative = sum(w in _NEGATIVE_WORDS for w in first), sum(w in _NEGATIVE_WORDS for w in second)
+    if (negations[0] + negative[0]) % 2 != (negations[1] + negative[1]) % 2:
+        return "negation added or removed"
+    if negations[0] != negations[1]:
+        return ""  # a negation traded for a negative word ("NOT true" -> "false"): the swap below is that trade
+    a, b = set(first), set(second)
+    for x, y in _OPPOSITES:
+        if (x in a and y in b and y not in a and x not in b) or (y in a and x in b and x not in a and y not in b):
+            return f"'{x}'/'{y}' swapped"
+    return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class QuestionLimits:
+    """Bounds of the question-rewrite checks: near-copy similarity and the allowed change of length in words."""
+
+    #: A rewrite whose word-sequence similarity to the original reaches this is a near-copy (it rewords nothing).
+    near_copy_similarity: float = 0.92
+    #: Allowed word-count ratio of rewrite to original: within [1 / max_length_ratio, max_length_ratio] ...
+    max_length_ratio: float = 2.0
+    #: ... or within this many words of the original (short questions may change a lot relatively).
+    length_slack_words: int = 6
+
+
+def question_problem(rewrite: str, original: str, options: Sequence[str] = (),
+                     limits: QuestionLimits = QuestionLimits(), *, near_copy: bool = True) -> tuple[str, str]:
+    """(reason, detail) when `rewrite` is not a valid rewording of the question stem `original`, else ("", "").
+
+    Checked in order: it lists the options (REPEATS_OPTIONS), it answers or names an option (ANSWERS), its form does
+    not ask what the original asks (NOT_A_QUESTION: a statement for a question), its length is out of bounds
+    (LENGTH_CHANGE), it changes numbers, negation or an opposite pair (MEANING_CHANGE), and, when `near_copy`, it
+    barely differs from the original (NEAR_COPY).
+    """
+    named = names_option(rewrite, original, options)
+    letter_lines = sum(bool(_OPTION_LINE.match(line)) for line in rewrite.split("\n"))
+    if len(named) >= 2 or letter_lines >= 2:
+        return REPEATS_OPTIONS, f"lists options {named or letter_lines}"
+    if _ANSWER_LEAD.search(rewrite):
+        return ANSWERS, "gives an answer or names an option letter"
+    if named:
+        return ANSWERS, f"names option {prompts.option_letter(named[0])}"
+    before, after = question_form(original), question_form(rewrite)
+    if (before in ASKING_FORMS) != (after in ASKING_FORMS):
+        return NOT_A_QUESTION, f"a {after} for a {before}"
+    n_before, n_after = len(_words(original)), len(_words(rewrite))
+    if abs(n_after - n_before) > limits.length_slack_words and not (
+        n_before / limits.max_length_ratio <= n_after <= n_before * limits.max_length_ratio
+    ):
+        return LENGTH_CHANGE, f"{n_after} words for {n_before}"
+    changed = meaning_change(original, rewrite)
+    if changed:
+        return MEANING_CHANGE, changed
+    if near_copy and word_similarity(original, rewrite) >= limits.near_copy_similarity:
+        return NEAR_COPY, f"word similarity {word_similarity(original, rewrite):.2f}"
+    return "", ""
+
+
+def clean_question(raw: str, *, source: str, options: Sequence[str],
+                   limits: QuestionLimits = QuestionLimits()) -> Cleaned:
+    """Clean one EQUIVALENT_QUESTION generation and judge it: EMPTY or DEGENERATE as clean_candidate, else the first
+    reason of question_problem, else KEPT."""
+    cleaned = clean_candidate(raw, source=source, mode=MODE_EQUIVALENT_QUESTION)
+    if cleaned.outcome != KEPT:
+        return cleaned
+    reason, _ = question_problem(cleaned.text, source, options, limits)
+    return Cleaned(cleaned.text, reason or KEPT)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 METHOD_COSINE = "embedding_cosine"
 METHOD_NLI = "nli_entailment"
+METHOD_QUESTION = "question"
 MIN_OPTIONS, MAX_OPTIONS = 2, 26
 
 
@@ -60,7 +61,10 @@ class CandidateResult:
 
 @dataclasses.dataclass(frozen=True)
 class ProposeResult:
-    """What Propose returns: kept candidates, drop counts, the seed used, the exact prompt and the generator's identity."""
+    """What Propose returns: kept candidates, drop counts, the seed used, the exact prompt and the generator's identity.
+
+    `dropped` counts every dropped candidate by reason (cleaning.DROP_REASONS; only reasons that occurred).
+    """
 
     candidates: list[CandidateResult]
     dropped_empty: int
@@ -68,16 +72,21 @@ class ProposeResult:
     seed: int
     prompt: str
     model: Any
+    dropped: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
 class EquivalenceResult:
-    """Verdicts of one CheckEquivalence call with the method, threshold and model that produced them."""
+    """Verdicts of one CheckEquivalence call with the method, threshold and model that produced them.
+
+    `similarity_method` is the method behind the scores (METHOD_QUESTION scores with NLI or cosine).
+    """
 
     verdicts: list[equivalence.PairVerdict]
     method: str
     threshold: float
     model: Any
+    similarity_method: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,6 +375,8 @@ class ProposerEngine:
         cfg = self.config
         prompt, prompt_ids = await asyncio.to_thread(self._render_and_encode, spec)  # tokenising off the event loop
         max_new = spec.max_new_tokens or cfg.default_max_new_tokens
+        if spec.mode == prompts.MODE_EQUIVALENT_QUESTION and not spec.max_new_tokens:
+            max_new = min(max_new, prompts.question_token_budget(spec.text))  # longer rewrites are dropped anyway
         context = self.generator.max_length
         if context is not None and len(prompt_ids) + max_new > context:
             raise InvalidArgument.field(
@@ -405,27 +416,54 @@ class ProposerEngine:
     def collect_candidates(self, spec: ProposeSpec, prompt: str, seed: int, generated: Sequence[generation.GeneratedRow]) -> ProposeResult:
         tokenizer = self.generator.tokenizer
         kept: list[CandidateResult] = []
-        empty = degenerate = 0
+        dropped: dict[str, int] = {}
         for row in generated:
             raw = tokenizer.decode(list(row.token_ids), skip_special_tokens=True)
-            cleaned = cleaning.clean_candidate(raw, source=spec.text, mode=spec.mode or "")
-            if cleaned.outcome == cleaning.EMPTY:
-                empty += 1
-            elif cleaned.outcome == cleaning.DEGENERATE:
-                degenerate += 1
+            if spec.mode == prompts.MODE_EQUIVALENT_QUESTION:
+                cleaned = cleaning.clean_question(raw, source=spec.text, options=spec.options)
             else:
+                cleaned = cleaning.clean_candidate(raw, source=spec.text, mode=spec.mode or "")
+            if cleaned.outcome == cleaning.KEPT:
                 kept.append(CandidateResult(cleaned.text, row.steps, row.finish))
+            else:
+                dropped[cleaned.outcome] = dropped.get(cleaned.outcome, 0) + 1
         self.candidates.labels(cleaning.KEPT).inc(len(kept))
-        self.candidates.labels(cleaning.EMPTY).inc(empty)
-        self.candidates.labels(cleaning.DEGENERATE).inc(degenerate)
-        return ProposeResult(kept, empty, degenerate, seed, prompt, self.generator.identity)
+        for reason, count in dropped.items():
+            self.candidates.labels(reason).inc(count)
+        ordered = {r: dropped[r] for r in cleaning.DROP_REASONS if r in dropped}
+        return ProposeResult(kept, dropped.get(cleaning.EMPTY, 0), dropped.get(cleaning.DEGENERATE, 0), seed, prompt,
+                             self.generator.identity, ordered)
 
     # ---- CheckEquivalence and Embed ---------------------------------------------------------------------------------
 
+    async def _check_questions(self, pairs: Sequence[tuple[str, str]], pair_options: Sequence[Sequence[str]],
+                               threshold: float | None, *, timeout: float | None) -> EquivalenceResult:
+        """METHOD_QUESTION: the form checks first (a failing pair is refused with score 0), then bidirectional NLI
+        entailment when an NLI model is loaded, else embedding cosine, on the pairs that passed."""
+        problems = [cleaning.question_problem(second, first, options, near_copy=False)
+                    for (first, second), options in zip(pairs, pair_options, strict=True)]
+        passing = [i for i, (reason, _) in enumerate(problems) if not reason]
+        scoring = METHOD_NLI if self._entail is not None else METHOD_COSINE
+        scored: dict[int, equivalence.PairVerdict] = {}
+        if passing:
+            inner = await self.check_equivalence([pairs[i] for i in passing], scoring, threshold, timeout=timeout)
+            scored = dict(zip(passing, inner.verdicts, strict=True))
+            cut, model = inner.threshold, inner.model
+        else:
+            cut = (self.config.nli_threshold if scoring == METHOD_NLI else self.config.cosine_threshold) \
+                if threshold is None else threshold
+            model = (self.nli if scoring == METHOD_NLI else self.embedder).identity
+        verdicts = [scored[i] if i in scored else equivalence.PairVerdict(0.0, False, form_violation=reason,
+                                                                           form_detail=detail)
+                    for i, (reason, detail) in enumerate(problems)]
+        return EquivalenceResult(verdicts, METHOD_QUESTION, cut, model, scoring)
+
     async def check_equivalence(
-        self, pairs: Sequence[tuple[str, str]], method: str | None, threshold: float | None, *, timeout: float | None = None
+        self, pairs: Sequence[tuple[str, str]], method: str | None, threshold: float | None, *, timeout: float | None = None,
+        pair_options: Sequence[Sequence[str]] | None = None,
     ) -> EquivalenceResult:
-        """Score and judge every pair with embedding cosine or bidirectional NLI entailment."""
+        """Score and judge every pair with embedding cosine, bidirectional NLI entailment, or (METHOD_QUESTION) the
+        question form checks followed by one of those; `pair_options` are each pair's answer options (QUESTION)."""
         cfg = self.config
         bad = _Violations()
         if not pairs:
@@ -437,15 +475,25 @@ class ProposerEngine:
                 bad.add(f"pairs[{i}].first", "must contain a non-whitespace character", "EMPTY_TEXT")
             if _blank(second):
                 bad.add(f"pairs[{i}].second", "must contain a non-whitespace character", "EMPTY_TEXT")
+        for i, options in enumerate(pair_options or ()):
+            if len(options) > MAX_OPTIONS:
+                bad.add(f"pairs[{i}].options", f"has {len(options)} options, more than {MAX_OPTIONS}", "OPTIONS_OUT_OF_RANGE")
+            elif sum(map(len, options)) > cfg.max_text_chars:
+                bad.add(f"pairs[{i}].options", f"hold more than {cfg.max_text_chars} characters", "TEXT_TOO_LONG")
+        if pair_options is not None and len(pair_options) != len(pairs):
+            raise ValueError(f"{len(pair_options)} option lists for {len(pairs)} pairs")
         if method is None:
-            bad.add("method", "is required: EQUIVALENCE_METHOD_EMBEDDING_COSINE or EQUIVALENCE_METHOD_NLI_ENTAILMENT",
-                    "METHOD_UNSPECIFIED")
+            bad.add("method", "is required: EQUIVALENCE_METHOD_EMBEDDING_COSINE, EQUIVALENCE_METHOD_NLI_ENTAILMENT or "
+                    "EQUIVALENCE_METHOD_QUESTION", "METHOD_UNSPECIFIED")
         elif threshold is not None:
-            low = -1.0 if method == METHOD_COSINE else 0.0
+            scoring = (METHOD_NLI if self.nli is not None else METHOD_COSINE) if method == METHOD_QUESTION else method
+            low = -1.0 if scoring == METHOD_COSINE else 0.0
             if not (math.isfinite(threshold) and low <= threshold <= 1.0):
                 bad.add("threshold", f"must be within [{low:g}, 1] for this method, got {threshold}", "THRESHOLD_OUT_OF_RANGE")
         bad.raise_if_any()
         self.require_ready()
+        if method == METHOD_QUESTION:
+            return await self._check_questions(pairs, pair_options or [() for _ in pairs], threshold, timeout=timeout)
         if method == METHOD_NLI:
             if self._entail is None:
                 raise FailedPrecondition("NLI_ENTAILMENT needs an NLI model: start the proposer with --nli-model DIR",
@@ -453,7 +501,8 @@ class ProposerEngine:
             cut = cfg.nli_threshold if threshold is None else threshold
             probs = await self._entail.submit_many([(a, b) for a, b in pairs] + [(b, a) for a, b in pairs], timeout=timeout)
             n = len(pairs)
-            return EquivalenceResult(equivalence.nli_verdicts(probs[:n], probs[n:], cut), METHOD_NLI, cut, self.nli.identity)
+            return EquivalenceResult(equivalence.nli_verdicts(probs[:n], probs[n:], cut), METHOD_NLI, cut, self.nli.identity,
+                                     METHOD_NLI)
         assert self._embed is not None
         cut = cfg.cosine_threshold if threshold is None else threshold
         embedded = await self._embed.submit_many([a for a, _ in pairs] + [b for _, b in pairs], timeout=timeout)
@@ -462,7 +511,8 @@ class ProposerEngine:
         vectors = torch.tensor([e.vector for e in embedded], dtype=torch.float32)
         n = len(pairs)
         scores = equivalence.cosine_scores(vectors[:n], vectors[n:]).tolist()
-        return EquivalenceResult(equivalence.cosine_verdicts(scores, cut), METHOD_COSINE, cut, self.embedder.identity)
+        return EquivalenceResult(equivalence.cosine_verdicts(scores, cut), METHOD_COSINE, cut, self.embedder.identity,
+                                 METHOD_COSINE)
 
     async def embed(self, texts: Sequence[str], *, timeout: float | None = None) -> EmbedResult:
         """L2-normalised embeddings of `texts` (batched with concurrent calls), with token counts."""

@@ -87,12 +87,17 @@ def entailment_probabilities(
 
 @dataclasses.dataclass(frozen=True)
 class PairVerdict:
-    """The verdict for one pair: score, equivalent (score >= threshold) and, for NLI, both directions."""
+    """The verdict for one pair: score, equivalent (score >= threshold) and, for NLI, both directions.
+
+    `form_violation` (a cleaning reason) and `form_detail` say why a question pair failed the form checks.
+    """
 
     score: float
     equivalent: bool
     entailment_forward: float | None = None
     entailment_backward: float | None = None
+    form_violation: str = ""
+    form_detail: str = ""
 
 
 def cosine_verdicts(scores: Sequence[float], threshold: float) -> list[PairVerdict]:

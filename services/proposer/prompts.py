@@ -17,16 +17,42 @@ PARAPHRASE_SYSTEM = (
     "Reply with the rewritten text only: no preamble, no quotes, no explanation."
 )
 QUESTION_SYSTEM = (
-    "You reword multiple-choice questions. The reworded question must be semantically equivalent to the original: "
-    "same meaning, nothing added or omitted. The answer options stay exactly as they are and the correct answer "
-    "must not change. Reply with the reworded question only, without the options: no preamble, no quotes, no "
-    "explanation."
+    "You reword exam questions. Say the same question in other words. Keep every fact, name and number, and keep "
+    "what is asked. Never answer it, never add an option, never list the options."
+)
+
+#: Fixed worked examples shown as earlier chat turns (question, options, rewording). They cover a direct question, an
+#: unfinished stem the options complete, a negated question and a fill-in blank; each rewording keeps the meaning,
+#: asks rather than states, and names no option. General knowledge, so they favour no benchmark subject.
+QUESTION_EXAMPLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("Which planet is closest to the Sun?", ("Venus", "Earth", "Mercury", "Mars"),
+     "Which planet lies nearest to the Sun?"),
+    ("The process by which plants make food from sunlight is called",
+     ("respiration", "photosynthesis", "digestion", "osmosis"),
+     "What is the process through which plants produce food using sunlight called?"),
+    ("Which of the following statements about the Roman Empire is NOT true?",
+     ("It used Latin", "It had an emperor", "It ended in 1900", "It built roads"),
+     "Which one of these statements regarding the Roman Empire is false?"),
+    ("According to Newton, an object at rest stays at rest unless acted on by _____.",
+     ("gravity", "a net force", "friction", "mass"),
+     "In Newton's view, an object at rest remains at rest unless what acts on it?"),
 )
 
 
 def option_letter(index: int) -> str:
     """The letter of option `index` (0 -> 'A')."""
     return string.ascii_uppercase[index]
+
+
+def _question_turn(question: str, options: Sequence[str]) -> str:
+    listed = "\n".join(f"{option_letter(i)}. {option.strip()}" for i, option in enumerate(options))
+    return f"Question: {question.strip()}\n\nIts options (do not repeat them):\n{listed}\n\nReword the question."
+
+
+def question_token_budget(question: str) -> int:
+    """Default max_new_tokens for rewording `question`: room for twice its length (about 4 characters a token) and
+    a margin; longer rewordings are dropped as LENGTH_CHANGE anyway, so generating them wastes time."""
+    return 24 + len(question) // 2
 
 
 def build_messages(
@@ -37,9 +63,10 @@ def build_messages(
     correct_option_index: int | None = None,
     instruction: str = "",
 ) -> list[dict[str, str]]:
-    """The system and user messages asking for one rewrite of `text` in `mode` (with an optional extra instruction).
+    """The chat messages asking for one rewrite of `text` in `mode` (with an optional extra instruction).
 
-    EQUIVALENT_QUESTION shows the options with letters and names the correct one, which the rewrite must keep.
+    EQUIVALENT_QUESTION: a system instruction, the fixed QUESTION_EXAMPLES as earlier user/assistant turns, then the
+    question with its options shown as context (lettered). `correct_option_index` is checked but not shown.
     """
     extra = f" {instruction.strip()}" if instruction.strip() else ""
     if mode == MODE_PARAPHRASE:
@@ -50,14 +77,13 @@ def build_messages(
     if mode == MODE_EQUIVALENT_QUESTION:
         if not options or correct_option_index is None or not 0 <= correct_option_index < len(options):
             raise ValueError("EQUIVALENT_QUESTION needs options and a correct_option_index within them")
-        listed = "\n".join(f"{option_letter(i)}. {option.strip()}" for i, option in enumerate(options))
-        correct = f"{option_letter(correct_option_index)}. {options[correct_option_index].strip()}"
-        user = (
-            f"Reword this question so that it means exactly the same and its correct answer stays {correct}.\n"
-            f"Question: {text.strip()}\nOptions:\n{listed}\nCorrect answer: {correct}\n"
-            "Reworded question:"
-        )
-        return [{"role": "system", "content": QUESTION_SYSTEM + extra}, {"role": "user", "content": user}]
+        # The correct answer is not shown: a small model told it tends to write it into the rewording.
+        messages = [{"role": "system", "content": QUESTION_SYSTEM + extra}]
+        for example, example_options, rewording in QUESTION_EXAMPLES:
+            messages.append({"role": "user", "content": _question_turn(example, example_options)})
+            messages.append({"role": "assistant", "content": rewording})
+        messages.append({"role": "user", "content": _question_turn(text, options)})
+        return messages
     raise ValueError(f"unknown mode {mode!r}")
 
 

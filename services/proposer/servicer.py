@@ -12,7 +12,7 @@ from crucible.api.common.v1 import common_pb2
 from crucible.api.proposer.v1 import proposer_service_pb2 as pb
 from crucible.api.proposer.v1 import proposer_service_pb2_grpc as pb_grpc
 from crucible.proposer import engine as core
-from crucible.proposer import generation, prompts
+from crucible.proposer import cleaning, generation, prompts
 from crucible.runtime.batching import BatchSettings
 from google.protobuf import duration_pb2
 
@@ -21,8 +21,14 @@ SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["ProposerService"]
 _MODES = {pb.PROPOSE_MODE_PARAPHRASE: prompts.MODE_PARAPHRASE,
           pb.PROPOSE_MODE_EQUIVALENT_QUESTION: prompts.MODE_EQUIVALENT_QUESTION}
 _METHODS = {pb.EQUIVALENCE_METHOD_EMBEDDING_COSINE: core.METHOD_COSINE,
-            pb.EQUIVALENCE_METHOD_NLI_ENTAILMENT: core.METHOD_NLI}
+            pb.EQUIVALENCE_METHOD_NLI_ENTAILMENT: core.METHOD_NLI,
+            pb.EQUIVALENCE_METHOD_QUESTION: core.METHOD_QUESTION}
 _METHOD_ENUMS = {name: value for value, name in _METHODS.items()}
+_DROP_REASONS = {cleaning.EMPTY: pb.DROP_REASON_EMPTY, cleaning.DEGENERATE: pb.DROP_REASON_DEGENERATE,
+                 cleaning.NOT_A_QUESTION: pb.DROP_REASON_NOT_A_QUESTION, cleaning.ANSWERS: pb.DROP_REASON_ANSWERS,
+                 cleaning.REPEATS_OPTIONS: pb.DROP_REASON_REPEATS_OPTIONS, cleaning.NEAR_COPY: pb.DROP_REASON_NEAR_COPY,
+                 cleaning.LENGTH_CHANGE: pb.DROP_REASON_LENGTH_CHANGE,
+                 cleaning.MEANING_CHANGE: pb.DROP_REASON_MEANING_CHANGE}
 _FINISH = {generation.FINISH_STOP: pb.FINISH_REASON_STOP, generation.FINISH_LENGTH: pb.FINISH_REASON_LENGTH}
 
 
@@ -72,6 +78,7 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
             seed=result.seed,
             prompt=result.prompt,
             model=model_identity(result.model),
+            dropped=[pb.DropCount(reason=_DROP_REASONS[reason], count=count) for reason, count in result.dropped.items()],
         )
 
     async def CheckEquivalence(
@@ -82,17 +89,21 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
             _METHODS.get(request.method),
             request.threshold if request.HasField("threshold") else None,
             timeout=_remaining(context),
+            pair_options=[tuple(pair.options) for pair in request.pairs],
         )
         results = []
         for verdict in result.verdicts:
-            item = pb.EquivalenceResult(score=verdict.score, equivalent=verdict.equivalent)
+            item = pb.EquivalenceResult(score=verdict.score, equivalent=verdict.equivalent,
+                                        form_violation=_DROP_REASONS.get(verdict.form_violation, 0),
+                                        form_detail=verdict.form_detail)
             if verdict.entailment_forward is not None:
                 item.entailment_forward = verdict.entailment_forward
             if verdict.entailment_backward is not None:
                 item.entailment_backward = verdict.entailment_backward
             results.append(item)
         return pb.CheckEquivalenceResponse(results=results, method=_METHOD_ENUMS[result.method],
-                                           threshold=result.threshold, model=model_identity(result.model))
+                                           threshold=result.threshold, model=model_identity(result.model),
+                                           similarity_method=_METHOD_ENUMS.get(result.similarity_method, 0))
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         result = await self.engine.embed(list(request.texts), timeout=_remaining(context))
@@ -127,6 +138,9 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
             equivalence.append(pb.EquivalenceSettings(method=pb.EQUIVALENCE_METHOD_NLI_ENTAILMENT,
                                                       default_threshold=cfg.nli_threshold,
                                                       model=model_identity(engine.nli.identity)))
+        scoring = equivalence[-1]  # QUESTION scores with NLI when configured, else cosine
+        equivalence.append(pb.EquivalenceSettings(method=pb.EQUIVALENCE_METHOD_QUESTION,
+                                                  default_threshold=scoring.default_threshold, model=scoring.model))
         response.equivalence.extend(equivalence)
         return response
 

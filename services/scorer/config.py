@@ -25,10 +25,11 @@ class ScorerConfig(ModelServerConfig):
     port: int = setting(50053, "gRPC port of the scorer service.")
     device: str = setting("cpu", "The target model is pinned to CPU by design; any other device is refused at start.")
     dtype: str = setting(
-        "auto",
-        "Weight dtype on the CPU: float32, bfloat16, or auto (bf16 on CPUs with native bf16 such as AVX512-BF16/AMX, "
-        "else float32). bf16 is ~1.7x faster where native; its log-probabilities differ from float32 by ~0.1 nats and shift "
-        "slightly with the batch a prompt lands in (services/scorer/README.md).",
+        "float32",
+        "Weight dtype on the CPU: float32 (default: a prompt scores the same alone or in any batch, within 1e-4 nats), "
+        "bfloat16, or auto (bf16 on CPUs with native bf16 such as AVX512-BF16/AMX, else float32). bf16 is ~1.7x faster "
+        "where native, but its log-probabilities differ from float32 by ~0.1 nats and shift by up to ~0.3 nats with "
+        "the batch a prompt lands in (services/scorer/README.md), which an attack objective cannot tolerate.",
         choices=("auto", "float32", "bfloat16"),
     )
     cores: str = setting(

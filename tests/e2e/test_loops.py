@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 ORIGINAL = "The city council voted on Tuesday to expand the bike lane network across the downtown area next spring."
 PARAPHRASE = "On Tuesday the city council approved a plan to extend downtown bike lanes starting next spring."
 UNRELATED = "Penguins huddle together on the ice to keep warm during the long and dark Antarctic winter months."
-QUESTION = MCQ("e2e/0", "high_school_geography", "What is the capital city of France?", ("Berlin", "Madrid", "Paris", "Rome"), 2)
+#: One the embedded target (SmolLM2-135M, float32) answers right, so the search really runs (one it answers wrong
+#: ends at iteration 0 and tests nothing); the demo's built-in set has it.
+QUESTION = MCQ("e2e/0", "astronomy", "Which planet is known as the Red Planet?", ("Mars", "Venus", "Jupiter", "Saturn"), 0)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,24 @@ async def test_composite_reward_components_and_group_advantages(mesh_base):
     assert abs(sum(group.advantages)) < 1e-6 and group.advantages[0] > 0 > group.advantages[2]
 
 
+
+async def test_degenerate_repetition_scores_below_sensible_rewrites(mesh_base):
+    """Reward hygiene over the real services, with the demo's settings: the repetition the demo once ranked first
+    (+1.65) now scores below both a faithful and a looser rewrite; with the hygiene weights at 0 it would not."""
+    from crucible.demo import REWARD_SAMPLES
+
+    original, (faithful, degenerate) = REWARD_SAMPLES[1]
+    looser = "People who exercise often tend to rest better at night and feel calmer, and their weight stays in check."
+    config = RewardConfig(detector_signal="criterion", perplexity_target=40.0, perplexity_min=8.0, perplexity_max=250.0)
+    async with Mesh.local(mesh_base) as mesh:
+        scored = await CompositeReward(mesh, config).score([original] * 3, [faithful, looser, degenerate])
+    good, loose, bad = scored
+    assert bad.total < loose.total and bad.total < good.total
+    assert "repetitive" in bad.flags and bad.repetition > 0.8 and good.repetition < 0.05
+    assert good.language == 1.0 and good.length == 1.0
+    parts = bad.components(config)
+    assert parts["repetition"] < -0.8 and sum(parts.values()) == pytest.approx(bad.total)
+
 async def test_attack_writes_a_trace_and_resumes_without_redoing_work(mesh_base, tmp_path):
     trace = Trace(tmp_path / "trace.jsonl")
     async with Mesh.local(mesh_base) as mesh:
@@ -69,12 +89,16 @@ async def test_attack_writes_a_trace_and_resumes_without_redoing_work(mesh_base,
         events = [json.loads(line) for line in lines]
         again = await SecaAttack(mesh, AttackConfig(iterations=2, seed=3), trace).campaign([QUESTION], parallel=1)
     (outcome,) = outcomes
-    assert outcome.status in ("flipped", "not_flipped", "skipped_wrong")
+    assert outcome.status in ("flipped", "not_flipped"), outcome
     assert events[0]["event"] == "original" and events[-1]["event"] == "done"
-    if outcome.status != "skipped_wrong":
-        candidates = [e for e in events if e["event"] == "candidate"]
-        assert candidates and all(len(e["probabilities"]) == 4 for e in candidates)
-        assert 1 <= outcome.iterations <= 2
+    assert 1 <= outcome.iterations <= 2 and outcome.candidates_generated >= 3
+    assert outcome.candidates_valid + sum(outcome.dropped.values()) == outcome.candidates_generated
+    iterations = [e for e in events if e["event"] == "iteration"]
+    assert [e["iteration"] for e in iterations] == list(range(1, outcome.iterations + 1))
+    for e in (e for e in events if e["event"] == "candidate"):
+        assert len(e["probabilities"]) == 4
+        if e["equivalent"]:  # only improving candidates are checked; a pass is a question that passed the form checks
+            assert e["candidate"].rstrip().endswith("?") or not e["form_violation"]
     assert trace.path.read_text().splitlines() == lines  # resumed: nothing redone
     assert again[0].qid == outcome.qid and summarize(again)["questions"] == 1
 
@@ -92,7 +116,7 @@ def test_reward_and_attack_commands_print_tables(mesh_base, tmp_path):
     mmlu.mkdir()
     (mmlu / "geography_test.csv").write_text(
         "question,choice0,choice1,choice2,choice3,answer\n"
-        '"What is the capital city of France?",Berlin,Madrid,Paris,Rome,2\n'
+        '"Which planet is known as the Red Planet?",Mars,Venus,Jupiter,Saturn,0\n'
     )
     attack = subprocess.run(
         [sys.executable, "-m", "crucible", "attack", "--data", str(mmlu), "--iterations", "1", "--parallel", "1",
@@ -100,4 +124,6 @@ def test_reward_and_attack_commands_print_tables(mesh_base, tmp_path):
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert attack.returncode == 0, attack.stderr
-    assert "attack_success_rate" in attack.stdout and "questions" in attack.stdout
+    for metric in ("attack_success_rate", "questions", "target_accuracy", "valid_candidate_rate",
+                   "equivalence_pass_rate", "errors"):
+        assert metric in attack.stdout

@@ -105,7 +105,8 @@ async def test_get_info_describes_models_defaults_limits_and_batching(stub, fold
     assert info.chat_template
     assert info.embedding_model.name == "minilm-l6-v2" and info.embedding_dimension == 384
     assert info.nli_model.name == folders["nli"]
-    assert [(e.method, e.default_threshold) for e in info.equivalence] == [(COSINE, pytest.approx(0.7)), (NLI, 0.5)]
+    assert [(e.method, e.default_threshold) for e in info.equivalence] == [
+        (COSINE, pytest.approx(0.7)), (NLI, 0.5), (pb.EQUIVALENCE_METHOD_QUESTION, 0.5)]  # QUESTION scores with NLI
     assert (info.defaults.temperature, info.defaults.max_new_tokens) == (1.0, 16)
     assert info.limits.max_candidates == 8 and info.limits.max_new_tokens == 512
     assert info.batching.max_batch_size == 32 and info.batching.max_wait.ToMilliseconds() == 30

@@ -133,6 +133,7 @@ def test_collect_counts_empty_and_degenerate_and_keeps_order():
     assert [(c.text, c.generated_tokens, c.finish) for c in result.candidates] == [
         ("The vote was delayed.", 3, FINISH_STOP), ("The vote was delayed.", 1, FINISH_LENGTH)]
     assert (result.dropped_empty, result.dropped_degenerate) == (2, 2)
+    assert result.dropped == {"empty": 2, "degenerate": 2}
     assert (result.seed, result.prompt, result.model) == (99, "PROMPT", "identity")
 
 

@@ -10,6 +10,7 @@ from crucible.proposer.cleaning import (
     KEPT,
     clean_candidate,
     is_repetition_loop,
+    question_problem,
     strip_artefacts,
 )
 
@@ -39,16 +40,35 @@ def test_paraphrase_prompt_carries_text_and_extra_instruction():
     assert rendered.endswith("<|im_start|>assistant\n") and SOURCE in rendered
 
 
-def test_equivalent_question_prompt_lists_options_and_says_the_answer_must_not_change():
+def test_equivalent_question_prompt_shows_fixed_examples_then_the_question_with_its_options():
     messages = prompts.build_messages(prompts.MODE_EQUIVALENT_QUESTION, QUESTION, options=OPTIONS, correct_option_index=1)
-    text = "\n".join(m["content"] for m in messages)
-    assert "correct answer must not change" in text
-    assert "A. Oxygen\nB. Carbon dioxide\nC. Nitrogen\nD. Helium" in text
-    assert "Correct answer: B. Carbon dioxide" in text and QUESTION in text
+    roles = [m["role"] for m in messages]
+    assert roles == ["system"] + ["user", "assistant"] * len(prompts.QUESTION_EXAMPLES) + ["user"]
+    for (question, options, rewording), user, assistant in zip(prompts.QUESTION_EXAMPLES, messages[1:-1:2],
+                                                                messages[2:-1:2], strict=True):
+        assert question in user["content"] and all(o in user["content"] for o in options)
+        assert assistant["content"] == rewording
+    last = messages[-1]["content"]
+    assert QUESTION in last and "A. Oxygen\nB. Carbon dioxide\nC. Nitrogen\nD. Helium" in last
+    assert "Correct answer" not in last  # a small model told the answer writes it into the rewording
+    assert "never answer it" in messages[0]["content"].lower()
+    rendered = prompts.render_prompt(ChatTokenizer(), messages)
+    assert rendered.count("<|im_start|>assistant\n") == len(prompts.QUESTION_EXAMPLES) + 1
     with pytest.raises(ValueError):
         prompts.build_messages(prompts.MODE_EQUIVALENT_QUESTION, QUESTION, options=OPTIONS, correct_option_index=4)
     with pytest.raises(ValueError):
         prompts.build_messages("other", QUESTION)
+
+
+def test_the_fixed_examples_pass_the_question_checks():
+    """The worked examples must be what the cleaning keeps, or they would teach the model to be dropped."""
+    for question, options, rewording in prompts.QUESTION_EXAMPLES:
+        assert question_problem(rewording, question, options) == ("", "")
+
+
+def test_question_token_budget_grows_with_the_question():
+    assert prompts.question_token_budget("Why?") >= 24
+    assert prompts.question_token_budget("x" * 400) > prompts.question_token_budget("x" * 100)
 
 
 def test_plain_prompt_without_chat_template_ends_open():
