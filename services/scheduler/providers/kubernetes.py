@@ -33,6 +33,8 @@ T = TypeVar("T")
 
 RUN_LABEL = "crucible.dev/run"
 JOB_LABEL = "crucible.dev/job-id"
+#: Where the init step unpacks the job's code and inputs (an emptyDir), and the main container's working directory.
+WORK_MOUNT = "/crucible/work"
 _DISRUPTED = ("Evicted", "Preempting", "NodeLost", "NodeShutdown", "Terminated")
 
 
@@ -172,10 +174,9 @@ class KubernetesProvider(Provider):
             raise self.error(K.INVALID, "kubernetes needs container_image (or the setting kubernetes.image)")
         if not spec.command:
             raise self.error(K.INVALID, "command must not be empty")
-        if spec.code_dir is not None:
-            raise self.error(K.INVALID, "kubernetes cannot ship code_dir: bake the code into the image")
         try:
             env = remote.job_env(spec)
+            fetch = remote.fetch_script(spec, WORK_MOUNT) if remote.needs_fetch(spec) else ""
         except ValueError as exc:
             raise self.error(K.INVALID, str(exc)) from None
         container: dict[str, Any] = {"name": "main", "image": image, "command": list(spec.command),
@@ -190,9 +191,20 @@ class KubernetesProvider(Provider):
             pod["nodeSelector"] = selector
         if self.service_account:
             pod["serviceAccountName"] = self.service_account
+        volumes: list[dict[str, Any]] = []
+        mounts: list[dict[str, Any]] = []
+        if fetch:  # code and inputs: an init step downloads, verifies and unpacks them into an emptyDir
+            volumes.append({"name": "work", "emptyDir": {}})
+            mounts.append({"name": "work", "mountPath": WORK_MOUNT})
+            container["workingDir"] = WORK_MOUNT
+            pod["initContainers"] = [{"name": "fetch-code", "image": image, "command": ["bash", "-c", fetch],
+                                      "volumeMounts": [{"name": "work", "mountPath": WORK_MOUNT}]}]
         if self.checkpoint_pvc and spec.checkpoint_dir:
-            pod["volumes"] = [{"name": "checkpoint", "persistentVolumeClaim": {"claimName": self.checkpoint_pvc}}]
-            container["volumeMounts"] = [{"name": "checkpoint", "mountPath": spec.checkpoint_dir}]
+            volumes.append({"name": "checkpoint", "persistentVolumeClaim": {"claimName": self.checkpoint_pvc}})
+            mounts.append({"name": "checkpoint", "mountPath": spec.checkpoint_dir})
+        if volumes:
+            pod["volumes"] = volumes
+            container["volumeMounts"] = mounts
         labels = {RUN_LABEL: name, JOB_LABEL: re.sub(r"[^A-Za-z0-9_.-]", "-", spec.job_id)[:63].strip("-_.") or "job"}
         job_spec: dict[str, Any] = {"backoffLimit": 0, "template": {"metadata": {"labels": labels}, "spec": pod}}
         if spec.max_duration_s > 0:

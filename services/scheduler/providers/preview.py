@@ -36,6 +36,10 @@ def read_settings(path: str) -> dict[str, dict[str, str]]:
     return {str(k): {str(n): str(v) for n, v in values.items()} for k, values in data.items()}
 
 
+CODE_URL_PLACEHOLDER = "<presigned GET URL of jobs/<job>/code/code.tar.gz, made at launch>"
+INPUT_URL_PLACEHOLDER = "<presigned GET URL of the staged input, made at launch>"
+
+
 def launch_spec(job: job_pb2.Job, attempt: int = 1) -> LaunchSpec:
     """The LaunchSpec the scheduler would pass for the first attempt of `job` (as the engine builds it)."""
     spec = job.spec
@@ -49,7 +53,18 @@ def launch_spec(job: job_pb2.Job, attempt: int = 1) -> LaunchSpec:
                       offer=OfferRef(o.provider, o.instance_type, o.region, o.gpu_name, o.gpu_count, o.spot,
                                      o.price_usd_per_hour, o.offer_id),
                       work_dir=Path("."), code_dir=Path("<job code>") if spec.WhichOneof("code") else None,
-                      container_image=spec.container_image, checkpoint_dir=checkpoint, max_duration_s=max_s)
+                      container_image=spec.container_image, checkpoint_dir=checkpoint, max_duration_s=max_s,
+                      # made at launch from an s3:// artifact store; a file:// store makes the adapters refuse the code
+                      code_url=CODE_URL_PLACEHOLDER if spec.WhichOneof("code") else "",
+                      code_sha256="<SHA-256 of code.tar.gz>" if spec.WhichOneof("code") else "",
+                      input_urls=tuple((p, INPUT_URL_PLACEHOLDER) for p in input_paths(spec)))
+
+
+def input_paths(spec: job_pb2.JobSpec) -> list[str]:
+    """Where each of the spec's inputs lands (a folder input shows as one entry: its files are listed at launch)."""
+    from crucible.scheduler.inputs import default_dest
+
+    return [i.path or default_dest(i.uri) for i in spec.inputs]
 
 
 def describe(job: job_pb2.Job, settings: Mapping[str, Mapping[str, str]]) -> LaunchPreview:

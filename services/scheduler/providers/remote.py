@@ -11,7 +11,7 @@ import dataclasses
 import re
 import shlex
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from crucible.scheduler.providers.base import LaunchSpec
@@ -21,6 +21,7 @@ from crucible.scheduler.providers.base import LogChunk
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
 from crucible.scheduler.providers.http import Settings
+from crucible.scheduler.storage import check_relative
 
 T = TypeVar("T")
 
@@ -74,16 +75,70 @@ def job_env(spec: LaunchSpec) -> dict[str, str]:
     return env
 
 
+#: Exit status the wrapper records when the job's code or inputs could not be fetched or verified.
+FETCH_FAILED = 98
+NO_CODE_URL = ("the job brings code (code_dir or code_archive), which a rented machine fetches from the artifact "
+               "store with a presigned URL; the scheduler's store is a local folder (file://) no machine can reach: "
+               "set --artifact-store s3://bucket/prefix (with its endpoint and keys), or bake the code into "
+               "container_image")
+
+#: Downloads $1 to $2 with curl, wget or Python, whichever the image has (retrying transient errors with curl).
+FETCH_FUNCTION = """crucible_fetch() {
+  if command -v curl >/dev/null 2>&1; then curl -fsS --retry 5 --retry-delay 2 --connect-timeout 20 -o "$2" "$1"
+  elif command -v wget >/dev/null 2>&1; then wget -q -T 60 -O "$2" "$1"
+  else python3 -c 'import shutil, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=300) as r, open(sys.argv[2], "wb") as f: shutil.copyfileobj(r, f)' "$1" "$2"
+  fi
+}"""
+
+
+def needs_fetch(spec: LaunchSpec) -> bool:
+    """Whether the machine must fetch code or inputs before the command (ValueError when it has no URL to do it)."""
+    if spec.code_dir is not None and not spec.code_url:
+        raise ValueError(NO_CODE_URL)
+    return bool(spec.code_url or spec.input_urls)
+
+
+def fetch_script(spec: LaunchSpec, work: str) -> str:
+    """Bash that fills the folder `work` with the job's code and inputs, and fails (non-zero) if anything is wrong.
+
+    The code archive is downloaded with the presigned URL, checked against its SHA-256, listed first and refused if a
+    member is absolute or has a `..` component, then unpacked by GNU tar without restoring owners. Each input is
+    downloaded to its relative path (checked here, as the engine did)."""
+    q = shlex.quote
+    lines = [FETCH_FUNCTION, "set -e", f"mkdir -p {q(work)}", f"cd {q(work)}"]
+    if spec.code_url:
+        if not re.fullmatch(r"[0-9a-f]{64}|<[^\n'\"]*>", spec.code_sha256):  # <...>: a dry-run placeholder
+            raise ValueError("code_url needs the archive's lowercase hex SHA-256")
+        lines += [
+            'CODE_TGZ="$(mktemp)"',
+            f'crucible_fetch {q(spec.code_url)} "$CODE_TGZ"',
+            f'echo "{spec.code_sha256}  $CODE_TGZ" | sha256sum -c --status - || '
+            '{ echo "[crucible] the code archive does not match its SHA-256" >&2; exit 1; }',
+            "if tar -tzf \"$CODE_TGZ\" | grep -Eq '^/|(^|/)[.][.](/|$)'; then "
+            'echo "[crucible] the code archive has an absolute or .. member" >&2; exit 1; fi',
+            'tar -xzf "$CODE_TGZ" --no-same-owner --no-overwrite-dir -C .',
+            'rm -f "$CODE_TGZ"',
+        ]
+    for rel, url in spec.input_urls:
+        rel = check_relative(rel)
+        lines += [f"mkdir -p {q(str(PurePosixPath(rel).parent))}", f"crucible_fetch {q(url)} {q(rel)}"]
+    return "\n".join(lines) + "\n"
+
+
 def wrapper_script(spec: LaunchSpec, folder: str, *, export_env: bool = True, docker: bool = False) -> str:
     """A bash script that runs spec.command once, with logs and the exit code written under `folder`.
 
     It never runs the command twice: after a reboot that interrupted it, it writes `interrupted` instead.
     `export_env=False` when the provider passes env itself (RunPod's env field). `docker=True` (a VM with Docker and
     the NVIDIA runtime, and spec.container_image set) runs the command in that image with all GPUs and the env.
+    A job with code or inputs runs in `folder`/work, filled by fetch_script first; if that fails the exit status is
+    FETCH_FAILED and stderr.log says why. ValueError: code without a URL (NO_CODE_URL) or a bad spec.
     """
     if not spec.command:
         raise ValueError("command must not be empty")
     q = shlex.quote
+    fetch = needs_fetch(spec)
     lines = ["#!/bin/bash", f"# crucible job {spec.job_id} attempt {spec.attempt}", "set -u", f"RUN_DIR={q(folder)}",
              'mkdir -p "$RUN_DIR" && chmod 755 "$RUN_DIR"',
              'if [ -e "$RUN_DIR/exit_code" ] || [ -e "$RUN_DIR/interrupted" ]; then exit 0; fi',
@@ -91,12 +146,21 @@ def wrapper_script(spec: LaunchSpec, folder: str, *, export_env: bool = True, do
              'date +%s > "$RUN_DIR/started"']
     if export_env:
         lines += [f"export {k}={q(v)}" for k, v in sorted(job_env(spec).items())]
+    work = f"{folder}/work"
+    if fetch:
+        encoded = base64.b64encode(fetch_script(spec, work).encode()).decode()
+        lines += [f'if ! echo {encoded} | base64 -d | bash 2>"$RUN_DIR/stderr.log" >"$RUN_DIR/stdout.log"; then',
+                  f'  echo "[crucible] could not fetch the job\'s code or inputs" >>"$RUN_DIR/stderr.log"',
+                  f'  echo {FETCH_FAILED} > "$RUN_DIR/exit_code.tmp" && mv "$RUN_DIR/exit_code.tmp" "$RUN_DIR/exit_code"',
+                  "  exit 0", "fi", f"cd {q(work)}"]
     if spec.checkpoint_dir:
         lines.append(f"mkdir -p {q(spec.checkpoint_dir)}")
     argv = " ".join(q(a) for a in spec.command)
     if docker and spec.container_image:
         env_flags = " ".join(f"-e {k}" for k in sorted(job_env(spec)))
         volume = f" -v {q(spec.checkpoint_dir)}:{q(spec.checkpoint_dir)}" if spec.checkpoint_dir else ""
+        if fetch:
+            volume = f" -v {q(work)}:{q(work)} -w {q(work)}"
         argv = f"docker run --rm --gpus all --network host {env_flags}{volume} {q(spec.container_image)} {argv}"
     if spec.max_duration_s > 0:
         argv = f"timeout --kill-after=30 {int(spec.max_duration_s + 0.999)} {argv}"
@@ -120,10 +184,9 @@ def boot_script(wrapper: str, folder: str) -> str:
 def boot_plan(spec: LaunchSpec, root: str, *, docker: bool) -> tuple[str, str, str]:
     """(run name, run folder, boot script) of a launch on a VM provider (lambda, paperspace).
 
-    ValueError says why the spec cannot run there: a code_dir (VMs get no upload) or a command the wrapper refuses.
+    ValueError says why the spec cannot run there: code without a presigned URL (a file:// store) or a command the
+    wrapper refuses. Code and inputs are fetched by the wrapper (fetch_script) before the command runs.
     """
-    if spec.code_dir is not None:
-        raise ValueError("cannot ship code_dir: bake the code into container_image or fetch it in the command")
     folder = run_dir(spec, root)
     return run_name(spec), folder, boot_script(wrapper_script(spec, folder, docker=docker), folder)
 

@@ -83,7 +83,11 @@ class ReplicateProvider(HTTPProvider):
         """(trainer, path, body, problems) of the training create call for `spec`."""
         problems: list[str] = []
         if spec.code_dir is not None:
-            problems.append("replicate runs a trainer model: code_dir cannot be shipped")
+            problems.append("replicate runs a trainer model (its inputs are the command, not a program), so the job's "
+                            "code cannot run there: use lambda, runpod, paperspace, kubernetes, modal or local")
+        if spec.input_urls:
+            problems.append("replicate runs a trainer model: the job's inputs cannot be staged there (pass URLs as "
+                            "trainer inputs instead)")
         trainer = spec.container_image if _TRAINER.match(spec.container_image or "") else self.trainer
         match = _TRAINER.match(trainer or "")
         path = "/v1/models/<owner>/<name>/versions/<version>/trainings"

@@ -163,8 +163,6 @@ class RunPodProvider(HTTPProvider):
         or a country ("US" -> countryCode, as SkyPilot's catalog lists it).
         """
         problems: list[str] = []
-        if spec.code_dir is not None:
-            problems.append("runpod cannot ship code_dir: bake the code into container_image or fetch it in the command")
         gpu_type, gpu_count, cloud_type, problem = self.gpu_type(spec.offer)
         if problem:
             problems.append(problem)
