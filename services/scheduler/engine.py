@@ -62,6 +62,8 @@ STREAMS = ("stdout", "stderr")
 LOG_CHUNK = 64 * 1024
 ARTIFACT_CHUNK = 1 << 20
 PROGRESS_SAVE_INTERVAL_S = 1.0
+#: Remote providers whose boot script or init step downloads LaunchSpec.input_urls (see providers/remote.py).
+FETCHES_INPUTS = frozenset({"lambda", "paperspace", "runpod", "kubernetes"})
 MAX_LOG_READ_PER_POLL = 16 << 20
 
 
@@ -902,6 +904,9 @@ class Engine:
                         await asyncio.to_thread(joboutputs.lend_to_job_user, self.objects, rec.job.job_id, user.uid, user.gid)
                 elif c.provider != "dryrun":
                     code_url, input_urls = await asyncio.to_thread(self._remote_urls, rec)
+                    if rec.job.spec.inputs and c.provider not in FETCHES_INPUTS:
+                        raise StoreError(f"{c.provider} does not stage inputs; providers that do: "
+                                         f"{', '.join(sorted(FETCHES_INPUTS))} and local")
                     if rec.job.spec.inputs and not input_urls:
                         raise StoreError(f"inputs reach {c.provider} only through an s3:// store (set --artifact-store)")
             except (StoreError, OSError) as exc:

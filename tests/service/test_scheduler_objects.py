@@ -6,9 +6,13 @@ refused, DeleteJobArtifacts refused while running, and the store's secret kept o
 from __future__ import annotations
 
 import hashlib
+import os
+import pwd
 import shutil
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import grpc
 import pytest
@@ -114,3 +118,58 @@ def test_store_secret_is_masked_and_bad_settings_refused(tmp_path) -> None:
         f"file://{tmp_path.resolve()}/store"
     with pytest.raises(Exception, match="artifact_store"):
         load_config(SchedulerConfig, "scheduler", env={}, state_dir=str(tmp_path), artifact_store="relative/folder")
+
+
+# Plain file calls under the system Python: the job user may not reach the scheduler's venv (here under /root).
+PROBE = textwrap.dedent("""
+    import os
+    own = os.environ["CRUCIBLE_CHECKPOINT_URL"][len("file://"):]
+    os.makedirs(os.path.join(own, "step-000000000001"), exist_ok=True)
+    open(os.path.join(own, "step-000000000001", "state.pt"), "wb").write(b"mine")
+    print("own checkpoint saved as uid", os.getuid(), flush=True)
+    other = os.environ.get("OTHER_JOB")
+    if other:
+        url = os.environ["CRUCIBLE_CHECKPOINT_URL"].replace(os.environ["CRUCIBLE_JOB_ID"], other)
+        folder = url[len("file://"):]
+        for what, action in (("list", lambda: os.listdir(folder)),
+                             ("write", lambda: open(os.path.join(folder, "planted"), "wb").write(b"x"))):
+            try:
+                action()
+                print(f"other job's checkpoints: {what} allowed", flush=True)
+            except PermissionError:
+                print(f"other job's checkpoints: {what} denied", flush=True)
+""")
+
+
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a separate job user needs the scheduler to run as root")
+async def test_job_user_writes_its_own_checkpoints_and_no_ended_jobs(tmp_path) -> None:
+    state = Path(tempfile.mkdtemp(prefix="crucible-jobuser-", dir="/tmp"))  # pytest's tmp_path is root-only (0700)
+    try:
+        os.chmod(state, 0o711)
+        server, port = await start_scheduler(str(state / "state"), job_user="nobody")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = pb_grpc.SchedulerServiceStub(ch)
+                first = (await stub.CreateJob(pb.CreateJobRequest(spec=local_spec([SYSTEM_PYTHON, "-c", PROBE])))).job
+                done = await final(stub, first.job_id)
+                assert done.state == S.JOB_STATE_SUCCEEDED, done.transitions[-1].reason
+                folder = state / "state" / "store" / "jobs" / first.job_id / "checkpoints"
+                st_ = folder.stat()
+                assert (st_.st_uid, st_.st_mode & 0o777) == (0, 0o700)  # taken back when the attempt ended
+                second = (await stub.CreateJob(pb.CreateJobRequest(spec=local_spec(
+                    [SYSTEM_PYTHON, "-c", PROBE], env={"OTHER_JOB": first.job_id})))).job
+                done = await final(stub, second.job_id)
+                assert done.state == S.JOB_STATE_SUCCEEDED, done.transitions[-1].reason
+                text = "".join(c.text for c in [c async for c in stub.StreamJobLogs(
+                    pb.StreamJobLogsRequest(job_id=second.job_id))])
+                nobody = pwd.getpwnam("nobody").pw_uid
+                assert f"own checkpoint saved as uid {nobody}" in text
+                assert "list denied" in text and "write denied" in text and "allowed" not in text
+                assert not (folder / "planted").exists()
+        finally:
+            await server.stop(0)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
