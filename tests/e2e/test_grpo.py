@@ -1,0 +1,163 @@
+"""End to end: GRPO on the real mesh — examples/grpo trains and resumes, runs as a local scheduler job with reward
+progress in GetJob, and tinker-cookbook's rollout loop drives the Tinker environment against the same services.
+
+Real embedded models (SmolLM2 policy and detector, MiniLM), tiny lengths and groups of 2 so CPU steps stay short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from crucible.mesh import Mesh as Launcher
+from crucible.mesh import default_ports
+from tests.conftest import free_port_block
+
+pytestmark = pytest.mark.slow
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "grpo"
+TINY = ["--num-generations", "2", "--prompts-per-step", "1", "--max-completion-length", "8", "--threads", "1",
+        "--save-steps", "1", "--save-total-limit", "3"]
+COMPONENTS = ("reward_detector", "reward_similarity", "reward_fluency", "reward_repetition", "reward_language",
+              "reward_length", "reward_penalty")
+
+
+@pytest.fixture(scope="module")
+def mesh_env(tmp_path_factory):
+    """Detector and proposer (the reward's services) on loopback; yields the CRUCIBLE_*_ADDRESS variables."""
+    base = free_port_block(5)
+    work = tmp_path_factory.mktemp("grpo-mesh")
+    ports = default_ports(base)
+    launcher = Launcher(["detector", "proposer"], ports=ports, log_dir=work / "logs",
+                        env={"CRUCIBLE_STATE_DIR": str(work / "state")})
+    launcher.start()
+    try:
+        asyncio.run(launcher.wait_ready(timeout=240))
+    except BaseException:
+        launcher.stop()
+        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (work / "logs").glob("*.log"))
+        pytest.fail("mesh did not come up:\n" + logs)
+    yield {f"CRUCIBLE_{name.upper()}_ADDRESS": f"127.0.0.1:{ports[name]}" for name in ("detector", "proposer")}
+    launcher.stop()
+
+
+def _progress(stdout: str) -> list[dict]:
+    return [json.loads(line)["crucible_progress"] for line in stdout.splitlines() if line.startswith('{"crucible_progress"')]
+
+
+def _train(out: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    run_env = {**os.environ, **env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(EXAMPLE / "train.py"), "--output-dir", str(out), *TINY, *extra],
+                          capture_output=True, text=True, timeout=900, env=run_env, cwd=EXAMPLE)
+
+
+def test_trains_two_steps_against_the_mesh_then_resumes_from_the_last_checkpoint(mesh_env, tmp_path):
+    out = tmp_path / "run"
+    first = _train(out, mesh_env, "--max-steps", "2")
+    assert first.returncode == 0, first.stderr[-4000:]
+    lines = _progress(first.stdout)
+    assert [p["step"] for p in lines] == [1, 2] and all(p["total_steps"] == 2 for p in lines)
+    for p in lines:
+        assert {"loss", "reward_mean", "reward_std", "kl", *COMPONENTS} <= set(p)
+        parts = sum(p[c] for c in COMPONENTS)
+        assert parts == pytest.approx(p["reward_mean"], abs=1e-4)  # the components add up to the reward
+    assert "seconds_per_step" in lines[1]
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file() and (out / "final").is_dir()
+
+    # A preempted run's last checkpoint may be half-written: resume skips it and takes the last complete one.
+    (out / "checkpoint-3").mkdir()
+    (out / "checkpoint-3" / "trainer_state.json").write_text("{trunc")
+    second = _train(out, mesh_env, "--max-steps", "3")
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert f"resuming from {out / 'checkpoint-2'}" in second.stdout
+    assert [p["step"] for p in _progress(second.stdout)] == [3]
+
+
+async def test_runs_as_a_local_scheduler_job_with_reward_progress_in_get_job(mesh_env, tmp_path):
+    from crucible.api.scheduler.v1 import job_pb2
+    from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
+    from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
+    from crucible.clients.scheduler import pack_code_dir
+    from crucible.runtime.config import load_config
+    from crucible.scheduler.config import SchedulerConfig
+    from crucible.scheduler.server import create_server
+
+    cfg = load_config(SchedulerConfig, "scheduler", env={}, port=0, state_dir=str(tmp_path / "state"),
+                      poll_interval_s=0.2, metrics_enabled=False)
+    server, port = create_server(cfg)
+    await server.start()
+    await server.wait_ready(30)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.SchedulerServiceStub(ch)
+            spec = job_pb2.JobSpec(
+                command=[sys.executable, "train.py", "--max-steps", "2", *TINY],
+                code_archive=pack_code_dir(EXAMPLE), provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT,
+                providers=["local"],
+                # CRUCIBLE_* names are the scheduler's own, so the mesh goes in as GRPO_MESH.
+                env={"GRPO_MESH": ",".join(f"{k.removeprefix('CRUCIBLE_').removesuffix('_ADDRESS').lower()}={v}"
+                                           for k, v in mesh_env.items()),
+                     "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+            )
+            job = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, request_id="grpo-e2e"))).job
+            async for r in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id)):
+                done = r.job
+            assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.transitions[-1].reason
+            got = (await stub.GetJob(pb.GetJobRequest(job_id=job.job_id))).job
+            p = got.progress
+            assert p.step == 2 and p.total_steps == 2
+            assert {"loss", "reward_mean", "reward_std", "kl", *COMPONENTS} <= set(p.metrics)
+            arts = {a.path for a in (await stub.ListArtifacts(pb.ListArtifactsRequest(job_id=job.job_id))).artifacts}
+            assert any(a.startswith("checkpoints/checkpoint-2/") for a in arts), sorted(arts)[:20]
+    finally:
+        await server.stop(0)
+
+
+async def test_tinker_cookbook_rollout_scores_a_group_over_the_mesh(mesh_env):
+    """The cookbook's own do_group_rollout runs our builder; the policy is the embedded SmolLM2 sampled locally."""
+    import torch
+    from tinker_cookbook.completers import TokenCompleter, TokensWithLogprobs
+    from tinker_cookbook.rl.rollouts import do_group_rollout
+
+    from crucible.clients.mesh import MeshConfig
+    from crucible.clients.reward import RewardConfig
+    from crucible.clients.tinker_env import ParaphraseGroupBuilder, load_tokenizer
+    from crucible.models import resolve_model
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct", prepare=True).path)
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    torch.manual_seed(0)
+
+    class LocalCompleter(TokenCompleter):
+        async def __call__(self, model_input, stop, *, max_tokens=None):
+            ids = torch.tensor([model_input.to_ints()])
+            with torch.inference_mode():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=12,
+                                     eos_token_id=list(stop), pad_token_id=tokenizer.eos_token_id)
+            tokens = out[0, ids.shape[1]:].tolist()
+            reason = "stop" if tokens and tokens[-1] in stop else "length"
+            return TokensWithLogprobs(tokens=tokens, maybe_logprobs=[0.0] * len(tokens), stop_reason=reason)
+
+    env = {k.removeprefix("CRUCIBLE_").removesuffix("_ADDRESS").lower(): {"address": v} for k, v in mesh_env.items()}
+    builder = ParaphraseGroupBuilder(
+        "The city council voted on Tuesday to expand the bike lane network across the downtown area next spring.",
+        group_size=3, reward=RewardConfig(detector_signal="criterion"), mesh=MeshConfig.from_mapping(env))
+    group = await do_group_rollout(builder, LocalCompleter())
+    assert len(group.trajectories_G) == 3 and len(group.final_rewards_G) == 3
+    totals = group.get_total_rewards()
+    assert totals == group.final_rewards_G  # per-step rewards are 0: the reward is the group's
+    for metrics, total in zip(group.metrics_G, totals, strict=True):
+        assert metrics["reward/total"] == pytest.approx(total)
+        assert sum(v for k, v in metrics.items() if k.startswith("reward/") and k != "reward/total") == \
+            pytest.approx(total)
+        assert 0.0 <= metrics["similarity"] <= 1.0
+    assert "_live" not in builder.__dict__  # cleanup() closed the channels
