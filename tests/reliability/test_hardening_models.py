@@ -429,8 +429,9 @@ async def test_a_burst_of_long_detect_calls_is_refused_at_once_not_left_to_time_
         assert refused, "every call of the burst was admitted, more than the model can score before the deadline"
         assert {r for r, _ in refused} == {"QUEUE_WAIT_EXCEEDS_DEADLINE"}
         assert max(t for _, t in refused) < BURST_DEADLINE_S / 2, "refusals came late, not at once"
-        # Admitted work filled a good part of the deadline: admission did not refuse what the model could serve.
-        assert served >= 1 and slowest > BURST_DEADLINE_S / 4, "admission refused what it could have served"
+        # Admission did not refuse what the model could serve: what it admitted filled a good part of the deadline
+        # (or even ran past it, when the machine slowed down after the calls were admitted).
+        assert served + late >= 1 and (late or slowest > BURST_DEADLINE_S / 4), "admission refused what it could serve"
         assert late <= 0.1 * BURST_CALLS, f"{late} admitted calls still ran past their deadline"
         assert after - idle < 256 * 2**20, "the burst left the server far above its idle memory"
     finally:
