@@ -131,7 +131,10 @@ async def attack_section(mesh: Mesh, trace_dir: Path, iterations: int = 3, quest
 
 
 async def nanogpt_section(mesh: Mesh, max_iters: int = 60) -> dict[str, Any]:
-    """A small nanoGPT training run on the local provider: the estimate before, progress while, cost after."""
+    """A small nanoGPT training run on the local provider: the estimate before, progress while, cost after.
+
+    The first attempt stops on purpose after its first checkpoint (--crash-at-iter, a stand-in for a lost machine);
+    the scheduler relaunches it in a fresh working folder and it resumes from the checkpoint in the object store."""
     example = Path(__file__).resolve().parent.parent / "examples" / "nanogpt"
     if not (example / "train.py").exists():
         print("\n== nanoGPT job: skipped (examples/nanogpt is not in this installation)")
@@ -140,8 +143,10 @@ async def nanogpt_section(mesh: Mesh, max_iters: int = 60) -> dict[str, Any]:
         "display_name": "demo-nanogpt",
         "command": [sys.executable, "train.py", "--max-iters", str(max_iters), "--eval-interval", "30",
                     "--log-interval", "10", "--checkpoint-interval", "30", "--n-layer", "2", "--n-head", "2",
-                    "--n-embd", "64", "--block-size", "64", "--batch-size", "16", "--sample-chars", "0"],
+                    "--n-embd", "64", "--block-size", "64", "--batch-size", "16", "--sample-chars", "0",
+                    "--crash-at-iter", str(max_iters * 3 // 4)],
         "code_dir": str(example),
+        "restart_policy": {"max_restarts_on_errors": 1},
         "provider_policy": "PROVIDER_POLICY_EXPLICIT",
         "providers": ["local"],
         "expected_duration": "60s",
@@ -162,10 +167,17 @@ async def nanogpt_section(mesh: Mesh, max_iters: int = 60) -> dict[str, Any]:
             print(f"  {job.state:<10} step {step}/{job.progress.total_steps} loss "
                   + ("-" if loss is None else f"{loss:.4f}"))
             last_step = step
+    resumed = ""
+    async for chunk in mesh.scheduler.logs(job.job_id, timeout=60):
+        for line in chunk.text.splitlines():
+            if line.startswith(("crashing on purpose", "resumed from step")):
+                print(f"  attempt {chunk.attempt}: {line}")
+                resumed = resumed or (line.split(":", 1)[0] if line.startswith("resumed") else "")
     artifacts = await mesh.scheduler.list_artifacts(job.job_id)
     print(f"  finished {job.state}; spent ${job.cost.spent_usd:.6f}; artifacts: "
           + ", ".join(a.path for a in artifacts[:4]))
-    return {"nanogpt_state": job.state, "nanogpt_steps": last_step, "nanogpt_estimated_usd": job.cost.estimated_usd,
+    return {"nanogpt_state": job.state, "nanogpt_steps": last_step, "nanogpt_resumed": resumed or "no",
+            "nanogpt_estimated_usd": job.cost.estimated_usd,
             "nanogpt_spent_usd": job.cost.spent_usd, "nanogpt_seconds": time.perf_counter() - started}
 
 

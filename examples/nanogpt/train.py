@@ -212,6 +212,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default")
     p.add_argument("--sample-chars", type=int, default=200, help="characters to sample at the end; 0 for none")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/ckpt.pt (also when CRUCIBLE_RESUME=1)")
+    p.add_argument("--crash-at-iter", type=int, default=0,
+                   help="exit with status 75 when reaching this iteration on the job's first attempt (CRUCIBLE_ATTEMPT "
+                        "1 or unset): a stand-in for a lost machine, to show a relaunch resuming; 0 never")
     args = p.parse_args(argv)
     for name in ("max_iters", "eval_interval", "eval_iters", "log_interval", "checkpoint_interval", "batch_size",
                  "block_size", "n_layer", "n_head", "n_embd"):
@@ -255,7 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nothing to do: checkpoint is at iter {start}, max iters {args.max_iters}", flush=True)
         return 0
     t0 = time.time()
+    first_attempt = os.environ.get("CRUCIBLE_ATTEMPT", "1") == "1"
     for it in range(start, args.max_iters):
+        if args.crash_at_iter and it == args.crash_at_iter and first_attempt:
+            print(f"crashing on purpose at iter {it} (--crash-at-iter)", flush=True)
+            return 75
         if it % args.eval_interval == 0 or it == args.max_iters - 1:
             losses = evaluate(model, data, args, gen)
             print(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
