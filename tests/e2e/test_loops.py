@@ -80,6 +80,24 @@ async def test_degenerate_repetition_scores_below_sensible_rewrites(mesh_base):
     parts = bad.components(config)
     assert parts["repetition"] < -0.8 and sum(parts.values()) == pytest.approx(bad.total)
 
+
+async def test_degenerate_repetition_scores_below_sensible_rewrites(mesh_base):
+    """Reward hygiene over the real services, with the demo's settings: the repetition the demo once ranked first
+    (+1.65) now scores below both a faithful and a looser rewrite; with the hygiene weights at 0 it would not."""
+    from crucible.demo import REWARD_SAMPLES
+
+    original, (faithful, degenerate) = REWARD_SAMPLES[1]
+    looser = "People who exercise often tend to rest better at night and feel calmer, and their weight stays in check."
+    config = RewardConfig(detector_signal="criterion", perplexity_target=40.0, perplexity_min=8.0, perplexity_max=250.0)
+    async with Mesh.local(mesh_base) as mesh:
+        scored = await CompositeReward(mesh, config).score([original] * 3, [faithful, looser, degenerate])
+    good, loose, bad = scored
+    assert bad.total < loose.total and bad.total < good.total
+    assert "repetitive" in bad.flags and bad.repetition > 0.8 and good.repetition < 0.05
+    assert good.language == 1.0 and good.length == 1.0
+    parts = bad.components(config)
+    assert parts["repetition"] < -0.8 and sum(parts.values()) == pytest.approx(bad.total)
+
 async def test_attack_writes_a_trace_and_resumes_without_redoing_work(mesh_base, tmp_path):
     trace = Trace(tmp_path / "trace.jsonl")
     async with Mesh.local(mesh_base) as mesh:
