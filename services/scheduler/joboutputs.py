@@ -33,6 +33,12 @@ MAX_OUTPUT_FILES = 10_000
 def pack_code(work: Path, manifest: dict[str, list[int]]) -> bytes:
     """A .tar.gz of the job's code: its folders and the manifest's regular files (sorted, mode 0644/0755, no links)."""
     buf = io.BytesIO()
+    write_code_archive(work, manifest, buf)
+    return buf.getvalue()
+
+
+def write_code_archive(work: Path, manifest: dict[str, list[int]], buf: Any) -> None:
+    """pack_code into the binary file object `buf` (streamed: a large code folder is never held in memory)."""
     folders = sorted({Path(dirpath).relative_to(work).as_posix() for dirpath, _d, _n in os.walk(work)} - {"."})
     with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
         for rel in folders:  # empty folders of the code too: the program may expect them
@@ -48,14 +54,20 @@ def pack_code(work: Path, manifest: dict[str, list[int]]) -> bytes:
             info.mode = 0o755 if st.st_mode & 0o100 else 0o644
             with open(path, "rb") as f:
                 tar.addfile(info, f)
-    return buf.getvalue()
 
 
 def publish_code(store: JobObjectStore, job_id: str, work: Path, manifest: dict[str, list[int]]) -> tuple[str, int]:
     """Put the packed code at the job's code/code.tar.gz; returns (sha256, size) of the archive."""
-    data = pack_code(work, manifest)
-    store.put_bytes(job_id, "code", CODE_OBJECT, data)
-    return hashlib.sha256(data).hexdigest(), len(data)
+    with tempfile.NamedTemporaryFile(dir=work.parent, prefix=".code-", suffix=".tar.gz") as tmp:
+        write_code_archive(work, manifest, tmp)
+        tmp.flush()
+        tmp.seek(0)
+        digest, size = hashlib.sha256(), 0
+        while block := tmp.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+        store.put_file(job_id, "code", CODE_OBJECT, Path(tmp.name))
+    return digest.hexdigest(), size
 
 
 def code_manifest(work: Path) -> dict[str, list[int]]:

@@ -5,6 +5,7 @@ refused, DeleteJobArtifacts refused while running, and the store's secret kept o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import pwd
@@ -173,3 +174,33 @@ async def test_job_user_writes_its_own_checkpoints_and_no_ended_jobs(tmp_path) -
             await server.stop(0)
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+async def test_retention_removes_ended_jobs_files_at_start(tmp_path) -> None:
+    state = str(tmp_path / "state")
+    server, port = await start_scheduler(state)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.SchedulerServiceStub(ch)
+            job = (await stub.CreateJob(pb.CreateJobRequest(spec=local_spec(
+                [sys.executable, "-c", "open('out.txt', 'w').write('kept until retention')"])))).job
+            assert (await final(stub, job.job_id)).state == S.JOB_STATE_SUCCEEDED
+            listed = await stub.ListArtifacts(pb.ListArtifactsRequest(job_id=job.job_id))
+            assert [a.path for a in listed.artifacts] == ["out.txt"]
+    finally:
+        await server.stop(0)
+    store = tmp_path / "state" / "store" / "jobs" / job.job_id
+    assert (store / "artifacts" / "out.txt").exists()
+    server, port = await start_scheduler(state, artifact_retention_days=1e-9)  # ended long enough ago
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.SchedulerServiceStub(ch)
+            for _ in range(100):
+                if not store.exists():
+                    break
+                await asyncio.sleep(0.1)
+            assert not store.exists() and not (tmp_path / "state" / "jobs" / job.job_id / "work").exists()
+            assert not (await stub.ListArtifacts(pb.ListArtifactsRequest(job_id=job.job_id))).artifacts
+            assert (await stub.GetJob(pb.GetJobRequest(job_id=job.job_id))).job.state == S.JOB_STATE_SUCCEEDED
+    finally:
+        await server.stop(0)
