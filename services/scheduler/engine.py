@@ -848,8 +848,12 @@ class Engine:
     def _local_inputs(self, rec: JobRecord) -> None:
         """The staged inputs copied from the store into the local working folder (in a thread; once per folder)."""
         if rec.job.spec.inputs and not rec.meta.get("inputs_local"):
-            self.objects.download_tree(rec.job.job_id, "inputs", self._work(rec.job.job_id),
-                                       max_bytes=self.settings.input_limits.max_bytes)
+            work = self._work(rec.job.job_id)
+            self.objects.download_tree(rec.job.job_id, "inputs", work, max_bytes=self.settings.input_limits.max_bytes)
+            # Inputs, like the code, are not outputs: unchanged, they are neither listed nor uploaded as artifacts.
+            manifest = self._manifest(rec.job.job_id)
+            manifest.update({p: v for p, v in joboutputs.code_manifest(work).items() if p not in manifest})
+            (self.job_dir(rec.job.job_id) / "code_manifest.json").write_text(json.dumps(manifest))
             rec.meta["inputs_local"] = True
 
     def _remote_urls(self, rec: JobRecord) -> tuple[str, tuple[tuple[str, str], ...]]:

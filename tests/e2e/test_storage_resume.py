@@ -109,6 +109,7 @@ async def test_killed_job_resumes_from_s3_in_a_fresh_folder(tmp_path: Path, s3_s
             shutil.rmtree(work)
             arts = {a.path: a for a in (await stub.ListArtifacts(pb.ListArtifactsRequest(job_id=job.job_id))).artifacts}
             assert "left-by-attempt-1.txt" in arts and "train.py" not in arts
+            assert "data/tinyshakespeare/input.txt" not in arts  # an input, not an output
             assert arts["checkpoints/ckpt.pt"].checkpoint
             store_ckpts = sorted(p for p in arts if re.fullmatch(r"checkpoints/step-\d{12}/state\.pt", p))
             assert store_ckpts and arts[store_ckpts[-1]].checkpoint

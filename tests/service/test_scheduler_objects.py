@@ -72,7 +72,8 @@ async def test_restart_resumes_in_a_fresh_folder_and_outputs_outlive_it(sched) -
     shutil.rmtree(tmp / "state" / "jobs" / job.job_id / "work")
     arts = {a.path: a for a in (await stub.ListArtifacts(pb.ListArtifactsRequest(job_id=job.job_id))).artifacts}
     assert {"left.txt", "out/result.txt", "checkpoints/step-000000000007/state.pt"} <= set(arts)
-    assert "job.py" not in arts and arts["checkpoints/step-000000000007/state.pt"].checkpoint
+    assert "job.py" not in arts and "data/words.txt" not in arts  # code and inputs are not outputs
+    assert arts["checkpoints/step-000000000007/state.pt"].checkpoint
     got = [c async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job.job_id, path="out/result.txt",
                                                                             offset=4990))]
     assert b"".join(c.data for c in got) == b"x" * 10 and got[-1].total_size_bytes == 5000
