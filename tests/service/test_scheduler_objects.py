@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import os
 import pwd
+import re
 import shutil
 import sys
 import tempfile
@@ -49,13 +50,13 @@ async def sched(tmp_path):
     server, port = await start_scheduler(str(tmp_path / "state"), code_roots=(str(tmp_path),),
                                          input_roots=(f"file://{data}",))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield pb_grpc.SchedulerServiceStub(channel), tmp_path
+    yield pb_grpc.SchedulerServiceStub(channel), tmp_path, port
     await channel.close()
     await server.stop(0)
 
 
 async def test_restart_resumes_in_a_fresh_folder_and_outputs_outlive_it(sched) -> None:
-    stub, tmp = sched
+    stub, tmp, _ = sched
     code = tmp / "code"
     (code / "out").mkdir(parents=True)
     (code / "job.py").write_text(RESUMING)
@@ -93,7 +94,7 @@ async def test_restart_resumes_in_a_fresh_folder_and_outputs_outlive_it(sched) -
 
 
 async def test_delete_refused_while_running_and_bad_inputs_name_the_field(sched) -> None:
-    stub, tmp = sched
+    stub, tmp, _ = sched
     job = (await stub.CreateJob(pb.CreateJobRequest(spec=local_spec(
         [sys.executable, "-c", "import time; time.sleep(60)"])))).job
     code_, reason, _ = await error_of(stub.DeleteJobArtifacts(pb.DeleteJobArtifactsRequest(job_id=job.job_id)))
@@ -205,3 +206,22 @@ async def test_retention_removes_ended_jobs_files_at_start(tmp_path) -> None:
             assert (await stub.GetJob(pb.GetJobRequest(job_id=job.job_id))).job.state == S.JOB_STATE_SUCCEEDED
     finally:
         await server.stop(0)
+
+
+async def test_cli_submits_inputs_and_deletes_stored_artifacts(sched, capsys) -> None:
+    from crucible.cli import main
+
+    stub, tmp, port = sched
+    words = f"file://{tmp}/data/words.txt"
+    argv = ["jobs", "submit", "--address", f"127.0.0.1:{port}", "--provider", "local", "--follow", "--no-logs",
+            "--input", f"in/words.txt={words}", "--input", "builtin:tinyshakespeare", "--",
+            sys.executable, "-c", "import os; open('copy.txt', 'w').write(open('in/words.txt').read() + "
+                                  "str(os.path.getsize('data/tinyshakespeare/input.txt')))"]
+    assert await asyncio.to_thread(main, argv) == 0, capsys.readouterr().err
+    job_id = re.search(r"job (job-\S+) ", capsys.readouterr().out).group(1)
+    got = b"".join([c.data async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job_id,
+                                                                                         path="copy.txt"))])
+    assert got == b"hello input\n1115394"
+    argv = ["jobs", "artifacts", "--address", f"127.0.0.1:{port}", job_id, "--delete"]
+    assert await asyncio.to_thread(main, argv) == 0
+    assert re.search(rf"deleted [1-9]\d* stored object\(s\) of {job_id}", capsys.readouterr().out)
