@@ -22,7 +22,7 @@ QUESTION_SYSTEM = (
 )
 
 #: Fixed worked examples shown as earlier chat turns (question, options, rewording). They cover a direct question, an
-#: unfinished stem the options complete, a negated question and a fill-in blank; each rewording keeps the meaning,
+#: unfinished stem the options complete, a "which of the following" question and a fill-in blank; each rewording keeps the meaning,
 #: asks rather than states, and names no option. General knowledge, so they favour no benchmark subject.
 QUESTION_EXAMPLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("Which planet is closest to the Sun?", ("Venus", "Earth", "Mercury", "Mars"),
@@ -30,9 +30,8 @@ QUESTION_EXAMPLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("The process by which plants make food from sunlight is called",
      ("respiration", "photosynthesis", "digestion", "osmosis"),
      "What is the process through which plants produce food using sunlight called?"),
-    ("Which of the following statements about the Roman Empire is NOT true?",
-     ("It used Latin", "It had an emperor", "It ended in 1900", "It built roads"),
-     "Which one of these statements regarding the Roman Empire is false?"),
+    ("Which of the following animals is a mammal?", ("Shark", "Dolphin", "Trout", "Octopus"),
+     "Which one of these animals belongs to the mammals?"),
     ("According to Newton, an object at rest stays at rest unless acted on by _____.",
      ("gravity", "a net force", "friction", "mass"),
      "In Newton's view, an object at rest remains at rest unless what acts on it?"),
@@ -46,7 +45,8 @@ def option_letter(index: int) -> str:
 
 def _question_turn(question: str, options: Sequence[str]) -> str:
     listed = "\n".join(f"{option_letter(i)}. {option.strip()}" for i, option in enumerate(options))
-    return f"Question: {question.strip()}\n\nIts options (do not repeat them):\n{listed}\n\nReword the question."
+    return (f"Question: {question.strip()}\n\nIts options (do not repeat them):\n{listed}\n\n"
+            "Reword the question in different words.")
 
 
 def question_token_budget(question: str) -> int:
