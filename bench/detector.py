@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -93,10 +94,13 @@ def bench_d(detector: Detector, texts: list[str], batch: int) -> float:
     return rate(len(texts), time.perf_counter() - t0)
 
 
-async def bench_c(dtype: str, rounds: list[list[str]], clients: int, batch: int) -> float:
+async def bench_c(dtype: str, rounds: list[list[str]], clients: int, batch: int, kernel: str) -> float:
     """The service over gRPC: `clients` concurrent clients, each sending its share of a round in one call."""
+    # stats_kernel=compile: the fused statistics kernel is compiled during warm-up, before the server reports SERVING
+    # (the default, auto, compiles in the background after start; a benchmark must not time that switch).
     config = load_config(DetectorConfig, "detector", env={}, port=0, metrics_enabled=False, dtype=dtype, device="cpu",
-                         cache_size=0, max_batch_size=batch, max_wait_ms=20.0, log_level="WARNING", log_format="text")
+                         cache_size=0, max_batch_size=batch, max_wait_ms=20.0, log_level="WARNING", log_format="text",
+                         stats_kernel=kernel)
     server, _ = create_server(config)
     await server.start()
     await server.wait_ready(300)
@@ -126,28 +130,38 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="batch size of (b), (c), (d) (default 32)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of --texts texts for (c) (default 1)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default float32,bfloat16)")
+    parser.add_argument("--repeat", type=int, default=1, help="measure each path N times, report the median (default 1)")
+    parser.add_argument("--stats-kernel", default="compile", choices=("compile", "eager"),
+                        help="statistics kernel of (c) and (d) (default compile: the service's fused kernel)")
     args = parser.parse_args()
+    median = lambda f: statistics.median(f() for _ in range(max(1, args.repeat)))  # noqa: E731
 
     rows = []
     results: dict[tuple[str, str], float] = {}
+    kernel_mode: dict[str, str] = {}
     for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
         loaded = load_causal_lm("smollm2-135m-instruct", device="cpu", dtype=dtype)
-        detector = Detector(DetectorSettings(max_texts_per_call=max(args.texts, args.batch)), loaded)
+        detector = Detector(DetectorSettings(max_texts_per_call=max(args.texts, args.batch),
+                                             stats_kernel=args.stats_kernel), loaded)
+        detector.warm_up()  # compiles the statistics kernel (stats_kernel compile)
+        kernel_mode[dtype] = detector.kernel.mode
         texts = make_texts(loaded.tokenizer, args.texts, args.tokens)
         # Distinct texts per measurement: nothing is served from a cache (the service is also told skip_cache).
         service_rounds = [make_texts(loaded.tokenizer, args.texts, args.tokens, offset=args.texts * (r + 1))
                           for r in range(args.rounds)]
         bench_d(detector, texts[: min(4, len(texts))], args.batch)  # warm-up
-        results[(dtype, "a")] = bench_a(loaded, texts)
-        results[(dtype, "b")] = bench_b(loaded, texts, args.batch)
-        results[(dtype, "d")] = bench_d(detector, texts, args.batch)
+        results[(dtype, "a")] = median(lambda: bench_a(loaded, texts))
+        results[(dtype, "b")] = median(lambda: bench_b(loaded, texts, args.batch))
+        results[(dtype, "d")] = median(lambda: bench_d(detector, texts, args.batch))
         del detector, loaded
-        results[(dtype, "c")] = asyncio.run(bench_c(dtype, service_rounds, args.clients, args.batch))
+        results[(dtype, "c")] = median(lambda: asyncio.run(
+            bench_c(dtype, service_rounds, args.clients, args.batch, args.stats_kernel)))
         for key, name in (("a", "(a) per-text formula loop"), ("b", "(b) bare batched forward, no criterion"),
                           ("c", f"(c) service over gRPC, {args.clients} clients"), ("d", "(d) in-process batched core")):
             rows.append((name, dtype, f"{results[(dtype, key)]:.2f}"))
     print(f"detector benchmark: SmolLM2-135M, {args.texts} texts x {args.tokens} tokens, batch {args.batch}, "
-          f"{torch.get_num_threads()} torch threads")
+          f"{torch.get_num_threads()} torch threads, median of {max(1, args.repeat)}, statistics kernel "
+          + ", ".join(f"{d} {m}" for d, m in kernel_mode.items()) + f", load average {os.getloadavg()[0]:.1f}")
     print(format_table(("path", "dtype", "texts/s"), rows))
     ratios = []
     for dtype in ("float32", "bfloat16"):

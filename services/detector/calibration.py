@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ FORMAT = "crucible.detector.calibration"
 FORMAT_VERSION = 1
 BUILTIN_DIR = Path(__file__).resolve().parent / "calibrations"
 MEMBERS = ("fast_detectgpt", "binoculars", "classifier")
+#: Per-token means from the Fast-DetectGPT forward pass, always computed: usable as ensemble features, not members.
+BY_PRODUCTS = ("log_likelihood", "log_rank", "entropy")
+FEATURES = MEMBERS + BY_PRODUCTS
 
 METHOD_NONE = "none"
 METHOD_TWO_GAUSSIAN = "two_gaussian"
@@ -68,7 +72,11 @@ class TwoGaussian:
 
 @dataclasses.dataclass(frozen=True)
 class LogisticEnsemble:
-    """P(machine) = sigmoid(intercept + sum_i coef_i * (raw_i - mean_i) / scale_i) over the named members' raw scores."""
+    """P(machine) = sigmoid(intercept + sum_i coef_i * (raw_i - mean_i) / scale_i) over named raw scores (features).
+
+    Features are members' raw scores (fast_detectgpt, binoculars, classifier) and the pass's by-products
+    (log_likelihood, log_rank, entropy).
+    """
 
     members: tuple[str, ...]
     mean: tuple[float, ...]
@@ -80,9 +88,12 @@ class LogisticEnsemble:
         n = len(self.members)
         if n == 0 or not (len(self.mean) == len(self.scale) == len(self.coef) == n):
             raise CalibrationError("logistic ensemble needs one mean, scale and coefficient per member")
-        unknown = set(self.members) - set(MEMBERS)
+        unknown = set(self.members) - set(FEATURES)
         if unknown:
-            raise CalibrationError(f"unknown member(s) in logistic ensemble: {sorted(unknown)}")
+            raise CalibrationError(f"unknown feature(s) in logistic ensemble: {sorted(unknown)} (known: {', '.join(FEATURES)})")
+        if not all(s > 0 and math.isfinite(s) for s in self.scale) or not all(
+                map(math.isfinite, (*self.mean, *self.coef, self.intercept))):
+            raise CalibrationError("logistic ensemble parameters must be finite, with positive scales")
 
     def probability(self, raw: Mapping[str, float]) -> float:
         """P(machine) from the raw scores of (at least) this ensemble's members."""
@@ -98,18 +109,38 @@ class LogisticEnsemble:
                 "coef": list(self.coef), "intercept": self.intercept}
 
     @classmethod
-    def fit(cls, members: Sequence[str], features: np.ndarray, labels: np.ndarray) -> LogisticEnsemble:
-        """Fit on raw scores [n, len(members)] and labels (1 = machine) with scikit-learn, standardising first."""
-        from sklearn.linear_model import LogisticRegression
+    def fit(cls, members: Sequence[str], features: np.ndarray, labels: np.ndarray,
+            groups: Sequence[Any] | None = None) -> tuple[LogisticEnsemble, float]:
+        """Fit on raw scores [n, len(members)] and labels (1 = machine); returns the ensemble and the chosen C.
+
+        Features are standardised, then an L2-regularised logistic regression (scikit-learn) picks its inverse
+        regularisation C from a grid by 5-fold cross-validated log-loss (folds by `groups`, e.g. the text pair,
+        when given, so a human text and its machine continuation never sit on both sides of a fold).
+        """
+        from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+        from sklearn.model_selection import GroupKFold
 
         if len(set(labels.tolist())) != 2:
             raise CalibrationError("fitting needs both human and machine texts")
         mean = features.mean(axis=0)
         scale = features.std(axis=0)
         scale[scale == 0] = 1.0
-        model = LogisticRegression(C=1.0, max_iter=1000).fit((features - mean) / scale, labels)
+        x = (features - mean) / scale
+        folds = min(5, int(np.bincount(labels).min()))
+        if folds >= 2:
+            cv: Any = folds
+            if groups is not None and len(set(groups)) >= folds:
+                cv = list(GroupKFold(n_splits=folds).split(x, labels, groups=list(groups)))
+            with warnings.catch_warnings():  # scikit-learn 1.8 announces parameter changes; the defaults here are L2
+                warnings.simplefilter("ignore", FutureWarning)
+                search = LogisticRegressionCV(Cs=np.logspace(-3, 2, 11), cv=cv, scoring="neg_log_loss",
+                                              max_iter=2000).fit(x, labels)
+            c = float(np.atleast_1d(search.C_)[0])
+        else:
+            c = 1.0
+        model = LogisticRegression(C=c, max_iter=2000).fit(x, labels)
         return cls(tuple(members), tuple(map(float, mean)), tuple(map(float, scale)),
-                   tuple(map(float, model.coef_[0])), float(model.intercept_[0]))
+                   tuple(map(float, model.coef_[0])), float(model.intercept_[0])), c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +271,10 @@ class Calibration:
         return params.probability(raw) if params is not None else None
 
     def probability(self, raw: Mapping[str, float]) -> float | None:
-        """Detection.probability: the ensemble's when fitted (and its members were computed), else Fast-DetectGPT's."""
+        """Detection.probability: the ensemble's when fitted (and its features were computed), else Fast-DetectGPT's.
+
+        `raw` holds the members' raw scores and, for an ensemble over by-products, those too (RawScores.features()).
+        """
         if self.ensemble is not None and all(m in raw for m in self.ensemble.members):
             return self.ensemble.probability(raw)
         if "fast_detectgpt" in raw:
@@ -272,7 +306,7 @@ def select_calibration(
                 members.pop("classifier")
             ensemble = entry.ensemble
             if ensemble is not None and (
-                not set(ensemble.members) <= set(enabled_members)
+                not set(ensemble.members) <= set(enabled_members) | set(BY_PRODUCTS)
                 or ("classifier" in ensemble.members and model_key(entry.classifier) != model_key(classifier))
             ):
                 ensemble = None
@@ -288,21 +322,30 @@ def fit_calibration(
     machine: Sequence[Mapping[str, float]],
     *,
     members: Sequence[str],
+    features: Sequence[str] | None = None,
+    groups: Sequence[Any] | None = None,
     sampling: tuple[str, str],
     scoring: tuple[str, str],
     classifier: tuple[str, str] | None = None,
     version: str,
     fitted_on: Mapping[str, Any] | None = None,
 ) -> CalibrationEntry:
-    """Fit two Gaussians per member and a logistic ensemble over all members from raw scores of labelled texts."""
+    """Fit two Gaussians per member and a logistic ensemble over `features` (default: the members) of labelled texts.
+
+    `groups` (one per text, human texts first) keeps related texts in the same cross-validation fold.
+    """
     if not members:
         raise CalibrationError("no members to calibrate")
+    names = list(features or members)
     gaussians = {m: TwoGaussian.fit([h[m] for h in human], [x[m] for x in machine]) for m in members}
-    features = np.array([[row[m] for m in members] for row in (*human, *machine)], dtype=np.float64)
+    try:
+        matrix = np.array([[row[m] for m in names] for row in (*human, *machine)], dtype=np.float64)
+    except KeyError as exc:
+        raise CalibrationError(f"feature {exc} is missing from the scores") from None
     labels = np.array([0] * len(human) + [1] * len(machine))
-    if not np.isfinite(features).all():
+    if not np.isfinite(matrix).all():
         raise CalibrationError("some raw scores are not finite; check the data")
-    ensemble = LogisticEnsemble.fit(members, features, labels)
+    ensemble, c = LogisticEnsemble.fit(names, matrix, labels, groups)
     revisions = {"sampling": sampling[1], "scoring": scoring[1]}
     return CalibrationEntry(sampling[0], scoring[0], gaussians, ensemble, classifier[0] if classifier else "",
-                            revisions, {}, dict(fitted_on or {}, version=version))
+                            revisions, {}, dict(fitted_on or {}, version=version, regularisation_c=c))

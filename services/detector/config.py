@@ -65,6 +65,14 @@ class DetectorConfig(ModelServerConfig):
         1 << 22, "Logits (rows x vocabulary) processed at once by the criterion; bounds its memory (16 MB in fp32)."
     )
     classifier_batch_size: int = setting(32, "Texts per classifier forward pass.")
+    stats_kernel: str = setting(
+        "auto",
+        "How the per-token vocabulary statistics run: compile = torch.compile a fused kernel during warm-up (before "
+        "SERVING; tens of seconds on a small CPU the first time, cached on disk after); auto = compile in a background "
+        "thread after warm-up and use eager mode until the compiled kernel passed its check; eager = never compile. "
+        "A compile that fails or disagrees with eager mode leaves eager mode in use (logged).",
+        choices=("auto", "compile", "eager"),
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -91,5 +99,5 @@ class DetectorConfig(ModelServerConfig):
             dtype=self.dtype, model_cache_dir=self.model_cache_dir, max_tokens=self.max_tokens,
             max_texts_per_call=self.max_texts_per_call, max_text_bytes=self.max_text_bytes,
             padding_side=self.padding_side, chunk_elements=self.stats_chunk_elements,
-            classifier_batch_size=self.classifier_batch_size,
+            classifier_batch_size=self.classifier_batch_size, stats_kernel=self.stats_kernel,
         )

@@ -1,6 +1,6 @@
 """Batched, mask-aware Fast-DetectGPT analytic criterion (and the Binoculars score from the same pass), pure torch.
 
-Every statistic is computed in fp32 over the scored tokens only, in row chunks, so memory stays bounded.
+Every statistic is computed in fp32 over real tokens only, in row chunks (a fused torch.compile kernel when it works).
 """
 
 from __future__ import annotations
@@ -24,32 +24,58 @@ class VocabularyMismatchError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class TokenStatistics:
-    """Per-text sums over the scored tokens, each a float32 tensor [B] (scored_tokens is int64 [B]).
+    """Per-text sums over a padded batch, each a float32 tensor [B] (the two counts are int64 [B]).
 
-    With p the scoring model's log-probabilities and q the sampling model's distribution at scored position t:
-    ll_t = log p(x_t), mu_t = sum_v q(v) log p(v), var_t = sum_v q(v) log p(v)^2 - mu_t^2.
+    With p the scoring model's distribution and q the sampling model's at a position t, predicting token x_{t+1}:
+    ll_t = log p(x_{t+1}), mu_t = sum_v q(v) log p(v), var_t = sum_v q(v) log p(v)^2 - mu_t^2,
+    rank_t = 1 + #{v: l_t(v) > l_t(x_{t+1})} (scoring logits l), h_t = -sum_v p(v) log p(v).
+    `log_likelihood`, `expected_log_likelihood`, `variance`, `log_rank` and `entropy` sum over the scored positions
+    (a real token followed by a real token: the Fast-DetectGPT positions); `cross_log_likelihood` sums mu_t over
+    every real position, the last one included (the Binoculars cross-perplexity positions).
     """
 
     log_likelihood: torch.Tensor
     expected_log_likelihood: torch.Tensor
     variance: torch.Tensor
     scored_tokens: torch.Tensor
+    log_rank: torch.Tensor
+    entropy: torch.Tensor
+    cross_log_likelihood: torch.Tensor
+    real_tokens: torch.Tensor
 
     def criterion(self) -> torch.Tensor:
         """Fast-DetectGPT analytic sampling discrepancy (sum ll - sum mu) / sqrt(sum var) [B]; higher = machine."""
         return (self.log_likelihood - self.expected_log_likelihood) / self.variance.clamp_min(1e-12).sqrt()
 
+    def _per_scored(self, total: torch.Tensor) -> torch.Tensor:
+        return total / self.scored_tokens.clamp_min(1).to(torch.float32)
+
     def perplexity(self) -> torch.Tensor:
         """Scoring-model perplexity exp(mean negative log-likelihood) over the scored tokens [B]."""
-        return torch.exp(-self.log_likelihood / self.scored_tokens.clamp_min(1).to(torch.float32))
+        return torch.exp(-self._per_scored(self.log_likelihood))
 
     def binoculars(self) -> torch.Tensor:
-        """Binoculars score ppl / x_ppl with observer = sampling and performer = scoring model [B]; lower = machine.
+        """Binoculars score ppl / x_ppl as ahans30/Binoculars computes it [B]; lower = machine.
 
-        log-ppl = mean_t(-ll_t) and x-ppl = mean_t(-sum_v q(v) log p(v)) = mean_t(-mu_t) share the token count,
-        so the ratio is sum ll / sum mu.
+        Observer = sampling model, performer = scoring model. ppl = mean over the scored positions of -log p(x_{t+1})
+        (the reference's shifted attention mask); x_ppl = mean over every real position, the last one included, of
+        -sum_v q(v) log p(v) (the reference's cross-entropy runs over all positions, masked by the unshifted mask).
         """
-        return self.log_likelihood / self.expected_log_likelihood
+        ppl = -self._per_scored(self.log_likelihood)
+        x_ppl = -self.cross_log_likelihood / self.real_tokens.clamp_min(1).to(torch.float32)
+        return ppl / x_ppl
+
+    def mean_log_likelihood(self) -> torch.Tensor:
+        """Mean log p(x_t) over the scored tokens [B] (the reference's likelihood baseline; higher = machine)."""
+        return self._per_scored(self.log_likelihood)
+
+    def mean_log_rank(self) -> torch.Tensor:
+        """Mean log rank (1 = most likely token) of the observed tokens [B] (the log-rank baseline negates it)."""
+        return self._per_scored(self.log_rank)
+
+    def mean_entropy(self) -> torch.Tensor:
+        """Mean entropy of the scoring model's next-token distribution over the scored positions [B], in nats."""
+        return self._per_scored(self.entropy)
 
     def select(self, index: int) -> dict[str, float]:
         """The scores of one text as Python floats (one host transfer per batch is done by the caller)."""
@@ -57,7 +83,21 @@ class TokenStatistics:
             "criterion": float(self.criterion()[index]),
             "perplexity": float(self.perplexity()[index]),
             "binoculars": float(self.binoculars()[index]),
+            "log_likelihood": float(self.mean_log_likelihood()[index]),
+            "log_rank": float(self.mean_log_rank()[index]),
+            "entropy": float(self.mean_entropy()[index]),
             "scored_tokens": int(self.scored_tokens[index]),
+        }
+
+    def columns(self) -> dict[str, list[float]]:
+        """Every per-text score as a list (one host transfer each)."""
+        return {
+            "criterion": self.criterion().tolist(),
+            "perplexity": self.perplexity().tolist(),
+            "binoculars": self.binoculars().tolist(),
+            "log_likelihood": self.mean_log_likelihood().tolist(),
+            "log_rank": self.mean_log_rank().tolist(),
+            "entropy": self.mean_entropy().tolist(),
         }
 
 
@@ -71,42 +111,136 @@ def scored_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return mask[:, 1:] & mask[:, :-1]
 
 
-def position_statistics(
-    ref_logits: torch.Tensor,
-    score_logits: torch.Tensor | None,
+def vocabulary_statistics(
+    score_logits: torch.Tensor,
+    ref_logits: torch.Tensor | None,
     labels: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ll, mu, var [N] in fp32 for N scored positions, from sampling logits [N, V1] and scoring logits [N, V2].
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ll, mu, var, log-rank and entropy [N] in fp32 for N positions, from scoring logits [N, V] (any dtype).
 
-    `score_logits=None` means one model plays both roles (its logits are `ref_logits`). Uses
-    mu = E_q[log p] and var = E_q[(log p - mu)^2] (= E_q[(log p)^2] - mu^2) with log p = l - logsumexp(l),
-    vocabulary cut to min(V1, V2).
+    `ref_logits` [N, V'] are the sampling model's (None: the scoring model samples too); the vocabulary is cut to
+    min(V, V'). One pass of reductions per row: log p = l - logsumexp(l), mu = E_q[log p], var = E_q[(log p - mu)^2]
+    (the centred form: no cancellation of E_q[(log p)^2] - mu^2 on flat distributions), ll = log p(label),
+    log-rank = log(1 + #{v: l(v) > l(label)}), entropy = -E_p[log p]. Written without in-place operations so that
+    torch.compile fuses it into a few loops over the logits that never materialise an fp32 copy; eager mode runs the
+    same code.
     """
-    ref = ref_logits.to(torch.float32)
-    if score_logits is None:
-        log_p = ref - torch.logsumexp(ref, dim=-1, keepdim=True)
-        q = log_p.exp()
+    score = score_logits.float()
+    if ref_logits is not None:
+        vocab = min(score.shape[-1], ref_logits.shape[-1])
+        score = score[:, :vocab]
+    shifted = score - score.amax(dim=-1, keepdim=True)
+    log_norm = shifted.exp().sum(dim=-1, keepdim=True).log()
+    log_p = shifted - log_norm
+    p = log_p.exp()
+    if ref_logits is None:
+        q = p
     else:
-        vocab = min(ref.shape[-1], score_logits.shape[-1])
-        ref = ref[..., :vocab]
-        score = score_logits[..., :vocab].to(torch.float32)
-        log_p = score - torch.logsumexp(score, dim=-1, keepdim=True)
-        q = torch.softmax(ref, dim=-1)
-    ll = log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    mu = (q * log_p).sum(-1)
-    # Centred second pass: E_q[(log p - mu)^2] equals E_q[(log p)^2] - mu^2 without its cancellation when the
-    # distribution is flat (var much smaller than mu^2). The chunk is small, so the extra pass stays in cache.
-    centred = log_p.sub_(mu.unsqueeze(-1))
-    var = centred.square_().mul_(q).sum(-1)
-    return ll, mu, var
+        ref = ref_logits[:, :vocab].float()
+        ref_shifted = ref - ref.amax(dim=-1, keepdim=True)
+        ref_exp = ref_shifted.exp()
+        q = ref_exp / ref_exp.sum(dim=-1, keepdim=True)
+    mu = (q * log_p).sum(dim=-1)
+    var = (q * (log_p - mu.unsqueeze(-1)).square()).sum(dim=-1)
+    observed = shifted.gather(-1, labels.unsqueeze(-1))
+    ll = (observed - log_norm).squeeze(-1)
+    rank = (shifted > observed).sum(dim=-1)
+    log_rank = torch.log1p(rank.float())
+    entropy = -mu if ref_logits is None else -(p * log_p).sum(dim=-1)
+    return ll, mu, var, log_rank, entropy
 
 
-def _accumulate(rows: torch.Tensor, batch: int, *parts: torch.Tensor) -> list[torch.Tensor]:
-    out = []
-    for part in parts:
-        total = torch.zeros(batch, dtype=torch.float32, device=part.device)
-        out.append(total.index_add_(0, rows, part))
-    return out
+class StatisticsKernel:
+    """`vocabulary_statistics`, eager or compiled with torch.compile (fused: a few passes over bf16/fp32 logits).
+
+    `compile(...)` compiles for one vocabulary width and logits dtype, checks the compiled kernel against eager
+    mode on a probe and keeps eager mode (logging why) when compiling fails or disagrees. Calls are thread-safe;
+    the kernel in use only ever switches from eager to a checked compiled one.
+    """
+
+    #: Largest |compiled - eager| accepted on the probe (fp32 reductions in another order differ by ~1e-6 per row).
+    PROBE_TOLERANCE = 1e-3
+
+    def __init__(self) -> None:
+        self._compiled: Any = None
+        self.mode = "eager"
+        self.failure = ""
+
+    def __call__(self, score_logits: torch.Tensor, ref_logits: torch.Tensor | None,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        compiled = self._compiled
+        rows = labels.shape[0]
+        if compiled is None or rows == 0:
+            return vocabulary_statistics(score_logits, ref_logits, labels)
+        if rows == 1:  # a one-row input would specialise (and recompile) the dynamic-shape kernel
+            out = compiled(score_logits.repeat(2, 1), None if ref_logits is None else ref_logits.repeat(2, 1),
+                           labels.repeat(2))
+            return tuple(t[:1] for t in out)
+        return compiled(score_logits, ref_logits, labels)
+
+    def compile(self, vocab: int, dtype: torch.dtype, device: torch.device, *, two_models: bool = False,
+                ref_vocab: int | None = None) -> bool:
+        """Compile for logits [N, vocab] of `dtype` on `device`; True when the compiled kernel is now in use."""
+        try:
+            compiled = torch.compile(vocabulary_statistics, dynamic=True)
+            g = torch.Generator().manual_seed(0)
+            checks = []
+            with torch.inference_mode():
+                for rows in (3, 5):
+                    score = (torch.randn(rows, vocab, generator=g) * 4).to(device=device, dtype=dtype)
+                    ref = None
+                    if two_models:
+                        ref = (torch.randn(rows, ref_vocab or vocab, generator=g) * 4).to(device=device, dtype=dtype)
+                    labels = torch.randint(0, min(vocab, ref_vocab or vocab), (rows,), generator=g).to(device)
+                    got = compiled(score, ref, labels)
+                    want = vocabulary_statistics(score, ref, labels)
+                    checks.append(max(float((a - b).abs().max()) for a, b in zip(got, want, strict=True)))
+            if max(checks) > self.PROBE_TOLERANCE:
+                raise RuntimeError(f"compiled statistics differ from eager mode by {max(checks):.3g}")
+        except Exception as exc:  # no compiler, unsupported backend, ...: eager mode is always correct
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.warning("statistics kernel: torch.compile failed, staying in eager mode (%s)", self.failure[:500])
+            return False
+        self._compiled = compiled
+        self.mode = "compiled"
+        log.info("statistics kernel: compiled (vocabulary %s, %s, %s)", vocab, dtype, device)
+        return True
+
+
+def _positions(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols) of every real token [N] and whether the token after it is real too (a scored position) [N]."""
+    real = attention_mask.bool()
+    followed = torch.zeros_like(real)
+    followed[:, :-1] = real[:, 1:]
+    rows, cols = real.nonzero(as_tuple=True)
+    return rows, cols, followed[rows, cols]
+
+
+def _next_tokens(input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """The token after each position (0 after the last column; such positions are never scored)."""
+    following = torch.zeros_like(input_ids)
+    following[:, :-1] = input_ids[:, 1:]
+    return following[rows, cols]
+
+
+def _reduce(batch: int, rows: torch.Tensor, scored: torch.Tensor, parts: list[tuple[torch.Tensor, ...]],
+            device: torch.device) -> TokenStatistics:
+    """Per-text sums of the per-position statistics (index_add: padding never enters)."""
+    if parts:
+        ll, mu, var, log_rank, entropy = (torch.cat(p) for p in zip(*parts, strict=True))
+    else:
+        ll = mu = var = log_rank = entropy = torch.zeros(0, dtype=torch.float32, device=device)
+    rows = rows.to(ll.device)
+    weight = scored.to(device=ll.device, dtype=torch.float32)
+
+    def total(values: torch.Tensor, w: torch.Tensor | None = weight) -> torch.Tensor:
+        out = torch.zeros(batch, dtype=torch.float32, device=ll.device)
+        return out.index_add_(0, rows, values if w is None else values * w).cpu()
+
+    scored_tokens = torch.zeros(batch, dtype=torch.int64).index_add_(0, rows.cpu(), scored.cpu().to(torch.int64))
+    real_tokens = torch.bincount(rows.cpu(), minlength=batch).to(torch.int64)
+    return TokenStatistics(total(ll), total(mu), total(var), scored_tokens, total(log_rank), total(entropy),
+                           total(mu, None), real_tokens)
 
 
 def analytic_statistics(
@@ -116,34 +250,27 @@ def analytic_statistics(
     attention_mask: torch.Tensor,
     *,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    kernel: StatisticsKernel | None = None,
 ) -> TokenStatistics:
     """Masked statistics of a padded batch from full logits [B, T, V] (any dtype), input ids and mask [B, T].
 
-    Only scored positions are gathered, then processed `chunk_elements` logits at a time, so the fp32
-    softmax/log-softmax never exist for the whole batch. `score_logits=None` means the same model for both roles.
+    Only real positions are gathered, then processed `chunk_elements` logits at a time, so the fp32
+    softmax/log-softmax never exist for the whole batch. `score_logits=None` means the same model for both roles
+    (its logits are `ref_logits`).
     """
-    batch = input_ids.shape[0]
-    valid = scored_mask(attention_mask)
-    rows, cols = valid.nonzero(as_tuple=True)
-    labels = input_ids[:, 1:][rows, cols]
-    ll_parts, mu_parts, var_parts = [], [], []
-    vocab = ref_logits.shape[-1]
-    step = max(1, chunk_elements // vocab)
+    kernel = kernel or StatisticsKernel()
+    rows, cols, scored = _positions(attention_mask)
+    labels = _next_tokens(input_ids, rows, cols).to(ref_logits.device)
+    step = max(1, chunk_elements // ref_logits.shape[-1])
+    parts = []
     for start in range(0, rows.numel(), step):
         r, c = rows[start : start + step], cols[start : start + step]
-        ref = ref_logits[r, c]
-        score = score_logits[r, c] if score_logits is not None else None
-        ll, mu, var = position_statistics(ref, score, labels[start : start + step])
-        ll_parts.append(ll)
-        mu_parts.append(mu)
-        var_parts.append(var)
-    device = ref_logits.device
-    if ll_parts:
-        ll_all, mu_all, var_all = (torch.cat(p) for p in (ll_parts, mu_parts, var_parts))
-    else:
-        ll_all = mu_all = var_all = torch.zeros(0, dtype=torch.float32, device=device)
-    ll_sum, mu_sum, var_sum = _accumulate(rows.to(device), batch, ll_all, mu_all, var_all)
-    return TokenStatistics(ll_sum, mu_sum, var_sum, valid.sum(dim=1).to(torch.int64))
+        if score_logits is None:
+            parts.append(kernel(ref_logits[r, c], None, labels[start : start + step]))
+        else:
+            parts.append(kernel(score_logits[r, c], ref_logits[r, c].to(score_logits.device),
+                                labels[start : start + step].to(score_logits.device)))
+    return _reduce(input_ids.shape[0], rows, scored, parts, ref_logits.device)
 
 
 def reference_criterion(ref_logits: torch.Tensor, score_logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -246,12 +373,14 @@ def model_statistics(
     sampling: CausalScorer | None = None,
     *,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    kernel: StatisticsKernel | None = None,
 ) -> TokenStatistics:
-    """Fast-DetectGPT statistics of a padded batch [B, T] (left or right padding), masked, fp32, memory-bounded.
+    """Statistics of a padded batch [B, T] (left or right padding), masked, fp32, memory-bounded.
 
     `sampling=None` (or the same scorer) means one model in both roles: one forward pass. Two different models run
     one forward pass each on the same token ids; the caller guarantees they share the tokenizer.
     """
+    kernel = kernel or StatisticsKernel()
     same = sampling is None or sampling is scoring
     with torch.inference_mode():
         input_ids = input_ids.to(scoring.device)
@@ -260,15 +389,14 @@ def model_statistics(
         if not split:
             score_logits = scoring.logits(input_ids, attention_mask)
             if same:
-                return analytic_statistics(score_logits, None, input_ids, attention_mask, chunk_elements=chunk_elements)
+                return analytic_statistics(score_logits, None, input_ids, attention_mask,
+                                           chunk_elements=chunk_elements, kernel=kernel)
             assert sampling is not None
             ref_logits = sampling.logits(input_ids.to(sampling.device), attention_mask.to(sampling.device))
             return analytic_statistics(ref_logits.to(scoring.device), score_logits, input_ids, attention_mask,
-                                       chunk_elements=chunk_elements)
-        batch = input_ids.shape[0]
-        valid = scored_mask(attention_mask)
-        rows, cols = valid.nonzero(as_tuple=True)
-        labels = input_ids[:, 1:][rows, cols]
+                                       chunk_elements=chunk_elements, kernel=kernel)
+        rows, cols, scored = _positions(attention_mask)
+        labels = _next_tokens(input_ids, rows, cols)
         h_score = scoring.hidden(input_ids, attention_mask, rows, cols)
         h_ref = None
         if not same:
@@ -277,24 +405,15 @@ def model_statistics(
                                     rows.to(sampling.device), cols.to(sampling.device))
         vocab = scoring.vocab_size if same else max(scoring.vocab_size, sampling.vocab_size)  # type: ignore[union-attr]
         step = max(1, chunk_elements // vocab)
-        ll_parts, mu_parts, var_parts = [], [], []
+        parts = []
         for start in range(0, rows.numel(), step):
             score_logits = scoring.head(h_score[start : start + step])
-            if h_ref is None:
-                ll, mu, var = position_statistics(score_logits, None, labels[start : start + step])
-            else:
+            ref_logits = None
+            if h_ref is not None:
                 assert sampling is not None
                 ref_logits = sampling.head(h_ref[start : start + step]).to(scoring.device)
-                ll, mu, var = position_statistics(ref_logits, score_logits, labels[start : start + step])
-            ll_parts.append(ll)
-            mu_parts.append(mu)
-            var_parts.append(var)
-        if ll_parts:
-            ll_all, mu_all, var_all = (torch.cat(p) for p in (ll_parts, mu_parts, var_parts))
-        else:
-            ll_all = mu_all = var_all = torch.zeros(0, dtype=torch.float32, device=scoring.device)
-        ll_sum, mu_sum, var_sum = _accumulate(rows, batch, ll_all, mu_all, var_all)
-        return TokenStatistics(ll_sum.cpu(), mu_sum.cpu(), var_sum.cpu(), valid.sum(dim=1).to(torch.int64).cpu())
+            parts.append(kernel(score_logits, ref_logits, labels[start : start + step]))
+        return _reduce(input_ids.shape[0], rows, scored, parts, scoring.device)
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, *, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:

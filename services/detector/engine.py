@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from crucible.detector.criterion import (
     DEFAULT_CHUNK_ELEMENTS,
     CausalScorer,
+    StatisticsKernel,
     check_same_tokenizer,
     model_statistics,
     pad_batch,
@@ -31,6 +33,15 @@ log = logging.getLogger(__name__)
 FAST_DETECTGPT = "fast_detectgpt"
 BINOCULARS = "binoculars"
 CLASSIFIER = "classifier"
+#: By-products of the Fast-DetectGPT forward pass (per-token means) that the logistic ensemble may use as features.
+LOG_LIKELIHOOD = "log_likelihood"
+LOG_RANK = "log_rank"
+ENTROPY = "entropy"
+BY_PRODUCTS = (LOG_LIKELIHOOD, LOG_RANK, ENTROPY)
+#: Version of the statistics' definitions; part of the cache fingerprint, so results cached under older formulas
+#: (version 1: Binoculars cross-perplexity over the scored positions only) are never served.
+STATISTICS_VERSION = 2
+STATS_KERNELS = ("eager", "compile", "auto")
 
 # Labels that name the machine class in common AI-text classifiers (compared case-insensitively).
 _MACHINE_LABELS = ("fake", "machine", "ai", "ai-generated", "ai_generated", "machine-generated", "generated", "chatgpt")
@@ -55,6 +66,7 @@ class DetectorSettings:
     padding_side: str = "right"
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
     classifier_batch_size: int = 32
+    stats_kernel: str = "eager"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,13 +81,17 @@ class PreparedText:
 
 @dataclasses.dataclass(frozen=True)
 class RawScores:
-    """Raw scores of one text (no calibration): the criterion, perplexity and each computed member's score."""
+    """Raw scores of one text (no calibration): the criterion, perplexity, each computed member's score and the
+    by-products of the same pass (mean log-likelihood, mean log-rank, mean entropy per scored token)."""
 
     criterion: float
     perplexity: float
     binoculars: float
     token_count: int
     truncated: bool
+    log_likelihood: float
+    log_rank: float
+    entropy: float
     classifier: float | None = None
     classifier_tokens: int = 0
     classifier_truncated: bool = False
@@ -86,6 +102,11 @@ class RawScores:
         if self.classifier is not None:
             out[CLASSIFIER] = self.classifier
         return out
+
+    def features(self) -> dict[str, float]:
+        """Every raw score the logistic ensemble can use: the members' and the by-products."""
+        return {**self.member_raw(), LOG_LIKELIHOOD: self.log_likelihood, LOG_RANK: self.log_rank,
+                ENTROPY: self.entropy}
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -139,6 +160,8 @@ class Detector:
             raise ValueError("max_tokens must be at least 2 (the first token is never scored)")
         if settings.padding_side not in ("left", "right"):
             raise ValueError("padding_side must be left or right")
+        if settings.stats_kernel not in STATS_KERNELS:
+            raise ValueError(f"stats_kernel must be one of {', '.join(STATS_KERNELS)}")
         self.settings = settings
         self.scoring = scoring
         self.sampling = sampling if sampling is not None else scoring
@@ -162,6 +185,8 @@ class Detector:
             self.classifier_max_tokens = int(classifier.max_length or 512)
         self.members = self._describe()
         self.fingerprint = self._fingerprint()
+        self.kernel = StatisticsKernel()
+        self._compile_thread: threading.Thread | None = None
 
     @classmethod
     def load(cls, settings: DetectorSettings) -> Detector:
@@ -216,7 +241,8 @@ class Detector:
         for identity in parts.values():
             identity.pop("device", None)  # same weights and dtype give the same scores on another device
         parts["settings"] = {"max_tokens": self.settings.max_tokens, "machine_label": self.machine_label,
-                             "classifier_max_tokens": self.classifier_max_tokens}
+                             "classifier_max_tokens": self.classifier_max_tokens,
+                             "statistics_version": STATISTICS_VERSION}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
     # ---- input ------------------------------------------------------------------------------------------------------
@@ -280,10 +306,8 @@ class Detector:
             return []
         ids, mask = pad_batch([list(p.ids) for p in items], self.pad_id, side=self.settings.padding_side)
         stats = model_statistics(self._scoring, ids, mask, None if self.single_model else self._sampling,
-                                 chunk_elements=self.settings.chunk_elements)
-        criterion = stats.criterion().tolist()
-        perplexity = stats.perplexity().tolist()
-        binoculars = stats.binoculars().tolist()
+                                 chunk_elements=self.settings.chunk_elements, kernel=self.kernel)
+        col = stats.columns()
         classifier: dict[int, tuple[float, int, bool]] = {}
         wanted = [i for i, p in enumerate(items) if p.classifier]
         if wanted and self.classifier is not None:
@@ -293,7 +317,8 @@ class Detector:
         for i, p in enumerate(items):
             c = classifier.get(i)
             out.append(RawScores(
-                criterion[i], perplexity[i], binoculars[i], len(p.ids), p.truncated,
+                col["criterion"][i], col["perplexity"][i], col["binoculars"][i], len(p.ids), p.truncated,
+                col["log_likelihood"][i], col["log_rank"][i], col["entropy"][i],
                 c[0] if c else None, c[1] if c else 0, c[2] if c else False,
             ))
         return out
@@ -321,9 +346,32 @@ class Detector:
         return results
 
     def warm_up(self) -> None:
-        """One tiny batch through every model, so the first call does not pay for lazy initialisation."""
+        """One tiny batch through every model, so the first call does not pay for lazy initialisation.
+
+        stats_kernel "compile" compiles the statistics kernel here (before the service reports SERVING); "auto"
+        starts compiling in a background thread and keeps eager mode until the compiled kernel has been checked.
+        """
         items = self.prepare(["Warm-up text for the detector."], classifier=self.classifier is not None)
         self.score(items)
+        if self.settings.stats_kernel == "compile":
+            self.compile_kernel()
+        elif self.settings.stats_kernel == "auto" and self._compile_thread is None:
+            self._compile_thread = threading.Thread(target=self.compile_kernel, name="detector-stats-compile",
+                                                    daemon=True)
+            self._compile_thread.start()
+
+    def compile_kernel(self) -> bool:
+        """Compile the statistics kernel for the loaded models' vocabulary and dtype (eager mode stays on failure)."""
+        dtype = next(self.scoring.model.parameters()).dtype
+        two = not self.single_model
+        return self.kernel.compile(self._scoring.vocab_size, dtype, self._scoring.device, two_models=two,
+                                   ref_vocab=self._sampling.vocab_size if two else None)
+
+    def wait_for_kernel(self, timeout: float | None = None) -> str:
+        """Wait for a background compilation (stats_kernel auto) to finish; returns the kernel mode in use."""
+        if self._compile_thread is not None:
+            self._compile_thread.join(timeout)
+        return self.kernel.mode
 
 
 def score_many(detector: Detector, texts: Sequence[str], *, batch_size: int = 32, classifier: bool | None = None,

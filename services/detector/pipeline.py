@@ -19,7 +19,15 @@ from crucible.detector.calibration import (
     METHOD_TWO_GAUSSIAN,
     Calibration,
 )
-from crucible.detector.engine import CLASSIFIER, FAST_DETECTGPT, Detector, MemberDescription, PreparedText, RawScores
+from crucible.detector.engine import (
+    BY_PRODUCTS,
+    CLASSIFIER,
+    FAST_DETECTGPT,
+    Detector,
+    MemberDescription,
+    PreparedText,
+    RawScores,
+)
 from crucible.runtime.batching import BatcherMetrics, BatchSettings, DynamicBatcher
 
 log = logging.getLogger(__name__)
@@ -170,7 +178,7 @@ class DetectionPipeline:
         cal = self.calibration
         if not cal.calibrated:
             return METHOD_NONE
-        if cal.ensemble is not None and set(cal.ensemble.members) <= set(members):
+        if cal.ensemble is not None and set(cal.ensemble.members) <= set(members) | set(BY_PRODUCTS):
             return METHOD_LOGISTIC_ENSEMBLE
         return METHOD_TWO_GAUSSIAN if FAST_DETECTGPT in cal.members else METHOD_NONE
 
@@ -224,7 +232,7 @@ class DetectionPipeline:
             out.append(MemberResult(m, raw[m], self.calibration.member_probability(m, raw[m]), tokens, truncated))
         method = self.method_for(members)
         if method == METHOD_LOGISTIC_ENSEMBLE:
-            probability = self.calibration.ensemble.probability(raw)  # type: ignore[union-attr]
+            probability = self.calibration.ensemble.probability({**scores.features(), **raw})  # type: ignore[union-attr]
         elif method == METHOD_TWO_GAUSSIAN:
             probability = self.calibration.member_probability(FAST_DETECTGPT, scores.criterion)
         else:

@@ -37,11 +37,11 @@ def _lines(out: str) -> list[dict]:
 
 def test_read_inputs_accepts_the_data_format_lists_and_json_lines(tmp_path, data_file):
     texts, labels, pairs = read_inputs([str(data_file)])
-    assert texts == HUMAN + MACHINE and labels == [0] * 6 + [1] * 6 and pairs == list(range(6)) * 2
+    assert texts == HUMAN + MACHINE and labels == [0] * 6 + [1] * 6 and pairs == [(0, i) for i in range(6)] * 2
     lines = tmp_path / "texts.jsonl"
     lines.write_text('"plain string"\n{"text": "labelled", "label": "machine"}\n\n')
-    texts, labels, _ = read_inputs([str(lines)])
-    assert texts == ["plain string", "labelled"] and labels is None
+    texts, labels, pairs = read_inputs([str(data_file), str(lines)])
+    assert texts[12:] == ["plain string", "labelled"] and labels is None and pairs[12:] == [(1, 0), (1, 1)]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "x", "label": "maybe"}\n')
     with pytest.raises(InputError, match="label 'maybe'"):
@@ -50,7 +50,7 @@ def test_read_inputs_accepts_the_data_format_lists_and_json_lines(tmp_path, data
 
 def test_detect_in_process_prints_scores_and_auroc(lm, data_file, capsys):
     code = main(["detect", str(data_file), "--model", str(lm), "--device", "cpu", "--dtype", "float32",
-                 "--max-tokens", "64"])
+                 "--max-tokens", "64", "--stats-kernel", "eager"])
     out, err = capsys.readouterr()
     assert code == 0
     rows = _lines(out)
@@ -62,23 +62,43 @@ def test_detect_in_process_prints_scores_and_auroc(lm, data_file, capsys):
 def test_detect_reports_the_offending_text(lm, tmp_path, capsys):
     path = tmp_path / "texts.jsonl"
     path.write_text('"fine text here"\n"   "\n')
-    assert main(["detect", str(path), "--model", str(lm), "--device", "cpu", "--dtype", "float32"]) == 2
+    assert main(["detect", str(path), "--model", str(lm), "--device", "cpu", "--dtype", "float32",
+                 "--stats-kernel", "eager"]) == 2
     assert "texts[1]" in capsys.readouterr().err
 
 
-def test_calibrate_writes_a_file_the_detect_command_applies(lm, data_file, tmp_path, capsys):
+def test_calibrate_splits_each_file_and_writes_calibration_report_and_plot(lm, data_file, tmp_path, capsys):
+    second = tmp_path / "other.json"  # a second file of 10 pairs: split at its own half, not at the first file's
+    second.write_text(json.dumps({"original": [f"A person wrote note {i} by hand, slowly." for i in range(10)],
+                                  "sampled": [f"The model produced note {i} quickly and fluently." for i in range(10)]}))
     out_path = tmp_path / "cal.json"
-    code = main(["detector", "calibrate", "--data", str(data_file), "--out", str(out_path), "--holdout-fraction", "0.5",
-                 "--version", "tiny-v1", "--model", str(lm), "--device", "cpu", "--dtype", "float32"])
+    code = main(["detector", "calibrate", "--data", str(data_file), str(second), "--out", str(out_path),
+                 "--holdout-fraction", "0.5", "--version", "tiny-v1", "--model", str(lm), "--device", "cpu",
+                 "--dtype", "float32", "--stats-kernel", "eager"])
     out = capsys.readouterr().out
-    assert code == 0 and "held-out pairs 3..5" in out
+    assert code == 0 and "AUROC on held-out texts" in out
     cal = load_calibration_file(out_path)
-    assert cal.version == "tiny-v1" and cal.entries[0].fitted_on["human"] == 3
-    assert set(cal.entries[0].members) == {"fast_detectgpt", "binoculars"} and cal.entries[0].ensemble is not None
+    entry = cal.entries[0]
+    assert cal.version == "tiny-v1" and entry.fitted_on["human"] == 3 + 5 and entry.fitted_on["machine"] == 8
+    assert [f["fit_pairs"] for f in entry.fitted_on["files"]] == ["0..2", "0..4"]
+    assert all(len(f["sha256"]) == 64 for f in entry.fitted_on["files"]) and entry.fitted_on["date"]
+    assert "crucible" in entry.fitted_on["code"] and entry.fitted_on["dtype"] == "float32"
+    assert set(entry.members) == {"fast_detectgpt", "binoculars"}
+    assert entry.ensemble.members == ("fast_detectgpt", "binoculars", "log_likelihood", "log_rank", "entropy")
+    report = json.loads((tmp_path / "cal.roc.json").read_text())
+    groups = report["groups"]
+    assert list(groups) == ["held-out, all files", "detect", "other"]
+    assert groups["held-out, all files"]["criterion"]["n"] == 6 + 10 and groups["other"]["criterion"]["n"] == 10
+    for summary in groups["held-out, all files"].values():
+        assert 0.0 <= summary["auroc"] <= 1.0 and set(summary["tpr_at_fpr"]) == {"0.01", "0.05"}
+        assert summary["roc"]["fpr"][0] == 0.0 and summary["roc"]["tpr"][-1] == 1.0
+    assert {"criterion", "-binoculars", "-log_rank", "ensemble P(machine)"} <= set(groups["other"])
+    assert (tmp_path / "cal.roc.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["detect", str(data_file), "--model", str(lm), "--device", "cpu", "--dtype", "float32",
-                 "--calibration-file", str(out_path)]) == 0
+                 "--calibration-file", str(out_path), "--stats-kernel", "eager"]) == 0
     rows = _lines(capsys.readouterr().out)
-    assert all(0.0 <= r["probability"] <= 1.0 for r in rows)
+    assert all(0.0 <= r["probability"] <= 1.0 and set(r["by_products"]) == {"log_likelihood", "log_rank", "entropy"}
+               for r in rows)
 
 
 async def test_detect_against_a_running_service(lm, data_file, capsys):

@@ -17,7 +17,6 @@ from crucible.detector.criterion import (
     analytic_statistics,
     model_statistics,
     pad_batch,
-    position_statistics,
     reference_criterion,
     scored_mask,
 )
@@ -58,7 +57,13 @@ def _reference(sampling, scoring, seq: list[int]) -> dict[str, float]:
     lp = torch.log_softmax(score_logits[:, :vocab], -1)
     ll = lp.gather(-1, labels[:, None]).squeeze(-1)
     ppl = math.exp(float(-ll.mean()))
-    x_ppl = float(-(torch.softmax(ref_logits[:, :vocab], -1) * lp).sum(-1).mean())
+    # Binoculars' cross-perplexity runs over every position, the last one included (see test_detector_binoculars).
+    with torch.inference_mode():
+        last_score = scoring(input_ids=ids).logits[0, -1:].double()[:, :vocab]
+        last_ref = sampling(input_ids=ids).logits[0, -1:].double()[:, :vocab]
+    all_lp = torch.cat([lp, torch.log_softmax(last_score, -1)])
+    all_q = torch.cat([torch.softmax(ref_logits[:, :vocab], -1), torch.softmax(last_ref, -1)])
+    x_ppl = float(-(all_q * all_lp).sum(-1).mean())
     return {"criterion": crit, "perplexity": ppl, "binoculars": float(-ll.mean()) / x_ppl}
 
 
@@ -139,18 +144,6 @@ def test_scored_mask_skips_the_first_real_token_under_left_padding():
     _, left = pad_batch([[5, 6, 7], [5, 6]], 0, side="left")
     assert scored_mask(right).tolist() == [[True, True], [False, False]]
     assert scored_mask(left).tolist() == [[True, True], [False, True]]
-
-
-def test_position_statistics_identity_matches_explicit_softmax():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(6, 50, generator=g) * 4
-    labels = torch.randint(0, 50, (6,), generator=g)
-    ll, mu, var = position_statistics(logits, None, labels)
-    lp = torch.log_softmax(logits.double(), -1)
-    p = lp.exp()
-    assert torch.allclose(ll.double(), lp.gather(-1, labels[:, None]).squeeze(-1), atol=1e-5)
-    assert torch.allclose(mu.double(), (p * lp).sum(-1), atol=1e-5)
-    assert torch.allclose(var.double(), (p * lp * lp).sum(-1) - (p * lp).sum(-1) ** 2, atol=1e-4)
 
 
 def test_bf16_model_statistics_are_fp32_and_close_to_fp32(llama):

@@ -214,7 +214,7 @@ def test_classifier_probability_is_the_machine_label_softmax(folders, detector):
 
 def test_lru_cache_evicts_least_recently_used():
     cache = LruCache(2)
-    a, b, c = (RawScores(float(i), 1.0, 1.0, 3, False) for i in range(3))
+    a, b, c = (RawScores(float(i), 1.0, 1.0, 3, False, -2.0, 1.5, 3.0) for i in range(3))
     cache.put("a", a)
     cache.put("b", b)
     assert cache.get("a") is a
@@ -230,7 +230,7 @@ def test_sqlite_cache_survives_reopening(tmp_path):
     key = cache_key("fp", "some text")
     assert key != cache_key("fp2", "some text") and key != cache_key("fp", "some text ")
     first = SqliteCache(path)
-    scores = RawScores(1.5, 12.0, 0.8, 10, False, 0.25, 9, False)
+    scores = RawScores(1.5, 12.0, 0.8, 10, False, -2.5, 1.25, 3.5, 0.25, 9, False)
     first.put_many([(key, scores)])
     first.close()
     again = SqliteCache(path)
