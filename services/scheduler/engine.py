@@ -839,7 +839,8 @@ class Engine:
             staged = job_inputs.stage_to_store(sources, self.objects, job_id)
             rec.meta["inputs_staged"] = staged
             log.info("job %s: %d input bytes staged to the store", job_id, staged)
-        if relaunch:
+        legacy = bool(spec.WhichOneof("code") or rec.job.code_archive_sha256) and not rec.meta.get("code_sha256")
+        if relaunch and not legacy:  # (a job created before the store kept its code relaunches in place, as it did)
             manifest = joboutputs.fresh_work(self.objects, job_id, self._work(job_id), str(rec.meta.get("code_sha256", "")),
                                              self.settings.code_limits.max_bytes)
             (self.job_dir(job_id) / "code_manifest.json").write_text(json.dumps(manifest))
