@@ -118,7 +118,12 @@ def _serve(args: argparse.Namespace) -> int:
         server, _port = create_server(config)
         return await server.serve()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except ConfigError as err:  # a state file or data file refused at start: the message names it, no traceback
+        log.error("crucible serve %s: %s", args.service, err)
+        print(f"crucible serve {args.service}: {err}", file=sys.stderr)
+        return 2
 
 
 async def _bring_up(args: argparse.Namespace) -> tuple[Mesh, dict[str, object]]:

@@ -272,3 +272,18 @@ def test_a_folder_or_fifo_is_refused_even_as_a_cache(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(StateFileError, match="not a regular file"):
         BudgetStore(fifo)  # refused without opening it (opening a FIFO would block)
+
+
+def test_crucible_serve_on_a_zero_length_database_exits_with_the_message_not_a_traceback(tmp_path):
+    """The command a user runs: exit status 2, the file named on stderr, no Python traceback."""
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "cost.sqlite3").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "crucible", "serve", "cost", "--port", "0", "--metrics-port", "0",
+                           "--state-dir", str(state), "--log-format", "text"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert str(state / "cost.sqlite3") in proc.stderr and "Traceback" not in proc.stderr
