@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import pwd
 import re
 import shutil
 import sys
+import tarfile
 import tempfile
 import textwrap
 from pathlib import Path
@@ -24,7 +26,15 @@ from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from crucible.runtime.config import load_config
 from crucible.scheduler.config import SchedulerConfig
+from crucible.scheduler.core import states as st
+from crucible.scheduler.engine import Engine, EngineSettings
+from crucible.scheduler.providers.base import ArtifactInfo, ProviderCapabilities, ProviderError, ProviderErrorKind
+from crucible.scheduler.providers.registry import ProviderRegistry
+from crucible.scheduler.storage import StoreSettings
+from crucible.scheduler.store import AsyncJobStore, JobStore
 from tests.service.test_scheduler import error_of, final, local_spec, start_scheduler
+from tests.unit.test_scheduler_engine import OK, RUNNING, FixedOffers, ScriptedProvider, finish, offer
+from tests.unit.test_scheduler_engine import spec as engine_spec
 
 S = job_pb2.JobState
 # Attempt 1 saves a checkpoint through the SDK, leaves a file and fails; attempt 2 (a fresh folder) must resume.
@@ -225,3 +235,73 @@ async def test_cli_submits_inputs_and_deletes_stored_artifacts(sched, capsys) ->
     argv = ["jobs", "artifacts", "--address", f"127.0.0.1:{port}", job_id, "--delete"]
     assert await asyncio.to_thread(main, argv) == 0
     assert re.search(rf"deleted [1-9]\d* stored object\(s\) of {job_id}", capsys.readouterr().out)
+
+
+class _RemoteWithFiles(ScriptedProvider):
+    """A scripted remote provider whose runs leave one file, readable until the machine is released."""
+
+    capabilities = ProviderCapabilities(artifacts=True)
+
+    def __init__(self, name: str, script: list) -> None:
+        super().__init__(name, script)
+        self.released: set[str] = set()
+
+    async def cancel(self, handle) -> None:
+        await super().cancel(handle)
+        self.released.add(handle.ref)
+
+    async def list_artifacts(self, handle):
+        return [] if handle.ref in self.released else [ArtifactInfo("out/model.bin", 6, 1.0)]
+
+    async def open_artifact(self, handle, path, chunk_bytes=1 << 20):
+        if handle.ref in self.released or path != "out/model.bin":
+            raise ProviderError(self.name, ProviderErrorKind.NOT_FOUND, path)
+        yield b"wei"
+        yield b"ght"
+
+
+async def test_remote_attempt_gets_presigned_code_and_inputs_and_its_files_outlive_the_machine(
+        tmp_path, s3_server, s3_bucket) -> None:
+    import urllib.request
+
+    rp = _RemoteWithFiles("runpod", [[RUNNING, OK]])
+    store = AsyncJobStore(JobStore(tmp_path / "jobs.db", synchronous="NORMAL"))
+    settings = EngineSettings(tmp_path, poll_interval_s=0.02, store=StoreSettings(
+        f"s3://{s3_bucket}/crucible", endpoint_url=s3_server, access_key="testing", secret_key="testing",
+        region="us-east-1"), code_url_ttl_s=300)
+    engine = Engine(settings, store, ProviderRegistry((), instances={"runpod": rp}),
+                    FixedOffers([offer("runpod", "", 2.0)]))
+    await engine.start()
+    try:
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+            info = tarfile.TarInfo("train.py")
+            info.size = 5
+            tar.addfile(info, io.BytesIO(b"pass\n"))
+        job = await engine.create(engine_spec(code_archive=archive.getvalue(),
+                                              inputs=[job_pb2.JobInput(uri="builtin:tinyshakespeare")]), "", False)
+        done = await finish(engine, job.job_id)
+        assert done.state == st.SUCCEEDED, done.transitions[-1].reason
+        launch = rp.launches[0]
+        code = await asyncio.to_thread(lambda: urllib.request.urlopen(launch.code_url, timeout=10).read())
+        assert launch.code_url.startswith(s3_server) and "Signature" in launch.code_url
+        assert hashlib.sha256(code).hexdigest() == launch.code_sha256
+        with tarfile.open(fileobj=io.BytesIO(code)) as tar:
+            assert tar.extractfile("train.py").read() == b"pass\n"
+        (path, url), = launch.input_urls
+        assert path == "data/tinyshakespeare/input.txt"
+        data = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
+        assert data.startswith(b"First Citizen")
+        assert launch.env["CRUCIBLE_CHECKPOINT_URL"] == f"s3://{s3_bucket}/crucible/jobs/{job.job_id}/checkpoints"
+        assert "AWS_SECRET_ACCESS_KEY" not in launch.env  # no role and no opt-in: the scheduler's keys stay home
+        # The machine is released; the file it left was pulled into the store before that.
+        assert rp.released and await engine.artifacts(job.job_id, "") == [
+            ("out/model.bin", 6, pytest.approx(mtime_of(engine, job.job_id), abs=5), False)]
+        got = [c async for c in engine.download(job.job_id, "out/model.bin", 2)]
+        assert b"".join(c[1] for c in got) == b"ight" and got[-1][3] == hashlib.sha256(b"ight").hexdigest()
+    finally:
+        await engine.stop()
+
+
+def mtime_of(engine: Engine, job_id: str) -> float:
+    return engine.objects.stat(job_id, "artifacts", "out/model.bin").mtime
