@@ -16,14 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _mesh import running_mesh  # noqa: E402
 
-from crucible.clients.attack import AttackConfig, SecaAttack, Trace, load_mmlu  # noqa: E402
+from crucible.clients.attack import AttackConfig, SecaAttack, Trace, load_mmlu, summarize  # noqa: E402
 from crucible.clients.mesh import Mesh  # noqa: E402
 from crucible.clients.scorer import ChoiceQuery  # noqa: E402
 from crucible.demo import ATTACK_SAMPLES  # noqa: E402
 from crucible.mesh import format_table  # noqa: E402
 
 
-async def _campaign(base: int, questions, parallel: int, iterations: int) -> tuple[float, int, int]:
+async def _campaign(base: int, questions, parallel: int, iterations: int) -> tuple[float, int, dict]:
     trace = Trace(Path(tempfile.mkdtemp(prefix="bench-attack-")) / "trace.jsonl")
     async with Mesh.local(base) as mesh:
         attack = SecaAttack(mesh, AttackConfig(iterations=iterations, seed=7), trace)
@@ -31,8 +31,11 @@ async def _campaign(base: int, questions, parallel: int, iterations: int) -> tup
         outcomes = await attack.campaign(questions, parallel=parallel)
         seconds = time.perf_counter() - start
     done = sum(o.iterations for o in outcomes)
-    errors = sum(o.status == "error" for o in outcomes)
-    return seconds, done, errors
+    return seconds, done, summarize(outcomes)
+
+
+def _rate(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 async def main() -> None:
@@ -48,15 +51,25 @@ async def main() -> None:
         async with Mesh.local(base) as mesh:
             scores = await mesh.scorer.score_choices([ChoiceQuery(question=q.with_question(q.question)) for q in pool])
         right = [q for q, sc in zip(pool, scores, strict=True) if sc.top_index == q.answer]
-        questions = (right * args.questions)[: args.questions] if right else pool[: args.questions]
+        accuracy = len(right) / len(pool)
+        # Questions the target answers right first (the rest end at iteration 0 and measure nothing).
+        questions = (right + [q for q in pool if q not in right])[: args.questions]
         results = {}
+        drops: dict[int, dict] = {}
         for parallel in (1, 3):
-            seconds, done, errors = await _campaign(base, questions, parallel, args.iterations)
+            seconds, done, s = await _campaign(base, questions, parallel, args.iterations)
             results[parallel] = done / seconds if seconds else 0.0
-            rows.append((f"--parallel {parallel}", len(questions), done, f"{seconds:.1f}", f"{results[parallel]:.3f}", errors))
+            drops[parallel] = {k[len("dropped_"):]: v for k, v in s.items() if k.startswith("dropped_")}
+            rows.append((f"--parallel {parallel}", len(questions), done, f"{seconds:.1f}", f"{results[parallel]:.3f}",
+                         _rate(s["target_accuracy"]), f"{s['flipped']}/{s['attacked']}", _rate(s["valid_candidate_rate"]),
+                         _rate(s["equivalence_pass_rate"]), s["retries"], s["errors"]))
     print(f"SECA attack over the mesh: {len(questions)} questions, up to {args.iterations} iterations each "
-          f"(3 parents x 3 candidates), SmolLM2 proposer and target")
-    print(format_table(("run", "questions", "iterations done", "seconds", "iterations/s", "errors"), rows))
+          f"(3 parents x 3 candidates), SmolLM2 proposer and target; the target answers {accuracy:.0%} of the "
+          f"{len(pool)}-question pool right")
+    print(format_table(("run", "questions", "iterations done", "seconds", "iterations/s", "target accuracy",
+                        "flipped/attacked", "valid candidates", "equivalence pass", "retries", "errors"), rows))
+    for parallel, counts in drops.items():
+        print(f"--parallel {parallel} dropped by reason: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none"))
     if results.get(1):
         print(f"parallel 3 vs 1: {results[3] / results[1]:.2f}x iterations/s")
 
