@@ -100,6 +100,7 @@ class SchedulerConfig(ServerConfig):
         "s3://bucket/prefix. Built-ins (builtin:tinyshakespeare) are always allowed; empty refuses the rest."
     )
     input_max_bytes: int = setting(4 << 30, "Largest total size in bytes of a job's inputs.")
+    input_max_files: int = setting(100_000, "Most files (or objects) in all of a job's inputs.")
 
     protect_process: bool = setting(
         True, "At start, make the process non-dumpable (prctl PR_SET_DUMPABLE 0: its /proc environ and memory need root "
@@ -121,7 +122,7 @@ class SchedulerConfig(ServerConfig):
         for name in ("code_max_bytes", "code_max_files", "log_cap_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, "must be positive")
-        for name in ("artifact_max_bytes", "code_url_ttl_s", "input_max_bytes"):
+        for name in ("artifact_max_bytes", "code_url_ttl_s", "input_max_bytes", "input_max_files"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, "must be positive")
         if self.artifact_retention_days < 0:

@@ -61,7 +61,8 @@ class SchedulerService(BaseService):
             log_cap_bytes=cfg.log_cap_bytes, store=cfg.store_settings(),
             artifact_retention_days=cfg.artifact_retention_days, artifact_max_bytes=cfg.artifact_max_bytes,
             code_url_ttl_s=cfg.code_url_ttl_s,
-            input_limits=InputLimits(tuple(_input_root(r) for r in cfg.input_roots), cfg.input_max_bytes),
+            input_limits=InputLimits(tuple(_input_root(r) for r in cfg.input_roots), cfg.input_max_bytes,
+                                     cfg.input_max_files),
         )
         _owner_only(cfg.resolved_database())
         engine = Engine(settings, store, registry, pricing)
