@@ -216,3 +216,18 @@ async def test_fetch_refuses_an_archive_with_a_dotdot_member(tmp_path, s3_server
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "absolute or .. member" in result.stderr
     assert not (tmp_path / "w" / "escaped.txt").exists()
+
+
+def test_dry_run_preview_shows_the_code_fetch_with_placeholders():
+    from crucible.api.scheduler.v1 import job_pb2
+    from crucible.scheduler.providers import preview
+
+    job = job_pb2.Job(spec=job_pb2.JobSpec(command=["python", "train.py"], code_archive=b"x",
+                                           inputs=[job_pb2.JobInput(uri="builtin:tinyshakespeare")]),
+                      offer={"provider": "lambda", "instance_type": "gpu_1x_a10", "region": "us-east-1"})
+    shown = preview.describe(job, {"lambda": {"ssh_key_names": "laptop"}})
+    assert shown.problems == () and shown.requests
+    user_data = shown.requests[0]["json"]["user_data"]
+    wrapper = base64.b64decode(re.search(r"echo (\S+) \| base64 -d >", user_data).group(1)).decode()
+    script = fetch_of(wrapper)
+    assert shlex.quote(preview.CODE_URL_PLACEHOLDER) in script and "data/tinyshakespeare" in script
