@@ -16,6 +16,7 @@ import torch
 from crucible import models
 from crucible.api.proposer.v1 import proposer_service_pb2 as pb
 from crucible.api.proposer.v1 import proposer_service_pb2_grpc as pb_grpc
+from crucible.proposer import cleaning
 from crucible.proposer.config import ProposerConfig
 from crucible.proposer.equivalence import entailment_probabilities
 from crucible.proposer.server import create_server
@@ -163,13 +164,20 @@ async def test_concurrent_calls_share_batches(stub, server):
     assert rows == 8 and batches < 8
 
 
-async def test_equivalent_question_shows_options_and_answer(stub):
+async def test_equivalent_question_shows_examples_and_options_and_counts_drops_by_reason(stub):
     response = await stub.Propose(pb.ProposeRequest(
-        text=QUESTION, mode=pb.PROPOSE_MODE_EQUIVALENT_QUESTION, options=OPTIONS, correct_option_index=1, n=2,
+        text=QUESTION, mode=pb.PROPOSE_MODE_EQUIVALENT_QUESTION, options=OPTIONS, correct_option_index=1, n=4,
         seed=3, max_new_tokens=10), timeout=60)
     assert "B. Carbon dioxide" in response.prompt and "D. Helium" in response.prompt
-    assert "correct answer must not change" in response.prompt
-    assert len(response.candidates) + response.dropped_empty + response.dropped_degenerate == 2
+    assert "Which planet lies nearest to the Sun?" in response.prompt  # a worked example as an earlier turn
+    assert "Correct answer" not in response.prompt
+    dropped = {pb.DropReason.Name(d.reason): d.count for d in response.dropped}
+    assert all(count >= 1 for count in dropped.values()) and "DROP_REASON_UNSPECIFIED" not in dropped
+    assert len(response.candidates) + sum(dropped.values()) == 4
+    assert dropped.get("DROP_REASON_EMPTY", 0) == response.dropped_empty
+    assert dropped.get("DROP_REASON_DEGENERATE", 0) == response.dropped_degenerate
+    for candidate in response.candidates:  # a tiny random model writes noise: whatever survives passed the checks
+        assert cleaning.question_problem(candidate.text, QUESTION, OPTIONS) == ("", "")
 
 
 @pytest.mark.parametrize(
@@ -283,7 +291,7 @@ async def test_small_queue_rejects_at_once_and_nli_needs_a_model_and_nf4_serves(
             stub = pb_grpc.ProposerServiceStub(channel)
             info = await stub.GetInfo(pb.GetInfoRequest(), timeout=10)
             assert info.generator_model.quantization == "nf4" and not info.HasField("nli_model")
-            assert [e.method for e in info.equivalence] == [COSINE]
+            assert [e.method for e in info.equivalence] == [COSINE, pb.EQUIVALENCE_METHOD_QUESTION]
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.CheckEquivalence(pb.CheckEquivalenceRequest(
                     pairs=[pb.TextPair(first="a", second="b")], method=NLI), timeout=30)
