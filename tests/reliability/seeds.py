@@ -74,6 +74,7 @@ def valid_requests(job_id: str, budget_id: str, offer_id: str) -> dict[str, list
              "parallel_requests": 3, "sequence_length": 4096}],
         s + "ListProviders": [{}],
         s + "ListJobProgress": [{"job_id": job_id, "page_size": 10}],
+        s + "DeleteJobArtifacts": [{"job_id": job_id}],
         c + "ListOffers": [{"gpu_names": ["A100-80GB"], "max_price_usd_per_hour": 3}],
         c + "EstimateCost": [{"offer_id": offer_id, "duration": "3660s"}],
         c + "CompareProviders": [{"requirements": {"gpu_count": 1, "min_gpu_memory_gib": 40}, "duration": "10800s",
