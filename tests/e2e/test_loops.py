@@ -5,6 +5,7 @@ Real embedded models (SmolLM2, MiniLM), kept few and short; the SDK is the code 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -64,35 +65,22 @@ async def test_composite_reward_components_and_group_advantages(mesh_base):
 
 
 async def test_degenerate_repetition_scores_below_sensible_rewrites(mesh_base):
-    """Reward hygiene over the real services, with the demo's settings: the repetition the demo once ranked first
-    (+1.65) now scores below both a faithful and a looser rewrite; with the hygiene weights at 0 it would not."""
+    """Reward hygiene over the real services, with the demo's settings: the repetition `make run` scored +1.65 (as it
+    still does with the hygiene weights at 0) loses the repetition and language components and falls below both a
+    faithful and a looser rewrite, which keep their scores."""
     from crucible.demo import REWARD_SAMPLES
 
     original, (faithful, degenerate) = REWARD_SAMPLES[1]
     looser = "People who exercise often tend to rest better at night and feel calmer, and their weight stays in check."
     config = RewardConfig(detector_signal="criterion", perplexity_target=40.0, perplexity_min=8.0, perplexity_max=250.0)
+    unhygienic = dataclasses.replace(config, w_repetition=0.0, w_language=0.0, w_length=0.0)
     async with Mesh.local(mesh_base) as mesh:
         scored = await CompositeReward(mesh, config).score([original] * 3, [faithful, looser, degenerate])
+        before = await CompositeReward(mesh, unhygienic).score([original] * 3, [faithful, looser, degenerate])
     good, loose, bad = scored
     assert bad.total < loose.total and bad.total < good.total
-    assert "repetitive" in bad.flags and bad.repetition > 0.8 and good.repetition < 0.05
-    assert good.language == 1.0 and good.length == 1.0
-    parts = bad.components(config)
-    assert parts["repetition"] < -0.8 and sum(parts.values()) == pytest.approx(bad.total)
-
-
-async def test_degenerate_repetition_scores_below_sensible_rewrites(mesh_base):
-    """Reward hygiene over the real services, with the demo's settings: the repetition the demo once ranked first
-    (+1.65) now scores below both a faithful and a looser rewrite; with the hygiene weights at 0 it would not."""
-    from crucible.demo import REWARD_SAMPLES
-
-    original, (faithful, degenerate) = REWARD_SAMPLES[1]
-    looser = "People who exercise often tend to rest better at night and feel calmer, and their weight stays in check."
-    config = RewardConfig(detector_signal="criterion", perplexity_target=40.0, perplexity_min=8.0, perplexity_max=250.0)
-    async with Mesh.local(mesh_base) as mesh:
-        scored = await CompositeReward(mesh, config).score([original] * 3, [faithful, looser, degenerate])
-    good, loose, bad = scored
-    assert bad.total < loose.total and bad.total < good.total
+    assert before[2].total - bad.total > 0.8  # the hygiene takes most of the degenerate text's reward away
+    assert before[0].total == pytest.approx(good.total) and before[1].total == pytest.approx(loose.total)
     assert "repetitive" in bad.flags and bad.repetition > 0.8 and good.repetition < 0.05
     assert good.language == 1.0 and good.length == 1.0
     parts = bad.components(config)
