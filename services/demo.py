@@ -127,7 +127,8 @@ async def attack_section(mesh: Mesh, trace_dir: Path, iterations: int = 3, quest
     ))
     summary = summarize(outcomes)
     keep = ("attacked", "flipped", "attack_success_rate", "valid_candidate_rate", "equivalence_pass_rate", "errors")
-    return {"attack_" + k: summary[k] for k in keep} | {"attack_seconds": time.perf_counter() - started}
+    return {k if k.startswith("attack_") else "attack_" + k: summary[k] for k in keep} | {
+        "attack_seconds": time.perf_counter() - started}
 
 
 async def nanogpt_section(mesh: Mesh, max_iters: int = 60) -> dict[str, Any]:
