@@ -124,3 +124,34 @@ def test_minilm_paraphrase_is_closer_than_unrelated(minilm: models.LoadedModel) 
     paraphrase, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
     assert paraphrase > 0.6 and unrelated < 0.3, (paraphrase, unrelated)
     assert paraphrase > unrelated + 0.4
+
+
+async def test_default_detector_returns_a_probability_for_every_text(prepared: dict[str, models.PreparedModel]) -> None:
+    """Issue 13: the embedded model is calibrated out of the box (the packaged SmolLM2 calibration), default settings."""
+    import grpc
+
+    from crucible.api.detector.v1 import detector_service_pb2 as pb
+    from crucible.api.detector.v1 import detector_service_pb2_grpc as pb_grpc
+    from crucible.detector.config import DetectorConfig
+    from crucible.detector.server import create_server
+    from crucible.runtime.config import load_config
+
+    config = load_config(DetectorConfig, "detector", env={}, port=0, metrics_enabled=False, device="cpu",
+                         stats_kernel="eager", log_format="text")
+    assert config.model == "smollm2-135m-instruct" and not config.calibration_file
+    server, _ = create_server(config)
+    await server.start()
+    await server.wait_ready(300)
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.DetectorServiceStub(channel)
+            texts = [ENGLISH, _shuffled(ENGLISH), "Short note: back at five.", "Machine learning models " * 20]
+            reply = await stub.Detect(pb.DetectRequest(texts=texts, skip_cache=True), timeout=300)
+    finally:
+        await server.stop(0)
+    assert reply.calibration.method == pb.CALIBRATION_METHOD_LOGISTIC_ENSEMBLE
+    assert reply.calibration.source == "builtin" and reply.calibration.version.startswith("smollm2-135m-instruct")
+    assert len(reply.detections) == len(texts)
+    for d in reply.detections:
+        assert d.HasField("probability") and 0.0 < d.probability < 1.0
+        assert all(s.HasField("probability") for s in d.member_scores)

@@ -56,9 +56,11 @@ def test_batched_criterion_equals_per_text_formula_on_smollm2(smollm):
             assert got["perplexity"] == pytest.approx(ppl, rel=1e-4), (side, LENGTHS[i])
 
 
-def test_smollm2_is_uncalibrated_and_binoculars_says_one_model(smollm):
+def test_smollm2_is_calibrated_out_of_the_box_and_binoculars_says_one_model(smollm):
     detector = Detector(DetectorSettings(), smollm)
-    assert not load_calibration(detector).calibrated
+    calibration = load_calibration(detector)
+    assert calibration.method == "logistic_ensemble" and calibration.source == "builtin"
     (scores,) = detector.score(detector.prepare([TEXT[:400]], classifier=False))
+    assert 0.0 < calibration.probability(scores.features()) < 1.0
     assert 1 < scores.perplexity < 100 and scores.token_count == 73  # fluent English: low perplexity
     assert "binoculars used one model for observer and performer" in detector.members[1].notes
