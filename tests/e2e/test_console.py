@@ -102,11 +102,14 @@ def clients(stack: dict[str, Any]) -> Clients:
 
 
 def wait(driver: Any, condition: Any, timeout: float = 90, message: str = "") -> Any:
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition, message)
+        # The console re-renders tables on every poll/stream update: an element read mid-render goes stale,
+        # which only means "look again".
+        return WebDriverWait(driver, timeout, poll_frequency=0.2,
+                             ignored_exceptions=[StaleElementReferenceException]).until(condition, message)
     except TimeoutException:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "failed-wait.png"))  # what the page showed when the wait ran out
@@ -295,8 +298,9 @@ def test_jobs_page_lists_and_filters(stack: dict[str, Any], browser: Any) -> Non
     from selenium.webdriver.support.ui import Select
 
     browser.get(stack["url"] + "/jobs")
-    rows = wait(browser, lambda d: len(css(d, "#jobs tbody tr[data-job]")) >= 3 and css(d, "#jobs tbody tr[data-job]"))
-    text = " ".join(r.text for r in rows)
+    # Read the rows' text inside the wait: a re-render between finding and reading them makes them stale.
+    text = wait(browser, lambda d: len(css(d, "#jobs tbody tr[data-job]")) >= 3
+                and " ".join(r.text for r in css(d, "#jobs tbody tr[data-job]")))
     assert "succeeded" in text and "cancelled" in text and "local" in text and "$" in text
     shot(browser, "jobs")
     Select(browser.find_element("css selector", "#filters [name='state']")).select_by_visible_text("cancelled")
@@ -327,8 +331,9 @@ def test_budgets_page_shows_live_alerts(stack: dict[str, Any], browser: Any) -> 
     asyncio.run(spend())
     alerts = wait(browser, lambda d: "project:console-e2e crossed 100" in by_id(d, "alerts").text and by_id(d, "alerts"))
     assert "job-console-e2e" in alerts.text
-    wait(browser, lambda d: "50%, 100%" in css(d, f"tr[data-budget='{budget_id}']")[0].text)
-    assert "$0.0017" in css(browser, f"tr[data-budget='{budget_id}']")[0].text  # 10 min at $0.01/h
+    row = wait(browser, lambda d: "50%, 100%" in css(d, f"tr[data-budget='{budget_id}']")[0].text
+               and css(d, f"tr[data-budget='{budget_id}']")[0].text)  # read inside the wait: rows are replaced live
+    assert "$0.0017" in row, row  # 10 min at $0.01/h
     shot(browser, "budgets")
 
 
