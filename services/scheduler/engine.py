@@ -52,7 +52,8 @@ from crucible.scheduler.providers.base import (
 )
 from crucible.scheduler.providers.registry import ProviderRegistry
 from crucible.scheduler.storage import JobObjectStore, StoreError, StoreSettings, default_store_url
-from crucible.scheduler.store import AsyncJobStore, JobRecord
+from crucible.scheduler.jobstate import JobBookkeeping, JobRecord, StoredCandidate
+from crucible.scheduler.store import AsyncJobStore
 
 log = logging.getLogger(__name__)
 
@@ -298,19 +299,16 @@ class Engine:
         if validate_only:
             return job
         job.job_id = f"job-{time.strftime('%Y%m%d', time.gmtime(now))}-{uuid.uuid4().hex[:12]}"
-        meta: dict[str, Any] = {
-            "candidates": [{"offer": c.offer.SerializeToString().hex(), "estimated_usd": c.estimated_usd} for c in candidates],
-            "assumptions": assumptions, "handles": {}, "log_starts": {}, "blocked_providers": [], "blocked_locations": [],
-            "restarts_used": 0, "recoveries": 0, "usage_until": {},
-        }
+        book = JobBookkeeping(candidates=[StoredCandidate.of(c.offer, c.estimated_usd) for c in candidates],
+                              assumptions=list(assumptions))
         folder = self.job_dir(job.job_id)
         try:
             code = await asyncio.to_thread(self._prepare_folder, folder, spec, job.job_id)
         except StoreError as exc:
             raise Unavailable(f"the job's code could not be stored: {exc}", reason="STORE_UNAVAILABLE") from None
         if code is not None:
-            meta["code_sha256"], meta["code_bytes"] = code
-        rec = JobRecord(job, digest, request_id, meta)
+            book.code_sha256, book.code_bytes = code
+        rec = JobRecord(job, digest, request_id, book)
         async with self._create_lock:
             try:
                 await self.store.insert(rec)
@@ -398,7 +396,7 @@ class Engine:
                                          reason="JOB_TERMINAL", metadata={"job_id": job_id, "state": st.name(state)})
             if state == st.CANCELLING:
                 return self._snapshot(live.rec)
-            live.rec.meta["cancel_reason"] = text
+            live.rec.bookkeeping.cancel_reason = text
             if state == st.PENDING or (state == st.RECOVERING and not self._current_handle(live.rec)):
                 await self._transition(live, st.CANCELLED, text)
             else:
@@ -443,7 +441,7 @@ class Engine:
     @staticmethod
     def _attempt_at(rec: JobRecord, stream: str, offset: int) -> tuple[int, int | None]:
         """(attempt that wrote byte `offset`, start offset of the next attempt or None)."""
-        starts = sorted(((int(a), int(v[stream])) for a, v in rec.meta.get("log_starts", {}).items()), key=lambda x: x[1])
+        starts = sorted(((a, int(v[stream])) for a, v in rec.bookkeeping.log_starts.items()), key=lambda x: x[1])
         attempt, nxt = (starts[0][0] if starts else 1), None
         for i, (a, start) in enumerate(starts):
             if start <= offset:
@@ -622,13 +620,13 @@ class Engine:
             while True:
                 page = await self.store.list(states=list(st.TERMINAL), limit=200, before_seq=before)
                 for rec in page:
-                    if rec.job.HasField("end_time") and ts_s(rec.job.end_time) < cutoff and not rec.meta.get("files_expired"):
+                    if rec.job.HasField("end_time") and ts_s(rec.job.end_time) < cutoff and not rec.bookkeeping.files_expired:
                         try:
                             await asyncio.to_thread(self._delete_job_files, rec.job.job_id)
                         except CrucibleError as exc:
                             log.warning("retention: %s", exc)
                             continue
-                        rec.meta["files_expired"] = True
+                        rec.bookkeeping.files_expired = True
                         await self.store.update(rec)
                 if len(page) < 200:
                     break
@@ -664,22 +662,19 @@ class Engine:
     @staticmethod
     def _current_handle(rec: JobRecord) -> RunHandle | None:
         n = len(rec.job.attempts)
-        h = rec.meta.get("handles", {}).get(str(n))
-        if not h or rec.job.attempts[n - 1].outcome != A.ATTEMPT_OUTCOME_IN_PROGRESS:
+        handle = rec.bookkeeping.handles.get(n)
+        if handle is None or rec.job.attempts[n - 1].outcome != A.ATTEMPT_OUTCOME_IN_PROGRESS:
             return None
-        return RunHandle(h["provider"], h["ref"], h.get("data", {}))
+        return handle
 
     def _candidates(self, rec: JobRecord) -> list[Candidate]:
         out = []
-        for c in rec.meta.get("candidates", []):
-            offer = offer_pb2.Offer()
-            offer.ParseFromString(bytes.fromhex(c["offer"]))
-            out.append(Candidate(offer, c.get("estimated_usd")))
+        for c in rec.bookkeeping.candidates:
+            out.append(Candidate(c.offer(), c.estimated_usd))
         return out
 
     def _blocked(self, rec: JobRecord, c: Candidate) -> bool:
-        return (c.provider in rec.meta.get("blocked_providers", [])
-                or [c.provider, c.offer.region] in rec.meta.get("blocked_locations", []))
+        return rec.bookkeeping.is_blocked(c.provider, c.offer.region)
 
     async def _drive(self, live: _Live) -> None:
         job_id = live.rec.job.job_id
@@ -727,8 +722,8 @@ class Engine:
                     await self._save(live)
                 return  # the follow loop sends the cancel
         async with live.lock:
-            self._end_attempt(rec, A.ATTEMPT_OUTCOME_STOPPED, None, rec.meta.get("cancel_reason", "cancelled"))
-            await self._transition(live, st.CANCELLED, rec.meta.get("cancel_reason", "cancelled"))
+            self._end_attempt(rec, A.ATTEMPT_OUTCOME_STOPPED, None, rec.bookkeeping.cancel_text)
+            await self._transition(live, st.CANCELLED, rec.bookkeeping.cancel_text)
 
     def _needs_launch(self, rec: JobRecord) -> bool:
         """PROVISIONING with no attempt in progress, or one whose handle was never recorded (crash during submit)."""
@@ -754,7 +749,7 @@ class Engine:
             code_dir=self._work(job.job_id) if spec.WhichOneof("code") else None,
             container_image=spec.container_image or self.settings.container_image, checkpoint_dir=ckpt,
             max_duration_s=max(1.0, limit), resume=resume, log_cap_bytes=self.settings.log_cap_bytes,
-            code_url=code_url, code_sha256=str(rec.meta.get("code_sha256", "")) if code_url else "", input_urls=input_urls,
+            code_url=code_url, code_sha256=rec.bookkeeping.code_sha256 if code_url else "", input_urls=input_urls,
         )
 
     def _end_of_run(self, a: job_pb2.JobAttempt, status: RunStatus) -> float:
@@ -826,7 +821,7 @@ class Engine:
         await self._launch(live)
 
     def _remember_handle(self, rec: JobRecord, n: int, handle: RunHandle) -> None:
-        rec.meta.setdefault("handles", {})[str(n)] = {"provider": handle.provider, "ref": handle.ref, "data": dict(handle.data)}
+        rec.bookkeeping.remember_handle(n, handle)
         rec.job.attempts[n - 1].provider_ref = handle.ref
 
     def _prepare_attempt(self, rec: JobRecord, relaunch: bool) -> None:
@@ -834,28 +829,28 @@ class Engine:
         with only the code (the last attempt's outputs went to the store when it ended; checkpoints come back through
         CRUCIBLE_CHECKPOINT_URL), as it would on a new machine."""
         job_id, spec = rec.job.job_id, rec.job.spec
-        if spec.inputs and not rec.meta.get("inputs_staged"):
+        if spec.inputs and not rec.bookkeeping.inputs_staged:
             sources = job_inputs.resolve_inputs(spec.inputs, self.settings.input_limits, self.objects)
             staged = job_inputs.stage_to_store(sources, self.objects, job_id)
-            rec.meta["inputs_staged"] = staged
+            rec.bookkeeping.inputs_staged = staged
             log.info("job %s: %d input bytes staged to the store", job_id, staged)
-        legacy = bool(spec.WhichOneof("code") or rec.job.code_archive_sha256) and not rec.meta.get("code_sha256")
+        legacy = bool(spec.WhichOneof("code") or rec.job.code_archive_sha256) and not rec.bookkeeping.code_sha256
         if relaunch and not legacy:  # (a job created before the store kept its code relaunches in place, as it did)
-            manifest = joboutputs.fresh_work(self.objects, job_id, self._work(job_id), str(rec.meta.get("code_sha256", "")),
+            manifest = joboutputs.fresh_work(self.objects, job_id, self._work(job_id), rec.bookkeeping.code_sha256,
                                              self.settings.code_limits.max_bytes)
             (self.job_dir(job_id) / "code_manifest.json").write_text(json.dumps(manifest))
-            rec.meta.pop("inputs_local", None)
+            rec.bookkeeping.inputs_local = False
 
     def _local_inputs(self, rec: JobRecord) -> None:
         """The staged inputs copied from the store into the local working folder (in a thread; once per folder)."""
-        if rec.job.spec.inputs and not rec.meta.get("inputs_local"):
+        if rec.job.spec.inputs and not rec.bookkeeping.inputs_local:
             work = self._work(rec.job.job_id)
             self.objects.download_tree(rec.job.job_id, "inputs", work, max_bytes=self.settings.input_limits.max_bytes)
             # Inputs, like the code, are not outputs: unchanged, they are neither listed nor uploaded as artifacts.
             manifest = self._manifest(rec.job.job_id)
             manifest.update({p: v for p, v in joboutputs.code_manifest(work).items() if p not in manifest})
             (self.job_dir(rec.job.job_id) / "code_manifest.json").write_text(json.dumps(manifest))
-            rec.meta["inputs_local"] = True
+            rec.bookkeeping.inputs_local = True
 
     def _remote_urls(self, rec: JobRecord) -> tuple[str, tuple[tuple[str, str], ...]]:
         """(code URL, input URLs) a rented machine can GET: presigned, short-lived; empty on a file:// store."""
@@ -863,7 +858,7 @@ class Engine:
             return "", ()
         job_id, ttl = rec.job.job_id, self.settings.code_url_ttl_s
         code = (self.objects.read_url(job_id, "code", joboutputs.CODE_OBJECT, ttl)
-                if rec.meta.get("code_sha256") else "")
+                if rec.bookkeeping.code_sha256 else "")
         objs = self.objects.list(job_id, "inputs") if rec.job.spec.inputs else []
         if len(objs) > 1000:
             raise StoreError(f"{len(objs)} input objects: remote machines fetch at most 1000 (pack them in one file)")
@@ -891,7 +886,7 @@ class Engine:
                 n = len(rec.job.attempts) + 1
                 rec.job.attempts.add(attempt=n, provider=c.provider, offer=c.offer, outcome=A.ATTEMPT_OUTCOME_IN_PROGRESS,
                                      create_time=now_ts(self.clock()))
-                rec.meta.setdefault("log_starts", {})[str(n)] = self._log_sizes(rec.job.job_id)
+                rec.bookkeeping.log_starts[n] = self._log_sizes(rec.job.job_id)
                 rec.job.provider = c.provider
                 rec.job.offer.CopyFrom(c.offer)
                 if rec.job.state != st.PROVISIONING:
@@ -946,11 +941,11 @@ class Engine:
                 failures.append(text)
                 self._end_attempt(rec, A.ATTEMPT_OUTCOME_LAUNCH_FAILED, None, text)
                 if error.kind in (K.QUOTA, K.AUTH):
-                    rec.meta.setdefault("blocked_providers", []).append(c.provider)
+                    rec.bookkeeping.blocked_providers.append(c.provider)
                 else:
-                    rec.meta.setdefault("blocked_locations", []).append([c.provider, c.offer.region])
+                    rec.bookkeeping.blocked_locations.append((c.provider, c.offer.region))
                 if rec.job.state == st.CANCELLING:
-                    await self._transition(live, st.CANCELLED, rec.meta.get("cancel_reason", "cancelled"))
+                    await self._transition(live, st.CANCELLED, rec.bookkeeping.cancel_text)
                     return
                 if error.kind == K.INVALID:
                     await self._transition(live, st.FAILED, f"the provider rejected the job: {text}")
@@ -959,7 +954,7 @@ class Engine:
                 log.warning("launch of %s attempt %d failed (%s); failing over", rec.job.job_id, n, text)
         async with live.lock:
             if rec.job.state == st.CANCELLING:
-                await self._transition(live, st.CANCELLED, rec.meta.get("cancel_reason", "cancelled"))
+                await self._transition(live, st.CANCELLED, rec.bookkeeping.cancel_text)
                 return
             if st.is_terminal(rec.job.state):
                 return
@@ -979,10 +974,10 @@ class Engine:
                 status = RunStatus(RunState.UNKNOWN)
                 provider = self.registry.load(handle.provider)
             else:
-                if (rec.job.state == st.CANCELLING or rec.meta.get("stop_reason")) and not rec.meta.get(f"cancel_sent_{n}"):
+                if (rec.job.state == st.CANCELLING or rec.bookkeeping.stop_reason) and n not in rec.bookkeeping.cancel_sent:
                     try:
                         await provider.cancel(handle)
-                        rec.meta[f"cancel_sent_{n}"] = True
+                        rec.bookkeeping.cancel_sent.add(n)
                     except ProviderError as exc:
                         log.warning("cancel of %s on %s failed (will retry): %s", rec.job.job_id, handle.provider, exc)
                 try:
@@ -1023,9 +1018,9 @@ class Engine:
         so ListArtifacts and DownloadArtifact serve it after the working folder or machine is gone."""
         rec = live.rec
         job_id = rec.job.job_id
-        if rec.meta.get(f"collected_{attempt}"):
+        if attempt in rec.bookkeeping.collected:
             return
-        done = rec.meta.setdefault("uploaded", {})
+        done = rec.bookkeeping.uploaded_files()
         try:
             if handle.provider == "local":
                 await asyncio.to_thread(joboutputs.reclaim_from_job_user, self.objects, job_id)
@@ -1039,13 +1034,13 @@ class Engine:
                 return
         except (StoreError, ProviderError, OSError, CrucibleError) as exc:
             log.warning("job %s attempt %d: outputs not uploaded to the store: %s", job_id, attempt, exc)
-            rec.meta[f"collect_error_{attempt}"] = str(exc)[:500]
+            rec.bookkeeping.collect_errors[attempt] = str(exc)[:500]
             return
-        rec.meta[f"collected_{attempt}"] = True
+        rec.bookkeeping.collected.add(attempt)
         if result.skipped:
             log.warning("job %s attempt %d: %d output file(s) over --artifact-max-bytes not uploaded: %s", job_id,
                         attempt, len(result.skipped), ", ".join(result.skipped[:10]))
-            rec.meta[f"collect_skipped_{attempt}"] = result.skipped[:100]
+            rec.bookkeeping.collect_skipped[attempt] = result.skipped[:100]
         log.info("job %s attempt %d: %d output file(s), %d bytes uploaded to the store", job_id, attempt,
                  result.uploaded, result.bytes)
 
@@ -1053,7 +1048,7 @@ class Engine:
         """Give the attempt's machine back once its run ended: VM providers (lambda, runpod, paperspace) keep billing
         a machine whose command has exited until it is terminated. cancel() is idempotent (a no-op for local runs)."""
         rec = live.rec
-        if provider is None or rec.meta.get(f"released_{attempt}") or rec.meta.get(f"cancel_sent_{attempt}"):
+        if provider is None or attempt in rec.bookkeeping.released or attempt in rec.bookkeeping.cancel_sent:
             return  # already released, or already stopped by CancelJob / a limit
         for wait_s in (0.0, 1.0, 4.0):
             await asyncio.sleep(wait_s)
@@ -1062,7 +1057,7 @@ class Engine:
             except ProviderError as exc:
                 log.warning("releasing attempt %d of %s on %s failed: %s", attempt, rec.job.job_id, handle.provider, exc)
                 continue
-            rec.meta[f"released_{attempt}"] = True
+            rec.bookkeeping.released.add(attempt)
             return
         log.error("attempt %d of %s on %s could not be released; it may still be billing (ref %s)",
                   attempt, rec.job.job_id, handle.provider, handle.ref)
@@ -1072,19 +1067,19 @@ class Engine:
 
         Each stream keeps at most `log_cap_bytes` per job; past it a marker line is written once and further bytes
         are dropped and counted (Job.log_bytes_dropped), never silently. Until a stream is capped, the provider offset
-        is derived from the mirrored file's size (crash-consistent); after, from meta["log_read"]."""
+        is derived from the mirrored file's size (crash-consistent); after, from the bookkeeping's log_read."""
         rec = live.rec
         n = len(rec.job.attempts)
-        starts = rec.meta.get("log_starts", {}).get(str(n), {"stdout": 0, "stderr": 0})
+        starts = rec.bookkeeping.log_starts.get(n, {"stdout": 0, "stderr": 0})
         cap = self.settings.log_cap_bytes
         total = 0
         for stream in STREAMS:
             path = self._log_path(rec.job.job_id, stream)
-            read_at = rec.meta.setdefault("log_read", {}).setdefault(str(n), {})
+            read_at = rec.bookkeeping.log_read.setdefault(n, {})
             read = 0
             while read < MAX_LOG_READ_PER_POLL:
                 size = await asyncio.to_thread(_size, path)
-                capped = stream in rec.meta.get("log_capped", {})
+                capped = stream in rec.bookkeeping.log_capped
                 offset = int(read_at[stream]) if capped and stream in read_at else size - int(starts[stream])
                 try:
                     chunk = await provider.read_logs(handle, stream, offset)
@@ -1115,15 +1110,15 @@ class Engine:
 
     def _cap_marker(self, rec: JobRecord, stream: str) -> bytes:
         """The one line that says a stream reached its cap (written once per stream per job)."""
-        rec.meta.setdefault("log_capped", {})[stream] = True
+        rec.bookkeeping.log_capped.add(stream)
         rec.job.logs_truncated = True
         return (f"\n[crucible] {stream} reached the per-job log cap of {self.settings.log_cap_bytes} bytes; further "
                 "output is dropped and counted in Job.log_bytes_dropped\n").encode()
 
     def _count_dropped(self, rec: JobRecord, stream: str, n: int) -> None:
-        dropped = rec.meta.setdefault("log_dropped", {})
-        dropped[stream] = int(dropped.get(stream, 0)) + n
-        rec.job.log_bytes_dropped = sum(int(v) for v in dropped.values())
+        dropped = rec.bookkeeping.log_dropped
+        dropped[stream] = dropped.get(stream, 0) + n
+        rec.job.log_bytes_dropped = sum(dropped.values())
         rec.job.logs_truncated = True
 
     async def _provider_dropped(self, live: _Live, status: RunStatus) -> None:
@@ -1132,7 +1127,7 @@ class Engine:
         for stream, n in (status.log_bytes_dropped or {}).items():
             if n <= 0 or stream not in STREAMS:
                 continue
-            if stream not in rec.meta.get("log_capped", {}):
+            if stream not in rec.bookkeeping.log_capped:
                 await asyncio.to_thread(_append, self._log_path(rec.job.job_id, stream), self._cap_marker(rec, stream))
             self._count_dropped(rec, stream, int(n))
 
@@ -1202,30 +1197,29 @@ class Engine:
         a = rec.job.attempts[-1]
         if not a.HasField("start_time") or not priced(a.offer):
             return
-        key = str(a.attempt)
-        start = float(rec.meta.get("usage_until", {}).get(key, ts_s(a.start_time)))
+        start = rec.bookkeeping.usage_until.get(a.attempt, ts_s(a.start_time))
         end = ts_s(a.end_time) if a.HasField("end_time") else self.clock()
         if end <= start or (not final and end - start < self.settings.usage_interval_s):
             return
         result = await self.pricing.record(rec.job.job_id, a.offer.offer_id, rec.job.spec.budget_scope, start, end)
         if result is None:
             return
-        rec.meta.setdefault("usage_until", {})[key] = end
+        rec.bookkeeping.usage_until[a.attempt] = end
         rec.job.cost.spent_usd = result.job_spent_usd
         rec.job.cost.update_time.CopyFrom(now_ts(self.clock()))
         spec = rec.job.spec
-        if result.hard_budget_exhausted and not rec.meta.get("stop_reason"):
-            rec.meta["stop_reason"] = result.hard_budget_exhausted
-        elif spec.HasField("max_cost_usd") and result.job_spent_usd >= spec.max_cost_usd and not rec.meta.get("stop_reason"):
-            rec.meta["stop_reason"] = f"max_cost_usd ${spec.max_cost_usd:.2f} reached (spent ${result.job_spent_usd:.4f})"
+        if result.hard_budget_exhausted and not rec.bookkeeping.stop_reason:
+            rec.bookkeeping.stop_reason = result.hard_budget_exhausted
+        elif spec.HasField("max_cost_usd") and result.job_spent_usd >= spec.max_cost_usd and not rec.bookkeeping.stop_reason:
+            rec.bookkeeping.stop_reason = f"max_cost_usd ${spec.max_cost_usd:.2f} reached (spent ${result.job_spent_usd:.4f})"
 
     async def _check_limits(self, live: _Live, final: bool) -> None:
         rec = live.rec
-        before = rec.meta.get("stop_reason")
+        before = rec.bookkeeping.stop_reason
         await self._record_usage(live, final)
-        if not rec.meta.get("stop_reason") and self._running_seconds(rec) > self._max_duration(rec.job.spec) + 5:
-            rec.meta["stop_reason"] = f"maximum duration {self._max_duration(rec.job.spec):.0f}s reached"
-        if rec.meta.get("stop_reason") != before or final:
+        if not rec.bookkeeping.stop_reason and self._running_seconds(rec) > self._max_duration(rec.job.spec) + 5:
+            rec.bookkeeping.stop_reason = f"maximum duration {self._max_duration(rec.job.spec):.0f}s reached"
+        if rec.bookkeeping.stop_reason != before or final:
             async with live.lock:
                 await self._save(live)
             live.wake.set()
@@ -1245,7 +1239,7 @@ class Engine:
         async with live.lock:
             exit_code = status.exit_code
             detail = status.message or (f"exit status {exit_code}" if exit_code is not None else status.state.value)
-            stop_reason = rec.meta.get("stop_reason", "")
+            stop_reason = rec.bookkeeping.stop_reason
             limit_hit = status.message == "time limit reached" or self._running_seconds(rec) >= self._max_duration(spec)
             a = job.attempts[-1]
             if status.state == RunState.SUCCEEDED:
@@ -1253,8 +1247,8 @@ class Engine:
                 note = "finished before the cancellation took effect; " if job.state == st.CANCELLING else ""
                 await self._transition(live, st.SUCCEEDED, f"{note}attempt {n} exited with status 0")
             elif job.state == st.CANCELLING:
-                self._end_attempt(rec, A.ATTEMPT_OUTCOME_STOPPED, exit_code, rec.meta.get("cancel_reason", "cancelled"))
-                await self._transition(live, st.CANCELLED, rec.meta.get("cancel_reason", "cancelled"))
+                self._end_attempt(rec, A.ATTEMPT_OUTCOME_STOPPED, exit_code, rec.bookkeeping.cancel_text)
+                await self._transition(live, st.CANCELLED, rec.bookkeeping.cancel_text)
             elif stop_reason:
                 self._end_attempt(rec, A.ATTEMPT_OUTCOME_STOPPED, exit_code, stop_reason)
                 await self._transition(live, st.FAILED, f"stopped: {stop_reason}")
@@ -1264,9 +1258,9 @@ class Engine:
                 await self._transition(live, st.FAILED, f"stopped: {text}")
             elif status.state == RunState.FAILED:
                 self._end_attempt(rec, A.ATTEMPT_OUTCOME_USER_ERROR, exit_code, detail)
-                used, limit = int(rec.meta.get("restarts_used", 0)), spec.restart_policy.max_restarts_on_errors
+                used, limit = rec.bookkeeping.restarts_used, spec.restart_policy.max_restarts_on_errors
                 if used < limit:
-                    rec.meta["restarts_used"] = used + 1
+                    rec.bookkeeping.restarts_used = used + 1
                     await self._transition(live, st.RECOVERING, f"{detail} (restart {used + 1} of {limit})")
                 else:
                     suffix = f" (restart limit {limit} reached)" if limit else ""
@@ -1278,9 +1272,9 @@ class Engine:
                 self._end_attempt(rec, outcome, exit_code, what)
                 recover = (not spec.restart_policy.HasField("recover_on_preemption")
                            or spec.restart_policy.recover_on_preemption)
-                recoveries = int(rec.meta.get("recoveries", 0))
+                recoveries = rec.bookkeeping.recoveries
                 if recover and recoveries < self.settings.max_recoveries:
-                    rec.meta["recoveries"] = recoveries + 1
+                    rec.bookkeeping.recoveries = recoveries + 1
                     await self._transition(live, st.RECOVERING, f"{what}; relaunching to resume from the latest checkpoint")
                 else:
                     why = "recovery disabled" if not recover else f"{recoveries} recoveries already"

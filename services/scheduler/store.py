@@ -1,4 +1,5 @@
-"""Durable job store on SQLite in WAL mode: one row per job holding the Job message and the engine's bookkeeping.
+"""Durable job store on SQLite in WAL mode: one row per job holding the Job message and the engine's bookkeeping
+(`jobstate.JobBookkeeping`, stored as JSON in the `meta` column).
 
 Every write is one committed transaction (synchronous=FULL by default) made before the caller acknowledges anything.
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import dataclasses
 import json
 import logging
 import sqlite3
@@ -19,6 +19,7 @@ from typing import Any
 
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.scheduler.history import ProgressPoint
+from crucible.scheduler.jobstate import JobBookkeeping, JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,6 @@ CREATE INDEX IF NOT EXISTS job_progress_job ON job_progress(job_id, seq);
 """
 
 
-@dataclasses.dataclass
-class JobRecord:
-    """A job as stored: the proto (spec without the code archive) plus the engine's bookkeeping in `meta` (JSON)."""
-
-    job: job_pb2.Job
-    spec_sha256: str
-    request_id: str = ""
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
-    seq: int = 0
-
-
 class JobStore:
     """Synchronous SQLite access; use AsyncJobStore from the event loop."""
 
@@ -87,7 +77,7 @@ class JobStore:
         j = rec.job
         return (
             j.job_id, rec.request_id or None, rec.spec_sha256, j.state, j.provider, j.spec.budget_scope,
-            j.create_time.ToNanoseconds() / 1e9, j.SerializeToString(), json.dumps(rec.meta, separators=(",", ":")),
+            j.create_time.ToNanoseconds() / 1e9, j.SerializeToString(), _meta_json(rec),
         )
 
     def insert(self, rec: JobRecord) -> JobRecord:
@@ -123,7 +113,7 @@ class JobStore:
                             j = rec.job
                             self._db.execute(
                                 "UPDATE jobs SET state=?, provider=?, job=?, meta=? WHERE job_id=?",
-                                (j.state, j.provider, j.SerializeToString(), json.dumps(rec.meta, separators=(",", ":")),
+                                (j.state, j.provider, j.SerializeToString(), _meta_json(rec),
                                  j.job_id))
                             results.append(None)
                         self._db.execute("RELEASE op")
@@ -143,7 +133,7 @@ class JobStore:
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET state=?, provider=?, job=?, meta=? WHERE job_id=?",
-                (j.state, j.provider, j.SerializeToString(), json.dumps(rec.meta, separators=(",", ":")), j.job_id),
+                (j.state, j.provider, j.SerializeToString(), _meta_json(rec), j.job_id),
             )
 
     @staticmethod
@@ -151,7 +141,7 @@ class JobStore:
         seq, request_id, sha, blob, meta = row
         job = job_pb2.Job()
         job.ParseFromString(blob)
-        return JobRecord(job, sha, request_id or "", json.loads(meta), seq)
+        return JobRecord(job, sha, request_id or "", JobBookkeeping.from_json(json.loads(meta)), seq)
 
     _COLS = "seq, request_id, spec_sha256, job, meta"
 
@@ -282,7 +272,7 @@ class AsyncJobStore:
 
     async def update(self, rec: JobRecord) -> None:
         """See JobStore.update; the record is copied when called and the call returns once it is committed."""
-        snapshot = JobRecord(_copy(rec.job), rec.spec_sha256, rec.request_id, json.loads(json.dumps(rec.meta)), rec.seq)
+        snapshot = JobRecord(_copy(rec.job), rec.spec_sha256, rec.request_id, rec.bookkeeping.copy(), rec.seq)
         await self._write("update", snapshot)
         await self._save_progress(rec.job.job_id)
 
@@ -327,6 +317,11 @@ class AsyncJobStore:
         """Finish pending writes and close."""
         await self._run(self.sync.close)
         self._pool.shutdown(wait=True)
+
+
+def _meta_json(rec: JobRecord) -> str:
+    """The `meta` column of a record: its bookkeeping as compact JSON."""
+    return json.dumps(rec.bookkeeping.to_json(), separators=(",", ":"))
 
 
 def _copy(job: job_pb2.Job) -> job_pb2.Job:
