@@ -99,31 +99,28 @@ def auroc(labels: Sequence[int], scores: Sequence[float | None]) -> float | None
 # ---- in-process models ----------------------------------------------------------------------------------------------
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("models (in-process)")
-    g.add_argument("--model", default="smollm2-135m-instruct", help="scoring model: alias or local HF folder")
-    g.add_argument("--sampling-model", default="", help="sampling model (default: the scoring model)")
-    g.add_argument("--classifier-model", default="", help="local HF sequence-classification folder (optional)")
-    g.add_argument("--classifier-machine-label", default="", help="id2label name meaning machine (default: auto)")
-    g.add_argument("--no-binoculars", action="store_true", help="disable the Binoculars member")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    g.add_argument("--max-tokens", type=int, default=512, help="tokens scored per text (longer ones are truncated)")
-    g.add_argument("--model-cache-dir", default="", help="prepared-model cache (default ~/.cache/crucible)")
-    g.add_argument("--batch-size", type=int, default=16, help="texts per forward pass")
-    g.add_argument("--stats-kernel", default="auto", choices=("auto", "compile", "eager"),
-                   help="statistics kernel: compile (torch.compile first), auto (compile in the background), eager")
+#: DetectorConfig settings the in-process commands take as flags: the service's names, defaults, choices and help.
+_MODEL_SETTINGS = ("model", "sampling_model", "classifier_model", "classifier_machine_label", "device", "dtype",
+                   "max_tokens", "model_cache_dir", "stats_kernel")
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    from crucible.detector.config import DetectorConfig
+    from crucible.runtime.config import add_setting_arguments
+
+    group = parser.add_argument_group("models (in-process)")
+    add_setting_arguments(group, DetectorConfig, _MODEL_SETTINGS)
+    group.add_argument("--no-binoculars", action="store_true", help="disable the Binoculars member")
+    group.add_argument("--batch-size", type=int, default=16, help="texts per forward pass")
 
 
 def _load_detector(args: argparse.Namespace) -> Any:
-    from crucible.detector.engine import Detector, DetectorSettings
+    from crucible.detector.config import DetectorConfig
+    from crucible.detector.engine import Detector
 
-    settings = DetectorSettings(
-        model=args.model, sampling_model=args.sampling_model, classifier_model=args.classifier_model,
-        classifier_machine_label=args.classifier_machine_label, binoculars=not args.no_binoculars, device=args.device,
-        dtype=args.dtype, model_cache_dir=args.model_cache_dir, max_tokens=args.max_tokens, max_texts_per_call=1024,
-        max_text_bytes=0, stats_kernel=args.stats_kernel,
-    )
+    # No per-call limits in-process: score_many splits the texts itself, and long texts are truncated to max_tokens.
+    settings = DetectorConfig(**{name: getattr(args, name) for name in _MODEL_SETTINGS},
+                              binoculars=not args.no_binoculars, max_texts_per_call=1024, max_text_bytes=0)
     detector = Detector.load(settings)
     if args.stats_kernel != "eager":
         detector.warm_up()  # compile now ("compile") or in the background ("auto")

@@ -1,16 +1,13 @@
-"""Settings of the detector service: one frozen dataclass filled from flags and CRUCIBLE_DETECTOR_* / CRUCIBLE_* env.
-
-Every field is documented where it is declared; `crucible serve detector --help` lists them.
+"""Settings of the detector, declared once: the service fills them from flags and CRUCIBLE_DETECTOR_* / CRUCIBLE_* env,
+the engine core and `crucible detect` read the same dataclass. `crucible serve detector --help` lists them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from crucible.runtime.config import setting
+from crucible.runtime.config import ModelServerConfig, redefault, setting
 from crucible.runtime.errors import ConfigError
-from crucible.runtime.service import ModelServerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,14 +43,7 @@ class DetectorConfig(ModelServerConfig):
         "right", "Where batches are padded; results are the same either way (masked), right is the fast path.",
         choices=("right", "left"),
     )
-    max_batch_size: int = setting(32, "Most texts in one forward pass (larger batches: more throughput, more latency).")
-    max_batch_tokens: int = setting(
-        16384, "Token budget of one batch (rows x longest row); bounds activation memory. Must be >= max_tokens."
-    )
-    max_wait_ms: float = setting(
-        5.0, "Milliseconds a batch window stays open after its first text before running partly full."
-    )
-    max_queue_size: int = setting(2048, "Most texts waiting for a batch; beyond it calls fail at once with RESOURCE_EXHAUSTED.")
+    max_queue_size: int = redefault(ModelServerConfig, "max_queue_size", 2048)
     cache_size: int = setting(100000, "Results held in the in-memory LRU cache (about 0.3 KB each); 0 disables it.")
     cache_path: str = setting("", "SQLite file for a cache that survives restarts; empty disables it.")
     calibration_file: str = setting(
@@ -78,26 +68,11 @@ class DetectorConfig(ModelServerConfig):
         super().validate()
         if self.max_tokens < 2:
             raise ConfigError("max_tokens", "must be at least 2 (the first token is never scored)")
-        for name in ("max_texts_per_call", "max_batch_size", "max_queue_size", "stats_chunk_elements",
-                     "classifier_batch_size"):
+        for name in ("max_texts_per_call", "stats_chunk_elements", "classifier_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be at least 1")
-        if self.max_text_bytes < 0 or self.cache_size < 0 or self.max_wait_ms < 0:
-            raise ConfigError("max_text_bytes" if self.max_text_bytes < 0 else
-                              "cache_size" if self.cache_size < 0 else "max_wait_ms", "must not be negative")
+        if self.cache_size < 0:
+            raise ConfigError("cache_size", "must not be negative")
         if self.max_batch_tokens and self.max_batch_tokens < self.max_tokens:
             raise ConfigError("max_batch_tokens", f"must be 0 or at least max_tokens ({self.max_tokens}), "
                               "or a long text could never be batched")
-
-    def engine_settings(self) -> Any:
-        """The core's view of these settings (crucible.detector.engine.DetectorSettings)."""
-        from crucible.detector.engine import DetectorSettings
-
-        return DetectorSettings(
-            model=self.model, sampling_model=self.sampling_model, classifier_model=self.classifier_model,
-            classifier_machine_label=self.classifier_machine_label, binoculars=self.binoculars, device=self.device,
-            dtype=self.dtype, model_cache_dir=self.model_cache_dir, max_tokens=self.max_tokens,
-            max_texts_per_call=self.max_texts_per_call, max_text_bytes=self.max_text_bytes,
-            padding_side=self.padding_side, chunk_elements=self.stats_chunk_elements,
-            classifier_batch_size=self.classifier_batch_size, stats_kernel=self.stats_kernel,
-        )

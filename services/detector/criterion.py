@@ -14,8 +14,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: Default bound on the logits materialised at once in the statistics (rows x vocabulary, fp32 elements).
-DEFAULT_CHUNK_ELEMENTS = 1 << 21
+#: Default bound on the logits materialised at once in the statistics (rows x vocabulary, fp32 elements): the
+#: service's default (DetectorConfig.stats_chunk_elements, which the engine passes; a unit test keeps them equal).
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 
 class VocabularyMismatchError(ValueError):

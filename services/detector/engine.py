@@ -1,10 +1,10 @@
-"""The detector's compute core: loaded models, input checks and tokenisation, and batched scoring of every member.
-
-No gRPC here: the servicer, the CLI and the benchmark call `Detector.prepare` and `Detector.score` directly.
+"""The detector's engine: `DetectorEngine` (load, calibrate, warm up, run the pipeline; start/stop/ready) around the
+compute core `Detector` (models, input checks, tokenisation, batched scoring), which the CLI and benchmark call directly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -13,20 +13,24 @@ import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from prometheus_client import CollectorRegistry
 
+from crucible.detector.config import DetectorConfig
 from crucible.detector.criterion import (
-    DEFAULT_CHUNK_ELEMENTS,
     CausalScorer,
     StatisticsKernel,
     check_same_tokenizer,
     model_statistics,
     pad_batch,
 )
-from crucible.runtime.errors import InvalidArgument
+from crucible.runtime.errors import InvalidArgument, Unavailable
 from crucible.runtime.validation import is_blank
+
+if TYPE_CHECKING:
+    from crucible.detector.pipeline import DetectionPipeline
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +50,6 @@ STATS_KERNELS = ("eager", "compile", "auto")
 # Labels that name the machine class in common AI-text classifiers (compared case-insensitively).
 _MACHINE_LABELS = ("fake", "machine", "ai", "ai-generated", "ai_generated", "machine-generated", "generated", "chatgpt")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-
-
-@dataclasses.dataclass(frozen=True)
-class DetectorSettings:
-    """What the core needs from the service config (see DetectorConfig for each setting's meaning)."""
-
-    model: str = "smollm2-135m-instruct"
-    sampling_model: str = ""
-    classifier_model: str = ""
-    classifier_machine_label: str = ""
-    binoculars: bool = True
-    device: str = "auto"
-    dtype: str = "auto"
-    model_cache_dir: str = ""
-    max_tokens: int = 512
-    max_texts_per_call: int = 256
-    max_text_bytes: int = 65536
-    padding_side: str = "right"
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
-    classifier_batch_size: int = 32
-    stats_kernel: str = "eager"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,9 +136,11 @@ def machine_label_index(id2label: dict[Any, str], wanted: str = "") -> tuple[int
 class Detector:
     """Loaded models and the batched scoring of texts: Fast-DetectGPT, Binoculars (same pass) and the classifier."""
 
-    def __init__(self, settings: DetectorSettings, scoring: Any, sampling: Any | None = None,
+    def __init__(self, settings: DetectorConfig, scoring: Any, sampling: Any | None = None,
                  classifier: Any | None = None) -> None:
-        """Wrap already loaded models (crucible.models.LoadedModel); `sampling=None` means the scoring model."""
+        """Wrap already loaded models (crucible.models.LoadedModel); `sampling=None` means the scoring model.
+
+        Of `settings` the core reads the model, scoring and limit fields (not the server's or the batcher's)."""
         if settings.max_tokens < 2:
             raise ValueError("max_tokens must be at least 2 (the first token is never scored)")
         if settings.padding_side not in ("left", "right"):
@@ -189,7 +174,7 @@ class Detector:
         self._compile_thread: threading.Thread | None = None
 
     @classmethod
-    def load(cls, settings: DetectorSettings) -> Detector:
+    def load(cls, settings: DetectorConfig) -> Detector:
         """Load the configured models (offline) and build the detector."""
         from crucible.models import load_causal_lm, load_sequence_classifier
 
@@ -306,7 +291,7 @@ class Detector:
             return []
         ids, mask = pad_batch([list(p.ids) for p in items], self.pad_id, side=self.settings.padding_side)
         stats = model_statistics(self._scoring, ids, mask, None if self.single_model else self._sampling,
-                                 chunk_elements=self.settings.chunk_elements, kernel=self.kernel)
+                                 chunk_elements=self.settings.stats_chunk_elements, kernel=self.kernel)
         col = stats.columns()
         classifier: dict[int, tuple[float, int, bool]] = {}
         wanted = [i for i, p in enumerate(items) if p.classifier]
@@ -372,6 +357,53 @@ class Detector:
         if self._compile_thread is not None:
             self._compile_thread.join(timeout)
         return self.kernel.mode
+
+
+class DetectorEngine:
+    """The service's engine: loads the models, picks the calibration, warms up, then runs the DetectionPipeline
+    (caches and the dynamic batcher). `ready` only after all of that, so health says SERVING after a warm-up."""
+
+    def __init__(self, config: DetectorConfig, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.registry = registry
+        self._pipeline: DetectionPipeline | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True between a finished `start` and `stop`."""
+        return self._pipeline is not None
+
+    def require_ready(self) -> DetectionPipeline:
+        """The running pipeline, or UNAVAILABLE (NOT_READY) while the models load or after shutdown."""
+        if self._pipeline is None:
+            raise Unavailable("the detector's models are still loading; retry shortly", reason="NOT_READY")
+        return self._pipeline
+
+    async def start(self) -> None:
+        """Load the models (in a thread), choose the calibration, warm up, start batching, measure throughput."""
+        from crucible.detector.pipeline import DetectionPipeline, load_calibration
+
+        cfg = self.config
+        detector = await asyncio.to_thread(Detector.load, cfg)
+        calibration = load_calibration(detector, cfg.calibration_file)
+        ids = detector.identities
+        if not calibration.calibrated:
+            log.warning("no calibration covers sampling=%s scoring=%s: probabilities stay unset (fit one with "
+                        "`crucible detector calibrate`)", ids["sampling"].name, ids["scoring"].name)
+        await asyncio.to_thread(detector.warm_up)
+        pipeline = DetectionPipeline(detector, calibration, cfg.batch_settings(), cache_size=cfg.cache_size,
+                                     cache_path=cfg.cache_path, registry=self.registry)
+        pipeline.start()
+        await pipeline.measure_throughput()  # the prior of admission by expected wait
+        self._pipeline = pipeline
+        log.info("detector ready", extra={"members": list(detector.enabled_members), "calibration": calibration.method,
+                                           "calibration_source": calibration.source})
+
+    async def stop(self) -> None:
+        """Stop batching (waiting calls fail with UNAVAILABLE) and close the disk cache."""
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            await pipeline.stop()
 
 
 def score_many(detector: Detector, texts: Sequence[str], *, batch_size: int = 32, classifier: bool | None = None,

@@ -1,6 +1,6 @@
 """gRPC servicer of the detector service: protobuf <-> domain translation only.
 
-The work happens in crucible.detector.pipeline (checks, caches, batching, calibration) and engine (models).
+The work happens in the DetectorEngine's pipeline (checks, caches, batching, calibration) and its core (models).
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2
 
-from crucible.api.common.v1 import common_pb2
 from crucible.api.detector.v1 import detector_service_pb2 as pb
 from crucible.api.detector.v1 import detector_service_pb2_grpc
 from crucible.detector.calibration import METHOD_LOGISTIC_ENSEMBLE, METHOD_NONE, METHOD_TWO_GAUSSIAN
-from crucible.detector.engine import BINOCULARS, CLASSIFIER, FAST_DETECTGPT, MemberDescription
+from crucible.detector.engine import BINOCULARS, CLASSIFIER, FAST_DETECTGPT, DetectorEngine, MemberDescription
 from crucible.detector.pipeline import CallResult, DetectionPipeline, DetectionResult
-from crucible.runtime.errors import InvalidArgument, Unavailable
+from crucible.runtime.convert import batching_settings, model_identity, remaining_seconds
+from crucible.runtime.errors import InvalidArgument
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["DetectorService"]
 
@@ -52,34 +51,20 @@ def _members(values: Any, field: str) -> list[str]:
     return out
 
 
-def _identity(identity: Any) -> common_pb2.ModelIdentity:
-    return common_pb2.ModelIdentity(name=identity.name, revision=identity.revision, dtype=identity.dtype,
-                                    device=identity.device, quantization=identity.quantization)
-
-
-def _timeout(context: grpc.aio.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    return remaining if remaining is not None and remaining < 1e8 else None
-
-
 class DetectorServicer(detector_service_pb2_grpc.DetectorServiceServicer):
-    """Answers Detect, DetectStream and GetInfo from a DetectionPipeline set by the service once models are loaded."""
+    """Answers Detect, DetectStream and GetInfo from the engine's pipeline (UNAVAILABLE until the models are loaded)."""
 
-    def __init__(self) -> None:
-        self.pipeline: DetectionPipeline | None = None
-        self.limits: pb.Limits | None = None
-        self.batching: common_pb2.BatchingSettings | None = None
+    def __init__(self, engine: DetectorEngine) -> None:
+        self.engine = engine
 
     def _ready(self) -> DetectionPipeline:
-        if self.pipeline is None:
-            raise Unavailable("the detector's models are still loading; retry shortly", reason="NOT_READY")
-        return self.pipeline
+        return self.engine.require_ready()
 
     # ---- translation ------------------------------------------------------------------------------------------------
 
     def _models(self) -> pb.DetectorModels:
         ids = self._ready().detector.identities
-        return pb.DetectorModels(**{role: _identity(identity) for role, identity in ids.items()})
+        return pb.DetectorModels(**{role: model_identity(identity) for role, identity in ids.items()})
 
     def _member_info(self, member: MemberDescription) -> pb.MemberInfo:
         calibrated = member.member in self._ready().calibration.members
@@ -119,7 +104,7 @@ class DetectorServicer(detector_service_pb2_grpc.DetectorServiceServicer):
         pipeline = self._ready()
         members = _members(request.members, "members")
         result = await pipeline.detect(list(request.texts), members=members, skip_cache=request.skip_cache,
-                                       timeout=_timeout(context))
+                                       timeout=remaining_seconds(context))
         return self._fill(pb.DetectResponse(), result)
 
     async def DetectStream(self, request_iterator: AsyncIterator[pb.DetectStreamRequest],
@@ -134,7 +119,7 @@ class DetectorServicer(detector_service_pb2_grpc.DetectorServiceServicer):
                     members = _members(request.members, "members")
                     call: Callable[[], Any] = pipeline.detect
                     task = asyncio.ensure_future(call(list(request.texts), members=members,
-                                                      skip_cache=request.skip_cache, timeout=_timeout(context),
+                                                      skip_cache=request.skip_cache, timeout=remaining_seconds(context),
                                                       field="texts", first_index=index))
                     index += len(request.texts)
                     await pending.put(task)
@@ -162,25 +147,15 @@ class DetectorServicer(detector_service_pb2_grpc.DetectorServiceServicer):
         pipeline = self._ready()
         cal = pipeline.calibration
         method = pipeline.method_for(pipeline.detector.enabled_members) if cal.calibrated else METHOD_NONE
+        cfg = self.engine.config
         return pb.GetInfoResponse(
             models=self._models(),
             members=[self._member_info(m) for m in pipeline.detector.members],
             calibration=self._calibration(method),
-            limits=self.limits,
-            batching=self.batching,
+            limits=pb.Limits(max_tokens=cfg.max_tokens, max_texts_per_call=cfg.max_texts_per_call,
+                             max_text_bytes=cfg.max_text_bytes),
+            batching=batching_settings(pipeline.batcher.settings),
             cache_capacity=pipeline.memory.capacity,
             persistent_cache=pipeline.disk is not None,
         )
 
-
-def batching_proto(settings: Any) -> common_pb2.BatchingSettings:
-    """common.v1.BatchingSettings of a BatchSettings."""
-    wait = duration_pb2.Duration()
-    wait.FromNanoseconds(int(settings.max_wait_s * 1e9))
-    return common_pb2.BatchingSettings(max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
-                                       max_wait=wait, max_queue_size=settings.max_queue_size)
-
-
-def build_servicer() -> DetectorServicer:
-    """The servicer registered on the server (its pipeline is set when the models are loaded)."""
-    return DetectorServicer()

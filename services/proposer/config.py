@@ -8,9 +8,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from crucible.runtime.config import setting
+from crucible.runtime.config import ModelServerConfig, redefault, setting
 from crucible.runtime.errors import ConfigError
-from crucible.runtime.service import ModelServerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,15 +52,9 @@ class ProposerConfig(ModelServerConfig):
     max_instruction_chars: int = setting(1000, "Most characters in a Propose instruction.")
     max_pairs_per_call: int = setting(256, "Most pairs in one CheckEquivalence call.")
     max_texts_per_call: int = setting(512, "Most texts in one Embed call.")
-    max_batch_size: int = setting(32, "Most sequences generated together in one batch (rows from concurrent calls).")
-    max_batch_tokens: int = setting(
-        16384, "Generation batch budget: rows x (longest prompt + its max_new_tokens); 0 disables the budget."
-    )
-    max_wait_ms: float = setting(
-        25.0, "Milliseconds a generation batch waits for more rows after its first one (generation takes seconds, so a "
-        "longer window costs little latency and gathers concurrent calls into one batch)."
-    )
-    max_queue_size: int = setting(256, "Most rows waiting for generation; past it Propose fails with RESOURCE_EXHAUSTED.")
+    # Generation takes seconds, so a longer window costs little latency and gathers concurrent calls into one batch.
+    max_wait_ms: float = redefault(ModelServerConfig, "max_wait_ms", 25.0)
+    max_queue_size: int = redefault(ModelServerConfig, "max_queue_size", 256)
     embed_max_batch_size: int = setting(64, "Most texts (or NLI pairs) in one embedding/NLI forward pass.")
     embed_max_queue_size: int = setting(4096, "Most texts waiting for embedding or NLI; past it calls fail with RESOURCE_EXHAUSTED.")
 
@@ -80,11 +73,8 @@ class ProposerConfig(ModelServerConfig):
         if not 0.0 < self.default_top_p <= 1.0:
             raise ConfigError("default_top_p", f"must be within (0, 1], got {self.default_top_p}")
         for name in ("max_candidates", "max_new_tokens_limit", "max_text_chars", "max_instruction_chars",
-                     "max_pairs_per_call", "max_texts_per_call", "max_batch_size", "max_queue_size",
-                     "embed_max_batch_size", "embed_max_queue_size"):
+                     "max_pairs_per_call", "max_texts_per_call", "embed_max_batch_size", "embed_max_queue_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be at least 1")
         if not 1 <= self.default_max_new_tokens <= self.max_new_tokens_limit:
             raise ConfigError("default_max_new_tokens", f"must be within 1..max_new_tokens_limit ({self.max_new_tokens_limit})")
-        if self.max_batch_tokens < 0 or self.max_wait_ms < 0:
-            raise ConfigError("max_batch_tokens", "max_batch_tokens and max_wait_ms must not be negative")

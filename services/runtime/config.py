@@ -1,19 +1,25 @@
 """Frozen service configuration built from command-line flags and environment variables.
 
-Each service declares one frozen dataclass (subclassing ServerConfig); `load_config` fills it: flag > env > default.
+Each service declares one frozen dataclass (subclassing ServerConfig, or ModelServerConfig for the three model
+services); `load_config` fills it: flag > env > default.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from crucible.runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from crucible.runtime.batching import BatchSettings
+    from crucible.runtime.validation import TextLimits
 
 C = TypeVar("C", bound="ServerConfig")
 
@@ -27,6 +33,13 @@ def setting(default: Any, help: str, *, secret: bool = False, choices: Sequence[
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for sequence defaults (config is frozen)")
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def redefault(base: type, name: str, default: Any) -> Any:
+    """Re-declare a setting a subclass inherits from `base` with the subclass's own default; its help, choices and
+    flags stay the base declaration's (one declaration, per-service defaults)."""
+    declared: dataclasses.Field[Any] = base.__dataclass_fields__[name]
+    return dataclasses.field(default=default, metadata=declared.metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +104,7 @@ class ServerConfig:
             if path and not os.path.isfile(path):
                 raise ConfigError(name, f"file not found: {path}")
 
-    def text_limits(self) -> Any:
+    def text_limits(self) -> TextLimits:
         """Byte limits the runtime holds every request's strings to before its handler runs (none by default;
         the model services set them)."""
         from crucible.runtime.validation import TextLimits
@@ -120,6 +133,90 @@ class ServerConfig:
             value = getattr(self, f.name)
             out[f.name] = ("***" if value else "") if f.metadata.get("secret") else value
         return out
+
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelServerConfig(ServerConfig):
+    """Settings shared by the services that run models (detector, proposer, target scorer): the model, where it runs,
+    request byte limits and the one dynamic-batching block. A service keeps its own defaults with `redefault`."""
+
+    model: str = setting(
+        "smollm2-135m-instruct",
+        "Causal LM: a registry alias (smollm2-135m-instruct) or a local Hugging Face folder (e.g. gpt-neo-2.7B, Llama-3-8B).",
+    )
+    device: str = setting("auto", "Where the model runs: cpu, cuda, cuda:N, or auto (CUDA when present).")
+    dtype: str = setting(
+        "auto", "Weight dtype: float32, bfloat16, or auto (bf16 on CUDA and on CPUs with native bf16, else fp32).",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    model_cache_dir: str = setting("", "Where prepared models live; empty means $CRUCIBLE_CACHE_DIR or ~/.cache/crucible.")
+    max_message_bytes: int = setting(
+        16 * 1024 * 1024,
+        "Largest request or response message in bytes; larger ones fail with RESOURCE_EXHAUSTED before they are parsed. "
+        "Model requests are text: max_request_bytes of it plus framing.",
+    )
+    max_text_bytes: int = setting(
+        32768,
+        "Most UTF-8 bytes in any one string of a request (a text, an option, a choice, a prefix), checked before any "
+        "tokenising: INVALID_ARGUMENT naming the field. 16 bytes per token x a 2048-token sequence; 0 = no limit.",
+    )
+    max_request_bytes: int = setting(
+        4 * 1024 * 1024,
+        "Most UTF-8 bytes of all the strings of one request (or one stream message) together; INVALID_ARGUMENT "
+        "beyond it. Bounds the tokenising and memory one call can ask for; 0 = no limit.",
+    )
+    malloc_arena_max: int = setting(
+        2,
+        "glibc malloc arenas the process may create (mallopt M_ARENA_MAX), set at start; fewer arenas keep less freed "
+        "memory stranded per thread after a burst. 0 leaves glibc's default (8 x cores).",
+    )
+    # ---- dynamic batching (crucible.runtime.batching): one block, the same meaning in every model service ----
+    max_batch_size: int = setting(
+        32, "Most items (texts, prompts or generated rows) in one forward pass; larger batches give more throughput "
+        "and more latency."
+    )
+    max_batch_tokens: int = setting(
+        16384,
+        "Token budget of one batch: rows x the longest row's cost (tokens scored; for generation prompt plus "
+        "max_new_tokens). Bounds activation memory; 0 disables the budget.",
+    )
+    max_wait_ms: float = setting(
+        5.0, "Milliseconds a batch window stays open after its first item before running partly full; a longer window "
+        "gathers more concurrent calls under light load."
+    )
+    max_queue_size: int = setting(
+        1024, "Most items waiting for a batch; past it calls fail at once with RESOURCE_EXHAUSTED."
+    )
+
+    def text_limits(self) -> TextLimits:
+        from crucible.runtime.validation import TextLimits
+
+        return TextLimits(self.max_text_bytes, self.max_request_bytes)
+
+    def batch_settings(self) -> BatchSettings:
+        """The batching block as the runtime batcher's settings (max_wait_ms in seconds)."""
+        from crucible.runtime.batching import BatchSettings
+
+        return BatchSettings(max_batch_size=self.max_batch_size, max_batch_tokens=self.max_batch_tokens,
+                             max_wait_s=self.max_wait_ms / 1000.0, max_queue_size=self.max_queue_size)
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("max_text_bytes", "max_request_bytes", "malloc_arena_max"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, "must not be negative")
+        if not self.model.strip():
+            raise ConfigError("model", "must name a registry alias or a local folder")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError("device", f"must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        for name in ("max_batch_size", "max_queue_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1")
+        if self.max_batch_tokens < 0:
+            raise ConfigError("max_batch_tokens", "must be 0 (no budget) or positive")
+        if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
+            raise ConfigError("max_wait_ms", "must not be negative")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -176,6 +273,23 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[ServerConfig]) -> N
             metavar=f.name.upper(),
             help=f"{f.metadata.get('help', '')} (default: {shown!r})".replace("%", "%%"),  # argparse formats help with %
         )
+
+
+def add_setting_arguments(parser: argparse._ActionsContainer, cls: type[ServerConfig], names: Sequence[str]) -> None:
+    """Add --flags for some settings of a config class, with the declaration's defaults, types, choices and help.
+
+    For in-process tools (`crucible detect`) that build the config from these flags alone: no environment layering,
+    so the defaults are the real ones and argparse checks types and choices.
+    """
+    kinds = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in names:
+        declared, kind = fields[name], kinds[name]
+        if kind not in (str, int, float):
+            raise TypeError(f"{cls.__name__}.{name}: only str, int and float settings become plain flags")
+        help_text = f"{declared.metadata.get('help', '')} (default: {declared.default!r})"
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=declared.default,
+                            choices=declared.metadata.get("choices"), help=help_text.replace("%", "%%"))
 
 
 def load_config(

@@ -1,13 +1,19 @@
-"""Conversions every servicer shares: protobuf Timestamp and Duration to and from Python times.
-
-Checks of client-sent values (ranges, field names in errors) live in `crucible.runtime.validation`; these only convert.
+"""Conversions every servicer shares: Timestamp and Duration to and from Python times, model identities, batching
+settings and the caller's deadline. Checks of client-sent values live in `crucible.runtime.validation`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf import duration_pb2, timestamp_pb2
+
+from crucible.api.common.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from crucible.models.loading import ModelIdentity
+    from crucible.runtime.batching import BatchSettings
 
 NS_PER_S = 1_000_000_000
 
@@ -47,6 +53,33 @@ def duration_from_seconds(seconds: float) -> duration_pb2.Duration:
 def seconds(duration: duration_pb2.Duration) -> float:
     """Seconds of a Duration, as a float."""
     return duration.ToNanoseconds() / NS_PER_S
+
+
+def model_identity(identity: ModelIdentity) -> common_pb2.ModelIdentity:
+    """A loaded model's identity (crucible.models.ModelIdentity) as common.v1.ModelIdentity."""
+    return common_pb2.ModelIdentity(name=identity.name, revision=identity.revision, dtype=identity.dtype,
+                                    device=identity.device, quantization=identity.quantization)
+
+
+def batching_settings(settings: BatchSettings) -> common_pb2.BatchingSettings:
+    """A batcher's settings as common.v1.BatchingSettings; max_wait rounded to the nearest nanosecond."""
+    return common_pb2.BatchingSettings(max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
+                                       max_wait=duration_from_ns(round(settings.max_wait_s * NS_PER_S)),
+                                       max_queue_size=settings.max_queue_size)
+
+
+class _HasDeadline(Protocol):
+    def time_remaining(self) -> float | None: ...
+
+
+#: Seconds beyond which a "remaining time" means no deadline (grpc reports a huge number for a call without one).
+_NO_DEADLINE_S = 1e8
+
+
+def remaining_seconds(context: _HasDeadline) -> float | None:
+    """Seconds left before the caller's deadline (a grpc.aio.ServicerContext), or None when the call has none."""
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < _NO_DEADLINE_S else None
 
 
 def _negative(ns: int) -> duration_pb2.Duration:

@@ -8,10 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from crucible.runtime.batching import BatchSettings
-from crucible.runtime.config import setting
+from crucible.runtime.config import ModelServerConfig, setting
 from crucible.runtime.errors import ConfigError
-from crucible.runtime.service import ModelServerConfig
 from crucible.scorer.placement import parse_cores
 
 if TYPE_CHECKING:
@@ -46,15 +44,6 @@ class ScorerConfig(ModelServerConfig):
     max_tokens: int = setting(
         2048, "Most tokens in one sequence (prompt plus longest choice, prefix plus text); capped at the model's maximum."
     )
-    max_batch_size: int = setting(32, "Most items (prompts or texts) in one forward pass.")
-    max_batch_tokens: int = setting(
-        16384, "Padded-token budget of one forward pass (rows x longest row); 0 disables it. Bounds memory per batch."
-    )
-    max_wait_ms: float = setting(
-        5.0, "Milliseconds the batch window stays open after its first item; longer windows batch more under light load."
-    )
-    max_queue_size: int = setting(1024, "Most items waiting for the model; calls beyond it get RESOURCE_EXHAUSTED at once.")
-
     def validate(self) -> None:
         """Refuse any device but the CPU, and bad core lists, thread counts, limits and batching settings."""
         super().validate()
@@ -71,19 +60,15 @@ class ScorerConfig(ModelServerConfig):
             raise ConfigError("threads", "must be 0 (one per usable core) or positive")
         if self.interop_threads < 1:
             raise ConfigError("interop_threads", "must be at least 1")
-        for name in ("max_items_per_call", "max_choices_per_item", "max_batch_size", "max_queue_size"):
+        for name in ("max_items_per_call", "max_choices_per_item"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be at least 1")
         if self.max_tokens < 2:
             raise ConfigError("max_tokens", "must be at least 2")
-        if self.max_batch_tokens < 0:
-            raise ConfigError("max_batch_tokens", "must be 0 (no budget) or positive")
         if self.max_batch_tokens and self.max_batch_tokens < self.max_tokens:
             raise ConfigError(
                 "max_batch_tokens", f"must be 0 or at least max_tokens ({self.max_tokens}), or a long item could never run"
             )
-        if self.max_wait_ms < 0:
-            raise ConfigError("max_wait_ms", "must not be negative")
 
     @property
     def core_list(self) -> tuple[int, ...]:
@@ -97,7 +82,3 @@ class ScorerConfig(ModelServerConfig):
         )
 
         return Limits(self.max_items_per_call, self.max_choices_per_item, self.max_tokens)
-
-    def batch_settings(self) -> BatchSettings:
-        """The dynamic batcher's settings."""
-        return BatchSettings(self.max_batch_size, self.max_batch_tokens, self.max_wait_ms / 1000.0, self.max_queue_size)

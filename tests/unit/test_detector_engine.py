@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from crucible.detector.cache import LruCache, SqliteCache, cache_key
-from crucible.detector.criterion import VocabularyMismatchError
-from crucible.detector.engine import Detector, DetectorSettings, RawScores, machine_label_index
+from crucible.detector.config import DetectorConfig
+from crucible.detector.criterion import DEFAULT_CHUNK_ELEMENTS, VocabularyMismatchError
+from crucible.detector.engine import Detector, RawScores, machine_label_index
 from crucible.runtime.errors import InvalidArgument
 
 CORPUS = [
@@ -77,11 +78,11 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def _settings(folders, **kw) -> DetectorSettings:
+def _settings(folders, **kw) -> DetectorConfig:
     base = dict(model=str(folders["lm"]), device="cpu", dtype="float32", max_tokens=64, max_texts_per_call=8,
                 max_text_bytes=2000)
     base.update(kw)
-    return DetectorSettings(**base)
+    return DetectorConfig(**base)
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +238,8 @@ def test_sqlite_cache_survives_reopening(tmp_path):
     assert again.get_many([key, "missing"]) == {key: scores}
     assert len(again) == 1
     again.close()
+
+
+def test_the_criterion_chunk_default_is_the_service_setting() -> None:
+    """One declaration: the core's default chunk bound is DetectorConfig's (they had drifted to 1<<21 vs 1<<22)."""
+    assert DetectorConfig().stats_chunk_elements == DEFAULT_CHUNK_ELEMENTS == 1 << 22

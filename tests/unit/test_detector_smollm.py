@@ -14,7 +14,8 @@ import torch
 
 from crucible import models
 from crucible.detector.criterion import CausalScorer, model_statistics, pad_batch, reference_criterion
-from crucible.detector.engine import Detector, DetectorSettings
+from crucible.detector.config import DetectorConfig
+from crucible.detector.engine import Detector
 from crucible.detector.pipeline import load_calibration
 
 pytestmark = pytest.mark.slow
@@ -57,7 +58,7 @@ def test_batched_criterion_equals_per_text_formula_on_smollm2(smollm):
 
 
 def test_smollm2_is_calibrated_out_of_the_box_and_binoculars_says_one_model(smollm):
-    detector = Detector(DetectorSettings(), smollm)
+    detector = Detector(DetectorConfig(), smollm)
     calibration = load_calibration(detector)
     assert calibration.method == "logistic_ensemble" and calibration.source == "builtin"
     (scores,) = detector.score(detector.prepare([TEXT[:400]], classifier=False))
