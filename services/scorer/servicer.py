@@ -6,19 +6,14 @@ Validation, tokenisation and scoring live in scoring.py and seca.py; batching in
 from __future__ import annotations
 
 import asyncio
-import datetime
-from typing import TYPE_CHECKING
 
 import grpc
-from crucible.api.common.v1 import common_pb2
 from crucible.api.scorer.v1 import scorer_service_pb2 as pb
 from crucible.api.scorer.v1 import scorer_service_pb2_grpc as pb_grpc
+from crucible.runtime.convert import batching_settings, model_identity, remaining_seconds
+from crucible.scorer.engine import ScorerEngine
 from crucible.scorer.scoring import ChoiceRequest, TextRequest
 from crucible.scorer.seca import SECA_PROMPT_TEMPLATE, McqQuestion
-from google.protobuf import duration_pb2
-
-if TYPE_CHECKING:
-    from crucible.scorer.service import ScorerService
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["ScorerService"]
 
@@ -34,27 +29,20 @@ def _choice_request(item: pb.ChoiceItem) -> ChoiceRequest:
     return ChoiceRequest(choices=tuple(item.choices))  # neither set: the scorer names items[i].prompt
 
 
-def _identity(loaded: object) -> common_pb2.ModelIdentity:
-    ident = loaded.identity  # type: ignore[attr-defined]
-    return common_pb2.ModelIdentity(
-        name=ident.name, revision=ident.revision, dtype=ident.dtype, device=ident.device, quantization=ident.quantization
-    )
-
-
 class ScorerServicer(pb_grpc.ScorerServiceServicer):
     """Translates ScoreChoices / ScoreTexts / GetInfo to the scorer core and back."""
 
-    def __init__(self, service: ScorerService) -> None:
-        self._service = service
+    def __init__(self, engine: ScorerEngine) -> None:
+        self.engine = engine
 
     async def ScoreChoices(self, request: pb.ScoreChoicesRequest, context: grpc.aio.ServicerContext) -> pb.ScoreChoicesResponse:
         """Validate and tokenise the items, score them through the batcher, answer in request order."""
-        runtime = self._service.ready()
+        runtime = self.engine.require_ready()
         # Byte limits were checked by the runtime before this handler ran. A call that could not be scored before its
         # deadline even at 2 tokens an item is refused before tokenising, which happens off the event loop.
-        runtime.batcher.check_wait(2 * len(request.items), context.time_remaining(), items=len(request.items))
+        runtime.batcher.check_wait(2 * len(request.items), remaining_seconds(context), items=len(request.items))
         prepared = await asyncio.to_thread(runtime.scorer.prepare_choices, [_choice_request(item) for item in request.items])
-        scores = await runtime.batcher.submit_many([p.job for p in prepared], timeout=context.time_remaining())
+        scores = await runtime.batcher.submit_many([p.job for p in prepared], timeout=remaining_seconds(context))
         results = []
         for item, score in zip(prepared, scores, strict=True):
             results.append(
@@ -70,15 +58,15 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
                     top_index=score.top_index,
                 )
             )
-        return pb.ScoreChoicesResponse(results=results, model=_identity(runtime.loaded))
+        return pb.ScoreChoicesResponse(results=results, model=model_identity(runtime.loaded.identity))
 
     async def ScoreTexts(self, request: pb.ScoreTextsRequest, context: grpc.aio.ServicerContext) -> pb.ScoreTextsResponse:
         """Validate and tokenise the texts, score them through the batcher, answer in request order."""
-        runtime = self._service.ready()
-        runtime.batcher.check_wait(2 * len(request.items), context.time_remaining(), items=len(request.items))
+        runtime = self.engine.require_ready()
+        runtime.batcher.check_wait(2 * len(request.items), remaining_seconds(context), items=len(request.items))
         prepared = await asyncio.to_thread(runtime.scorer.prepare_texts,
                                            [TextRequest(text=i.text, prefix=i.prefix) for i in request.items])
-        scores = await runtime.batcher.submit_many([p.job for p in prepared], timeout=context.time_remaining())
+        scores = await runtime.batcher.submit_many([p.job for p in prepared], timeout=remaining_seconds(context))
         return pb.ScoreTextsResponse(
             scores=[
                 pb.TextScore(
@@ -90,19 +78,16 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
                 )
                 for p, s in zip(prepared, scores, strict=True)
             ],
-            model=_identity(runtime.loaded),
+            model=model_identity(runtime.loaded.identity),
         )
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.GetInfoResponse:
         """The model, its CPU placement, the SECA template, the limits and the batching settings."""
-        runtime = self._service.ready()
+        runtime = self.engine.require_ready()
         limits = runtime.scorer.limits
-        batching = runtime.batcher.settings
         placement = runtime.placement
-        wait = duration_pb2.Duration()
-        wait.FromTimedelta(datetime.timedelta(seconds=batching.max_wait_s))
         return pb.GetInfoResponse(
-            model=_identity(runtime.loaded),
+            model=model_identity(runtime.loaded.identity),
             intra_op_threads=placement.intra_op_threads,
             inter_op_threads=placement.inter_op_threads,
             cores=list(placement.cores),
@@ -113,10 +98,5 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
                 max_choices_per_item=limits.max_choices_per_item,
                 max_tokens=limits.max_tokens,
             ),
-            batching=common_pb2.BatchingSettings(
-                max_batch_size=batching.max_batch_size,
-                max_batch_tokens=batching.max_batch_tokens,
-                max_wait=wait,
-                max_queue_size=batching.max_queue_size,
-            ),
+            batching=batching_settings(runtime.batcher.settings),
         )

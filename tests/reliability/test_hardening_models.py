@@ -112,11 +112,11 @@ async def test_the_texts_of_one_request_together_are_bounded(model_folders) -> N
 
 TOKENISING = [
     ("detector", "Detect", {"texts": ["A text tokenised somewhere."]},
-     lambda service: service.detector_servicer.pipeline.detector, "prepare"),
+     lambda service: service.engine.require_ready().detector, "prepare"),
     ("scorer", "ScoreTexts", {"items": [{"text": "A text tokenised somewhere."}]},
-     lambda service: service.runtime.scorer, "prepare_texts"),
+     lambda service: service.engine.require_ready().scorer, "prepare_texts"),
     ("scorer", "ScoreChoices", {"items": [{"raw_prompt": "Capital of France?", "choices": [" Paris", " Rome"]}]},
-     lambda service: service.runtime.scorer, "prepare_choices"),
+     lambda service: service.engine.require_ready().scorer, "prepare_choices"),
     ("proposer", "Propose", {"text": "How do vaccines work?", "mode": "PROPOSE_MODE_PARAPHRASE", "seed": 3},
      lambda service: service.engine, "render"),
 ]

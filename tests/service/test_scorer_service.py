@@ -217,4 +217,4 @@ async def test_calls_after_stop_are_unavailable(model_folder: Path) -> None:
     server = await _start(model_folder)
     await server.stop(0)
     with pytest.raises(Unavailable):
-        server.service.ready()
+        server.service.engine.require_ready()
