@@ -1,36 +1,35 @@
-"""Lambda Cloud adapter: on-demand VMs via its REST API (launch, get, terminate); the command runs from cloud-init user data.
+"""Lambda Cloud adapter: on-demand VMs via its REST API (launch, get, terminate), the command run from cloud-init.
 
 Lambda has no log API and no exit status: with an SSH key configured, both are read from the run folder over SSH.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from crucible.scheduler.providers import remote
 from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import LogChunk
 from crucible.scheduler.providers.base import ProviderCapabilities
-from crucible.scheduler.providers.base import ProviderError
 from crucible.scheduler.providers.base import ProviderErrorKind as K
 from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
-from crucible.scheduler.providers.http import HTTPProvider
 from crucible.scheduler.providers.http import LaunchPreview
 from crucible.scheduler.providers.http import body_message
 from crucible.scheduler.providers.http import kind_for_status
 from crucible.scheduler.providers.http import need
-
-log = logging.getLogger(__name__)
+from crucible.scheduler.providers.vm import Machine
+from crucible.scheduler.providers.vm import MachineDown
+from crucible.scheduler.providers.vm import MachineUp
+from crucible.scheduler.providers.vm import Phase
+from crucible.scheduler.providers.vm import VMProvider
 
 LAUNCH_PATH = "/instance-operations/launch"
 USER_DATA_LIMIT = 1 << 20  # Lambda accepts cloud-init user data up to 1 MB
 
 
-class LambdaProvider(HTTPProvider):
+class LambdaProvider(VMProvider):
     """Lambda Cloud on-demand instances (no spot). Settings: base_url, ssh_key_names (required to launch: the SSH key
     name registered at Lambda), file_system_names, ssh_key_path/ssh_user/ssh_command (outcome and logs over SSH),
     remote_root, timeout_s, max_retries, retry_base_s."""
@@ -38,6 +37,10 @@ class LambdaProvider(HTTPProvider):
     name = "lambda"
     default_base_url = "https://cloud.lambda.ai/api/v1"
     capabilities = ProviderCapabilities(spot=False, live_logs=False, artifacts=False)
+    noun = "instance"
+    display_name = "Lambda"
+    launch_verb = "launch of"
+    default_ssh_user = "ubuntu"
 
     def __init__(self, settings: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
@@ -45,10 +48,7 @@ class LambdaProvider(HTTPProvider):
         self.file_system_names = [n.strip() for n in self.settings.str("file_system_names").split(",") if n.strip()]
         self.remote_root = self.settings.str("remote_root", remote.DEFAULT_REMOTE_ROOT)
         self.use_docker = self.settings.bool("use_docker", True)
-        self.probe = remote.probe_from_settings(self.settings, "ubuntu")
-        if self.probe is not None:  # logs exist only when they can be read over SSH
-            self.capabilities = ProviderCapabilities(spot=False, live_logs=True, artifacts=False)
-
+        self.attach_probe()
     @staticmethod
     def map_error(status: int, body: Any, text: str) -> tuple[K, str]:
         """Lambda errors are {"error": {"code", "message", "suggestion"}}; the code decides the kind."""
@@ -88,7 +88,8 @@ class LambdaProvider(HTTPProvider):
         if len(self.file_system_names) > 1:
             problems.append("setting lambda.file_system_names: Lambda attaches at most one file system")
         if not spec.offer.region or not spec.offer.instance_type:
-            problems.append("offer needs region and instance_type (e.g. us-east-1, gpu_1x_a10): pick an offer with a region")
+            problems.append("offer needs region and instance_type (e.g. us-east-1, gpu_1x_a10): "
+                            "pick an offer with a region")
         if script is not None and len(script.encode()) > USER_DATA_LIMIT:
             problems.append(f"cloud-init user_data is {len(script.encode())} bytes, over Lambda's {USER_DATA_LIMIT}")
         body = {"region_name": spec.offer.region, "instance_type_name": spec.offer.instance_type,
@@ -102,93 +103,62 @@ class LambdaProvider(HTTPProvider):
         return LaunchPreview(self.name, (self.preview_request("POST", LAUNCH_PATH, body),), tuple(problems))
 
     async def submit(self, spec: LaunchSpec) -> RunHandle:
-        """POST /instance-operations/launch with the wrapper as cloud-init user data; adopt by name after an unclear failure."""
+        """POST /instance-operations/launch with the wrapper as cloud-init user data; adopt by name after an unclear
+        failure."""
         body, problems = self._launch_plan(spec)
         self.refuse(problems)
-        name = body["name"]
-        data = {"name": name, "run_dir": remote.run_dir(spec, self.remote_root), "region": spec.offer.region}
-        try:
-            answer = await self.http.request("POST", LAUNCH_PATH, json_body=body, idempotent=False)
-        except ProviderError as exc:
-            found = await remote.adopt_after_lost_reply(exc, lambda: self._find_by_name(name))
-            if found is None:
-                raise
-            log.warning("lambda: launch of %s answered %s but instance %s exists: adopting it", name, exc.kind.value, found)
-            return RunHandle(self.name, found, data)
+        return await self.launch_or_adopt(
+            body["name"], self._handle_data(spec),
+            lambda: self.http.request("POST", LAUNCH_PATH, json_body=body, idempotent=False), self._launched_id)
+
+    def _launched_id(self, answer: Any) -> str:
         ids = need(self.http, answer, "data", "instance_ids")
         if not isinstance(ids, list) or len(ids) != 1 or not isinstance(ids[0], str) or not ids[0]:
             raise self.error(K.MALFORMED_RESPONSE, f"launch answered instance_ids={ids!r}, expected one id")
-        return RunHandle(self.name, ids[0], data)
+        return ids[0]
 
-    async def find(self, spec: LaunchSpec) -> RunHandle | None:
-        """The live instance named crucible-<job>-<attempt>, if one exists (re-attachment after a crash)."""
-        found = await self._find_by_name(remote.run_name(spec))
-        if found is None:
-            return None
-        return RunHandle(self.name, found, {"name": remote.run_name(spec), "region": spec.offer.region,
-                                            "run_dir": remote.run_dir(spec, self.remote_root)})
+    def _handle_data(self, spec: LaunchSpec, found: Machine | None = None) -> dict[str, Any]:
+        return {"name": remote.run_name(spec), "run_dir": remote.run_dir(spec, self.remote_root),
+                "region": spec.offer.region}
 
-    async def _find_by_name(self, name: str) -> str | None:
+    async def _machines_named(self, name: str) -> AsyncIterator[Machine]:
+        """GET /instances (every instance of the account; Lambda cannot filter by name)."""
         answer = await self.http.request("GET", "/instances")
         instances = answer.get("data") if isinstance(answer, Mapping) else None
         if not isinstance(instances, list):
             raise self.error(K.MALFORMED_RESPONSE, "GET /instances lacks a data list")
-        for inst in instances:
-            if isinstance(inst, Mapping) and inst.get("name") == name and inst.get("status") not in ("terminated",):
-                return str(inst.get("id"))
-        return None
+        for instance in instances:
+            if isinstance(instance, Mapping):
+                yield instance
 
-    async def _instance(self, handle: RunHandle) -> Mapping[str, Any] | None:
-        try:
-            answer = await self.http.request("GET", f"/instances/{handle.ref}")
-        except ProviderError as exc:
-            if exc.kind is K.NOT_FOUND:
-                return None
-            raise
-        inst = need(self.http, answer, "data")
-        if not isinstance(inst, Mapping) or not isinstance(inst.get("status"), str):
+    def _is_live(self, machine: Machine) -> bool:
+        return machine.get("status") not in ("terminated",)
+
+    async def _fetch(self, ref: str) -> Machine | None:
+        """GET /instances/{id}."""
+        answer = await self.http.request("GET", f"/instances/{ref}")
+        instance = need(self.http, answer, "data")
+        if not isinstance(instance, Mapping) or not isinstance(instance.get("status"), str):
             raise self.error(K.MALFORMED_RESPONSE, "GET /instances/{id} lacks data.status")
-        return inst
+        return instance
 
-    async def status(self, handle: RunHandle) -> RunStatus:
-        """GET /instances/{id}: booting -> PROVISIONING, active -> the SSH probe's answer (or RUNNING), gone -> see README."""
-        inst = await self._instance(handle)
-        cancelled = handle.ref in self._cancelled
-        if inst is None:
-            if cancelled:
-                return RunStatus(RunState.CANCELLED)
-            raise self.error(K.NOT_FOUND, f"instance {handle.ref} is unknown to Lambda")
-        state = inst["status"]
+    def _phase(self, machine: Machine, handle: RunHandle) -> Phase:
+        """booting -> PROVISIONING, active -> up (SSH probe), unhealthy -> UNKNOWN, terminating/terminated -> down."""
+        state = machine["status"]
         if state == "booting":
             return RunStatus(RunState.PROVISIONING, message="booting")
         if state == "active":
-            if self.probe is None:
-                return RunStatus(RunState.RUNNING, message=remote.NO_PROBE)
-            ip = inst.get("ip")
-            if not ip:
-                return RunStatus(RunState.PROVISIONING, message="active, no ip yet")
-            return await self.probe.outcome(str(ip), 22, handle.data.get("run_dir", ""))
+            return MachineUp(no_address=RunStatus(RunState.PROVISIONING, message="active, no ip yet"))
         if state == "unhealthy":
             return RunStatus(RunState.UNKNOWN, message="Lambda reports the instance unhealthy")
         if state in ("terminating", "terminated"):
-            if cancelled:
-                return RunStatus(RunState.CANCELLED, message=state)
-            return RunStatus(RunState.PREEMPTED, message=f"instance {state} outside the scheduler (host loss)")
+            return MachineDown(state, f"instance {state} outside the scheduler (host loss)")
         raise self.error(K.MALFORMED_RESPONSE, f"unknown instance status {state!r}")
 
-    async def cancel(self, handle: RunHandle) -> None:
-        """POST /instance-operations/terminate; an instance Lambda no longer knows counts as terminated."""
-        self._cancelled.add(handle.ref)
-        try:
-            await self.http.request("POST", "/instance-operations/terminate", json_body={"instance_ids": [handle.ref]})
-        except ProviderError as exc:
-            if exc.kind is not K.NOT_FOUND:
-                raise
+    def _ssh_address(self, machine: Machine) -> tuple[str, int]:
+        ip = machine.get("ip")
+        return (str(ip), 22) if ip else ("", 0)
 
-    async def read_logs(self, handle: RunHandle, stream: str, offset: int) -> LogChunk:
-        """Log bytes over SSH when ssh_key_path is set (Lambda has no log API); otherwise an empty chunk."""
-        if self.probe is None:
-            return LogChunk(stream, offset, b"", offset)
-        inst = await self._instance(handle)
-        ip = str(inst.get("ip") or "") if inst else ""
-        return await remote.read_remote_log(self.probe, ip, 22, handle.data.get("run_dir", ""), stream, offset)
+    async def _terminate(self, ref: str) -> None:
+        """POST /instance-operations/terminate."""
+        await self.http.request("POST", "/instance-operations/terminate", json_body={"instance_ids": [ref]})

@@ -11,17 +11,20 @@ from typing import Any
 
 from crucible.scheduler.providers import remote
 from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import LogChunk
 from crucible.scheduler.providers.base import ProviderCapabilities
 from crucible.scheduler.providers.base import ProviderError
 from crucible.scheduler.providers.base import ProviderErrorKind as K
 from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
-from crucible.scheduler.providers.http import HTTPProvider
 from crucible.scheduler.providers.http import LaunchPreview
 from crucible.scheduler.providers.http import body_message
 from crucible.scheduler.providers.http import kind_for_status
+from crucible.scheduler.providers.vm import Machine
+from crucible.scheduler.providers.vm import MachineDown
+from crucible.scheduler.providers.vm import MachineUp
+from crucible.scheduler.providers.vm import Phase
+from crucible.scheduler.providers.vm import VMProvider
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ _PROVISIONING = {"provisioning": "provisioning", "starting": "starting", "restar
                  "upgrading": "upgrading"}
 
 
-class PaperspaceProvider(HTTPProvider):
+class PaperspaceProvider(VMProvider):
     """Paperspace machines. Settings: base_url (default https://api.paperspace.com/v1), template_id (OS template,
     required), disk_size_gb, public_ip_type, cancel_action (delete|stop), page_size, ssh_key_path/ssh_user/ssh_command
     (outcome and logs over SSH), remote_root, use_docker."""
@@ -42,22 +45,23 @@ class PaperspaceProvider(HTTPProvider):
     name = "paperspace"
     default_base_url = "https://api.paperspace.com/v1"
     capabilities = ProviderCapabilities(spot=False, live_logs=False, artifacts=False)
+    noun = "machine"
+    display_name = "Paperspace"
+    launch_verb = "create"
+    default_ssh_user = "paperspace"
 
     def __init__(self, settings: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
-        s = self.settings
-        self.template_id = s.str("template_id")
-        self.disk_size_gb = s.int("disk_size_gb", 100, minimum=1)
-        self.public_ip_type = s.str("public_ip_type", "dynamic")
-        self.cancel_action = s.str("cancel_action", "delete")
+        self.template_id = self.settings.str("template_id")
+        self.disk_size_gb = self.settings.int("disk_size_gb", 100, minimum=1)
+        self.public_ip_type = self.settings.str("public_ip_type", "dynamic")
+        self.cancel_action = self.settings.str("cancel_action", "delete")
         if self.cancel_action not in ("delete", "stop"):
             raise ValueError(f"paperspace.cancel_action: must be delete or stop, got {self.cancel_action!r}")
-        self.page_size = s.int("page_size", 50, minimum=1)
-        self.remote_root = s.str("remote_root", remote.DEFAULT_REMOTE_ROOT)
-        self.use_docker = s.bool("use_docker", True)
-        self.probe = remote.probe_from_settings(s, "paperspace")
-        if self.probe is not None:
-            self.capabilities = ProviderCapabilities(spot=False, live_logs=True, artifacts=False)
+        self.page_size = self.settings.int("page_size", 50, minimum=1)
+        self.remote_root = self.settings.str("remote_root", remote.DEFAULT_REMOTE_ROOT)
+        self.use_docker = self.settings.bool("use_docker", True)
+        self.attach_probe()
 
     @staticmethod
     def map_error(status: int, body: Any, text: str) -> tuple[K, str]:
@@ -137,45 +141,37 @@ class PaperspaceProvider(HTTPProvider):
 
     async def submit(self, spec: LaunchSpec) -> RunHandle:
         """POST /startup-scripts (run once) then POST /machines {..., startupScriptId, startOnCreate: true}."""
-        script_body, body, problems = self._launch_plan(spec)
+        script_body, machine_body, problems = self._launch_plan(spec)
         self.refuse(problems)
-        name = body["name"]
         answer = await self.http.request("POST", "/startup-scripts", json_body=script_body, idempotent=False)
         script_id = self._id_of(answer)
         if not script_id:
             raise self.error(K.MALFORMED_RESPONSE, "POST /startup-scripts answered no id")
-        data = {"name": name, "run_dir": remote.run_dir(spec, self.remote_root), "startup_script_id": script_id}
-        body["startupScriptId"] = script_id
-        try:
-            answer = await self.http.request("POST", "/machines", json_body=body, idempotent=False)
-            machine_id = self._id_of(answer)
-            if not machine_id:
-                raise self.error(K.MALFORMED_RESPONSE, "POST /machines answered no id")
-        except ProviderError as exc:
-            found = await remote.adopt_after_lost_reply(exc, lambda: self._find_by_name(name))
-            if found is not None:
-                log.warning("paperspace: create %s answered %s but machine %s exists: adopting it", name,
-                            exc.kind.value, found["id"])
-                return RunHandle(self.name, str(found["id"]), data)
-            await self._delete_script(script_id)
-            raise
-        return RunHandle(self.name, machine_id, data)
+        data = self._handle_data(spec)
+        data["startup_script_id"] = script_id
+        machine_body["startupScriptId"] = script_id
+        return await self.launch_or_adopt(machine_body["name"], data, lambda: self._create_machine(machine_body), str,
+                                          on_failure=lambda: self._delete_script(script_id))
 
-    async def find(self, spec: LaunchSpec) -> RunHandle | None:
-        """The machine named crucible-<job>-<attempt>, if any (re-attachment after a crash)."""
-        machine = await self._find_by_name(remote.run_name(spec))
-        if machine is None:
-            return None
+    async def _create_machine(self, body: Mapping[str, Any]) -> str:
+        """POST /machines; the new machine's id (an answer without one is MALFORMED_RESPONSE, so it is looked up)."""
+        answer = await self.http.request("POST", "/machines", json_body=body, idempotent=False)
+        machine_id = self._id_of(answer)
+        if not machine_id:
+            raise self.error(K.MALFORMED_RESPONSE, "POST /machines answered no id")
+        return machine_id
+
+    def _handle_data(self, spec: LaunchSpec, found: Machine | None = None) -> dict[str, Any]:
         data = {"name": remote.run_name(spec), "run_dir": remote.run_dir(spec, self.remote_root)}
-        if machine.get("startupScriptId"):
-            data["startup_script_id"] = str(machine["startupScriptId"])
-        return RunHandle(self.name, str(machine["id"]), data)
+        if found is not None and found.get("startupScriptId"):
+            data["startup_script_id"] = str(found["startupScriptId"])
+        return data
 
-    async def _find_by_name(self, name: str) -> Mapping[str, Any] | None:
-        async for machine in self.list_machines(name):
-            if machine.get("id"):
-                return machine
-        return None
+    def _machines_named(self, name: str) -> AsyncIterator[Machine]:
+        return self.list_machines(name)
+
+    def _is_live(self, machine: Machine) -> bool:
+        return bool(machine.get("id"))
 
     async def _delete_script(self, script_id: str) -> None:
         try:
@@ -184,61 +180,39 @@ class PaperspaceProvider(HTTPProvider):
             if exc.kind is not K.NOT_FOUND:
                 log.warning("paperspace: startup script %s not deleted: %s", script_id, exc)
 
-    async def _machine(self, handle: RunHandle) -> Mapping[str, Any] | None:
-        try:
-            answer = await self.http.request("GET", f"/machines/{handle.ref}")
-        except ProviderError as exc:
-            if exc.kind is K.NOT_FOUND:
-                return None
-            raise
+    async def _fetch(self, ref: str) -> Machine | None:
+        """GET /machines/{id}."""
+        answer = await self.http.request("GET", f"/machines/{ref}")
         machine = answer.get("data", answer) if isinstance(answer, Mapping) else None
         if not isinstance(machine, Mapping) or not isinstance(machine.get("state"), str):
             raise self.error(K.MALFORMED_RESPONSE, "GET /machines/{id} lacks state")
         return machine
 
-    async def status(self, handle: RunHandle) -> RunStatus:
-        """GET /machines/{id}: provisioning/starting -> PROVISIONING, ready -> SSH probe (or RUNNING), off -> see README."""
-        machine = await self._machine(handle)
-        cancelled = handle.ref in self._cancelled
-        if machine is None:
-            if cancelled:
-                return RunStatus(RunState.CANCELLED)
-            raise self.error(K.NOT_FOUND, f"machine {handle.ref} is unknown to Paperspace")
+    def _phase(self, machine: Machine, handle: RunHandle) -> Phase:
+        """provisioning/starting/... -> PROVISIONING, ready/serviceready -> up (the SSH probe), off/stopping -> down."""
         state = machine["state"]
         if state in _PROVISIONING:
             return RunStatus(RunState.PROVISIONING, message=state)
         if state in ("ready", "serviceready"):
-            if self.probe is None:
-                return RunStatus(RunState.RUNNING, message=remote.NO_PROBE)
-            ip = machine.get("publicIp")
-            if not ip:
-                return RunStatus(RunState.RUNNING, message="ready, no public ip (set public_ip_type)")
-            return await self.probe.outcome(str(ip), 22, handle.data.get("run_dir", ""))
+            return MachineUp(no_address=RunStatus(RunState.RUNNING, message="ready, no public ip (set public_ip_type)"))
         if state in ("off", "stopping"):
-            if cancelled:
-                return RunStatus(RunState.CANCELLED, message=state)
-            return RunStatus(RunState.PREEMPTED, message=f"machine {state} outside the scheduler (auto-shutdown or host)")
+            return MachineDown(state, f"machine {state} outside the scheduler (auto-shutdown or host)")
         raise self.error(K.MALFORMED_RESPONSE, f"unknown machine state {state!r}")
 
+    def _ssh_address(self, machine: Machine) -> tuple[str, int]:
+        ip = machine.get("publicIp")
+        return (str(ip), 22) if ip else ("", 0)
+
+    async def _terminate(self, ref: str) -> None:
+        """DELETE /machines/{id}, or PATCH /machines/{id}/stop with cancel_action=stop."""
+        if self.cancel_action == "stop":
+            await self.http.request("PATCH", f"/machines/{ref}/stop")
+        else:
+            await self.http.request("DELETE", f"/machines/{ref}")
+
     async def cancel(self, handle: RunHandle) -> None:
-        """DELETE /machines/{id} (or PATCH .../stop with cancel_action=stop), then delete the startup script."""
-        self._cancelled.add(handle.ref)
-        try:
-            if self.cancel_action == "stop":
-                await self.http.request("PATCH", f"/machines/{handle.ref}/stop")
-            else:
-                await self.http.request("DELETE", f"/machines/{handle.ref}")
-        except ProviderError as exc:
-            if exc.kind is not K.NOT_FOUND:
-                raise
+        """Delete (or stop) the machine, then, with cancel_action=delete, its startup script."""
+        await super().cancel(handle)
         script_id = handle.data.get("startup_script_id")
         if script_id and self.cancel_action == "delete":
             await self._delete_script(str(script_id))
-
-    async def read_logs(self, handle: RunHandle, stream: str, offset: int) -> LogChunk:
-        """Log bytes over SSH when ssh_key_path is set (Paperspace has no log API for machines); otherwise empty."""
-        if self.probe is None:
-            return LogChunk(stream, offset, b"", offset)
-        machine = await self._machine(handle)
-        ip = str(machine.get("publicIp") or "") if machine else ""
-        return await remote.read_remote_log(self.probe, ip, 22, handle.data.get("run_dir", ""), stream, offset)

@@ -10,38 +10,18 @@ import base64
 import dataclasses
 import re
 import shlex
-from collections.abc import Awaitable, Callable
+from shlex import quote
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
 
 from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import ProviderError
-from crucible.scheduler.providers.base import ProviderErrorKind
 from crucible.scheduler.providers.base import LogChunk
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
 from crucible.scheduler.providers.http import Settings
 from crucible.scheduler.storage import check_relative
 
-T = TypeVar("T")
-
 DEFAULT_REMOTE_ROOT = "/var/tmp/crucible"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-async def adopt_after_lost_reply(exc: ProviderError, find: Callable[[], Awaitable[T | None]]) -> T | None:
-    """After a launch call failed, the run it may still have created, looked up by its name.
-
-    Only a lost or unreadable reply (TRANSIENT, MALFORMED_RESPONSE) can hide a launch that happened; for those the run
-    is looked up so it is adopted rather than launched twice. None means: no such run (or another error kind), so the
-    launch really failed and the caller re-raises.
-    """
-    if exc.kind not in (ProviderErrorKind.TRANSIENT, ProviderErrorKind.MALFORMED_RESPONSE):
-        return None
-    try:
-        return await find()
-    except ProviderError:
-        return None
 
 
 def job_slug(job_id: str) -> str:
@@ -105,14 +85,13 @@ def fetch_script(spec: LaunchSpec, work: str) -> str:
     The code archive is downloaded with the presigned URL, checked against its SHA-256, listed first and refused if a
     member is absolute or has a `..` component, then unpacked by GNU tar without restoring owners. Each input is
     downloaded to its relative path (checked here, as the engine did)."""
-    q = shlex.quote
-    lines = [FETCH_FUNCTION, "set -e", f"mkdir -p {q(work)}", f"cd {q(work)}"]
+    lines = [FETCH_FUNCTION, "set -e", f"mkdir -p {quote(work)}", f"cd {quote(work)}"]
     if spec.code_url:
         if not re.fullmatch(r"[0-9a-f]{64}|<[^\n'\"]*>", spec.code_sha256):  # <...>: a dry-run placeholder
             raise ValueError("code_url needs the archive's lowercase hex SHA-256")
         lines += [
             'CODE_TGZ="$(mktemp)"',
-            f'crucible_fetch {q(spec.code_url)} "$CODE_TGZ"',
+            f'crucible_fetch {quote(spec.code_url)} "$CODE_TGZ"',
             f'echo "{spec.code_sha256}  $CODE_TGZ" | sha256sum -c --status - || '
             '{ echo "[crucible] the code archive does not match its SHA-256" >&2; exit 1; }',
             "if tar -tzf \"$CODE_TGZ\" | grep -Eq '^/|(^|/)[.][.](/|$)'; then "
@@ -122,7 +101,7 @@ def fetch_script(spec: LaunchSpec, work: str) -> str:
         ]
     for rel, url in spec.input_urls:
         rel = check_relative(rel)
-        lines += [f"mkdir -p {q(str(PurePosixPath(rel).parent))}", f"crucible_fetch {q(url)} {q(rel)}"]
+        lines += [f"mkdir -p {quote(str(PurePosixPath(rel).parent))}", f"crucible_fetch {quote(url)} {quote(rel)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -137,31 +116,31 @@ def wrapper_script(spec: LaunchSpec, folder: str, *, export_env: bool = True, do
     """
     if not spec.command:
         raise ValueError("command must not be empty")
-    q = shlex.quote
     fetch = needs_fetch(spec)
-    lines = ["#!/bin/bash", f"# crucible job {spec.job_id} attempt {spec.attempt}", "set -u", f"RUN_DIR={q(folder)}",
+    lines = ["#!/bin/bash", f"# crucible job {spec.job_id} attempt {spec.attempt}", "set -u", f"RUN_DIR={quote(folder)}",
              'mkdir -p "$RUN_DIR" && chmod 755 "$RUN_DIR"',
              'if [ -e "$RUN_DIR/exit_code" ] || [ -e "$RUN_DIR/interrupted" ]; then exit 0; fi',
              'if [ -e "$RUN_DIR/started" ]; then date +%s > "$RUN_DIR/interrupted"; exit 0; fi',
              'date +%s > "$RUN_DIR/started"']
     if export_env:
-        lines += [f"export {k}={q(v)}" for k, v in sorted(job_env(spec).items())]
+        lines += [f"export {k}={quote(v)}" for k, v in sorted(job_env(spec).items())]
     work = f"{folder}/work"
     if fetch:
         encoded = base64.b64encode(fetch_script(spec, work).encode()).decode()
         lines += [f'if ! echo {encoded} | base64 -d | bash 2>"$RUN_DIR/stderr.log" >"$RUN_DIR/stdout.log"; then',
-                  f'  echo "[crucible] could not fetch the job\'s code or inputs" >>"$RUN_DIR/stderr.log"',
-                  f'  echo {FETCH_FAILED} > "$RUN_DIR/exit_code.tmp" && mv "$RUN_DIR/exit_code.tmp" "$RUN_DIR/exit_code"',
-                  "  exit 0", "fi", f"cd {q(work)}"]
+                  '  echo "[crucible] could not fetch the job\'s code or inputs" >>"$RUN_DIR/stderr.log"',
+                  f'  echo {FETCH_FAILED} > "$RUN_DIR/exit_code.tmp" && '
+                  'mv "$RUN_DIR/exit_code.tmp" "$RUN_DIR/exit_code"',
+                  "  exit 0", "fi", f"cd {quote(work)}"]
     if spec.checkpoint_dir:
-        lines.append(f"mkdir -p {q(spec.checkpoint_dir)}")
-    argv = " ".join(q(a) for a in spec.command)
+        lines.append(f"mkdir -p {quote(spec.checkpoint_dir)}")
+    argv = " ".join(quote(a) for a in spec.command)
     if docker and spec.container_image:
         env_flags = " ".join(f"-e {k}" for k in sorted(job_env(spec)))
-        volume = f" -v {q(spec.checkpoint_dir)}:{q(spec.checkpoint_dir)}" if spec.checkpoint_dir else ""
+        volume = f" -v {quote(spec.checkpoint_dir)}:{quote(spec.checkpoint_dir)}" if spec.checkpoint_dir else ""
         if fetch:
-            volume = f" -v {q(work)}:{q(work)} -w {q(work)}"
-        argv = f"docker run --rm --gpus all --network host {env_flags}{volume} {q(spec.container_image)} {argv}"
+            volume = f" -v {quote(work)}:{quote(work)} -w {quote(work)}"
+        argv = f"docker run --rm --gpus all --network host {env_flags}{volume} {quote(spec.container_image)} {argv}"
     if spec.max_duration_s > 0:
         argv = f"timeout --kill-after=30 {int(spec.max_duration_s + 0.999)} {argv}"
     lines += [f'{argv} >"$RUN_DIR/stdout.log" 2>"$RUN_DIR/stderr.log" </dev/null',
@@ -173,12 +152,11 @@ def wrapper_script(spec: LaunchSpec, folder: str, *, export_env: bool = True, do
 def boot_script(wrapper: str, folder: str) -> str:
     """A boot-time script (cloud-init user data, Paperspace startup script) that starts the wrapper detached."""
     encoded = base64.b64encode(wrapper.encode()).decode()
-    q = shlex.quote
     return ("#!/bin/bash\n"
-            f"mkdir -p {q(folder)}\n"
-            f"echo {encoded} | base64 -d > {q(folder + '/run.sh')}\n"
-            f"chmod 755 {q(folder + '/run.sh')}\n"
-            f"nohup setsid bash {q(folder + '/run.sh')} >/dev/null 2>&1 &\n")
+            f"mkdir -p {quote(folder)}\n"
+            f"echo {encoded} | base64 -d > {quote(folder + '/run.sh')}\n"
+            f"chmod 755 {quote(folder + '/run.sh')}\n"
+            f"nohup setsid bash {quote(folder + '/run.sh')} >/dev/null 2>&1 &\n")
 
 
 def boot_plan(spec: LaunchSpec, root: str, *, docker: bool) -> tuple[str, str, str]:
@@ -262,10 +240,12 @@ class SSHProbe:
 
     async def outcome(self, host: str, port: int, folder: str) -> RunStatus:
         """RUNNING, SUCCEEDED/FAILED with the exit code, PREEMPTED after an interrupting reboot, or UNKNOWN."""
-        d = shlex.quote(folder)
-        rc, out, err = await self.run(host, port, f"if [ -e {d}/exit_code ]; then echo exit $(cat {d}/exit_code); "
-                                                  f"elif [ -e {d}/interrupted ]; then echo interrupted; "
-                                                  f"elif [ -e {d}/started ]; then echo running; else echo waiting; fi")
+        run_folder = quote(folder)
+        rc, out, err = await self.run(host, port, f"if [ -e {run_folder}/exit_code ]; then echo exit "
+                                                  f"$(cat {run_folder}/exit_code); "
+                                                  f"elif [ -e {run_folder}/interrupted ]; then echo interrupted; "
+                                                  f"elif [ -e {run_folder}/started ]; then echo running; "
+                                                  "else echo waiting; fi")
         if rc != 0:
             return RunStatus(RunState.UNKNOWN, message=f"ssh probe failed (status {rc}): "
                                                        f"{err.decode(errors='replace').strip()[:200]}")
@@ -292,7 +272,8 @@ class SSHProbe:
 
 
 def probe_from_settings(settings: Settings, default_user: str) -> SSHProbe | None:
-    """An SSHProbe from settings ssh_key_path (must exist), ssh_user, ssh_command, ssh_known_hosts; None without a key."""
+    """An SSHProbe from settings ssh_key_path (must exist), ssh_user, ssh_command, ssh_known_hosts; None without a
+    key."""
     key_path = settings.str("ssh_key_path")
     if not key_path:
         return None

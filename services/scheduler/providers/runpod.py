@@ -5,28 +5,27 @@ The job command runs as the container's start command (dockerArgs) under the wra
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from crucible.scheduler.providers import remote
 from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import LogChunk
 from crucible.scheduler.providers.base import OfferRef
 from crucible.scheduler.providers.base import ProviderCapabilities
-from crucible.scheduler.providers.base import ProviderError
 from crucible.scheduler.providers.base import ProviderErrorKind as K
 from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
-from crucible.scheduler.providers.http import HTTPProvider
 from crucible.scheduler.providers.http import LaunchPreview
 from crucible.scheduler.providers.http import kind_for_status
 from crucible.scheduler.providers.http import need
-
-log = logging.getLogger(__name__)
+from crucible.scheduler.providers.vm import Machine
+from crucible.scheduler.providers.vm import MachineDown
+from crucible.scheduler.providers.vm import MachineUp
+from crucible.scheduler.providers.vm import Phase
+from crucible.scheduler.providers.vm import VMProvider
 
 _POD_FIELDS = "id name desiredStatus costPerHr lastStatusChange"
 DEPLOY = ("mutation Deploy($input: PodFindAndDeployOnDemandInput!) { podFindAndDeployOnDemand(input: $input) { "
@@ -86,7 +85,7 @@ def graphql_error_kind(errors: list[Mapping[str, Any]]) -> K:
     return classify(messages, codes)
 
 
-class RunPodProvider(HTTPProvider):
+class RunPodProvider(VMProvider):
     """RunPod pods. Settings: base_url (default https://api.runpod.io), graphql_path, cloud_type (ALL|SECURE|COMMUNITY),
     image (default container image), container_disk_gb, volume_gb, volume_mount_path, bid_factor (spot bid = offer price
     per GPU x factor), ssh_key_path/ssh_user/ssh_command (outcome and logs over SSH), remote_root."""
@@ -94,29 +93,30 @@ class RunPodProvider(HTTPProvider):
     name = "runpod"
     default_base_url = "https://api.runpod.io"
     capabilities = ProviderCapabilities(spot=True, live_logs=False, artifacts=False)
+    noun = "pod"
+    display_name = "RunPod"
+    launch_verb = "deploy of"
+    default_ssh_user = "root"
 
     def __init__(self, settings: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
-        s = self.settings
-        self.graphql_path = s.str("graphql_path", "/graphql")
-        self.cloud_type = s.str("cloud_type", "ALL").upper()
+        self.graphql_path = self.settings.str("graphql_path", "/graphql")
+        self.cloud_type = self.settings.str("cloud_type", "ALL").upper()
         if self.cloud_type not in ("ALL", "SECURE", "COMMUNITY"):
             raise ValueError(f"runpod.cloud_type: must be ALL, SECURE or COMMUNITY, got {self.cloud_type!r}")
-        self.image = s.str("image", "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04")
-        self.container_disk_gb = s.int("container_disk_gb", 40, minimum=1)
-        self.volume_gb = s.int("volume_gb", 20)
-        self.volume_mount_path = s.str("volume_mount_path", "/workspace")
-        self.bid_factor = s.float("bid_factor", 1.0, minimum=0.01)
-        self.remote_root = s.str("remote_root", self.volume_mount_path.rstrip("/") + "/crucible")
-        self.probe = remote.probe_from_settings(s, "root")
+        self.image = self.settings.str("image", "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04")
+        self.container_disk_gb = self.settings.int("container_disk_gb", 40, minimum=1)
+        self.volume_gb = self.settings.int("volume_gb", 20)
+        self.volume_mount_path = self.settings.str("volume_mount_path", "/workspace")
+        self.bid_factor = self.settings.float("bid_factor", 1.0, minimum=0.01)
+        self.remote_root = self.settings.str("remote_root", self.volume_mount_path.rstrip("/") + "/crucible")
+        self.attach_probe()
         # The probe's public key is authorized in the pod next to the account's $PUBLIC_KEY (setting ssh_public_key,
         # or ssh_key_path + ".pub" when that file exists).
-        self.public_key = s.str("ssh_public_key")
+        self.public_key = self.settings.str("ssh_public_key")
         if not self.public_key and self.probe is not None:
             pub = Path(self.probe.key_path + ".pub")
             self.public_key = pub.read_text(encoding="utf-8").strip() if pub.is_file() else ""
-        if self.probe is not None:
-            self.capabilities = ProviderCapabilities(spot=True, live_logs=True, artifacts=False)
 
     @staticmethod
     def map_error(status: int, body: Any, text: str) -> tuple[K, str]:
@@ -142,12 +142,12 @@ class RunPodProvider(HTTPProvider):
         count = max(1, offer.gpu_count)
         cloud = self.cloud_type
         name = offer.instance_type or offer.gpu_name
-        m = _SKYPILOT_TYPE.fullmatch(name)
-        if m:
-            count, name, cloud = int(m.group(1)), m.group(2), m.group(3)
-        m = _COUNTED_ID.fullmatch(name)
-        if m:  # the cost catalog's "<count>x <gpuTypeId>"
-            count, name = int(m.group(1)), m.group(2)
+        skypilot = _SKYPILOT_TYPE.fullmatch(name)
+        if skypilot:
+            count, name, cloud = int(skypilot.group(1)), skypilot.group(2), skypilot.group(3)
+        counted = _COUNTED_ID.fullmatch(name)
+        if counted:  # the cost catalog's "<count>x <gpuTypeId>"
+            count, name = int(counted.group(1)), counted.group(2)
         if name in GPU_TYPE_IDS:
             return GPU_TYPE_IDS[name], count, cloud, ""
         if name in _KNOWN_IDS or name.startswith(("NVIDIA ", "AMD ", "Tesla ")):
@@ -177,7 +177,7 @@ class RunPodProvider(HTTPProvider):
             problems.append(str(exc))
         if self.public_key:
             env[remote.EXTRA_PUBLIC_KEY_ENV] = self.public_key
-        inp: dict[str, Any] = {
+        pod_input: dict[str, Any] = {
             "name": name, "imageName": spec.container_image or self.image, "gpuTypeId": gpu_type,
             "cloudType": cloud_type, "gpuCount": gpu_count, "volumeInGb": self.volume_gb,
             "containerDiskInGb": self.container_disk_gb, "volumeMountPath": self.volume_mount_path,
@@ -185,71 +185,61 @@ class RunPodProvider(HTTPProvider):
             "ports": "22/tcp", "supportPublicIp": True}
         region = spec.offer.region
         if _DATA_CENTER.fullmatch(region):
-            inp["dataCenterId"] = region
+            pod_input["dataCenterId"] = region
         elif _COUNTRY.fullmatch(region):
-            inp["countryCode"] = region
+            pod_input["countryCode"] = region
         elif region:
-            problems.append(f"offer region {region!r} is neither a RunPod data center id (US-TX-1) nor a country code (US)")
+            problems.append(f"offer region {region!r} is neither a RunPod data center id (US-TX-1) "
+                            "nor a country code (US)")
         if spec.offer.spot:
             if spec.offer.price_usd_per_hour <= 0:
                 problems.append("a spot offer needs price_usd_per_hour to derive bidPerGpu")
             else:
-                inp["bidPerGpu"] = round(spec.offer.price_usd_per_hour / gpu_count * self.bid_factor, 4)
-            return DEPLOY_SPOT, "podRentInterruptable", inp, problems
-        return DEPLOY, "podFindAndDeployOnDemand", inp, problems
+                pod_input["bidPerGpu"] = round(spec.offer.price_usd_per_hour / gpu_count * self.bid_factor, 4)
+            return DEPLOY_SPOT, "podRentInterruptable", pod_input, problems
+        return DEPLOY, "podFindAndDeployOnDemand", pod_input, problems
 
     def describe_launch(self, spec: LaunchSpec) -> LaunchPreview:
         """The deploy mutation exactly as submit() posts it: {"query", "variables": {"input"}} (the key redacted)."""
-        query, _field, inp, problems = self._deploy_plan(spec)
-        body = {"query": query, "variables": {"input": inp}}
+        query, _field, pod_input, problems = self._deploy_plan(spec)
+        body = {"query": query, "variables": {"input": pod_input}}
         return LaunchPreview(self.name, (self.preview_request("POST", self.graphql_path, body),), tuple(problems))
 
     async def submit(self, spec: LaunchSpec) -> RunHandle:
         """podFindAndDeployOnDemand (or podRentInterruptable with bidPerGpu when the offer is spot)."""
-        query, field, inp, problems = self._deploy_plan(spec)
+        query, field, pod_input, problems = self._deploy_plan(spec)
         self.refuse(problems)
-        name = inp["name"]
-        folder = remote.run_dir(spec, self.remote_root)
-        data = {"name": name, "run_dir": folder, "spot": spec.offer.spot}
-        try:
-            answer = await self._gql(query, {"input": inp}, idempotent=False)
-        except ProviderError as exc:
-            found = await remote.adopt_after_lost_reply(exc, lambda: self._find_by_name(name))
-            if found is None:
-                raise
-            log.warning("runpod: deploy of %s answered %s but pod %s exists: adopting it", name, exc.kind.value, found)
-            return RunHandle(self.name, found, data)
-        pod = need(self.http, answer, field)
-        pod_id = pod.get("id") if isinstance(pod, Mapping) else None
-        if not isinstance(pod_id, str) or not pod_id:
-            raise self.error(K.MALFORMED_RESPONSE, f"{field} answered no pod id")
-        return RunHandle(self.name, pod_id, data)
 
-    async def find(self, spec: LaunchSpec) -> RunHandle | None:
-        """The pod named crucible-<job>-<attempt> that is not terminated, if any (re-attachment after a crash)."""
-        found = await self._find_by_name(remote.run_name(spec))
-        if found is None:
-            return None
-        return RunHandle(self.name, found, {"name": remote.run_name(spec), "spot": spec.offer.spot,
-                                            "run_dir": remote.run_dir(spec, self.remote_root)})
+        def launched_id(answer: Any) -> str:
+            pod = need(self.http, answer, field)
+            pod_id = pod.get("id") if isinstance(pod, Mapping) else None
+            if not isinstance(pod_id, str) or not pod_id:
+                raise self.error(K.MALFORMED_RESPONSE, f"{field} answered no pod id")
+            return pod_id
 
-    async def _find_by_name(self, name: str) -> str | None:
+        return await self.launch_or_adopt(pod_input["name"], self._handle_data(spec),
+                                          lambda: self._gql(query, {"input": pod_input}, idempotent=False), launched_id)
+
+    def _handle_data(self, spec: LaunchSpec, found: Machine | None = None) -> dict[str, Any]:
+        return {"name": remote.run_name(spec), "run_dir": remote.run_dir(spec, self.remote_root),
+                "spot": spec.offer.spot}
+
+    async def _machines_named(self, name: str) -> AsyncIterator[Machine]:
+        """myself.pods (every pod of the account; the query cannot filter by name)."""
         answer = await self._gql(MY_PODS, {})
         pods = answer.get("myself", {}).get("pods") if isinstance(answer.get("myself"), Mapping) else None
         if not isinstance(pods, list):
             raise self.error(K.MALFORMED_RESPONSE, "myself.pods is not a list")
         for pod in pods:
-            if isinstance(pod, Mapping) and pod.get("name") == name and pod.get("desiredStatus") != "TERMINATED":
-                return str(pod.get("id"))
-        return None
+            if isinstance(pod, Mapping):
+                yield pod
 
-    async def _pod(self, handle: RunHandle) -> Mapping[str, Any] | None:
-        try:
-            answer = await self._gql(POD, {"input": {"podId": handle.ref}})
-        except ProviderError as exc:
-            if exc.kind is K.NOT_FOUND:
-                return None
-            raise
+    def _is_live(self, machine: Machine) -> bool:
+        return machine.get("desiredStatus") != "TERMINATED"
+
+    async def _fetch(self, ref: str) -> Machine | None:
+        """pod(podId); None when RunPod answers `pod: null`."""
+        answer = await self._gql(POD, {"input": {"podId": ref}})
         if "pod" not in answer:
             raise self.error(K.MALFORMED_RESPONSE, "answer lacks `pod`")
         pod = answer["pod"]
@@ -259,56 +249,30 @@ class RunPodProvider(HTTPProvider):
             raise self.error(K.MALFORMED_RESPONSE, "pod lacks desiredStatus")
         return pod
 
-    @staticmethod
-    def _ssh_address(pod: Mapping[str, Any]) -> tuple[str, int]:
-        runtime = pod.get("runtime")
+    def _ssh_address(self, machine: Machine) -> tuple[str, int]:
+        """The public ip and port mapped to the pod's port 22."""
+        runtime = machine.get("runtime")
         ports = runtime.get("ports") if isinstance(runtime, Mapping) else None
         for port in ports if isinstance(ports, list) else []:
             if isinstance(port, Mapping) and port.get("privatePort") == 22 and port.get("isIpPublic") and port.get("ip"):
                 return str(port["ip"]), int(port.get("publicPort") or 22)
         return "", 0
 
-    async def status(self, handle: RunHandle) -> RunStatus:
-        """pod(podId): RUNNING without runtime -> PROVISIONING; with runtime -> SSH probe (or RUNNING); EXITED/TERMINATED
-        without our cancel -> PREEMPTED (the wrapper keeps the container alive after the command)."""
-        pod = await self._pod(handle)
-        cancelled = handle.ref in self._cancelled
-        if pod is None:
-            if cancelled:
-                return RunStatus(RunState.CANCELLED)
-            raise self.error(K.NOT_FOUND, f"pod {handle.ref} is unknown to RunPod")
-        desired = pod["desiredStatus"]
+    def _phase(self, machine: Machine, handle: RunHandle) -> Phase:
+        """desiredStatus RUNNING without runtime -> PROVISIONING; with runtime -> up (the SSH probe); EXITED/TERMINATED
+        -> down (the wrapper keeps the container alive after the command, so only an interruption stops it)."""
+        desired = machine["desiredStatus"]
         if desired in ("CREATED", "RESTARTING"):
             return RunStatus(RunState.PROVISIONING, message=desired.lower())
         if desired == "RUNNING":
-            if not isinstance(pod.get("runtime"), Mapping):
+            if not isinstance(machine.get("runtime"), Mapping):
                 return RunStatus(RunState.PROVISIONING, message="pulling image / starting container")
-            if self.probe is None:
-                return RunStatus(RunState.RUNNING, message=remote.NO_PROBE)
-            host, port = self._ssh_address(pod)
-            if not host:
-                return RunStatus(RunState.RUNNING, message="no public ssh port yet")
-            return await self.probe.outcome(host, port, handle.data.get("run_dir", ""))
+            return MachineUp(no_address=RunStatus(RunState.RUNNING, message="no public ssh port yet"))
         if desired in ("EXITED", "TERMINATED"):
-            if cancelled:
-                return RunStatus(RunState.CANCELLED, message=desired.lower())
             why = "spot pod interrupted" if handle.data.get("spot") else "pod stopped outside the scheduler"
-            return RunStatus(RunState.PREEMPTED, message=f"{why} ({pod.get('lastStatusChange') or desired})")
+            return MachineDown(desired.lower(), f"{why} ({machine.get('lastStatusChange') or desired})")
         raise self.error(K.MALFORMED_RESPONSE, f"unknown desiredStatus {desired!r}")
 
-    async def cancel(self, handle: RunHandle) -> None:
-        """podTerminate; a pod RunPod no longer knows counts as terminated."""
-        self._cancelled.add(handle.ref)
-        try:
-            await self._gql(TERMINATE, {"input": {"podId": handle.ref}})
-        except ProviderError as exc:
-            if exc.kind is not K.NOT_FOUND:
-                raise
-
-    async def read_logs(self, handle: RunHandle, stream: str, offset: int) -> LogChunk:
-        """Log bytes over SSH when ssh_key_path is set (RunPod's GraphQL has no log query); otherwise empty."""
-        if self.probe is None:
-            return LogChunk(stream, offset, b"", offset)
-        pod = await self._pod(handle)
-        host, port = self._ssh_address(pod) if pod else ("", 0)
-        return await remote.read_remote_log(self.probe, host, port, handle.data.get("run_dir", ""), stream, offset)
+    async def _terminate(self, ref: str) -> None:
+        """podTerminate."""
+        await self._gql(TERMINATE, {"input": {"podId": ref}})
