@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import json_format
 
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from crucible.clients.channel import add_connection_arguments, cli_channel_config, open_channel
 from crucible.mesh import format_table
+from crucible.runtime.convert import duration_from_seconds
 from crucible.runtime.errors import parse_status_details
 
 SERVICE = "crucible.scheduler.v1.SchedulerService"
@@ -34,14 +35,6 @@ POLICIES = {"explicit": job_pb2.PROVIDER_POLICY_EXPLICIT, "cheapest": job_pb2.PR
 def state_name(state: int) -> str:
     """'RUNNING' for JOB_STATE_RUNNING."""
     return job_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
-
-
-def _duration(seconds: float | None) -> duration_pb2.Duration | None:
-    if seconds is None:
-        return None
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
 
 
 def _money(job: job_pb2.Job) -> tuple[str, str]:
@@ -133,7 +126,7 @@ def _spec(args: argparse.Namespace) -> job_pb2.JobSpec:
             raise SystemExit(f"crucible jobs submit: --code-dir: {err}") from None
     for field, value in (("max_duration", args.max_duration), ("expected_duration", args.expected_duration)):
         if value is not None:
-            getattr(spec, field).CopyFrom(_duration(value))
+            getattr(spec, field).CopyFrom(duration_from_seconds(value))
     if args.max_cost is not None:
         spec.max_cost_usd = args.max_cost
     if args.max_price is not None:

@@ -8,10 +8,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crucible.runtime.config import ServerConfig, setting
 from crucible.runtime.errors import ConfigError
 from crucible.scheduler.storage import StoreSettings, default_store_url
+
+if TYPE_CHECKING:
+    from crucible.clients.channel import ChannelConfig
 
 ALL_PROVIDERS = ("local", "dryrun", "kubernetes", "lambda", "runpod", "paperspace", "replicate", "modal", "colab")
 
@@ -36,6 +40,13 @@ class SchedulerConfig(ServerConfig):
         "with cost reported as unknown."
     )
     cost_timeout_s: float = setting(5.0, "Deadline of each call to the cost service, in seconds.")
+    cost_token_file: str = setting(
+        "", "File whose first line is the bearer token sent to the cost service. Empty: the scheduler's own token "
+        "(auth_token / auth_token_file, e.g. CRUCIBLE_AUTH_TOKEN_FILE, which a mesh shares), or none."
+    )
+    cost_tls: bool = setting(False, "Reach the cost service over TLS (system roots unless cost_ca_file is set).")
+    cost_ca_file: str = setting("", "PEM CA bundle that signed the cost service's certificate; implies cost_tls.")
+    cost_tls_server_name: str = setting("", "Name checked against the cost service's certificate; empty: its host.")
     providers: tuple[str, ...] = setting(ALL_PROVIDERS, "Providers the scheduler may launch on (comma-separated).")
     provider_settings_file: str = setting(
         "", "JSON file of per-provider settings, e.g. {\"lambda\": {\"base_url\": \"...\"}, \"dryrun\": {\"duration_s\": \"1\"}}."
@@ -132,9 +143,27 @@ class SchedulerConfig(ServerConfig):
         for root in self.input_roots:
             if not root.startswith(("file:///", "s3://")):
                 raise ConfigError("input_roots", f"{root!r} must be file:///folder or s3://bucket/prefix")
+        for name in ("cost_token_file", "cost_ca_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(name, f"file not found: {path}")
         for root in self.code_roots:
             if not Path(root).expanduser().is_dir():
                 raise ConfigError("code_roots", f"{root!r} is not a folder")
+
+    def cost_channel_config(self) -> ChannelConfig:
+        """How the scheduler reaches the cost service: cost_address with its own deadline, token and TLS settings."""
+        from crucible.clients.channel import ChannelConfig  # grpc: not needed by `crucible up` reading the config
+
+        if self.cost_token_file:
+            token = Path(self.cost_token_file).read_text(encoding="utf-8").splitlines()[0].strip()
+        else:
+            token = self.bearer_token()
+        return ChannelConfig(
+            addresses=(self.cost_address,), token=token, tls=self.cost_tls or bool(self.cost_ca_file),
+            root_certificates=Path(self.cost_ca_file).read_bytes() if self.cost_ca_file else None,
+            tls_server_name=self.cost_tls_server_name, timeout_s=self.cost_timeout_s,
+        )
 
     def resolved_state_dir(self) -> Path:
         """The state folder, defaults applied."""

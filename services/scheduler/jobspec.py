@@ -1,6 +1,6 @@
 """Checks of a JobSpec before anything is stored: every bad field gets INVALID_ARGUMENT naming it (and its index).
 
-Also the spec digest used for idempotency and the safe unpacking of a code archive.
+Also the spec digest used for idempotency, the durations a spec implies, and the safe unpacking of a code archive.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 
 from crucible.api.scheduler.v1 import job_pb2
+from crucible.runtime.convert import seconds
 from crucible.runtime.errors import InvalidArgument, NotFound
 from crucible.runtime.validation import duration_ns
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SCOPE = re.compile(r"^(global|[a-z0-9_.-]+:[a-z0-9_.-]+)$")
-P = job_pb2.ProviderPolicy
+ProviderPolicy = job_pb2.ProviderPolicy
 MAX_REQUEST_ID = 128
 IGNORED_DIRS = frozenset({".git", "__pycache__", ".venv"})  # left out of a copied or packed code folder, as are *.pyc
 MAX_CODE_DIR_CHARS = 4096
@@ -34,6 +35,20 @@ MAX_GIB = 1 << 20  # 1 PiB: far past any machine, low enough that no arithmetic 
 def spec_sha256(spec: job_pb2.JobSpec) -> str:
     """Digest of the spec as given (code archive included), for request-id idempotency."""
     return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
+
+
+def expected_seconds(spec: job_pb2.JobSpec) -> float:
+    """How long the job is expected to run (offers and estimates): expected_duration, else max_duration, else 1 hour."""
+    if spec.HasField("expected_duration"):
+        return seconds(spec.expected_duration)
+    if spec.HasField("max_duration"):
+        return seconds(spec.max_duration)
+    return 3600.0
+
+
+def max_duration_seconds(spec: job_pb2.JobSpec, default_s: float) -> float:
+    """The job's running-time limit: max_duration, else `default_s` (the scheduler's default_max_duration_s)."""
+    return seconds(spec.max_duration) if spec.HasField("max_duration") else default_s
 
 
 def relative_path_ok(path: str) -> bool:
@@ -89,13 +104,13 @@ def validate_spec(spec: job_pb2.JobSpec, request_id: str, known_providers: Colle
             value = getattr(spec, field)
             if value < 0 or math.isnan(value) or math.isinf(value):
                 raise InvalidArgument.field(f"spec.{field}", "must be a finite non-negative amount")
-    if spec.provider_policy == P.PROVIDER_POLICY_UNSPECIFIED:
+    if spec.provider_policy == ProviderPolicy.PROVIDER_POLICY_UNSPECIFIED:
         raise InvalidArgument.field("spec.provider_policy", "must be EXPLICIT, CHEAPEST, FASTEST or ORDERED")
-    if spec.provider_policy not in P.values():
+    if spec.provider_policy not in ProviderPolicy.values():
         raise InvalidArgument.field("spec.provider_policy", f"unknown value {spec.provider_policy}")
-    if spec.provider_policy == P.PROVIDER_POLICY_EXPLICIT and len(spec.providers) != 1:
+    if spec.provider_policy == ProviderPolicy.PROVIDER_POLICY_EXPLICIT and len(spec.providers) != 1:
         raise InvalidArgument.field("spec.providers", "EXPLICIT needs exactly one provider")
-    if spec.provider_policy == P.PROVIDER_POLICY_ORDERED and not spec.providers:
+    if spec.provider_policy == ProviderPolicy.PROVIDER_POLICY_ORDERED and not spec.providers:
         raise InvalidArgument.field("spec.providers", "ORDERED needs at least one provider")
     seen: set[str] = set()
     for i, name in enumerate(spec.providers):

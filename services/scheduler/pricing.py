@@ -1,7 +1,8 @@
 """Offers, estimates, admission and usage: the scheduler's side of the cost service, or a local fallback without one.
 
-`CostServicePricing` talks to crucible.cost.v1.CostService over gRPC; `UnpricedOfferSource` serves local and dryrun
-offers with cost unknown when no cost address is configured. `rank_offers` (pure) applies the job's provider policy.
+`CostServicePricing` talks to crucible.cost.v1.CostService over gRPC (address, token and TLS from the scheduler's own
+config); `UnpricedOfferSource` serves local and dryrun offers with cost unknown when no cost address is configured.
+Both are `OfferSource`s. `rank_offers` (pure) applies the job's provider policy.
 """
 
 from __future__ import annotations
@@ -13,19 +14,20 @@ import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
 
 from crucible.api.cost.v1 import budget_pb2, cost_service_pb2, cost_service_pb2_grpc, offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
-from crucible.clients.channel import open_channel
-from crucible.clients.mesh import MeshConfig
+from crucible.clients.channel import ChannelConfig, open_channel
+from crucible.runtime.convert import duration_from_seconds, timestamp_from_unix
 from crucible.runtime.errors import FailedPrecondition, NotFound, Unavailable, parse_status_details
+from crucible.scheduler.jobspec import expected_seconds
 
 log = logging.getLogger(__name__)
 
-P = job_pb2.ProviderPolicy
+ProviderPolicy = job_pb2.ProviderPolicy
 UNKNOWN_COST_NO_SERVICE = "unknown: no cost service configured"
 UNKNOWN_COST_NOT_IN_CATALOG = "unknown: the cost catalog has no offer for this provider"
 
@@ -57,6 +59,35 @@ class UsageResult:
     hard_budget_exhausted: str = ""  # "budget bud-1 (project:x) limit $5.00 reached" or ""
 
 
+class OfferSource(Protocol):
+    """Where the engine gets offers, estimates, admission and usage records (the cost service, or none)."""
+
+    @property
+    def known(self) -> bool:
+        """True when costs come from a cost service (usage is recorded), False when they are unknown."""
+        ...
+
+    async def candidates(self, spec: job_pb2.JobSpec, usable: Sequence[str], default_max_s: float) -> list[Candidate]:
+        """Offers the job may launch on, in launch order."""
+        ...
+
+    async def estimate(self, candidate: Candidate, seconds: float) -> tuple[float | None, list[str]]:
+        """(estimated total in USD or None when unknown, assumptions)."""
+        ...
+
+    async def admit(self, scope: str, estimated_usd: float | None, job_id: str) -> None:
+        """Raise FailedPrecondition when a hard budget refuses the job."""
+        ...
+
+    async def record(self, job_id: str, offer_id: str, scope: str, start_s: float, end_s: float) -> UsageResult | None:
+        """Record usage of [start, end); None when nothing was recorded."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
 def local_gpu_count() -> int:
     """GPUs the NVIDIA driver exposes on this host (0 without the driver)."""
     path = Path("/proc/driver/nvidia/gpus")
@@ -70,15 +101,6 @@ def offline_offer(provider: str, gpu_count: int, note: str) -> offer_pb2.Offer:
         offer_id=f"{provider}/{host}//on-demand", provider=provider, instance_type=host, gpu_count=gpu_count,
         vcpus=os.cpu_count() or 0, availability=offer_pb2.AVAILABILITY_AVAILABLE, price_source=note,
     )
-
-
-def expected_seconds(spec: job_pb2.JobSpec, default_max_s: float) -> float:
-    """expected_duration, else max_duration, else 1 hour."""
-    if spec.HasField("expected_duration"):
-        return spec.expected_duration.ToTimedelta().total_seconds()
-    if spec.HasField("max_duration"):
-        return spec.max_duration.ToTimedelta().total_seconds()
-    return 3600.0
 
 
 def offline_feasible(provider: str, spec: job_pb2.JobSpec, local_gpus: int) -> bool:
@@ -100,24 +122,12 @@ def rank_offers(candidates: Sequence[Candidate], spec: job_pb2.JobSpec) -> list[
     def cost(c: Candidate) -> float:
         return c.estimated_usd if c.estimated_usd is not None else math.inf
 
-    if spec.provider_policy == P.PROVIDER_POLICY_FASTEST:
+    if spec.provider_policy == ProviderPolicy.PROVIDER_POLICY_FASTEST:
         return sorted(out, key=lambda c: (-c.relative_speed, cost(c), c.offer.offer_id))
-    if spec.provider_policy in (P.PROVIDER_POLICY_EXPLICIT, P.PROVIDER_POLICY_ORDERED):
+    if spec.provider_policy in (ProviderPolicy.PROVIDER_POLICY_EXPLICIT, ProviderPolicy.PROVIDER_POLICY_ORDERED):
         order = {name: i for i, name in enumerate(spec.providers)}
         return sorted(out, key=lambda c: (order.get(c.provider, len(order)), cost(c), c.offer.offer_id))
     return sorted(out, key=lambda c: (cost(c), c.offer.offer_id))
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
-
-
-def _timestamp(unix_s: float) -> timestamp_pb2.Timestamp:
-    t = timestamp_pb2.Timestamp()
-    t.FromNanoseconds(int(unix_s * 1e9))
-    return t
 
 
 #: Providers whose launch API requires a region (Lambda: region_name, Paperspace: region).
@@ -145,7 +155,7 @@ class UnpricedOfferSource:
     async def admit(self, scope: str, estimated_usd: float | None, job_id: str) -> None:
         """No budgets without a cost service."""
 
-    async def record(self, *args: object, **kwargs: object) -> UsageResult | None:
+    async def record(self, job_id: str, offer_id: str, scope: str, start_s: float, end_s: float) -> UsageResult | None:
         """Nothing to record to."""
         return None
 
@@ -158,14 +168,13 @@ class CostServicePricing:
 
     known = True
 
-    def __init__(self, address: str, *, timeout_s: float = 5.0, local_gpus: int = 0) -> None:
-        self.address = address
-        self.timeout_s = timeout_s
+    def __init__(self, channel: ChannelConfig, *, local_gpus: int = 0) -> None:
+        """`channel`: the cost service's address, deadline, bearer token and TLS, from the scheduler's config
+        (`cost_channel_config()`: --cost-address, --cost-timeout-s, --cost-token-file, --cost-tls, --cost-ca-file)."""
+        self.address = ", ".join(channel.addresses)
+        self.timeout_s = channel.timeout_s
         self.local_gpus = local_gpus
-        # The SDK's channel: bearer token, TLS and retries (UNAVAILABLE, idempotent methods) from CRUCIBLE_CLIENT_* env,
-        # the same settings every other client of the mesh reads (deploy/README.md, tls-and-token component).
-        channel_config = dataclasses.replace(MeshConfig.from_env().services["cost"], addresses=(address,), timeout_s=timeout_s)
-        self._channel = open_channel(channel_config, "crucible.cost.v1.CostService")
+        self._channel = open_channel(channel, "crucible.cost.v1.CostService")
         self._stub = cost_service_pb2_grpc.CostServiceStub(self._channel)
 
     async def close(self) -> None:
@@ -178,10 +187,10 @@ class CostServicePricing:
 
     async def candidates(self, spec: job_pb2.JobSpec, usable: Sequence[str], default_max_s: float) -> list[Candidate]:
         """Feasible catalog offers of usable providers ranked by the cost service, plus unpriced local/dryrun offers."""
-        objective = (cost_service_pb2.OBJECTIVE_FASTEST if spec.provider_policy == P.PROVIDER_POLICY_FASTEST
+        objective = (cost_service_pb2.OBJECTIVE_FASTEST if spec.provider_policy == ProviderPolicy.PROVIDER_POLICY_FASTEST
                      else cost_service_pb2.OBJECTIVE_CHEAPEST)
         request = cost_service_pb2.CompareProvidersRequest(
-            requirements=spec.resources, duration=_duration(expected_seconds(spec, default_max_s)),
+            requirements=spec.resources, duration=duration_from_seconds(expected_seconds(spec)),
             spot_allowed=spec.spot_allowed, objective=objective,
         )
         if spec.HasField("max_cost_usd"):
@@ -210,7 +219,7 @@ class CostServicePricing:
             return None, [candidate.offer.price_source]
         try:
             reply = await self._stub.EstimateCost(
-                cost_service_pb2.EstimateCostRequest(offer_id=candidate.offer.offer_id, duration=_duration(seconds)),
+                cost_service_pb2.EstimateCostRequest(offer_id=candidate.offer.offer_id, duration=duration_from_seconds(seconds)),
                 timeout=self.timeout_s,
             )
         except grpc.aio.AioRpcError as err:
@@ -240,7 +249,7 @@ class CostServicePricing:
         try:
             reply = await self._stub.RecordUsage(
                 cost_service_pb2.RecordUsageRequest(job_id=job_id, offer_id=offer_id, scope=scope,
-                                                    start_time=_timestamp(start_s), end_time=_timestamp(end_s)),
+                                                    start_time=timestamp_from_unix(start_s), end_time=timestamp_from_unix(end_s)),
                 timeout=self.timeout_s,
             )
         except grpc.aio.AioRpcError as err:

@@ -20,7 +20,7 @@ from crucible.scheduler.config import SchedulerConfig
 from crucible.scheduler.engine import Engine, EngineSettings
 from crucible.scheduler.inputs import InputLimits
 from crucible.scheduler.jobspec import CodeLimits
-from crucible.scheduler.pricing import CostServicePricing, UnpricedOfferSource, local_gpu_count
+from crucible.scheduler.pricing import CostServicePricing, OfferSource, UnpricedOfferSource, local_gpu_count
 from crucible.scheduler.providers.base import Provider
 from crucible.scheduler.providers.credentials import protect_process
 from crucible.scheduler.providers.registry import ProviderRegistry
@@ -50,8 +50,8 @@ class SchedulerService(BaseService):
         if cfg.job_user:
             local["job_user"] = cfg.job_user
         registry = ProviderRegistry(cfg.providers, provider_settings, instances=self._providers)
-        pricing = (CostServicePricing(cfg.cost_address, timeout_s=cfg.cost_timeout_s, local_gpus=gpus) if cfg.cost_address
-                   else UnpricedOfferSource(gpus))
+        pricing: OfferSource = (CostServicePricing(cfg.cost_channel_config(), local_gpus=gpus) if cfg.cost_address
+                                else UnpricedOfferSource(gpus))
         store = AsyncJobStore(JobStore(cfg.resolved_database(), synchronous=cfg.sqlite_synchronous))
         settings = EngineSettings(
             state_dir=cfg.resolved_state_dir(), poll_interval_s=cfg.poll_interval_s, usage_interval_s=cfg.usage_interval_s,

@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 import grpc
 
 from crucible.api.scheduler.v1 import job_pb2, scheduler_service_pb2 as pb, scheduler_service_pb2_grpc
+from crucible.runtime.convert import timestamp_from_unix
 from crucible.runtime.errors import InvalidArgument, OutOfRange
 from crucible.scheduler import artifacts
 from crucible.scheduler.core import sizing
-from crucible.scheduler.engine import Engine, now_ts
+from crucible.scheduler.engine import Engine
 from crucible.scheduler.store import decode_page_token, decode_progress_token, encode_page_token, encode_progress_token
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["SchedulerService"]
@@ -119,7 +120,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             items = [i for i in items if i[0] > after]
         page = items[:size]
         out = pb.ListArtifactsResponse(artifacts=[
-            pb.Artifact(path=p, size_bytes=s, modify_time=now_ts(m), checkpoint=c) for p, s, m, c in page
+            pb.Artifact(path=p, size_bytes=s, modify_time=timestamp_from_unix(m), checkpoint=c) for p, s, m, c in page
         ])
         if len(items) > size:
             out.next_page_token = encode_page_token_path(page[-1][0])
@@ -221,7 +222,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         rows = await self.engine.store.list_progress(request.job_id, after_seq=after, limit=size + 1)
         page = rows[:size]
         out = pb.ListJobProgressResponse(
-            points=[pb.ProgressPoint(step=p.step, total_steps=p.total_steps, metrics=p.metrics, time=now_ts(p.time),
+            points=[pb.ProgressPoint(step=p.step, total_steps=p.total_steps, metrics=p.metrics, time=timestamp_from_unix(p.time),
                                      attempt=p.attempt) for _seq, p in page],
             resume_page_token=encode_progress_token(page[-1][0]) if page else request.page_token,
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from crucible.api.scheduler.v1 import job_pb2
+from crucible.runtime.convert import unix_seconds
 from crucible.scheduler.history import ProgressPoint
 from crucible.scheduler.jobstate import JobBookkeeping, JobRecord
 
@@ -77,7 +78,7 @@ class JobStore:
         j = rec.job
         return (
             j.job_id, rec.request_id or None, rec.spec_sha256, j.state, j.provider, j.spec.budget_scope,
-            j.create_time.ToNanoseconds() / 1e9, j.SerializeToString(), _meta_json(rec),
+            unix_seconds(j.create_time), j.SerializeToString(), _meta_json(rec),
         )
 
     def insert(self, rec: JobRecord) -> JobRecord:

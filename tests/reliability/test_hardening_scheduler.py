@@ -27,10 +27,10 @@ from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from crucible.clients.channel import ChannelConfig
 from crucible.clients.scheduler import SchedulerClient
 from crucible.runtime.config import load_config
+from crucible.runtime.convert import unix_seconds
 from crucible.runtime.errors import InvalidArgument, parse_status_details
 from crucible.scheduler import jobspec
 from crucible.scheduler.config import SchedulerConfig
-from crucible.scheduler.engine import ts_s
 from crucible.scheduler.providers.base import RunState, RunStatus
 from crucible.scheduler.server import create_server
 from tests.unit.test_scheduler_engine import FixedOffers, ScriptedProvider, make_engine, offer
@@ -346,8 +346,8 @@ async def test_a_run_that_ended_while_the_scheduler_was_down_is_billed_until_its
                 break
         assert job.state == S.JOB_STATE_SUCCEEDED
         a = job.attempts[-1]
-        assert ts_s(a.end_time) == pytest.approx(ended_at)
-        billed_s = ts_s(a.end_time) - ts_s(a.start_time)
+        assert unix_seconds(a.end_time) == pytest.approx(ended_at)
+        billed_s = unix_seconds(a.end_time) - unix_seconds(a.start_time)
         assert offers.spent[job.job_id] == pytest.approx(3.6 * billed_s / 3600)
         assert billed_s <= 30.0 + 1e-6
     finally:

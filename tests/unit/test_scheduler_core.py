@@ -18,8 +18,8 @@ from crucible.scheduler import jobspec
 from crucible.scheduler.core import sizing
 from crucible.scheduler.core import states as st
 from crucible.scheduler.core.progress import ProgressTracker, progress_line
-from crucible.scheduler.engine import utf8_cut
 from crucible.scheduler.jobstate import JobBookkeeping, JobRecord
+from crucible.scheduler.logmirror import utf8_cut
 from crucible.scheduler.pricing import Candidate, rank_offers
 from crucible.scheduler.store import JobStore, decode_page_token, encode_page_token
 
@@ -351,3 +351,29 @@ async def test_group_commit_isolates_a_failing_insert(tmp_path) -> None:
     assert failed == [4]  # the second use of request id "same" fails alone
     assert store.sync.count() == 7
     await store.close()
+
+
+# --- config ---------------------------------------------------------------------------------------------------------
+
+
+def test_cost_channel_comes_from_the_schedulers_own_settings(tmp_path) -> None:
+    """The cost address, token and TLS come from CRUCIBLE_SCHEDULER_* / flags, never from the SDK's CRUCIBLE_CLIENT_*."""
+    from crucible.runtime.config import load_config
+    from crucible.scheduler.config import SchedulerConfig
+
+    client_env = {"CRUCIBLE_CLIENT_TOKEN": "sdk-token", "CRUCIBLE_CLIENT_TLS": "1"}
+    shared = load_config(SchedulerConfig, "scheduler", env={**client_env, "CRUCIBLE_AUTH_TOKEN": "mesh-token",
+                                                            "CRUCIBLE_SCHEDULER_COST_ADDRESS": "127.0.0.1:1"})
+    channel = shared.cost_channel_config()
+    assert channel.addresses == ("127.0.0.1:1",) and channel.token == "mesh-token" and not channel.tls
+    assert channel.timeout_s == shared.cost_timeout_s
+    token_file, ca_file = tmp_path / "token", tmp_path / "ca.pem"
+    token_file.write_text("cost-token\n")
+    ca_file.write_bytes(b"PEM")
+    own = load_config(SchedulerConfig, "scheduler", env={
+        **client_env, "CRUCIBLE_SCHEDULER_COST_ADDRESS": "cost:50055", "CRUCIBLE_SCHEDULER_COST_TOKEN_FILE": str(token_file),
+        "CRUCIBLE_SCHEDULER_COST_CA_FILE": str(ca_file), "CRUCIBLE_SCHEDULER_COST_TLS_SERVER_NAME": "cost.internal"})
+    channel = own.cost_channel_config()
+    assert (channel.token, channel.tls, channel.root_certificates, channel.tls_server_name) == (
+        "cost-token", True, b"PEM", "cost.internal")
+    assert load_config(SchedulerConfig, "scheduler", env={}).cost_channel_config().token == ""

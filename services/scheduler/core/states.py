@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from crucible.api.scheduler.v1 import job_pb2
 
-S = job_pb2.JobState
-PENDING = S.JOB_STATE_PENDING
-PROVISIONING = S.JOB_STATE_PROVISIONING
-RUNNING = S.JOB_STATE_RUNNING
-RECOVERING = S.JOB_STATE_RECOVERING
-SUCCEEDED = S.JOB_STATE_SUCCEEDED
-FAILED = S.JOB_STATE_FAILED
-CANCELLING = S.JOB_STATE_CANCELLING
-CANCELLED = S.JOB_STATE_CANCELLED
-UNSPECIFIED = S.JOB_STATE_UNSPECIFIED
+JobState = job_pb2.JobState
+PENDING = JobState.JOB_STATE_PENDING
+PROVISIONING = JobState.JOB_STATE_PROVISIONING
+RUNNING = JobState.JOB_STATE_RUNNING
+RECOVERING = JobState.JOB_STATE_RECOVERING
+SUCCEEDED = JobState.JOB_STATE_SUCCEEDED
+FAILED = JobState.JOB_STATE_FAILED
+CANCELLING = JobState.JOB_STATE_CANCELLING
+CANCELLED = JobState.JOB_STATE_CANCELLED
+UNSPECIFIED = JobState.JOB_STATE_UNSPECIFIED
 
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
@@ -41,7 +41,7 @@ class IllegalTransition(Exception):
 
 def name(state: int) -> str:
     """Short upper-case name of a state, e.g. 'RUNNING'."""
-    return S.Name(state).removeprefix("JOB_STATE_")
+    return JobState.Name(state).removeprefix("JOB_STATE_")
 
 
 def is_terminal(state: int) -> bool:
