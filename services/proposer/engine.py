@@ -1,6 +1,6 @@
-"""The proposer's domain logic: models, batchers, request validation, Propose / CheckEquivalence / Embed / info.
-
-No grpc here: the servicer translates protobuf to these plain calls and back; errors are crucible.runtime.errors.
+"""The proposer's engine: loads the generator, embedder and optional NLI model, runs their batchers (start/stop/ready)
+and serves Propose / CheckEquivalence / Embed as plain calls. Request types and checks: requests.py; placement:
+placement.py. No gRPC here: the servicer translates protobuf to these calls and back.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import secrets
 import threading
 from collections.abc import Sequence
@@ -16,6 +15,20 @@ from typing import Any
 
 from crucible.proposer import cleaning, equivalence, generation, prompts
 from crucible.proposer.config import ProposerConfig
+from crucible.proposer.placement import plan_placement
+from crucible.proposer.requests import (
+    METHOD_COSINE,
+    METHOD_NLI,
+    METHOD_QUESTION,
+    CandidateResult,
+    EmbedResult,
+    EquivalenceResult,
+    ProposeResult,
+    ProposeSpec,
+    validate_pairs,
+    validate_propose,
+    validate_texts,
+)
 from crucible.runtime.batching import BatcherMetrics, BatchSettings, DynamicBatcher
 from crucible.runtime.errors import (
     DeadlineExceeded,
@@ -23,149 +36,9 @@ from crucible.runtime.errors import (
     InvalidArgument,
     Unavailable,
 )
-from crucible.runtime.validation import is_blank
 from prometheus_client import CollectorRegistry, Counter
 
 log = logging.getLogger(__name__)
-
-METHOD_COSINE = "embedding_cosine"
-METHOD_NLI = "nli_entailment"
-METHOD_QUESTION = "question"
-MIN_OPTIONS, MAX_OPTIONS = 2, 26
-
-
-@dataclasses.dataclass(frozen=True)
-class ProposeSpec:
-    """A Propose request in plain values. None means unset; `mode` None is UNSPECIFIED; n and max_new_tokens 0 = default."""
-
-    text: str
-    mode: str | None
-    options: tuple[str, ...] = ()
-    correct_option_index: int | None = None
-    n: int = 1
-    instruction: str = ""
-    temperature: float | None = None
-    top_p: float | None = None
-    max_new_tokens: int = 0
-    seed: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class CandidateResult:
-    """One kept rewrite: cleaned text, tokens generated (end token included) and finish reason (stop or length)."""
-
-    text: str
-    generated_tokens: int
-    finish: str
-
-
-@dataclasses.dataclass(frozen=True)
-class ProposeResult:
-    """What Propose returns: kept candidates, drop counts, the seed used, the exact prompt and the generator's identity.
-
-    `dropped` counts every dropped candidate by reason (cleaning.DROP_REASONS; only reasons that occurred).
-    """
-
-    candidates: list[CandidateResult]
-    dropped_empty: int
-    dropped_degenerate: int
-    seed: int
-    prompt: str
-    model: Any
-    dropped: dict[str, int] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class EquivalenceResult:
-    """Verdicts of one CheckEquivalence call with the method, threshold and model that produced them.
-
-    `similarity_method` is the method behind the scores (METHOD_QUESTION scores with NLI or cosine).
-    """
-
-    verdicts: list[equivalence.PairVerdict]
-    method: str
-    threshold: float
-    model: Any
-    similarity_method: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbedResult:
-    """Embeddings of one Embed call, their dimension and the embedding model's identity."""
-
-    embeddings: list[equivalence.EmbeddedText]
-    dimension: int
-    model: Any
-
-
-class _Violations:
-    """Collects every bad field of one request, then raises one INVALID_ARGUMENT naming them all."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str, str]] = []
-
-    def add(self, field: str, description: str, reason: str) -> None:
-        self.items.append((field, description, reason))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            message = "; ".join(f"{field}: {description}" for field, description, _ in self.items)
-            raise InvalidArgument(
-                message, field_violations=[(f, d) for f, d, _ in self.items], reason=self.items[0][2]
-            )
-
-
-def _blank(text: str) -> bool:
-    return is_blank(text)  # whitespace, zero-width, bidi, BOM and other invisible characters only
-
-
-def plan_placement(config: ProposerConfig) -> None:
-    """Refuse, before loading anything, models that together exceed the declared device memory (memory_limit_gb).
-
-    Sums the weight estimates of the generator (with its dtype and quantisation), the embedder and the NLI model,
-    adds the registry's headroom, and raises PlacementError with the breakdown. Nothing is checked when no memory
-    is declared (each load then checks the measured free memory).
-    """
-    if config.memory_limit_gb <= 0:
-        return
-    import transformers
-    from crucible.models import (
-        PlacementError,
-        count_parameters,
-        estimate_model_bytes,
-        resolve_model,
-        select_device,
-        select_dtype,
-    )
-    from crucible.models.devices import DEFAULT_HEADROOM
-
-    device = select_device(config.device)
-    cache = config.model_cache_dir or None
-    planned = [("generator", config.model, config.dtype, config.quantize, "AutoModelForCausalLM"),
-               ("embedder", config.embedding_model, config.equivalence_dtype, "none", "AutoModel")]
-    if config.nli_model:
-        planned.append(("nli", config.nli_model, config.equivalence_dtype, "none", "AutoModelForSequenceClassification"))
-    parts: list[tuple[str, int]] = []
-    for label, setting, dtype_setting, quantize, auto_class in planned:
-        resolved = resolve_model(setting, cache_dir=cache)
-        model_config = transformers.AutoConfig.from_pretrained(resolved.path, local_files_only=True)
-        counts = count_parameters(model_config, getattr(transformers, auto_class))
-        dtype = select_dtype(dtype_setting, device)
-        size = estimate_model_bytes(counts.total, dtype, quantize, quantizable_params=counts.quantizable)
-        parts.append((f"{label} {resolved.name} ({counts.total / 1e6:.1f}M params, {dtype}, quantize={quantize})", size))
-    required = int(sum(size for _, size in parts) * (1.0 + DEFAULT_HEADROOM))
-    declared = int(config.memory_limit_gb * 1e9)
-    breakdown = ", ".join(f"{name}: {size / 1e9:.2f} GB" for name, size in parts)
-    if required > declared:
-        raise PlacementError(
-            f"the proposer's models need ~{required / 1e9:.2f} GB on {device} ({breakdown}, plus "
-            f"{DEFAULT_HEADROOM:.0%} headroom) but memory_limit_gb declares {config.memory_limit_gb:g} GB; "
-            "use quantize=int8 or nf4, dtype=bfloat16, smaller models, or raise memory_limit_gb",
-            required,
-            declared,
-        )
-    log.info("placement check passed: ~%.2f GB of %.2f GB declared (%s)", required / 1e9, declared / 1e9, breakdown)
-
 
 class ProposerEngine:
     """Loads the generator, embedder and optional NLI model, and serves the proposer's operations through batchers."""
@@ -177,15 +50,9 @@ class ProposerEngine:
                                         "Tokens generated for Propose candidates, kept or dropped.", registry=registry)
         self.candidates = Counter("crucible_proposer_candidates_total", "Propose candidates by outcome.", ["outcome"],
                                   registry=registry)
-        self.generation_settings = BatchSettings(
-            max_batch_size=config.max_batch_size,
-            max_batch_tokens=config.max_batch_tokens,
-            max_wait_s=config.max_wait_ms / 1000.0,
-            max_queue_size=config.max_queue_size,
-            # Generation time goes with decode steps x batch fill, not with tokens of cost, so a tokens/s estimate
-            # would refuse calls that fit; rows stop at their caller's deadline instead (GenerationRow.abort).
-            admit_by_wait=False,
-        )
+        # Generation time goes with decode steps x batch fill, not with tokens of cost, so a tokens/s estimate
+        # would refuse calls that fit; rows stop at their caller's deadline instead (GenerationRow.abort).
+        self.generation_settings = dataclasses.replace(config.batch_settings(), admit_by_wait=False)
         self.embedding_settings = BatchSettings(
             max_batch_size=config.embed_max_batch_size, max_batch_tokens=0,
             max_wait_s=config.max_wait_ms / 1000.0, max_queue_size=config.embed_max_queue_size,
@@ -301,55 +168,17 @@ class ProposerEngine:
         )
         return [float(p) for p in probs]
 
+    @property
+    def ready(self) -> bool:
+        """True between a finished `start` and `stop`."""
+        return self._generate is not None and self.generator is not None
+
     def require_ready(self) -> None:
-        if self._generate is None or self.generator is None:
+        """UNAVAILABLE (NOT_READY) while the models load or after shutdown."""
+        if not self.ready:
             raise Unavailable("the proposer's models are still loading", reason="NOT_READY")
 
     # ---- Propose ---------------------------------------------------------------------------------------------------
-
-    def validate_propose(self, spec: ProposeSpec) -> None:
-        """Raise one INVALID_ARGUMENT naming every bad field of `spec` (fields as in ProposeRequest)."""
-        cfg = self.config
-        bad = _Violations()
-        if _blank(spec.text):
-            bad.add("text", "must contain a non-whitespace character", "EMPTY_TEXT")
-        elif len(spec.text) > cfg.max_text_chars:
-            bad.add("text", f"has {len(spec.text)} characters, more than the limit of {cfg.max_text_chars}", "TEXT_TOO_LONG")
-        if spec.mode is None:
-            bad.add("mode", "is required: PROPOSE_MODE_PARAPHRASE or PROPOSE_MODE_EQUIVALENT_QUESTION", "MODE_UNSPECIFIED")
-        elif spec.mode == prompts.MODE_EQUIVALENT_QUESTION:
-            if not spec.options:
-                bad.add("options", "EQUIVALENT_QUESTION needs the answer options", "MISSING_OPTIONS")
-            elif not MIN_OPTIONS <= len(spec.options) <= MAX_OPTIONS:
-                bad.add("options", f"has {len(spec.options)} options; {MIN_OPTIONS} to {MAX_OPTIONS} are allowed",
-                        "OPTIONS_OUT_OF_RANGE")
-            for i, option in enumerate(spec.options):
-                if _blank(option):
-                    bad.add(f"options[{i}]", "must contain a non-whitespace character", "EMPTY_OPTION")
-            if spec.correct_option_index is None:
-                bad.add("correct_option_index", "EQUIVALENT_QUESTION needs the index of the correct answer",
-                        "MISSING_CORRECT_OPTION")
-            elif spec.options and spec.correct_option_index >= len(spec.options):
-                bad.add("correct_option_index", f"{spec.correct_option_index} is not an index into "
-                        f"{len(spec.options)} options", "CORRECT_OPTION_OUT_OF_RANGE")
-        elif spec.mode == prompts.MODE_PARAPHRASE:
-            if spec.options:
-                bad.add("options", "must be empty in PARAPHRASE mode", "UNEXPECTED_OPTIONS")
-            if spec.correct_option_index is not None:
-                bad.add("correct_option_index", "must be unset in PARAPHRASE mode", "UNEXPECTED_OPTIONS")
-        if not 0 <= spec.n <= cfg.max_candidates:
-            bad.add("n", f"must be within 1..{cfg.max_candidates} (0 means 1), got {spec.n}", "N_OUT_OF_RANGE")
-        if not 0 <= spec.max_new_tokens <= cfg.max_new_tokens_limit:
-            bad.add("max_new_tokens", f"must be within 1..{cfg.max_new_tokens_limit} (0 means the default "
-                    f"{cfg.default_max_new_tokens}), got {spec.max_new_tokens}", "MAX_NEW_TOKENS_OUT_OF_RANGE")
-        if len(spec.instruction) > cfg.max_instruction_chars:
-            bad.add("instruction", f"has {len(spec.instruction)} characters, more than the limit of "
-                    f"{cfg.max_instruction_chars}", "INSTRUCTION_TOO_LONG")
-        if spec.temperature is not None and not (math.isfinite(spec.temperature) and 0.0 <= spec.temperature <= 2.0):
-            bad.add("temperature", f"must be within [0, 2], got {spec.temperature}", "TEMPERATURE_OUT_OF_RANGE")
-        if spec.top_p is not None and not (math.isfinite(spec.top_p) and 0.0 < spec.top_p <= 1.0):
-            bad.add("top_p", f"must be within (0, 1], got {spec.top_p}", "TOP_P_OUT_OF_RANGE")
-        bad.raise_if_any()
 
     def render(self, spec: ProposeSpec) -> str:
         """The exact prompt text for a validated spec."""
@@ -369,7 +198,7 @@ class ProposerEngine:
         `timeout` is the caller's remaining deadline: rows still queued then are dropped, rows being generated stop
         at the next token, and the call fails with DEADLINE_EXCEEDED. A cancelled caller stops its rows the same way.
         """
-        self.validate_propose(spec)
+        validate_propose(spec, self.config)
         self.require_ready()
         assert self._generate is not None
         cfg = self.config
@@ -465,32 +294,7 @@ class ProposerEngine:
         """Score and judge every pair with embedding cosine, bidirectional NLI entailment, or (METHOD_QUESTION) the
         question form checks followed by one of those; `pair_options` are each pair's answer options (QUESTION)."""
         cfg = self.config
-        bad = _Violations()
-        if not pairs:
-            bad.add("pairs", "must hold at least one pair", "EMPTY_PAIRS")
-        elif len(pairs) > cfg.max_pairs_per_call:
-            bad.add("pairs", f"has {len(pairs)} pairs, more than the limit of {cfg.max_pairs_per_call}", "TOO_MANY_PAIRS")
-        for i, (first, second) in enumerate(pairs):
-            if _blank(first):
-                bad.add(f"pairs[{i}].first", "must contain a non-whitespace character", "EMPTY_TEXT")
-            if _blank(second):
-                bad.add(f"pairs[{i}].second", "must contain a non-whitespace character", "EMPTY_TEXT")
-        for i, options in enumerate(pair_options or ()):
-            if len(options) > MAX_OPTIONS:
-                bad.add(f"pairs[{i}].options", f"has {len(options)} options, more than {MAX_OPTIONS}", "OPTIONS_OUT_OF_RANGE")
-            elif sum(map(len, options)) > cfg.max_text_chars:
-                bad.add(f"pairs[{i}].options", f"hold more than {cfg.max_text_chars} characters", "TEXT_TOO_LONG")
-        if pair_options is not None and len(pair_options) != len(pairs):
-            raise ValueError(f"{len(pair_options)} option lists for {len(pairs)} pairs")
-        if method is None:
-            bad.add("method", "is required: EQUIVALENCE_METHOD_EMBEDDING_COSINE, EQUIVALENCE_METHOD_NLI_ENTAILMENT or "
-                    "EQUIVALENCE_METHOD_QUESTION", "METHOD_UNSPECIFIED")
-        elif threshold is not None:
-            scoring = (METHOD_NLI if self.nli is not None else METHOD_COSINE) if method == METHOD_QUESTION else method
-            low = -1.0 if scoring == METHOD_COSINE else 0.0
-            if not (math.isfinite(threshold) and low <= threshold <= 1.0):
-                bad.add("threshold", f"must be within [{low:g}, 1] for this method, got {threshold}", "THRESHOLD_OUT_OF_RANGE")
-        bad.raise_if_any()
+        validate_pairs(pairs, method, threshold, pair_options, cfg, nli_loaded=self.nli is not None)
         self.require_ready()
         if method == METHOD_QUESTION:
             return await self._check_questions(pairs, pair_options or [() for _ in pairs], threshold, timeout=timeout)
@@ -516,16 +320,7 @@ class ProposerEngine:
 
     async def embed(self, texts: Sequence[str], *, timeout: float | None = None) -> EmbedResult:
         """L2-normalised embeddings of `texts` (batched with concurrent calls), with token counts."""
-        bad = _Violations()
-        if not texts:
-            bad.add("texts", "must hold at least one text", "EMPTY_TEXTS")
-        elif len(texts) > self.config.max_texts_per_call:
-            bad.add("texts", f"has {len(texts)} texts, more than the limit of {self.config.max_texts_per_call}",
-                    "TOO_MANY_TEXTS")
-        for i, text in enumerate(texts):
-            if _blank(text):
-                bad.add(f"texts[{i}]", "must contain a non-whitespace character", "EMPTY_TEXT")
-        bad.raise_if_any()
+        validate_texts(texts, self.config)
         self.require_ready()
         assert self._embed is not None
         embedded = await self._embed.submit_many(list(texts), timeout=timeout)

@@ -1,28 +1,25 @@
 """gRPC servicer of the proposer service: protobuf <-> domain translation only.
 
-The work (validation, prompts, batched generation, cleaning, meaning checks) lives in crucible.proposer.engine.
+The work (validation, prompts, batched generation, cleaning, meaning checks) lives in the ProposerEngine.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
-from crucible.api.common.v1 import common_pb2
 from crucible.api.proposer.v1 import proposer_service_pb2 as pb
 from crucible.api.proposer.v1 import proposer_service_pb2_grpc as pb_grpc
-from crucible.proposer import engine as core
 from crucible.proposer import cleaning, generation, prompts
-from crucible.runtime.batching import BatchSettings
-from google.protobuf import duration_pb2
+from crucible.proposer.engine import ProposerEngine
+from crucible.proposer.requests import METHOD_COSINE, METHOD_NLI, METHOD_QUESTION, ProposeSpec
+from crucible.runtime.convert import batching_settings, model_identity, remaining_seconds
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["ProposerService"]
 
 _MODES = {pb.PROPOSE_MODE_PARAPHRASE: prompts.MODE_PARAPHRASE,
           pb.PROPOSE_MODE_EQUIVALENT_QUESTION: prompts.MODE_EQUIVALENT_QUESTION}
-_METHODS = {pb.EQUIVALENCE_METHOD_EMBEDDING_COSINE: core.METHOD_COSINE,
-            pb.EQUIVALENCE_METHOD_NLI_ENTAILMENT: core.METHOD_NLI,
-            pb.EQUIVALENCE_METHOD_QUESTION: core.METHOD_QUESTION}
+_METHODS = {pb.EQUIVALENCE_METHOD_EMBEDDING_COSINE: METHOD_COSINE,
+            pb.EQUIVALENCE_METHOD_NLI_ENTAILMENT: METHOD_NLI,
+            pb.EQUIVALENCE_METHOD_QUESTION: METHOD_QUESTION}
 _METHOD_ENUMS = {name: value for value, name in _METHODS.items()}
 _DROP_REASONS = {cleaning.EMPTY: pb.DROP_REASON_EMPTY, cleaning.DEGENERATE: pb.DROP_REASON_DEGENERATE,
                  cleaning.NOT_A_QUESTION: pb.DROP_REASON_NOT_A_QUESTION, cleaning.ANSWERS: pb.DROP_REASON_ANSWERS,
@@ -32,32 +29,14 @@ _DROP_REASONS = {cleaning.EMPTY: pb.DROP_REASON_EMPTY, cleaning.DEGENERATE: pb.D
 _FINISH = {generation.FINISH_STOP: pb.FINISH_REASON_STOP, generation.FINISH_LENGTH: pb.FINISH_REASON_LENGTH}
 
 
-def model_identity(identity: Any) -> common_pb2.ModelIdentity:
-    """A crucible.models.ModelIdentity as its protobuf message."""
-    return common_pb2.ModelIdentity(name=identity.name, revision=identity.revision, dtype=identity.dtype,
-                                    device=identity.device, quantization=identity.quantization)
-
-
-def batching_settings(settings: BatchSettings) -> common_pb2.BatchingSettings:
-    """Batcher settings as their protobuf message."""
-    wait = duration_pb2.Duration()
-    wait.FromNanoseconds(round(settings.max_wait_s * 1e9))
-    return common_pb2.BatchingSettings(max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
-                                       max_wait=wait, max_queue_size=settings.max_queue_size)
-
-
-def _remaining(context: grpc.aio.ServicerContext) -> float | None:
-    return context.time_remaining()
-
-
 class ProposerServicer(pb_grpc.ProposerServiceServicer):
     """Translates ProposerService calls to ProposerEngine calls."""
 
-    def __init__(self, engine: core.ProposerEngine) -> None:
+    def __init__(self, engine: ProposerEngine) -> None:
         self.engine = engine
 
     async def Propose(self, request: pb.ProposeRequest, context: grpc.aio.ServicerContext) -> pb.ProposeResponse:
-        spec = core.ProposeSpec(
+        spec = ProposeSpec(
             text=request.text,
             mode=_MODES.get(request.mode),
             options=tuple(request.options),
@@ -69,7 +48,7 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
             max_new_tokens=request.max_new_tokens,
             seed=request.seed if request.HasField("seed") else None,
         )
-        result = await self.engine.propose(spec, timeout=_remaining(context))
+        result = await self.engine.propose(spec, timeout=remaining_seconds(context))
         return pb.ProposeResponse(
             candidates=[pb.Candidate(text=c.text, generated_tokens=c.generated_tokens, finish_reason=_FINISH[c.finish])
                         for c in result.candidates],
@@ -88,7 +67,7 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
             [(pair.first, pair.second) for pair in request.pairs],
             _METHODS.get(request.method),
             request.threshold if request.HasField("threshold") else None,
-            timeout=_remaining(context),
+            timeout=remaining_seconds(context),
             pair_options=[tuple(pair.options) for pair in request.pairs],
         )
         results = []
@@ -106,7 +85,7 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
                                            similarity_method=_METHOD_ENUMS.get(result.similarity_method, 0))
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        result = await self.engine.embed(list(request.texts), timeout=_remaining(context))
+        result = await self.engine.embed(list(request.texts), timeout=remaining_seconds(context))
         return pb.EmbedResponse(
             embeddings=[pb.Embedding(values=e.vector, token_count=e.token_count, truncated=e.truncated)
                         for e in result.embeddings],
@@ -144,7 +123,3 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
         response.equivalence.extend(equivalence)
         return response
 
-
-def build_servicer(engine: core.ProposerEngine) -> ProposerServicer:
-    """The servicer registered on the server."""
-    return ProposerServicer(engine)

@@ -12,7 +12,9 @@ import torch
 from crucible.models import IncompatibleModelError, PlacementError
 from crucible.proposer import equivalence
 from crucible.proposer.config import ProposerConfig
-from crucible.proposer.engine import ProposerEngine, ProposeSpec, plan_placement
+from crucible.proposer.engine import ProposerEngine
+from crucible.proposer.placement import plan_placement
+from crucible.proposer.requests import ProposeSpec, validate_propose
 from crucible.proposer.generation import FINISH_LENGTH, FINISH_STOP, GeneratedRow
 from crucible.runtime.config import load_config
 from crucible.runtime.errors import ConfigError, InvalidArgument, Unavailable
@@ -21,21 +23,25 @@ from transformers import BertConfig, LlamaConfig
 SOURCE = "The committee postponed the vote because several members were travelling abroad."
 
 
+def _config(**settings) -> ProposerConfig:
+    return load_config(ProposerConfig, "proposer", env={}, **settings)
+
+
 def _engine(**settings) -> ProposerEngine:
-    return ProposerEngine(load_config(ProposerConfig, "proposer", env={}, **settings))
+    return ProposerEngine(_config(**settings))
 
 
 def _violations(spec: ProposeSpec, **settings) -> dict[str, str]:
     with pytest.raises(InvalidArgument) as caught:
-        _engine(**settings).validate_propose(spec)
+        validate_propose(spec, _config(**settings))
     return dict(caught.value.field_violations)
 
 
 def test_valid_specs_pass():
-    engine = _engine()
-    engine.validate_propose(ProposeSpec(SOURCE, "paraphrase"))
-    engine.validate_propose(ProposeSpec("Which gas?", "equivalent_question", ("O2", "CO2"), 1, n=16,
-                                        temperature=0.0, top_p=1.0, max_new_tokens=512, seed=2**64 - 1))
+    config = _config()
+    validate_propose(ProposeSpec(SOURCE, "paraphrase"), config)
+    validate_propose(ProposeSpec("Which gas?", "equivalent_question", ("O2", "CO2"), 1, n=16,
+                                 temperature=0.0, top_p=1.0, max_new_tokens=512, seed=2**64 - 1), config)
 
 
 @pytest.mark.parametrize(
@@ -69,16 +75,16 @@ def test_bad_specs_name_every_bad_field(spec, fields):
 
 def test_violation_reason_is_specific():
     with pytest.raises(InvalidArgument) as caught:
-        _engine().validate_propose(ProposeSpec("", "paraphrase"))
+        validate_propose(ProposeSpec("", "paraphrase"), _config())
     assert caught.value.reason == "EMPTY_TEXT" and "text" in caught.value.message
     with pytest.raises(InvalidArgument) as caught:
-        _engine().validate_propose(ProposeSpec("Q?", "equivalent_question", correct_option_index=0))
+        validate_propose(ProposeSpec("Q?", "equivalent_question", correct_option_index=0), _config())
     assert caught.value.reason == "MISSING_OPTIONS"
 
 
 def test_limits_come_from_config():
     assert set(_violations(ProposeSpec(SOURCE, "paraphrase", n=5), max_candidates=4)) == {"n"}
-    _engine(max_candidates=32).validate_propose(ProposeSpec(SOURCE, "paraphrase", n=32))
+    validate_propose(ProposeSpec(SOURCE, "paraphrase", n=32), _config(max_candidates=32))
 
 
 async def test_calls_before_start_are_unavailable():
