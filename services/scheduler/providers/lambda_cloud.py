@@ -11,7 +11,7 @@ from typing import Any
 from crucible.scheduler.providers import remote
 from crucible.scheduler.providers.base import LaunchSpec
 from crucible.scheduler.providers.base import ProviderCapabilities
-from crucible.scheduler.providers.base import ProviderErrorKind as K
+from crucible.scheduler.providers.base import ProviderErrorKind
 from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
@@ -50,7 +50,7 @@ class LambdaProvider(VMProvider):
         self.use_docker = self.settings.bool("use_docker", True)
         self.attach_probe()
     @staticmethod
-    def map_error(status: int, body: Any, text: str) -> tuple[K, str]:
+    def map_error(status: int, body: Any, text: str) -> tuple[ProviderErrorKind, str]:
         """Lambda errors are {"error": {"code", "message", "suggestion"}}; the code decides the kind."""
         error = body.get("error") if isinstance(body, Mapping) else None
         code = str(error.get("code", "")) if isinstance(error, Mapping) else ""
@@ -58,15 +58,15 @@ class LambdaProvider(VMProvider):
         if isinstance(error, Mapping) and error.get("suggestion"):
             message += f" ({error['suggestion']})"
         if "insufficient-capacity" in code:
-            kind = K.CAPACITY
+            kind = ProviderErrorKind.CAPACITY
         elif "quota-exceeded" in code or "account-inactive" in code:
-            kind = K.QUOTA
+            kind = ProviderErrorKind.QUOTA
         elif "invalid-api-key" in code or "unauthorized" in code or "forbidden" in code:
-            kind = K.AUTH
+            kind = ProviderErrorKind.AUTH
         elif "object-does-not-exist" in code or "not-found" in code:
-            kind = K.NOT_FOUND
+            kind = ProviderErrorKind.NOT_FOUND
         elif "invalid-parameters" in code or "invalid" in code:
-            kind = K.INVALID
+            kind = ProviderErrorKind.INVALID
         else:
             kind = kind_for_status(status)
         return kind, f"{code}: {message}" if code else message
@@ -114,7 +114,8 @@ class LambdaProvider(VMProvider):
     def _launched_id(self, answer: Any) -> str:
         ids = need(self.http, answer, "data", "instance_ids")
         if not isinstance(ids, list) or len(ids) != 1 or not isinstance(ids[0], str) or not ids[0]:
-            raise self.error(K.MALFORMED_RESPONSE, f"launch answered instance_ids={ids!r}, expected one id")
+            raise self.error(ProviderErrorKind.MALFORMED_RESPONSE,
+                             f"launch answered instance_ids={ids!r}, expected one id")
         return ids[0]
 
     def _handle_data(self, spec: LaunchSpec, found: Machine | None = None) -> dict[str, Any]:
@@ -126,7 +127,7 @@ class LambdaProvider(VMProvider):
         answer = await self.http.request("GET", "/instances")
         instances = answer.get("data") if isinstance(answer, Mapping) else None
         if not isinstance(instances, list):
-            raise self.error(K.MALFORMED_RESPONSE, "GET /instances lacks a data list")
+            raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, "GET /instances lacks a data list")
         for instance in instances:
             if isinstance(instance, Mapping):
                 yield instance
@@ -139,7 +140,7 @@ class LambdaProvider(VMProvider):
         answer = await self.http.request("GET", f"/instances/{ref}")
         instance = need(self.http, answer, "data")
         if not isinstance(instance, Mapping) or not isinstance(instance.get("status"), str):
-            raise self.error(K.MALFORMED_RESPONSE, "GET /instances/{id} lacks data.status")
+            raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, "GET /instances/{id} lacks data.status")
         return instance
 
     def _phase(self, machine: Machine, handle: RunHandle) -> Phase:
@@ -153,7 +154,7 @@ class LambdaProvider(VMProvider):
             return RunStatus(RunState.UNKNOWN, message="Lambda reports the instance unhealthy")
         if state in ("terminating", "terminated"):
             return MachineDown(state, f"instance {state} outside the scheduler (host loss)")
-        raise self.error(K.MALFORMED_RESPONSE, f"unknown instance status {state!r}")
+        raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, f"unknown instance status {state!r}")
 
     def _ssh_address(self, machine: Machine) -> tuple[str, int]:
         ip = machine.get("ip")

@@ -13,7 +13,7 @@ from crucible.scheduler.providers import remote
 from crucible.scheduler.providers.base import LaunchSpec
 from crucible.scheduler.providers.base import ProviderCapabilities
 from crucible.scheduler.providers.base import ProviderError
-from crucible.scheduler.providers.base import ProviderErrorKind as K
+from crucible.scheduler.providers.base import ProviderErrorKind
 from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
@@ -64,17 +64,17 @@ class PaperspaceProvider(VMProvider):
         self.attach_probe()
 
     @staticmethod
-    def map_error(status: int, body: Any, text: str) -> tuple[K, str]:
+    def map_error(status: int, body: Any, text: str) -> tuple[ProviderErrorKind, str]:
         """Paperspace errors are {code, message}; 400/409/422 with a capacity or limit message refine the kind."""
         message = body_message(body) or text[:300]
         code = str(body.get("code", "")) if isinstance(body, Mapping) else ""
         low = f"{code} {message}".lower()
         kind = kind_for_status(status)
-        if kind is K.INVALID or status == 403:
+        if kind is ProviderErrorKind.INVALID or status == 403:
             if any(s in low for s in _CAPACITY):
-                kind = K.CAPACITY
+                kind = ProviderErrorKind.CAPACITY
             elif any(s in low for s in _QUOTA):
-                kind = K.QUOTA
+                kind = ProviderErrorKind.QUOTA
         return kind, f"{code}: {message}" if code else message
 
     async def list_machines(self, name: str = "") -> AsyncIterator[Mapping[str, Any]]:
@@ -89,7 +89,7 @@ class PaperspaceProvider(VMProvider):
             page = await self.http.request("GET", "/machines", params=params)
             items = page.get("items") if isinstance(page, Mapping) else None
             if not isinstance(items, list):
-                raise self.error(K.MALFORMED_RESPONSE, "GET /machines lacks items")
+                raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, "GET /machines lacks items")
             for item in items:
                 if isinstance(item, Mapping) and (not name or item.get("name") == name):
                     yield item
@@ -97,8 +97,8 @@ class PaperspaceProvider(VMProvider):
                 return
             after = page.get("nextPage")
             if not isinstance(after, str) or not after:
-                raise self.error(K.MALFORMED_RESPONSE, "GET /machines has hasMore but no nextPage")
-        raise self.error(K.MALFORMED_RESPONSE, "GET /machines pagination does not end")
+                raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, "GET /machines has hasMore but no nextPage")
+        raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, "GET /machines pagination does not end")
 
     @staticmethod
     def _id_of(answer: Any) -> str:
@@ -146,7 +146,7 @@ class PaperspaceProvider(VMProvider):
         answer = await self.http.request("POST", "/startup-scripts", json_body=script_body, idempotent=False)
         script_id = self._id_of(answer)
         if not script_id:
-            raise self.error(K.MALFORMED_RESPONSE, "POST /startup-scripts answered no id")
+            raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, "POST /startup-scripts answered no id")
         data = self._handle_data(spec)
         data["startup_script_id"] = script_id
         machine_body["startupScriptId"] = script_id
@@ -158,7 +158,7 @@ class PaperspaceProvider(VMProvider):
         answer = await self.http.request("POST", "/machines", json_body=body, idempotent=False)
         machine_id = self._id_of(answer)
         if not machine_id:
-            raise self.error(K.MALFORMED_RESPONSE, "POST /machines answered no id")
+            raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, "POST /machines answered no id")
         return machine_id
 
     def _handle_data(self, spec: LaunchSpec, found: Machine | None = None) -> dict[str, Any]:
@@ -177,7 +177,7 @@ class PaperspaceProvider(VMProvider):
         try:
             await self.http.request("DELETE", f"/startup-scripts/{script_id}")
         except ProviderError as exc:
-            if exc.kind is not K.NOT_FOUND:
+            if exc.kind is not ProviderErrorKind.NOT_FOUND:
                 log.warning("paperspace: startup script %s not deleted: %s", script_id, exc)
 
     async def _fetch(self, ref: str) -> Machine | None:
@@ -185,7 +185,7 @@ class PaperspaceProvider(VMProvider):
         answer = await self.http.request("GET", f"/machines/{ref}")
         machine = answer.get("data", answer) if isinstance(answer, Mapping) else None
         if not isinstance(machine, Mapping) or not isinstance(machine.get("state"), str):
-            raise self.error(K.MALFORMED_RESPONSE, "GET /machines/{id} lacks state")
+            raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, "GET /machines/{id} lacks state")
         return machine
 
     def _phase(self, machine: Machine, handle: RunHandle) -> Phase:
@@ -197,7 +197,7 @@ class PaperspaceProvider(VMProvider):
             return MachineUp(no_address=RunStatus(RunState.RUNNING, message="ready, no public ip (set public_ip_type)"))
         if state in ("off", "stopping"):
             return MachineDown(state, f"machine {state} outside the scheduler (auto-shutdown or host)")
-        raise self.error(K.MALFORMED_RESPONSE, f"unknown machine state {state!r}")
+        raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, f"unknown machine state {state!r}")
 
     def _ssh_address(self, machine: Machine) -> tuple[str, int]:
         ip = machine.get("publicIp")

@@ -14,7 +14,7 @@ from crucible.scheduler.providers import remote
 from crucible.scheduler.providers.base import LaunchSpec
 from crucible.scheduler.providers.base import OfferRef
 from crucible.scheduler.providers.base import ProviderCapabilities
-from crucible.scheduler.providers.base import ProviderErrorKind as K
+from crucible.scheduler.providers.base import ProviderErrorKind
 from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
@@ -62,23 +62,23 @@ _TRANSIENT = ("something went wrong", "internal server error", "timeout", "tempo
 _NOT_FOUND = ("pod not found", "does not exist", "could not find pod")
 
 
-def classify(messages: list[str], codes: list[str]) -> K:
+def classify(messages: list[str], codes: list[str]) -> ProviderErrorKind:
     """The kind of a RunPod GraphQL error from its messages and extension codes (capacity checked first)."""
     text = " ".join(messages).lower()
     if any(s in text for s in _CAPACITY):
-        return K.CAPACITY
+        return ProviderErrorKind.CAPACITY
     if any(s in text for s in _QUOTA):
-        return K.QUOTA
+        return ProviderErrorKind.QUOTA
     if any(s in text for s in _AUTH) or "UNAUTHENTICATED" in codes or "FORBIDDEN" in codes:
-        return K.AUTH
+        return ProviderErrorKind.AUTH
     if any(s in text for s in _NOT_FOUND):
-        return K.NOT_FOUND
+        return ProviderErrorKind.NOT_FOUND
     if any(s in text for s in _TRANSIENT) or "INTERNAL_SERVER_ERROR" in codes:
-        return K.TRANSIENT
-    return K.INVALID
+        return ProviderErrorKind.TRANSIENT
+    return ProviderErrorKind.INVALID
 
 
-def graphql_error_kind(errors: list[Mapping[str, Any]]) -> K:
+def graphql_error_kind(errors: list[Mapping[str, Any]]) -> ProviderErrorKind:
     """classify() over a GraphQL `errors` array."""
     messages = [str(e.get("message", "")) for e in errors]
     codes = [str(e.get("extensions", {}).get("code", "")) for e in errors if isinstance(e.get("extensions"), Mapping)]
@@ -119,7 +119,7 @@ class RunPodProvider(VMProvider):
             self.public_key = pub.read_text(encoding="utf-8").strip() if pub.is_file() else ""
 
     @staticmethod
-    def map_error(status: int, body: Any, text: str) -> tuple[K, str]:
+    def map_error(status: int, body: Any, text: str) -> tuple[ProviderErrorKind, str]:
         """Non-200 answers: GraphQL validation errors (400) carry `errors`; 401/403 are AUTH."""
         errors = body.get("errors") if isinstance(body, Mapping) else None
         if isinstance(errors, list) and errors and all(isinstance(e, Mapping) for e in errors):
@@ -214,7 +214,7 @@ class RunPodProvider(VMProvider):
             pod = need(self.http, answer, field)
             pod_id = pod.get("id") if isinstance(pod, Mapping) else None
             if not isinstance(pod_id, str) or not pod_id:
-                raise self.error(K.MALFORMED_RESPONSE, f"{field} answered no pod id")
+                raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, f"{field} answered no pod id")
             return pod_id
 
         return await self.launch_or_adopt(pod_input["name"], self._handle_data(spec),
@@ -229,7 +229,7 @@ class RunPodProvider(VMProvider):
         answer = await self._gql(MY_PODS, {})
         pods = answer.get("myself", {}).get("pods") if isinstance(answer.get("myself"), Mapping) else None
         if not isinstance(pods, list):
-            raise self.error(K.MALFORMED_RESPONSE, "myself.pods is not a list")
+            raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, "myself.pods is not a list")
         for pod in pods:
             if isinstance(pod, Mapping):
                 yield pod
@@ -241,12 +241,12 @@ class RunPodProvider(VMProvider):
         """pod(podId); None when RunPod answers `pod: null`."""
         answer = await self._gql(POD, {"input": {"podId": ref}})
         if "pod" not in answer:
-            raise self.error(K.MALFORMED_RESPONSE, "answer lacks `pod`")
+            raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, "answer lacks `pod`")
         pod = answer["pod"]
         if pod is None:
             return None
         if not isinstance(pod, Mapping) or not isinstance(pod.get("desiredStatus"), str):
-            raise self.error(K.MALFORMED_RESPONSE, "pod lacks desiredStatus")
+            raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, "pod lacks desiredStatus")
         return pod
 
     def _ssh_address(self, machine: Machine) -> tuple[str, int]:
@@ -271,7 +271,7 @@ class RunPodProvider(VMProvider):
         if desired in ("EXITED", "TERMINATED"):
             why = "spot pod interrupted" if handle.data.get("spot") else "pod stopped outside the scheduler"
             return MachineDown(desired.lower(), f"{why} ({machine.get('lastStatusChange') or desired})")
-        raise self.error(K.MALFORMED_RESPONSE, f"unknown desiredStatus {desired!r}")
+        raise self.error(ProviderErrorKind.MALFORMED_RESPONSE, f"unknown desiredStatus {desired!r}")
 
     async def _terminate(self, ref: str) -> None:
         """podTerminate."""

@@ -15,7 +15,7 @@ from crucible.scheduler.providers import remote
 from crucible.scheduler.providers.base import LaunchSpec
 from crucible.scheduler.providers.base import LogChunk
 from crucible.scheduler.providers.base import ProviderError
-from crucible.scheduler.providers.base import ProviderErrorKind as K
+from crucible.scheduler.providers.base import ProviderErrorKind
 from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.base import RunStatus
@@ -134,7 +134,7 @@ class VMProvider(HTTPProvider):
             answer = await send()
         except ProviderError as exc:
             found: Machine | None = None
-            if exc.kind in (K.TRANSIENT, K.MALFORMED_RESPONSE):
+            if exc.kind in (ProviderErrorKind.TRANSIENT, ProviderErrorKind.MALFORMED_RESPONSE):
                 try:
                     found = await self._find_by_name(name)
                 except ProviderError:
@@ -154,7 +154,7 @@ class VMProvider(HTTPProvider):
         try:
             return await self._fetch(handle.ref)
         except ProviderError as exc:
-            if exc.kind is K.NOT_FOUND:
+            if exc.kind is ProviderErrorKind.NOT_FOUND:
                 return None
             raise
 
@@ -165,7 +165,7 @@ class VMProvider(HTTPProvider):
         if machine is None:
             if cancelled:
                 return RunStatus(RunState.CANCELLED)
-            raise self.error(K.NOT_FOUND, f"{self.noun} {handle.ref} is unknown to {self.display_name}")
+            raise self.error(ProviderErrorKind.NOT_FOUND, f"{self.noun} {handle.ref} is unknown to {self.display_name}")
         phase = self._phase(machine, handle)
         if isinstance(phase, RunStatus):
             return phase
@@ -186,7 +186,7 @@ class VMProvider(HTTPProvider):
         try:
             await self._terminate(handle.ref)
         except ProviderError as exc:
-            if exc.kind is not K.NOT_FOUND:
+            if exc.kind is not ProviderErrorKind.NOT_FOUND:
                 raise
 
     async def read_logs(self, handle: RunHandle, stream: str, offset: int) -> LogChunk:
