@@ -265,9 +265,9 @@ class JobLauncher:
             provider = self.registry.load(candidate.provider)
             handle: RunHandle | None = None
             error: ProviderError | None = None
-            code_url, input_urls = "", ()
+            urls: RemoteUrls = ("", ())
             try:
-                code_url, input_urls = await self._provider_files(rec, candidate.provider, provider)
+                urls = await self._provider_files(rec, candidate.provider, provider)
             except (StoreError, OSError) as exc:
                 provider, error = None, ProviderError(candidate.provider, ProviderErrorKind.INVALID,
                                                       f"the job's files: {exc}")
@@ -275,6 +275,7 @@ class JobLauncher:
                 error = error or ProviderError(candidate.provider, ProviderErrorKind.AUTH,
                                                self.registry.error(candidate.provider) or "unavailable")
             else:
+                code_url, input_urls = urls
                 spec = self.launch_spec(rec, attempt_number, candidate, resume, store_env, code_url, input_urls)
                 handle, error = await self._submit(provider, candidate, spec)
             async with live.lock:
