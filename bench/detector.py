@@ -23,7 +23,7 @@ from crucible.api.detector.v1 import detector_service_pb2 as pb
 from crucible.api.detector.v1 import detector_service_pb2_grpc as pb_grpc
 from crucible.detector.config import DetectorConfig
 from crucible.detector.criterion import pad_batch, reference_criterion
-from crucible.detector.engine import Detector, DetectorSettings
+from crucible.detector.engine import Detector
 from crucible.detector.server import create_server
 from crucible.mesh import format_table
 from crucible.models import load_causal_lm
@@ -141,8 +141,8 @@ def main() -> None:
     kernel_mode: dict[str, str] = {}
     for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
         loaded = load_causal_lm("smollm2-135m-instruct", device="cpu", dtype=dtype)
-        detector = Detector(DetectorSettings(max_texts_per_call=max(args.texts, args.batch),
-                                             stats_kernel=args.stats_kernel), loaded)
+        detector = Detector(DetectorConfig(max_texts_per_call=max(args.texts, args.batch),
+                                           stats_kernel=args.stats_kernel), loaded)
         detector.warm_up()  # compiles the statistics kernel (stats_kernel compile)
         kernel_mode[dtype] = detector.kernel.mode
         texts = make_texts(loaded.tokenizer, args.texts, args.tokens)
