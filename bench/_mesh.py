@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from crucible.mesh import Mesh, default_ports
+from crucible.mesh import MeshLauncher, default_ports
 
 
 def free_base_port(count: int = 5) -> int:
@@ -37,7 +37,7 @@ async def running_mesh(services: Sequence[str], extra_args: dict[str, list[str]]
     """Start `services`, wait until SERVING, yield the base port, stop them (logs in a temp folder)."""
     base = free_base_port()
     work = Path(tempfile.mkdtemp(prefix="crucible-bench-"))
-    mesh = Mesh(services, ports=default_ports(base), log_dir=work / "logs",
+    mesh = MeshLauncher(services, ports=default_ports(base), log_dir=work / "logs",
                 env={"CRUCIBLE_STATE_DIR": str(work / "state"), "HF_HUB_OFFLINE": "1"},
                 extra_args=extra_args or {})
     mesh.start()

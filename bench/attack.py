@@ -20,7 +20,7 @@ from crucible.clients.attack import AttackConfig, SecaAttack, Trace, load_mmlu, 
 from crucible.clients.mesh import Mesh  # noqa: E402
 from crucible.clients.scorer import ChoiceQuery  # noqa: E402
 from crucible.demo import ATTACK_SAMPLES  # noqa: E402
-from crucible.mesh import format_table  # noqa: E402
+from crucible.clients.tables import format_table  # noqa: E402
 
 
 async def _campaign(base: int, questions, parallel: int, iterations: int) -> tuple[float, int, dict]:

@@ -25,7 +25,7 @@ from crucible.detector.config import DetectorConfig
 from crucible.detector.criterion import pad_batch, reference_criterion
 from crucible.detector.engine import Detector
 from crucible.detector.server import create_server
-from crucible.mesh import format_table
+from crucible.clients.tables import format_table
 from crucible.models import load_causal_lm
 from crucible.runtime.config import load_config
 

@@ -30,7 +30,7 @@ import train as grpo  # noqa: E402  (examples/grpo/train.py)
 from crucible.clients.mesh import Mesh  # noqa: E402
 from crucible.clients.reward import COMPONENTS, TRLReward, combine, embedding_similarity, mean_components  # noqa: E402
 from crucible.detector.criterion import reference_criterion  # noqa: E402
-from crucible.mesh import format_table  # noqa: E402
+from crucible.clients.tables import format_table  # noqa: E402
 from crucible.models import embed, load_causal_lm, load_embedding_model  # noqa: E402
 
 

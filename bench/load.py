@@ -37,7 +37,8 @@ from crucible.api.scheduler.v1 import scheduler_service_pb2 as sched_pb  # noqa:
 from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as sched_grpc  # noqa: E402
 from crucible.api.scorer.v1 import scorer_service_pb2 as scorer_pb  # noqa: E402
 from crucible.api.scorer.v1 import scorer_service_pb2_grpc as scorer_grpc  # noqa: E402
-from crucible.mesh import SERVICES, Mesh, default_ports, format_table  # noqa: E402
+from crucible.clients.tables import format_table  # noqa: E402
+from crucible.mesh import SERVICES, MeshLauncher, default_ports  # noqa: E402
 from crucible.runtime.errors import parse_status_details  # noqa: E402
 
 MODEL_SERVICES = ("detector", "proposer", "scorer")
@@ -138,7 +139,7 @@ async def overload(args: argparse.Namespace) -> None:
     base = free_base_port()
     work = Path(tempfile.mkdtemp(prefix="crucible-overload-"))
     model_args = ["--dtype", args.dtype]
-    mesh = Mesh(list(MODEL_SERVICES), ports=default_ports(base), log_dir=work / "logs",
+    mesh = MeshLauncher(list(MODEL_SERVICES), ports=default_ports(base), log_dir=work / "logs",
                 env={"CRUCIBLE_STATE_DIR": str(work / "state"), "HF_HUB_OFFLINE": "1"},
                 extra_args={"detector": [*model_args, "--max-tokens", str(args.tokens), "--cache-size", "0"],
                             "proposer": model_args, "scorer": model_args})

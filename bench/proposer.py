@@ -12,7 +12,7 @@ import time
 import grpc
 from crucible.api.proposer.v1 import proposer_service_pb2 as pb
 from crucible.api.proposer.v1 import proposer_service_pb2_grpc as pb_grpc
-from crucible.mesh import format_table
+from crucible.clients.tables import format_table
 from crucible.proposer.config import ProposerConfig
 from crucible.proposer.server import create_server
 from crucible.runtime.config import load_config

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
 
-from crucible.mesh import format_table
+from crucible.clients.tables import format_table
 from crucible.runtime.config import ServerConfig, load_config
 from crucible.runtime.server import create_server
 from crucible.runtime.service import BaseService

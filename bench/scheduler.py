@@ -17,7 +17,7 @@ import grpc
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
-from crucible.mesh import format_table
+from crucible.clients.tables import format_table
 from crucible.runtime.config import load_config
 from crucible.scheduler.config import SchedulerConfig
 from crucible.scheduler.server import create_server

@@ -19,7 +19,7 @@ import grpc
 import torch
 from crucible.api.scorer.v1 import scorer_service_pb2 as pb
 from crucible.api.scorer.v1 import scorer_service_pb2_grpc as pb_grpc
-from crucible.mesh import format_table
+from crucible.clients.tables import format_table
 from crucible.models import load_causal_lm
 from crucible.runtime.config import load_config
 from crucible.scorer.config import ScorerConfig

@@ -91,7 +91,7 @@ def _pairs(path: Path) -> list[tuple[str, str]]:
 def _reward(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from crucible.mesh import format_table
+    from crucible.clients.tables import format_table
 
     pairs = _pairs(args.data)[: args.limit]
     if not pairs:
@@ -128,7 +128,7 @@ def _reward(args: argparse.Namespace) -> int:
 def _attack(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from crucible.mesh import format_table
+    from crucible.clients.tables import format_table
 
     try:
         questions = load_mmlu(args.data, args.subjects, seca_subset=args.seca_subset,

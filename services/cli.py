@@ -25,7 +25,8 @@ import grpc
 from crucible import __version__
 from crucible.clients.channel import ChannelConfig, add_connection_arguments, cli_channel_config, open_channel
 from crucible.clients.health import HealthResult
-from crucible.mesh import SERVICES, Mesh, default_ports, format_table, health_table
+from crucible.clients.tables import format_table
+from crucible.mesh import SERVICES, MeshLauncher, default_ports, health_table
 from crucible.runtime.config import add_arguments, load_config
 from crucible.runtime.errors import ConfigError
 from crucible.runtime.logs import configure_logging
@@ -126,8 +127,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
-async def _bring_up(args: argparse.Namespace) -> tuple[Mesh, dict[str, object]]:
-    mesh = Mesh(_selected(args.services), host=args.host, ports=default_ports(args.base_port), log_dir=args.log_dir)
+async def _bring_up(args: argparse.Namespace) -> tuple[MeshLauncher, dict[str, object]]:
+    mesh = MeshLauncher(_selected(args.services), host=args.host, ports=default_ports(args.base_port), log_dir=args.log_dir)
     started = time.perf_counter()
     mesh.start()
     try:
@@ -140,7 +141,7 @@ async def _bring_up(args: argparse.Namespace) -> tuple[Mesh, dict[str, object]]:
     return mesh, dict(results)
 
 
-async def _start_console(args: argparse.Namespace, mesh: Mesh) -> Any:
+async def _start_console(args: argparse.Namespace, mesh: MeshLauncher) -> Any:
     """The web console as a child process pointed at this mesh (None with --no-console or when it fails to start)."""
     if args.no_console:
         return None

@@ -16,7 +16,7 @@ from crucible.clients.attack import MCQ, AttackConfig, IterationReport, SecaAtta
 from crucible.clients.mesh import Mesh
 from crucible.clients.reward import CompositeReward, RewardConfig
 from crucible.clients.scorer import ChoiceQuery
-from crucible.mesh import format_table
+from crucible.clients.tables import format_table
 
 #: (original, rewrites) used when no data folder is around: one faithful paraphrase, one drifting, one degenerate.
 REWARD_SAMPLES: list[tuple[str, list[str]]] = [

@@ -1,6 +1,6 @@
 """The five services of the mesh, their default ports, and a launcher that runs them as child processes.
 
-`crucible up`, `crucible demo` and the end-to-end tests use `Mesh`; each service runs in its own process.
+`crucible up`, `crucible demo` and the end-to-end tests use `MeshLauncher`; each service runs in its own process.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from crucible.clients.health import HealthResult, check, wait_serving
+from crucible.clients.tables import format_table
 
 METRICS_PORT_OFFSET = 1000
 
@@ -71,7 +72,7 @@ def default_ports(base_port: int | None = None) -> dict[str, int]:
     return {name: base_port + i for i, name in enumerate(SERVICES)}
 
 
-class Mesh:
+class MeshLauncher:
     """Runs services as `python -m crucible serve NAME` children on one host and stops them with SIGTERM."""
 
     def __init__(
@@ -172,16 +173,7 @@ def _stop_with_parent() -> None:
         pass
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain fixed-width text table."""
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def health_table(mesh: Mesh, results: Mapping[str, HealthResult]) -> str:
+def health_table(mesh: MeshLauncher, results: Mapping[str, HealthResult]) -> str:
     """The health of each service with its gRPC address and metrics URL."""
     rows = [
         (name, SERVICES[name].proto_service, mesh.address(name), r.status, f"{r.latency_ms:.1f}", mesh.metrics_url(name))

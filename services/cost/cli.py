@@ -19,7 +19,7 @@ import grpc
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from crucible.clients.channel import add_connection_arguments
-from crucible.mesh import format_table
+from crucible.clients.tables import format_table
 
 DEFAULT_ADDRESS = "127.0.0.1:50055"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")

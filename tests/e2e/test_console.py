@@ -25,7 +25,7 @@ import pytest
 
 from crucible.clients.mesh import Mesh as Clients
 from crucible.console.cli import ConsoleProcess
-from crucible.mesh import Mesh
+from crucible.mesh import MeshLauncher
 from tests.conftest import free_port_block
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("console-e2e")
     base = free_port_block(5)
     ports = {"scheduler": base + 3, "cost": base + 4}
-    mesh = Mesh(["scheduler", "cost"], ports=ports, log_dir=work / "logs",
+    mesh = MeshLauncher(["scheduler", "cost"], ports=ports, log_dir=work / "logs",
                 env={"CRUCIBLE_SCHEDULER_STATE_DIR": str(work / "scheduler"), "CRUCIBLE_COST_STATE_DIR": str(work / "cost")},
                 extra_args={"scheduler": ["--poll-interval-s", "0.3", "--usage-interval-s", "5"]})
     mesh.start()

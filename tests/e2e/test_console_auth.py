@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from crucible.console.cli import ConsoleProcess
-from crucible.mesh import Mesh
+from crucible.mesh import MeshLauncher
 from tests.conftest import free_port_block
 from tests.e2e.test_console import ARTIFACTS, _free_port, by_id, chromium, wait
 
@@ -27,7 +27,7 @@ TOKEN = "s3cret-" + secrets.token_hex(8)
 def consoles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     work = tmp_path_factory.mktemp("console-auth")
     base = free_port_block(5)
-    mesh = Mesh(["scheduler"], ports={"scheduler": base + 3}, log_dir=work / "logs",
+    mesh = MeshLauncher(["scheduler"], ports={"scheduler": base + 3}, log_dir=work / "logs",
                 env={"CRUCIBLE_SCHEDULER_STATE_DIR": str(work / "scheduler")},
                 extra_args={"scheduler": ["--auth-token", TOKEN]})
     mesh.start()

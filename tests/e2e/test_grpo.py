@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from crucible.mesh import Mesh as Launcher
+from crucible.mesh import MeshLauncher as Launcher
 from crucible.mesh import default_ports
 from tests.conftest import free_port_block
 

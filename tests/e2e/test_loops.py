@@ -16,7 +16,7 @@ import pytest
 from crucible.clients.attack import MCQ, AttackConfig, SecaAttack, Trace, summarize
 from crucible.clients.mesh import Mesh
 from crucible.clients.reward import CompositeReward, RewardConfig
-from crucible.mesh import Mesh as Launcher
+from crucible.mesh import MeshLauncher as Launcher
 from crucible.mesh import default_ports
 from tests.conftest import free_port_block
 

@@ -117,8 +117,8 @@ def test_services_stop_when_the_launcher_is_killed(tmp_path):
     port = free_port_block(1)
     code = (
         "import asyncio, time\n"
-        "from crucible.mesh import Mesh\n"
-        f"m = Mesh(['cost'], ports={{'cost': {port}}}, env={{'CRUCIBLE_STATE_DIR': {str(tmp_path)!r}}})\n"
+        "from crucible.mesh import MeshLauncher\n"
+        f"m = MeshLauncher(['cost'], ports={{'cost': {port}}}, env={{'CRUCIBLE_STATE_DIR': {str(tmp_path)!r}}})\n"
         "m.start()\n"
         "asyncio.run(m.wait_ready(120))\n"
         "print(m.processes['cost'].pid, flush=True)\n"
