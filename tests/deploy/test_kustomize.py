@@ -234,6 +234,9 @@ def test_prod_mounts_tls_and_token_secrets_where_the_settings_point(rendered):
             directory, _, _file = env[var].rpartition("/")
             assert secrets[mounts[directory]] == secret, f"{name}: {var}={env[var]} is not in secret {secret}"
         assert "CRUCIBLE_AUTH_TOKEN" not in env, "the token comes from a file, never a literal"
+        if name == "scheduler":  # its own client to the cost service trusts the mesh CA (its token: the auth token file)
+            directory = env["CRUCIBLE_SCHEDULER_COST_CA_FILE"].rpartition("/")[0]
+            assert secrets[mounts[directory]] == "crucible-tls"
     for dep in _kinds(rendered["dev"], "Deployment").values():
         assert "CRUCIBLE_TLS_CERT_FILE" not in _env(_container(dep))
 
