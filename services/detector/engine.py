@@ -12,7 +12,6 @@ import logging
 import re
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -178,8 +177,8 @@ class Detector:
         """Load the configured models (offline) and build the detector."""
         from crucible.models import load_causal_lm, load_sequence_classifier
 
-        cache = Path(settings.model_cache_dir) if settings.model_cache_dir else None
-        kw = {"device": settings.device, "dtype": settings.dtype, "cache_dir": cache}
+        kw: dict[str, Any] = {"device": settings.device, "dtype": settings.dtype,
+                              "cache_dir": settings.model_cache_path()}
         scoring = load_causal_lm(settings.model, **kw)
         sampling = None
         if settings.sampling_model and settings.sampling_model != settings.model:

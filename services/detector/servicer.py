@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -117,10 +117,10 @@ class DetectorServicer(detector_service_pb2_grpc.DetectorServiceServicer):
             try:
                 async for request in request_iterator:
                     members = _members(request.members, "members")
-                    call: Callable[[], Any] = pipeline.detect
-                    task = asyncio.ensure_future(call(list(request.texts), members=members,
-                                                      skip_cache=request.skip_cache, timeout=remaining_seconds(context),
-                                                      field="texts", first_index=index))
+                    task = asyncio.ensure_future(pipeline.detect(list(request.texts), members=members,
+                                                                 skip_cache=request.skip_cache,
+                                                                 timeout=remaining_seconds(context), field="texts",
+                                                                 first_index=index))
                     index += len(request.texts)
                     await pending.put(task)
             except Exception as err:  # a bad chunk ends the stream after the chunks before it were answered

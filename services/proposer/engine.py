@@ -79,7 +79,7 @@ class ProposerEngine:
         )
 
         cfg = self.config
-        cache = cfg.model_cache_dir or None
+        cache = cfg.model_cache_path()
         declared = int(cfg.memory_limit_gb * 1e9) if cfg.memory_limit_gb > 0 else None
         await asyncio.to_thread(plan_placement, cfg)
         self.generator = await asyncio.to_thread(

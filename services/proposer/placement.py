@@ -33,7 +33,7 @@ def plan_placement(config: ProposerConfig) -> None:
     from crucible.models.devices import DEFAULT_HEADROOM
 
     device = select_device(config.device)
-    cache = config.model_cache_dir or None
+    cache = config.model_cache_path()
     planned = [("generator", config.model, config.dtype, config.quantize, "AutoModelForCausalLM"),
                ("embedder", config.embedding_model, config.equivalence_dtype, "none", "AutoModel")]
     if config.nli_model:

@@ -73,7 +73,7 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
         results = []
         for verdict in result.verdicts:
             item = pb.EquivalenceResult(score=verdict.score, equivalent=verdict.equivalent,
-                                        form_violation=_DROP_REASONS.get(verdict.form_violation, 0),
+                                        form_violation=_DROP_REASONS.get(verdict.form_violation, pb.DROP_REASON_UNSPECIFIED),
                                         form_detail=verdict.form_detail)
             if verdict.entailment_forward is not None:
                 item.entailment_forward = verdict.entailment_forward
@@ -82,7 +82,7 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
             results.append(item)
         return pb.CheckEquivalenceResponse(results=results, method=_METHOD_ENUMS[result.method],
                                            threshold=result.threshold, model=model_identity(result.model),
-                                           similarity_method=_METHOD_ENUMS.get(result.similarity_method, 0))
+                                           similarity_method=_METHOD_ENUMS.get(result.similarity_method, pb.EQUIVALENCE_METHOD_UNSPECIFIED))
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         result = await self.engine.embed(list(request.texts), timeout=remaining_seconds(context))

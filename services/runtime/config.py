@@ -13,6 +13,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from crucible.runtime.errors import ConfigError
@@ -38,7 +39,7 @@ def setting(default: Any, help: str, *, secret: bool = False, choices: Sequence[
 def redefault(base: type, name: str, default: Any) -> Any:
     """Re-declare a setting a subclass inherits from `base` with the subclass's own default; its help, choices and
     flags stay the base declaration's (one declaration, per-service defaults)."""
-    declared: dataclasses.Field[Any] = base.__dataclass_fields__[name]
+    declared = {f.name: f for f in dataclasses.fields(base)}[name]
     return dataclasses.field(default=default, metadata=declared.metadata)
 
 
@@ -193,6 +194,10 @@ class ModelServerConfig(ServerConfig):
         from crucible.runtime.validation import TextLimits
 
         return TextLimits(self.max_text_bytes, self.max_request_bytes)
+
+    def model_cache_path(self) -> Path | None:
+        """`model_cache_dir` as a path; None means the loaders' default ($CRUCIBLE_CACHE_DIR or ~/.cache/crucible)."""
+        return Path(self.model_cache_dir) if self.model_cache_dir else None
 
     def batch_settings(self) -> BatchSettings:
         """The batching block as the runtime batcher's settings (max_wait_ms in seconds)."""

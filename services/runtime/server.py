@@ -31,10 +31,13 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class Service(Protocol):
     """What a service gives the runtime. `start` loads and warms models; health says SERVING only after it returns."""
 
-    #: Short name used for env vars, logs and the error domain, e.g. "detector".
-    short_name: str
-    #: Fully qualified proto service names this service registers, e.g. ("crucible.detector.v1.DetectorService",).
-    service_names: Sequence[str]
+    @property
+    def short_name(self) -> str:
+        """Short name used for env vars, logs and the error domain, e.g. "detector"."""
+
+    @property
+    def service_names(self) -> Sequence[str]:
+        """Fully qualified proto service names this service registers, e.g. ("crucible.detector.v1.DetectorService",)."""
 
     def add_to_server(self, server: grpc.aio.Server) -> None: ...
 

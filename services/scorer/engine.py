@@ -64,7 +64,7 @@ class ScorerEngine:
         batcher: DynamicBatcher[Any, Any] | None = None
         try:
             loaded = await asyncio.to_thread(
-                load_causal_lm, cfg.model, device="cpu", dtype=cfg.dtype, cache_dir=cfg.model_cache_dir or None
+                load_causal_lm, cfg.model, device="cpu", dtype=cfg.dtype, cache_dir=cfg.model_cache_path()
             )
             if loaded.identity.device != "cpu":
                 raise RuntimeError(f"the target model landed on {loaded.identity.device}, not the CPU")
