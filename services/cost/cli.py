@@ -20,6 +20,7 @@ from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from crucible.clients.channel import add_connection_arguments
 from crucible.clients.tables import format_table
+from crucible.runtime.convert import NS_PER_S, duration_from_ns, timestamp_from_datetime
 
 DEFAULT_ADDRESS = "127.0.0.1:50055"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
@@ -42,8 +43,7 @@ def parse_duration_range(text: str) -> tuple[float, float]:
 
 
 def _pb_duration(seconds: float) -> duration_pb2.Duration:
-    whole = int(seconds)
-    return duration_pb2.Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
+    return duration_from_ns(round(seconds * NS_PER_S))  # nearest ns (a fraction rounding up to 1 s carries over)
 
 
 def _parse_time(text: str) -> timestamp_pb2.Timestamp:
@@ -51,9 +51,7 @@ def _parse_time(text: str) -> timestamp_pb2.Timestamp:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an ISO time such as 2026-05-07T12:00:00Z, got {text!r}") from None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
-    return ts
+    return timestamp_from_datetime(when)  # naive means UTC
 
 
 def _fmt_seconds(d: duration_pb2.Duration) -> str:

@@ -5,13 +5,11 @@ The logic lives in catalog.py, estimate.py, compare.py, budgets.py and refresh.p
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
 
 from crucible.api.cost.v1 import budget_pb2, cost_service_pb2, cost_service_pb2_grpc, offer_pb2
 from crucible.cost import limits, paging
@@ -20,6 +18,7 @@ from crucible.cost.catalog import Availability, Billing, Offer, OfferFilter, Ori
 from crucible.cost.compare import Objective, Requirements, compare
 from crucible.cost.estimate import NS_PER_HOUR, Breakdown, estimate
 from crucible.cost.refresh import Outcome, Refresher
+from crucible.runtime.convert import duration_from_ns, timestamp_from_datetime, timestamp_from_ns
 from crucible.runtime.errors import InvalidArgument, Unavailable
 from crucible.runtime.validation import duration_ns
 from crucible.runtime.validation import timestamp_ns as checked_timestamp_ns
@@ -51,24 +50,8 @@ _OUTCOME = {
     Outcome.KEPT_LAST_GOOD: cost_service_pb2.REFRESH_OUTCOME_KEPT_LAST_GOOD,
     Outcome.NO_PRICE_API: cost_service_pb2.REFRESH_OUTCOME_NO_PRICE_API,
 }
-_NS = 1_000_000_000
-
 
 # ------------------------------------------------------------------------------------------------------ conversions
-
-def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
-    return timestamp_pb2.Timestamp(seconds=ns // _NS, nanos=ns % _NS)
-
-
-def _timestamp_dt(when: dt.datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(when)
-    return ts
-
-
-def _duration(ns: int) -> duration_pb2.Duration:
-    return duration_pb2.Duration(seconds=ns // _NS, nanos=ns % _NS)
-
 
 def timestamp_ns(msg: Any, name: str) -> int:
     """A required Timestamp field as nanoseconds since the epoch; InvalidArgument when unset or out of range."""
@@ -87,13 +70,13 @@ def _offer_pb(offer: Offer) -> offer_pb2.Offer:
         availability=_AVAILABILITY[offer.availability], price_origin=_ORIGIN[offer.origin], price_source=offer.source,
     )
     if offer.observed_at is not None:
-        msg.price_observed_at.CopyFrom(_timestamp_dt(offer.observed_at))
+        msg.price_observed_at.CopyFrom(timestamp_from_datetime(offer.observed_at))
     return msg
 
 
 def _breakdown_pb(b: Breakdown) -> offer_pb2.CostBreakdown:
     return offer_pb2.CostBreakdown(
-        runtime=_duration(b.runtime_ns), billed_duration=_duration(b.billed_ns), compute_usd=b.compute_usd,
+        runtime=duration_from_ns(b.runtime_ns), billed_duration=duration_from_ns(b.billed_ns), compute_usd=b.compute_usd,
         storage_usd=b.storage_usd, network_usd=b.network_usd, total_usd=b.total_usd,
     )
 
@@ -102,14 +85,14 @@ def _budget_pb(b: Budget) -> budget_pb2.Budget:
     return budget_pb2.Budget(
         budget_id=b.budget_id, scope=b.scope, display_name=b.display_name, limit_usd=b.limit_usd,
         alert_thresholds_percent=b.thresholds, enforcement=_ENFORCEMENT[b.enforcement], spent_usd=b.spent_usd,
-        crossed_thresholds_percent=b.crossed, create_time=_timestamp(b.create_ns), update_time=_timestamp(b.update_ns),
+        crossed_thresholds_percent=b.crossed, create_time=timestamp_from_ns(b.create_ns), update_time=timestamp_from_ns(b.update_ns),
     )
 
 
 def _alert_pb(a: Alert) -> budget_pb2.BudgetAlert:
     return budget_pb2.BudgetAlert(
         budget_id=a.budget_id, scope=a.scope, threshold_percent=a.threshold, spent_usd=a.spent_usd, limit_usd=a.limit_usd,
-        enforcement=_ENFORCEMENT[a.enforcement], job_id=a.job_id, time=_timestamp(a.time_ns),
+        enforcement=_ENFORCEMENT[a.enforcement], job_id=a.job_id, time=timestamp_from_ns(a.time_ns),
     )
 
 
@@ -240,7 +223,7 @@ class CostServicer(cost_service_pb2_grpc.CostServiceServicer):
                 user_edited_rows_skipped=r.user_edited_rows_skipped, error=r.error,
             )
             if r.prices_observed_at is not None:
-                msg.prices_observed_at.CopyFrom(_timestamp_dt(r.prices_observed_at))
+                msg.prices_observed_at.CopyFrom(timestamp_from_datetime(r.prices_observed_at))
             out.append(msg)
         return cost_service_pb2.RefreshPricesResponse(results=out)
 
@@ -302,9 +285,9 @@ class CostServicer(cost_service_pb2_grpc.CostServiceServicer):
         u = result.usage
         return cost_service_pb2.RecordUsageResponse(
             usage=budget_pb2.UsageRecord(
-                job_id=u.job_id, offer_id=u.offer_id, scope=u.scope, start_time=_timestamp(u.start_ns),
-                end_time=_timestamp(u.end_ns), price_usd_per_hour=u.price_usd_per_hour, cost_usd=u.cost_usd,
-                record_time=_timestamp(u.record_ns),
+                job_id=u.job_id, offer_id=u.offer_id, scope=u.scope, start_time=timestamp_from_ns(u.start_ns),
+                end_time=timestamp_from_ns(u.end_ns), price_usd_per_hour=u.price_usd_per_hour, cost_usd=u.cost_usd,
+                record_time=timestamp_from_ns(u.record_ns),
             ),
             already_recorded=result.already_recorded, job_spent_usd=result.job_spent_usd,
             budgets=[_budget_pb(b) for b in result.budgets],

@@ -163,3 +163,12 @@ def test_requirement_errors():
         compare(cat, Requirements(gpu_count=1), NS_PER_HOUR, objective=Objective.CHEAPEST, reference_gpu="TPU")
     with pytest.raises(NotFound, match=r"requirements.gpu_names\[0\]"):
         compare(cat, Requirements(gpu_names=["TPU"], gpu_count=1), NS_PER_HOUR, objective=Objective.CHEAPEST)
+
+
+def test_cli_duration_carries_a_fraction_that_rounds_up_to_a_second() -> None:
+    from crucible.cost.cli import _pb_duration
+
+    # The old per-module helper produced nanos=1_000_000_000 here, a Duration protobuf rejects as out of range.
+    almost = _pb_duration(0.9999999999)
+    assert (almost.seconds, almost.nanos) == (1, 0)
+    assert (_pb_duration(3600.25).seconds, _pb_duration(3600.25).nanos) == (3600, 250_000_000)
