@@ -14,13 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _mesh import running_mesh  # noqa: E402
+from _mesh import running_mesh
 
-from crucible.clients.attack import AttackConfig, SecaAttack, Trace, load_mmlu, summarize  # noqa: E402
-from crucible.clients.mesh import Mesh  # noqa: E402
-from crucible.clients.scorer import ChoiceQuery  # noqa: E402
-from crucible.demo import ATTACK_SAMPLES  # noqa: E402
-from crucible.clients.tables import format_table  # noqa: E402
+from crucible.clients.attack import AttackConfig, SecaAttack, Trace, load_mmlu, summarize
+from crucible.clients.mesh import Mesh
+from crucible.clients.scorer import ChoiceQuery
+from crucible.clients.tables import format_table
+from crucible.demo import ATTACK_SAMPLES
 
 
 async def _campaign(base: int, questions, parallel: int, iterations: int) -> tuple[float, int, dict]:

@@ -18,9 +18,9 @@ from google.protobuf import duration_pb2
 
 from crucible.api.cost.v1 import cost_service_pb2 as pb
 from crucible.api.cost.v1 import cost_service_pb2_grpc as pb_grpc
+from crucible.clients.tables import format_table
 from crucible.cost.config import CostConfig
 from crucible.cost.server import create_server
-from crucible.clients.tables import format_table
 from crucible.runtime.config import load_config
 
 ECHO_METHOD = "/bench.Echo/Echo"

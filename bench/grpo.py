@@ -24,13 +24,13 @@ EXAMPLE = HERE.parent / "examples" / "grpo"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(EXAMPLE))
 
+import train as grpo  # noqa: E402  (examples/grpo/train.py)
 from _mesh import running_mesh  # noqa: E402
 
-import train as grpo  # noqa: E402  (examples/grpo/train.py)
 from crucible.clients.mesh import Mesh  # noqa: E402
 from crucible.clients.reward import COMPONENTS, TRLReward, combine, embedding_similarity, mean_components  # noqa: E402
-from crucible.detector.criterion import reference_criterion  # noqa: E402
 from crucible.clients.tables import format_table  # noqa: E402
+from crucible.detector.criterion import reference_criterion  # noqa: E402
 from crucible.models import embed, load_causal_lm, load_embedding_model  # noqa: E402
 
 
@@ -77,7 +77,7 @@ class Timed:
         self.func = func
         self.__name__ = func.__name__
         self.seconds = 0.0
-        if asyncio.iscoroutinefunction(getattr(func, "__call__", None)):
+        if asyncio.iscoroutinefunction(func.__call__):  # the instance's __call__ (a TRLReward is async-callable)
             async def call(*a: Any, **k: Any) -> list[float]:
                 t = time.perf_counter()
                 try:
@@ -179,7 +179,7 @@ def write_curve(rows: list[dict[str, float]], png: Path) -> str:
     smooth = [sum(mean[max(0, i - 4): i + 1]) / len(mean[max(0, i - 4): i + 1]) for i in range(len(mean))]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
     a.plot(steps, mean, "o-", label="reward mean (group of completions)")
-    a.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2,
+    a.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)], [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2,
                    label="± std")
     a.plot(steps, smooth, "k--", label="5-step moving average")
     a.set_xlabel("step")
@@ -214,7 +214,7 @@ def _trend(rows: list[dict[str, float]]) -> str:
     xs = [r["step"] for r in rows]
     ys = [r["reward_mean"] for r in rows]
     mx, my = sum(xs) / n, sum(ys) / n
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(1e-12, sum((x - mx) ** 2 for x in xs))
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / max(1e-12, sum((x - mx) ** 2 for x in xs))
     return (f"first {k} steps mean {first:+.3f}, last {k} steps mean {last:+.3f}; least-squares slope "
             f"{slope:+.4f} per step over {n} steps")
 

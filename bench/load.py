@@ -24,22 +24,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _mesh import free_base_port, running_mesh  # noqa: E402
+from _mesh import free_base_port, running_mesh
 
-from crucible.api.cost.v1 import cost_service_pb2 as cost_pb  # noqa: E402
-from crucible.api.cost.v1 import cost_service_pb2_grpc as cost_grpc  # noqa: E402
-from crucible.api.detector.v1 import detector_service_pb2 as det_pb  # noqa: E402
-from crucible.api.detector.v1 import detector_service_pb2_grpc as det_grpc  # noqa: E402
-from crucible.api.proposer.v1 import proposer_service_pb2 as prop_pb  # noqa: E402
-from crucible.api.proposer.v1 import proposer_service_pb2_grpc as prop_grpc  # noqa: E402
-from crucible.api.scheduler.v1 import job_pb2  # noqa: E402
-from crucible.api.scheduler.v1 import scheduler_service_pb2 as sched_pb  # noqa: E402
-from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as sched_grpc  # noqa: E402
-from crucible.api.scorer.v1 import scorer_service_pb2 as scorer_pb  # noqa: E402
-from crucible.api.scorer.v1 import scorer_service_pb2_grpc as scorer_grpc  # noqa: E402
-from crucible.clients.tables import format_table  # noqa: E402
-from crucible.mesh import SERVICES, MeshLauncher, default_ports  # noqa: E402
-from crucible.runtime.errors import parse_status_details  # noqa: E402
+from crucible.api.cost.v1 import cost_service_pb2 as cost_pb
+from crucible.api.cost.v1 import cost_service_pb2_grpc as cost_grpc
+from crucible.api.detector.v1 import detector_service_pb2 as det_pb
+from crucible.api.detector.v1 import detector_service_pb2_grpc as det_grpc
+from crucible.api.proposer.v1 import proposer_service_pb2 as prop_pb
+from crucible.api.proposer.v1 import proposer_service_pb2_grpc as prop_grpc
+from crucible.api.scheduler.v1 import job_pb2
+from crucible.api.scheduler.v1 import scheduler_service_pb2 as sched_pb
+from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as sched_grpc
+from crucible.api.scorer.v1 import scorer_service_pb2 as scorer_pb
+from crucible.api.scorer.v1 import scorer_service_pb2_grpc as scorer_grpc
+from crucible.clients.tables import format_table
+from crucible.mesh import SERVICES, MeshLauncher, default_ports
+from crucible.runtime.errors import parse_status_details
 
 MODEL_SERVICES = ("detector", "proposer", "scorer")
 

@@ -10,13 +10,14 @@ import logging
 import time
 
 import grpc
+from prometheus_client import CollectorRegistry
+
 from crucible.api.proposer.v1 import proposer_service_pb2 as pb
 from crucible.api.proposer.v1 import proposer_service_pb2_grpc as pb_grpc
 from crucible.clients.tables import format_table
 from crucible.proposer.config import ProposerConfig
 from crucible.proposer.server import create_server
 from crucible.runtime.config import load_config
-from prometheus_client import CollectorRegistry
 
 TEXTS = [
     "The committee postponed the vote because several members were travelling abroad.",

@@ -18,14 +18,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _mesh import running_mesh  # noqa: E402
+from _mesh import running_mesh
 
-from crucible.clients.mesh import Mesh  # noqa: E402
-from crucible.clients.reward import CompositeReward, RewardConfig, combine, embedding_similarity  # noqa: E402
-from crucible.demo import REWARD_SAMPLES  # noqa: E402
-from crucible.detector.criterion import reference_criterion  # noqa: E402
-from crucible.clients.tables import format_table  # noqa: E402
-from crucible.models import embed, load_causal_lm, load_embedding_model  # noqa: E402
+from crucible.clients.mesh import Mesh
+from crucible.clients.reward import CompositeReward, RewardConfig, combine, embedding_similarity
+from crucible.clients.tables import format_table
+from crucible.demo import REWARD_SAMPLES
+from crucible.detector.criterion import reference_criterion
+from crucible.models import embed, load_causal_lm, load_embedding_model
 
 CONFIG = RewardConfig(detector_signal="criterion", perplexity_target=40.0, perplexity_min=8.0, perplexity_max=250.0)
 

@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import grpc
 import torch
+
 from crucible.api.scorer.v1 import scorer_service_pb2 as pb
 from crucible.api.scorer.v1 import scorer_service_pb2_grpc as pb_grpc
 from crucible.clients.tables import format_table

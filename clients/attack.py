@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from crucible.clients.mesh import Mesh
 from crucible.clients.retry import AttackCallError, Retrier, RetryPolicy
@@ -177,7 +177,7 @@ class SecaAttack:
     """
 
     #: First-attempt deadlines (seconds) per call kind; later ones follow the slowest call seen (RetryPolicy).
-    DEADLINE_FLOORS = {"propose": 180.0, "score": 90.0, "equivalence": 90.0, "info": 30.0}
+    DEADLINE_FLOORS: ClassVar[dict[str, float]] = {"propose": 180.0, "score": 90.0, "equivalence": 90.0, "info": 30.0}
 
     def __init__(self, mesh: Mesh, config: AttackConfig | None = None, trace: Trace | None = None,
                  on_iteration: Callable[[IterationReport], None] | None = None) -> None:

@@ -119,16 +119,16 @@ class _Metadata(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClient
             details.method, details.timeout, grpc.aio.Metadata(*metadata), details.credentials, details.wait_for_ready
         )
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # noqa: ANN001, ANN201
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
         return await continuation(self._details(client_call_details), request)
 
-    async def intercept_unary_stream(self, continuation, client_call_details, request):  # noqa: ANN001, ANN201
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
         return await continuation(self._details(client_call_details), request)
 
-    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # noqa: ANN001, ANN201
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
         return await continuation(self._details(client_call_details), request_iterator)
 
-    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # noqa: ANN001, ANN201
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
         return await continuation(self._details(client_call_details), request_iterator)
 
 
@@ -156,10 +156,10 @@ class _SyncMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInte
         return _SyncCallDetails(details.method, details.timeout, metadata, details.credentials,
                                 details.wait_for_ready, details.compression)
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):  # noqa: ANN001, ANN201
+    def intercept_unary_unary(self, continuation, client_call_details, request):
         return continuation(self._details(client_call_details), request)
 
-    def intercept_unary_stream(self, continuation, client_call_details, request):  # noqa: ANN001, ANN201
+    def intercept_unary_stream(self, continuation, client_call_details, request):
         return continuation(self._details(client_call_details), request)
 
 

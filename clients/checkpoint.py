@@ -168,4 +168,4 @@ def _hash_file(path: str) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-__all__ = ["CheckpointInfo", "ENV_URL", "list_checkpoints", "load_latest", "save_checkpoint"]
+__all__ = ["ENV_URL", "CheckpointInfo", "list_checkpoints", "load_latest", "save_checkpoint"]

@@ -49,7 +49,7 @@ def to_plain(message: Message) -> Any:
     """Convert a message to its dataclass (recursively); WKT times to datetime/timedelta."""
     name = message.DESCRIPTOR.full_name
     if name == "google.protobuf.Timestamp":
-        return message.ToDatetime(tzinfo=dt.timezone.utc)  # type: ignore[attr-defined]
+        return message.ToDatetime(tzinfo=dt.UTC)  # type: ignore[attr-defined]
     if name == "google.protobuf.Duration":
         return message.ToTimedelta()  # type: ignore[attr-defined]
     values = {}

@@ -103,7 +103,7 @@ class RewardBreakdown:
     def components(self, config: RewardConfig) -> dict[str, float]:
         """Each component's weighted contribution to `total` (they sum to it), for logs and progress lines."""
         if "empty" in self.flags:
-            return {name: 0.0 for name in COMPONENTS[:-1]} | {"penalty": self.penalty}
+            return dict.fromkeys(COMPONENTS[:-1], 0.0) | {"penalty": self.penalty}
         scale = config.below_threshold_scale if "below_similarity_threshold" in self.flags else 1.0
         return {
             "detector": config.w_detector * self.detector,
@@ -185,12 +185,7 @@ _ASCII_WORD = re.compile(r"[A-Za-z]+(?:['’-][A-Za-z]+)*|[0-9][0-9.,:%-]*")
 #: Common English function words (articles, pronouns, auxiliaries, prepositions, conjunctions): 30-50 % of the words of
 #: ordinary English prose, near 0 % of other languages' prose and of keyword soup.
 _STOPWORDS = frozenset(
-    "a about above after again against all am an and any are as at be because been before being below between both but "
-    "by can could did do does doing down during each few for from further had has have having he her here hers herself "
-    "him himself his how i if in into is it its itself just me more most my myself no nor not now of off on once only or "
-    "other our ours ourselves out over own same she should so some such than that the their theirs them themselves then "
-    "there these they this those through to too under until up very was we were what when where which while who whom why "
-    "will with would you your yours yourself yourselves also may might must shall upon onto".split()
+    ["a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "me", "more", "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours", "yourself", "yourselves", "also", "may", "might", "must", "shall", "upon", "onto"]
 )
 
 

@@ -23,7 +23,6 @@ from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from crucible.clients.base import ServiceClient
 from crucible.clients.plain import request, to_plain
 
-
 PACK_IGNORED_DIRS = frozenset({".git", "__pycache__", ".venv"})  # and *.pyc files: never part of a packed folder
 MAX_PACKED_BYTES = 48 << 20  # below the scheduler's default 64 MiB message limit
 

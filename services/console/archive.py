@@ -24,7 +24,7 @@ def _check_name(name: str) -> str:
     if not name or len(name) > 1000 or "\x00" in name or "\\" in name:
         raise ArchiveError(f"bad file name {name[:80]!r}")
     clean = posixpath.normpath(name)
-    if clean.startswith("/") or clean == ".." or clean.startswith("../"):
+    if clean.startswith(("/", "../")) or clean == "..":
         raise ArchiveError(f"file {name[:80]!r} would land outside the job's folder")
     return clean
 

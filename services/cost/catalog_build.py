@@ -165,7 +165,7 @@ def lambda_rows(file: SkyPilotFile, observed: dt.date) -> list[CatalogRow]:
             raise BuildError(f"{where}: GpuInfo: cannot read the GPU memory from {rec['GpuInfo'][:80]!r}") from None
         memory = mib / 1024
         price, spot = _prices(rec, where, warned)
-        if price is None and spot is None or count <= 0 or not rec["Region"]:
+        if (price is None and spot is None) or count <= 0 or not rec["Region"]:
             log.warning("%s: %s has no price, GPU count or region; left out", where, rec["InstanceType"])
             continue
         row = _row(provider="lambda", instance_type=rec["InstanceType"],
@@ -196,7 +196,7 @@ def runpod_rows(file: SkyPilotFile, observed: dt.date) -> list[CatalogRow]:
         count = int(_number(rec["AcceleratorCount"], f"{where}: AcceleratorCount") or 0)
         zone = rec["AvailabilityZone"]
         price, spot = _prices(rec, where, warned)
-        if price is None and spot is None or count <= 0 or not zone:
+        if (price is None and spot is None) or count <= 0 or not zone:
             log.warning("%s: %s has no price, GPU count or data center; left out", where, rec["InstanceType"])
             continue
         row = _row(provider="runpod", instance_type=runpod_instance_type(gpu_type_id, count), gpu_name=gpu_name,

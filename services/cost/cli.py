@@ -299,9 +299,8 @@ async def _budget_record(stub: Any, args: argparse.Namespace) -> int:
 def _run(command: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         from crucible.api.cost.v1 import cost_service_pb2_grpc
-        from crucible.runtime.errors import parse_status_details
-
         from crucible.clients.channel import cli_channel_config, open_channel
+        from crucible.runtime.errors import parse_status_details
 
         async def go() -> int:
             async with open_channel(config, "crucible.cost.v1.CostService") as channel:

@@ -236,7 +236,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             return 0
         rows = []
         for j in reply.jobs:
-            est, spent = _money(j)
+            _est, spent = _money(j)
             created = j.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
             rows.append((j.job_id, state_name(j.state), j.provider, j.spec.display_name[:30], created, progress_text(j, 10),
                          spent))

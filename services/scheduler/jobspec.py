@@ -72,10 +72,12 @@ def validate_spec(spec: job_pb2.JobSpec, request_id: str, known_providers: Colle
     for i, arg in enumerate(spec.command):
         if "\x00" in arg:
             raise InvalidArgument.field(f"spec.command[{i}]", "must not contain NUL bytes")
-    if spec.WhichOneof("code") == "code_dir":  # the file system is checked by check_code, in a thread
-        if not spec.code_dir.startswith("/") or "\x00" in spec.code_dir or len(spec.code_dir) > MAX_CODE_DIR_CHARS:
-            raise InvalidArgument.field("spec.code_dir", f"must be an absolute path of at most {MAX_CODE_DIR_CHARS} "
-                                        "characters without NUL bytes")
+    # The file system is checked by check_code, in a thread; here only the string.
+    if spec.WhichOneof("code") == "code_dir" and (
+        not spec.code_dir.startswith("/") or "\x00" in spec.code_dir or len(spec.code_dir) > MAX_CODE_DIR_CHARS
+    ):
+        raise InvalidArgument.field("spec.code_dir", f"must be an absolute path of at most {MAX_CODE_DIR_CHARS} "
+                                    "characters without NUL bytes")
     for name in sorted(spec.env):
         if not ENV_NAME.match(name):
             raise InvalidArgument.field(f"spec.env[{name}]", "name must match [A-Za-z_][A-Za-z0-9_]*")
@@ -285,8 +287,8 @@ def check_archive(data: bytes, limits: CodeLimits | None = None) -> str:
 
     if zipfile.is_zipfile(io.BytesIO(data)):
         # The entry count from the end record first: ZipFile() would build every entry of the central directory.
-        end = zipfile._EndRecData(io.BytesIO(data))  # noqa: SLF001 - the stdlib's own end-record reader
-        if end and end[zipfile._ECD_ENTRIES_TOTAL] > limits.max_files:  # noqa: SLF001
+        end = zipfile._EndRecData(io.BytesIO(data))
+        if end and end[zipfile._ECD_ENTRIES_TOTAL] > limits.max_files:
             raise _archive_error(f"more than {limits.max_files} members (--code-max-files)", "CODE_TOO_LARGE")
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as z:

@@ -123,7 +123,7 @@ class JobBookkeeping:
         if self.log_read:
             out["log_read"] = {str(n): dict(v) for n, v in self.log_read.items()}
         if self.log_capped:
-            out["log_capped"] = {stream: True for stream in sorted(self.log_capped)}
+            out["log_capped"] = dict.fromkeys(sorted(self.log_capped), True)
         if self.log_dropped:
             out["log_dropped"] = dict(self.log_dropped)
         if self.code_sha256:
@@ -241,7 +241,7 @@ class LiveJob:
         self.version = 0
         self.wake = asyncio.Event()
         self.tracker = ProgressTracker()
-        self.partial: dict[str, bytes] = {stream: b"" for stream in STREAMS}
+        self.partial: dict[str, bytes] = dict.fromkeys(STREAMS, b"")
         self.progress_saved_at = 0.0
         self.progress_dirty = False
         stored = rec.job.progress

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from crucible.api.scheduler.v1 import job_pb2, scheduler_service_pb2 as pb, scheduler_service_pb2_grpc
+from crucible.api.scheduler.v1 import job_pb2, scheduler_service_pb2_grpc
+from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.runtime.convert import timestamp_from_unix
 from crucible.runtime.errors import InvalidArgument, OutOfRange
 from crucible.scheduler import artifacts

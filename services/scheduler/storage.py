@@ -176,7 +176,7 @@ class JobObjectStore:
             info = self.fs.info(target)
         except FileNotFoundError:
             return None
-        except Exception as exc:  # noqa: BLE001 - the store's own error types vary by backend
+        except Exception as exc:
             raise StoreError(f"{self.scheme}://{target}: {exc}") from exc
         if info.get("type") != "file":
             return None
@@ -278,7 +278,7 @@ class JobObjectStore:
         try:
             creds = sts.assume_role(RoleArn=self.settings.role_arn, RoleSessionName=f"crucible-{job_id}"[:64],
                                     Policy=json.dumps(policy), DurationSeconds=seconds)["Credentials"]
-        except Exception as exc:  # noqa: BLE001 - botocore raises many types
+        except Exception as exc:
             raise StoreError(f"could not get scoped store keys for job {job_id}: {exc}") from exc
         return {"AWS_ACCESS_KEY_ID": creds["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
                 "AWS_SESSION_TOKEN": creds["SessionToken"]}
@@ -288,7 +288,7 @@ class JobObjectStore:
             return fn()
         except FileNotFoundError:
             raise
-        except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own types
+        except Exception as exc:
             raise StoreError(f"{self.scheme}://{what}: {type(exc).__name__}: {exc}") from exc
 
 

@@ -229,6 +229,7 @@ class AsyncJobStore:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-store")
         self._queue: list[tuple[str, JobRecord, asyncio.Future[Any]]] = []
         self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None  # held so the running flush is not garbage-collected
         self._progress: dict[str, list[ProgressPoint]] = {}  # points parsed since the job's last save
 
     async def _write(self, op: str, rec: JobRecord) -> Any:
@@ -237,7 +238,7 @@ class AsyncJobStore:
         self._queue.append((op, rec, fut))
         if not self._flushing:
             self._flushing = True
-            loop.create_task(self._flush())
+            self._flusher = loop.create_task(self._flush())
         return await fut
 
     async def _flush(self) -> None:

@@ -63,7 +63,7 @@ def _certificate(tmp_path, dns_name: str):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -94,7 +94,7 @@ async def test_probe_fails_while_loading_and_passes_once_serving():
 
 
 async def test_probe_fails_when_nothing_listens():
-    server, service, port = await _server()
+    server, _service, port = await _server()
     await server.stop(0)
     rc, out = await _probe("detector", "--port", str(port), "--timeout", "1")
     assert rc == 1 and "UNAVAILABLE" in out
@@ -133,4 +133,4 @@ def test_probe_knows_the_same_ports_and_health_names_as_the_mesh():
     spec = importlib.util.spec_from_file_location("crucible_healthcheck", PROBE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.SERVICES == {name: (e.port, e.proto_service) for name, e in SERVICES.items()}
+    assert {name: (e.port, e.proto_service) for name, e in SERVICES.items()} == module.SERVICES

@@ -158,7 +158,7 @@ def test_every_rule_loads_and_evaluates_without_error(prometheus):
     while True:
         groups = _api(prometheus, "rules")["data"]["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
-        if rules and all(rule["health"] != "unknown" for rule in rules) or time.monotonic() > deadline:
+        if (rules and all(rule["health"] != "unknown" for rule in rules)) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert {g["name"] for g in groups} == expected

@@ -15,7 +15,6 @@ import os
 import socket
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,7 +246,7 @@ def test_submit_nanogpt_chart_and_logs_stream(stack: dict[str, Any], browser: An
     shot(browser, "job")
 
     # Download an artifact through the console (checksum verified by the SDK on the way).
-    link = [a for a in css(browser, "#artifacts a") if "ckpt.pt" in (a.get_attribute("href") or "")][0]
+    link = next(a for a in css(browser, "#artifacts a") if "ckpt.pt" in (a.get_attribute("href") or ""))
     cookies = {c["name"]: c["value"] for c in browser.get_cookies()}
     response = httpx.get(link.get_attribute("href"), cookies=cookies, timeout=60)
     assert response.status_code == 200 and len(response.content) > 1000
@@ -322,7 +321,7 @@ def test_budgets_page_shows_live_alerts(stack: dict[str, Any], browser: Any) -> 
     wait(browser, lambda d: by_id(d, "watch-status").text == "watching")  # every WatchBudget has answered
 
     async def spend() -> None:
-        end = dt.datetime.now(dt.timezone.utc)  # after the budget's create_time (spend counts from then on)
+        end = dt.datetime.now(dt.UTC)  # after the budget's create_time (spend counts from then on)
         async with clients(stack) as mesh:
             await mesh.cost.record_usage(job_id="job-console-e2e", offer_id=offer_id, scope="project:console-e2e",
                                          start_time=(end - dt.timedelta(minutes=10)).isoformat(),

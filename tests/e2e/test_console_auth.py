@@ -97,7 +97,7 @@ def test_login_page_in_the_browser(consoles: dict[str, str], browser_for_auth: A
     by_id(driver, "login").click()
     wait(driver, lambda d: d.current_url.endswith("/jobs") and "no jobs" in d.page_source)
     assert TOKEN not in driver.page_source
-    cookie = [c for c in driver.get_cookies() if c["name"] == "crucible_console"][0]
+    cookie = next(c for c in driver.get_cookies() if c["name"] == "crucible_console")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and TOKEN not in cookie["value"]
     assert driver.execute_script("return document.cookie") == ""  # not readable by page scripts
 

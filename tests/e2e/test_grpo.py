@@ -125,13 +125,12 @@ async def test_tinker_cookbook_rollout_scores_a_group_over_the_mesh(mesh_env):
     import torch
     from tinker_cookbook.completers import TokenCompleter, TokensWithLogprobs
     from tinker_cookbook.rl.rollouts import do_group_rollout
+    from transformers import AutoModelForCausalLM
 
     from crucible.clients.mesh import MeshConfig
     from crucible.clients.reward import RewardConfig
     from crucible.clients.tinker_env import ParaphraseGroupBuilder, load_tokenizer
     from crucible.models import resolve_model
-
-    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct", prepare=True).path)
     tokenizer = load_tokenizer("smollm2-135m-instruct")

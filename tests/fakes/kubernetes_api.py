@@ -8,9 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.fakes.server import FakeServer
-from tests.fakes.server import Request
-from tests.fakes.server import Response
+from tests.fakes.server import FakeServer, Request, Response
 
 NOW = "2026-11-23T10:00:00Z"
 

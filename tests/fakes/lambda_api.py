@@ -8,12 +8,8 @@ from __future__ import annotations
 import itertools
 import re
 
-from tests.fakes.server import FakeServer
-from tests.fakes.server import Request
-from tests.fakes.server import Response
-from tests.fakes.api_fields import LAMBDA_LAUNCH
-from tests.fakes.api_fields import violations
-from tests.fakes.server import bearer_ok
+from tests.fakes.api_fields import LAMBDA_LAUNCH, violations
+from tests.fakes.server import FakeServer, Request, Response, bearer_ok
 
 PREFIX = "/api/v1"
 #: Instance types and regions the fake knows (Lambda's names; the catalog's rows use them).

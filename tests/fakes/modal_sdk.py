@@ -36,7 +36,7 @@ class AlreadyExistsError(Error):
     """A running Sandbox already has this name in the App."""
 
 
-class TimeoutError(Error):  # noqa: A001 - mirrors modal.exception.TimeoutError
+class TimeoutError(Error):
     """An SDK call timed out."""
 
 

@@ -8,13 +8,8 @@ from __future__ import annotations
 import itertools
 import re
 
-from tests.fakes.api_fields import PAPERSPACE_MACHINE
-from tests.fakes.api_fields import PAPERSPACE_STARTUP_SCRIPT
-from tests.fakes.api_fields import violations
-from tests.fakes.server import FakeServer
-from tests.fakes.server import Request
-from tests.fakes.server import Response
-from tests.fakes.server import bearer_ok
+from tests.fakes.api_fields import PAPERSPACE_MACHINE, PAPERSPACE_STARTUP_SCRIPT, violations
+from tests.fakes.server import FakeServer, Request, Response, bearer_ok
 
 PREFIX = "/v1"
 #: Machine types and regions the fake knows (Paperspace's names).

@@ -8,10 +8,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from tests.fakes.server import FakeServer
-from tests.fakes.server import Request
-from tests.fakes.server import Response
-from tests.fakes.server import bearer_ok
+from tests.fakes.server import FakeServer, Request, Response, bearer_ok
 
 
 def _problem(status: int, title: str, detail: str) -> Response:

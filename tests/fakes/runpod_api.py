@@ -9,13 +9,8 @@ import itertools
 import re
 from typing import Any
 
-from tests.fakes.api_fields import RUNPOD_CLOUD_TYPES
-from tests.fakes.api_fields import RUNPOD_ON_DEMAND
-from tests.fakes.api_fields import RUNPOD_SPOT
-from tests.fakes.api_fields import violations
-from tests.fakes.server import FakeServer
-from tests.fakes.server import Request
-from tests.fakes.server import Response
+from tests.fakes.api_fields import RUNPOD_CLOUD_TYPES, RUNPOD_ON_DEMAND, RUNPOD_SPOT, violations
+from tests.fakes.server import FakeServer, Request, Response
 
 NO_CAPACITY = ("There are no longer any instances available with the requested specifications. "
                "Please refresh and try again.")

@@ -84,9 +84,8 @@ def test_a_large_text_in_a_detect_stream_is_refused_naming_its_place_in_the_stre
     from crucible.api.detector.v1 import detector_service_pb2_grpc as pb_grpc
 
     chunks = [pb.DetectStreamRequest(texts=["first chunk text", "second text"]), pb.DetectStreamRequest(texts=["ok", BIG])]
-    with grpc.insecure_channel(fleet["detector"].address) as channel:
-        with pytest.raises(grpc.RpcError) as err:
-            list(pb_grpc.DetectorServiceStub(channel).DetectStream(iter(chunks), timeout=60, metadata=AUTH))
+    with grpc.insecure_channel(fleet["detector"].address) as channel, pytest.raises(grpc.RpcError) as err:
+        list(pb_grpc.DetectorServiceStub(channel).DetectStream(iter(chunks), timeout=60, metadata=AUTH))
     _invalid(err.value, "texts[3]", "TEXT_TOO_LARGE")
 
 
@@ -130,7 +129,7 @@ def test_tokenising_runs_off_the_event_loop(fleet: dict[str, Running], monkeypat
     original = getattr(target, attribute)
     threads: list[str] = []
 
-    def recording(*args, **kwargs):  # noqa: ANN002, ANN003 - forwards the call as it came
+    def recording(*args, **kwargs):
         threads.append(threading.current_thread().name)
         return original(*args, **kwargs)
 
@@ -146,7 +145,7 @@ async def test_a_batch_whose_callers_are_gone_stops_between_steps() -> None:
     steps: list[int] = []
     stopped = threading.Event()
 
-    def run(items: list[str], cancel) -> list[str]:  # noqa: ANN001 - a BatchCancel
+    def run(items: list[str], cancel) -> list[str]:
         for step in range(200):
             if cancel.cancelled():
                 stopped.set()

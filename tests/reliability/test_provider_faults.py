@@ -96,7 +96,7 @@ async def _until(rig: Rig, job_id: str, done, timeout: float = 30) -> job_pb2.Jo
 
 
 def _launched(job: job_pb2.Job) -> bool:
-    return bool(job.attempts) and bool(job.attempts[-1].provider_ref) or job.state in (S.JOB_STATE_FAILED,)
+    return (bool(job.attempts) and bool(job.attempts[-1].provider_ref)) or job.state in (S.JOB_STATE_FAILED,)
 
 
 def _instances_of(fake: FakeLambda, job_id: str) -> list[dict]:

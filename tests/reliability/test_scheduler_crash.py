@@ -116,7 +116,7 @@ async def test_kill9_twice_with_jobs_in_every_state_loses_and_duplicates_nothing
         sched.kill9()
         expect.update({long_job: (S.JOB_STATE_SUCCEEDED, 0), ends_ok: (S.JOB_STATE_SUCCEEDED, 0),
                        ends_bad: (S.JOB_STATE_FAILED, 5), victim: (S.JOB_STATE_CANCELLED, None),
-                       **{j: (S.JOB_STATE_SUCCEEDED, 0) for j in fresh}})
+                       **dict.fromkeys(fresh, (S.JOB_STATE_SUCCEEDED, 0))})
         await asyncio.sleep(1.5)  # ends_ok and ends_bad finish while nothing watches them
 
         await sched.start()
@@ -144,7 +144,7 @@ async def test_kill9_twice_with_jobs_in_every_state_loses_and_duplicates_nothing
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # the cancelled job's process is gone
         launches = collections.Counter(marker.read_text().split())
-        assert launches == collections.Counter({j: 1 for j in expect}), launches
+        assert launches == collections.Counter(dict.fromkeys(expect, 1)), launches
     finally:
         if sched.proc is not None:
             sched.proc.stop()

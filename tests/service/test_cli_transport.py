@@ -64,10 +64,10 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 class ScriptedDetector(dpb_grpc.DetectorServiceServicer):
     """GetInfo and Detect on the real contract (no models): criterion = text length."""
 
-    async def GetInfo(self, request, context):  # noqa: ANN001, ANN201
+    async def GetInfo(self, request, context):
         return dpb.GetInfoResponse(limits=dpb.Limits(max_texts_per_call=8))
 
-    async def Detect(self, request, context):  # noqa: ANN001, ANN201
+    async def Detect(self, request, context):
         return dpb.DetectResponse(detections=[dpb.Detection(index=i, criterion=float(len(t)), token_count=len(t))
                                               for i, t in enumerate(request.texts)])
 
@@ -75,7 +75,7 @@ class ScriptedDetector(dpb_grpc.DetectorServiceServicer):
 class ScriptedProposer(ppb_grpc.ProposerServiceServicer):
     """Embed on the real contract: a unit vector from the text length (no models)."""
 
-    async def Embed(self, request, context):  # noqa: ANN001, ANN201
+    async def Embed(self, request, context):
         vectors = [[1.0, 0.0] if len(t) % 2 == 0 else [0.6, 0.8] for t in request.texts]
         return ppb.EmbedResponse(embeddings=[ppb.Embedding(values=v, token_count=len(t))
                                              for v, t in zip(vectors, request.texts, strict=True)], dimension=2)
@@ -84,7 +84,7 @@ class ScriptedProposer(ppb_grpc.ProposerServiceServicer):
 class ScriptedScorer(spb_grpc.ScorerServiceServicer):
     """ScoreChoices on the real contract: always prefers option D (no models)."""
 
-    async def ScoreChoices(self, request, context):  # noqa: ANN001, ANN201
+    async def ScoreChoices(self, request, context):
         probs = [0.1, 0.1, 0.1, 0.7]
         return spb.ScoreChoicesResponse(results=[spb.ChoiceResult(prompt="p", top_index=3, choices=[
             spb.ChoiceScore(text=f" {c}", logprob=-1.0 - i, probability=probs[i], token_count=1)

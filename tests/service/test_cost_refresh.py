@@ -70,14 +70,14 @@ class FakeProviders:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            def do_GET(self) -> None:
                 fake.requests.append(("GET", self.path, self.headers.get("Authorization", ""), b""))
                 if self.path == "/lambda/instance-types":
                     self._answer("lambda", LAMBDA_BODY)
                 else:
                     self._send(404, {"error": {"code": "not-found", "message": self.path}})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 fake.requests.append(("POST", self.path, self.headers.get("Authorization", ""), body))
                 if self.path == "/runpod/graphql":

@@ -19,11 +19,7 @@ from crucible.scheduler.providers.lambda_cloud import LambdaProvider
 from crucible.scheduler.providers.paperspace import PaperspaceProvider
 from crucible.scheduler.providers.runpod import RunPodProvider
 from crucible.scheduler.server import create_server as create_scheduler
-from tests.fakes.api_fields import LAMBDA_LAUNCH
-from tests.fakes.api_fields import PAPERSPACE_MACHINE
-from tests.fakes.api_fields import PAPERSPACE_STARTUP_SCRIPT
-from tests.fakes.api_fields import RUNPOD_ON_DEMAND
-from tests.fakes.api_fields import violations
+from tests.fakes.api_fields import LAMBDA_LAUNCH, PAPERSPACE_MACHINE, PAPERSPACE_STARTUP_SCRIPT, RUNPOD_ON_DEMAND, violations
 
 KEYS = {"LAMBDA_API_KEY": "secret_lambda_0123456789abcdef", "RUNPOD_API_KEY": "rpa_SECRET0123456789ABCDEF",
         "PAPERSPACE_API_KEY": "ps-SECRET-0123456789abcdef"}

@@ -12,12 +12,8 @@ import pytest
 from crucible.scheduler.providers.base import ProviderError
 from crucible.scheduler.providers.base import ProviderErrorKind as K
 from crucible.scheduler.providers.credentials import SecretStore
-from crucible.scheduler.providers.http import ProviderHTTP
-from crucible.scheduler.providers.http import RetryPolicy
-from tests.fakes.server import Fault
-from tests.fakes.server import FakeServer
-from tests.fakes.server import Request
-from tests.fakes.server import Response
+from crucible.scheduler.providers.http import ProviderHTTP, RetryPolicy
+from tests.fakes.server import FakeServer, Fault, Request, Response
 
 KEY = "pk-secret-31337-abcdef"
 
@@ -140,9 +136,8 @@ async def test_bad_key_is_auth_and_never_leaks(server, caplog):
     wrong = "pk-wrong-key-99999999"
     server.fault(Fault.rate_limited("0"), path="/x", times=1)
     http = client(server, key=wrong)
-    with caplog.at_level(logging.DEBUG):
-        with pytest.raises(ProviderError) as info:
-            await http.request("GET", "/x")
+    with caplog.at_level(logging.DEBUG), pytest.raises(ProviderError) as info:
+        await http.request("GET", "/x")
     assert info.value.kind is K.AUTH and info.value.status == 401
     # the fake echoes the Authorization header back in its error body: it must be scrubbed
     for text in (str(info.value), repr(info.value), caplog.text, repr(http)):

@@ -13,11 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import OfferRef
-from crucible.scheduler.providers.base import ProviderError
+from crucible.scheduler.providers.base import LaunchSpec, OfferRef, ProviderError, RunState
 from crucible.scheduler.providers.base import ProviderErrorKind as K
-from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.credentials import SecretStore
 from crucible.scheduler.providers.lambda_cloud import LambdaProvider
 from tests.fakes.lambda_api import FakeLambda
@@ -135,9 +132,8 @@ async def test_capacity_quota_invalid_and_auth_errors(fake, tmp_path):
 async def test_bad_key_is_auth_and_secret_never_leaks(fake, tmp_path, caplog):
     wrong = "secret_wrong-key_9999999999"
     p = provider(fake, key=wrong)
-    with caplog.at_level(logging.DEBUG):
-        with pytest.raises(ProviderError) as info:
-            await p.submit(spec(tmp_path))
+    with caplog.at_level(logging.DEBUG), pytest.raises(ProviderError) as info:
+        await p.submit(spec(tmp_path))
     assert info.value.kind is K.AUTH
     for text in (str(info.value), repr(info.value), caplog.text, repr(p)):
         assert wrong not in text and KEY not in text

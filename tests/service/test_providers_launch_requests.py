@@ -12,20 +12,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import OfferRef
-from crucible.scheduler.providers.base import ProviderError
+from crucible.scheduler.providers.base import LaunchSpec, OfferRef, ProviderError
 from crucible.scheduler.providers.base import ProviderErrorKind as K
 from crucible.scheduler.providers.credentials import SecretStore
 from crucible.scheduler.providers.lambda_cloud import LambdaProvider
 from crucible.scheduler.providers.paperspace import PaperspaceProvider
 from crucible.scheduler.providers.runpod import RunPodProvider
-from tests.fakes.api_fields import LAMBDA_LAUNCH
-from tests.fakes.api_fields import PAPERSPACE_MACHINE
-from tests.fakes.api_fields import PAPERSPACE_STARTUP_SCRIPT
-from tests.fakes.api_fields import RUNPOD_ON_DEMAND
-from tests.fakes.api_fields import RUNPOD_SPOT
-from tests.fakes.api_fields import violations
+from tests.fakes.api_fields import (
+    LAMBDA_LAUNCH,
+    PAPERSPACE_MACHINE,
+    PAPERSPACE_STARTUP_SCRIPT,
+    RUNPOD_ON_DEMAND,
+    RUNPOD_SPOT,
+    violations,
+)
 from tests.fakes.lambda_api import FakeLambda
 from tests.fakes.paperspace_api import FakePaperspace
 from tests.fakes.runpod_api import FakeRunPod

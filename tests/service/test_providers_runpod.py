@@ -15,11 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import OfferRef
-from crucible.scheduler.providers.base import ProviderError
+from crucible.scheduler.providers.base import LaunchSpec, OfferRef, ProviderError, RunState
 from crucible.scheduler.providers.base import ProviderErrorKind as K
-from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.credentials import SecretStore
 from crucible.scheduler.providers.runpod import RunPodProvider
 from tests.fakes.runpod_api import FakeRunPod
@@ -112,9 +109,8 @@ async def test_errors_in_200_bodies_are_classified(fake, tmp_path):
 async def test_bad_key_is_auth_and_never_leaks(fake, tmp_path, caplog):
     wrong = "rpa_WRONGKEY9999999999999999"
     p = provider(fake, key=wrong)
-    with caplog.at_level(logging.DEBUG):
-        with pytest.raises(ProviderError) as info:
-            await p.submit(spec(tmp_path))
+    with caplog.at_level(logging.DEBUG), pytest.raises(ProviderError) as info:
+        await p.submit(spec(tmp_path))
     assert info.value.kind is K.AUTH
     for text in (str(info.value), caplog.text, repr(p)):
         assert wrong not in text and KEY not in text

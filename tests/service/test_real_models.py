@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+
 from crucible import models
 
 pytestmark = pytest.mark.slow

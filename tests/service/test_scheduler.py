@@ -166,7 +166,7 @@ async def _drain(stream):
 
 
 async def test_cancel_time_limit_and_restart_with_resume(sched) -> None:
-    stub, tmp = sched
+    stub, _tmp = sched
     sleeper = (await stub.CreateJob(pb.CreateJobRequest(spec=local_spec(
         [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(600)"])))).job
     running = await wait_state(stub, sleeper.job_id, S.JOB_STATE_RUNNING)

@@ -89,7 +89,7 @@ async def test_restart_resumes_in_a_fresh_folder_and_outputs_outlive_it(sched) -
                                                                             offset=4990))]
     assert b"".join(c.data for c in got) == b"x" * 10 and got[-1].total_size_bytes == 5000
     assert got[-1].sha256 == hashlib.sha256(b"x" * 10).hexdigest()
-    code_, reason, _ = await error_of(stub.DownloadArtifact(
+    code_, _reason, _ = await error_of(stub.DownloadArtifact(
         pb.DownloadArtifactRequest(job_id=job.job_id, path="out/result.txt", offset=5001)).read())
     assert code_ == grpc.StatusCode.OUT_OF_RANGE
     ckpt = [c async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(

@@ -36,7 +36,7 @@ class Recording(pb_grpc.DetectorServiceServicer):
         self.calls = 0
         self.metadata: list[dict[str, str]] = []
 
-    async def Detect(self, request, context):  # noqa: ANN001, ANN201
+    async def Detect(self, request, context):
         self.calls += 1
         self.metadata.append(dict(context.invocation_metadata()))
         if self.calls <= self.fail_first:

@@ -14,6 +14,7 @@ import types
 
 import grpc
 import pytest
+
 from crucible.clients.attack import MCQ, AttackConfig, AttackOutcome, SecaAttack, Trace, summarize
 from crucible.clients.proposer import Equivalence, Proposal
 from crucible.clients.retry import AttackCallError, Retrier, RetryPolicy

@@ -43,6 +43,6 @@ def test_inputs_bounded_and_named() -> None:
         with pytest.raises(BadInput) as info:
             _number({"hours": bad}, "hours", high=1000)
         assert info.value.field == "hours"
-    assert jsonable({"t": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "d": dt.timedelta(seconds=90),
+    assert jsonable({"t": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "d": dt.timedelta(seconds=90),
                      "x": float("nan")}) == {"t": "2026-01-01T00:00:00+00:00", "d": 90.0, "x": None}
     assert "evil.example" not in allowed_hosts("127.0.0.1") and allowed_hosts("0.0.0.0") == ["*"]

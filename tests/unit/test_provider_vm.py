@@ -13,19 +13,17 @@ from typing import Any
 import pytest
 
 from crucible.scheduler.providers import remote
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import OfferRef
-from crucible.scheduler.providers.base import ProviderError
-from crucible.scheduler.providers.base import ProviderErrorKind
-from crucible.scheduler.providers.base import RunHandle
-from crucible.scheduler.providers.base import RunState
-from crucible.scheduler.providers.base import RunStatus
+from crucible.scheduler.providers.base import (
+    LaunchSpec,
+    OfferRef,
+    ProviderError,
+    ProviderErrorKind,
+    RunHandle,
+    RunState,
+    RunStatus,
+)
 from crucible.scheduler.providers.credentials import SecretStore
-from crucible.scheduler.providers.vm import Machine
-from crucible.scheduler.providers.vm import MachineDown
-from crucible.scheduler.providers.vm import MachineUp
-from crucible.scheduler.providers.vm import Phase
-from crucible.scheduler.providers.vm import VMProvider
+from crucible.scheduler.providers.vm import Machine, MachineDown, MachineUp, Phase, VMProvider
 
 
 class MemoryVMProvider(VMProvider):

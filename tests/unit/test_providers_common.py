@@ -14,16 +14,9 @@ from pathlib import Path
 import pytest
 
 from crucible.scheduler.providers import remote
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import OfferRef
-from crucible.scheduler.providers.base import RunState
-from crucible.scheduler.providers.credentials import Secret
-from crucible.scheduler.providers.credentials import SecretStore
-from crucible.scheduler.providers.credentials import SecretsFileError
-from crucible.scheduler.providers.credentials import scrub
-from crucible.scheduler.providers.http import RetryPolicy
-from crucible.scheduler.providers.http import Settings
-from crucible.scheduler.providers.http import parse_retry_after
+from crucible.scheduler.providers.base import LaunchSpec, OfferRef, RunState
+from crucible.scheduler.providers.credentials import Secret, SecretsFileError, SecretStore, scrub
+from crucible.scheduler.providers.http import RetryPolicy, Settings, parse_retry_after
 from tests.fakes.ssh import make_fake_ssh
 
 KEY = "sk-live-7f3a9c1d2e4b5a6f"

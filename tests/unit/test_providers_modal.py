@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import OfferRef
-from crucible.scheduler.providers.base import ProviderError
+from crucible.scheduler.providers.base import LaunchSpec, OfferRef, ProviderError, RunState
 from crucible.scheduler.providers.base import ProviderErrorKind as K
-from crucible.scheduler.providers.base import RunState
 from crucible.scheduler.providers.credentials import SecretStore
 from crucible.scheduler.providers.modal_provider import ModalProvider
 from tests.fakes.modal_sdk import FakeModal

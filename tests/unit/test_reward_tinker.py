@@ -55,7 +55,7 @@ def test_envs_render_the_chat_prompt_and_step_once():
     prompt = tokenizer.decode(observation.to_ints())
     assert ORIGINAL in prompt and prompt.rstrip().endswith("assistant")
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in stop
-    action = tokenizer.encode("The council approved more downtown bike lanes.", add_special_tokens=False) + [stop[0]]
+    action = [*tokenizer.encode("The council approved more downtown bike lanes.", add_special_tokens=False), stop[0]]
     result = asyncio.run(envs[0].step(action, extra={"stop_reason": "stop"}))
     assert isinstance(result, StepResult) and result.episode_done and result.reward == 0.0
     assert envs[0].completion == "The council approved more downtown bike lanes."

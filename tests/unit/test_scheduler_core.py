@@ -329,7 +329,7 @@ def test_bookkeeping_reads_and_writes_the_stored_meta_format() -> None:
 
 def test_eta_with_lines_read_in_batches() -> None:
     t = ProgressTracker()
-    for step in range(0, 50):
+    for step in range(50):
         t.feed(progress_line(step, 1000), 10.0)  # one log read: every line has the same time
     assert t.progress.eta_s is None
     for step in range(50, 100):

@@ -18,7 +18,13 @@ from crucible.scheduler.core import states as st
 from crucible.scheduler.engine import Engine, EngineSettings
 from crucible.scheduler.pricing import Candidate, UsageResult, rank_offers
 from crucible.scheduler.providers.base import (
-    LaunchSpec, Provider, ProviderError, ProviderErrorKind, RunHandle, RunState, RunStatus,
+    LaunchSpec,
+    Provider,
+    ProviderError,
+    ProviderErrorKind,
+    RunHandle,
+    RunState,
+    RunStatus,
 )
 from crucible.scheduler.providers.registry import ProviderRegistry
 from crucible.scheduler.store import AsyncJobStore, JobStore

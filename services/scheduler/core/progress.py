@@ -126,7 +126,7 @@ class ProgressTracker:
             found = True
         if m := EPOCH_RE.search(line):
             epoch, total = int(m["epoch"]), int(m["total"])
-            if 0 < total and epoch <= total:
+            if total > 0 and epoch <= total:
                 self.progress.epoch, self.progress.total_epochs = epoch, total
                 found = True
         return found

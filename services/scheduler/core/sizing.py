@@ -36,7 +36,7 @@ DEFAULT_HEADROOM = 0.1
 
 def fmt_bytes(n: float) -> str:
     """'497,903,616 B (474.8 MiB)' style: exact bytes and a readable unit."""
-    n = int(round(n))
+    n = round(n)
     if n >= GIB:
         return f"{n:,} B ({n / GIB:.2f} GiB)"
     return f"{n:,} B ({n / MIB:.1f} MiB)"
@@ -81,8 +81,8 @@ def shape_from_parameters(parameters: int, vocab: int = ASSUMED_VOCAB) -> tuple[
     Rule: parameters ~= 12 x n_layer x n_embd^2 with n_layer = n_embd / 128 (the depth-to-width ratio of GPT-3 and
     Llama models), so n_embd = (parameters x 128 / 12)^(1/3); gives 4,211 x 33 for 7B (Llama-2-7B: 4,096 x 32).
     """
-    width = max(64, int(round((parameters * 128 / 12) ** (1 / 3))))
-    layers = max(1, int(round(width / 128)))
+    width = max(64, round((parameters * 128 / 12) ** (1 / 3)))
+    layers = max(1, round(width / 128))
     rule = (
         f"shape rule (only the parameter count is known): n_embd = (params x 128 / 12)^(1/3) = {width:,}, "
         f"n_layer = n_embd / 128 = {layers}, vocabulary {vocab:,} assumed"
@@ -158,7 +158,7 @@ def estimate_requirements(
         lines.append(rule + f", {heads} heads of 64")
 
     wb = WEIGHT_BYTES[precision]
-    weights = int(math.ceil(params * wb))
+    weights = math.ceil(params * wb)
     lines.append(f"weights: {params:,} params x {wb:g} B ({precision}) = {fmt_bytes(weights)}")
     act_b = ACTIVATION_BYTES[precision]
     b, s, h, a, L, V = batch_size, seq, width, heads, layers, vocab
@@ -309,7 +309,7 @@ def _size_model(m: ModelSpec, index: int, seq: int) -> _Sized:
         params = m.parameter_count
         layers, width, rule = shape_from_parameters(params)
         vocab = ASSUMED_VOCAB
-    weights = int(math.ceil(params * WEIGHT_BYTES[m.precision]))
+    weights = math.ceil(params * WEIGHT_BYTES[m.precision])
     if m.activation_bytes_per_request is not None:
         act = m.activation_bytes_per_request
         act_text = f"activations {fmt_bytes(act)} per request (given)"

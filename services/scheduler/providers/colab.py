@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from crucible.scheduler.providers import remote
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import LogChunk
-from crucible.scheduler.providers.base import Provider
-from crucible.scheduler.providers.base import ProviderCapabilities
-from crucible.scheduler.providers.base import ProviderError
+from crucible.scheduler.providers.base import (
+    LaunchSpec,
+    LogChunk,
+    Provider,
+    ProviderCapabilities,
+    ProviderError,
+    RunHandle,
+    RunState,
+    RunStatus,
+)
 from crucible.scheduler.providers.base import ProviderErrorKind as K
-from crucible.scheduler.providers.base import RunHandle
-from crucible.scheduler.providers.base import RunState
-from crucible.scheduler.providers.base import RunStatus
 from crucible.scheduler.providers.credentials import SecretStore
 from crucible.scheduler.providers.http import Settings
 

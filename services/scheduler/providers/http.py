@@ -17,13 +17,9 @@ from typing import Any
 
 import httpx
 
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import Provider
-from crucible.scheduler.providers.base import ProviderError
+from crucible.scheduler.providers.base import LaunchSpec, Provider, ProviderError
 from crucible.scheduler.providers.base import ProviderErrorKind as K
-from crucible.scheduler.providers.credentials import Secret
-from crucible.scheduler.providers.credentials import SecretStore
-from crucible.scheduler.providers.credentials import scrub
+from crucible.scheduler.providers.credentials import Secret, SecretStore, scrub
 
 log = logging.getLogger(__name__)
 

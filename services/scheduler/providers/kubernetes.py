@@ -13,20 +13,19 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from crucible.scheduler.providers import remote
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import LogChunk
-from crucible.scheduler.providers.base import Provider
-from crucible.scheduler.providers.base import ProviderCapabilities
-from crucible.scheduler.providers.base import ProviderError
+from crucible.scheduler.providers.base import (
+    LaunchSpec,
+    LogChunk,
+    Provider,
+    ProviderCapabilities,
+    ProviderError,
+    RunHandle,
+    RunState,
+    RunStatus,
+)
 from crucible.scheduler.providers.base import ProviderErrorKind as K
-from crucible.scheduler.providers.base import RunHandle
-from crucible.scheduler.providers.base import RunState
-from crucible.scheduler.providers.base import RunStatus
 from crucible.scheduler.providers.credentials import SecretStore
-from crucible.scheduler.providers.http import LaunchPreview
-from crucible.scheduler.providers.http import Settings
-from crucible.scheduler.providers.http import kind_for_status
-from crucible.scheduler.providers.http import parse_retry_after
+from crucible.scheduler.providers.http import LaunchPreview, Settings, kind_for_status, parse_retry_after
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -157,7 +156,7 @@ class KubernetesProvider(Provider):
             try:
                 return await asyncio.to_thread(fn, *args, _request_timeout=(min(self.timeout_s, 10.0), self.timeout_s),
                                                **kwargs)
-            except Exception as exc:  # noqa: BLE001 - classified below; unknown ones re-raise
+            except Exception as exc:
                 err, retryable = self._api_error(exc)
             delay = self.retry.delay(retry, err.retry_after_s) if retryable else None
             if delay is None:

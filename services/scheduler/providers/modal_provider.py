@@ -17,18 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from crucible.scheduler.providers import remote
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import LogChunk
-from crucible.scheduler.providers.base import Provider
-from crucible.scheduler.providers.base import ProviderCapabilities
-from crucible.scheduler.providers.base import ProviderError
+from crucible.scheduler.providers.base import (
+    LaunchSpec,
+    LogChunk,
+    Provider,
+    ProviderCapabilities,
+    ProviderError,
+    RunHandle,
+    RunState,
+    RunStatus,
+)
 from crucible.scheduler.providers.base import ProviderErrorKind as K
-from crucible.scheduler.providers.base import RunHandle
-from crucible.scheduler.providers.base import RunState
-from crucible.scheduler.providers.base import RunStatus
 from crucible.scheduler.providers.credentials import SecretStore
-from crucible.scheduler.providers.http import LaunchPreview
-from crucible.scheduler.providers.http import Settings
+from crucible.scheduler.providers.http import LaunchPreview, Settings
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class ModalProvider(Provider):
             sandbox_id = await asyncio.to_thread(self._launch, spec)
         except ProviderError:
             raise
-        except Exception as exc:  # noqa: BLE001 - SDK errors are classified by type
+        except Exception as exc:
             if "AlreadyExists" in type(exc).__name__:  # the attempt's Sandbox runs already (a retried submit): adopt it
                 found = await self.find(spec)
                 if found is not None:
@@ -219,7 +220,7 @@ class ModalProvider(Provider):
             try:
                 sandbox = self.sdk().Sandbox.from_name(self.app, remote.run_name(spec), include_terminated=True,
                                                        client=self._sdk_client())
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if "NotFound" in type(exc).__name__:
                     return None
                 raise self._sdk_error(exc, "Sandbox.from_name") from None
@@ -261,7 +262,7 @@ class ModalProvider(Provider):
                 for chunk in reader:
                     out.write(chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk))
                     out.flush()
-        except Exception as exc:  # noqa: BLE001 - reported by read_logs/status, never raised in a thread
+        except Exception as exc:
             pump.error = self.secrets.scrub(f"{type(exc).__name__}: {exc}")[:300]
             log.warning("modal: %s of %s stopped: %s", stream, handle.ref, pump.error)
 
@@ -301,7 +302,7 @@ class ModalProvider(Provider):
             return await asyncio.to_thread(self._poll, handle)
         except ProviderError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._sdk_error(exc, "poll") from None
 
     async def cancel(self, handle: RunHandle) -> None:
@@ -309,7 +310,7 @@ class ModalProvider(Provider):
         self._cancelled.add(handle.ref)
         try:
             await asyncio.to_thread(lambda: self._sandbox(handle).terminate())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             err = self._sdk_error(exc, "terminate")
             if err.kind is not K.NOT_FOUND:
                 raise err from None

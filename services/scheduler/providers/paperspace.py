@@ -10,21 +10,17 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from crucible.scheduler.providers import remote
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import ProviderCapabilities
-from crucible.scheduler.providers.base import ProviderError
-from crucible.scheduler.providers.base import ProviderErrorKind
-from crucible.scheduler.providers.base import RunHandle
-from crucible.scheduler.providers.base import RunState
-from crucible.scheduler.providers.base import RunStatus
-from crucible.scheduler.providers.http import LaunchPreview
-from crucible.scheduler.providers.http import body_message
-from crucible.scheduler.providers.http import kind_for_status
-from crucible.scheduler.providers.vm import Machine
-from crucible.scheduler.providers.vm import MachineDown
-from crucible.scheduler.providers.vm import MachineUp
-from crucible.scheduler.providers.vm import Phase
-from crucible.scheduler.providers.vm import VMProvider
+from crucible.scheduler.providers.base import (
+    LaunchSpec,
+    ProviderCapabilities,
+    ProviderError,
+    ProviderErrorKind,
+    RunHandle,
+    RunState,
+    RunStatus,
+)
+from crucible.scheduler.providers.http import LaunchPreview, body_message, kind_for_status
+from crucible.scheduler.providers.vm import Machine, MachineDown, MachineUp, Phase, VMProvider
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from crucible.api.scheduler.v1 import job_pb2
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import OfferRef
+from crucible.scheduler.providers.base import LaunchSpec, OfferRef
 from crucible.scheduler.providers.http import LaunchPreview
-from crucible.scheduler.providers.registry import ADAPTERS
-from crucible.scheduler.providers.registry import OFFLINE_PROVIDERS
+from crucible.scheduler.providers.registry import ADAPTERS, OFFLINE_PROVIDERS
 
 #: Stands for the id the scheduler assigns at creation (it names the instance: crucible-<job>-<attempt>).
 PLACEHOLDER_JOB_ID = "<job-id>"

@@ -10,13 +10,10 @@ import base64
 import dataclasses
 import re
 import shlex
-from shlex import quote
 from pathlib import Path, PurePosixPath
+from shlex import quote
 
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import LogChunk
-from crucible.scheduler.providers.base import RunState
-from crucible.scheduler.providers.base import RunStatus
+from crucible.scheduler.providers.base import LaunchSpec, LogChunk, RunState, RunStatus
 from crucible.scheduler.providers.http import Settings
 from crucible.scheduler.storage import check_relative
 

@@ -11,18 +11,17 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import LogChunk
-from crucible.scheduler.providers.base import ProviderCapabilities
-from crucible.scheduler.providers.base import ProviderError
+from crucible.scheduler.providers.base import (
+    LaunchSpec,
+    LogChunk,
+    ProviderCapabilities,
+    ProviderError,
+    RunHandle,
+    RunState,
+    RunStatus,
+)
 from crucible.scheduler.providers.base import ProviderErrorKind as K
-from crucible.scheduler.providers.base import RunHandle
-from crucible.scheduler.providers.base import RunState
-from crucible.scheduler.providers.base import RunStatus
-from crucible.scheduler.providers.http import HTTPProvider
-from crucible.scheduler.providers.http import LaunchPreview
-from crucible.scheduler.providers.http import body_message
-from crucible.scheduler.providers.http import kind_for_status
+from crucible.scheduler.providers.http import HTTPProvider, LaunchPreview, body_message, kind_for_status
 
 INPUT_ENV = "CRUCIBLE_REPLICATE_INPUT"  # a JSON object of extra trainer inputs, taken out of the job's env
 _TRAINER = re.compile(r"^(?P<owner>[A-Za-z0-9_.-]+)/(?P<name>[A-Za-z0-9_.-]+):(?P<version>[A-Za-z0-9]+)$")

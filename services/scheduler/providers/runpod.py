@@ -11,21 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from crucible.scheduler.providers import remote
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import OfferRef
-from crucible.scheduler.providers.base import ProviderCapabilities
-from crucible.scheduler.providers.base import ProviderErrorKind
-from crucible.scheduler.providers.base import RunHandle
-from crucible.scheduler.providers.base import RunState
-from crucible.scheduler.providers.base import RunStatus
-from crucible.scheduler.providers.http import LaunchPreview
-from crucible.scheduler.providers.http import kind_for_status
-from crucible.scheduler.providers.http import need
-from crucible.scheduler.providers.vm import Machine
-from crucible.scheduler.providers.vm import MachineDown
-from crucible.scheduler.providers.vm import MachineUp
-from crucible.scheduler.providers.vm import Phase
-from crucible.scheduler.providers.vm import VMProvider
+from crucible.scheduler.providers.base import (
+    LaunchSpec,
+    OfferRef,
+    ProviderCapabilities,
+    ProviderErrorKind,
+    RunHandle,
+    RunState,
+    RunStatus,
+)
+from crucible.scheduler.providers.http import LaunchPreview, kind_for_status, need
+from crucible.scheduler.providers.vm import Machine, MachineDown, MachineUp, Phase, VMProvider
 
 _POD_FIELDS = "id name desiredStatus costPerHr lastStatusChange"
 DEPLOY = ("mutation Deploy($input: PodFindAndDeployOnDemandInput!) { podFindAndDeployOnDemand(input: $input) { "

@@ -12,13 +12,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 
 from crucible.scheduler.providers import remote
-from crucible.scheduler.providers.base import LaunchSpec
-from crucible.scheduler.providers.base import LogChunk
-from crucible.scheduler.providers.base import ProviderError
-from crucible.scheduler.providers.base import ProviderErrorKind
-from crucible.scheduler.providers.base import RunHandle
-from crucible.scheduler.providers.base import RunState
-from crucible.scheduler.providers.base import RunStatus
+from crucible.scheduler.providers.base import (
+    LaunchSpec,
+    LogChunk,
+    ProviderError,
+    ProviderErrorKind,
+    RunHandle,
+    RunState,
+    RunStatus,
+)
 from crucible.scheduler.providers.http import HTTPProvider
 
 log = logging.getLogger(__name__)
