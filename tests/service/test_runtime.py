@@ -53,7 +53,7 @@ class ScriptedDetector(pb_grpc.DetectorServiceServicer):
         self.finished += 1
         return pb.DetectResponse(detections=[pb.Detection(index=i, token_count=len(t)) for i, t in enumerate(request.texts)])
 
-    async def DetectStream(self, request_iterator, context):  # noqa: ANN001 - generated signature
+    async def DetectStream(self, request_iterator, context):
         async for req in request_iterator:
             if not req.texts:
                 raise InvalidArgument.field("texts", "must not be empty")
@@ -342,7 +342,7 @@ def _self_signed(tmp_path):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
