@@ -14,7 +14,7 @@ from crucible.clients.base import ServiceClient
 from crucible.clients.plain import request, to_plain
 
 
-class CostClient(ServiceClient[pb_grpc.CostServiceStub]):
+class CostClient(ServiceClient["pb_grpc.CostServiceAsyncStub"]):  # the aio stub type (type-checking only)
     """Client of the cost service. Durations are seconds (floats); money is USD."""
 
     SERVICE = "crucible.cost.v1.CostService"

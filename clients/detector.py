@@ -80,7 +80,7 @@ def _members(members: Sequence[str]) -> list[int]:
     return [MEMBERS[m] for m in members]
 
 
-class DetectorClient(ServiceClient[pb_grpc.DetectorServiceStub]):
+class DetectorClient(ServiceClient["pb_grpc.DetectorServiceAsyncStub"]):  # the aio stub type (type-checking only)
     """Client of the detector service."""
 
     SERVICE = "crucible.detector.v1.DetectorService"

@@ -54,7 +54,7 @@ class Equivalence:
     similarity_method: str = ""
 
 
-class ProposerClient(ServiceClient[pb_grpc.ProposerServiceStub]):
+class ProposerClient(ServiceClient["pb_grpc.ProposerServiceAsyncStub"]):  # the aio stub type (type-checking only)
     """Client of the proposer service."""
 
     SERVICE = "crucible.proposer.v1.ProposerService"

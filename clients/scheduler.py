@@ -64,7 +64,7 @@ def pack_code_dir(folder: str | os.PathLike[str], max_bytes: int = MAX_PACKED_BY
     return data
 
 
-class SchedulerClient(ServiceClient[pb_grpc.SchedulerServiceStub]):
+class SchedulerClient(ServiceClient["pb_grpc.SchedulerServiceAsyncStub"]):  # the aio stub type (type-checking only)
     """Client of the scheduler service; jobs come back as plain dataclasses mirroring the Job message."""
 
     SERVICE = "crucible.scheduler.v1.SchedulerService"

@@ -63,7 +63,7 @@ class TextScore:
     truncated: bool
 
 
-class ScorerClient(ServiceClient[pb_grpc.ScorerServiceStub]):
+class ScorerClient(ServiceClient["pb_grpc.ScorerServiceAsyncStub"]):  # the aio stub type (type-checking only)
     """Client of the target-scorer service."""
 
     SERVICE = "crucible.scorer.v1.ScorerService"
