@@ -47,7 +47,7 @@ setup: $(STAMP) proto console-assets
 # The web console's chart library (uPlot) comes from the npm registry at build time, never from the repository.
 # Without npm the console still runs and says on the job page that the chart was not built.
 UPLOT_VERSION ?= 1.6.32
-CONSOLE_VENDOR := services/console/static/vendor
+CONSOLE_VENDOR := services/crucible/console/static/vendor
 console-assets: $(CONSOLE_VENDOR)/uPlot.iife.min.js
 
 $(CONSOLE_VENDOR)/uPlot.iife.min.js:
@@ -95,4 +95,4 @@ bench: models
 	@for f in bench/[!_]*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf services/api build *.egg-info .pytest_cache services/console/static/vendor
+	rm -rf services/crucible/api build *.egg-info .pytest_cache services/crucible/console/static/vendor

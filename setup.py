@@ -1,16 +1,16 @@
-"""Package layout for setuptools: services/ installs as `crucible`, clients/ as `crucible.clients`.
+"""Package layout for setuptools: services/crucible/ installs as `crucible`, clients/crucible/clients/ as `crucible.clients`.
 
-Only the directory mapping lives here; all metadata is in pyproject.toml.
+File paths match import names (services/ and clients/ are source roots); only the two roots live here, metadata is in
+pyproject.toml.
 """
 
 from setuptools import find_packages, setup
 
-PACKAGE_DIR = {"crucible": "services", "crucible.clients": "clients"}
-PACKAGES = [
-    f"{root}.{sub}" if sub else root
-    for root, folder in PACKAGE_DIR.items()
-    for sub in ["", *find_packages(folder)]
-]
+PACKAGE_DIR = {"crucible": "services/crucible", "crucible.clients": "clients/crucible/clients"}
+PACKAGES = [f"{root}.{sub}" if sub else root for root, folder in PACKAGE_DIR.items() for sub in ["", *find_packages(folder)]]
 
-setup(package_dir=PACKAGE_DIR, packages=PACKAGES, package_data={"crucible": ["py.typed", "**/*.pyi", "**/*.json", "**/*.csv", "**/*.gz",
-                                                                             "console/static/**/*"]})
+setup(
+    package_dir=PACKAGE_DIR,
+    packages=PACKAGES,
+    package_data={"crucible": ["py.typed", "**/*.pyi", "**/*.json", "**/*.csv", "**/*.gz", "console/static/**/*"]},
+)

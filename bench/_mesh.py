@@ -37,9 +37,13 @@ async def running_mesh(services: Sequence[str], extra_args: dict[str, list[str]]
     """Start `services`, wait until SERVING, yield the base port, stop them (logs in a temp folder)."""
     base = free_base_port()
     work = Path(tempfile.mkdtemp(prefix="crucible-bench-"))
-    mesh = MeshLauncher(services, ports=default_ports(base), log_dir=work / "logs",
-                env={"CRUCIBLE_STATE_DIR": str(work / "state"), "HF_HUB_OFFLINE": "1"},
-                extra_args=extra_args or {})
+    mesh = MeshLauncher(
+        services,
+        ports=default_ports(base),
+        log_dir=work / "logs",
+        env={"CRUCIBLE_STATE_DIR": str(work / "state"), "HF_HUB_OFFLINE": "1"},
+        extra_args=extra_args or {},
+    )
     mesh.start()
     try:
         await mesh.wait_ready(timeout=300)

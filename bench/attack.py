@@ -59,15 +59,45 @@ async def main() -> None:
         for parallel in (1, 3):
             seconds, done, s = await _campaign(base, questions, parallel, args.iterations)
             results[parallel] = done / seconds if seconds else 0.0
-            drops[parallel] = {k[len("dropped_"):]: v for k, v in s.items() if k.startswith("dropped_")}
-            rows.append((f"--parallel {parallel}", len(questions), done, f"{seconds:.1f}", f"{results[parallel]:.3f}",
-                         _rate(s["target_accuracy"]), f"{s['flipped']}/{s['attacked']}", _rate(s["valid_candidate_rate"]),
-                         _rate(s["equivalence_pass_rate"]), s["retries"], s["errors"]))
-    print(f"SECA attack over the mesh: {len(questions)} questions, up to {args.iterations} iterations each "
-          f"(3 parents x 3 candidates), SmolLM2 proposer and target; the target answers {accuracy:.0%} of the "
-          f"{len(pool)}-question pool right")
-    print(format_table(("run", "questions", "iterations done", "seconds", "iterations/s", "target accuracy",
-                        "flipped/attacked", "valid candidates", "equivalence pass", "retries", "errors"), rows))
+            drops[parallel] = {k[len("dropped_") :]: v for k, v in s.items() if k.startswith("dropped_")}
+            rows.append(
+                (
+                    f"--parallel {parallel}",
+                    len(questions),
+                    done,
+                    f"{seconds:.1f}",
+                    f"{results[parallel]:.3f}",
+                    _rate(s["target_accuracy"]),
+                    f"{s['flipped']}/{s['attacked']}",
+                    _rate(s["valid_candidate_rate"]),
+                    _rate(s["equivalence_pass_rate"]),
+                    s["retries"],
+                    s["errors"],
+                )
+            )
+    print(
+        f"SECA attack over the mesh: {len(questions)} questions, up to {args.iterations} iterations each "
+        f"(3 parents x 3 candidates), SmolLM2 proposer and target; the target answers {accuracy:.0%} of the "
+        f"{len(pool)}-question pool right"
+    )
+    print(
+        format_table(
+            (
+                "run",
+                "questions",
+                "iterations done",
+                "seconds",
+                "iterations/s",
+                "target accuracy",
+                "flipped/attacked",
+                "valid candidates",
+                "equivalence pass",
+                "retries",
+                "errors",
+            ),
+            rows,
+        )
+    )
     for parallel, counts in drops.items():
         print(f"--parallel {parallel} dropped by reason: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none"))
     if results.get(1):

@@ -26,8 +26,12 @@ from crucible.runtime.config import load_config
 ECHO_METHOD = "/bench.Echo/Echo"
 TARGET_RATIO = 0.6
 Call = Callable[[], Awaitable[object]]
-REQUEST = pb.EstimateCostRequest(offer_id="lambda/gpu_1x_a10//on-demand", duration=duration_pb2.Duration(seconds=3 * 3600 + 7),
-                                 storage_gb_hours=100, egress_gb=5)
+REQUEST = pb.EstimateCostRequest(
+    offer_id="lambda/gpu_1x_a10//on-demand",
+    duration=duration_pb2.Duration(seconds=3 * 3600 + 7),
+    storage_gb_hours=100,
+    egress_gb=5,
+)
 
 
 async def _drive(call: Call, clients: int, calls: int) -> tuple[float, list[float]]:
@@ -72,8 +76,9 @@ async def _echo_server() -> AsyncIterator[Call]:
 async def _cost_server() -> AsyncIterator[tuple[Call, Call]]:
     """The real cost server (runtime, interceptor, SQLite store); yields EstimateCost and CheckAdmission calls."""
     with tempfile.TemporaryDirectory(prefix="crucible-bench-cost-") as state:
-        config = load_config(CostConfig, "cost", env={}, port=0, metrics_port=0, state_dir=state,
-                             user_catalog_file="", log_level="WARNING")
+        config = load_config(
+            CostConfig, "cost", env={}, port=0, metrics_port=0, state_dir=state, user_catalog_file="", log_level="WARNING"
+        )
         server, port = create_server(config)
         await server.start()
         await server.wait_ready(10)
@@ -98,8 +103,12 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--calls", type=int, default=6400, help="calls per server, split over the rounds")
-    parser.add_argument("--rounds", type=int, default=4,
-                        help="the servers take turns this many times, so load from other processes hits all of them alike")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="the servers take turns this many times, so load from other processes hits all of them alike",
+    )
     args = parser.parse_args()
     names = ("bare grpc.aio echo (same bytes)", "cost EstimateCost", "cost CheckAdmission (SQLite read)")
     seconds = dict.fromkeys(names, 0.0)
@@ -116,13 +125,17 @@ async def main() -> int:
             round_ratios.append(rates[names[1]] / rates[names[0]])
     baseline = len(latencies[names[0]]) / seconds[names[0]]
     rows = [_row(n, seconds[n], latencies[n], baseline if n != names[0] else None) for n in names]
-    print(f"{args.clients} concurrent clients, {args.calls} calls per server in {args.rounds} alternating rounds, "
-          "one process (client and server)")
+    print(
+        f"{args.clients} concurrent clients, {args.calls} calls per server in {args.rounds} alternating rounds, "
+        "one process (client and server)"
+    )
     print(format_table(("server", "calls/s", "p50 ms", "p99 ms", "vs echo"), rows))
     ratio = statistics.median(round_ratios)
     verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
-    print(f"EstimateCost / echo calls/s per round: {', '.join(f'{r:.2f}' for r in round_ratios)}; median {ratio:.2f}x "
-          f"{verdict} the target of {TARGET_RATIO:.1f}x")
+    print(
+        f"EstimateCost / echo calls/s per round: {', '.join(f'{r:.2f}' for r in round_ratios)}; median {ratio:.2f}x "
+        f"{verdict} the target of {TARGET_RATIO:.1f}x"
+    )
     return 0
 
 

@@ -32,7 +32,39 @@ from crucible.models import load_causal_lm
 from crucible.runtime.config import load_config
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "farmers", "watch", "rivers", "run", "past", "old", "wooden", "houses", "and", "children", "read", "stories", "about", "distant", "cities", "ships", "mountains", "and", "quiet", "winter", "evenings"]
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "farmers",
+    "watch",
+    "rivers",
+    "run",
+    "past",
+    "old",
+    "wooden",
+    "houses",
+    "and",
+    "children",
+    "read",
+    "stories",
+    "about",
+    "distant",
+    "cities",
+    "ships",
+    "mountains",
+    "and",
+    "quiet",
+    "winter",
+    "evenings",
+]
 
 
 def make_texts(tokenizer, count: int, tokens: int, offset: int = 0) -> list[str]:
@@ -99,9 +131,21 @@ async def bench_c(dtype: str, rounds: list[list[str]], clients: int, batch: int,
     """The service over gRPC: `clients` concurrent clients, each sending its share of a round in one call."""
     # stats_kernel=compile: the fused statistics kernel is compiled during warm-up, before the server reports SERVING
     # (the default, auto, compiles in the background after start; a benchmark must not time that switch).
-    config = load_config(DetectorConfig, "detector", env={}, port=0, metrics_enabled=False, dtype=dtype, device="cpu",
-                         cache_size=0, max_batch_size=batch, max_wait_ms=20.0, log_level="WARNING", log_format="text",
-                         stats_kernel=kernel)
+    config = load_config(
+        DetectorConfig,
+        "detector",
+        env={},
+        port=0,
+        metrics_enabled=False,
+        dtype=dtype,
+        device="cpu",
+        cache_size=0,
+        max_batch_size=batch,
+        max_wait_ms=20.0,
+        log_level="WARNING",
+        log_format="text",
+        stats_kernel=kernel,
+    )
     server, _ = create_server(config)
     await server.start()
     await server.wait_ready(300)
@@ -111,10 +155,9 @@ async def bench_c(dtype: str, rounds: list[list[str]], clients: int, batch: int,
 
             async def one_round(texts: list[str]) -> None:
                 share = [texts[i::clients] for i in range(clients)]
-                await asyncio.gather(*(stub.Detect(pb.DetectRequest(texts=s, skip_cache=True), timeout=600)
-                                       for s in share if s))
+                await asyncio.gather(*(stub.Detect(pb.DetectRequest(texts=s, skip_cache=True), timeout=600) for s in share if s))
 
-            await one_round(rounds[0][: clients])  # warm-up (connection, first batch)
+            await one_round(rounds[0][:clients])  # warm-up (connection, first batch)
             t0 = time.perf_counter()
             for texts in rounds:
                 await one_round(texts)
@@ -137,8 +180,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="rounds of --texts texts for (c) (default 1)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default float32,bfloat16)")
     parser.add_argument("--repeat", type=int, default=1, help="measure each path N times, report the median (default 1)")
-    parser.add_argument("--stats-kernel", default="compile", choices=("compile", "eager"),
-                        help="statistics kernel of (c) and (d) (default compile: the service's fused kernel)")
+    parser.add_argument(
+        "--stats-kernel",
+        default="compile",
+        choices=("compile", "eager"),
+        help="statistics kernel of (c) and (d) (default compile: the service's fused kernel)",
+    )
     args = parser.parse_args()
 
     def median(measure: Callable[[], float]) -> float:
@@ -149,34 +196,42 @@ def main() -> None:
     kernel_mode: dict[str, str] = {}
     for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
         loaded = load_causal_lm("smollm2-135m-instruct", device="cpu", dtype=dtype)
-        detector = Detector(DetectorConfig(max_texts_per_call=max(args.texts, args.batch),
-                                           stats_kernel=args.stats_kernel), loaded)
+        detector = Detector(
+            DetectorConfig(max_texts_per_call=max(args.texts, args.batch), stats_kernel=args.stats_kernel), loaded
+        )
         detector.warm_up()  # compiles the statistics kernel (stats_kernel compile)
         kernel_mode[dtype] = detector.kernel.mode
         texts = make_texts(loaded.tokenizer, args.texts, args.tokens)
         # Distinct texts per measurement: nothing is served from a cache (the service is also told skip_cache).
-        service_rounds = [make_texts(loaded.tokenizer, args.texts, args.tokens, offset=args.texts * (r + 1))
-                          for r in range(args.rounds)]
+        service_rounds = [
+            make_texts(loaded.tokenizer, args.texts, args.tokens, offset=args.texts * (r + 1)) for r in range(args.rounds)
+        ]
         bench_d(detector, texts[: min(4, len(texts))], args.batch)  # warm-up
         results[(dtype, "a")] = median(functools.partial(bench_a, loaded, texts))
         results[(dtype, "b")] = median(functools.partial(bench_b, loaded, texts, args.batch))
         results[(dtype, "d")] = median(functools.partial(bench_d, detector, texts, args.batch))
         del detector, loaded
         results[(dtype, "c")] = median(functools.partial(run_bench_c, dtype, service_rounds, args))
-        for key, name in (("a", "(a) per-text formula loop"), ("b", "(b) bare batched forward, no criterion"),
-                          ("c", f"(c) service over gRPC, {args.clients} clients"), ("d", "(d) in-process batched core")):
+        for key, name in (
+            ("a", "(a) per-text formula loop"),
+            ("b", "(b) bare batched forward, no criterion"),
+            ("c", f"(c) service over gRPC, {args.clients} clients"),
+            ("d", "(d) in-process batched core"),
+        ):
             rows.append((name, dtype, f"{results[(dtype, key)]:.2f}"))
-    print(f"detector benchmark: SmolLM2-135M, {args.texts} texts x {args.tokens} tokens, batch {args.batch}, "
-          f"{torch.get_num_threads()} torch threads, median of {max(1, args.repeat)}, statistics kernel "
-          + ", ".join(f"{d} {m}" for d, m in kernel_mode.items()) + f", load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"detector benchmark: SmolLM2-135M, {args.texts} texts x {args.tokens} tokens, batch {args.batch}, "
+        f"{torch.get_num_threads()} torch threads, median of {max(1, args.repeat)}, statistics kernel "
+        + ", ".join(f"{d} {m}" for d, m in kernel_mode.items())
+        + f", load average {os.getloadavg()[0]:.1f}"
+    )
     print(format_table(("path", "dtype", "texts/s"), rows))
     ratios = []
     for dtype in ("float32", "bfloat16"):
         if (dtype, "c") in results:
             ratios.append((f"(c)/(b) {dtype}", f"{results[(dtype, 'c')] / results[(dtype, 'b')]:.2f}", ">= 0.85"))
     if ("bfloat16", "c") in results and ("float32", "a") in results:
-        ratios.append(("(c) bfloat16 / (a) float32", f"{results[('bfloat16', 'c')] / results[('float32', 'a')]:.2f}",
-                       ">= 2.5"))
+        ratios.append(("(c) bfloat16 / (a) float32", f"{results[('bfloat16', 'c')] / results[('float32', 'a')]:.2f}", ">= 2.5"))
     print(format_table(("ratio", "value", "target"), ratios))
 
 

@@ -78,6 +78,7 @@ class Timed:
         self.__name__ = func.__name__
         self.seconds = 0.0
         if asyncio.iscoroutinefunction(func.__call__):  # the instance's __call__ (a TRLReward is async-callable)
+
             async def call(*a: Any, **k: Any) -> list[float]:
                 t = time.perf_counter()
                 try:
@@ -85,12 +86,14 @@ class Timed:
                 finally:
                     self.seconds += time.perf_counter() - t
         else:
+
             def call(*a: Any, **k: Any) -> list[float]:  # type: ignore[misc]
                 t = time.perf_counter()
                 try:
                     return self.func(*a, **k)
                 finally:
                     self.seconds += time.perf_counter() - t
+
         self.call = call
 
 
@@ -118,13 +121,26 @@ def step_times(reward_func: Any, args: argparse.Namespace, out: Path) -> tuple[l
         def on_step_end(self, *a: Any, **k: Any) -> None:
             times.append(time.perf_counter() - self.t)
 
-    config = GRPOConfig(output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=args.group,
-                        num_generations=args.group, max_completion_length=args.completion_tokens, learning_rate=1e-5,
-                        beta=0.04, use_cpu=True, logging_steps=1, save_strategy="no", seed=0, report_to=[],
-                        disable_tqdm=True, remove_unused_columns=False)
+    config = GRPOConfig(
+        output_dir=str(out),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.group,
+        num_generations=args.group,
+        max_completion_length=args.completion_tokens,
+        learning_rate=1e-5,
+        beta=0.04,
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+    )
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    trainer = GRPOTrainer(model=model, reward_funcs=[call], args=config, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[Clock()])
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=[call], args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Clock()]
+    )
     trainer.train()
     return times, timed.seconds
 
@@ -147,13 +163,19 @@ async def evaluate(model_dir: str, mesh_cfg: Any, cfg: Any, samples: int, tokens
         prompt = [{"role": "user", "content": grpo.PROMPT_TEMPLATE.format(text=text)}]
         ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         with torch.inference_mode():
-            out = await asyncio.to_thread(model.generate, **ids, do_sample=True, max_new_tokens=tokens,
-                                          num_return_sequences=samples, pad_token_id=tokenizer.eos_token_id)
-        texts += tokenizer.batch_decode(out[:, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = await asyncio.to_thread(
+                model.generate,
+                **ids,
+                do_sample=True,
+                max_new_tokens=tokens,
+                num_return_sequences=samples,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+        texts += tokenizer.batch_decode(out[:, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         originals += [text] * samples
     async with Mesh(mesh_cfg) as mesh:
         rewards = await CompositeReward(mesh, cfg).score(originals, texts)
-    per_text = [sum(r.total for r in rewards[i:i + samples]) / samples for i in range(0, len(rewards), samples)]
+    per_text = [sum(r.total for r in rewards[i : i + samples]) / samples for i in range(0, len(rewards), samples)]
     mean = sum(per_text) / len(per_text)
     return mean, math.sqrt(sum((x - mean) ** 2 for x in per_text) / len(per_text))
 
@@ -176,11 +198,16 @@ def write_curve(rows: list[dict[str, float]], png: Path) -> str:
     steps = [r["step"] for r in rows]
     mean = [r["reward_mean"] for r in rows]
     std = [r.get("reward_std", 0.0) for r in rows]
-    smooth = [sum(mean[max(0, i - 4): i + 1]) / len(mean[max(0, i - 4): i + 1]) for i in range(len(mean))]
+    smooth = [sum(mean[max(0, i - 4) : i + 1]) / len(mean[max(0, i - 4) : i + 1]) for i in range(len(mean))]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
     a.plot(steps, mean, "o-", label="reward mean (group of completions)")
-    a.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)], [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2,
-                   label="± std")
+    a.fill_between(
+        steps,
+        [m - s for m, s in zip(mean, std, strict=True)],
+        [m + s for m, s in zip(mean, std, strict=True)],
+        alpha=0.2,
+        label="± std",
+    )
     a.plot(steps, smooth, "k--", label="5-step moving average")
     a.set_xlabel("step")
     a.set_ylabel("composite reward")
@@ -215,21 +242,27 @@ def _trend(rows: list[dict[str, float]]) -> str:
     ys = [r["reward_mean"] for r in rows]
     mx, my = sum(xs) / n, sum(ys) / n
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / max(1e-12, sum((x - mx) ** 2 for x in xs))
-    return (f"first {k} steps mean {first:+.3f}, last {k} steps mean {last:+.3f}; least-squares slope "
-            f"{slope:+.4f} per step over {n} steps")
+    return (
+        f"first {k} steps mean {first:+.3f}, last {k} steps mean {last:+.3f}; least-squares slope "
+        f"{slope:+.4f} per step over {n} steps"
+    )
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=3,
-                        help="GRPO steps per reward path (the first is a warm-up; 0: skip the comparison)")
+    parser.add_argument(
+        "--steps", type=int, default=3, help="GRPO steps per reward path (the first is a warm-up; 0: skip the comparison)"
+    )
     parser.add_argument("--group", type=int, default=4, help="completions per step (one prompt, one group)")
     parser.add_argument("--completion-tokens", type=int, default=16)
     parser.add_argument("--curve-steps", type=int, default=30, help="steps of the reward-curve run (0: skip)")
     parser.add_argument("--curve-log", default="", help="plot this train.py log instead of running the curve")
-    parser.add_argument("--eval-model", default="",
-                        help="a trained model folder (train.py's final/): score it and the base model on every built-in "
-                             "text, --eval-samples rewrites each, same seed")
+    parser.add_argument(
+        "--eval-model",
+        default="",
+        help="a trained model folder (train.py's final/): score it and the base model on every built-in "
+        "text, --eval-samples rewrites each, same seed",
+    )
     parser.add_argument("--eval-samples", type=int, default=4)
     parser.add_argument("--out-dir", default=str(EXAMPLE), help="where reward_curve.png/.md/.log go")
     args = parser.parse_args()
@@ -244,10 +277,8 @@ async def main() -> None:
     async with running_mesh(["detector", "proposer"], extra_args={"detector": ["--dtype", "float32"]}) as base:
         if args.steps > 0:
             mesh_cfg = Mesh.local(base).config
-            mesh_times, mesh_reward_s = await asyncio.to_thread(step_times, TRLReward(cfg, mesh_cfg), args,
-                                                                work / "mesh")
-            local_times, local_reward_s = await asyncio.to_thread(step_times, InProcessReward(cfg), args,
-                                                                  work / "local")
+            mesh_times, mesh_reward_s = await asyncio.to_thread(step_times, TRLReward(cfg, mesh_cfg), args, work / "mesh")
+            local_times, local_reward_s = await asyncio.to_thread(step_times, InProcessReward(cfg), args, work / "local")
         if args.eval_model:
             from crucible.models import resolve_model
 
@@ -257,11 +288,34 @@ async def main() -> None:
                 m, sd = await evaluate(path, mesh_cfg, cfg, args.eval_samples, args.completion_tokens)
                 evals.append((name, f"{m:+.3f}", f"{sd:.3f}"))
         if not args.curve_log and args.curve_steps > 0:
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                   "GRPO_MESH": f"detector=127.0.0.1:{base},proposer=127.0.0.1:{base + 1}"}
-            cmd = [sys.executable, str(EXAMPLE / "train.py"), "--max-steps", str(args.curve_steps), "--num-generations",
-                   "4", "--prompts-per-step", "1", "--max-completion-length", str(args.completion_tokens), "--lr", "2e-5",
-                   "--save-steps", "10", "--output-dir", str(work / "curve"), "--threads", "1", "--seed", "0"]
+            env = {
+                **os.environ,
+                "OMP_NUM_THREADS": "1",
+                "HF_HUB_OFFLINE": "1",
+                "GRPO_MESH": f"detector=127.0.0.1:{base},proposer=127.0.0.1:{base + 1}",
+            }
+            cmd = [
+                sys.executable,
+                str(EXAMPLE / "train.py"),
+                "--max-steps",
+                str(args.curve_steps),
+                "--num-generations",
+                "4",
+                "--prompts-per-step",
+                "1",
+                "--max-completion-length",
+                str(args.completion_tokens),
+                "--lr",
+                "2e-5",
+                "--save-steps",
+                "10",
+                "--output-dir",
+                str(work / "curve"),
+                "--threads",
+                "1",
+                "--seed",
+                "0",
+            ]
             with log.open("w") as f:
                 subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=True)
 
@@ -271,17 +325,34 @@ async def main() -> None:
 
     steps = len(mesh_times)
     if steps:
-        print(f"GRPO step, SmolLM2-135M policy on CPU, 1 prompt x {args.group} completions x "
-              f"{args.completion_tokens} tokens, {steps} steps per path (first excluded from s/step)")
-        print(format_table(("reward path", "s/step", "reward s (all steps)", "reward share"), [
-            ("mesh (TRLReward over gRPC, services batch)", f"{per_step(mesh_times):.2f}", f"{mesh_reward_s:.2f}",
-             f"{mesh_reward_s / sum(mesh_times):.0%}"),
-            ("in-process (same models, same combine)", f"{per_step(local_times):.2f}", f"{local_reward_s:.2f}",
-             f"{local_reward_s / sum(local_times):.0%}"),
-        ]))
+        print(
+            f"GRPO step, SmolLM2-135M policy on CPU, 1 prompt x {args.group} completions x "
+            f"{args.completion_tokens} tokens, {steps} steps per path (first excluded from s/step)"
+        )
+        print(
+            format_table(
+                ("reward path", "s/step", "reward s (all steps)", "reward share"),
+                [
+                    (
+                        "mesh (TRLReward over gRPC, services batch)",
+                        f"{per_step(mesh_times):.2f}",
+                        f"{mesh_reward_s:.2f}",
+                        f"{mesh_reward_s / sum(mesh_times):.0%}",
+                    ),
+                    (
+                        "in-process (same models, same combine)",
+                        f"{per_step(local_times):.2f}",
+                        f"{local_reward_s:.2f}",
+                        f"{local_reward_s / sum(local_times):.0%}",
+                    ),
+                ],
+            )
+        )
     if evals:
-        print(f"\nheld-in evaluation: mean composite reward over the {len(grpo.BUILTIN_TEXTS)} built-in texts, "
-              f"{args.eval_samples} sampled rewrites each (std across texts)")
+        print(
+            f"\nheld-in evaluation: mean composite reward over the {len(grpo.BUILTIN_TEXTS)} built-in texts, "
+            f"{args.eval_samples} sampled rewrites each (std across texts)"
+        )
         print(format_table(("policy", "mean reward", "std"), evals))
     if log.is_file():
         rows = read_curve(log)

@@ -50,8 +50,17 @@ SENTENCES = [
     "The new bridge shortened the commute across the river by almost twenty minutes.",
 ]
 # RPC -> weight in the mix (model calls are the expensive, rarer ones in a training loop's traffic).
-MIX = {"Detect": 3, "Propose": 1, "ScoreChoices": 2, "Embed": 3, "EstimateCost": 4, "ListOffers": 4, "GetJob": 3,
-       "ListJobs": 2, "Health": 4}
+MIX = {
+    "Detect": 3,
+    "Propose": 1,
+    "ScoreChoices": 2,
+    "Embed": 3,
+    "EstimateCost": 4,
+    "ListOffers": 4,
+    "GetJob": 3,
+    "ListJobs": 2,
+    "Health": 4,
+}
 Call = Callable[[], Awaitable[object]]
 
 
@@ -71,13 +80,23 @@ def build_calls(channels: dict[str, grpc.aio.Channel], job_id: str, offer_id: st
 
     return {
         "Detect": lambda: det.Detect(det_pb.DetectRequest(texts=[text(), text()]), timeout=120),
-        "Propose": lambda: prop.Propose(prop_pb.ProposeRequest(
-            text=text(), mode=prop_pb.PROPOSE_MODE_PARAPHRASE, n=1, max_new_tokens=12, seed=next(counter)), timeout=120),
-        "ScoreChoices": lambda: scorer.ScoreChoices(scorer_pb.ScoreChoicesRequest(items=[scorer_pb.ChoiceItem(
-            raw_prompt=f"{text()} Is this sentence about science? Answer:", choices=[" Yes", " No"])]), timeout=120),
+        "Propose": lambda: prop.Propose(
+            prop_pb.ProposeRequest(text=text(), mode=prop_pb.PROPOSE_MODE_PARAPHRASE, n=1, max_new_tokens=12, seed=next(counter)),
+            timeout=120,
+        ),
+        "ScoreChoices": lambda: scorer.ScoreChoices(
+            scorer_pb.ScoreChoicesRequest(
+                items=[
+                    scorer_pb.ChoiceItem(raw_prompt=f"{text()} Is this sentence about science? Answer:", choices=[" Yes", " No"])
+                ]
+            ),
+            timeout=120,
+        ),
         "Embed": lambda: prop.Embed(prop_pb.EmbedRequest(texts=[text(), text()]), timeout=120),
-        "EstimateCost": lambda: cost.EstimateCost(cost_pb.EstimateCostRequest(
-            offer_id=offer_id, duration=duration_pb2.Duration(seconds=3600 + next(counter) % 600)), timeout=30),
+        "EstimateCost": lambda: cost.EstimateCost(
+            cost_pb.EstimateCostRequest(offer_id=offer_id, duration=duration_pb2.Duration(seconds=3600 + next(counter) % 600)),
+            timeout=30,
+        ),
         "ListOffers": lambda: cost.ListOffers(cost_pb.ListOffersRequest(gpu_names=["A100-80GB", "H100"]), timeout=30),
         "GetJob": lambda: sched.GetJob(sched_pb.GetJobRequest(job_id=job_id), timeout=30),
         "ListJobs": lambda: sched.ListJobs(sched_pb.ListJobsRequest(page_size=10), timeout=30),
@@ -85,8 +104,9 @@ def build_calls(channels: dict[str, grpc.aio.Channel], job_id: str, offer_id: st
     }
 
 
-async def drive(calls: dict[str, Call], clients: int, max_calls: int, max_seconds: float
-                ) -> tuple[float, dict[str, list[float]], dict[str, collections.Counter]]:
+async def drive(
+    calls: dict[str, Call], clients: int, max_calls: int, max_seconds: float
+) -> tuple[float, dict[str, list[float]], dict[str, collections.Counter]]:
     """`clients` loops drawing RPCs from the weighted mix until `max_calls` calls were started or `max_seconds` passed."""
     schedule = itertools.cycle([name for name, weight in MIX.items() for _ in range(weight)])
     latencies: dict[str, list[float]] = collections.defaultdict(list)
@@ -139,10 +159,17 @@ async def overload(args: argparse.Namespace) -> None:
     base = free_base_port()
     work = Path(tempfile.mkdtemp(prefix="crucible-overload-"))
     model_args = ["--dtype", args.dtype]
-    mesh = MeshLauncher(list(MODEL_SERVICES), ports=default_ports(base), log_dir=work / "logs",
-                env={"CRUCIBLE_STATE_DIR": str(work / "state"), "HF_HUB_OFFLINE": "1"},
-                extra_args={"detector": [*model_args, "--max-tokens", str(args.tokens), "--cache-size", "0"],
-                            "proposer": model_args, "scorer": model_args})
+    mesh = MeshLauncher(
+        list(MODEL_SERVICES),
+        ports=default_ports(base),
+        log_dir=work / "logs",
+        env={"CRUCIBLE_STATE_DIR": str(work / "state"), "HF_HUB_OFFLINE": "1"},
+        extra_args={
+            "detector": [*model_args, "--max-tokens", str(args.tokens), "--cache-size", "0"],
+            "proposer": model_args,
+            "scorer": model_args,
+        },
+    )
     t_start = time.perf_counter()
     mesh.start()
     try:
@@ -174,8 +201,7 @@ async def overload(args: argparse.Namespace) -> None:
 
             sampler = asyncio.create_task(sample())
             t0 = time.perf_counter()
-            results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(args.calls))),
-                                             args.deadline_s + 15)
+            results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(args.calls))), args.deadline_s + 15)
             burst_s = time.perf_counter() - t0
             await asyncio.sleep(args.settle_s)  # the batchers trim the heap once their queues have drained
             sampling = False
@@ -186,17 +212,22 @@ async def overload(args: argparse.Namespace) -> None:
     codes = collections.Counter(f"{c} {r}".strip() for c, r, _ in results)
     refused_fast = sum(1 for c, _, t in results if c == "RESOURCE_EXHAUSTED" and t <= 1.0)
     accepted = [t for c, _, t in results if c == "OK"]
-    print(f"overload: {args.calls} concurrent Detect calls of {args.tokens} tokens, {args.deadline_s:.0f} s deadlines, "
-          f"models {args.dtype}; burst over in {burst_s:.1f} s; model services up in {up_s:.0f} s")
+    print(
+        f"overload: {args.calls} concurrent Detect calls of {args.tokens} tokens, {args.deadline_s:.0f} s deadlines, "
+        f"models {args.dtype}; burst over in {burst_s:.1f} s; model services up in {up_s:.0f} s"
+    )
     print(f"outcomes: {', '.join(f'{k} {v}' for k, v in codes.most_common())}")
     refused = [t for c, _, t in results if c == "RESOURCE_EXHAUSTED"]
-    print(f"refused within 1 s: {refused_fast / args.calls:.0%} of calls (refusal latency p50 {_pct(refused, 0.5)} ms, "
-          f"p99 {_pct(refused, 0.99)} ms); accepted: {len(accepted)}, latency p50 {_pct(accepted, 0.5)} ms, "
-          f"p99 {_pct(accepted, 0.99)} ms")
-    rows = [(name, f"{idle[name]:.0f}", f"{peak[name]:.0f}", f"{after[name]:.0f}",
-             f"{after[name] - idle[name]:+.0f}") for name in MODEL_SERVICES]
-    print(format_table(("service", "idle RSS MiB", "peak RSS MiB", f"after +{args.settle_s:.0f}s MiB", "after - idle"),
-                       rows))
+    print(
+        f"refused within 1 s: {refused_fast / args.calls:.0%} of calls (refusal latency p50 {_pct(refused, 0.5)} ms, "
+        f"p99 {_pct(refused, 0.99)} ms); accepted: {len(accepted)}, latency p50 {_pct(accepted, 0.5)} ms, "
+        f"p99 {_pct(accepted, 0.99)} ms"
+    )
+    rows = [
+        (name, f"{idle[name]:.0f}", f"{peak[name]:.0f}", f"{after[name]:.0f}", f"{after[name] - idle[name]:+.0f}")
+        for name in MODEL_SERVICES
+    ]
+    print(format_table(("service", "idle RSS MiB", "peak RSS MiB", f"after +{args.settle_s:.0f}s MiB", "after - idle"), rows))
 
 
 async def main() -> None:
@@ -215,19 +246,33 @@ async def main() -> None:
         await overload(args)
         return
     model_args = ["--dtype", args.dtype, "--max-wait-ms", "10"]
-    extra = {"detector": [*model_args, "--max-tokens", "128"], "proposer": model_args, "scorer": model_args,
-             "scheduler": ["--providers", "dryrun,local"]}
+    extra = {
+        "detector": [*model_args, "--max-tokens", "128"],
+        "proposer": model_args,
+        "scorer": model_args,
+        "scheduler": ["--providers", "dryrun,local"],
+    }
     t_start = time.perf_counter()
     async with running_mesh(list(SERVICES), extra_args=extra) as base:
         up_s = time.perf_counter() - t_start
         channels = {name: grpc.aio.insecure_channel(f"127.0.0.1:{base + i}") for i, name in enumerate(SERVICES)}
         try:
             sched = sched_grpc.SchedulerServiceStub(channels["scheduler"])
-            job = (await sched.CreateJob(sched_pb.CreateJobRequest(spec=job_pb2.JobSpec(
-                command=["echo", "load"], provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT, providers=["dryrun"])),
-                timeout=30)).job
-            offer = (await cost_grpc.CostServiceStub(channels["cost"]).ListOffers(
-                cost_pb.ListOffersRequest(gpu_names=["A100-80GB"]), timeout=30)).offers[0]
+            job = (
+                await sched.CreateJob(
+                    sched_pb.CreateJobRequest(
+                        spec=job_pb2.JobSpec(
+                            command=["echo", "load"], provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT, providers=["dryrun"]
+                        )
+                    ),
+                    timeout=30,
+                )
+            ).job
+            offer = (
+                await cost_grpc.CostServiceStub(channels["cost"]).ListOffers(
+                    cost_pb.ListOffersRequest(gpu_names=["A100-80GB"]), timeout=30
+                )
+            ).offers[0]
             calls = build_calls(channels, job.job_id, offer.offer_id)
             for call in calls.values():  # warm every channel, method and model once
                 await call()
@@ -238,15 +283,33 @@ async def main() -> None:
     rows = []
     for name in MIX:
         done, failed = latencies.get(name, []), errors.get(name, collections.Counter())
-        rows.append((name, len(done) + sum(failed.values()), f"{len(done) / seconds:.1f}", _pct(done, 0.5),
-                     _pct(done, 0.99), ", ".join(f"{k} {v}" for k, v in failed.items()) or "0"))
+        rows.append(
+            (
+                name,
+                len(done) + sum(failed.values()),
+                f"{len(done) / seconds:.1f}",
+                _pct(done, 0.5),
+                _pct(done, 0.99),
+                ", ".join(f"{k} {v}" for k, v in failed.items()) or "0",
+            )
+        )
     all_done = [v for values in latencies.values() for v in values]
     all_errors = sum(sum(c.values()) for c in errors.values())
-    rows.append(("all", len(all_done) + all_errors, f"{len(all_done) / seconds:.1f}", _pct(all_done, 0.5),
-                 _pct(all_done, 0.99), str(all_errors)))
-    print(f"load over the mesh: {args.clients} clients, {seconds:.1f} s of load (limits {args.max_calls} calls, "
-          f"{args.max_seconds:.0f} s), models {args.dtype}; mesh up in {up_s:.0f} s; median of all latencies "
-          f"{statistics.median(all_done) * 1000 if all_done else float('nan'):.1f} ms")
+    rows.append(
+        (
+            "all",
+            len(all_done) + all_errors,
+            f"{len(all_done) / seconds:.1f}",
+            _pct(all_done, 0.5),
+            _pct(all_done, 0.99),
+            str(all_errors),
+        )
+    )
+    print(
+        f"load over the mesh: {args.clients} clients, {seconds:.1f} s of load (limits {args.max_calls} calls, "
+        f"{args.max_seconds:.0f} s), models {args.dtype}; mesh up in {up_s:.0f} s; median of all latencies "
+        f"{statistics.median(all_done) * 1000 if all_done else float('nan'):.1f} ms"
+    )
     print(format_table(("rpc", "calls", "ok calls/s", "p50 ms", "p99 ms", "errors"), rows))
 
 

@@ -28,8 +28,17 @@ TEXTS = [
 
 
 def _requests(calls: int, max_new_tokens: int) -> list[pb.ProposeRequest]:
-    return [pb.ProposeRequest(text=TEXTS[i % len(TEXTS)], mode=pb.PROPOSE_MODE_PARAPHRASE, n=1, seed=1000 + i,
-                              temperature=1.0, max_new_tokens=max_new_tokens) for i in range(calls)]
+    return [
+        pb.ProposeRequest(
+            text=TEXTS[i % len(TEXTS)],
+            mode=pb.PROPOSE_MODE_PARAPHRASE,
+            n=1,
+            seed=1000 + i,
+            temperature=1.0,
+            max_new_tokens=max_new_tokens,
+        )
+        for i in range(calls)
+    ]
 
 
 class _TokenMeter:
@@ -46,8 +55,9 @@ class _TokenMeter:
         return self.registry.get_sample_value("crucible_batcher_batch_size_count", labels) or 0.0
 
 
-async def _propose_runs(stub: pb_grpc.ProposerServiceStub, tokens: _TokenMeter, calls: int,
-                        max_new_tokens: int) -> list[tuple[str, ...]]:
+async def _propose_runs(
+    stub: pb_grpc.ProposerServiceStub, tokens: _TokenMeter, calls: int, max_new_tokens: int
+) -> list[tuple[str, ...]]:
     requests = _requests(calls, max_new_tokens)
     await stub.Propose(requests[0], timeout=600)  # warm-up outside the measurement
     before, started = tokens(), time.perf_counter()
@@ -60,8 +70,14 @@ async def _propose_runs(stub: pb_grpc.ProposerServiceStub, tokens: _TokenMeter, 
     same = sum(a.candidates == b.candidates for a, b in zip(sequential, concurrent, strict=True))
     return [
         (f"{calls} Propose one after another", f"{seq_tokens:.0f}", f"{seq_s:.1f}", f"{seq_rate:.1f}", "1.00x", ""),
-        (f"{calls} Propose concurrently (batched)", f"{con_tokens:.0f}", f"{con_s:.1f}", f"{con_rate:.1f}",
-         f"{con_rate / seq_rate:.2f}x", f"{batches:.0f} batch(es); {same}/{calls} responses identical to sequential"),
+        (
+            f"{calls} Propose concurrently (batched)",
+            f"{con_tokens:.0f}",
+            f"{con_s:.1f}",
+            f"{con_rate:.1f}",
+            f"{con_rate / seq_rate:.2f}x",
+            f"{batches:.0f} batch(es); {same}/{calls} responses identical to sequential",
+        ),
     ]
 
 
@@ -96,8 +112,17 @@ async def main() -> None:
     parser.add_argument("--embed-texts", type=int, default=256)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-    config = load_config(ProposerConfig, "proposer", env={}, port=0, metrics_enabled=False, model=args.model,
-                         device=args.device, dtype=args.dtype, quantize=args.quantize)
+    config = load_config(
+        ProposerConfig,
+        "proposer",
+        env={},
+        port=0,
+        metrics_enabled=False,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        quantize=args.quantize,
+    )
     server, _port = create_server(config)
     await server.start()
     await server.wait_ready(600)
@@ -110,8 +135,10 @@ async def main() -> None:
     finally:
         await server.stop(0)
     model = info.generator_model
-    print(f"Propose: {model.name} {model.dtype} on {model.device}, quantize={model.quantization}; n=1, "
-          f"temperature 1.0, max_new_tokens {args.max_new_tokens}; tokens = all generated tokens (server counter)")
+    print(
+        f"Propose: {model.name} {model.dtype} on {model.device}, quantize={model.quantization}; n=1, "
+        f"temperature 1.0, max_new_tokens {args.max_new_tokens}; tokens = all generated tokens (server counter)"
+    )
     print(format_table(("run", "tokens", "seconds", "tokens/s", "vs sequential", "note"), generation))
     print()
     print(f"Embed: {info.embedding_model.name} {info.embedding_model.dtype} on {info.embedding_model.device}")

@@ -37,11 +37,15 @@ def _groups(prompts: int, completions: int, words: int) -> list[tuple[str, list[
     if data.exists():
         d = json.loads(data.read_text())
         human, machine = d["original"], d["sampled"]
-        return [(clip(human[p]), [clip(machine[(p * completions + c) % len(machine)]) for c in range(completions)])
-                for p in range(prompts)]
+        return [
+            (clip(human[p]), [clip(machine[(p * completions + c) % len(machine)]) for c in range(completions)])
+            for p in range(prompts)
+        ]
     pool = [t for _, rewrites in REWARD_SAMPLES for t in rewrites if t]
-    return [(clip(REWARD_SAMPLES[p % len(REWARD_SAMPLES)][0]), [clip(pool[(p + c) % len(pool)]) for c in range(completions)])
-            for p in range(prompts)]
+    return [
+        (clip(REWARD_SAMPLES[p % len(REWARD_SAMPLES)][0]), [clip(pool[(p + c) % len(pool)]) for c in range(completions)])
+        for p in range(prompts)
+    ]
 
 
 def naive(groups: list[tuple[str, list[str]]], dtype: str) -> tuple[float, list[float]]:
@@ -79,8 +83,12 @@ async def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--completions", type=int, default=8)
     parser.add_argument("--words", type=int, default=100, help="clip texts to this many words")
-    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"),
-                        help="detector dtype on both paths (bf16 needs a CPU with native bf16 to be fast)")
+    parser.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("float32", "bfloat16"),
+        help="detector dtype on both paths (bf16 needs a CPU with native bf16 to be fast)",
+    )
     args = parser.parse_args()
     groups = _groups(args.prompts, args.completions, args.words)
     samples = args.prompts * args.completions
@@ -88,12 +96,24 @@ async def main() -> None:
         mesh_s, mesh_totals = await over_mesh(base, groups)
     naive_s, naive_totals = naive(groups, args.dtype)
     agree = max(abs(a - b) for a, b in zip(mesh_totals, naive_totals, strict=True))
-    print(f"reward loop, {args.prompts} prompts x {args.completions} completions (<= {args.words} words), {args.dtype} SmolLM2 "
-          f"detector + MiniLM; max |reward difference| between the two paths: {agree:.2e}")
-    print(format_table(("path", "seconds", "samples/s", "vs naive"), [
-        ("naive in-process, one sample at a time", f"{naive_s:.2f}", f"{samples / naive_s:.2f}", "1.00x"),
-        ("mesh end to end (SDK, concurrent groups)", f"{mesh_s:.2f}", f"{samples / mesh_s:.2f}", f"{naive_s / mesh_s:.2f}x"),
-    ]))
+    print(
+        f"reward loop, {args.prompts} prompts x {args.completions} completions (<= {args.words} words), {args.dtype} SmolLM2 "
+        f"detector + MiniLM; max |reward difference| between the two paths: {agree:.2e}"
+    )
+    print(
+        format_table(
+            ("path", "seconds", "samples/s", "vs naive"),
+            [
+                ("naive in-process, one sample at a time", f"{naive_s:.2f}", f"{samples / naive_s:.2f}", "1.00x"),
+                (
+                    "mesh end to end (SDK, concurrent groups)",
+                    f"{mesh_s:.2f}",
+                    f"{samples / mesh_s:.2f}",
+                    f"{naive_s / mesh_s:.2f}x",
+                ),
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,13 +26,21 @@ from crucible.scheduler.store import JobStore
 
 async def one_run(calls: int, clients: int, synchronous: str, folder: Path) -> tuple[float, list[float], int, int]:
     """(seconds, latencies, jobs created, jobs found in the reopened store)."""
-    cfg = load_config(SchedulerConfig, "scheduler", env={}, port=0, state_dir=str(folder), metrics_enabled=False,
-                      sqlite_synchronous=synchronous, poll_interval_s=0.5, log_level="WARNING")
+    cfg = load_config(
+        SchedulerConfig,
+        "scheduler",
+        env={},
+        port=0,
+        state_dir=str(folder),
+        metrics_enabled=False,
+        sqlite_synchronous=synchronous,
+        poll_interval_s=0.5,
+        log_level="WARNING",
+    )
     server, port = create_server(cfg)
     await server.start()
     await server.wait_ready(30)
-    spec = job_pb2.JobSpec(command=["python", "train.py"], provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT,
-                           providers=["dryrun"])
+    spec = job_pb2.JobSpec(command=["python", "train.py"], provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT, providers=["dryrun"])
     latencies: list[float] = []
     ids: set[str] = set()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -70,8 +78,17 @@ def main() -> int:
             seconds, lat, created, found = asyncio.run(one_run(args.calls, clients, sync, Path(d)))
         lat_ms = sorted(x * 1000 for x in lat)
         p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))]
-        rows.append((clients, sync, args.calls, f"{args.calls / seconds:.0f}", f"{statistics.median(lat_ms):.2f}",
-                     f"{p99:.2f}", f"{found}/{created}"))
+        rows.append(
+            (
+                clients,
+                sync,
+                args.calls,
+                f"{args.calls / seconds:.0f}",
+                f"{statistics.median(lat_ms):.2f}",
+                f"{p99:.2f}",
+                f"{found}/{created}",
+            )
+        )
         if found != args.calls or created != args.calls:
             print(format_table(("clients", "sqlite sync", "calls", "calls/s", "p50 ms", "p99 ms", "durable"), rows))
             print(f"FAILED: {found} of {args.calls} jobs found after reopening the store")

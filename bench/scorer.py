@@ -32,25 +32,59 @@ from crucible.scorer.server import create_server
 SHARED_MMLU = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mmlu"
 
 SAMPLE_QUESTIONS = [
-    McqQuestion("anatomy", "Which of the following best describes the structure that collects urine in the body?",
-                ("Bladder", "Kidney", "Ureter", "Urethra"), 0),
-    McqQuestion("high_school_psychology", "Which of the following is a common symptom of major depressive disorder?",
-                ("Persistent low mood and loss of interest", "Hallucinations of voices", "A phobia of open spaces",
-                 "Compulsive hand washing"), 0),
-    McqQuestion("college_physics", "A ball is dropped from rest. Ignoring air resistance, its speed after 2 s is about",
-                ("5 m/s", "10 m/s", "20 m/s", "40 m/s"), 2),
-    McqQuestion("computer_security", "Which of the following is a property that a cryptographic hash function should have?",
-                ("It is easy to invert", "It is collision resistant", "Its output length equals its input length",
-                 "It requires a secret key"), 1),
-    McqQuestion("philosophy", "According to Descartes, which of the following can he not doubt?",
-                ("That he has a body", "That the external world exists", "That he exists while he thinks",
-                 "That God is a deceiver"), 2),
-    McqQuestion("abstract_algebra", "Find the order of the element 3 in the additive group Z_12.",
-                ("3", "4", "6", "12"), 1),
-    McqQuestion("conceptual_physics", "When you double the speed of a moving object, its kinetic energy",
-                ("stays the same", "doubles", "triples", "quadruples"), 3),
-    McqQuestion("high_school_us_history", "The Louisiana Purchase of 1803 was made from which country?",
-                ("Spain", "Britain", "France", "Mexico"), 2),
+    McqQuestion(
+        "anatomy",
+        "Which of the following best describes the structure that collects urine in the body?",
+        ("Bladder", "Kidney", "Ureter", "Urethra"),
+        0,
+    ),
+    McqQuestion(
+        "high_school_psychology",
+        "Which of the following is a common symptom of major depressive disorder?",
+        (
+            "Persistent low mood and loss of interest",
+            "Hallucinations of voices",
+            "A phobia of open spaces",
+            "Compulsive hand washing",
+        ),
+        0,
+    ),
+    McqQuestion(
+        "college_physics",
+        "A ball is dropped from rest. Ignoring air resistance, its speed after 2 s is about",
+        ("5 m/s", "10 m/s", "20 m/s", "40 m/s"),
+        2,
+    ),
+    McqQuestion(
+        "computer_security",
+        "Which of the following is a property that a cryptographic hash function should have?",
+        (
+            "It is easy to invert",
+            "It is collision resistant",
+            "Its output length equals its input length",
+            "It requires a secret key",
+        ),
+        1,
+    ),
+    McqQuestion(
+        "philosophy",
+        "According to Descartes, which of the following can he not doubt?",
+        ("That he has a body", "That the external world exists", "That he exists while he thinks", "That God is a deceiver"),
+        2,
+    ),
+    McqQuestion("abstract_algebra", "Find the order of the element 3 in the additive group Z_12.", ("3", "4", "6", "12"), 1),
+    McqQuestion(
+        "conceptual_physics",
+        "When you double the speed of a moving object, its kinetic energy",
+        ("stays the same", "doubles", "triples", "quadruples"),
+        3,
+    ),
+    McqQuestion(
+        "high_school_us_history",
+        "The Louisiana Purchase of 1803 was made from which country?",
+        ("Spain", "Britain", "France", "Mexico"),
+        2,
+    ),
 ]
 
 
@@ -82,8 +116,13 @@ def bare_forward(scorer: TargetScorer, jobs: list, batch_size: int) -> float:
             for i, row in enumerate(rows):
                 ids[i, width - len(row) :] = torch.tensor(row)
                 mask[i, width - len(row) :] = 1
-            model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), logits_to_keep=1,
-                  use_cache=False)
+            model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                logits_to_keep=1,
+                use_cache=False,
+            )
     return time.perf_counter() - started
 
 
@@ -109,8 +148,13 @@ def rows_per_choice(scorer: TargetScorer, jobs: list, batch_size: int) -> float:
                 ids[i, width - len(seq) :] = torch.tensor(seq)
                 mask[i, width - len(seq) :] = 1
             keep = max(len(c) for _, c in part) + 1
-            logits = scorer.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                                  logits_to_keep=keep, use_cache=False).logits
+            logits = scorer.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                logits_to_keep=keep,
+                use_cache=False,
+            ).logits
             logits.float().log_softmax(-1)
     return time.perf_counter() - started
 
@@ -169,8 +213,12 @@ async def run_modes(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--questions", type=int, default=64, help="questions per mode (default 64)")
-    parser.add_argument("--dtype", default=ScorerConfig.dtype, choices=("auto", "float32", "bfloat16"),
-                        help=f"target dtype (default {ScorerConfig.dtype}, the service default)")
+    parser.add_argument(
+        "--dtype",
+        default=ScorerConfig.dtype,
+        choices=("auto", "float32", "bfloat16"),
+        help=f"target dtype (default {ScorerConfig.dtype}, the service default)",
+    )
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--clients", type=int, default=8, help="concurrent service clients")
     parser.add_argument("--per-call", type=int, default=4, help="questions per ScoreChoices call")
@@ -179,34 +227,56 @@ def main() -> int:
     parser.add_argument("--multi-token-questions", type=int, default=12, help="questions for the multi-token comparison")
     args = parser.parse_args()
 
-    config = load_config(ScorerConfig, "scorer", env={}, port=0, metrics_enabled=False, model=args.model, dtype=args.dtype,
-                         max_batch_size=args.batch_size, max_items_per_call=max(args.per_call, 1))
+    config = load_config(
+        ScorerConfig,
+        "scorer",
+        env={},
+        port=0,
+        metrics_enabled=False,
+        model=args.model,
+        dtype=args.dtype,
+        max_batch_size=args.batch_size,
+        max_items_per_call=max(args.per_call, 1),
+    )
     placement = apply_cpu_placement(config.core_list, config.threads, config.interop_threads)
     loaded = load_causal_lm(args.model, device="cpu", dtype=args.dtype)
-    scorer = TargetScorer(loaded.model, loaded.tokenizer, Limits(max_tokens=config.max_tokens), model_max_length=loaded.max_length)
+    scorer = TargetScorer(
+        loaded.model, loaded.tokenizer, Limits(max_tokens=config.max_tokens), model_max_length=loaded.max_length
+    )
     questions, source = load_questions(args.questions)
     requests = [ChoiceRequest(question=q) for q in questions]
     jobs = [p.job for p in scorer.prepare_choices(requests)]
     tokens = sum(len(j.prompt_ids) for j in jobs) / len(jobs)
-    print(f"model {loaded.identity.name} ({loaded.identity.dtype}, {loaded.num_parameters / 1e6:.0f}M params) on "
-          f"{len(placement.cores)} cores, {placement.intra_op_threads} threads; {source}; "
-          f"{len(questions)} prompts, mean {tokens:.0f} tokens, 4 letter choices each", flush=True)
+    print(
+        f"model {loaded.identity.name} ({loaded.identity.dtype}, {loaded.num_parameters / 1e6:.0f}M params) on "
+        f"{len(placement.cores)} cores, {placement.intra_op_threads} threads; {source}; "
+        f"{len(questions)} prompts, mean {tokens:.0f} tokens, 4 letter choices each",
+        flush=True,
+    )
 
     best = asyncio.run(run_modes(config, scorer, questions, args))
     bare_s, loop_s, service_s = best["bare"][0], best["loop"][0], best["service"][0]
-    worst = max(abs(a - b) for s, r in zip(best["service"][1], best["loop"][1], strict=True)
-                for a, b in zip((c.logprob for c in s.choices), r.logprobs, strict=True))
+    worst = max(
+        abs(a - b)
+        for s, r in zip(best["service"][1], best["loop"][1], strict=True)
+        for a, b in zip((c.logprob for c in s.choices), r.logprobs, strict=True)
+    )
 
     n = len(questions)
     rows = [
         ("bare batched forward, length-sorted (no tokenising, no gRPC)", f"{n / bare_s:.2f}", "1.00"),
         ("per-item loop (core, one forward per prompt)", f"{n / loop_s:.2f}", f"{bare_s / loop_s:.2f}"),
-        (f"service, {args.clients} clients x {args.per_call} questions/call", f"{n / service_s:.2f}",
-         f"{bare_s / service_s:.2f}"),
+        (
+            f"service, {args.clients} clients x {args.per_call} questions/call",
+            f"{n / service_s:.2f}",
+            f"{bare_s / service_s:.2f}",
+        ),
     ]
     print(format_table(("mode", "prompts/s", "x bare"), rows))
-    print(f"best of {args.repeats} interleaved rounds; service vs per-item loop: max |logprob difference| {worst:.2e} "
-          "(target: service >= 0.85 x bare)")
+    print(
+        f"best of {args.repeats} interleaved rounds; service vs per-item loop: max |logprob difference| {worst:.2e} "
+        "(target: service >= 0.85 x bare)"
+    )
 
     # multi-token choices: the four option texts as choices
     distinct = [q for q in questions if len(set(q.options)) == len(q.options)]
@@ -223,10 +293,19 @@ def main() -> int:
         rows_s = min(rows_s, rows_per_choice(scorer, multi_jobs, args.batch_size))
     m = len(multi_jobs)
     print(f"\nmulti-token choices ({m} prompts x 4 option texts, mean {choice_tokens:.1f} tokens per choice):")
-    print(format_table(("method", "prompts/s", "x rows"), [
-        ("one prompt pass + cached pass over choice tokens (the scorer)", f"{m / cached_s:.2f}", f"{rows_s / cached_s:.2f}"),
-        ("one full prompt+choice row per choice (bare forward only)", f"{m / rows_s:.2f}", "1.00"),
-    ]))
+    print(
+        format_table(
+            ("method", "prompts/s", "x rows"),
+            [
+                (
+                    "one prompt pass + cached pass over choice tokens (the scorer)",
+                    f"{m / cached_s:.2f}",
+                    f"{rows_s / cached_s:.2f}",
+                ),
+                ("one full prompt+choice row per choice (bare forward only)", f"{m / rows_s:.2f}", "1.00"),
+            ],
+        )
+    )
     return 0
 
 

@@ -35,20 +35,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; the service's port and TLS files default to its own CRUCIBLE_* environment."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("service", choices=sorted(SERVICES), help="which Crucible service to check")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to dial (default 127.0.0.1: the probe runs beside the server)")
-    parser.add_argument("--port", type=int, default=None,
-                        help="gRPC port (default CRUCIBLE_<SVC>_PORT, else the service's default port)")
-    parser.add_argument("--health-service", default=None,
-                        help="health service name; '' checks the whole server (default: the service's contract name)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to dial (default 127.0.0.1: the probe runs beside the server)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="gRPC port (default CRUCIBLE_<SVC>_PORT, else the service's default port)"
+    )
+    parser.add_argument(
+        "--health-service",
+        default=None,
+        help="health service name; '' checks the whole server (default: the service's contract name)",
+    )
     parser.add_argument("--timeout", type=float, default=3.0, help="deadline of the check in seconds")
-    parser.add_argument("--tls", choices=("auto", "on", "off"), default="auto",
-                        help="auto: TLS when CRUCIBLE_TLS_CERT_FILE is set (the server then serves TLS)")
-    parser.add_argument("--ca-file", default=None, help="CA bundle that signed the server certificate (default: "
-                        "CRUCIBLE_CLIENT_CA_FILE, else the server's own certificate file, which holds its chain)")
-    parser.add_argument("--server-name", default=None,
-                        help="DNS name the server certificate must carry "
-                             "(default CRUCIBLE_PROBE_SERVER_NAME; empty: the dialled host)")
+    parser.add_argument(
+        "--tls",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="auto: TLS when CRUCIBLE_TLS_CERT_FILE is set (the server then serves TLS)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        default=None,
+        help="CA bundle that signed the server certificate (default: "
+        "CRUCIBLE_CLIENT_CA_FILE, else the server's own certificate file, which holds its chain)",
+    )
+    parser.add_argument(
+        "--server-name",
+        default=None,
+        help="DNS name the server certificate must carry (default CRUCIBLE_PROBE_SERVER_NAME; empty: the dialled host)",
+    )
     return parser.parse_args(argv)
 
 

@@ -54,14 +54,28 @@ def _tristate(value: str) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m-instruct",
-                   help="policy model: a crucible packaged alias (crucible.models), a local HF folder or a cached hub id")
-    p.add_argument("--data", default="", help=".txt (one text a line), .jsonl ({'original'|'text': ...}) or a detect "
-                   "JSON ({'sampled': [...]}); empty: the built-in texts")
-    p.add_argument("--max-original-words", type=int, default=40,
-                   help="detect JSON texts: keep the leading whole sentences up to this many words")
-    p.add_argument("--output-dir", default=os.environ.get("CRUCIBLE_CHECKPOINT_DIR", "checkpoints"),
-                   help="checkpoints (checkpoint-N folders); the scheduler sets CRUCIBLE_CHECKPOINT_DIR")
+    p.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="policy model: a crucible packaged alias (crucible.models), a local HF folder or a cached hub id",
+    )
+    p.add_argument(
+        "--data",
+        default="",
+        help=".txt (one text a line), .jsonl ({'original'|'text': ...}) or a detect "
+        "JSON ({'sampled': [...]}); empty: the built-in texts",
+    )
+    p.add_argument(
+        "--max-original-words",
+        type=int,
+        default=40,
+        help="detect JSON texts: keep the leading whole sentences up to this many words",
+    )
+    p.add_argument(
+        "--output-dir",
+        default=os.environ.get("CRUCIBLE_CHECKPOINT_DIR", "checkpoints"),
+        help="checkpoints (checkpoint-N folders); the scheduler sets CRUCIBLE_CHECKPOINT_DIR",
+    )
     p.add_argument("--max-steps", type=int, default=100, help="optimizer steps")
     p.add_argument("--num-generations", type=int, default=4, help="GRPO group size (completions per prompt)")
     p.add_argument("--prompts-per-step", type=int, default=2, help="prompts per device per step")
@@ -69,34 +83,69 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-5, help="learning rate (AdamW)")
     p.add_argument("--beta", type=float, default=0.04, help="KL coefficient against the reference model (0: no reference)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the group")
-    p.add_argument("--max-prompt-tokens", type=int, default=256,
-                   help="refuse prompts longer than this (after the chat template) instead of cutting them")
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=256,
+        help="refuse prompts longer than this (after the chat template) instead of cutting them",
+    )
     p.add_argument("--max-completion-length", type=int, default=64, help="tokens per completion")
     p.add_argument("--save-steps", type=int, default=10, help="checkpoint every N steps")
     p.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept")
-    p.add_argument("--resume", default="auto",
-                   help="auto: from the last complete checkpoint in --output-dir when there is one; never; or a folder")
+    p.add_argument(
+        "--resume",
+        default="auto",
+        help="auto: from the last complete checkpoint in --output-dir when there is one; never; or a folder",
+    )
     p.add_argument("--bf16", type=_tristate, default="auto", help="bf16 autocast (auto: on CUDA GPUs that support it)")
     p.add_argument("--tf32", type=_tristate, default="auto", help="TF32 matmuls (auto: on CUDA capability >= 8.0)")
     p.add_argument("--gradient-checkpointing", type=_tristate, default="auto", help="auto: on CUDA, off on CPU")
-    p.add_argument("--compile", type=_tristate, default="auto",
-                   help="torch.compile the policy (auto: off; generation's changing shapes recompile on short runs)")
+    p.add_argument(
+        "--compile",
+        type=_tristate,
+        default="auto",
+        help="torch.compile the policy (auto: off; generation's changing shapes recompile on short runs)",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=1, help="progress line every N steps")
-    p.add_argument("--mesh", action="append", default=[], metavar="SERVICE=HOST:PORT",
-                   help="address of a mesh service (detector, proposer, scorer; repeatable); default: $GRPO_MESH "
-                   "(comma-separated, for scheduler jobs, whose CRUCIBLE_* env names are reserved), then "
-                   "CRUCIBLE_<SERVICE>_ADDRESS, then the `crucible up` ports")
-    p.add_argument("--detector-signal", choices=("probability", "criterion"), default="criterion",
-                   help="evasion from calibrated P(machine) or the raw criterion (SmolLM2 pair is uncalibrated)")
-    p.add_argument("--perplexity-window", default="8,40,250",
-                   help="fluency: min,target,max perplexity (a 135M scorer puts fluent English at ~20-150)")
-    p.add_argument("--reward-weights", default="",
-                   help="component weights, e.g. 'detector=1,similarity=1,fluency=0.5,repetition=1,language=0.5,length=0.5'")
+    p.add_argument(
+        "--mesh",
+        action="append",
+        default=[],
+        metavar="SERVICE=HOST:PORT",
+        help="address of a mesh service (detector, proposer, scorer; repeatable); default: $GRPO_MESH "
+        "(comma-separated, for scheduler jobs, whose CRUCIBLE_* env names are reserved), then "
+        "CRUCIBLE_<SERVICE>_ADDRESS, then the `crucible up` ports",
+    )
+    p.add_argument(
+        "--detector-signal",
+        choices=("probability", "criterion"),
+        default="criterion",
+        help="evasion from calibrated P(machine) or the raw criterion (SmolLM2 pair is uncalibrated)",
+    )
+    p.add_argument(
+        "--perplexity-window",
+        default="8,40,250",
+        help="fluency: min,target,max perplexity (a 135M scorer puts fluent English at ~20-150)",
+    )
+    p.add_argument(
+        "--reward-weights",
+        default="",
+        help="component weights, e.g. 'detector=1,similarity=1,fluency=0.5,repetition=1,language=0.5,length=0.5'",
+    )
     args = p.parse_args(argv)
-    for name in ("max_steps", "num_generations", "prompts_per_step", "grad_accum", "max_completion_length",
-                 "max_prompt_tokens", "save_steps", "save_total_limit", "log_every"):
+    for name in (
+        "max_steps",
+        "num_generations",
+        "prompts_per_step",
+        "grad_accum",
+        "max_completion_length",
+        "max_prompt_tokens",
+        "save_steps",
+        "save_total_limit",
+        "log_every",
+    ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.num_generations < 2:
@@ -239,15 +288,22 @@ def resume_point(args: argparse.Namespace) -> Path | None:
 
 
 def progress_line(step: int, total: int, **metrics: float) -> str:
-    """Crucible's JSON progress line (services/scheduler/core/progress.py parses it into Job.progress)."""
+    """Crucible's JSON progress line (services/crucible/scheduler/core/progress.py parses it into Job.progress)."""
     body: dict[str, float | int] = {"step": int(step), "total_steps": int(total)}
     body.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)})
     return json.dumps({"crucible_progress": body}, separators=(",", ":"))
 
 
 #: TRL log key -> progress metric name (reward components come as reward_<name> from TRLReward's log_metric).
-_LOG_KEYS = {"loss": "loss", "reward": "reward_mean", "reward_std": "reward_std", "kl": "kl",
-             "completions/mean_length": "completion_length", "learning_rate": "lr", "grad_norm": "grad_norm"}
+_LOG_KEYS = {
+    "loss": "loss",
+    "reward": "reward_mean",
+    "reward_std": "reward_std",
+    "kl": "kl",
+    "completions/mean_length": "completion_length",
+    "learning_rate": "lr",
+    "grad_norm": "grad_norm",
+}
 
 
 def make_progress_callback() -> Any:
@@ -272,9 +328,12 @@ def make_progress_callback() -> Any:
                 metrics["seconds_per_step"] = (now - self._last[0]) / (state.global_step - self._last[1])
             self._last = (now, state.global_step)
             print(progress_line(state.global_step, state.max_steps, **metrics), flush=True)
-            print(f"step {state.global_step}/{state.max_steps}: loss {metrics.get('loss', float('nan')):.4f}, "
-                  f"reward {metrics.get('reward_mean', float('nan')):+.3f} ± {metrics.get('reward_std', float('nan')):.3f}, "
-                  f"kl {metrics.get('kl', float('nan')):.4f}", flush=True)
+            print(
+                f"step {state.global_step}/{state.max_steps}: loss {metrics.get('loss', float('nan')):.4f}, "
+                f"reward {metrics.get('reward_mean', float('nan')):+.3f} ± {metrics.get('reward_std', float('nan')):.3f}, "
+                f"kl {metrics.get('kl', float('nan')):.4f}",
+                flush=True,
+            )
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.is_world_process_zero:
@@ -300,8 +359,9 @@ def reward_config(args: argparse.Namespace) -> Any:
             raise SystemExit(f"--reward-weights: unknown component {name!r}")
         weights[f"w_{name}"] = float(value)
     try:
-        return RewardConfig(detector_signal=args.detector_signal, perplexity_min=low, perplexity_target=target,
-                            perplexity_max=high, **weights)
+        return RewardConfig(
+            detector_signal=args.detector_signal, perplexity_min=low, perplexity_target=target, perplexity_max=high, **weights
+        )
     except ValueError as e:
         raise SystemExit(f"reward settings: {e}") from None
 
@@ -372,15 +432,24 @@ def main(argv: list[str] | None = None) -> int:
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=[TRLReward(rcfg, mesh)], args=config,
-                          train_dataset=dataset, processing_class=tokenizer,
-                          callbacks=[make_progress_callback()])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[TRLReward(rcfg, mesh)],
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[make_progress_callback()],
+    )
     start = resume_point(args)
     if trainer.is_world_process_zero():
-        addresses = {name: ",".join(c.addresses) for name, c in mesh.services.items()
-                     if name in ("detector", "proposer", "scorer")}
-        print(f"model {resolved.name} ({resolved.revision}); {len(texts)} texts; group {args.num_generations}; "
-              f"settings {settings}; mesh {addresses}", flush=True)
+        addresses = {
+            name: ",".join(c.addresses) for name, c in mesh.services.items() if name in ("detector", "proposer", "scorer")
+        }
+        print(
+            f"model {resolved.name} ({resolved.revision}); {len(texts)} texts; group {args.num_generations}; "
+            f"settings {settings}; mesh {addresses}",
+            flush=True,
+        )
         if start is not None:
             print(f"resuming from {start}", flush=True)
     if start is not None and json.loads((start / "trainer_state.json").read_text()).get("global_step", 0) >= args.max_steps:

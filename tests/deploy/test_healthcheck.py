@@ -29,8 +29,7 @@ class LoadingService(BaseService):
     """The detector contract (unimplemented methods) whose start hook waits for `loaded`, like a model loading."""
 
     def __init__(self) -> None:
-        super().__init__("detector", [CONTRACT], pb_grpc.DetectorServiceServicer(),
-                         pb_grpc.add_DetectorServiceServicer_to_server)
+        super().__init__("detector", [CONTRACT], pb_grpc.DetectorServiceServicer(), pb_grpc.add_DetectorServiceServicer_to_server)
         self.loaded = asyncio.Event()
 
     async def start(self) -> None:
@@ -40,8 +39,12 @@ class LoadingService(BaseService):
 async def _probe(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CRUCIBLE_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(PROBE), *args, env={**clean, **(env or {})},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        str(PROBE),
+        *args,
+        env={**clean, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode()
@@ -65,16 +68,21 @@ def _certificate(tmp_path, dns_name: str):
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     (tmp_path / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "tls.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return tmp_path / "tls.crt", tmp_path / "tls.key"
 
 
@@ -100,11 +108,14 @@ async def test_probe_fails_when_nothing_listens():
     assert rc == 1 and "UNAVAILABLE" in out
 
 
-@pytest.mark.parametrize("server_name, tls, expect_rc", [
-    ("detector", "auto", 0),      # the certificate's own name, TLS chosen from CRUCIBLE_DETECTOR_TLS_CERT_FILE
-    ("elsewhere", "auto", 1),     # hostname verification is on: a certificate for another name is refused
-    ("detector", "off", 1),       # plaintext against a TLS server
-])
+@pytest.mark.parametrize(
+    "server_name, tls, expect_rc",
+    [
+        ("detector", "auto", 0),  # the certificate's own name, TLS chosen from CRUCIBLE_DETECTOR_TLS_CERT_FILE
+        ("elsewhere", "auto", 1),  # hostname verification is on: a certificate for another name is refused
+        ("detector", "off", 1),  # plaintext against a TLS server
+    ],
+)
 async def test_probe_over_tls_verifies_the_certificate_name(tmp_path, server_name, tls, expect_rc):
     cert, key = _certificate(tmp_path, "detector")
     server, service, port = await _server(tls_cert_file=str(cert), tls_key_file=str(key))

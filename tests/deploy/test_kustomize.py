@@ -34,10 +34,14 @@ def _pipe_kustomize_into_validate(directory) -> tuple[int, str]:
     """`kubectl kustomize DIR | kubernetes-validate --strict -`, a real pipe, for each target version."""
     rc, out = 0, ""
     for version in K8S_VERSIONS:
-        render = subprocess.Popen([tool("kubectl"), "kustomize", str(directory)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
-        validate = subprocess.run([tool("kubernetes-validate"), "--strict", "--quiet", "-k", version, "-"],
-                                  stdin=render.stdout, capture_output=True, text=True, timeout=120)
+        render = subprocess.Popen([tool("kubectl"), "kustomize", str(directory)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        validate = subprocess.run(
+            [tool("kubernetes-validate"), "--strict", "--quiet", "-k", version, "-"],
+            stdin=render.stdout,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         render.stdout.close()
         render_err = render.stderr.read().decode()
         render.stderr.close()
@@ -273,5 +277,6 @@ def test_namespaces_enforce_the_restricted_pod_security_standard(rendered):
     for overlay, docs in rendered.items():
         (namespace,) = _kinds(docs, "Namespace").values()
         assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-        assert all(d["metadata"].get("namespace") == namespace["metadata"]["name"]
-                   for d in docs if d["kind"] != "Namespace"), overlay
+        assert all(d["metadata"].get("namespace") == namespace["metadata"]["name"] for d in docs if d["kind"] != "Namespace"), (
+            overlay
+        )

@@ -24,8 +24,7 @@ from tests.e2e.test_mesh_up import mesh  # noqa: F401 - the `crucible up` fixtur
 pytestmark = pytest.mark.slow
 
 # A read-only call per service that goes through the interceptor (not health): whatever status it gets, it is counted.
-METHODS = {"detector": "GetInfo", "proposer": "GetInfo", "scorer": "GetInfo", "scheduler": "ListProviders",
-           "cost": "ListOffers"}
+METHODS = {"detector": "GetInfo", "proposer": "GetInfo", "scorer": "GetInfo", "scheduler": "ListProviders", "cost": "ListOffers"}
 CALLS = {name: f"/{entry.proto_service}/{METHODS[name]}" for name, entry in SERVICES.items()}
 
 
@@ -52,11 +51,17 @@ def prometheus(mesh, tmp_path_factory):  # noqa: F811 - the imported fixture
     work = tmp_path_factory.mktemp("prometheus")
     (work / "prometheus.yml").write_text(yaml.safe_dump(_config_for(mesh["ports"])))
     port = _free_port()
-    log = open(work / "prometheus.log", "wb")  # noqa: SIM115 - closed below
+    log = open(work / "prometheus.log", "wb")
     proc = subprocess.Popen(
-        [tool("prometheus"), f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            tool("prometheus"),
+            f"--config.file={work / 'prometheus.yml'}",
+            f"--storage.tsdb.path={work / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -104,8 +109,7 @@ def _eventually(prometheus, expr: str, check, timeout: float = 60.0) -> list[dic
         if check(result):
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"{expr} never satisfied the check; last result {result}\n"
-                        + prometheus["log"].read_text()[-2000:])
+            pytest.fail(f"{expr} never satisfied the check; last result {result}\n" + prometheus["log"].read_text()[-2000:])
         time.sleep(0.5)
 
 
@@ -132,8 +136,10 @@ def test_grpc_metric_of_real_calls_is_queryable_through_the_http_api(prometheus,
     codes = _call_every_service(mesh["ports"])
     assert grpc.StatusCode.INTERNAL not in codes.values(), codes
     for name, entry in SERVICES.items():
-        expr = (f'grpc_server_handled_total{{job="crucible", service="{name}", grpc_service="{entry.proto_service}", '
-                f'grpc_method="{METHODS[name]}", grpc_code="{codes[name].name}"}}')
+        expr = (
+            f'grpc_server_handled_total{{job="crucible", service="{name}", grpc_service="{entry.proto_service}", '
+            f'grpc_method="{METHODS[name]}", grpc_code="{codes[name].name}"}}'
+        )
         (sample,) = _eventually(prometheus, expr, lambda r: len(r) == 1 and float(r[0]["value"][1]) >= 1)
         assert sample["metric"]["grpc_type"] == "unary"
     # Health probes are counted too (the mesh launcher polled them), under their own service name.
@@ -143,7 +149,8 @@ def test_grpc_metric_of_real_calls_is_queryable_through_the_http_api(prometheus,
 def test_recording_rules_evaluate_over_the_scraped_metrics(prometheus, mesh):  # noqa: F811
     _call_every_service(mesh["ports"])
     result = _eventually(
-        prometheus, "service_grpc_method:grpc_server_handled:rate5m",
+        prometheus,
+        "service_grpc_method:grpc_server_handled:rate5m",
         lambda r: {s["metric"]["service"] for s in r} == set(SERVICES) and all(float(s["value"][1]) > 0 for s in r),
     )
     assert {s["metric"]["grpc_method"] for s in result} == set(METHODS.values()), "health and reflection are excluded"
@@ -152,8 +159,9 @@ def test_recording_rules_evaluate_over_the_scraped_metrics(prometheus, mesh):  #
 
 
 def test_every_rule_loads_and_evaluates_without_error(prometheus):
-    expected = {group["name"] for path in (PROMETHEUS_DIR / "rules").glob("*.yml")
-                for group in yaml.safe_load(path.read_text())["groups"]}
+    expected = {
+        group["name"] for path in (PROMETHEUS_DIR / "rules").glob("*.yml") for group in yaml.safe_load(path.read_text())["groups"]
+    }
     deadline = time.monotonic() + 30
     while True:
         groups = _api(prometheus, "rules")["data"]["groups"]

@@ -19,7 +19,6 @@ CONFIGS = (PROMETHEUS_DIR / "prometheus.yml", PROMETHEUS_DIR / "prometheus-kuber
 DASHBOARD = DEPLOY / "grafana" / "crucible-mesh.json"
 
 
-
 def _exported_by_runtime() -> set[str]:
     """Sample names the runtime's metric families produce (crucible.runtime.interceptor and .batching)."""
     from prometheus_client import CollectorRegistry
@@ -37,15 +36,33 @@ def _exported_by_runtime() -> set[str]:
 # Series that come from elsewhere: Prometheus itself, and the cost service's budget gauge (spend / limit per budget).
 OTHER_SERIES = {"up", "ALERTS", "crucible_cost_budget_spent_ratio"}
 EXPORTED = _exported_by_runtime() | OTHER_SERIES
-_FUNCTIONS = {"sum", "rate", "histogram_quantile", "max", "min", "avg", "predict_linear", "by", "without", "on", "and",
-              "or", "unless", "ignoring", "group_left", "group_right", "count", "label_values"}
+_FUNCTIONS = {
+    "sum",
+    "rate",
+    "histogram_quantile",
+    "max",
+    "min",
+    "avg",
+    "predict_linear",
+    "by",
+    "without",
+    "on",
+    "and",
+    "or",
+    "unless",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "count",
+    "label_values",
+}
 
 
 def _metric_names(expr: str) -> set[str]:
     """Metric names referenced by a PromQL expression (identifiers not followed by '(' outside label matchers)."""
-    stripped = re.sub(r"\{[^}]*\}", "", expr)            # label matchers
+    stripped = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
     stripped = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", stripped)  # groupings
-    stripped = re.sub(r"\[[^\]]*\]", "", stripped)         # range selectors
+    stripped = re.sub(r"\[[^\]]*\]", "", stripped)  # range selectors
     stripped = re.sub(r'"[^"]*"', "", stripped)
     names = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b(?!\s*\()", stripped))
     return {n for n in names if n not in _FUNCTIONS and not re.fullmatch(r"\d.*|e\d*", n)}
@@ -91,9 +108,15 @@ def test_promtool_check_rejects_a_bad_expression(tmp_path):
 def test_every_alert_is_unit_tested_and_has_severity_summary_and_runbook():
     alerts = [r for r in _rules() if "alert" in r]
     assert {"CrucibleHighErrorRatio", "CrucibleHighLatencyP99", "CrucibleQueueSaturated", "CrucibleBudgetExceeded"} <= {
-        a["alert"] for a in alerts}
-    tested = {t["alertname"] for f in RULE_TESTS for case in yaml.safe_load(f.read_text())["tests"]
-              for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
+        a["alert"] for a in alerts
+    }
+    tested = {
+        t["alertname"]
+        for f in RULE_TESTS
+        for case in yaml.safe_load(f.read_text())["tests"]
+        for t in case.get("alert_rule_test", [])
+        if t.get("exp_alerts")
+    }
     for alert in alerts:
         assert alert["alert"] in tested, f"{alert['alert']} has no promtool test where it fires"
         assert alert["labels"]["severity"] in {"warning", "critical"}
@@ -113,7 +136,8 @@ def test_rules_and_dashboard_use_only_exported_or_recorded_metrics():
 
 def test_metric_name_check_notices_an_unknown_metric():
     assert _metric_names('sum by (service) (rate(grpc_server_handeld_total{grpc_code="OK"}[5m]))') == {
-        "grpc_server_handeld_total"}
+        "grpc_server_handeld_total"
+    }
 
 
 def _dashboard_exprs() -> list[str]:
@@ -135,6 +159,10 @@ def test_dashboard_is_importable_grafana_json():
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24
     covered = " ".join(_dashboard_exprs())
-    for needle in ("grpc_server_errors:ratio", "handling_seconds:p99", "crucible_batcher_queue_depth",
-                   "crucible_cost_budget_spent_ratio"):
+    for needle in (
+        "grpc_server_errors:ratio",
+        "handling_seconds:p99",
+        "crucible_batcher_queue_depth",
+        "crucible_cost_budget_spent_ratio",
+    ):
         assert needle in covered

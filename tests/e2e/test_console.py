@@ -31,8 +31,10 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "nanogpt"
 ARTIFACTS = Path(os.environ.get("CRUCIBLE_TEST_ARTIFACTS", REPO / "tmp" / "artifacts")) / "console"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-TINY = ("--n-layer 1 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8 --eval-iters 2 --eval-interval 40 "
-        "--log-interval 2 --checkpoint-interval 40 --threads 1 --sample-chars 0")
+TINY = (
+    "--n-layer 1 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8 --eval-iters 2 --eval-interval 40 "
+    "--log-interval 2 --checkpoint-interval 40 --threads 1 --sample-chars 0"
+)
 
 pytestmark = pytest.mark.slow
 
@@ -49,9 +51,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("console-e2e")
     base = free_port_block(5)
     ports = {"scheduler": base + 3, "cost": base + 4}
-    mesh = MeshLauncher(["scheduler", "cost"], ports=ports, log_dir=work / "logs",
-                env={"CRUCIBLE_SCHEDULER_STATE_DIR": str(work / "scheduler"), "CRUCIBLE_COST_STATE_DIR": str(work / "cost")},
-                extra_args={"scheduler": ["--poll-interval-s", "0.3", "--usage-interval-s", "5"]})
+    mesh = MeshLauncher(
+        ["scheduler", "cost"],
+        ports=ports,
+        log_dir=work / "logs",
+        env={"CRUCIBLE_SCHEDULER_STATE_DIR": str(work / "scheduler"), "CRUCIBLE_COST_STATE_DIR": str(work / "cost")},
+        extra_args={"scheduler": ["--poll-interval-s", "0.3", "--usage-interval-s", "5"]},
+    )
     mesh.start()
     console = ConsoleProcess("127.0.0.1", _free_port(), {n: mesh.address(n) for n in mesh.services}, work / "logs")
     try:
@@ -75,10 +81,19 @@ def chromium(profile: Path) -> Iterator[Any]:
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download a browser
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-                 "--window-size=1360,1500"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1360,1500",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -107,8 +122,9 @@ def wait(driver: Any, condition: Any, timeout: float = 90, message: str = "") ->
     try:
         # The console re-renders tables on every poll/stream update: an element read mid-render goes stale,
         # which only means "look again".
-        return WebDriverWait(driver, timeout, poll_frequency=0.2,
-                             ignored_exceptions=[StaleElementReferenceException]).until(condition, message)
+        return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException]).until(
+            condition, message
+        )
     except TimeoutException:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "failed-wait.png"))  # what the page showed when the wait ran out
@@ -150,8 +166,16 @@ def fill(driver: Any, name: str, value: str) -> None:
     field.send_keys(value)
 
 
-def submit_from_page(driver: Any, url: str, command: str, *, name: str, archive: Path | None = None,
-                     folder: Path | None = None, estimate: bool = False) -> str:
+def submit_from_page(
+    driver: Any,
+    url: str,
+    command: str,
+    *,
+    name: str,
+    archive: Path | None = None,
+    folder: Path | None = None,
+    estimate: bool = False,
+) -> str:
     """Fill the Submit page (local provider, explicit), optionally estimate first; return the new job's id."""
     driver.get(url + "/submit")
     wait(driver, lambda d: css(d, "input[data-provider='local']"), message="providers not listed")
@@ -195,12 +219,14 @@ def test_providers_page(stack: dict[str, Any], browser: Any) -> None:
     shot(browser, "providers")
 
 
-def test_submit_nanogpt_chart_and_logs_stream(stack: dict[str, Any], browser: Any, shared_data: Path | None,
-                                              tmp_path: Path) -> None:
+def test_submit_nanogpt_chart_and_logs_stream(
+    stack: dict[str, Any], browser: Any, shared_data: Path | None, tmp_path: Path
+) -> None:
     data = f"--data {shared_data / 'tinyshakespeare' / 'input.txt'} " if shared_data else ""
     command = f"{sys.executable} train.py {data}--max-iters 160 {TINY}"
-    job_id = submit_from_page(browser, stack["url"], command, name="console-nanogpt", archive=nanogpt_archive(tmp_path),
-                              estimate=True)
+    job_id = submit_from_page(
+        browser, stack["url"], command, name="console-nanogpt", archive=nanogpt_archive(tmp_path), estimate=True
+    )
 
     def points(d: Any) -> int:
         return int(by_id(d, "point-count").get_attribute("data-points") or 0)
@@ -216,8 +242,12 @@ def test_submit_nanogpt_chart_and_logs_stream(stack: dict[str, Any], browser: An
     assert not css(browser, "#chart-missing")
     shot(browser, "job-running")
 
-    wait(browser, lambda d: by_id(d, "job-state").get_attribute("data-state") == "succeeded", timeout=240,
-         message="nanoGPT job did not succeed")
+    wait(
+        browser,
+        lambda d: by_id(d, "job-state").get_attribute("data-state") == "succeeded",
+        timeout=240,
+        message="nanoGPT job did not succeed",
+    )
     wait(browser, lambda d: any("ckpt.pt" in r.text for r in css(d, "#artifacts tbody tr")), message="no checkpoint")
     total = wait(browser, lambda d: points(d) >= 80 and points(d), message="not every point arrived")
 
@@ -274,8 +304,14 @@ def test_job_printing_html_shows_it_as_text(stack: dict[str, Any], browser: Any)
 
     async def create() -> str:
         async with clients(stack) as mesh:
-            job = await mesh.scheduler.create_job({"command": [sys.executable, "-c", code], "display_name": "<i>name</i>",
-                                                   "provider_policy": "PROVIDER_POLICY_EXPLICIT", "providers": ["local"]})
+            job = await mesh.scheduler.create_job(
+                {
+                    "command": [sys.executable, "-c", code],
+                    "display_name": "<i>name</i>",
+                    "provider_policy": "PROVIDER_POLICY_EXPLICIT",
+                    "providers": ["local"],
+                }
+            )
             return job.job_id
 
     job_id = asyncio.run(create())
@@ -298,20 +334,32 @@ def test_jobs_page_lists_and_filters(stack: dict[str, Any], browser: Any) -> Non
 
     browser.get(stack["url"] + "/jobs")
     # Read the rows' text inside the wait: a re-render between finding and reading them makes them stale.
-    text = wait(browser, lambda d: len(css(d, "#jobs tbody tr[data-job]")) >= 3
-                and " ".join(r.text for r in css(d, "#jobs tbody tr[data-job]")))
+    text = wait(
+        browser,
+        lambda d: len(css(d, "#jobs tbody tr[data-job]")) >= 3 and " ".join(r.text for r in css(d, "#jobs tbody tr[data-job]")),
+    )
     assert "succeeded" in text and "cancelled" in text and "local" in text and "$" in text
     shot(browser, "jobs")
     Select(browser.find_element("css selector", "#filters [name='state']")).select_by_visible_text("cancelled")
-    wait(browser, lambda d: all("cancelled" in r.text for r in css(d, "#jobs tbody tr[data-job]"))
-         and len(css(d, "#jobs tbody tr[data-job]")) == 1)
+    wait(
+        browser,
+        lambda d: (
+            all("cancelled" in r.text for r in css(d, "#jobs tbody tr[data-job]"))
+            and len(css(d, "#jobs tbody tr[data-job]")) == 1
+        ),
+    )
 
 
 def test_budgets_page_shows_live_alerts(stack: dict[str, Any], browser: Any) -> None:
     async def make_budget() -> tuple[str, str]:
         async with clients(stack) as mesh:
-            budget = await mesh.cost.create_budget(scope="project:console-e2e", display_name="e2e", limit_usd=0.0001,
-                                                   alert_thresholds_percent=[50, 100], enforcement="BUDGET_ENFORCEMENT_SOFT")
+            budget = await mesh.cost.create_budget(
+                scope="project:console-e2e",
+                display_name="e2e",
+                limit_usd=0.0001,
+                alert_thresholds_percent=[50, 100],
+                enforcement="BUDGET_ENFORCEMENT_SOFT",
+            )
             offers = await mesh.cost.list_offers(providers=["local"])
             return budget.budget_id, offers.offers[0].offer_id
 
@@ -323,15 +371,24 @@ def test_budgets_page_shows_live_alerts(stack: dict[str, Any], browser: Any) -> 
     async def spend() -> None:
         end = dt.datetime.now(dt.UTC)  # after the budget's create_time (spend counts from then on)
         async with clients(stack) as mesh:
-            await mesh.cost.record_usage(job_id="job-console-e2e", offer_id=offer_id, scope="project:console-e2e",
-                                         start_time=(end - dt.timedelta(minutes=10)).isoformat(),
-                                         end_time=end.isoformat(), price_usd_per_hour=0.01)
+            await mesh.cost.record_usage(
+                job_id="job-console-e2e",
+                offer_id=offer_id,
+                scope="project:console-e2e",
+                start_time=(end - dt.timedelta(minutes=10)).isoformat(),
+                end_time=end.isoformat(),
+                price_usd_per_hour=0.01,
+            )
 
     asyncio.run(spend())
     alerts = wait(browser, lambda d: "project:console-e2e crossed 100" in by_id(d, "alerts").text and by_id(d, "alerts"))
     assert "job-console-e2e" in alerts.text
-    row = wait(browser, lambda d: "50%, 100%" in css(d, f"tr[data-budget='{budget_id}']")[0].text
-               and css(d, f"tr[data-budget='{budget_id}']")[0].text)  # read inside the wait: rows are replaced live
+    row = wait(
+        browser,
+        lambda d: (
+            "50%, 100%" in css(d, f"tr[data-budget='{budget_id}']")[0].text and css(d, f"tr[data-budget='{budget_id}']")[0].text
+        ),
+    )  # read inside the wait: rows are replaced live
     assert "$0.0017" in row, row  # 10 min at $0.01/h
     shot(browser, "budgets")
 
@@ -343,24 +400,39 @@ def test_csrf_origin_and_host_checks(stack: dict[str, Any]) -> None:
         form = {"command": "true", "policy": "explicit", "providers": "local"}
         no_csrf = http.post("/api/jobs", data=form, headers={"origin": url})
         assert no_csrf.status_code == 403 and "x-csrf-token" in no_csrf.json()["error"]["message"]
-        cross = http.post("/api/jobs", data=form, headers={"origin": "http://evil.example", "x-csrf-token": session["csrf_token"]})
+        cross = http.post(
+            "/api/jobs", data=form, headers={"origin": "http://evil.example", "x-csrf-token": session["csrf_token"]}
+        )
         assert cross.status_code == 403 and "cross-origin" in cross.json()["error"]["message"]
-        cross_site = http.post("/api/jobs", data=form, headers={"sec-fetch-site": "cross-site",
-                                                                "x-csrf-token": session["csrf_token"]})
+        cross_site = http.post(
+            "/api/jobs", data=form, headers={"sec-fetch-site": "cross-site", "x-csrf-token": session["csrf_token"]}
+        )
         assert cross_site.status_code == 403
         rebinding = http.get("/api/jobs", headers={"host": "evil.example:80"})
         assert rebinding.status_code == 400
-        ok = http.post("/api/jobs", data={**form, "validate_only": "1"},
-                       headers={"origin": url, "x-csrf-token": session["csrf_token"]})
+        ok = http.post(
+            "/api/jobs", data={**form, "validate_only": "1"}, headers={"origin": url, "x-csrf-token": session["csrf_token"]}
+        )
         assert ok.status_code == 200, ok.text
-        bad = http.post("/api/jobs", data={**form, "command": "", "validate_only": "1"},
-                        headers={"origin": url, "x-csrf-token": session["csrf_token"]})
+        bad = http.post(
+            "/api/jobs",
+            data={**form, "command": "", "validate_only": "1"},
+            headers={"origin": url, "x-csrf-token": session["csrf_token"]},
+        )
         assert bad.status_code == 400 and bad.json()["error"]["fields"][0]["field"] == "command"
-        big = http.post("/api/jobs", files={"code_archive": ("x.tar.gz", b"\x1f\x8b" + b"0" * (33 * 2**20))},
-                        data=form, headers={"origin": url, "x-csrf-token": session["csrf_token"]})
+        big = http.post(
+            "/api/jobs",
+            files={"code_archive": ("x.tar.gz", b"\x1f\x8b" + b"0" * (33 * 2**20))},
+            data=form,
+            headers={"origin": url, "x-csrf-token": session["csrf_token"]},
+        )
         assert big.status_code == 413
-        not_archive = http.post("/api/jobs", files={"code_archive": ("x.zip", b"not an archive")}, data=form,
-                                headers={"origin": url, "x-csrf-token": session["csrf_token"]})
+        not_archive = http.post(
+            "/api/jobs",
+            files={"code_archive": ("x.zip", b"not an archive")},
+            data=form,
+            headers={"origin": url, "x-csrf-token": session["csrf_token"]},
+        )
         assert not_archive.status_code == 400 and not_archive.json()["error"]["fields"][0]["field"] == "code_archive"
         page = http.get("/jobs")
         assert "script-src 'self'" in page.headers["content-security-policy"]

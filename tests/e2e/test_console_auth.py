@@ -27,13 +27,18 @@ TOKEN = "s3cret-" + secrets.token_hex(8)
 def consoles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     work = tmp_path_factory.mktemp("console-auth")
     base = free_port_block(5)
-    mesh = MeshLauncher(["scheduler"], ports={"scheduler": base + 3}, log_dir=work / "logs",
-                env={"CRUCIBLE_SCHEDULER_STATE_DIR": str(work / "scheduler")},
-                extra_args={"scheduler": ["--auth-token", TOKEN]})
+    mesh = MeshLauncher(
+        ["scheduler"],
+        ports={"scheduler": base + 3},
+        log_dir=work / "logs",
+        env={"CRUCIBLE_SCHEDULER_STATE_DIR": str(work / "scheduler")},
+        extra_args={"scheduler": ["--auth-token", TOKEN]},
+    )
     mesh.start()
     addresses = {"scheduler": mesh.address("scheduler")}
-    open_console = ConsoleProcess("127.0.0.1", _free_port(), addresses, work / "logs",
-                                  env={"CRUCIBLE_CLIENT_TOKEN": "", "CRUCIBLE_AUTH_TOKEN": ""})
+    open_console = ConsoleProcess(
+        "127.0.0.1", _free_port(), addresses, work / "logs", env={"CRUCIBLE_CLIENT_TOKEN": "", "CRUCIBLE_AUTH_TOKEN": ""}
+    )
     own_token = ConsoleProcess("127.0.0.1", _free_port(), addresses, work / "logs", env={"CRUCIBLE_CLIENT_TOKEN": TOKEN})
     try:
         asyncio.run(mesh.wait_ready(timeout=120))

@@ -21,10 +21,24 @@ from tests.e2e.test_console import _free_port
 def _up(tmp_path, *extra: str) -> tuple[subprocess.Popen[str], list[str]]:
     base = free_port_block(5)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crucible", "up", "--services", "scheduler,cost", "--base-port", str(base),
-         "--log-dir", str(tmp_path / "logs"), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "CRUCIBLE_STATE_DIR": str(tmp_path / "state")})
+        [
+            sys.executable,
+            "-m",
+            "crucible",
+            "up",
+            "--services",
+            "scheduler,cost",
+            "--base-port",
+            str(base),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "CRUCIBLE_STATE_DIR": str(tmp_path / "state")},
+    )
     lines: list[str] = []
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -20,7 +20,9 @@ def test_demo_runs_every_section_and_stops_cleanly(tmp_path):
     base = free_port_block(5)
     result = subprocess.run(
         [sys.executable, "-m", "crucible", "demo", "--base-port", str(base), "--log-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "CRUCIBLE_STATE_DIR": str(tmp_path / "state")},
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

@@ -21,8 +21,16 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nanogpt"
 
 @pytest.mark.slow
 async def test_demo_nanogpt_resumes_after_the_first_attempt_stops(tmp_path: Path, capsys) -> None:
-    cfg = load_config(SchedulerConfig, "scheduler", env={}, port=0, state_dir=str(tmp_path / "state"),
-                      poll_interval_s=0.2, metrics_enabled=False, code_roots=(str(EXAMPLE),))
+    cfg = load_config(
+        SchedulerConfig,
+        "scheduler",
+        env={},
+        port=0,
+        state_dir=str(tmp_path / "state"),
+        poll_interval_s=0.2,
+        metrics_enabled=False,
+        code_roots=(str(EXAMPLE),),
+    )
     server, port = create_server(cfg)
     await server.start()
     await server.wait_ready(30)

@@ -23,10 +23,29 @@ from tests.conftest import free_port_block
 pytestmark = pytest.mark.slow
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "grpo"
-TINY = ["--num-generations", "2", "--prompts-per-step", "1", "--max-completion-length", "8", "--threads", "1",
-        "--save-steps", "1", "--save-total-limit", "3"]
-COMPONENTS = ("reward_detector", "reward_similarity", "reward_fluency", "reward_repetition", "reward_language",
-              "reward_length", "reward_penalty")
+TINY = [
+    "--num-generations",
+    "2",
+    "--prompts-per-step",
+    "1",
+    "--max-completion-length",
+    "8",
+    "--threads",
+    "1",
+    "--save-steps",
+    "1",
+    "--save-total-limit",
+    "3",
+]
+COMPONENTS = (
+    "reward_detector",
+    "reward_similarity",
+    "reward_fluency",
+    "reward_repetition",
+    "reward_language",
+    "reward_length",
+    "reward_penalty",
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +54,9 @@ def mesh_env(tmp_path_factory):
     base = free_port_block(5)
     work = tmp_path_factory.mktemp("grpo-mesh")
     ports = default_ports(base)
-    launcher = Launcher(["detector", "proposer"], ports=ports, log_dir=work / "logs",
-                        env={"CRUCIBLE_STATE_DIR": str(work / "state")})
+    launcher = Launcher(
+        ["detector", "proposer"], ports=ports, log_dir=work / "logs", env={"CRUCIBLE_STATE_DIR": str(work / "state")}
+    )
     launcher.start()
     try:
         asyncio.run(launcher.wait_ready(timeout=240))
@@ -54,8 +74,14 @@ def _progress(stdout: str) -> list[dict]:
 
 def _train(out: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
     run_env = {**os.environ, **env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(EXAMPLE / "train.py"), "--output-dir", str(out), *TINY, *extra],
-                          capture_output=True, text=True, timeout=900, env=run_env, cwd=EXAMPLE)
+    return subprocess.run(
+        [sys.executable, str(EXAMPLE / "train.py"), "--output-dir", str(out), *TINY, *extra],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=run_env,
+        cwd=EXAMPLE,
+    )
 
 
 def test_trains_two_steps_against_the_mesh_then_resumes_from_the_last_checkpoint(mesh_env, tmp_path):
@@ -89,8 +115,15 @@ async def test_runs_as_a_local_scheduler_job_with_reward_progress_in_get_job(mes
     from crucible.scheduler.config import SchedulerConfig
     from crucible.scheduler.server import create_server
 
-    cfg = load_config(SchedulerConfig, "scheduler", env={}, port=0, state_dir=str(tmp_path / "state"),
-                      poll_interval_s=0.2, metrics_enabled=False)
+    cfg = load_config(
+        SchedulerConfig,
+        "scheduler",
+        env={},
+        port=0,
+        state_dir=str(tmp_path / "state"),
+        poll_interval_s=0.2,
+        metrics_enabled=False,
+    )
     server, port = create_server(cfg)
     await server.start()
     await server.wait_ready(30)
@@ -99,12 +132,18 @@ async def test_runs_as_a_local_scheduler_job_with_reward_progress_in_get_job(mes
             stub = pb_grpc.SchedulerServiceStub(ch)
             spec = job_pb2.JobSpec(
                 command=[sys.executable, "train.py", "--max-steps", "2", *TINY],
-                code_archive=pack_code_dir(EXAMPLE), provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT,
+                code_archive=pack_code_dir(EXAMPLE),
+                provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT,
                 providers=["local"],
                 # CRUCIBLE_* names are the scheduler's own, so the mesh goes in as GRPO_MESH.
-                env={"GRPO_MESH": ",".join(f"{k.removeprefix('CRUCIBLE_').removesuffix('_ADDRESS').lower()}={v}"
-                                           for k, v in mesh_env.items()),
-                     "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+                env={
+                    "GRPO_MESH": ",".join(
+                        f"{k.removeprefix('CRUCIBLE_').removesuffix('_ADDRESS').lower()}={v}" for k, v in mesh_env.items()
+                    ),
+                    "OMP_NUM_THREADS": "1",
+                    "HF_HUB_OFFLINE": "1",
+                    "TRANSFORMERS_OFFLINE": "1",
+                },
             )
             job = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, request_id="grpo-e2e"))).job
             async for r in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id)):
@@ -140,23 +179,31 @@ async def test_tinker_cookbook_rollout_scores_a_group_over_the_mesh(mesh_env):
         async def __call__(self, model_input, stop, *, max_tokens=None):
             ids = torch.tensor([model_input.to_ints()])
             with torch.inference_mode():
-                out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=12,
-                                     eos_token_id=list(stop), pad_token_id=tokenizer.eos_token_id)
-            tokens = out[0, ids.shape[1]:].tolist()
+                out = model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=True,
+                    max_new_tokens=12,
+                    eos_token_id=list(stop),
+                    pad_token_id=tokenizer.eos_token_id,
+                )
+            tokens = out[0, ids.shape[1] :].tolist()
             reason = "stop" if tokens and tokens[-1] in stop else "length"
             return TokensWithLogprobs(tokens=tokens, maybe_logprobs=[0.0] * len(tokens), stop_reason=reason)
 
     env = {k.removeprefix("CRUCIBLE_").removesuffix("_ADDRESS").lower(): {"address": v} for k, v in mesh_env.items()}
     builder = ParaphraseGroupBuilder(
         "The city council voted on Tuesday to expand the bike lane network across the downtown area next spring.",
-        group_size=3, reward=RewardConfig(detector_signal="criterion"), mesh=MeshConfig.from_mapping(env))
+        group_size=3,
+        reward=RewardConfig(detector_signal="criterion"),
+        mesh=MeshConfig.from_mapping(env),
+    )
     group = await do_group_rollout(builder, LocalCompleter())
     assert len(group.trajectories_G) == 3 and len(group.final_rewards_G) == 3
     totals = group.get_total_rewards()
     assert totals == group.final_rewards_G  # per-step rewards are 0: the reward is the group's
     for metrics, total in zip(group.metrics_G, totals, strict=True):
         assert metrics["reward/total"] == pytest.approx(total)
-        assert sum(v for k, v in metrics.items() if k.startswith("reward/") and k != "reward/total") == \
-            pytest.approx(total)
+        assert sum(v for k, v in metrics.items() if k.startswith("reward/") and k != "reward/total") == pytest.approx(total)
         assert 0.0 <= metrics["similarity"] <= 1.0
     assert "_live" not in builder.__dict__  # cleanup() closed the channels

@@ -34,8 +34,12 @@ QUESTION = MCQ("e2e/0", "astronomy", "Which planet is known as the Red Planet?",
 def mesh_base(tmp_path_factory):
     base = free_port_block(5)
     work = tmp_path_factory.mktemp("loops")
-    launcher = Launcher(["detector", "proposer", "scorer"], ports=default_ports(base), log_dir=work / "logs",
-                        env={"CRUCIBLE_STATE_DIR": str(work / "state")})
+    launcher = Launcher(
+        ["detector", "proposer", "scorer"],
+        ports=default_ports(base),
+        log_dir=work / "logs",
+        env={"CRUCIBLE_STATE_DIR": str(work / "state")},
+    )
     launcher.start()
     import asyncio
 
@@ -63,7 +67,6 @@ async def test_composite_reward_components_and_group_advantages(mesh_base):
     assert abs(sum(group.advantages)) < 1e-6 and group.advantages[0] > 0 > group.advantages[2]
 
 
-
 async def test_degenerate_repetition_scores_below_sensible_rewrites(mesh_base):
     """Reward hygiene over the real services, with the demo's settings: the repetition `make run` scored +1.65 (as it
     still does with the hygiene weights at 0) loses the repetition and language components and falls below both a
@@ -85,6 +88,7 @@ async def test_degenerate_repetition_scores_below_sensible_rewrites(mesh_base):
     assert good.language == 1.0 and good.length == 1.0
     parts = bad.components(config)
     assert parts["repetition"] < -0.8 and sum(parts.values()) == pytest.approx(bad.total)
+
 
 async def test_attack_writes_a_trace_and_resumes_without_redoing_work(mesh_base, tmp_path):
     trace = Trace(tmp_path / "trace.jsonl")
@@ -113,8 +117,13 @@ def test_reward_and_attack_commands_print_tables(mesh_base, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text(json.dumps({"original": ORIGINAL, "completions": [PARAPHRASE, UNRELATED]}) + "\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    reward = subprocess.run([sys.executable, "-m", "crucible", "reward", "--data", str(data), "--base-port", str(mesh_base)],
-                            capture_output=True, text=True, timeout=180, env=env)
+    reward = subprocess.run(
+        [sys.executable, "-m", "crucible", "reward", "--data", str(data), "--base-port", str(mesh_base)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     assert reward.returncode == 0, reward.stderr
     assert "2 pairs, mean reward" in reward.stdout and "similarity" in reward.stdout
 
@@ -125,11 +134,34 @@ def test_reward_and_attack_commands_print_tables(mesh_base, tmp_path):
         '"Which planet is known as the Red Planet?",Mars,Venus,Jupiter,Saturn,0\n'
     )
     attack = subprocess.run(
-        [sys.executable, "-m", "crucible", "attack", "--data", str(mmlu), "--iterations", "1", "--parallel", "1",
-         "--trace", str(tmp_path / "t.jsonl"), "--base-port", str(mesh_base)],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "crucible",
+            "attack",
+            "--data",
+            str(mmlu),
+            "--iterations",
+            "1",
+            "--parallel",
+            "1",
+            "--trace",
+            str(tmp_path / "t.jsonl"),
+            "--base-port",
+            str(mesh_base),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert attack.returncode == 0, attack.stderr
-    for metric in ("attack_success_rate", "questions", "target_accuracy", "valid_candidate_rate",
-                   "equivalence_pass_rate", "errors"):
+    for metric in (
+        "attack_success_rate",
+        "questions",
+        "target_accuracy",
+        "valid_candidate_rate",
+        "equivalence_pass_rate",
+        "errors",
+    ):
         assert metric in attack.stdout

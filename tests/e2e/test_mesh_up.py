@@ -75,8 +75,9 @@ def test_grpcurl_lists_service_health_and_reflection_on_every_port(mesh):
 
 def test_grpcurl_health_check_and_describe_without_proto_files(mesh):
     for name, entry in SERVICES.items():
-        out = _grpcurl("-d", f'{{"service": "{entry.proto_service}"}}', f"127.0.0.1:{mesh['ports'][name]}",
-                       "grpc.health.v1.Health/Check")
+        out = _grpcurl(
+            "-d", f'{{"service": "{entry.proto_service}"}}', f"127.0.0.1:{mesh['ports'][name]}", "grpc.health.v1.Health/Check"
+        )
         assert '"status": "SERVING"' in out
     described = _grpcurl(f"127.0.0.1:{mesh['ports']['detector']}", "describe", "crucible.detector.v1.DetectRequest")
     assert "repeated string texts = 1;" in described
@@ -93,7 +94,9 @@ def test_metrics_endpoint_exposes_grpc_server_handled_total(mesh):
 def test_crucible_health_command_reports_all_serving(mesh):
     result = subprocess.run(
         [sys.executable, "-m", "crucible", "health", "--base-port", str(mesh["base"])],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SERVING") == len(SERVICES)
@@ -107,7 +110,9 @@ def test_sigint_stops_every_service_cleanly(mesh):
     assert "stopped:" in out and out.count("exit 0") == len(SERVICES)
     health = subprocess.run(
         [sys.executable, "-m", "crucible", "health", "--base-port", str(mesh["base"]), "--timeout", "0.5"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert health.returncode == 1 and "UNREACHABLE" in health.stdout
 

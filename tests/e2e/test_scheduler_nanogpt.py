@@ -24,15 +24,45 @@ from crucible.scheduler.server import create_server
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nanogpt"
 S = job_pb2.JobState
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8", "--eval-iters", "2",
-        "--eval-interval", "50", "--log-interval", "5", "--checkpoint-interval", "20", "--threads", "1", "--sample-chars", "0"]
+TINY = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "32",
+    "--block-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--eval-iters",
+    "2",
+    "--eval-interval",
+    "50",
+    "--log-interval",
+    "5",
+    "--checkpoint-interval",
+    "20",
+    "--threads",
+    "1",
+    "--sample-chars",
+    "0",
+]
 
 
 @pytest.mark.slow
 async def test_nanogpt_progress_cancel_download_resume(tmp_path: Path, shared_data: Path | None) -> None:
     data = str(shared_data / "tinyshakespeare" / "input.txt") if shared_data else ""  # else Python's own sources
-    cfg = load_config(SchedulerConfig, "scheduler", env={}, port=0, state_dir=str(tmp_path / "state"), poll_interval_s=0.2,
-                      metrics_enabled=False, code_roots=(str(EXAMPLE),))
+    cfg = load_config(
+        SchedulerConfig,
+        "scheduler",
+        env={},
+        port=0,
+        state_dir=str(tmp_path / "state"),
+        poll_interval_s=0.2,
+        metrics_enabled=False,
+        code_roots=(str(EXAMPLE),),
+    )
     server, port = create_server(cfg)
     await server.start()
     await server.wait_ready(30)
@@ -41,7 +71,9 @@ async def test_nanogpt_progress_cancel_download_resume(tmp_path: Path, shared_da
             stub = pb_grpc.SchedulerServiceStub(ch)
             spec = job_pb2.JobSpec(
                 command=[sys.executable, "train.py", "--data", data, "--max-iters", "100000", *TINY],
-                code_dir=str(EXAMPLE), provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT, providers=["local"],
+                code_dir=str(EXAMPLE),
+                provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT,
+                providers=["local"],
                 env={"OMP_NUM_THREADS": "1"},
             )
             job = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, request_id="nanogpt-1"))).job
@@ -64,8 +96,9 @@ async def test_nanogpt_progress_cancel_download_resume(tmp_path: Path, shared_da
 
             arts = {a.path: a for a in (await stub.ListArtifacts(pb.ListArtifactsRequest(job_id=job.job_id))).artifacts}
             assert arts["checkpoints/ckpt.pt"].checkpoint and "train.py" not in arts
-            chunks = [c async for c in stub.DownloadArtifact(
-                pb.DownloadArtifactRequest(job_id=job.job_id, path="checkpoints/ckpt.pt"))]
+            chunks = [
+                c async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job.job_id, path="checkpoints/ckpt.pt"))
+            ]
             blob = b"".join(c.data for c in chunks)
             assert hashlib.sha256(blob).hexdigest() == chunks[-1].sha256 and len(blob) == chunks[-1].total_size_bytes
             iter_num = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)["iter_num"]
@@ -80,15 +113,23 @@ async def test_nanogpt_progress_cancel_download_resume(tmp_path: Path, shared_da
             target = iter_num + 11
             resume = job_pb2.JobSpec(
                 command=[sys.executable, "train.py", "--data", data, "--resume", "--max-iters", str(target), *TINY],
-                code_archive=archive.getvalue(), provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT, providers=["local"],
+                code_archive=archive.getvalue(),
+                provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT,
+                providers=["local"],
             )
             second = (await stub.CreateJob(pb.CreateJobRequest(spec=resume))).job
             assert second.code_archive_sha256 and not second.spec.code_archive
             async for r in stub.WatchJob(pb.WatchJobRequest(job_id=second.job_id)):
                 done = r.job
             assert done.state == S.JOB_STATE_SUCCEEDED, done.transitions[-1].reason
-            logs = "".join([c.text async for c in stub.StreamJobLogs(pb.StreamJobLogsRequest(
-                job_id=second.job_id, streams=[pb.LOG_STREAM_STDOUT]))])
+            logs = "".join(
+                [
+                    c.text
+                    async for c in stub.StreamJobLogs(
+                        pb.StreamJobLogsRequest(job_id=second.job_id, streams=[pb.LOG_STREAM_STDOUT])
+                    )
+                ]
+            )
             assert f"resumed from step {iter_num}: checkpoints/ckpt.pt, continuing at iter {iter_num + 1}" in logs
             assert f"iter {iter_num + 1}: loss" in logs and "iter 0: loss" not in logs
             assert done.progress.step == target - 1

@@ -30,8 +30,30 @@ from crucible.scheduler.server import create_server
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nanogpt"
 S = job_pb2.JobState
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8", "--eval-iters", "2",
-        "--eval-interval", "50", "--log-interval", "5", "--checkpoint-interval", "20", "--threads", "1", "--sample-chars", "0"]
+TINY = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "32",
+    "--block-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--eval-iters",
+    "2",
+    "--eval-interval",
+    "50",
+    "--log-interval",
+    "5",
+    "--checkpoint-interval",
+    "20",
+    "--threads",
+    "1",
+    "--sample-chars",
+    "0",
+]
 
 
 async def _logs(stub: pb_grpc.SchedulerServiceStub, job_id: str) -> list[pb.StreamJobLogsResponse]:
@@ -41,11 +63,22 @@ async def _logs(stub: pb_grpc.SchedulerServiceStub, job_id: str) -> list[pb.Stre
 @pytest.mark.slow
 async def test_killed_job_resumes_from_s3_in_a_fresh_folder(tmp_path: Path, s3_server: str, s3_bucket: str) -> None:
     state = tmp_path / "state"
-    cfg = load_config(SchedulerConfig, "scheduler", env={}, port=0, state_dir=str(state), poll_interval_s=0.2,
-                      metrics_enabled=False, code_roots=(str(EXAMPLE),), artifact_store=f"s3://{s3_bucket}/crucible",
-                      artifact_store_endpoint=s3_server, artifact_store_access_key="testing",
-                      artifact_store_secret_key="testing", artifact_store_region="us-east-1",
-                      artifact_store_role_arn="arn:aws:iam::123456789012:role/crucible-jobs")
+    cfg = load_config(
+        SchedulerConfig,
+        "scheduler",
+        env={},
+        port=0,
+        state_dir=str(state),
+        poll_interval_s=0.2,
+        metrics_enabled=False,
+        code_roots=(str(EXAMPLE),),
+        artifact_store=f"s3://{s3_bucket}/crucible",
+        artifact_store_endpoint=s3_server,
+        artifact_store_access_key="testing",
+        artifact_store_secret_key="testing",
+        artifact_store_region="us-east-1",
+        artifact_store_role_arn="arn:aws:iam::123456789012:role/crucible-jobs",
+    )
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
 
     def keys(prefix: str) -> list[str]:
@@ -58,10 +91,12 @@ async def test_killed_job_resumes_from_s3_in_a_fresh_folder(tmp_path: Path, s3_s
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = pb_grpc.SchedulerServiceStub(ch)
             spec = job_pb2.JobSpec(
-                command=[sys.executable, "train.py", "--data", "data/tinyshakespeare/input.txt", "--max-iters", "140",
-                         *TINY],
-                code_dir=str(EXAMPLE), provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT, providers=["local"],
-                env={"OMP_NUM_THREADS": "1"}, inputs=[job_pb2.JobInput(uri="builtin:tinyshakespeare")],
+                command=[sys.executable, "train.py", "--data", "data/tinyshakespeare/input.txt", "--max-iters", "140", *TINY],
+                code_dir=str(EXAMPLE),
+                provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT,
+                providers=["local"],
+                env={"OMP_NUM_THREADS": "1"},
+                inputs=[job_pb2.JobInput(uri="builtin:tinyshakespeare")],
                 restart_policy=job_pb2.RestartPolicy(max_restarts_on_errors=1),
             )
             job = (await stub.CreateJob(pb.CreateJobRequest(spec=spec))).job
@@ -72,6 +107,7 @@ async def test_killed_job_resumes_from_s3_in_a_fresh_folder(tmp_path: Path, s3_s
             async def checkpointed() -> None:
                 while not any(k.endswith("/manifest.json") for k in keys(ckpts)):
                     await asyncio.sleep(0.2)
+
             await asyncio.wait_for(checkpointed(), 180)
             work = state / "jobs" / job.job_id / "work"
             assert (work / "data" / "tinyshakespeare" / "input.txt").stat().st_size > 1_000_000  # the staged input
@@ -93,8 +129,7 @@ async def test_killed_job_resumes_from_s3_in_a_fresh_folder(tmp_path: Path, s3_s
             async for r in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id)):
                 last = r.job
             assert last.state == S.JOB_STATE_SUCCEEDED, last.transitions[-1].reason
-            assert [a.outcome for a in last.attempts] == [job_pb2.ATTEMPT_OUTCOME_USER_ERROR,
-                                                          job_pb2.ATTEMPT_OUTCOME_SUCCEEDED]
+            assert [a.outcome for a in last.attempts] == [job_pb2.ATTEMPT_OUTCOME_USER_ERROR, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED]
             chunks = await _logs(stub, job.job_id)
             first = "".join(c.text for c in chunks if c.attempt == 1 and c.stream == pb.LOG_STREAM_STDOUT)
             second = "".join(c.text for c in chunks if c.attempt == 2 and c.stream == pb.LOG_STREAM_STDOUT)
@@ -116,13 +151,18 @@ async def test_killed_job_resumes_from_s3_in_a_fresh_folder(tmp_path: Path, s3_s
             assert arts["checkpoints/ckpt.pt"].checkpoint
             store_ckpts = sorted(p for p in arts if re.fullmatch(r"checkpoints/step-\d{12}/state\.pt", p))
             assert store_ckpts and arts[store_ckpts[-1]].checkpoint
-            got = [c async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job.job_id,
-                                                                                    path="checkpoints/ckpt.pt"))]
+            got = [
+                c async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job.job_id, path="checkpoints/ckpt.pt"))
+            ]
             blob = b"".join(c.data for c in got)
             assert len(blob) == got[-1].total_size_bytes and hashlib.sha256(blob).hexdigest() == got[-1].sha256
             assert torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)["iter_num"] == 139
-            tail = [c async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(
-                job_id=job.job_id, path="checkpoints/ckpt.pt", offset=len(blob) - 10))]
+            tail = [
+                c
+                async for c in stub.DownloadArtifact(
+                    pb.DownloadArtifactRequest(job_id=job.job_id, path="checkpoints/ckpt.pt", offset=len(blob) - 10)
+                )
+            ]
             assert b"".join(c.data for c in tail) == blob[-10:] and tail[0].offset == len(blob) - 10
             assert tail[-1].sha256 == hashlib.sha256(blob[-10:]).hexdigest()
 

@@ -13,13 +13,47 @@ from tests.fakes.server import FakeServer, Request, Response, bearer_ok
 
 PREFIX = "/api/v1"
 #: Instance types and regions the fake knows (Lambda's names; the catalog's rows use them).
-INSTANCE_TYPES = ("gpu_1x_a10", "gpu_1x_a6000", "gpu_1x_a100", "gpu_1x_a100_sxm4", "gpu_8x_a100_80gb_sxm4",
-                  "gpu_1x_h100_pcie", "gpu_1x_h100_sxm5", "gpu_2x_h100_sxm5", "gpu_4x_h100_sxm5", "gpu_8x_h100_sxm5",
-                  "gpu_1x_gh200", "gpu_8x_b200_sxm6", "gpu_8x_v100", "gpu_1x_rtx6000", "gpu_2x_a6000", "gpu_4x_a6000",
-                  "gpu_2x_a100", "gpu_4x_a100", "gpu_8x_a100")
-REGIONS = ("us-east-1", "us-east-2", "us-east-3", "us-west-1", "us-west-2", "us-west-3", "us-south-1", "us-south-2",
-           "us-south-3", "us-midwest-1", "us-midwest-2", "europe-central-1", "asia-south-1", "europe-south-1", "asia-northeast-1",
-           "asia-northeast-2", "me-west-1", "australia-east-1")
+INSTANCE_TYPES = (
+    "gpu_1x_a10",
+    "gpu_1x_a6000",
+    "gpu_1x_a100",
+    "gpu_1x_a100_sxm4",
+    "gpu_8x_a100_80gb_sxm4",
+    "gpu_1x_h100_pcie",
+    "gpu_1x_h100_sxm5",
+    "gpu_2x_h100_sxm5",
+    "gpu_4x_h100_sxm5",
+    "gpu_8x_h100_sxm5",
+    "gpu_1x_gh200",
+    "gpu_8x_b200_sxm6",
+    "gpu_8x_v100",
+    "gpu_1x_rtx6000",
+    "gpu_2x_a6000",
+    "gpu_4x_a6000",
+    "gpu_2x_a100",
+    "gpu_4x_a100",
+    "gpu_8x_a100",
+)
+REGIONS = (
+    "us-east-1",
+    "us-east-2",
+    "us-east-3",
+    "us-west-1",
+    "us-west-2",
+    "us-west-3",
+    "us-south-1",
+    "us-south-2",
+    "us-south-3",
+    "us-midwest-1",
+    "us-midwest-2",
+    "europe-central-1",
+    "asia-south-1",
+    "europe-south-1",
+    "asia-northeast-1",
+    "asia-northeast-2",
+    "me-west-1",
+    "australia-east-1",
+)
 
 
 def _error(status: int, code: str, message: str, suggestion: str = "") -> Response:
@@ -57,15 +91,32 @@ class FakeLambda(FakeServer):
     def handle(self, r: Request) -> Response:
         """Route one request."""
         if not bearer_ok(r, self.api_key):
-            return _error(401, "global/invalid-api-key", "API key was invalid, expired, or deleted.",
-                          "Check your API key or create a new one, then try again.")
+            return _error(
+                401,
+                "global/invalid-api-key",
+                "API key was invalid, expired, or deleted.",
+                "Check your API key or create a new one, then try again.",
+            )
         path = r.path.removeprefix(PREFIX)
         if r.method == "GET" and path == "/instance-types":
-            return Response.json({"data": {"gpu_1x_a10": {
-                "instance_type": {"name": "gpu_1x_a10", "description": "1x A10 (24 GB PCIe)", "gpu_description": "A10",
-                                  "price_cents_per_hour": 75, "specs": {"vcpus": 30, "memory_gib": 200,
-                                                                        "storage_gib": 1400, "gpus": 1}},
-                "regions_with_capacity_available": [{"name": r_, "description": r_} for r_, _ in sorted(self.capacity)]}}})
+            return Response.json(
+                {
+                    "data": {
+                        "gpu_1x_a10": {
+                            "instance_type": {
+                                "name": "gpu_1x_a10",
+                                "description": "1x A10 (24 GB PCIe)",
+                                "gpu_description": "A10",
+                                "price_cents_per_hour": 75,
+                                "specs": {"vcpus": 30, "memory_gib": 200, "storage_gib": 1400, "gpus": 1},
+                            },
+                            "regions_with_capacity_available": [
+                                {"name": r_, "description": r_} for r_, _ in sorted(self.capacity)
+                            ],
+                        }
+                    }
+                }
+            )
         if r.method == "POST" and path == "/instance-operations/launch":
             return self._launch(r)
         if r.method == "POST" and path == "/instance-operations/terminate":
@@ -106,23 +157,38 @@ class FakeLambda(FakeServer):
         if len((body.get("user_data") or "").encode()) > 1 << 20:
             return _error(400, "global/invalid-parameters", "user_data must be at most 1 MB")
         if body["instance_type_name"] not in self.instance_types:
-            return _error(400, "global/invalid-parameters", "Invalid instance type name",
-                          "Use an instance type name from GET /instance-types.")
+            return _error(
+                400,
+                "global/invalid-parameters",
+                "Invalid instance type name",
+                "Use an instance type name from GET /instance-types.",
+            )
         if body["region_name"] not in self.regions:
-            return _error(400, "global/invalid-parameters", "Invalid region name",
-                          "Use a region name from GET /instance-types.")
+            return _error(400, "global/invalid-parameters", "Invalid region name", "Use a region name from GET /instance-types.")
         if self.quota <= 0:
-            return _error(400, "global/quota-exceeded", "Quota exceeded for instance launches.",
-                          "Contact Support to increase your quota.")
+            return _error(
+                400, "global/quota-exceeded", "Quota exceeded for instance launches.", "Contact Support to increase your quota."
+            )
         if (body["region_name"], body["instance_type_name"]) not in self.capacity:
-            return _error(400, "instance-operations/launch/insufficient-capacity",
-                          "Not enough capacity to fulfill launch request.", "Choose an instance type with capacity.")
+            return _error(
+                400,
+                "instance-operations/launch/insufficient-capacity",
+                "Not enough capacity to fulfill launch request.",
+                "Choose an instance type with capacity.",
+            )
         self.quota -= 1
         instance_id = f"0920582c7ff041399e34823a0be6{next(self._ids):04d}"
         self.instances[instance_id] = {
-            "id": instance_id, "name": body.get("name"), "ip": None, "status": "booting",
-            "ssh_key_names": body["ssh_key_names"], "file_system_names": body.get("file_system_names", []),
+            "id": instance_id,
+            "name": body.get("name"),
+            "ip": None,
+            "status": "booting",
+            "ssh_key_names": body["ssh_key_names"],
+            "file_system_names": body.get("file_system_names", []),
             "region": {"name": body["region_name"], "description": body["region_name"]},
-            "instance_type": {"name": body["instance_type_name"]}, "hostname": None, "jupyter_token": None,
-            "jupyter_url": None}
+            "instance_type": {"name": body["instance_type_name"]},
+            "hostname": None,
+            "jupyter_token": None,
+            "jupyter_url": None,
+        }
         return Response.json({"data": {"instance_ids": [instance_id]}})

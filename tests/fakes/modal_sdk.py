@@ -48,9 +48,16 @@ class SandboxTerminatedError(Error):
     """The Sandbox was terminated (wait(raise_on_termination=True))."""
 
 
-exception = types.SimpleNamespace(Error=Error, AuthError=AuthError, NotFoundError=NotFoundError, InvalidError=InvalidError,
-                                  AlreadyExistsError=AlreadyExistsError, TimeoutError=TimeoutError,
-                                  SandboxTimeoutError=SandboxTimeoutError, SandboxTerminatedError=SandboxTerminatedError)
+exception = types.SimpleNamespace(
+    Error=Error,
+    AuthError=AuthError,
+    NotFoundError=NotFoundError,
+    InvalidError=InvalidError,
+    AlreadyExistsError=AlreadyExistsError,
+    TimeoutError=TimeoutError,
+    SandboxTimeoutError=SandboxTimeoutError,
+    SandboxTerminatedError=SandboxTerminatedError,
+)
 
 
 class _Output:
@@ -97,10 +104,18 @@ class _Run:
         self.returncode: int | None = None
         self.terminated = self.timed_out = False
         env = {**os.environ, **{k: v for k, v in (options.get("env") or {}).items() if v is not None}}
-        self.proc = subprocess.Popen(list(argv), env=env, cwd=options.get("local_workdir"), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.readers = [threading.Thread(target=self.outputs[s].pump, args=(getattr(self.proc, s),), daemon=True)
-                        for s in ("stdout", "stderr")]
+        self.proc = subprocess.Popen(
+            list(argv),
+            env=env,
+            cwd=options.get("local_workdir"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.readers = [
+            threading.Thread(target=self.outputs[s].pump, args=(getattr(self.proc, s),), daemon=True)
+            for s in ("stdout", "stderr")
+        ]
         for t in self.readers:
             t.start()
         self.timer = threading.Timer(options["timeout"], self._timeout)
@@ -153,8 +168,15 @@ class FakeModal:
                 return Image({"base": "debian_slim", "python": python_version})
 
             @staticmethod
-            def from_registry(tag: str, secret: Any = None, *, setup_dockerfile_commands: Sequence[str] = (),
-                              force_build: bool = False, add_python: str | None = None, **kwargs: Any) -> Image:
+            def from_registry(
+                tag: str,
+                secret: Any = None,
+                *,
+                setup_dockerfile_commands: Sequence[str] = (),
+                force_build: bool = False,
+                add_python: str | None = None,
+                **kwargs: Any,
+            ) -> Image:
                 return Image({"base": tag, "python": add_python})
 
             def add_local_dir(self, local_path: Any, remote_path: str, *, copy: bool = False, ignore: Any = ()) -> Image:
@@ -165,8 +187,15 @@ class FakeModal:
                 self.name = name
 
             @staticmethod
-            def from_name(name: str, *, environment_name: str | None = None, create_if_missing: bool = False,
-                          version: Any = None, create_options: Any = None, client: Any = None) -> Volume:
+            def from_name(
+                name: str,
+                *,
+                environment_name: str | None = None,
+                create_if_missing: bool = False,
+                version: Any = None,
+                create_options: Any = None,
+                client: Any = None,
+            ) -> Volume:
                 return Volume(name)
 
         class App:
@@ -175,8 +204,9 @@ class FakeModal:
                 self.app_id = f"ap-{next(sdk._ids):020d}"
 
             @staticmethod
-            def lookup(name: str, *, client: Any = None, environment_name: str | None = None,
-                       create_if_missing: bool = False) -> App:
+            def lookup(
+                name: str, *, client: Any = None, environment_name: str | None = None, create_if_missing: bool = False
+            ) -> App:
                 sdk._check(client)
                 if name not in sdk.apps:
                     if not create_if_missing:
@@ -190,11 +220,25 @@ class FakeModal:
                 self.object_id = run.object_id
 
             @staticmethod
-            def create(*args: str, app: Any = None, name: str | None = None, image: Any = None,
-                       env: dict[str, str | None] | None = None, secrets: Any = None, timeout: int | None = 300,
-                       workdir: str | None = None, gpu: str | None = None, cloud: str | None = None,
-                       region: Any = None, cpu: Any = None, memory: Any = None, volumes: dict | None = None,
-                       verbose: bool = False, client: Any = None, environment_name: str | None = None) -> Sandbox:
+            def create(
+                *args: str,
+                app: Any = None,
+                name: str | None = None,
+                image: Any = None,
+                env: dict[str, str | None] | None = None,
+                secrets: Any = None,
+                timeout: int | None = 300,
+                workdir: str | None = None,
+                gpu: str | None = None,
+                cloud: str | None = None,
+                region: Any = None,
+                cpu: Any = None,
+                memory: Any = None,
+                volumes: dict | None = None,
+                verbose: bool = False,
+                client: Any = None,
+                environment_name: str | None = None,
+            ) -> Sandbox:
                 sdk._check(client)
                 if app is None:
                     raise InvalidError("App has not been initialized yet: pass app=modal.App.lookup(...)")
@@ -202,14 +246,22 @@ class FakeModal:
                     raise InvalidError("All entrypoint arguments must be strings")
                 if timeout is not None and not 0 < timeout <= 86400:
                     raise InvalidError("timeout must be between 1 and 86400 seconds")
-                if name is not None and any(r.name == name and r.app_name == app.name and r.returncode is None
-                                            for r in sdk.runs.values()):
+                if name is not None and any(
+                    r.name == name and r.app_name == app.name and r.returncode is None for r in sdk.runs.values()
+                ):
                     raise AlreadyExistsError(f"Sandbox with name '{name}' already exists in the App")
                 local_workdir = None
                 if workdir and image is not None and image.desc.get("local_dir", (None, None))[1] == workdir:
                     local_workdir = image.desc["local_dir"][0]  # the code folder shipped to this path
-                options = {"image": image, "env": dict(env or {}), "timeout": timeout or 300, "workdir": workdir,
-                           "gpu": gpu, "volumes": dict(volumes or {}), "local_workdir": local_workdir}
+                options = {
+                    "image": image,
+                    "env": dict(env or {}),
+                    "timeout": timeout or 300,
+                    "workdir": workdir,
+                    "gpu": gpu,
+                    "volumes": dict(volumes or {}),
+                    "local_workdir": local_workdir,
+                }
                 object_id = f"sb-{next(sdk._ids):020d}"
                 sdk.runs[object_id] = _Run(object_id, app.name, name, args, options)
                 return Sandbox(sdk.runs[object_id])
@@ -222,8 +274,14 @@ class FakeModal:
                 return Sandbox(sdk.runs[sandbox_id])
 
             @staticmethod
-            def from_name(app_name: str, name: str, *, environment_name: str | None = None,
-                          include_terminated: bool = False, client: Any = None) -> Sandbox:
+            def from_name(
+                app_name: str,
+                name: str,
+                *,
+                environment_name: str | None = None,
+                include_terminated: bool = False,
+                client: Any = None,
+            ) -> Sandbox:
                 sdk._check(client)
                 for run in reversed(list(sdk.runs.values())):
                     if run.app_name == app_name and run.name == name and (include_terminated or run.returncode is None):

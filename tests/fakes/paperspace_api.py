@@ -13,8 +13,24 @@ from tests.fakes.server import FakeServer, Request, Response, bearer_ok
 
 PREFIX = "/v1"
 #: Machine types and regions the fake knows (Paperspace's names).
-MACHINE_TYPES = ("C5", "C7", "P4000", "P5000", "P6000", "RTX4000", "RTX5000", "A4000", "A5000", "A6000", "V100-32G",
-                 "A100", "A100-80G", "H100", "A100-80Gx8", "H100x8")
+MACHINE_TYPES = (
+    "C5",
+    "C7",
+    "P4000",
+    "P5000",
+    "P6000",
+    "RTX4000",
+    "RTX5000",
+    "A4000",
+    "A5000",
+    "A6000",
+    "V100-32G",
+    "A100",
+    "A100-80G",
+    "H100",
+    "A100-80Gx8",
+    "H100x8",
+)
 REGIONS = ("ny2", "ams1", "ca1", "sf1", "East Coast (NY2)", "Europe (AMS1)", "West Coast (CA1)")
 
 
@@ -44,8 +60,15 @@ class FakePaperspace(FakeServer):
     def add_machine(self, name: str, state: str = "ready") -> str:
         """A machine created outside the adapter (fills pages)."""
         machine_id = f"ps{next(self._ids):05d}"
-        self.machines[machine_id] = {"id": machine_id, "name": name, "state": state, "machineType": "C5",
-                                     "region": "ny2", "publicIp": None, "startupScriptId": None}
+        self.machines[machine_id] = {
+            "id": machine_id,
+            "name": name,
+            "state": state,
+            "machineType": "C5",
+            "region": "ny2",
+            "publicIp": None,
+            "startupScriptId": None,
+        }
         return machine_id
 
     def handle(self, r: Request) -> Response:
@@ -97,7 +120,7 @@ class FakePaperspace(FakeServer):
             if r.arg("after") not in ids:
                 return _error(400, "BAD_REQUEST", "invalid cursor")
             start = ids.index(r.arg("after")) + 1
-        page = items[start: start + limit]
+        page = items[start : start + limit]
         more = start + limit < len(items)
         return Response.json({"items": page, "hasMore": more, "nextPage": page[-1]["id"] if more else None})
 
@@ -117,13 +140,20 @@ class FakePaperspace(FakeServer):
         if len(self.machines) >= self.machine_limit:
             return _error(400, "MACHINE_LIMIT", "You have reached your limit of machines for this team.")
         if body["machineType"] in self.unavailable:
-            return _error(400, "OUT_OF_CAPACITY",
-                          f"Machine type {body['machineType']} is out of capacity in region {body['region']}.")
+            return _error(
+                400, "OUT_OF_CAPACITY", f"Machine type {body['machineType']} is out of capacity in region {body['region']}."
+            )
         if body.get("startupScriptId") and body["startupScriptId"] not in self.scripts:
             return _error(400, "BAD_REQUEST", "startup script not found")
         machine_id = f"ps{next(self._ids):05d}"
-        self.machines[machine_id] = {"id": machine_id, "name": body["name"], "machineType": body["machineType"],
-                                     "region": body["region"], "state": "provisioning" if body.get("startOnCreate")
-                                     else "off", "publicIp": None, "startupScriptId": body.get("startupScriptId"),
-                                     "diskSize": body["diskSize"]}
+        self.machines[machine_id] = {
+            "id": machine_id,
+            "name": body["name"],
+            "machineType": body["machineType"],
+            "region": body["region"],
+            "state": "provisioning" if body.get("startOnCreate") else "off",
+            "publicIp": None,
+            "startupScriptId": body.get("startupScriptId"),
+            "diskSize": body["diskSize"],
+        }
         return Response.json({"data": self.machines[machine_id]})

@@ -12,8 +12,9 @@ from tests.fakes.server import FakeServer, Request, Response, bearer_ok
 
 
 def _problem(status: int, title: str, detail: str) -> Response:
-    return Response.json({"title": title, "detail": detail, "status": status}, status,
-                         {"Content-Type": "application/problem+json"})
+    return Response.json(
+        {"title": title, "detail": detail, "status": status}, status, {"Content-Type": "application/problem+json"}
+    )
 
 
 class FakeReplicate(FakeServer):
@@ -53,12 +54,22 @@ class FakeReplicate(FakeServer):
             if not isinstance(body.get("input"), dict):
                 return _problem(422, "Invalid request", "input: must be an object")
             tid = f"zz4ibbonubfz7carwiefibzgga{next(self._ids):02d}"
-            self.trainings[tid] = {"id": tid, "model": f"{m.group(1)}/{m.group(2)}", "version": m.group(3),
-                                   "input": body["input"], "destination": body["destination"], "status": "starting",
-                                   "logs": "", "error": None, "output": None, "metrics": {},
-                                   "created_at": "2026-11-23T10:00:00.000Z", "started_at": None, "completed_at": None,
-                                   "urls": {"get": f"{self.url}/v1/trainings/{tid}",
-                                            "cancel": f"{self.url}/v1/trainings/{tid}/cancel"}}
+            self.trainings[tid] = {
+                "id": tid,
+                "model": f"{m.group(1)}/{m.group(2)}",
+                "version": m.group(3),
+                "input": body["input"],
+                "destination": body["destination"],
+                "status": "starting",
+                "logs": "",
+                "error": None,
+                "output": None,
+                "metrics": {},
+                "created_at": "2026-11-23T10:00:00.000Z",
+                "started_at": None,
+                "completed_at": None,
+                "urls": {"get": f"{self.url}/v1/trainings/{tid}", "cancel": f"{self.url}/v1/trainings/{tid}/cancel"},
+            }
             return Response.json(self.trainings[tid], 201)
         m = re.fullmatch(r"/v1/trainings/([^/]+)(/cancel)?", r.path)
         if m:

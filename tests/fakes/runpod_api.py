@@ -12,8 +12,7 @@ from typing import Any
 from tests.fakes.api_fields import RUNPOD_CLOUD_TYPES, RUNPOD_ON_DEMAND, RUNPOD_SPOT, violations
 from tests.fakes.server import FakeServer, Request, Response
 
-NO_CAPACITY = ("There are no longer any instances available with the requested specifications. "
-               "Please refresh and try again.")
+NO_CAPACITY = "There are no longer any instances available with the requested specifications. Please refresh and try again."
 
 
 def _errors(message: str, field: str | None = None, code: str | None = None) -> Response:
@@ -64,13 +63,25 @@ class FakeRunPod(FakeServer):
             self.pods.pop(inp["podId"])
             return Response.json({"data": {"podTerminate": None}})
         if "myself" in query:
-            return Response.json({"data": {"myself": {"pods": [
-                {"id": p["id"], "name": p["name"], "desiredStatus": p["desiredStatus"]} for p in self.pods.values()]}}})
+            return Response.json(
+                {
+                    "data": {
+                        "myself": {
+                            "pods": [
+                                {"id": p["id"], "name": p["name"], "desiredStatus": p["desiredStatus"]}
+                                for p in self.pods.values()
+                            ]
+                        }
+                    }
+                }
+            )
         if re.search(r"\bpod\s*\(", query):
             pod = self.pods.get(inp.get("podId"))
             return Response.json({"data": {"pod": pod}})
-        return Response.json({"errors": [{"message": "Cannot query field on type Query",
-                                          "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}]}, 400)
+        return Response.json(
+            {"errors": [{"message": "Cannot query field on type Query", "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}]},
+            400,
+        )
 
     def _deploy(self, inp: dict, field: str, spot: bool) -> Response:
         self.inputs.append(inp)
@@ -78,17 +89,26 @@ class FakeRunPod(FakeServer):
         for problem in violations(inp, RUNPOD_SPOT if spot else RUNPOD_ON_DEMAND):
             if problem.startswith("unknown field"):
                 name = problem.split("'")[1]
-                return _errors(f'Variable "$input" got invalid value; Field "{name}" is not defined by type '
-                               f'"{type_name}".', None, "BAD_USER_INPUT")
+                return _errors(
+                    f'Variable "$input" got invalid value; Field "{name}" is not defined by type "{type_name}".',
+                    None,
+                    "BAD_USER_INPUT",
+                )
             if not problem.startswith("missing"):
                 return _errors(f'Variable "$input" got invalid value; {problem}.', None, "BAD_USER_INPUT")
         if inp.get("cloudType", "ALL") not in RUNPOD_CLOUD_TYPES:
-            return _errors(f'Variable "$input" got invalid value; Value "{inp["cloudType"]}" does not exist in '
-                           '"CloudTypeEnum" enum.', None, "BAD_USER_INPUT")
+            return _errors(
+                f'Variable "$input" got invalid value; Value "{inp["cloudType"]}" does not exist in "CloudTypeEnum" enum.',
+                None,
+                "BAD_USER_INPUT",
+            )
         for key in ("imageName", "gpuTypeId", "gpuCount"):
             if not inp.get(key):
-                return _errors(f"Variable \"$input\" got invalid value; Field \"{key}\" of required type was not "
-                               "provided.", field, "BAD_USER_INPUT")
+                return _errors(
+                    f'Variable "$input" got invalid value; Field "{key}" of required type was not provided.',
+                    field,
+                    "BAD_USER_INPUT",
+                )
         if self.balance < 0.1:
             return _errors("You do not have enough balance to deploy this pod.", field)
         if inp["gpuTypeId"] not in self.available:
@@ -96,8 +116,18 @@ class FakeRunPod(FakeServer):
         if spot and float(inp.get("bidPerGpu") or 0) < self.min_bid:
             return _errors(f"Your bid price is below the minimum bid of {self.min_bid}.", field)
         pod_id = f"pod{next(self._ids):03d}xyz"
-        self.pods[pod_id] = {"id": pod_id, "name": inp.get("name"), "desiredStatus": "RUNNING", "imageName": inp["imageName"],
-                             "costPerHr": 0.39 if not spot else inp["bidPerGpu"], "lastStatusChange": "Rented by User",
-                             "uptimeSeconds": 0, "runtime": None, "env": inp.get("env"), "dockerArgs": inp.get("dockerArgs")}
-        return Response.json({"data": {field: {k: self.pods[pod_id][k] for k in
-                                               ("id", "name", "desiredStatus", "costPerHr", "lastStatusChange")}}})
+        self.pods[pod_id] = {
+            "id": pod_id,
+            "name": inp.get("name"),
+            "desiredStatus": "RUNNING",
+            "imageName": inp["imageName"],
+            "costPerHr": 0.39 if not spot else inp["bidPerGpu"],
+            "lastStatusChange": "Rented by User",
+            "uptimeSeconds": 0,
+            "runtime": None,
+            "env": inp.get("env"),
+            "dockerArgs": inp.get("dockerArgs"),
+        }
+        return Response.json(
+            {"data": {field: {k: self.pods[pod_id][k] for k in ("id", "name", "desiredStatus", "costPerHr", "lastStatusChange")}}}
+        )

@@ -16,19 +16,80 @@ from hypothesis import strategies as st
 FD = FieldDescriptor
 
 # Plain words so a share of the generated texts is ordinary prose that passes validation and reaches the models.
-WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "Paris", "capital", "of", "France", "is", "a",
-         "model", "question", "answer", "because", "vote", "2026", "A100-80GB", "H100", "lambda", "local", "user:alice",
-         "project:x", "3.5", "-1", "café", "über")
+WORDS = (
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "Paris",
+    "capital",
+    "of",
+    "France",
+    "is",
+    "a",
+    "model",
+    "question",
+    "answer",
+    "because",
+    "vote",
+    "2026",
+    "A100-80GB",
+    "H100",
+    "lambda",
+    "local",
+    "user:alice",
+    "project:x",
+    "3.5",
+    "-1",
+    "café",
+    "über",
+)
 # Strings that often break parsers and path handling.
-EDGE_STRINGS = ("", " ", "\n", "\t\r\n", "\x00", "\x1b[31m", "\u200b", "\ufeff", "\U0001f600" * 3, "../../../etc/passwd",
-                "/etc/passwd", "a/../../x", "%s%n", "{}", "null", "NaN", "-0", "1e308", "9" * 40, "x" * 700,
-                "A100-80GB", "lambda/gpu_1x_a10//on-demand", "local", "dryrun", "global", "user:alice", "job-0")
+EDGE_STRINGS = (
+    "",
+    " ",
+    "\n",
+    "\t\r\n",
+    "\x00",
+    "\x1b[31m",
+    "\u200b",
+    "\ufeff",
+    "\U0001f600" * 3,
+    "../../../etc/passwd",
+    "/etc/passwd",
+    "a/../../x",
+    "%s%n",
+    "{}",
+    "null",
+    "NaN",
+    "-0",
+    "1e308",
+    "9" * 40,
+    "x" * 700,
+    "A100-80GB",
+    "lambda/gpu_1x_a10//on-demand",
+    "local",
+    "dryrun",
+    "global",
+    "user:alice",
+    "job-0",
+)
 
 _RANGES = {
-    FD.TYPE_INT32: (-(2**31), 2**31 - 1), FD.TYPE_SINT32: (-(2**31), 2**31 - 1), FD.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-    FD.TYPE_INT64: (-(2**63), 2**63 - 1), FD.TYPE_SINT64: (-(2**63), 2**63 - 1), FD.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
-    FD.TYPE_UINT32: (0, 2**32 - 1), FD.TYPE_FIXED32: (0, 2**32 - 1),
-    FD.TYPE_UINT64: (0, 2**64 - 1), FD.TYPE_FIXED64: (0, 2**64 - 1),
+    FD.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FD.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    FD.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    FD.TYPE_INT64: (-(2**63), 2**63 - 1),
+    FD.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    FD.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    FD.TYPE_UINT32: (0, 2**32 - 1),
+    FD.TYPE_FIXED32: (0, 2**32 - 1),
+    FD.TYPE_UINT64: (0, 2**64 - 1),
+    FD.TYPE_FIXED64: (0, 2**64 - 1),
 }
 
 
@@ -48,8 +109,11 @@ def integer_strategy(lo: int, hi: int) -> st.SearchStrategy[int]:
 
 def float_strategy(width: int) -> st.SearchStrategy[float]:
     """Values in [0, 2] (probabilities, temperatures), NaN, infinities, subnormals and huge magnitudes."""
-    return st.one_of(st.floats(0.0, 2.0, width=width), st.floats(width=width, allow_nan=True, allow_infinity=True),
-                     st.sampled_from([0.0, -0.0, 1.0, -1.0, float("nan"), float("inf"), float("-inf")]))
+    return st.one_of(
+        st.floats(0.0, 2.0, width=width),
+        st.floats(width=width, allow_nan=True, allow_infinity=True),
+        st.sampled_from([0.0, -0.0, 1.0, -1.0, float("nan"), float("inf"), float("-inf")]),
+    )
 
 
 def _is_map(field: FieldDescriptor) -> bool:
@@ -73,8 +137,14 @@ class MessageStrategies:
     every message with such a field) to the strategy of one value of it (an element, for repeated fields); sizes are
     bounded by `max_repeated`, `max_chars` and `max_depth`."""
 
-    def __init__(self, overrides: Mapping[str, st.SearchStrategy] | None = None, *, max_repeated: int = 4,
-                 max_chars: int = 60, max_depth: int = 4) -> None:
+    def __init__(
+        self,
+        overrides: Mapping[str, st.SearchStrategy] | None = None,
+        *,
+        max_repeated: int = 4,
+        max_chars: int = 60,
+        max_depth: int = 4,
+    ) -> None:
         self.overrides = dict(overrides or {})
         self.max_repeated = max_repeated
         self.max_chars = max_chars
@@ -153,7 +223,7 @@ def _submessages(message: Message) -> list[Message]:
     for field, value in message.ListFields():
         if field.type != FD.TYPE_MESSAGE or _is_map(field):
             continue
-        for child in (value if _is_repeated(field) else [value]):
+        for child in value if _is_repeated(field) else [value]:
             found.extend(_submessages(child))
     return found
 

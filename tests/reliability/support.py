@@ -40,8 +40,13 @@ DESCRIPTORS: dict[str, ServiceDescriptor] = {
     "cost": cost_service_pb2.DESCRIPTOR.services_by_name["CostService"],
 }
 # Statuses that mean the server failed, not the request: a bug, a crash, or a method that was never built.
-SERVER_FAULTS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE,
-                 grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.DATA_LOSS}
+SERVER_FAULTS = {
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.DATA_LOSS,
+}
 
 
 def all_methods() -> list[tuple[str, MethodDescriptor]]:
@@ -62,14 +67,22 @@ def tiny_model_folders(root: Path) -> dict[str, Path]:
 
     lm = tiny_lm_folder(root / "tiny-lm")
     tokenizer = AutoTokenizer.from_pretrained(lm)
-    bert = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id)
+    bert = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(1)
     BertModel(BertConfig(**bert)).save_pretrained(root / "tiny-embedder")
     tokenizer.save_pretrained(root / "tiny-embedder")
     labels = {0: "contradiction", 1: "neutral", 2: "entailment"}
-    BertForSequenceClassification(BertConfig(**bert, id2label=labels, label2id={v: k for k, v in labels.items()})) \
-        .save_pretrained(root / "tiny-nli")
+    BertForSequenceClassification(
+        BertConfig(**bert, id2label=labels, label2id={v: k for k, v in labels.items()})
+    ).save_pretrained(root / "tiny-nli")
     tokenizer.save_pretrained(root / "tiny-nli")
     return {"lm": lm, "embedder": root / "tiny-embedder", "nli": root / "tiny-nli"}
 
@@ -82,10 +95,19 @@ def wide_lm_folder(root: Path, tokenizer_folder: Path, hidden: int = 512, layers
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     torch.manual_seed(2)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                                 num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                 max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
-                                 tie_word_embeddings=False)).save_pretrained(root)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
+        )
+    ).save_pretrained(root)
     tokenizer.save_pretrained(root)
     return root
 
@@ -97,19 +119,40 @@ def service_settings(name: str, folders: dict[str, Path], state: Path) -> dict[s
     if name == "detector":
         return {**common, **models, "max_tokens": 64, "max_texts_per_call": 8, "max_text_bytes": 4000}
     if name == "proposer":
-        return {**common, **models, "embedding_model": str(folders["embedder"]), "nli_model": str(folders["nli"]),
-                "default_max_new_tokens": 6, "max_new_tokens_limit": 8, "max_candidates": 4, "max_text_chars": 400,
-                "max_pairs_per_call": 8, "max_texts_per_call": 8, "max_wait_ms": 2.0}
+        return {
+            **common,
+            **models,
+            "embedding_model": str(folders["embedder"]),
+            "nli_model": str(folders["nli"]),
+            "default_max_new_tokens": 6,
+            "max_new_tokens_limit": 8,
+            "max_candidates": 4,
+            "max_text_chars": 400,
+            "max_pairs_per_call": 8,
+            "max_texts_per_call": 8,
+            "max_wait_ms": 2.0,
+        }
     if name == "scorer":
         return {**common, **models, "max_items_per_call": 6, "max_choices_per_item": 6, "max_tokens": 1024}
     if name == "scheduler":
         settings_file = state / "providers.json"
         settings_file.write_text(json.dumps({"dryrun": {"duration_s": "0.2"}}))
-        return {**common, "state_dir": str(state / "scheduler"), "providers": ("dryrun",), "poll_interval_s": 0.1,
-                "provider_settings_file": str(settings_file), "sqlite_synchronous": "NORMAL"}
+        return {
+            **common,
+            "state_dir": str(state / "scheduler"),
+            "providers": ("dryrun",),
+            "poll_interval_s": 0.1,
+            "provider_settings_file": str(settings_file),
+            "sqlite_synchronous": "NORMAL",
+        }
     if name == "cost":
-        return {**common, "state_dir": str(state / "cost"), "lambda_api_url": "http://127.0.0.1:9/api/v1",
-                "runpod_api_url": "http://127.0.0.1:9/graphql", "refresh_timeout_s": 1.0}
+        return {
+            **common,
+            "state_dir": str(state / "cost"),
+            "lambda_api_url": "http://127.0.0.1:9/api/v1",
+            "runpod_api_url": "http://127.0.0.1:9/graphql",
+            "refresh_timeout_s": 1.0,
+        }
     raise ValueError(name)
 
 
@@ -149,8 +192,7 @@ class Running:
         total = 0.0
         for metric in self.server.registry.collect():
             if metric.name == "grpc_server_handled":
-                total += sum(s.value for s in metric.samples
-                             if s.name.endswith("_total") and s.labels.get("grpc_code") == code)
+                total += sum(s.value for s in metric.samples if s.name.endswith("_total") and s.labels.get("grpc_code") == code)
         return total
 
 
@@ -174,8 +216,15 @@ def request_class(method: MethodDescriptor) -> type:
     return message_factory.GetMessageClass(method.input_type)
 
 
-def call(channel: grpc.Channel, method: MethodDescriptor, requests: Sequence[Any], *, timeout: float,
-         metadata: Iterable[tuple[str, str]] = (), max_responses: int = 3) -> grpc.StatusCode:
+def call(
+    channel: grpc.Channel,
+    method: MethodDescriptor,
+    requests: Sequence[Any],
+    *,
+    timeout: float,
+    metadata: Iterable[tuple[str, str]] = (),
+    max_responses: int = 3,
+) -> grpc.StatusCode:
     """Send `requests` (one, or several for a client-streaming method) and read up to `max_responses` answers;
     returns the status (OK, or the error's code; CANCELLED when we stopped reading an open stream ourselves)."""
     path = f"/{method.containing_service.full_name}/{method.name}"
@@ -232,9 +281,8 @@ class ServiceProcess:
     def __init__(self, argv: list[str], log_path: Path, env: dict[str, str]) -> None:
         self.argv = argv
         self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()/kill9()
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=self._log, env=env, cwd=str(REPO),
-                                     start_new_session=True)
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=self._log, env=env, cwd=str(REPO), start_new_session=True)
 
     @property
     def pid(self) -> int:

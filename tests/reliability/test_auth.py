@@ -28,11 +28,17 @@ BAD_CREDENTIALS = [
 
 def _count_jobs_and_budgets(fleet: dict[str, Running]) -> tuple[int, int]:
     with grpc.insecure_channel(fleet["scheduler"].address) as ch:
-        jobs = scheduler_service_pb2_grpc.SchedulerServiceStub(ch).ListJobs(
-            scheduler_service_pb2.ListJobsRequest(page_size=1000), timeout=10, metadata=AUTH).jobs
+        jobs = (
+            scheduler_service_pb2_grpc.SchedulerServiceStub(ch)
+            .ListJobs(scheduler_service_pb2.ListJobsRequest(page_size=1000), timeout=10, metadata=AUTH)
+            .jobs
+        )
     with grpc.insecure_channel(fleet["cost"].address) as ch:
-        budgets = cost_service_pb2_grpc.CostServiceStub(ch).ListBudgets(
-            cost_service_pb2.ListBudgetsRequest(), timeout=10, metadata=AUTH).budgets
+        budgets = (
+            cost_service_pb2_grpc.CostServiceStub(ch)
+            .ListBudgets(cost_service_pb2.ListBudgetsRequest(), timeout=10, metadata=AUTH)
+            .budgets
+        )
     return len(jobs), len(budgets)
 
 
@@ -46,8 +52,9 @@ def test_every_method_refuses_calls_without_a_valid_token(fleet: dict[str, Runni
             for request in (request_class(method)(), *seeds[method.full_name]):
                 for metadata in BAD_CREDENTIALS:
                     code = call(channel, method, [request], timeout=10, metadata=metadata)
-                    assert code == grpc.StatusCode.UNAUTHENTICATED, \
+                    assert code == grpc.StatusCode.UNAUTHENTICATED, (
                         f"{method.full_name} with {metadata or 'no credentials'} answered {code.name}"
+                    )
                     refused += 1
             assert health(channel, target.service) == SERVING  # health needs no token (probes)
             assert health(channel) == SERVING

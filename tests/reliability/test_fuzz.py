@@ -65,16 +65,19 @@ def strategies(seeds: dict[str, list], tmp_path_factory: pytest.TempPathFactory)
     code = tmp_path_factory.mktemp("fuzz-code")
     (code / "train.py").write_text("print('hi')\n")
     text = text_strategy()
-    return MessageStrategies({
-        "job_id": st.sampled_from([job_id]) | text,
-        "budget_id": st.sampled_from([budget_id]) | text,
-        "offer_id": st.sampled_from([offer_id, "lambda/gpu_1x_a10//on-demand", "local/cpu//on-demand"]) | text,
-        "path": st.sampled_from(["result.txt", "logs/stdout.log", "checkpoints"]) | text,
-        # Never a real directory that is large ('/', '.'): the scheduler copies code_dir into the job folder.
-        "crucible.scheduler.v1.JobSpec.code_dir": st.sampled_from(["", "/nonexistent/crucible-fuzz", str(code),
-                                                                  "relative/dir", "../.."]),
-        "crucible.scheduler.v1.JobSpec.code_archive": st.sampled_from(_archives()) | st.binary(max_size=64),
-    })
+    return MessageStrategies(
+        {
+            "job_id": st.sampled_from([job_id]) | text,
+            "budget_id": st.sampled_from([budget_id]) | text,
+            "offer_id": st.sampled_from([offer_id, "lambda/gpu_1x_a10//on-demand", "local/cpu//on-demand"]) | text,
+            "path": st.sampled_from(["result.txt", "logs/stdout.log", "checkpoints"]) | text,
+            # Never a real directory that is large ('/', '.'): the scheduler copies code_dir into the job folder.
+            "crucible.scheduler.v1.JobSpec.code_dir": st.sampled_from(
+                ["", "/nonexistent/crucible-fuzz", str(code), "relative/dir", "../.."]
+            ),
+            "crucible.scheduler.v1.JobSpec.code_archive": st.sampled_from(_archives()) | st.binary(max_size=64),
+        }
+    )
 
 
 def test_seed_requests_are_valid(fleet: dict[str, Running], seeds: dict[str, list]) -> None:
@@ -85,8 +88,9 @@ def test_seed_requests_are_valid(fleet: dict[str, Running], seeds: dict[str, lis
             for seed in seeds[method.full_name]:
                 code = call(channel, method, [seed], timeout=30, metadata=AUTH, max_responses=_max_responses(method))
                 want = SEED_CODES.get(method.full_name, grpc.StatusCode.OK)
-                assert code in (want, grpc.StatusCode.CANCELLED if method.name.startswith("Watch") else want), \
+                assert code in (want, grpc.StatusCode.CANCELLED if method.name.startswith("Watch") else want), (
                     f"{method.full_name}: {code.name} for {seed}"
+                )
 
 
 def _max_responses(method: MethodDescriptor) -> int:
@@ -96,13 +100,20 @@ def _max_responses(method: MethodDescriptor) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("service", "method"), all_methods(), ids=lambda v: v if isinstance(v, str) else v.name)
-def test_no_request_makes_a_server_fail(fleet: dict[str, Running], seeds: dict[str, list], strategies: MessageStrategies,
-                                        service: str, method: MethodDescriptor) -> None:
+def test_no_request_makes_a_server_fail(
+    fleet: dict[str, Running], seeds: dict[str, list], strategies: MessageStrategies, service: str, method: MethodDescriptor
+) -> None:
     _fuzz(fleet, seeds, strategies, service, method, EXAMPLES)
 
 
-def _fuzz(fleet: dict[str, Running], seeds: dict[str, list], strategies: MessageStrategies, service: str,
-          method: MethodDescriptor, examples: int) -> None:
+def _fuzz(
+    fleet: dict[str, Running],
+    seeds: dict[str, list],
+    strategies: MessageStrategies,
+    service: str,
+    method: MethodDescriptor,
+    examples: int,
+) -> None:
     """Send `examples` generated requests (random and mutated seeds) to one RPC; no server fault, still SERVING."""
     target = fleet[service]
     random = strategies.for_message(request_class(method).DESCRIPTOR)
@@ -112,8 +123,14 @@ def _fuzz(fleet: dict[str, Running], seeds: dict[str, list], strategies: Message
     internal_before = target.handled("INTERNAL") + target.handled("UNKNOWN")
     channel = grpc.insecure_channel(target.address)
 
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None, print_blob=False,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=False,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
     @given(batch=drawn)
     def check(batch) -> None:
         code = call(channel, method, list(batch), timeout=20, metadata=AUTH, max_responses=_max_responses(method))
@@ -134,8 +151,9 @@ def _fuzz(fleet: dict[str, Running], seeds: dict[str, list], strategies: Message
 SANITY_EXAMPLES = 5
 
 
-def test_zz_fuzz_reached_past_validation(fleet: dict[str, Running], seeds: dict[str, list],
-                                         strategies: MessageStrategies) -> None:
+def test_zz_fuzz_reached_past_validation(
+    fleet: dict[str, Running], seeds: dict[str, list], strategies: MessageStrategies
+) -> None:
     """Sanity of the fuzz itself: most RPCs were answered OK at least once (the generated requests are not all junk).
     Runs after the fuzz (file order) and reads what it saw; RPCs the fuzz did not reach in this session (the test run
     alone, or with -k) are fuzzed here with a few examples first, so the check never has nothing to check."""

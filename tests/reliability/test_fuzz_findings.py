@@ -20,19 +20,51 @@ TRANSFORMER = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "
 FINDINGS = [
     ("scheduler", "CreateJob", {"spec": {**SPEC, "max_duration": {"seconds": I64}}}),
     ("scheduler", "CreateJob", {"spec": {**SPEC, "expected_duration": {"seconds": I64}}}),
-    ("scheduler", "PlanPlacement", {"models": MODELS, "devices": DEVICES, "parallel_requests": I32,
-                                    "sequence_length": 4096}),
-    ("scheduler", "PlanPlacement", {"models": [{**MODELS[0], "activation_bytes_per_request": U64}], "devices": DEVICES,
-                                    "parallel_requests": 3, "sequence_length": 4096}),
-    ("scheduler", "EstimateRequirements", {"transformer": TRANSFORMER, "workload": "WORKLOAD_KIND_TRAINING",
-                                           "batch_size": 12, "block_size": I32, "precision": "PRECISION_MIXED_BF16",
-                                           "optimizer": "OPTIMIZER_ADAMW"}),
-    ("cost", "RecordUsage", {"job_id": "j1", "offer_id": "lambda/gpu_1x_a10//on-demand", "scope": "user:alice",
-                             "start_time": {"seconds": -(2**63)}, "end_time": {"seconds": 1795172400}}),
+    ("scheduler", "PlanPlacement", {"models": MODELS, "devices": DEVICES, "parallel_requests": I32, "sequence_length": 4096}),
+    (
+        "scheduler",
+        "PlanPlacement",
+        {
+            "models": [{**MODELS[0], "activation_bytes_per_request": U64}],
+            "devices": DEVICES,
+            "parallel_requests": 3,
+            "sequence_length": 4096,
+        },
+    ),
+    (
+        "scheduler",
+        "EstimateRequirements",
+        {
+            "transformer": TRANSFORMER,
+            "workload": "WORKLOAD_KIND_TRAINING",
+            "batch_size": 12,
+            "block_size": I32,
+            "precision": "PRECISION_MIXED_BF16",
+            "optimizer": "OPTIMIZER_ADAMW",
+        },
+    ),
+    (
+        "cost",
+        "RecordUsage",
+        {
+            "job_id": "j1",
+            "offer_id": "lambda/gpu_1x_a10//on-demand",
+            "scope": "user:alice",
+            "start_time": {"seconds": -(2**63)},
+            "end_time": {"seconds": 1795172400},
+        },
+    ),
     ("cost", "EstimateCost", {"offer_id": "lambda/gpu_1x_a10//on-demand", "duration": {"seconds": I64}}),
-    ("cost", "CompareProviders", {"requirements": {"gpu_count": 1, "min_gpu_memory_gib": 40},
-                                  "duration": {"seconds": I64}, "reference_gpu_name": "A100-80GB",
-                                  "objective": "OBJECTIVE_CHEAPEST"}),
+    (
+        "cost",
+        "CompareProviders",
+        {
+            "requirements": {"gpu_count": 1, "min_gpu_memory_gib": 40},
+            "duration": {"seconds": I64},
+            "reference_gpu_name": "A100-80GB",
+            "objective": "OBJECTIVE_CHEAPEST",
+        },
+    ),
 ]
 
 
@@ -42,7 +74,9 @@ def _message(method, fields: dict):
     for name, value in fields.items():
         field = message.DESCRIPTOR.fields_by_name[name]
         if field.message_type is not None and field.message_type.full_name in (
-                "google.protobuf.Duration", "google.protobuf.Timestamp"):
+            "google.protobuf.Duration",
+            "google.protobuf.Timestamp",
+        ):
             getattr(message, name).seconds = value["seconds"]
         elif field.message_type is not None and field.message_type.full_name == "crucible.scheduler.v1.JobSpec":
             spec = {k: v for k, v in value.items() if not k.endswith("_duration")}
@@ -55,8 +89,7 @@ def _message(method, fields: dict):
     return message
 
 
-@pytest.mark.parametrize(("service", "name", "fields"), FINDINGS,
-                         ids=[f"{s}.{n}-{i}" for i, (s, n, _) in enumerate(FINDINGS)])
+@pytest.mark.parametrize(("service", "name", "fields"), FINDINGS, ids=[f"{s}.{n}-{i}" for i, (s, n, _) in enumerate(FINDINGS)])
 def test_found_request_is_refused_cleanly(fleet: dict[str, Running], service: str, name: str, fields: dict) -> None:
     method = next(m for s, m in all_methods() if s == service and m.name == name)
     request = _message(method, fields)

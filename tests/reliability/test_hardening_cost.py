@@ -45,8 +45,7 @@ async def cost_stub(tmp_path):
     await server.start()
     await server.wait_ready(10)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
-                ("grpc.max_send_message_length", 8 << 20)]) as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
             yield pb_grpc.CostServiceStub(channel)
     finally:
         await server.stop(0)
@@ -63,12 +62,25 @@ async def _invalid(coro) -> list[tuple[str, str]]:
 def _filled_database(path) -> None:
     """A real cost database with budgets and enough usage rows to span many pages."""
     store = BudgetStore(path)
-    store.create_budget(scope="user:alice", display_name="a", limit_usd=100.0, thresholds=(), enforcement=Enforcement.HARD,
-                        request_id="", now_ns=T0 * NS)
+    store.create_budget(
+        scope="user:alice",
+        display_name="a",
+        limit_usd=100.0,
+        thresholds=(),
+        enforcement=Enforcement.HARD,
+        request_id="",
+        now_ns=T0 * NS,
+    )
     for i in range(400):
-        store.record_usage(job_id=f"job-{i:04d}-" + "x" * 60, offer_id="lambda/gpu_1x_a10/us-east-1/on-demand",
-                           scope="user:alice", start_ns=(T0 + i * 10) * NS, end_ns=(T0 + i * 10 + 5) * NS,
-                           price_usd_per_hour=1.0, now_ns=T0 * NS)
+        store.record_usage(
+            job_id=f"job-{i:04d}-" + "x" * 60,
+            offer_id="lambda/gpu_1x_a10/us-east-1/on-demand",
+            scope="user:alice",
+            start_ns=(T0 + i * 10) * NS,
+            end_ns=(T0 + i * 10 + 5) * NS,
+            price_usd_per_hour=1.0,
+            now_ns=T0 * NS,
+        )
     store.close()
 
 
@@ -83,6 +95,7 @@ def _corrupt_one_page(path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- class 7: files
+
 
 def test_cost_database_with_a_corrupt_page_refuses_to_start(tmp_path):
     db = tmp_path / "state" / "cost.sqlite3"
@@ -117,9 +130,11 @@ def test_foreign_file_as_cost_database_refuses_to_start(tmp_path):
 def test_cost_database_left_by_a_killed_process_still_opens(tmp_path):
     """The check must not refuse a healthy file whose write-ahead log was never checkpointed (kill -9)."""
     db = tmp_path / "state" / "cost.sqlite3"
-    code = ("import os, sys; from crucible.cost.budgets import BudgetStore, Enforcement; s = BudgetStore(sys.argv[1]); "
-            "s.create_budget(scope='global', display_name='', limit_usd=5.0, thresholds=(), "
-            "enforcement=Enforcement.SOFT, request_id='', now_ns=1); os._exit(0)")
+    code = (
+        "import os, sys; from crucible.cost.budgets import BudgetStore, Enforcement; s = BudgetStore(sys.argv[1]); "
+        "s.create_budget(scope='global', display_name='', limit_usd=5.0, thresholds=(), "
+        "enforcement=Enforcement.SOFT, request_id='', now_ns=1); os._exit(0)"
+    )
     subprocess.run([sys.executable, "-c", code, str(db)], check=True, timeout=60)
     assert (db.parent / "cost.sqlite3-wal").exists()
     store = BudgetStore(db)
@@ -163,27 +178,52 @@ def test_detector_cache_corrupt_is_moved_aside_with_a_warning(tmp_path, caplog):
 
 # --------------------------------------------------------------------------------------------- class 8: cost inputs
 
+
 def _ts(seconds: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds)
 
 
 async def test_price_1e308_is_refused_and_spend_stays_finite(tmp_path):
     async with cost_stub(tmp_path) as stub:
-        budget = (await stub.CreateBudget(pb.CreateBudgetRequest(budget=budget_pb2.Budget(
-            scope="user:alice", limit_usd=100.0, enforcement=budget_pb2.BUDGET_ENFORCEMENT_HARD)), timeout=5)).budget
+        budget = (
+            await stub.CreateBudget(
+                pb.CreateBudgetRequest(
+                    budget=budget_pb2.Budget(scope="user:alice", limit_usd=100.0, enforcement=budget_pb2.BUDGET_ENFORCEMENT_HARD)
+                ),
+                timeout=5,
+            )
+        ).budget
         offers = (await stub.ListOffers(pb.ListOffersRequest(providers=["lambda"], page_size=1), timeout=5)).offers
         for price in (1e308, math.inf, 1e5):
-            violations = await _invalid(stub.RecordUsage(pb.RecordUsageRequest(
-                job_id="job-1", offer_id=offers[0].offer_id, scope="user:alice", start_time=_ts(T0),
-                end_time=_ts(T0 + 3600), price_usd_per_hour=price), timeout=5))
+            violations = await _invalid(
+                stub.RecordUsage(
+                    pb.RecordUsageRequest(
+                        job_id="job-1",
+                        offer_id=offers[0].offer_id,
+                        scope="user:alice",
+                        start_time=_ts(T0),
+                        end_time=_ts(T0 + 3600),
+                        price_usd_per_hour=price,
+                    ),
+                    timeout=5,
+                )
+            )
             assert [f for f, _ in violations] == ["price_usd_per_hour"]
         got = (await stub.GetBudget(pb.GetBudgetRequest(budget_id=budget.budget_id), timeout=5)).budget
         assert got.spent_usd == 0.0 and math.isfinite(got.spent_usd)
         # Later admissions and usage still work.
         await stub.CheckAdmission(pb.CheckAdmissionRequest(scope="user:alice", estimated_cost_usd=5.0), timeout=5)
-        reply = await stub.RecordUsage(pb.RecordUsageRequest(
-            job_id="job-1", offer_id=offers[0].offer_id, scope="user:alice", start_time=_ts(T0),
-            end_time=_ts(T0 + 3600), price_usd_per_hour=2.0), timeout=5)
+        reply = await stub.RecordUsage(
+            pb.RecordUsageRequest(
+                job_id="job-1",
+                offer_id=offers[0].offer_id,
+                scope="user:alice",
+                start_time=_ts(T0),
+                end_time=_ts(T0 + 3600),
+                price_usd_per_hour=2.0,
+            ),
+            timeout=5,
+        )
         assert reply.budgets[0].spent_usd == pytest.approx(2.0)
 
 
@@ -192,18 +232,27 @@ async def test_every_float_input_is_bounded(tmp_path):
         offer_id = (await stub.ListOffers(pb.ListOffersRequest(page_size=1), timeout=5)).offers[0].offer_id
         hour = duration_pb2.Duration(seconds=3600)
         cases = [
-            (stub.CreateBudget(pb.CreateBudgetRequest(budget=budget_pb2.Budget(
-                scope="global", limit_usd=1e308, enforcement=budget_pb2.BUDGET_ENFORCEMENT_SOFT))), "budget.limit_usd"),
-            (stub.CheckAdmission(pb.CheckAdmissionRequest(scope="global", estimated_cost_usd=math.nan)),
-             "estimated_cost_usd"),
+            (
+                stub.CreateBudget(
+                    pb.CreateBudgetRequest(
+                        budget=budget_pb2.Budget(scope="global", limit_usd=1e308, enforcement=budget_pb2.BUDGET_ENFORCEMENT_SOFT)
+                    )
+                ),
+                "budget.limit_usd",
+            ),
+            (stub.CheckAdmission(pb.CheckAdmissionRequest(scope="global", estimated_cost_usd=math.nan)), "estimated_cost_usd"),
             (stub.CheckAdmission(pb.CheckAdmissionRequest(scope="global", estimated_cost_usd=1e300)), "estimated_cost_usd"),
-            (stub.EstimateCost(pb.EstimateCostRequest(offer_id=offer_id, duration=hour, storage_gb_hours=1e300)),
-             "storage_gb_hours"),
+            (
+                stub.EstimateCost(pb.EstimateCostRequest(offer_id=offer_id, duration=hour, storage_gb_hours=1e300)),
+                "storage_gb_hours",
+            ),
             (stub.EstimateCost(pb.EstimateCostRequest(offer_id=offer_id, duration=hour, egress_gb=-1.0)), "egress_gb"),
             (stub.ListOffers(pb.ListOffersRequest(max_price_usd_per_hour=math.inf)), "max_price_usd_per_hour"),
             (stub.ListOffers(pb.ListOffersRequest(min_gpu_memory_gib=math.inf)), "min_gpu_memory_gib"),
-            (stub.CompareProviders(pb.CompareProvidersRequest(objective=pb.OBJECTIVE_CHEAPEST, max_cost_usd=1e300)),
-             "max_cost_usd"),
+            (
+                stub.CompareProviders(pb.CompareProvidersRequest(objective=pb.OBJECTIVE_CHEAPEST, max_cost_usd=1e300)),
+                "max_cost_usd",
+            ),
         ]
         for call, field in cases:
             violations = await _invalid(call)
@@ -214,24 +263,47 @@ async def test_megabyte_scope_and_other_oversized_strings_are_refused(tmp_path):
     big_scope = "user:" + "a" * (1 << 20)
     async with cost_stub(tmp_path) as stub:
         cases = [
-            (stub.CreateBudget(pb.CreateBudgetRequest(budget=budget_pb2.Budget(
-                scope=big_scope, limit_usd=1.0, enforcement=budget_pb2.BUDGET_ENFORCEMENT_SOFT))), "budget.scope"),
+            (
+                stub.CreateBudget(
+                    pb.CreateBudgetRequest(
+                        budget=budget_pb2.Budget(scope=big_scope, limit_usd=1.0, enforcement=budget_pb2.BUDGET_ENFORCEMENT_SOFT)
+                    )
+                ),
+                "budget.scope",
+            ),
             (stub.CheckAdmission(pb.CheckAdmissionRequest(scope=big_scope)), "scope"),
             (stub.ListBudgets(pb.ListBudgetsRequest(scope=big_scope)), "scope"),
-            (stub.RecordUsage(pb.RecordUsageRequest(job_id="j", offer_id="x", scope=big_scope, start_time=_ts(T0),
-                                                    end_time=_ts(T0 + 1))), "scope"),
-            (stub.RecordUsage(pb.RecordUsageRequest(job_id="j" * 100_000, start_time=_ts(T0), end_time=_ts(T0 + 1))),
-             "job_id"),
+            (
+                stub.RecordUsage(
+                    pb.RecordUsageRequest(job_id="j", offer_id="x", scope=big_scope, start_time=_ts(T0), end_time=_ts(T0 + 1))
+                ),
+                "scope",
+            ),
+            (stub.RecordUsage(pb.RecordUsageRequest(job_id="j" * 100_000, start_time=_ts(T0), end_time=_ts(T0 + 1))), "job_id"),
             (stub.CheckAdmission(pb.CheckAdmissionRequest(scope="global", job_id="j" * 100_000)), "job_id"),
             (stub.GetBudget(pb.GetBudgetRequest(budget_id="b" * 100_000)), "budget_id"),
             (stub.EstimateCost(pb.EstimateCostRequest(offer_id="o" * 100_000)), "offer_id"),
-            (stub.CreateBudget(pb.CreateBudgetRequest(budget=budget_pb2.Budget(
-                scope="global", display_name="ok\x00\x1b[2J", limit_usd=1.0,
-                enforcement=budget_pb2.BUDGET_ENFORCEMENT_SOFT))), "budget.display_name"),
+            (
+                stub.CreateBudget(
+                    pb.CreateBudgetRequest(
+                        budget=budget_pb2.Budget(
+                            scope="global",
+                            display_name="ok\x00\x1b[2J",
+                            limit_usd=1.0,
+                            enforcement=budget_pb2.BUDGET_ENFORCEMENT_SOFT,
+                        )
+                    )
+                ),
+                "budget.display_name",
+            ),
             (stub.ListOffers(pb.ListOffersRequest(gpu_names=["A10"] * 1000)), "gpu_names"),
             (stub.ListOffers(pb.ListOffersRequest(providers=["p" * 100_000])), "providers[0]"),
-            (stub.CompareProviders(pb.CompareProvidersRequest(objective=pb.OBJECTIVE_CHEAPEST,
-                                                              reference_gpu_name="g" * 100_000)), "reference_gpu_name"),
+            (
+                stub.CompareProviders(
+                    pb.CompareProvidersRequest(objective=pb.OBJECTIVE_CHEAPEST, reference_gpu_name="g" * 100_000)
+                ),
+                "reference_gpu_name",
+            ),
             (stub.ListOffers(pb.ListOffersRequest(page_token="t" * 100_000)), "page_token"),
         ]
         for call, field in cases:
@@ -246,12 +318,21 @@ def test_cost_database_with_infinite_spend_refuses_to_start(tmp_path):
     """A database already poisoned by an unbounded price (before the bound) is refused, not served."""
     db = tmp_path / "state" / "cost.sqlite3"
     store = BudgetStore(db)
-    budget = store.create_budget(scope="global", display_name="", limit_usd=10.0, thresholds=(),
-                                 enforcement=Enforcement.HARD, request_id="", now_ns=T0 * NS)
+    budget = store.create_budget(
+        scope="global",
+        display_name="",
+        limit_usd=10.0,
+        thresholds=(),
+        enforcement=Enforcement.HARD,
+        request_id="",
+        now_ns=T0 * NS,
+    )
     store.close()
     con = sqlite3.connect(db)
-    con.execute("INSERT INTO usage VALUES ('job-x', ?, ?, 'o', 'global', 1e308, ?, ?)",
-                ((T0 + 1) * NS, (T0 + 7200) * NS, math.inf, T0 * NS))
+    con.execute(
+        "INSERT INTO usage VALUES ('job-x', ?, ?, 'o', 'global', 1e308, ?, ?)",
+        ((T0 + 1) * NS, (T0 + 7200) * NS, math.inf, T0 * NS),
+    )
     con.execute("UPDATE budgets SET spent_usd = ?", (math.inf,))
     con.commit()
     con.close()
@@ -282,8 +363,25 @@ def test_crucible_serve_on_a_zero_length_database_exits_with_the_message_not_a_t
     state = tmp_path / "state"
     state.mkdir()
     (state / "cost.sqlite3").write_bytes(b"")
-    proc = subprocess.run([sys.executable, "-m", "crucible", "serve", "cost", "--port", "0", "--metrics-port", "0",
-                           "--state-dir", str(state), "--log-format", "text"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crucible",
+            "serve",
+            "cost",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--state-dir",
+            str(state),
+            "--log-format",
+            "text",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert str(state / "cost.sqlite3") in proc.stderr and "Traceback" not in proc.stderr

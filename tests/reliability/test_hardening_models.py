@@ -33,8 +33,7 @@ def _call(fleet: dict[str, Running], service: str, name: str, fields: dict) -> g
     message = json_format.ParseDict(fields, request_class(method)())
     path = f"/{method.containing_service.full_name}/{method.name}"
     with grpc.insecure_channel(fleet[service].address) as channel:
-        stub = channel.unary_unary(path, request_serializer=lambda m: m.SerializeToString(),
-                                   response_deserializer=lambda b: b)
+        stub = channel.unary_unary(path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=lambda b: b)
         try:
             stub(message, timeout=60, metadata=AUTH)
         except grpc.RpcError as err:
@@ -56,26 +55,54 @@ def _invalid(err: grpc.RpcError | None, field: str, reason: str) -> None:
 PAIRS = [{"first": "The vote was postponed.", "second": "They delayed the vote."}] * 2
 OVERSIZED = [
     ("detector", "Detect", {"texts": ["ok text one", "ok text two", BIG]}, "texts[2]"),
-    ("proposer", "Propose", {"text": "Which gas do plants absorb?", "mode": "PROPOSE_MODE_EQUIVALENT_QUESTION",
-                             "options": ["Oxygen", "Carbon dioxide", BIG], "correct_option_index": 1}, "options[2]"),
-    ("proposer", "Propose", {"text": "How do vaccines work?", "mode": "PROPOSE_MODE_PARAPHRASE", "instruction": BIG},
-     "instruction"),
+    (
+        "proposer",
+        "Propose",
+        {
+            "text": "Which gas do plants absorb?",
+            "mode": "PROPOSE_MODE_EQUIVALENT_QUESTION",
+            "options": ["Oxygen", "Carbon dioxide", BIG],
+            "correct_option_index": 1,
+        },
+        "options[2]",
+    ),
+    (
+        "proposer",
+        "Propose",
+        {"text": "How do vaccines work?", "mode": "PROPOSE_MODE_PARAPHRASE", "instruction": BIG},
+        "instruction",
+    ),
     ("proposer", "Embed", {"texts": ["a", "b", "c", "d", "e", BIG]}, "texts[5]"),
-    ("proposer", "CheckEquivalence", {"pairs": [*PAIRS, {"first": "fine", "second": BIG}],
-                                      "method": "EQUIVALENCE_METHOD_EMBEDDING_COSINE"}, "pairs[2].second"),
-    ("scorer", "ScoreChoices", {"items": [{"raw_prompt": "Capital of France?", "choices": [" Paris", " Rome"]}] * 3
-                                + [{"raw_prompt": "Capital of Italy?", "choices": [" Rome", BIG]}]}, "items[3].choices[1]"),
-    ("scorer", "ScoreChoices", {"items": [{"question": {"subject": "geo", "question": "Capital of France?",
-                                                        "options": ["Paris", BIG]}}]}, "items[0].question.options[1]"),
+    (
+        "proposer",
+        "CheckEquivalence",
+        {"pairs": [*PAIRS, {"first": "fine", "second": BIG}], "method": "EQUIVALENCE_METHOD_EMBEDDING_COSINE"},
+        "pairs[2].second",
+    ),
+    (
+        "scorer",
+        "ScoreChoices",
+        {
+            "items": [{"raw_prompt": "Capital of France?", "choices": [" Paris", " Rome"]}] * 3
+            + [{"raw_prompt": "Capital of Italy?", "choices": [" Rome", BIG]}]
+        },
+        "items[3].choices[1]",
+    ),
+    (
+        "scorer",
+        "ScoreChoices",
+        {"items": [{"question": {"subject": "geo", "question": "Capital of France?", "options": ["Paris", BIG]}}]},
+        "items[0].question.options[1]",
+    ),
     ("scorer", "ScoreTexts", {"items": [{"text": "A fine text."}, {"text": "Paris.", "prefix": BIG}]}, "items[1].prefix"),
     ("scorer", "ScoreTexts", {"items": [{"text": BIG}]}, "items[0].text"),
 ]
 
 
-@pytest.mark.parametrize(("service", "name", "fields", "field"), OVERSIZED,
-                         ids=[f"{s}.{n}.{f}" for s, n, _, f in OVERSIZED])
-def test_one_large_text_is_refused_naming_its_field(fleet: dict[str, Running], service: str, name: str, fields: dict,
-                                                    field: str) -> None:
+@pytest.mark.parametrize(("service", "name", "fields", "field"), OVERSIZED, ids=[f"{s}.{n}.{f}" for s, n, _, f in OVERSIZED])
+def test_one_large_text_is_refused_naming_its_field(
+    fleet: dict[str, Running], service: str, name: str, fields: dict, field: str
+) -> None:
     _invalid(_call(fleet, service, name, fields), field, "TEXT_TOO_LARGE")
 
 
@@ -110,21 +137,43 @@ async def test_the_texts_of_one_request_together_are_bounded(model_folders) -> N
 
 
 TOKENISING = [
-    ("detector", "Detect", {"texts": ["A text tokenised somewhere."]},
-     lambda service: service.engine.require_ready().detector, "prepare"),
-    ("scorer", "ScoreTexts", {"items": [{"text": "A text tokenised somewhere."}]},
-     lambda service: service.engine.require_ready().scorer, "prepare_texts"),
-    ("scorer", "ScoreChoices", {"items": [{"raw_prompt": "Capital of France?", "choices": [" Paris", " Rome"]}]},
-     lambda service: service.engine.require_ready().scorer, "prepare_choices"),
-    ("proposer", "Propose", {"text": "How do vaccines work?", "mode": "PROPOSE_MODE_PARAPHRASE", "seed": 3},
-     lambda service: service.engine, "render"),
+    (
+        "detector",
+        "Detect",
+        {"texts": ["A text tokenised somewhere."]},
+        lambda service: service.engine.require_ready().detector,
+        "prepare",
+    ),
+    (
+        "scorer",
+        "ScoreTexts",
+        {"items": [{"text": "A text tokenised somewhere."}]},
+        lambda service: service.engine.require_ready().scorer,
+        "prepare_texts",
+    ),
+    (
+        "scorer",
+        "ScoreChoices",
+        {"items": [{"raw_prompt": "Capital of France?", "choices": [" Paris", " Rome"]}]},
+        lambda service: service.engine.require_ready().scorer,
+        "prepare_choices",
+    ),
+    (
+        "proposer",
+        "Propose",
+        {"text": "How do vaccines work?", "mode": "PROPOSE_MODE_PARAPHRASE", "seed": 3},
+        lambda service: service.engine,
+        "render",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("service", "name", "fields", "owner", "attribute"), TOKENISING,
-                         ids=[f"{s}.{n}" for s, n, *_ in TOKENISING])
-def test_tokenising_runs_off_the_event_loop(fleet: dict[str, Running], monkeypatch: pytest.MonkeyPatch, service: str,
-                                            name: str, fields: dict, owner, attribute: str) -> None:
+@pytest.mark.parametrize(
+    ("service", "name", "fields", "owner", "attribute"), TOKENISING, ids=[f"{s}.{n}" for s, n, *_ in TOKENISING]
+)
+def test_tokenising_runs_off_the_event_loop(
+    fleet: dict[str, Running], monkeypatch: pytest.MonkeyPatch, service: str, name: str, fields: dict, owner, attribute: str
+) -> None:
     target = owner(fleet[service].server.service)
     original = getattr(target, attribute)
     threads: list[str] = []
@@ -176,8 +225,9 @@ def test_scorer_stops_multi_token_choices_once_its_callers_are_gone(model_folder
 
     model = AutoModelForCausalLM.from_pretrained(model_folders["lm"])
     scorer = TargetScorer(model, AutoTokenizer.from_pretrained(model_folders["lm"]), Limits())
-    jobs = [p.job for p in scorer.prepare_choices([ChoiceRequest(prompt="Name a city:", choices=(" Paris, France",
-                                                                                                    " Rome, Italy"))])]
+    jobs = [
+        p.job for p in scorer.prepare_choices([ChoiceRequest(prompt="Name a city:", choices=(" Paris, France", " Rome, Italy"))])
+    ]
     assert len(scorer.run_batch(jobs, BatchCancel())) == 1
     cancel = BatchCancel()
     cancel.set()
@@ -187,6 +237,7 @@ def test_scorer_stops_multi_token_choices_once_its_callers_are_gone(model_folder
 
 # ---- class 5: admission by expected wait ---------------------------------------------------------------------------
 
+
 async def test_a_call_that_cannot_finish_before_its_deadline_is_refused_at_once() -> None:
     """Queued tokens over measured tokens/s against each call's deadline: refused at once, with the numbers."""
     from crucible.runtime.batching import BatchSettings, DynamicBatcher
@@ -195,8 +246,9 @@ async def test_a_call_that_cannot_finish_before_its_deadline_is_refused_at_once(
         time.sleep(0.002 * sum(len(i) for i in items))  # 500 tokens/s
         return items
 
-    batcher = DynamicBatcher("paced", run, BatchSettings(max_batch_size=2, max_batch_tokens=0, max_wait_s=0.0,
-                                                         max_queue_size=1000), cost=len)
+    batcher = DynamicBatcher(
+        "paced", run, BatchSettings(max_batch_size=2, max_batch_tokens=0, max_wait_s=0.0, max_queue_size=1000), cost=len
+    )
     batcher.start()
     try:
         await batcher.submit("m" * 50)  # the first measurement: ~500 tokens/s
@@ -226,8 +278,9 @@ async def test_a_shared_in_flight_item_survives_its_first_caller_leaving() -> No
         gate.wait(10)
         return [i.upper() for i in items]
 
-    batcher = DynamicBatcher("shared", run, BatchSettings(max_batch_size=1, max_batch_tokens=0, max_wait_s=0.0),
-                             dedup_key=lambda item: item)
+    batcher = DynamicBatcher(
+        "shared", run, BatchSettings(max_batch_size=1, max_batch_tokens=0, max_wait_s=0.0), dedup_key=lambda item: item
+    )
     batcher.start()
     try:
         blocker = asyncio.ensure_future(batcher.submit("first"))
@@ -250,8 +303,9 @@ async def test_queued_items_still_expire_when_admission_cannot_tell() -> None:
     from crucible.runtime.batching import BatchSettings, DynamicBatcher
 
     gate = threading.Event()
-    batcher = DynamicBatcher("cold", lambda items: (gate.wait(10), items)[1],
-                             BatchSettings(max_batch_size=1, max_batch_tokens=0, max_wait_s=0.0))
+    batcher = DynamicBatcher(
+        "cold", lambda items: (gate.wait(10), items)[1], BatchSettings(max_batch_size=1, max_batch_tokens=0, max_wait_s=0.0)
+    )
     batcher.start()
     try:
         first = asyncio.ensure_future(batcher.submit("a"))
@@ -294,8 +348,7 @@ def _malformed(err: grpc.RpcError, method) -> None:
 
 
 @pytest.mark.parametrize("payload", list(MALFORMED.values()), ids=list(MALFORMED))
-def test_malformed_request_bytes_are_invalid_argument_with_nothing_internal(fleet: dict[str, Running],
-                                                                            payload: bytes) -> None:
+def test_malformed_request_bytes_are_invalid_argument_with_nothing_internal(fleet: dict[str, Running], payload: bytes) -> None:
     """Every RPC of all five services: INVALID_ARGUMENT naming the message, no Python class or parser text."""
     for service, method in all_methods():
         with grpc.insecure_channel(fleet[service].address) as channel:
@@ -305,8 +358,9 @@ def test_malformed_request_bytes_are_invalid_argument_with_nothing_internal(flee
             assert health(channel, fleet[service].service) == SERVING
 
 
-@pytest.mark.parametrize(("service", "name"), [("detector", "Detect"), ("detector", "DetectStream"),
-                                               ("proposer", "Embed"), ("proposer", "Propose")])
+@pytest.mark.parametrize(
+    ("service", "name"), [("detector", "Detect"), ("detector", "DetectStream"), ("proposer", "Embed"), ("proposer", "Propose")]
+)
 def test_a_string_that_is_not_utf8_is_a_malformed_request(fleet: dict[str, Running], service: str, name: str) -> None:
     method = _method(service, name)
     assert method.input_type.fields_by_number[1].type == method.input_type.fields_by_number[1].TYPE_STRING
@@ -319,32 +373,56 @@ def test_a_string_that_is_not_utf8_is_a_malformed_request(fleet: dict[str, Runni
 BLANK = [
     ("detector", "Detect", {"texts": ["A real text here.", INVISIBLE]}, "texts[1]", "EMPTY_TEXT"),
     ("proposer", "Propose", {"text": INVISIBLE, "mode": "PROPOSE_MODE_PARAPHRASE"}, "text", "EMPTY_TEXT"),
-    ("proposer", "Propose", {"text": "Which gas do plants absorb?", "mode": "PROPOSE_MODE_EQUIVALENT_QUESTION",
-                             "options": ["Oxygen", "\u200d\u200c", "Nitrogen"], "correct_option_index": 0},
-     "options[1]", "EMPTY_OPTION"),
+    (
+        "proposer",
+        "Propose",
+        {
+            "text": "Which gas do plants absorb?",
+            "mode": "PROPOSE_MODE_EQUIVALENT_QUESTION",
+            "options": ["Oxygen", "\u200d\u200c", "Nitrogen"],
+            "correct_option_index": 0,
+        },
+        "options[1]",
+        "EMPTY_OPTION",
+    ),
     ("proposer", "Embed", {"texts": ["fine", "\ufeff"]}, "texts[1]", "EMPTY_TEXT"),
-    ("scorer", "ScoreChoices", {"items": [{"raw_prompt": "\u2066\u2069\u200b", "choices": [" A", " B"]}]},
-     "items[0].raw_prompt", "EMPTY_PROMPT"),
-    ("scorer", "ScoreChoices", {"items": [{"raw_prompt": "Pick one:", "choices": [" A", "\u200b"]}]},
-     "items[0].choices[1]", "EMPTY_CHOICE"),
-    ("scorer", "ScoreChoices", {"items": [{"question": {"subject": "geo", "question": "\u200b\u200b",
-                                                        "options": ["Paris", "Rome"]}}]},
-     "items[0].question.question", "EMPTY_TEXT"),
+    (
+        "scorer",
+        "ScoreChoices",
+        {"items": [{"raw_prompt": "\u2066\u2069\u200b", "choices": [" A", " B"]}]},
+        "items[0].raw_prompt",
+        "EMPTY_PROMPT",
+    ),
+    (
+        "scorer",
+        "ScoreChoices",
+        {"items": [{"raw_prompt": "Pick one:", "choices": [" A", "\u200b"]}]},
+        "items[0].choices[1]",
+        "EMPTY_CHOICE",
+    ),
+    (
+        "scorer",
+        "ScoreChoices",
+        {"items": [{"question": {"subject": "geo", "question": "\u200b\u200b", "options": ["Paris", "Rome"]}}]},
+        "items[0].question.question",
+        "EMPTY_TEXT",
+    ),
     ("scorer", "ScoreTexts", {"items": [{"text": "\u202a\u202c\u2060\u3164"}]}, "items[0].text", "EMPTY_TEXT"),
 ]
 
 
-@pytest.mark.parametrize(("service", "name", "fields", "field", "reason"), BLANK,
-                         ids=[f"{s}.{n}.{f}" for s, n, _, f, _ in BLANK])
-def test_a_text_of_only_invisible_characters_is_empty(fleet: dict[str, Running], service: str, name: str,
-                                                      fields: dict, field: str, reason: str) -> None:
+@pytest.mark.parametrize(("service", "name", "fields", "field", "reason"), BLANK, ids=[f"{s}.{n}.{f}" for s, n, _, f, _ in BLANK])
+def test_a_text_of_only_invisible_characters_is_empty(
+    fleet: dict[str, Running], service: str, name: str, fields: dict, field: str, reason: str
+) -> None:
     _invalid(_call(fleet, service, name, fields), field, reason)
 
 
 @pytest.mark.parametrize("method", ["EQUIVALENCE_METHOD_EMBEDDING_COSINE", "EQUIVALENCE_METHOD_NLI_ENTAILMENT"])
 def test_two_invisible_texts_are_never_equivalent(fleet: dict[str, Running], method: str) -> None:
-    err = _call(fleet, "proposer", "CheckEquivalence",
-                {"pairs": [{"first": "\u200b\u200e", "second": "\ufeff\u2060"}], "method": method})
+    err = _call(
+        fleet, "proposer", "CheckEquivalence", {"pairs": [{"first": "\u200b\u200e", "second": "\ufeff\u2060"}], "method": method}
+    )
     assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT
     _, violations = parse_status_details(err)
     assert [f for f, _ in violations] == ["pairs[0].first", "pairs[0].second"]
@@ -394,8 +472,24 @@ async def test_a_burst_of_long_detect_calls_is_refused_at_once_not_left_to_time_
 
     port = free_port_block(1)
     model = wide_lm_folder(tmp_path / "wide-lm", model_folders["lm"])
-    argv = serve_command("detector", port, "--model", str(model), "--device", "cpu", "--dtype", "float32",
-                         "--max-tokens", "512", "--max-batch-size", "8", "--max-queue-size", "2048", "--cache-size", "0")
+    argv = serve_command(
+        "detector",
+        port,
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--max-tokens",
+        "512",
+        "--max-batch-size",
+        "8",
+        "--max-queue-size",
+        "2048",
+        "--cache-size",
+        "0",
+    )
     proc = ServiceProcess(argv, tmp_path / "detector.log", child_env())
     try:
         await wait_serving(f"127.0.0.1:{port}", "crucible.detector.v1.DetectorService", timeout=180)
@@ -422,8 +516,10 @@ async def test_a_burst_of_long_detect_calls_is_refused_at_once_not_left_to_time_
         served = codes.count(grpc.StatusCode.OK)
         late = codes.count(grpc.StatusCode.DEADLINE_EXCEEDED)
         slowest = max((t for c, _, t in results if c == grpc.StatusCode.OK), default=0.0)
-        print(f"\nburst: {served} served (slowest {slowest:.1f} s), {len(refused)} refused, {late} past their deadline; RSS idle "
-              f"{idle / 2**20:.0f} MiB, peak {sampler.peak / 2**20:.0f} MiB, after {after / 2**20:.0f} MiB")
+        print(
+            f"\nburst: {served} served (slowest {slowest:.1f} s), {len(refused)} refused, {late} past their deadline; RSS idle "
+            f"{idle / 2**20:.0f} MiB, peak {sampler.peak / 2**20:.0f} MiB, after {after / 2**20:.0f} MiB"
+        )
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
         assert refused, "every call of the burst was admitted, more than the model can score before the deadline"
         assert {r for r, _ in refused} == {"QUEUE_WAIT_EXCEEDS_DEADLINE"}

@@ -43,8 +43,17 @@ class Scheduler:
     """An in-process scheduler on port 0 and a stub; `jobs_dir` is where job folders go."""
 
     def __init__(self, state: Path, **overrides) -> None:
-        cfg = load_config(SchedulerConfig, "scheduler", env={}, port=0, state_dir=str(state), poll_interval_s=0.05,
-                          metrics_enabled=False, providers=("local", "dryrun"), **overrides)
+        cfg = load_config(
+            SchedulerConfig,
+            "scheduler",
+            env={},
+            port=0,
+            state_dir=str(state),
+            poll_interval_s=0.05,
+            metrics_enabled=False,
+            providers=("local", "dryrun"),
+            **overrides,
+        )
         self.server, self.port = create_server(cfg)
         self.jobs_dir = state / "jobs"
 
@@ -60,8 +69,9 @@ class Scheduler:
 
 
 def dryrun(**kw) -> job_pb2.JobSpec:
-    return job_pb2.JobSpec(command=["python", "train.py"], provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT,
-                           providers=["dryrun"], **kw)
+    return job_pb2.JobSpec(
+        command=["python", "train.py"], provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT, providers=["dryrun"], **kw
+    )
 
 
 def local(command: list[str], **kw) -> job_pb2.JobSpec:
@@ -146,11 +156,15 @@ async def test_code_dir_inside_the_roots_only_regular_files_and_within_limits(tm
         (root / "big").mkdir()
         (root / "big" / "w.bin").write_bytes(b"\0" * 5000)
         async with Scheduler(tmp_path / "state", code_roots=(str(root),), code_max_files=5, code_max_bytes=4096) as stub:
-            for name, reason in (("out", "CODE_DIR_LINK_OUTSIDE"), ("escape", "CODE_DIR_NOT_ALLOWED"),
-                                 ("sock", "CODE_DIR_SPECIAL_FILE"), ("fifo", "CODE_DIR_SPECIAL_FILE"),
-                                 ("many", "CODE_TOO_LARGE"), ("big", "CODE_TOO_LARGE")):
-                got = await refused(stub.CreateJob(pb.CreateJobRequest(spec=dryrun(code_dir=str(root / name)))),
-                                    "spec.code_dir")
+            for name, reason in (
+                ("out", "CODE_DIR_LINK_OUTSIDE"),
+                ("escape", "CODE_DIR_NOT_ALLOWED"),
+                ("sock", "CODE_DIR_SPECIAL_FILE"),
+                ("fifo", "CODE_DIR_SPECIAL_FILE"),
+                ("many", "CODE_TOO_LARGE"),
+                ("big", "CODE_TOO_LARGE"),
+            ):
+                got = await refused(stub.CreateJob(pb.CreateJobRequest(spec=dryrun(code_dir=str(root / name)))), "spec.code_dir")
                 assert got == reason, name
             assert not list((tmp_path / "state" / "jobs").iterdir())
             job = (await stub.CreateJob(pb.CreateJobRequest(spec=dryrun(code_dir=str(root / "ok"))))).job
@@ -212,8 +226,14 @@ async def test_sdk_packs_code_dir_so_a_scheduler_without_roots_runs_it(tmp_path:
     (code / ".git" / "config").write_text("not shipped")
     sched = Scheduler(tmp_path / "state")  # no code_roots: a path would be refused, the packed folder is not
     async with sched as stub, SchedulerClient(ChannelConfig((f"127.0.0.1:{sched.port}",))) as client:
-        job = await client.create_job({"command": [sys.executable, "train.py"], "code_dir": str(code),
-                                       "provider_policy": "PROVIDER_POLICY_EXPLICIT", "providers": ["local"]})
+        job = await client.create_job(
+            {
+                "command": [sys.executable, "train.py"],
+                "code_dir": str(code),
+                "provider_policy": "PROVIDER_POLICY_EXPLICIT",
+                "providers": ["local"],
+            }
+        )
         assert job.code_archive_sha256
         job = await finished(stub, job.job_id)
         assert job.state == S.JOB_STATE_SUCCEEDED
@@ -221,8 +241,15 @@ async def test_sdk_packs_code_dir_so_a_scheduler_without_roots_runs_it(tmp_path:
         assert "packed ok" in text
         assert not (sched.jobs_dir / job.job_id / "work" / ".git").exists()
         with pytest.raises(grpc.aio.AioRpcError) as info:  # the path itself is what the server refuses
-            await client.create_job({"command": ["python"], "code_dir": str(code), "provider_policy":
-                                     "PROVIDER_POLICY_EXPLICIT", "providers": ["dryrun"]}, pack_code=False)
+            await client.create_job(
+                {
+                    "command": ["python"],
+                    "code_dir": str(code),
+                    "provider_policy": "PROVIDER_POLICY_EXPLICIT",
+                    "providers": ["dryrun"],
+                },
+                pack_code=False,
+            )
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -251,8 +278,9 @@ async def test_artifacts_are_only_single_link_regular_files_inside_the_job(tmp_p
 
 
 async def _download(stub, job_id: str, path: str, offset: int = 0) -> list[pb.DownloadArtifactResponse]:
-    return [c async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job_id, path=path, offset=offset),
-                                                   timeout=60)]
+    return [
+        c async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job_id, path=path, offset=offset), timeout=60)
+    ]
 
 
 async def test_download_from_an_offset_reads_nothing_before_it(tmp_path: Path) -> None:
@@ -285,8 +313,7 @@ async def _log_bytes(stub, job_id: str) -> int:
 async def test_40_mb_of_output_is_kept_and_streamed_in_full(tmp_path: Path) -> None:
     n = 40 * 1000  # 40,960,000 bytes, printed as fast as Python can
     async with Scheduler(tmp_path / "state") as stub:
-        job = (await stub.CreateJob(pb.CreateJobRequest(spec=local(
-            [sys.executable, "-c", PRINT_MIB.format(n=n)])))).job
+        job = (await stub.CreateJob(pb.CreateJobRequest(spec=local([sys.executable, "-c", PRINT_MIB.format(n=n)])))).job
         job = await finished(stub, job.job_id)
         assert job.state == S.JOB_STATE_SUCCEEDED
         assert await _log_bytes(stub, job.job_id) == n * 1024  # before the fix: 16,777,216
@@ -296,13 +323,13 @@ async def test_40_mb_of_output_is_kept_and_streamed_in_full(tmp_path: Path) -> N
 async def test_past_the_cap_the_job_says_so_with_a_field_and_a_marker(tmp_path: Path) -> None:
     cap = 1 << 20
     async with Scheduler(tmp_path / "state", log_cap_bytes=cap) as stub:
-        job = (await stub.CreateJob(pb.CreateJobRequest(spec=local(
-            [sys.executable, "-c", PRINT_MIB.format(n=3 * 1024)])))).job
+        job = (await stub.CreateJob(pb.CreateJobRequest(spec=local([sys.executable, "-c", PRINT_MIB.format(n=3 * 1024)])))).job
         job = await finished(stub, job.job_id)
         assert job.state == S.JOB_STATE_SUCCEEDED
         assert job.logs_truncated and job.log_bytes_dropped == 2 * cap
-        text = "".join([c.text async for c in stub.StreamJobLogs(pb.StreamJobLogsRequest(
-            job_id=job.job_id, streams=[pb.LOG_STREAM_STDOUT]))])
+        text = "".join(
+            [c.text async for c in stub.StreamJobLogs(pb.StreamJobLogsRequest(job_id=job.job_id, streams=[pb.LOG_STREAM_STDOUT]))]
+        )
         assert text[:cap] == ("x" * 1023 + "\n") * 1024
         assert "reached the per-job log cap of 1048576 bytes" in text[cap:]
 

@@ -85,9 +85,28 @@ async def detector(model_folders: dict[str, Path], tmp_path_factory: pytest.Temp
     root = tmp_path_factory.mktemp("overload")
     log = root / "detector.log"
     model = wide_lm_folder(root / "wide-lm", model_folders["lm"])
-    argv = serve_command("detector", port, "--model", str(model), "--device", "cpu", "--dtype", "float32",
-                         "--max-queue-size", str(QUEUE), "--max-batch-size", "2", "--max-wait-ms", "0",
-                         "--max-tokens", "512", "--max-texts-per-call", "64", "--cache-size", "0")
+    argv = serve_command(
+        "detector",
+        port,
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--max-queue-size",
+        str(QUEUE),
+        "--max-batch-size",
+        "2",
+        "--max-wait-ms",
+        "0",
+        "--max-tokens",
+        "512",
+        "--max-texts-per-call",
+        "64",
+        "--cache-size",
+        "0",
+    )
     proc = ServiceProcess(argv, log, child_env(CRUCIBLE_AUTH_TOKEN=TOKEN))
     try:
         await wait_serving(f"127.0.0.1:{port}", SERVICE, timeout=180)
@@ -147,9 +166,11 @@ async def test_saturated_detector_rejects_at_once_recovers_and_does_not_grow(det
             assert (await _detect(stub, ["After the storm the service answers again."]))[0] == grpc.StatusCode.OK
             rss.append(rss_bytes(detector.proc.pid))
             threads.append(detector.threads())
-        print(f"\noverload: {len(rejected_latency)} rejections ({_ms(rejected_latency)}), "
-              f"{len(ok_latency)} served ({_ms(ok_latency)}); RSS after each round (MiB): "
-              f"{[round(r / 2**20) for r in rss]}; threads {threads}")
+        print(
+            f"\noverload: {len(rejected_latency)} rejections ({_ms(rejected_latency)}), "
+            f"{len(ok_latency)} served ({_ms(ok_latency)}); RSS after each round (MiB): "
+            f"{[round(r / 2**20) for r in rss]}; threads {threads}"
+        )
         # Memory and threads settle after the first rounds; later overload rounds must not keep adding to them.
         assert max(rss[2:]) - rss[1] < 64 * 2**20, f"RSS grew under repeated overload: {rss}"
         assert max(threads[2:]) <= threads[1] + 2, f"threads grew under repeated overload: {threads}"
@@ -169,13 +190,20 @@ async def test_short_deadlines_expire_and_the_server_keeps_working(detector: Det
         hurried = await asyncio.gather(*(_detect(stub, [f"hurried {i}: {LONG}"], timeout=0.1) for i in range(2)))
         # Refused at once when admission sees the backlog would outlast the deadline; else dropped when it passes.
         for code, reason, _ in hurried:
-            assert (code, reason) in ((grpc.StatusCode.DEADLINE_EXCEEDED, ""),
-                                      (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUEUE_WAIT_EXCEEDS_DEADLINE")), (code, reason)
+            assert (code, reason) in (
+                (grpc.StatusCode.DEADLINE_EXCEEDED, ""),
+                (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUEUE_WAIT_EXCEEDS_DEADLINE"),
+            ), (code, reason)
         assert (await backlog)[0] == grpc.StatusCode.OK
         wait_until(lambda: detector.in_flight("Detect") == 0, 30, what="no Detect handler left running")
         # The hurried texts were refused or dropped, not computed for nobody.
-        assert (detector.items("expired") + detector.items("cancelled") - dropped_before
-                + detector.items("rejected") - rejected_before) == 2
+        assert (
+            detector.items("expired")
+            + detector.items("cancelled")
+            - dropped_before
+            + detector.items("rejected")
+            - rejected_before
+        ) == 2
         assert detector.items("done") - done_before == 6
         assert detector.queue_depth() == 0, "queue-depth gauge stale after expired/cancelled items were dropped"
         assert (await _detect(stub, ["Still answering after the deadlines."]))[0] == grpc.StatusCode.OK
@@ -185,8 +213,9 @@ async def test_short_deadlines_expire_and_the_server_keeps_working(detector: Det
 async def test_cancelled_streams_do_not_leak(detector: Detector) -> None:
     async with grpc.aio.insecure_channel(detector.address) as channel:
         stub = pb_grpc.DetectorServiceStub(channel)
-        cancelled_before = detector.metric("grpc_server_handled_total", **METHOD_LABELS, grpc_method="DetectStream",
-                                           grpc_code="CANCELLED")
+        cancelled_before = detector.metric(
+            "grpc_server_handled_total", **METHOD_LABELS, grpc_method="DetectStream", grpc_code="CANCELLED"
+        )
         threads_before = detector.threads()
         cancelled_items_before = detector.items("cancelled")
         done_before = detector.items("done")
@@ -200,8 +229,10 @@ async def test_cancelled_streams_do_not_leak(detector: Detector) -> None:
             call.cancel()
             assert (await backlog)[0] == grpc.StatusCode.OK
         wait_until(lambda: detector.in_flight("DetectStream") == 0, 30, what="no DetectStream handler left running")
-        cancelled = detector.metric("grpc_server_handled_total", **METHOD_LABELS, grpc_method="DetectStream",
-                                    grpc_code="CANCELLED") - cancelled_before
+        cancelled = (
+            detector.metric("grpc_server_handled_total", **METHOD_LABELS, grpc_method="DetectStream", grpc_code="CANCELLED")
+            - cancelled_before
+        )
         assert cancelled == 10
         # No stream text was computed: each was dropped from the queue, or its call ended while it was still being
         # tokenised (in a thread) and it was never queued.
@@ -210,6 +241,10 @@ async def test_cancelled_streams_do_not_leak(detector: Detector) -> None:
         assert detector.threads() <= threads_before + 2
         wait_until(lambda: detector.queue_depth() == 0, 5, what="the queue-depth gauge back at 0 after cancellations")
         # And a stream that is not cancelled still works.
-        replies = [r async for r in stub.DetectStream(iter([pb.DetectStreamRequest(texts=["A stream after the storm."])]),
-                                                      metadata=AUTH, timeout=60)]
+        replies = [
+            r
+            async for r in stub.DetectStream(
+                iter([pb.DetectStreamRequest(texts=["A stream after the storm."])]), metadata=AUTH, timeout=60
+            )
+        ]
         assert len(replies) == 1 and len(replies[0].detections) == 1

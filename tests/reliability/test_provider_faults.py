@@ -48,24 +48,56 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     fake = await FakeLambda(KEY).start()
     fake.capacity = {(r, "gpu_1x_a10") for r in REGIONS}
     settings = tmp / "providers.json"
-    settings.write_text(json.dumps({"lambda": {
-        "base_url": fake.base_url, "ssh_key_names": "crucible", "timeout_s": "0.5", "max_retries": "2",
-        "retry_base_s": "0.01", "retry_max_s": "0.05", "max_retry_after_s": "2"}}))
+    settings.write_text(
+        json.dumps(
+            {
+                "lambda": {
+                    "base_url": fake.base_url,
+                    "ssh_key_names": "crucible",
+                    "timeout_s": "0.5",
+                    "max_retries": "2",
+                    "retry_base_s": "0.01",
+                    "retry_max_s": "0.05",
+                    "max_retry_after_s": "2",
+                }
+            }
+        )
+    )
     old_key = os.environ.get("LAMBDA_API_KEY")
     os.environ["LAMBDA_API_KEY"] = KEY  # the scheduler's SecretStore reads provider keys from the environment
     cost = scheduler = None
     try:
-        cost = await start_service("cost", {
-            "port": 0, "metrics_enabled": False, "state_dir": str(tmp / "cost"), "lambda_api_url": fake.base_url,
-            "lambda_api_key": KEY, "runpod_api_url": "http://127.0.0.1:9/graphql", "refresh_timeout_s": 2.0})
+        cost = await start_service(
+            "cost",
+            {
+                "port": 0,
+                "metrics_enabled": False,
+                "state_dir": str(tmp / "cost"),
+                "lambda_api_url": fake.base_url,
+                "lambda_api_key": KEY,
+                "runpod_api_url": "http://127.0.0.1:9/graphql",
+                "refresh_timeout_s": 2.0,
+            },
+        )
         async with grpc.aio.insecure_channel(cost.address) as ch:
             refreshed = await cost_service_pb2_grpc.CostServiceStub(ch).RefreshPrices(
-                cost_service_pb2.RefreshPricesRequest(providers=["lambda"]), timeout=30)
+                cost_service_pb2.RefreshPricesRequest(providers=["lambda"]), timeout=30
+            )
         assert refreshed.results[0].offers_updated >= 2, refreshed
-        scheduler = await start_service("scheduler", {
-            "port": 0, "metrics_enabled": False, "state_dir": str(tmp / "scheduler"), "cost_address": cost.address,
-            "providers": ("lambda",), "provider_settings_file": str(settings), "poll_interval_s": 0.1,
-            "transient_retries": 1, "sqlite_synchronous": "NORMAL"})
+        scheduler = await start_service(
+            "scheduler",
+            {
+                "port": 0,
+                "metrics_enabled": False,
+                "state_dir": str(tmp / "scheduler"),
+                "cost_address": cost.address,
+                "providers": ("lambda",),
+                "provider_settings_file": str(settings),
+                "poll_interval_s": 0.1,
+                "transient_retries": 1,
+                "sqlite_synchronous": "NORMAL",
+            },
+        )
         async with grpc.aio.insecure_channel(scheduler.address) as ch:
             yield Rig(fake, cost, scheduler, pb_grpc.SchedulerServiceStub(ch))
     finally:
@@ -80,8 +112,12 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
 
 
 def _spec() -> job_pb2.JobSpec:
-    return job_pb2.JobSpec(command=["python", "train.py"], provider_policy=job_pb2.PROVIDER_POLICY_CHEAPEST,
-                           providers=["lambda"], resources={"gpu_count": 1, "gpu_names": ["A10"]})
+    return job_pb2.JobSpec(
+        command=["python", "train.py"],
+        provider_policy=job_pb2.PROVIDER_POLICY_CHEAPEST,
+        providers=["lambda"],
+        resources={"gpu_count": 1, "gpu_names": ["A10"]},
+    )
 
 
 async def _until(rig: Rig, job_id: str, done, timeout: float = 30) -> job_pb2.Job:

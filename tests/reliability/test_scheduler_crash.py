@@ -28,9 +28,11 @@ TERMINAL = {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED}
 
 
 def _command(marker: Path, sleep_s: float, exit_code: int = 0) -> list[str]:
-    script = (f"import os, sys, time; fd = os.open({str(marker)!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT); "
-              f"os.write(fd, (os.environ['CRUCIBLE_JOB_ID'] + chr(10)).encode()); os.close(fd); "
-              f"print('started', flush=True); time.sleep({sleep_s}); print('finished', flush=True); sys.exit({exit_code})")
+    script = (
+        f"import os, sys, time; fd = os.open({str(marker)!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT); "
+        f"os.write(fd, (os.environ['CRUCIBLE_JOB_ID'] + chr(10)).encode()); os.close(fd); "
+        f"print('started', flush=True); time.sleep({sleep_s}); print('finished', flush=True); sys.exit({exit_code})"
+    )
     return [sys.executable, "-c", script]
 
 
@@ -50,8 +52,20 @@ class Scheduler:
 
     async def start(self) -> None:
         """Start a scheduler process and wait until it is SERVING (resumed jobs included)."""
-        argv = serve_command("scheduler", self.port, "--state-dir", str(self.state), "--poll-interval-s", "0.1",
-                             "--metrics-enabled", "false", "--providers", "local", "--sqlite-synchronous", "FULL")
+        argv = serve_command(
+            "scheduler",
+            self.port,
+            "--state-dir",
+            str(self.state),
+            "--poll-interval-s",
+            "0.1",
+            "--metrics-enabled",
+            "false",
+            "--providers",
+            "local",
+            "--sqlite-synchronous",
+            "FULL",
+        )
         self.proc = ServiceProcess(argv, self.log, child_env())
         await wait_serving(self.address, timeout=90)
 
@@ -114,9 +128,15 @@ async def test_kill9_twice_with_jobs_in_every_state_loses_and_duplicates_nothing
             fresh = [await create(_command(marker, 0.5)) for _ in range(3)]
             states_at_crash = {j: S.Name((await _state(stub, j)).state) for j in (*fresh, victim)}
         sched.kill9()
-        expect.update({long_job: (S.JOB_STATE_SUCCEEDED, 0), ends_ok: (S.JOB_STATE_SUCCEEDED, 0),
-                       ends_bad: (S.JOB_STATE_FAILED, 5), victim: (S.JOB_STATE_CANCELLED, None),
-                       **dict.fromkeys(fresh, (S.JOB_STATE_SUCCEEDED, 0))})
+        expect.update(
+            {
+                long_job: (S.JOB_STATE_SUCCEEDED, 0),
+                ends_ok: (S.JOB_STATE_SUCCEEDED, 0),
+                ends_bad: (S.JOB_STATE_FAILED, 5),
+                victim: (S.JOB_STATE_CANCELLED, None),
+                **dict.fromkeys(fresh, (S.JOB_STATE_SUCCEEDED, 0)),
+            }
+        )
         await asyncio.sleep(1.5)  # ends_ok and ends_bad finish while nothing watches them
 
         await sched.start()

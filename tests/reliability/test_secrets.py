@@ -34,8 +34,7 @@ SECRETS = {
     "MODAL_TOKEN_SECRET": "as-modal-secret-0f1e2d3c",
     "CRUCIBLE_KUBERNETES_TOKEN": "k8s-token-a9b8c7d6e5",
 }
-COST_KEYS = {"CRUCIBLE_COST_LAMBDA_API_KEY": SECRETS["LAMBDA_API_KEY"],
-             "CRUCIBLE_COST_RUNPOD_API_KEY": SECRETS["RUNPOD_API_KEY"]}
+COST_KEYS = {"CRUCIBLE_COST_LAMBDA_API_KEY": SECRETS["LAMBDA_API_KEY"], "CRUCIBLE_COST_RUNPOD_API_KEY": SECRETS["RUNPOD_API_KEY"]}
 GOOD = (("authorization", f"Bearer {SECRETS['CRUCIBLE_AUTH_TOKEN']}"),)
 # A near miss of the token: an error must not echo what the client sent either.
 NEAR_MISS = (("authorization", f"Bearer {SECRETS['CRUCIBLE_AUTH_TOKEN']}-x"),)
@@ -44,8 +43,14 @@ NEAR_MISS = (("authorization", f"Bearer {SECRETS['CRUCIBLE_AUTH_TOKEN']}-x"),)
 def _echo(status: int) -> Fault:
     """A provider error whose body repeats the credential it was sent (some APIs do)."""
     key = SECRETS["LAMBDA_API_KEY"]
-    body = json.dumps({"error": {"code": "global/invalid-api-key" if status == 401 else "internal",
-                                 "message": f"Authorization: Bearer {key} rejected; api_key={key}"}})
+    body = json.dumps(
+        {
+            "error": {
+                "code": "global/invalid-api-key" if status == 401 else "internal",
+                "message": f"Authorization: Bearer {key} rejected; api_key={key}",
+            }
+        }
+    )
     return Fault(status, body.encode(), {"Content-Type": "application/json"})
 
 
@@ -66,8 +71,7 @@ class Outputs:
             self.texts.append(str(reply))
             return reply
         except grpc.aio.AioRpcError as err:
-            self.texts += [err.code().name, err.details() or "", repr(err.trailing_metadata()),
-                           repr(err.debug_error_string())]
+            self.texts += [err.code().name, err.details() or "", repr(err.trailing_metadata()), repr(err.debug_error_string())]
             return err
 
 
@@ -77,17 +81,56 @@ async def test_no_secret_in_logs_errors_or_responses(tmp_path: Path) -> None:
     port = free_port_block(2)
     cost_addr, sched_addr = f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"
     settings = tmp_path / "providers.json"
-    settings.write_text(json.dumps({"lambda": {"base_url": fake.base_url, "ssh_key_names": "k", "timeout_s": "1",
-                                               "max_retries": "1", "retry_base_s": "0.01"}}))
+    settings.write_text(
+        json.dumps(
+            {
+                "lambda": {
+                    "base_url": fake.base_url,
+                    "ssh_key_names": "k",
+                    "timeout_s": "1",
+                    "max_retries": "1",
+                    "retry_base_s": "0.01",
+                }
+            }
+        )
+    )
     common = ("--log-level", "DEBUG", "--log-format", "json", "--metrics-enabled", "false")
-    cost = ServiceProcess(serve_command("cost", port, *common, "--state-dir", str(tmp_path / "cost"),
-                                        "--lambda-api-url", fake.base_url, "--runpod-api-url", "http://127.0.0.1:9/g",
-                                        "--refresh-timeout-s", "1"),
-                          tmp_path / "cost.log", child_env(**SECRETS, **COST_KEYS))
-    sched = ServiceProcess(serve_command("scheduler", port + 1, *common, "--state-dir", str(tmp_path / "sched"),
-                                         "--cost-address", cost_addr, "--providers", "local,lambda,runpod",
-                                         "--provider-settings-file", str(settings), "--poll-interval-s", "0.1"),
-                           tmp_path / "scheduler.log", child_env(**SECRETS))
+    cost = ServiceProcess(
+        serve_command(
+            "cost",
+            port,
+            *common,
+            "--state-dir",
+            str(tmp_path / "cost"),
+            "--lambda-api-url",
+            fake.base_url,
+            "--runpod-api-url",
+            "http://127.0.0.1:9/g",
+            "--refresh-timeout-s",
+            "1",
+        ),
+        tmp_path / "cost.log",
+        child_env(**SECRETS, **COST_KEYS),
+    )
+    sched = ServiceProcess(
+        serve_command(
+            "scheduler",
+            port + 1,
+            *common,
+            "--state-dir",
+            str(tmp_path / "sched"),
+            "--cost-address",
+            cost_addr,
+            "--providers",
+            "local,lambda,runpod",
+            "--provider-settings-file",
+            str(settings),
+            "--poll-interval-s",
+            "0.1",
+        ),
+        tmp_path / "scheduler.log",
+        child_env(**SECRETS),
+    )
     out = Outputs()
     try:
         await wait_serving(cost_addr, timeout=90)
@@ -112,13 +155,28 @@ async def test_no_secret_in_logs_errors_or_responses(tmp_path: Path) -> None:
             await out.call(sstub.CreateJob, spb.CreateJobRequest(spec=job_pb2.JobSpec(command=[])))
             # A Lambda job whose launch is refused with the key echoed back.
             fake.fault(_echo(401), path="/instance-operations/launch", times=5)
-            lam = await out.call(sstub.CreateJob, spb.CreateJobRequest(spec=job_pb2.JobSpec(
-                command=["python", "train.py"], provider_policy=job_pb2.PROVIDER_POLICY_CHEAPEST, providers=["lambda"],
-                resources={"gpu_count": 1, "gpu_names": ["A10"]})))
+            lam = await out.call(
+                sstub.CreateJob,
+                spb.CreateJobRequest(
+                    spec=job_pb2.JobSpec(
+                        command=["python", "train.py"],
+                        provider_policy=job_pb2.PROVIDER_POLICY_CHEAPEST,
+                        providers=["lambda"],
+                        resources={"gpu_count": 1, "gpu_names": ["A10"]},
+                    )
+                ),
+            )
             # A local job that prints its whole environment.
-            env_job = await out.call(sstub.CreateJob, spb.CreateJobRequest(spec=job_pb2.JobSpec(
-                command=[sys.executable, "-c", "import os; print(sorted(os.environ.items()))"],
-                provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT, providers=["local"])))
+            env_job = await out.call(
+                sstub.CreateJob,
+                spb.CreateJobRequest(
+                    spec=job_pb2.JobSpec(
+                        command=[sys.executable, "-c", "import os; print(sorted(os.environ.items()))"],
+                        provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT,
+                        providers=["local"],
+                    )
+                ),
+            )
             for job in (lam, env_job):
                 if isinstance(job, grpc.aio.AioRpcError):
                     continue
@@ -126,8 +184,7 @@ async def test_no_secret_in_logs_errors_or_responses(tmp_path: Path) -> None:
                 await out.call(sstub.GetJob, spb.GetJobRequest(job_id=job.job.job_id))
                 await out.call(sstub.StreamJobLogs, spb.StreamJobLogsRequest(job_id=job.job.job_id), stream=True)
             assert not isinstance(env_job, grpc.aio.AioRpcError)
-            logs = [c async for c in sstub.StreamJobLogs(spb.StreamJobLogsRequest(job_id=env_job.job.job_id),
-                                                         metadata=GOOD)]
+            logs = [c async for c in sstub.StreamJobLogs(spb.StreamJobLogsRequest(job_id=env_job.job.job_id), metadata=GOOD)]
             assert "PATH" in "".join(c.text for c in logs)  # the job ran and printed its environment
     finally:
         cost.stop()

@@ -50,14 +50,21 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                       serialization.NoEncryption()))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return folder / "cert.pem", folder / "key.pem"
 
 
@@ -68,8 +75,9 @@ class ScriptedDetector(dpb_grpc.DetectorServiceServicer):
         return dpb.GetInfoResponse(limits=dpb.Limits(max_texts_per_call=8))
 
     async def Detect(self, request, context):
-        return dpb.DetectResponse(detections=[dpb.Detection(index=i, criterion=float(len(t)), token_count=len(t))
-                                              for i, t in enumerate(request.texts)])
+        return dpb.DetectResponse(
+            detections=[dpb.Detection(index=i, criterion=float(len(t)), token_count=len(t)) for i, t in enumerate(request.texts)]
+        )
 
 
 class ScriptedProposer(ppb_grpc.ProposerServiceServicer):
@@ -77,8 +85,10 @@ class ScriptedProposer(ppb_grpc.ProposerServiceServicer):
 
     async def Embed(self, request, context):
         vectors = [[1.0, 0.0] if len(t) % 2 == 0 else [0.6, 0.8] for t in request.texts]
-        return ppb.EmbedResponse(embeddings=[ppb.Embedding(values=v, token_count=len(t))
-                                             for v, t in zip(vectors, request.texts, strict=True)], dimension=2)
+        return ppb.EmbedResponse(
+            embeddings=[ppb.Embedding(values=v, token_count=len(t)) for v, t in zip(vectors, request.texts, strict=True)],
+            dimension=2,
+        )
 
 
 class ScriptedScorer(spb_grpc.ScorerServiceServicer):
@@ -86,9 +96,19 @@ class ScriptedScorer(spb_grpc.ScorerServiceServicer):
 
     async def ScoreChoices(self, request, context):
         probs = [0.1, 0.1, 0.1, 0.7]
-        return spb.ScoreChoicesResponse(results=[spb.ChoiceResult(prompt="p", top_index=3, choices=[
-            spb.ChoiceScore(text=f" {c}", logprob=-1.0 - i, probability=probs[i], token_count=1)
-            for i, c in enumerate("ABCD")]) for _ in request.items])
+        return spb.ScoreChoicesResponse(
+            results=[
+                spb.ChoiceResult(
+                    prompt="p",
+                    top_index=3,
+                    choices=[
+                        spb.ChoiceScore(text=f" {c}", logprob=-1.0 - i, probability=probs[i], token_count=1)
+                        for i, c in enumerate("ABCD")
+                    ],
+                )
+                for _ in request.items
+            ]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -103,24 +123,39 @@ def secured(tmp_path_factory):
     thread.start()
 
     async def start():
-        sched, sched_port = create_scheduler(load_config(SchedulerConfig, "scheduler", state_dir=str(folder / "state"),
-                                                         providers=("dryrun", "local"), **common))
+        sched, sched_port = create_scheduler(
+            load_config(SchedulerConfig, "scheduler", state_dir=str(folder / "state"), providers=("dryrun", "local"), **common)
+        )
         cost, cost_port = create_cost(load_config(CostConfig, "cost", **common))
-        service = BaseService("detector", ["crucible.detector.v1.DetectorService"], ScriptedDetector(),
-                              dpb_grpc.add_DetectorServiceServicer_to_server)
+        service = BaseService(
+            "detector",
+            ["crucible.detector.v1.DetectorService"],
+            ScriptedDetector(),
+            dpb_grpc.add_DetectorServiceServicer_to_server,
+        )
         det, det_port = create_runtime(load_config(DetectorConfig, "detector", **common), service, CollectorRegistry())
-        service = BaseService("proposer", ["crucible.proposer.v1.ProposerService"], ScriptedProposer(),
-                              ppb_grpc.add_ProposerServiceServicer_to_server)
+        service = BaseService(
+            "proposer",
+            ["crucible.proposer.v1.ProposerService"],
+            ScriptedProposer(),
+            ppb_grpc.add_ProposerServiceServicer_to_server,
+        )
         prop, prop_port = create_runtime(load_config(ProposerConfig, "proposer", **common), service, CollectorRegistry())
-        service = BaseService("scorer", ["crucible.scorer.v1.ScorerService"], ScriptedScorer(),
-                              spb_grpc.add_ScorerServiceServicer_to_server)
+        service = BaseService(
+            "scorer", ["crucible.scorer.v1.ScorerService"], ScriptedScorer(), spb_grpc.add_ScorerServiceServicer_to_server
+        )
         scorer, scorer_port = create_runtime(load_config(ScorerConfig, "scorer", **common), service, CollectorRegistry())
         servers = [sched, cost, det, prop, scorer]
         for s in servers:
             await s.start()
             await s.wait_ready(30)
-        return servers, {"scheduler": sched_port, "cost": cost_port, "detector": det_port, "proposer": prop_port,
-                         "scorer": scorer_port}
+        return servers, {
+            "scheduler": sched_port,
+            "cost": cost_port,
+            "detector": det_port,
+            "proposer": prop_port,
+            "scorer": scorer_port,
+        }
 
     servers, ports = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
     yield {"ca": cert, "token_file": folder / "token", "ports": ports, "folder": folder}
@@ -212,10 +247,10 @@ def test_reward_runs_over_tls_and_token(client_env, capsys, tmp_path):
 def test_attack_runs_over_tls_and_token(client_env, capsys, tmp_path):
     data = tmp_path / "mmlu"
     data.mkdir()
-    (data / "algebra_test.csv").write_text("question,choice0,choice1,choice2,choice3,answer\n"
-                                           "What is 1+1?,2,3,4,5,0\n")
-    code, out, err = _run(capsys, "attack", "--data", str(data), "--iterations", "1", "--trace",
-                          str(tmp_path / "trace.jsonl"), "--json")
+    (data / "algebra_test.csv").write_text("question,choice0,choice1,choice2,choice3,answer\nWhat is 1+1?,2,3,4,5,0\n")
+    code, out, err = _run(
+        capsys, "attack", "--data", str(data), "--iterations", "1", "--trace", str(tmp_path / "trace.jsonl"), "--json"
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["errors"] == 0 and summary["trace"].endswith("trace.jsonl")  # the scorer was reached: skipped_wrong
@@ -225,8 +260,9 @@ def test_attack_runs_over_tls_and_token(client_env, capsys, tmp_path):
 def test_reward_and_attack_build_their_mesh_from_the_same_config(client_env):
     from crucible.clients.cli import _mesh
 
-    args = argparse.Namespace(base_port=None, token=None, token_file=None, tls=None, ca_file=None,
-                              tls_server_name=None, timeout=None)
+    args = argparse.Namespace(
+        base_port=None, token=None, token_file=None, tls=None, ca_file=None, tls_server_name=None, timeout=None
+    )
     mesh = _mesh(args)
     for name in ("detector", "scheduler", "cost"):
         config = mesh.config.services[name]
@@ -246,8 +282,9 @@ def test_flags_override_the_environment(client_env):
 def test_closed_pipe_ends_quietly_with_141(client_env):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for argv in (["completion", "bash"], ["jobs", "list"], ["jobs", "submit", "--help"]):
-        proc = subprocess.Popen([sys.executable, "-m", "crucible", *argv], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env, cwd=REPO)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crucible", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO
+        )
         proc.stdout.close()  # the reader is gone before the first byte (as `| head -0`)
         err = proc.stderr.read()
         # argparse swallows the failed write of --help itself and exits 0; every other output ends with 141

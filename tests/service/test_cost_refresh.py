@@ -106,8 +106,14 @@ def fake():
 def _settings(fake: FakeProviders, tmp_path) -> dict[str, object]:
     user = tmp_path / "user-catalog.csv"
     user.write_text(USER_CATALOG)
-    return dict(lambda_api_url=f"{fake.url}/lambda", lambda_api_key=LAMBDA_KEY, runpod_api_url=f"{fake.url}/runpod/graphql",
-                runpod_api_key=RUNPOD_KEY, refresh_timeout_s=0.5, user_catalog_file=str(user))
+    return dict(
+        lambda_api_url=f"{fake.url}/lambda",
+        lambda_api_key=LAMBDA_KEY,
+        runpod_api_url=f"{fake.url}/runpod/graphql",
+        runpod_api_key=RUNPOD_KEY,
+        refresh_timeout_s=0.5,
+        user_catalog_file=str(user),
+    )
 
 
 async def _offers(stub, provider):
@@ -121,10 +127,18 @@ async def test_refresh_replaces_provider_prices_but_not_user_rows_and_keeps_last
         results = {r.provider: r for r in reply.results}
         assert [r.provider for r in reply.results] == sorted(results)
         assert {p for p, r in results.items() if r.outcome == pb.REFRESH_OUTCOME_NO_PRICE_API} == {
-            "local", "modal", "paperspace", "replicate"}
+            "local",
+            "modal",
+            "paperspace",
+            "replicate",
+        }
         lam, rp = results["lambda"], results["runpod"]
         assert (lam.outcome, lam.offers_updated, lam.user_edited_rows_skipped, lam.error) == (
-            pb.REFRESH_OUTCOME_REFRESHED, 2, 1, "")
+            pb.REFRESH_OUTCOME_REFRESHED,
+            2,
+            1,
+            "",
+        )
         assert (rp.outcome, rp.offers_updated, rp.user_edited_rows_skipped) == (pb.REFRESH_OUTCOME_REFRESHED, 3, 0)
         fetched_at = lam.prices_observed_at.ToDatetime()
         # The fakes saw the keys as Bearer tokens and the real GraphQL query.
@@ -134,13 +148,19 @@ async def test_refresh_replaces_provider_prices_but_not_user_rows_and_keeps_last
         assert "gpuTypes" in query and "lowestPrice(input: {gpuCount: 1})" in query
 
         lambda_offers = await _offers(stub, "lambda")
-        assert set(lambda_offers) == {"lambda/gpu_1x_a10/us-east-1/on-demand", "lambda/gpu_1x_a10/us-west-1/on-demand",
-                                      "lambda/gpu_8x_a100_80gb_sxm4//on-demand"}
+        assert set(lambda_offers) == {
+            "lambda/gpu_1x_a10/us-east-1/on-demand",
+            "lambda/gpu_1x_a10/us-west-1/on-demand",
+            "lambda/gpu_8x_a100_80gb_sxm4//on-demand",
+        }
         user_row = lambda_offers["lambda/gpu_1x_a10/us-east-1/on-demand"]
         assert (user_row.price_usd_per_hour, user_row.price_origin) == (0.50, offer_pb2.PRICE_ORIGIN_USER_CATALOG)
         live = lambda_offers["lambda/gpu_1x_a10/us-west-1/on-demand"]
         assert (live.price_usd_per_hour, live.price_origin, live.availability) == (
-            0.75, offer_pb2.PRICE_ORIGIN_LIVE_API, offer_pb2.AVAILABILITY_AVAILABLE)
+            0.75,
+            offer_pb2.PRICE_ORIGIN_LIVE_API,
+            offer_pb2.AVAILABILITY_AVAILABLE,
+        )
         assert live.price_observed_at.ToDatetime() == fetched_at and live.vcpus == 30
         assert lambda_offers["lambda/gpu_8x_a100_80gb_sxm4//on-demand"].availability == offer_pb2.AVAILABILITY_UNAVAILABLE
         available = await stub.ListOffers(pb.ListOffersRequest(providers=["lambda"], exclude_unavailable=True), timeout=5)
@@ -149,8 +169,9 @@ async def test_refresh_replaces_provider_prices_but_not_user_rows_and_keeps_last
         assert runpod_offers["runpod/NVIDIA A100 80GB PCIe//spot"].price_usd_per_hour == 0.82
         assert runpod_offers["runpod/NVIDIA L4//on-demand"].availability == offer_pb2.AVAILABILITY_LOW
         # A bundled offer that left the catalog still prices a running job.
-        old = await stub.EstimateCost(pb.EstimateCostRequest(offer_id="lambda/gpu_1x_h100_pcie/us-east-1/on-demand",
-                                                             duration={"seconds": 3600}), timeout=5)
+        old = await stub.EstimateCost(
+            pb.EstimateCostRequest(offer_id="lambda/gpu_1x_h100_pcie/us-east-1/on-demand", duration={"seconds": 3600}), timeout=5
+        )
         assert old.low.compute_usd == pytest.approx(2.49)
 
         failures = {
@@ -222,8 +243,10 @@ async def test_background_refresh_loop_pulls_prices_without_a_call(fake, tmp_pat
     async with cost_server(tmp_path, **settings) as (_, stub):
         for _ in range(100):  # wait (bounded) for the first background round
             offers = await _offers(stub, "runpod")
-            if "runpod/NVIDIA L4//on-demand" in offers and offers["runpod/NVIDIA L4//on-demand"].price_origin == \
-                    offer_pb2.PRICE_ORIGIN_LIVE_API:
+            if (
+                "runpod/NVIDIA L4//on-demand" in offers
+                and offers["runpod/NVIDIA L4//on-demand"].price_origin == offer_pb2.PRICE_ORIGIN_LIVE_API
+            ):
                 break
             await asyncio.sleep(0.05)
         assert offers["runpod/NVIDIA L4//on-demand"].price_usd_per_hour == 0.43

@@ -37,9 +37,18 @@ async def cost_server(tmp_path, **settings):
     user = tmp_path / "user-catalog.csv"
     if not user.exists():
         user.write_text(USER_CATALOG)
-    values = dict(port=0, metrics_port=0, state_dir=str(tmp_path / "state"), user_catalog_file=str(user),
-                  local_gpu_name="RTX4090", local_gpu_count=1, local_gpu_memory_gib=24, local_power_watts=500,
-                  local_electricity_usd_per_kwh=0.3, grace_period_s=0.5)
+    values = dict(
+        port=0,
+        metrics_port=0,
+        state_dir=str(tmp_path / "state"),
+        user_catalog_file=str(user),
+        local_gpu_name="RTX4090",
+        local_gpu_count=1,
+        local_gpu_memory_gib=24,
+        local_power_watts=500,
+        local_electricity_usd_per_kwh=0.3,
+        grace_period_s=0.5,
+    )
     values.update(settings)
     config = load_config(CostConfig, "cost", env={}, **values)
     server, port = create_server(config)
@@ -75,7 +84,10 @@ async def test_list_offers_filters_pages_and_provenance(tmp_path):
         by_id = {o.offer_id: o for o in offers}
         modal = by_id["modal/A100-80GB/any/on-demand"]
         assert (modal.price_usd_per_hour, modal.price_origin, modal.price_source) == (
-            2.10, offer_pb2.PRICE_ORIGIN_USER_CATALOG, "our negotiated rate")
+            2.10,
+            offer_pb2.PRICE_ORIGIN_USER_CATALOG,
+            "our negotiated rate",
+        )
         paperspace = by_id["paperspace/A100-80G/ny2/on-demand"]
         assert paperspace.HasField("price_observed_at") and "paperspace.com/pricing" in paperspace.price_source
         runpod = by_id["runpod/NVIDIA A100 80GB PCIe/US-TX-1/on-demand"]
@@ -96,16 +108,16 @@ async def test_list_offers_filters_pages_and_provenance(tmp_path):
         assert 100 < len(everything) < 1000
         walked, token = [], ""
         while True:
-            page = await stub.ListOffers(pb.ListOffersRequest(providers=["lambda"], page_size=7, page_token=token),
-                                         timeout=5)
+            page = await stub.ListOffers(pb.ListOffersRequest(providers=["lambda"], page_size=7, page_token=token), timeout=5)
             walked.extend(page.offers)
             token = page.next_page_token
             if not token:
                 break
         assert [o.offer_id for o in walked] == [o.offer_id for o in everything]
         first = await stub.ListOffers(pb.ListOffersRequest(page_size=2), timeout=5)
-        code, info, _ = await _error(stub.ListOffers(pb.ListOffersRequest(page_size=2, providers=["modal"],
-                                                                          page_token=first.next_page_token), timeout=5))
+        code, info, _ = await _error(
+            stub.ListOffers(pb.ListOffersRequest(page_size=2, providers=["modal"], page_token=first.next_page_token), timeout=5)
+        )
         assert code == grpc.StatusCode.INVALID_ARGUMENT and info.reason == "PAGE_TOKEN_MISMATCH"
 
 
@@ -128,29 +140,46 @@ async def test_list_offers_bad_input(tmp_path):
 
 async def test_estimate_cost(tmp_path):
     async with cost_server(tmp_path) as (_, stub):
-        hourly = await stub.EstimateCost(pb.EstimateCostRequest(offer_id="paperspace/H100/ny2/on-demand",
-                                                                duration=duration_pb2.Duration(seconds=3660)), timeout=5)
+        hourly = await stub.EstimateCost(
+            pb.EstimateCostRequest(offer_id="paperspace/H100/ny2/on-demand", duration=duration_pb2.Duration(seconds=3660)),
+            timeout=5,
+        )
         assert hourly.low.billed_duration.seconds == 7200 and hourly.low.compute_usd == pytest.approx(11.90)
         assert hourly.high == hourly.low and hourly.offer.offer_id == "paperspace/H100/ny2/on-demand"
         assert any("billed as 2h 0m 0s" in a for a in hourly.assumptions)
         assert any("observed 2026-11-01" in a for a in hourly.assumptions)
-        ranged = await stub.EstimateCost(pb.EstimateCostRequest(
-            offer_id="modal/A100-80GB/any/on-demand",
-            duration_range=offer_pb2.DurationRange(low=_hours(1), high=_hours(3)), storage_gb_hours=1000, egress_gb=10,
-        ), timeout=5)
+        ranged = await stub.EstimateCost(
+            pb.EstimateCostRequest(
+                offer_id="modal/A100-80GB/any/on-demand",
+                duration_range=offer_pb2.DurationRange(low=_hours(1), high=_hours(3)),
+                storage_gb_hours=1000,
+                egress_gb=10,
+            ),
+            timeout=5,
+        )
         assert ranged.low.compute_usd == pytest.approx(2.10) and ranged.high.compute_usd == pytest.approx(6.30)
         assert ranged.high.storage_usd == pytest.approx(0.2) and ranged.high.network_usd == pytest.approx(0.5)
         assert ranged.high.total_usd == pytest.approx(7.0)
         assert any("our negotiated rate" in a and "2026-11-01" in a for a in ranged.assumptions)
         cases = (
             (pb.EstimateCostRequest(offer_id="modal/H100/any/on-demand"), grpc.StatusCode.INVALID_ARGUMENT, "duration"),
-            (pb.EstimateCostRequest(offer_id="modal/H100/any/on-demand", duration=duration_pb2.Duration(seconds=-5)),
-             grpc.StatusCode.INVALID_ARGUMENT, "duration"),
-            (pb.EstimateCostRequest(offer_id="modal/H100/any/on-demand",
-                                    duration_range=offer_pb2.DurationRange(low=_hours(3), high=_hours(1))),
-             grpc.StatusCode.INVALID_ARGUMENT, "duration_range.low"),
-            (pb.EstimateCostRequest(offer_id="modal/H100/any/on-demand", duration=_hours(1), egress_gb=-1),
-             grpc.StatusCode.INVALID_ARGUMENT, "egress_gb"),
+            (
+                pb.EstimateCostRequest(offer_id="modal/H100/any/on-demand", duration=duration_pb2.Duration(seconds=-5)),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "duration",
+            ),
+            (
+                pb.EstimateCostRequest(
+                    offer_id="modal/H100/any/on-demand", duration_range=offer_pb2.DurationRange(low=_hours(3), high=_hours(1))
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "duration_range.low",
+            ),
+            (
+                pb.EstimateCostRequest(offer_id="modal/H100/any/on-demand", duration=_hours(1), egress_gb=-1),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "egress_gb",
+            ),
             (pb.EstimateCostRequest(offer_id="", duration=_hours(1)), grpc.StatusCode.INVALID_ARGUMENT, "offer_id"),
             (pb.EstimateCostRequest(offer_id="modal/B200//on-demand", duration=_hours(1)), grpc.StatusCode.NOT_FOUND, None),
         )
@@ -165,41 +194,67 @@ async def test_estimate_cost(tmp_path):
 
 async def test_compare_providers(tmp_path):
     async with cost_server(tmp_path) as (_, stub):
-        reply = await stub.CompareProviders(pb.CompareProvidersRequest(
-            requirements=offer_pb2.ResourceRequirements(gpu_count=1, min_gpu_memory_gib=80), duration=_hours(4),
-            reference_gpu_name="A100-80GB", objective=pb.OBJECTIVE_CHEAPEST,
-        ), timeout=5)
+        reply = await stub.CompareProviders(
+            pb.CompareProvidersRequest(
+                requirements=offer_pb2.ResourceRequirements(gpu_count=1, min_gpu_memory_gib=80),
+                duration=_hours(4),
+                reference_gpu_name="A100-80GB",
+                objective=pb.OBJECTIVE_CHEAPEST,
+            ),
+            timeout=5,
+        )
         totals = [r.cost.total_usd for r in reply.offers]
         assert totals == sorted(totals) and [r.rank for r in reply.offers] == list(range(1, len(totals) + 1))
         assert reply.recommended_offer_id == reply.offers[0].offer.offer_id
         assert reply.recommendation_reason.startswith("cheapest total:")
         h100 = next(r for r in reply.offers if r.offer.gpu_name == "H100")
         assert h100.relative_speed > 2 and h100.cost.runtime.seconds < 2 * 3600
-        capped = await stub.CompareProviders(pb.CompareProvidersRequest(
-            requirements=offer_pb2.ResourceRequirements(gpu_names=["H100"], gpu_count=1), objective=pb.OBJECTIVE_FASTEST,
-            max_cost_usd=0.01), timeout=5)
+        capped = await stub.CompareProviders(
+            pb.CompareProvidersRequest(
+                requirements=offer_pb2.ResourceRequirements(gpu_names=["H100"], gpu_count=1),
+                objective=pb.OBJECTIVE_FASTEST,
+                max_cost_usd=0.01,
+            ),
+            timeout=5,
+        )
         assert not capped.offers and capped.recommended_offer_id == ""
         assert "exceed max_cost_usd 0.01" in capped.recommendation_reason
         code, _, violations = await _error(stub.CompareProviders(pb.CompareProvidersRequest(), timeout=5))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and violations[0][0] == "objective"
-        code, _, violations = await _error(stub.CompareProviders(pb.CompareProvidersRequest(
-            requirements=offer_pb2.ResourceRequirements(gpu_names=["A10"]), objective=pb.OBJECTIVE_CHEAPEST), timeout=5))
+        code, _, violations = await _error(
+            stub.CompareProviders(
+                pb.CompareProvidersRequest(
+                    requirements=offer_pb2.ResourceRequirements(gpu_names=["A10"]), objective=pb.OBJECTIVE_CHEAPEST
+                ),
+                timeout=5,
+            )
+        )
         assert code == grpc.StatusCode.INVALID_ARGUMENT and violations[0][0] == "requirements.gpu_names"
-        code, info, _ = await _error(stub.CompareProviders(pb.CompareProvidersRequest(
-            requirements=offer_pb2.ResourceRequirements(gpu_count=1), reference_gpu_name="TPUv5",
-            objective=pb.OBJECTIVE_CHEAPEST), timeout=5))
+        code, info, _ = await _error(
+            stub.CompareProviders(
+                pb.CompareProvidersRequest(
+                    requirements=offer_pb2.ResourceRequirements(gpu_count=1),
+                    reference_gpu_name="TPUv5",
+                    objective=pb.OBJECTIVE_CHEAPEST,
+                ),
+                timeout=5,
+            )
+        )
         assert code == grpc.StatusCode.NOT_FOUND and info.reason == "GPU_NOT_FOUND"
 
 
 def _budget_request(scope="project:nano", limit=10.0, hard=True, thresholds=(), request_id=""):
     enforcement = budget_pb2.BUDGET_ENFORCEMENT_HARD if hard else budget_pb2.BUDGET_ENFORCEMENT_SOFT
-    return pb.CreateBudgetRequest(budget=budget_pb2.Budget(scope=scope, limit_usd=limit, enforcement=enforcement,
-                                                           alert_thresholds_percent=thresholds), request_id=request_id)
+    return pb.CreateBudgetRequest(
+        budget=budget_pb2.Budget(scope=scope, limit_usd=limit, enforcement=enforcement, alert_thresholds_percent=thresholds),
+        request_id=request_id,
+    )
 
 
 def _usage(job="job-1", start=T0, hours=1.0, scope="project:nano", offer="onprem/a10-box/lab/on-demand", price=None):
-    request = pb.RecordUsageRequest(job_id=job, offer_id=offer, scope=scope, start_time=_ts(start),
-                                    end_time=_ts(start + int(hours * 3600)))
+    request = pb.RecordUsageRequest(
+        job_id=job, offer_id=offer, scope=scope, start_time=_ts(start), end_time=_ts(start + int(hours * 3600))
+    )
     if price is not None:
         request.price_usd_per_hour = price
     return request
@@ -236,8 +291,11 @@ async def test_budgets_usage_watch_and_admission(tmp_path):
         # Admission: 5.16 + 4.84 = 10.00 fits exactly; a cent more does not.
         ok = await stub.CheckAdmission(pb.CheckAdmissionRequest(scope="project:nano", estimated_cost_usd=4.84), timeout=5)
         assert [(c.budget_id, c.would_exceed) for c in ok.checks] == [(created.budget_id, False), (soft_global.budget_id, False)]
-        code, info, _ = await _error(stub.CheckAdmission(pb.CheckAdmissionRequest(
-            scope="project:nano", estimated_cost_usd=4.85, job_id="job-2"), timeout=5))
+        code, info, _ = await _error(
+            stub.CheckAdmission(
+                pb.CheckAdmissionRequest(scope="project:nano", estimated_cost_usd=4.85, job_id="job-2"), timeout=5
+            )
+        )
         assert code == grpc.StatusCode.FAILED_PRECONDITION and info.reason == "BUDGET_EXCEEDED"
         assert info.metadata["budget_id"] == created.budget_id and float(info.metadata["projected_usd"]) == pytest.approx(10.01)
         other = await stub.CheckAdmission(pb.CheckAdmissionRequest(scope="user:bob", estimated_cost_usd=500), timeout=5)
@@ -300,8 +358,9 @@ async def test_spend_survives_a_restart(tmp_path):
         got = (await stub.GetBudget(pb.GetBudgetRequest(budget_id=budget.budget_id), timeout=5)).budget
         assert got.spent_usd == pytest.approx(1.72) and list(got.crossed_thresholds_percent) == [50, 80]
         assert (await stub.RecordUsage(_usage(hours=2), timeout=5)).already_recorded
-        code, _, _ = await _error(stub.CheckAdmission(pb.CheckAdmissionRequest(scope="project:nano",
-                                                                               estimated_cost_usd=0.5), timeout=5))
+        code, _, _ = await _error(
+            stub.CheckAdmission(pb.CheckAdmissionRequest(scope="project:nano", estimated_cost_usd=0.5), timeout=5)
+        )
         assert code == grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -334,15 +393,16 @@ async def test_cli_prints_tables_and_reports_errors(tmp_path, capsys):
         assert await asyncio.to_thread(main, ["cost", "offers", "--gpu", "H100", *address]) == 0
         out = capsys.readouterr().out
         assert "lambda/gpu_1x_h100_pcie/us-east-1/on-demand" in out and "2026-12-03" in out and "$/h" in out
-        rc = await asyncio.to_thread(main, ["cost", "estimate", "paperspace/H100/ny2/on-demand", "--duration", "1h1m",
-                                            *address])
+        rc = await asyncio.to_thread(main, ["cost", "estimate", "paperspace/H100/ny2/on-demand", "--duration", "1h1m", *address])
         out = capsys.readouterr().out
         assert rc == 0 and "$11.90" in out and "billed per started hour" in out
-        rc = await asyncio.to_thread(main, ["cost", "compare", "--gpu-count", "1", "--duration", "2h", "--reference-gpu",
-                                            "A100-80GB", *address])
+        rc = await asyncio.to_thread(
+            main, ["cost", "compare", "--gpu-count", "1", "--duration", "2h", "--reference-gpu", "A100-80GB", *address]
+        )
         assert rc == 0 and "recommended:" in capsys.readouterr().out
-        rc = await asyncio.to_thread(main, ["cost", "budget", "create", "--scope", "user:alice", "--limit", "1", "--hard",
-                                            *address])
+        rc = await asyncio.to_thread(
+            main, ["cost", "budget", "create", "--scope", "user:alice", "--limit", "1", "--hard", *address]
+        )
         assert rc == 0 and "user:alice" in capsys.readouterr().out
         rc = await asyncio.to_thread(main, ["cost", "budget", "check", "--scope", "user:alice", "--cost", "2", *address])
         captured = capsys.readouterr()
@@ -363,8 +423,9 @@ async def test_budget_spend_is_exported_for_the_alert_rules(tmp_path):
                 return reply.read().decode()
 
         text = await asyncio.to_thread(scrape)
-    line = next(line for line in text.splitlines()
-                if line.startswith("crucible_cost_budget_spent_ratio{") and created.budget_id in line)
+    line = next(
+        line for line in text.splitlines() if line.startswith("crucible_cost_budget_spent_ratio{") and created.budget_id in line
+    )
     assert 'scope="project:nano"' in line and 'enforcement="hard"' in line
     assert float(line.rsplit(" ", 1)[1]) == pytest.approx(0.516)
 
@@ -379,25 +440,30 @@ async def test_cli_json_lists_offers_with_regions_and_dated_sources(tmp_path, ca
     async with cost_server(tmp_path) as (server, _):
         address = ["--address", server.address]
         for provider, region in (("lambda", r"[a-z]+-[a-z]+-\d"), ("runpod", r"[A-Z]+-[A-Z]+-\d")):
-            rc = await asyncio.to_thread(main, ["cost", "offers", "--provider", provider, "--limit", "1000", "--json",
-                                                *address])
+            rc = await asyncio.to_thread(main, ["cost", "offers", "--provider", provider, "--limit", "1000", "--json", *address])
             offers = json.loads(capsys.readouterr().out)["offers"]
             assert rc == 0 and len(offers) > 100
             for o in offers:
                 assert o["provider"] == provider and re.fullmatch(region, o["region"]), o
                 assert o["offer_id"] == f"{provider}/{o['instance_type']}/{o['region']}/on-demand"
-                assert re.fullmatch(r"github\.com/skypilot-org/skypilot-catalog@[0-9a-f]{40}:catalogs/v7/"
-                                    + provider + "/vms.csv", o["price_source"]), o
+                assert re.fullmatch(
+                    r"github\.com/skypilot-org/skypilot-catalog@[0-9a-f]{40}:catalogs/v7/" + provider + "/vms.csv",
+                    o["price_source"],
+                ), o
                 assert o["price_observed_at"].startswith("2026-12-03")
-        rc = await asyncio.to_thread(main, ["cost", "budget", "create", "--scope", "user:alice", "--limit", "3", "--json",
-                                            *address])
+        rc = await asyncio.to_thread(
+            main, ["cost", "budget", "create", "--scope", "user:alice", "--limit", "3", "--json", *address]
+        )
         created = json.loads(capsys.readouterr().out)["budget"]
         assert rc == 0 and created["scope"] == "user:alice" and created["enforcement"] == "BUDGET_ENFORCEMENT_SOFT"
-        for argv, key in ((["budget", "list"], "budgets"), (["budget", "get", created["budget_id"]], "budget"),
-                          (["estimate", "modal/H100/any/on-demand", "--duration", "1h"], "assumptions"),
-                          (["budget", "check", "--scope", "user:alice", "--cost", "1"], "checks"),
-                          (["compare", "--gpu", "H100", "--duration", "1h"], "recommended_offer_id"),
-                          (["refresh", "--provider", "modal"], "results")):
+        for argv, key in (
+            (["budget", "list"], "budgets"),
+            (["budget", "get", created["budget_id"]], "budget"),
+            (["estimate", "modal/H100/any/on-demand", "--duration", "1h"], "assumptions"),
+            (["budget", "check", "--scope", "user:alice", "--cost", "1"], "checks"),
+            (["compare", "--gpu", "H100", "--duration", "1h"], "recommended_offer_id"),
+            (["refresh", "--provider", "modal"], "results"),
+        ):
             rc = await asyncio.to_thread(main, ["cost", *argv, "--json", *address])
             assert rc == 0 and key in json.loads(capsys.readouterr().out), argv
 
@@ -408,8 +474,10 @@ async def test_cli_into_a_closed_pipe_ends_quietly(tmp_path):
     import sys
 
     async with cost_server(tmp_path) as (server, _):
-        command = (f"{sys.executable} -m crucible cost offers --limit 1000 --json --address {server.address} | head -c 10;"
-                   ' echo " rc=${PIPESTATUS[0]}"')
+        command = (
+            f"{sys.executable} -m crucible cost offers --limit 1000 --json --address {server.address} | head -c 10;"
+            ' echo " rc=${PIPESTATUS[0]}"'
+        )
         done = await asyncio.to_thread(subprocess.run, ["bash", "-c", command], capture_output=True, text=True, timeout=120)
     assert done.stdout.startswith("{") and "rc=141" in done.stdout, done
     assert done.stderr == "", done.stderr

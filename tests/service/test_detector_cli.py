@@ -49,8 +49,22 @@ def test_read_inputs_accepts_the_data_format_lists_and_json_lines(tmp_path, data
 
 
 def test_detect_in_process_prints_scores_and_auroc(lm, data_file, capsys):
-    code = main(["detect", str(data_file), "--model", str(lm), "--device", "cpu", "--dtype", "float32",
-                 "--max-tokens", "64", "--stats-kernel", "eager"])
+    code = main(
+        [
+            "detect",
+            str(data_file),
+            "--model",
+            str(lm),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--max-tokens",
+            "64",
+            "--stats-kernel",
+            "eager",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0
     rows = _lines(out)
@@ -62,19 +76,46 @@ def test_detect_in_process_prints_scores_and_auroc(lm, data_file, capsys):
 def test_detect_reports_the_offending_text(lm, tmp_path, capsys):
     path = tmp_path / "texts.jsonl"
     path.write_text('"fine text here"\n"   "\n')
-    assert main(["detect", str(path), "--model", str(lm), "--device", "cpu", "--dtype", "float32",
-                 "--stats-kernel", "eager"]) == 2
+    assert (
+        main(["detect", str(path), "--model", str(lm), "--device", "cpu", "--dtype", "float32", "--stats-kernel", "eager"]) == 2
+    )
     assert "texts[1]" in capsys.readouterr().err
 
 
 def test_calibrate_splits_each_file_and_writes_calibration_report_and_plot(lm, data_file, tmp_path, capsys):
     second = tmp_path / "other.json"  # a second file of 10 pairs: split at its own half, not at the first file's
-    second.write_text(json.dumps({"original": [f"A person wrote note {i} by hand, slowly." for i in range(10)],
-                                  "sampled": [f"The model produced note {i} quickly and fluently." for i in range(10)]}))
+    second.write_text(
+        json.dumps(
+            {
+                "original": [f"A person wrote note {i} by hand, slowly." for i in range(10)],
+                "sampled": [f"The model produced note {i} quickly and fluently." for i in range(10)],
+            }
+        )
+    )
     out_path = tmp_path / "cal.json"
-    code = main(["detector", "calibrate", "--data", str(data_file), str(second), "--out", str(out_path),
-                 "--holdout-fraction", "0.5", "--version", "tiny-v1", "--model", str(lm), "--device", "cpu",
-                 "--dtype", "float32", "--stats-kernel", "eager"])
+    code = main(
+        [
+            "detector",
+            "calibrate",
+            "--data",
+            str(data_file),
+            str(second),
+            "--out",
+            str(out_path),
+            "--holdout-fraction",
+            "0.5",
+            "--version",
+            "tiny-v1",
+            "--model",
+            str(lm),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--stats-kernel",
+            "eager",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "AUROC on held-out texts" in out
     cal = load_calibration_file(out_path)
@@ -94,16 +135,44 @@ def test_calibrate_splits_each_file_and_writes_calibration_report_and_plot(lm, d
         assert summary["roc"]["fpr"][0] == 0.0 and summary["roc"]["tpr"][-1] == 1.0
     assert {"criterion", "-binoculars", "-log_rank", "ensemble P(machine)"} <= set(groups["other"])
     assert (tmp_path / "cal.roc.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(["detect", str(data_file), "--model", str(lm), "--device", "cpu", "--dtype", "float32",
-                 "--calibration-file", str(out_path), "--stats-kernel", "eager"]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                str(data_file),
+                "--model",
+                str(lm),
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+                "--calibration-file",
+                str(out_path),
+                "--stats-kernel",
+                "eager",
+            ]
+        )
+        == 0
+    )
     rows = _lines(capsys.readouterr().out)
-    assert all(0.0 <= r["probability"] <= 1.0 and set(r["by_products"]) == {"log_likelihood", "log_rank", "entropy"}
-               for r in rows)
+    assert all(
+        0.0 <= r["probability"] <= 1.0 and set(r["by_products"]) == {"log_likelihood", "log_rank", "entropy"} for r in rows
+    )
 
 
 async def test_detect_against_a_running_service(lm, data_file, capsys):
-    config = load_config(DetectorConfig, "detector", env={}, port=0, metrics_enabled=False, model=str(lm),
-                         device="cpu", dtype="float32", max_tokens=64, log_format="text")
+    config = load_config(
+        DetectorConfig,
+        "detector",
+        env={},
+        port=0,
+        metrics_enabled=False,
+        model=str(lm),
+        device="cpu",
+        dtype="float32",
+        max_tokens=64,
+        log_format="text",
+    )
     server, _ = create_server(config)
     await server.start()
     await server.wait_ready(120)

@@ -35,8 +35,17 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
 
 async def _start(folders, **settings):
-    base = dict(port=0, metrics_port=0, model=str(folders["lm"]), device="cpu", dtype="float32", max_tokens=64,
-                max_texts_per_call=16, max_batch_tokens=4096, log_format="text")
+    base = dict(
+        port=0,
+        metrics_port=0,
+        model=str(folders["lm"]),
+        device="cpu",
+        dtype="float32",
+        max_tokens=64,
+        max_texts_per_call=16,
+        max_batch_tokens=4096,
+        log_format="text",
+    )
     base.update(settings)
     server, _ = create_server(load_config(DetectorConfig, "detector", env={}, **base))
     await server.start()
@@ -124,8 +133,9 @@ async def test_concurrent_calls_share_batches_and_results_do_not_depend_on_batch
     texts = [f"Concurrent text number {i} about the quick brown fox." for i in range(12)]
     alone = [(await stub.Detect(pb.DetectRequest(texts=[t], skip_cache=True), timeout=30)).detections[0] for t in texts[:2]]
     batches_before = _metric(server, "crucible_batcher_batch_size_count", batcher="detector")
-    replies = await asyncio.gather(*(stub.Detect(pb.DetectRequest(texts=texts[i : i + 2], skip_cache=True), timeout=30)
-                                     for i in range(0, 12, 2)))
+    replies = await asyncio.gather(
+        *(stub.Detect(pb.DetectRequest(texts=texts[i : i + 2], skip_cache=True), timeout=30) for i in range(0, 12, 2))
+    )
     batches = _metric(server, "crucible_batcher_batch_size_count", batcher="detector") - batches_before
     assert 1 <= batches < 6  # six calls, fewer forward passes
     together = [d for r in replies for d in r.detections]
@@ -144,14 +154,21 @@ async def test_second_call_is_served_from_the_cache(server, stub):
     assert second.detections[0].criterion == first.detections[0].criterion
     assert _metric(server, "crucible_detector_cache_lookups_total", tier="memory", outcome="hit") == hits_before + 1
     body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
-    for name in ("crucible_batcher_queue_depth", "crucible_batcher_queue_wait_seconds", "crucible_batcher_compute_seconds",
-                 "crucible_detector_cache_lookups_total"):
+    for name in (
+        "crucible_batcher_queue_depth",
+        "crucible_batcher_queue_wait_seconds",
+        "crucible_batcher_compute_seconds",
+        "crucible_detector_cache_lookups_total",
+    ):
         assert name in body
 
 
 async def test_stream_answers_each_chunk_in_order_with_stream_wide_indices(stub):
-    chunks = [pb.DetectStreamRequest(texts=TEXTS), pb.DetectStreamRequest(texts=TEXTS[:2]),
-              pb.DetectStreamRequest(texts=TEXTS[2:], members=[pb.MEMBER_BINOCULARS])]
+    chunks = [
+        pb.DetectStreamRequest(texts=TEXTS),
+        pb.DetectStreamRequest(texts=TEXTS[:2]),
+        pb.DetectStreamRequest(texts=TEXTS[2:], members=[pb.MEMBER_BINOCULARS]),
+    ]
     replies = [r async for r in stub.DetectStream(iter(chunks), timeout=60)]
     assert [[d.index for d in r.detections] for r in replies] == [[0, 1, 2], [3, 4], [5]]
     assert [m.member for m in replies[2].members] == [pb.MEMBER_FAST_DETECTGPT, pb.MEMBER_BINOCULARS]
@@ -173,7 +190,9 @@ async def test_full_queue_is_resource_exhausted_at_once_and_calibration_file_app
     entry = fit_calibration(
         [{"fast_detectgpt": -1.0 + 0.1 * i, "binoculars": 1.0 + 0.01 * i} for i in range(10)],
         [{"fast_detectgpt": 1.0 + 0.1 * i, "binoculars": 0.9 - 0.01 * i} for i in range(10)],
-        members=["fast_detectgpt", "binoculars"], sampling=(str(folders["lm"]), ""), scoring=(str(folders["lm"]), ""),
+        members=["fast_detectgpt", "binoculars"],
+        sampling=(str(folders["lm"]), ""),
+        scoring=(str(folders["lm"]), ""),
         version="tiny-1",
     )
     cal_path = tmp_path / "cal.json"
@@ -208,7 +227,8 @@ async def test_full_queue_is_resource_exhausted_at_once_and_calibration_file_app
             assert all(d.cached for d in reply.detections)
             assert [d.criterion for d in reply.detections] == pytest.approx(
                 [d.criterion for d in (await stub.Detect(pb.DetectRequest(texts=TEXTS, skip_cache=True), timeout=30)).detections],
-                rel=1e-5)
+                rel=1e-5,
+            )
     finally:
         await again.stop(0)
 

@@ -27,8 +27,11 @@ def test_builtin_and_local_folder_are_staged(tmp_path):
     (data / "a.txt").write_text("alpha")
     (data / "sub" / "b.txt").write_text("beta")
     single = tmp_path / "data" / "a.txt"
-    inputs = [Input(uri="builtin:tinyshakespeare", path=""), Input(uri=f"file://{data}", path="corpus"),
-              Input(uri=f"file://{single}", path="one/file.txt")]
+    inputs = [
+        Input(uri="builtin:tinyshakespeare", path=""),
+        Input(uri=f"file://{data}", path="corpus"),
+        Input(uri=f"file://{single}", path="one/file.txt"),
+    ]
     validate_inputs(inputs)
     store = _store(tmp_path)
     sources = resolve_inputs(inputs, InputLimits(roots=(f"file://{tmp_path}/data",)), store)
@@ -42,9 +45,15 @@ def test_builtin_and_local_folder_are_staged(tmp_path):
     assert staged == len(shakespeare.encode()) + 5 + 4 + 5
 
 
-@pytest.mark.parametrize("uri,reason", [
-    ("ftp://x/y", "BAD_INPUT"), ("builtin:nope", "BAD_INPUT"), ("", "BAD_INPUT"), ("x" * 3000, "BAD_INPUT"),
-])
+@pytest.mark.parametrize(
+    "uri,reason",
+    [
+        ("ftp://x/y", "BAD_INPUT"),
+        ("builtin:nope", "BAD_INPUT"),
+        ("", "BAD_INPUT"),
+        ("x" * 3000, "BAD_INPUT"),
+    ],
+)
 def test_cheap_checks(uri, reason):
     with pytest.raises(InvalidArgument) as err:
         validate_inputs([Input(uri=uri, path="")])
@@ -87,15 +96,23 @@ def test_size_limit_before_copy(tmp_path):
     allowed.mkdir()
     (allowed / "f.bin").write_bytes(b"x" * 1000)
     with pytest.raises(InvalidArgument) as err:
-        resolve_inputs([Input(uri=f"file://{allowed}", path="x")],
-                       InputLimits(roots=(f"file://{allowed}",), max_bytes=999), _store(tmp_path))
+        resolve_inputs(
+            [Input(uri=f"file://{allowed}", path="x")], InputLimits(roots=(f"file://{allowed}",), max_bytes=999), _store(tmp_path)
+        )
     assert err.value.reason == "INPUT_TOO_LARGE"
     assert not (tmp_path / "store" / "jobs").exists()
 
 
 def test_s3_prefix_input_is_copied_server_side(s3_server, s3_bucket, tmp_path):
-    store = JobObjectStore(StoreSettings(url=f"s3://{s3_bucket}/crucible", endpoint_url=s3_server,
-                                         access_key="testing", secret_key="testing", region="us-east-1"))
+    store = JobObjectStore(
+        StoreSettings(
+            url=f"s3://{s3_bucket}/crucible",
+            endpoint_url=s3_server,
+            access_key="testing",
+            secret_key="testing",
+            region="us-east-1",
+        )
+    )
     store.fs.pipe_file(f"{s3_bucket}/datasets/wiki/part-0.txt", b"zero")
     store.fs.pipe_file(f"{s3_bucket}/datasets/wiki/part-1.txt", b"one")
     store.fs.pipe_file(f"{s3_bucket}/private/keys.txt", b"secret")

@@ -13,6 +13,14 @@ import shutil
 import grpc
 import pytest
 import torch
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
 from crucible import models
 from crucible.api.proposer.v1 import proposer_service_pb2 as pb
 from crucible.api.proposer.v1 import proposer_service_pb2_grpc as pb_grpc
@@ -22,13 +30,6 @@ from crucible.proposer.equivalence import entailment_probabilities
 from crucible.proposer.server import create_server
 from crucible.runtime.config import load_config
 from crucible.runtime.errors import parse_status_details
-from transformers import (
-    AutoTokenizer,
-    BertConfig,
-    BertForSequenceClassification,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
 
 SOURCE = "The committee postponed the vote because several members were travelling abroad."
 QUESTION = "Which gas do plants absorb from the atmosphere for photosynthesis?"
@@ -47,27 +48,51 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("proposer-models")
     torch.manual_seed(0)
     llama = root / "tiny-llama"
-    LlamaForCausalLM(LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-        tie_word_embeddings=True,
-    )).save_pretrained(llama)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=49152,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=2,
+            tie_word_embeddings=True,
+        )
+    ).save_pretrained(llama)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (prepared["smollm2-135m-instruct"] / name).exists():
             shutil.copy(prepared["smollm2-135m-instruct"] / name, llama / name)
     nli = root / "tiny-nli"
     labels = {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}
-    BertForSequenceClassification(BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        id2label=labels, label2id={v: k for k, v in labels.items()},
-    )).save_pretrained(nli)
+    BertForSequenceClassification(
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            id2label=labels,
+            label2id={v: k for k, v in labels.items()},
+        )
+    ).save_pretrained(nli)
     AutoTokenizer.from_pretrained(prepared["minilm-l6-v2"]).save_pretrained(nli)
     return {"llama": str(llama), "nli": str(nli), "minilm": str(prepared["minilm-l6-v2"])}
 
 
 def _config(folders, **settings) -> ProposerConfig:
-    base = {"port": 0, "metrics_enabled": False, "model": folders["llama"], "device": "cpu", "dtype": "float32",
-            "max_wait_ms": 30.0, "default_max_new_tokens": 16}
+    base = {
+        "port": 0,
+        "metrics_enabled": False,
+        "model": folders["llama"],
+        "device": "cpu",
+        "dtype": "float32",
+        "max_wait_ms": 30.0,
+        "default_max_new_tokens": 16,
+    }
     return load_config(ProposerConfig, "proposer", env={}, **{**base, **settings})
 
 
@@ -107,7 +132,10 @@ async def test_get_info_describes_models_defaults_limits_and_batching(stub, fold
     assert info.embedding_model.name == "minilm-l6-v2" and info.embedding_dimension == 384
     assert info.nli_model.name == folders["nli"]
     assert [(e.method, e.default_threshold) for e in info.equivalence] == [
-        (COSINE, pytest.approx(0.7)), (NLI, 0.5), (pb.EQUIVALENCE_METHOD_QUESTION, 0.5)]  # QUESTION scores with NLI
+        (COSINE, pytest.approx(0.7)),
+        (NLI, 0.5),
+        (pb.EQUIVALENCE_METHOD_QUESTION, 0.5),
+    ]  # QUESTION scores with NLI
     assert (info.defaults.temperature, info.defaults.max_new_tokens) == (1.0, 16)
     assert info.limits.max_candidates == 8 and info.limits.max_new_tokens == 512
     assert info.batching.max_batch_size == 32 and info.batching.max_wait.ToMilliseconds() == 30
@@ -129,10 +157,19 @@ async def test_propose_returns_at_most_n_cleaned_candidates_with_accounting(stub
 
 async def test_same_seed_same_candidates_whatever_else_is_batched(stub):
     alone = await stub.Propose(_propose(n=3, seed=5), timeout=60)
-    others = [_propose(text=f"Another sentence number {i} about something else.", seed=100 + i, n=2,
-                       max_new_tokens=4 + i, temperature=0.5 + 0.1 * i) for i in range(5)]
-    together = await asyncio.gather(stub.Propose(_propose(n=3, seed=5), timeout=60),
-                                    *(stub.Propose(r, timeout=60) for r in others))
+    others = [
+        _propose(
+            text=f"Another sentence number {i} about something else.",
+            seed=100 + i,
+            n=2,
+            max_new_tokens=4 + i,
+            temperature=0.5 + 0.1 * i,
+        )
+        for i in range(5)
+    ]
+    together = await asyncio.gather(
+        stub.Propose(_propose(n=3, seed=5), timeout=60), *(stub.Propose(r, timeout=60) for r in others)
+    )
     assert _texts(together[0]) == _texts(alone)
     assert [c.generated_tokens for c in together[0].candidates] == [c.generated_tokens for c in alone.candidates]
     different = await stub.Propose(_propose(n=3, seed=6), timeout=60)
@@ -165,9 +202,18 @@ async def test_concurrent_calls_share_batches(stub, server):
 
 
 async def test_equivalent_question_shows_examples_and_options_and_counts_drops_by_reason(stub):
-    response = await stub.Propose(pb.ProposeRequest(
-        text=QUESTION, mode=pb.PROPOSE_MODE_EQUIVALENT_QUESTION, options=OPTIONS, correct_option_index=1, n=4,
-        seed=3, max_new_tokens=10), timeout=60)
+    response = await stub.Propose(
+        pb.ProposeRequest(
+            text=QUESTION,
+            mode=pb.PROPOSE_MODE_EQUIVALENT_QUESTION,
+            options=OPTIONS,
+            correct_option_index=1,
+            n=4,
+            seed=3,
+            max_new_tokens=10,
+        ),
+        timeout=60,
+    )
     assert "B. Carbon dioxide" in response.prompt and "D. Helium" in response.prompt
     assert "Which planet lies nearest to the Sun?" in response.prompt  # a worked example as an earlier turn
     assert "Correct answer" not in response.prompt
@@ -191,10 +237,12 @@ async def test_equivalent_question_shows_examples_and_options_and_counts_drops_b
         ({"temperature": 3.0}, "temperature", "TEMPERATURE_OUT_OF_RANGE"),
         ({"top_p": 0.0}, "top_p", "TOP_P_OUT_OF_RANGE"),
         ({"mode": pb.PROPOSE_MODE_EQUIVALENT_QUESTION, "correct_option_index": 1}, "options", "MISSING_OPTIONS"),
-        ({"mode": pb.PROPOSE_MODE_EQUIVALENT_QUESTION, "options": OPTIONS}, "correct_option_index",
-         "MISSING_CORRECT_OPTION"),
-        ({"mode": pb.PROPOSE_MODE_EQUIVALENT_QUESTION, "options": ["a", ""], "correct_option_index": 0}, "options[1]",
-         "EMPTY_OPTION"),
+        ({"mode": pb.PROPOSE_MODE_EQUIVALENT_QUESTION, "options": OPTIONS}, "correct_option_index", "MISSING_CORRECT_OPTION"),
+        (
+            {"mode": pb.PROPOSE_MODE_EQUIVALENT_QUESTION, "options": ["a", ""], "correct_option_index": 0},
+            "options[1]",
+            "EMPTY_OPTION",
+        ),
         ({"options": OPTIONS}, "options", "UNEXPECTED_OPTIONS"),
         ({"text": "word " * 1590, "max_new_tokens": 512}, "text", "PROMPT_TOO_LONG"),
     ],
@@ -217,9 +265,11 @@ async def test_deadline_during_generation_fails_alone(stub):
 
 
 async def test_cosine_equivalence_with_minilm(stub):
-    pairs = [pb.TextPair(first=SOURCE, second=SOURCE),
-             pb.TextPair(first=SOURCE, second="The vote was delayed since many committee members were abroad."),
-             pb.TextPair(first=SOURCE, second="Bananas are rich in potassium and taste sweet when ripe.")]
+    pairs = [
+        pb.TextPair(first=SOURCE, second=SOURCE),
+        pb.TextPair(first=SOURCE, second="The vote was delayed since many committee members were abroad."),
+        pb.TextPair(first=SOURCE, second="Bananas are rich in potassium and taste sweet when ripe."),
+    ]
     response = await stub.CheckEquivalence(pb.CheckEquivalenceRequest(pairs=pairs, method=COSINE), timeout=30)
     scores = [r.score for r in response.results]
     assert scores[0] == pytest.approx(1.0, abs=1e-4) and scores[1] > 0.7 > scores[2]
@@ -227,15 +277,16 @@ async def test_cosine_equivalence_with_minilm(stub):
     assert not response.results[0].HasField("entailment_forward")
     assert response.method == COSINE and response.threshold == pytest.approx(0.7)
     assert response.model.name == "minilm-l6-v2"
-    strict = await stub.CheckEquivalence(pb.CheckEquivalenceRequest(pairs=pairs, method=COSINE, threshold=0.999),
-                                         timeout=30)
+    strict = await stub.CheckEquivalence(pb.CheckEquivalenceRequest(pairs=pairs, method=COSINE, threshold=0.999), timeout=30)
     assert [r.equivalent for r in strict.results] == [True, False, False] and strict.threshold == 0.999
 
 
 async def test_nli_equivalence_is_bidirectional_entailment(stub, folders):
     pairs = [("A man is playing a guitar.", "Someone plays an instrument."), ("It is raining.", "The sky is clear.")]
-    response = await stub.CheckEquivalence(pb.CheckEquivalenceRequest(
-        pairs=[pb.TextPair(first=a, second=b) for a, b in pairs], method=NLI, threshold=0.3), timeout=30)
+    response = await stub.CheckEquivalence(
+        pb.CheckEquivalenceRequest(pairs=[pb.TextPair(first=a, second=b) for a, b in pairs], method=NLI, threshold=0.3),
+        timeout=30,
+    )
     classifier = models.load_sequence_classifier(folders["nli"], device="cpu", dtype="float32")
     forward = entailment_probabilities(classifier, [a for a, _ in pairs], [b for _, b in pairs])
     backward = entailment_probabilities(classifier, [b for _, b in pairs], [a for a, _ in pairs])
@@ -257,8 +308,7 @@ async def test_nli_equivalence_is_bidirectional_entailment(stub, folders):
     ],
 )
 async def test_bad_equivalence_input(stub, request_fields, field):
-    request = pb.CheckEquivalenceRequest(**{"pairs": [pb.TextPair(first="a", second="b")], "method": COSINE,
-                                            **request_fields})
+    request = pb.CheckEquivalenceRequest(**{"pairs": [pb.TextPair(first="a", second="b")], "method": COSINE, **request_fields})
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CheckEquivalence(request, timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -293,8 +343,9 @@ async def test_small_queue_rejects_at_once_and_nli_needs_a_model_and_nf4_serves(
             assert info.generator_model.quantization == "nf4" and not info.HasField("nli_model")
             assert [e.method for e in info.equivalence] == [COSINE, pb.EQUIVALENCE_METHOD_QUESTION]
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.CheckEquivalence(pb.CheckEquivalenceRequest(
-                    pairs=[pb.TextPair(first="a", second="b")], method=NLI), timeout=30)
+                await stub.CheckEquivalence(
+                    pb.CheckEquivalenceRequest(pairs=[pb.TextPair(first="a", second="b")], method=NLI), timeout=30
+                )
             assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert parse_status_details(caught.value)[0].reason == "NLI_NOT_CONFIGURED"
 

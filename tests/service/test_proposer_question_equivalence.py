@@ -11,12 +11,12 @@ from __future__ import annotations
 import grpc
 import pytest
 import torch
+from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
+
 from crucible import models
 from crucible.api.proposer.v1 import proposer_service_pb2 as pb
 from crucible.api.proposer.v1 import proposer_service_pb2_grpc as pb_grpc
 from crucible.proposer.equivalence import entailment_probabilities
-from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
-
 from tests.service.test_proposer import _config, _serve, folders  # noqa: F401  (folders is a fixture)
 
 QUESTION = pb.EQUIVALENCE_METHOD_QUESTION
@@ -102,7 +102,8 @@ MIN_ACCURACY = 0.85
 
 def _request(rows) -> pb.CheckEquivalenceRequest:
     return pb.CheckEquivalenceRequest(
-        pairs=[pb.TextPair(first=a, second=b, options=list(options)) for a, b, options, _ in rows], method=QUESTION)
+        pairs=[pb.TextPair(first=a, second=b, options=list(options)) for a, b, options, _ in rows], method=QUESTION
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +111,19 @@ def nli_folder(folders, tmp_path_factory):  # noqa: F811
     path = tmp_path_factory.mktemp("nli") / "tiny-deberta-nli"
     labels = {0: "entailment", 1: "neutral", 2: "contradiction"}
     torch.manual_seed(0)
-    DebertaV2ForSequenceClassification(DebertaV2Config(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=512, type_vocab_size=0, id2label=labels, label2id={v: k for k, v in labels.items()},
-    )).save_pretrained(path)
+    DebertaV2ForSequenceClassification(
+        DebertaV2Config(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=512,
+            type_vocab_size=0,
+            id2label=labels,
+            label2id={v: k for k, v in labels.items()},
+        )
+    ).save_pretrained(path)
     AutoTokenizer.from_pretrained(folders["minilm"]).save_pretrained(path)
     return str(path)
 
@@ -139,8 +149,11 @@ async def test_default_question_check_rejects_every_statement_and_answer(folders
             assert not result.equivalent and result.score == 0.0 and result.form_detail
     accuracy = sum(sum(v) for v in by_kind.values()) / len(LABELLED)
     with capsys.disabled():
-        print(f"\nQUESTION check (form + MiniLM cosine 0.7) on {len(LABELLED)} labelled pairs: accuracy {accuracy:.3f}; "
-              + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in by_kind.items()) + f"; wrong: {wrong}")
+        print(
+            f"\nQUESTION check (form + MiniLM cosine 0.7) on {len(LABELLED)} labelled pairs: accuracy {accuracy:.3f}; "
+            + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in by_kind.items())
+            + f"; wrong: {wrong}"
+        )
     assert all(by_kind["statement"]) and all(by_kind["answer"]), wrong
     assert accuracy >= MIN_ACCURACY, wrong
 
@@ -168,4 +181,3 @@ async def test_with_an_nli_folder_the_question_check_uses_bidirectional_entailme
         assert result.entailment_backward == pytest.approx(backward, abs=1e-5)
         assert result.score == pytest.approx(min(forward, backward), abs=1e-5)
         assert result.equivalent == (result.score >= reply.threshold)
-

@@ -10,6 +10,7 @@ import re
 
 import grpc
 import pytest
+
 from crucible import models
 from crucible.api.proposer.v1 import proposer_service_pb2 as pb
 from crucible.api.proposer.v1 import proposer_service_pb2_grpc as pb_grpc
@@ -21,7 +22,34 @@ pytestmark = pytest.mark.slow
 
 SOURCE = "Vaccines train the immune system to recognise a pathogen without causing the disease."
 UNRELATED = "The recipe calls for two cups of flour, a pinch of salt and three eggs."
-STOPWORDS = frozenset(["a", "an", "the", "to", "of", "and", "or", "in", "on", "at", "for", "by", "with", "without", "from", "is", "are", "was", "were", "be", "it", "its", "this", "that"])
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "to",
+        "of",
+        "and",
+        "or",
+        "in",
+        "on",
+        "at",
+        "for",
+        "by",
+        "with",
+        "without",
+        "from",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "it",
+        "its",
+        "this",
+        "that",
+    ]
+)
 
 
 def content_words(text: str) -> set[str]:
@@ -36,8 +64,7 @@ async def stub():
         models.prepare_models(log=lambda line: None)
     except models.ModelPackageMissingError as exc:
         pytest.skip(str(exc))
-    config = load_config(ProposerConfig, "proposer", env={}, port=0, metrics_enabled=False, device="cpu",
-                         dtype="float32")
+    config = load_config(ProposerConfig, "proposer", env={}, port=0, metrics_enabled=False, device="cpu", dtype="float32")
     server, _port = create_server(config)
     await server.start()
     await server.wait_ready(180)
@@ -49,19 +76,26 @@ async def stub():
 
 
 async def test_paraphrase_keeps_content_words_and_passes_equivalence_unrelated_fails(stub):
-    response = await stub.Propose(pb.ProposeRequest(
-        text=SOURCE, mode=pb.PROPOSE_MODE_PARAPHRASE, n=4, seed=1234, temperature=0.7, max_new_tokens=48), timeout=120)
-    assert response.candidates, f"no candidate survived (empty {response.dropped_empty}, degenerate {response.dropped_degenerate})"
+    response = await stub.Propose(
+        pb.ProposeRequest(text=SOURCE, mode=pb.PROPOSE_MODE_PARAPHRASE, n=4, seed=1234, temperature=0.7, max_new_tokens=48),
+        timeout=120,
+    )
+    assert response.candidates, (
+        f"no candidate survived (empty {response.dropped_empty}, degenerate {response.dropped_degenerate})"
+    )
     assert response.model.name == "smollm2-135m-instruct"
     source_words = content_words(SOURCE)
     pairs = [pb.TextPair(first=SOURCE, second=c.text) for c in response.candidates]
     pairs.append(pb.TextPair(first=SOURCE, second=UNRELATED))
-    verdicts = await stub.CheckEquivalence(pb.CheckEquivalenceRequest(
-        pairs=pairs, method=pb.EQUIVALENCE_METHOD_EMBEDDING_COSINE), timeout=60)
+    verdicts = await stub.CheckEquivalence(
+        pb.CheckEquivalenceRequest(pairs=pairs, method=pb.EQUIVALENCE_METHOD_EMBEDDING_COSINE), timeout=60
+    )
     *candidate_verdicts, unrelated = verdicts.results
     good = [
-        (c.text, v.score) for c, v in zip(response.candidates, candidate_verdicts, strict=True)
-        if v.equivalent and len(content_words(c.text) & source_words) >= 0.5 * len(source_words)
+        (c.text, v.score)
+        for c, v in zip(response.candidates, candidate_verdicts, strict=True)
+        if v.equivalent
+        and len(content_words(c.text) & source_words) >= 0.5 * len(source_words)
         and c.text.strip().lower() != SOURCE.lower()
     ]
     assert good, [(c.text, v.score) for c, v in zip(response.candidates, candidate_verdicts, strict=True)]

@@ -21,8 +21,11 @@ from crucible.scheduler.providers.runpod import RunPodProvider
 from crucible.scheduler.server import create_server as create_scheduler
 from tests.fakes.api_fields import LAMBDA_LAUNCH, PAPERSPACE_MACHINE, PAPERSPACE_STARTUP_SCRIPT, RUNPOD_ON_DEMAND, violations
 
-KEYS = {"LAMBDA_API_KEY": "secret_lambda_0123456789abcdef", "RUNPOD_API_KEY": "rpa_SECRET0123456789ABCDEF",
-        "PAPERSPACE_API_KEY": "ps-SECRET-0123456789abcdef"}
+KEYS = {
+    "LAMBDA_API_KEY": "secret_lambda_0123456789abcdef",
+    "RUNPOD_API_KEY": "rpa_SECRET0123456789ABCDEF",
+    "PAPERSPACE_API_KEY": "ps-SECRET-0123456789abcdef",
+}
 CATALOG = """provider,instance_type,gpu_name,gpu_count,gpu_memory_gib,vcpus,memory_gib,region,price_usd_per_hour,\
 spot_price_usd_per_hour,storage_price_usd_per_gb_hour,egress_price_usd_per_gb,billing_granularity,source,observed_at
 lambda,gpu_1x_a10,A10,1,24,30,200,us-east-1,0.31,,,,per_minute,test row,2026-12-01
@@ -39,22 +42,41 @@ def _serve(tmp_path_factory, user_catalog: str):
     settings = {"lambda": {"ssh_key_names": "laptop"}, "paperspace": {"template_id": "t0abc123"}}
     (folder / "providers.json").write_text(json.dumps(settings))
     store = SecretStore(env=KEYS)
-    providers = {"lambda": LambdaProvider.from_settings(settings["lambda"], secrets=store),
-                 "runpod": RunPodProvider.from_settings({}, secrets=store),
-                 "paperspace": PaperspaceProvider.from_settings(settings["paperspace"], secrets=store)}
+    providers = {
+        "lambda": LambdaProvider.from_settings(settings["lambda"], secrets=store),
+        "runpod": RunPodProvider.from_settings({}, secrets=store),
+        "paperspace": PaperspaceProvider.from_settings(settings["paperspace"], secrets=store),
+    }
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
 
     async def start():
-        cost, cost_port = create_cost(load_config(CostConfig, "cost", env={}, port=0, metrics_enabled=False,
-                                                  state_dir=str(folder / "cost"), user_catalog_file=str(folder / "user.csv")))
+        cost, cost_port = create_cost(
+            load_config(
+                CostConfig,
+                "cost",
+                env={},
+                port=0,
+                metrics_enabled=False,
+                state_dir=str(folder / "cost"),
+                user_catalog_file=str(folder / "user.csv"),
+            )
+        )
         await cost.start()
         await cost.wait_ready(30)
         sched, sched_port = create_scheduler(
-            load_config(SchedulerConfig, "scheduler", env={}, port=0, metrics_enabled=False,
-                        state_dir=str(folder / "state"), cost_address=f"127.0.0.1:{cost_port}"),
-            providers=providers)
+            load_config(
+                SchedulerConfig,
+                "scheduler",
+                env={},
+                port=0,
+                metrics_enabled=False,
+                state_dir=str(folder / "state"),
+                cost_address=f"127.0.0.1:{cost_port}",
+            ),
+            providers=providers,
+        )
         await sched.start()
         await sched.wait_ready(30)
         return [sched, cost], sched_port
@@ -83,8 +105,21 @@ def shipped(tmp_path_factory):
 def test_dry_run_shows_a_complete_launch_request_with_a_region(mesh, provider, gpu, capsys, monkeypatch):
     for name, value in KEYS.items():
         monkeypatch.setenv(name, value)
-    argv = ["jobs", "submit", "--address", mesh["address"], "--provider", provider, "--gpu", gpu, "--gpus", "1",
-            "--dry-run", "--provider-settings", str(mesh["settings"])]
+    argv = [
+        "jobs",
+        "submit",
+        "--address",
+        mesh["address"],
+        "--provider",
+        provider,
+        "--gpu",
+        gpu,
+        "--gpus",
+        "1",
+        "--dry-run",
+        "--provider-settings",
+        str(mesh["settings"]),
+    ]
     command = ["--", "python", "train.py"]
     code = main([*argv, "--json", *command])
     captured = capsys.readouterr()
@@ -118,8 +153,24 @@ def test_dry_run_shows_a_complete_launch_request_with_a_region(mesh, provider, g
 
 def test_dry_run_without_required_settings_names_the_problem(mesh, capsys, monkeypatch):
     monkeypatch.setenv("LAMBDA_API_KEY", KEYS["LAMBDA_API_KEY"])
-    argv = ["jobs", "submit", "--address", mesh["address"], "--provider", "lambda", "--gpu", "A10", "--gpus", "1",
-            "--dry-run", "--provider-settings", "", "--", "python", "train.py"]
+    argv = [
+        "jobs",
+        "submit",
+        "--address",
+        mesh["address"],
+        "--provider",
+        "lambda",
+        "--gpu",
+        "A10",
+        "--gpus",
+        "1",
+        "--dry-run",
+        "--provider-settings",
+        "",
+        "--",
+        "python",
+        "train.py",
+    ]
     assert main(argv) == 0
     assert "launch problem: setting lambda.ssh_key_names" in capsys.readouterr().out
 
@@ -128,8 +179,27 @@ def test_dry_run_without_required_settings_names_the_problem(mesh, capsys, monke
 def test_the_shipped_catalog_is_launchable_on_each_remote_provider(shipped, provider, gpu, capsys, monkeypatch):
     for name, value in KEYS.items():
         monkeypatch.setenv(name, value)
-    code = main(["jobs", "submit", "--address", shipped["address"], "--provider", provider, "--gpu", gpu, "--gpus", "1",
-                 "--dry-run", "--provider-settings", str(shipped["settings"]), "--json", "--", "python", "train.py"])
+    code = main(
+        [
+            "jobs",
+            "submit",
+            "--address",
+            shipped["address"],
+            "--provider",
+            provider,
+            "--gpu",
+            gpu,
+            "--gpus",
+            "1",
+            "--dry-run",
+            "--provider-settings",
+            str(shipped["settings"]),
+            "--json",
+            "--",
+            "python",
+            "train.py",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     shown = json.loads(captured.out)

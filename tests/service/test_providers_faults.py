@@ -33,8 +33,14 @@ async def server():
 
 def client(server: FakeServer, *, timeout_s: float = 5.0, retries: int = 3, key: str = KEY) -> ProviderHTTP:
     store = SecretStore(env={"LAMBDA_API_KEY": key})
-    return ProviderHTTP("lambda", server.url, store.get("lambda", "api_key"), store, timeout_s=timeout_s,
-                        retry=RetryPolicy(max_retries=retries, base_s=0.01, max_s=0.05, max_retry_after_s=2.0))
+    return ProviderHTTP(
+        "lambda",
+        server.url,
+        store.get("lambda", "api_key"),
+        store,
+        timeout_s=timeout_s,
+        retry=RetryPolicy(max_retries=retries, base_s=0.01, max_s=0.05, max_retry_after_s=2.0),
+    )
 
 
 async def test_429_with_retry_after_is_retried_then_succeeds(server):
@@ -52,6 +58,7 @@ async def test_persistent_429_ends_transient_with_retry_after(server):
 
     async def fake_sleep(s: float) -> None:
         sleeps.append(s)
+
     http._sleep = fake_sleep
     with pytest.raises(ProviderError) as info:
         await http.request("GET", "/x")
@@ -115,8 +122,9 @@ async def test_dropped_connection_and_refused_port_are_transient(server):
     port = closed.port
     await closed.close()
     store = SecretStore(env={"LAMBDA_API_KEY": KEY})
-    http = ProviderHTTP("lambda", f"http://127.0.0.1:{port}", store.get("lambda", "api_key"), store,
-                        retry=RetryPolicy(max_retries=1, base_s=0.01))
+    http = ProviderHTTP(
+        "lambda", f"http://127.0.0.1:{port}", store.get("lambda", "api_key"), store, retry=RetryPolicy(max_retries=1, base_s=0.01)
+    )
     with pytest.raises(ProviderError) as info:
         await http.request("POST", "/launch", idempotent=False)
     assert info.value.kind is K.TRANSIENT and "cannot connect" in str(info.value)

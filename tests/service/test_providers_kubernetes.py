@@ -29,15 +29,31 @@ async def fake():
 
 
 def provider(fake: FakeKubernetes, token: str = TOKEN, **settings: str) -> KubernetesProvider:
-    values = {"base_url": fake.url, "namespace": NS, "timeout_s": "0.5", "retry_base_s": "0.01", "retry_max_s": "0.02",
-              "max_retries": "2", **settings}
+    values = {
+        "base_url": fake.url,
+        "namespace": NS,
+        "timeout_s": "0.5",
+        "retry_base_s": "0.01",
+        "retry_max_s": "0.02",
+        "max_retries": "2",
+        **settings,
+    }
     return KubernetesProvider.from_settings(values, secrets=SecretStore(env={"CRUCIBLE_KUBERNETES_TOKEN": token}))
 
 
 def spec(tmp_path: Path, gpus: int = 2, **kw) -> LaunchSpec:
-    return LaunchSpec(kw.pop("job_id", "job-1"), 1, ("python", "train.py"), {"SEED": "1"},
-                      OfferRef("kubernetes", "a100-node", gpu_name="NVIDIA-A100-SXM4-80GB", gpu_count=gpus), tmp_path,
-                      container_image="ghcr.io/acme/trainer:1", checkpoint_dir="/ckpt", max_duration_s=3600, **kw)
+    return LaunchSpec(
+        kw.pop("job_id", "job-1"),
+        1,
+        ("python", "train.py"),
+        {"SEED": "1"},
+        OfferRef("kubernetes", "a100-node", gpu_name="NVIDIA-A100-SXM4-80GB", gpu_count=gpus),
+        tmp_path,
+        container_image="ghcr.io/acme/trainer:1",
+        checkpoint_dir="/ckpt",
+        max_duration_s=3600,
+        **kw,
+    )
 
 
 async def test_job_manifest_status_logs_and_cancel(fake, tmp_path):
@@ -55,9 +71,19 @@ async def test_job_manifest_status_logs_and_cancel(fake, tmp_path):
     assert pod_spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "ckpt-pvc"
     assert pod_spec["restartPolicy"] == "Never"
     assert (await p.status(handle)).state is RunState.PENDING
-    fake.start_pod(NS, handle.ref, "Pending", conditions=[{"type": "PodScheduled", "status": "False",
-                                                          "reason": "Unschedulable",
-                                                          "message": "0/3 nodes: 3 Insufficient nvidia.com/gpu."}])
+    fake.start_pod(
+        NS,
+        handle.ref,
+        "Pending",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes: 3 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    )
     status = await p.status(handle)
     assert status.state is RunState.PROVISIONING and "Insufficient nvidia.com/gpu" in status.message
     assert (await p.read_logs(handle, "stdout", 0)).data == b""  # container waiting to start

@@ -42,9 +42,14 @@ def provider(fake: FakeLambda, tmp_path: Path | None = None, key: str = KEY, **s
 
 
 def spec(tmp_path: Path, command=("sh", "-c", "echo step 1; echo warn >&2; exit 0"), **offer) -> LaunchSpec:
-    return LaunchSpec("job-7", 1, command, {"SEED": "3"},
-                      OfferRef("lambda", offer.get("instance_type", "gpu_1x_a10"), offer.get("region", "us-east-1")),
-                      tmp_path)
+    return LaunchSpec(
+        "job-7",
+        1,
+        command,
+        {"SEED": "3"},
+        OfferRef("lambda", offer.get("instance_type", "gpu_1x_a10"), offer.get("region", "us-east-1")),
+        tmp_path,
+    )
 
 
 async def until_terminal(p: LambdaProvider, handle, attempts: int = 200):
@@ -119,8 +124,9 @@ async def test_capacity_quota_invalid_and_auth_errors(fake, tmp_path):
         await no_key_name.submit(spec(tmp_path))
     assert info.value.kind is K.INVALID and "ssh_key_names" in str(info.value)
     with pytest.raises(ProviderError) as info:
-        await p.submit(LaunchSpec("j", 1, ("true",), {}, OfferRef("lambda", "gpu_1x_a10", "us-east-1"), tmp_path,
-                                  code_dir=tmp_path))
+        await p.submit(
+            LaunchSpec("j", 1, ("true",), {}, OfferRef("lambda", "gpu_1x_a10", "us-east-1"), tmp_path, code_dir=tmp_path)
+        )
     assert info.value.kind is K.INVALID and "code_dir" in str(info.value)
     with pytest.raises(ProviderError) as info:
         await p.status(type("H", (), {"ref": "nope", "data": {}})())

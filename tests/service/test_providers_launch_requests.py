@@ -30,14 +30,25 @@ from tests.fakes.lambda_api import FakeLambda
 from tests.fakes.paperspace_api import FakePaperspace
 from tests.fakes.runpod_api import FakeRunPod
 
-KEYS = {"lambda": "secret_lambda_0123456789abcdef", "runpod": "rpa_SECRET0123456789ABCDEF",
-        "paperspace": "ps-SECRET-0123456789abcdef"}
+KEYS = {
+    "lambda": "secret_lambda_0123456789abcdef",
+    "runpod": "rpa_SECRET0123456789ABCDEF",
+    "paperspace": "ps-SECRET-0123456789abcdef",
+}
 FAST = {"timeout_s": "2", "retry_base_s": "0.01", "retry_max_s": "0.02", "max_retries": "1"}
 
 
 def spec(tmp_path: Path, offer: OfferRef) -> LaunchSpec:
-    return LaunchSpec("job-42", 1, ("python", "train.py", "--steps", "100"), {"SEED": "1"}, offer, tmp_path,
-                      checkpoint_dir="checkpoints", max_duration_s=3600)
+    return LaunchSpec(
+        "job-42",
+        1,
+        ("python", "train.py", "--steps", "100"),
+        {"SEED": "1"},
+        offer,
+        tmp_path,
+        checkpoint_dir="checkpoints",
+        max_duration_s=3600,
+    )
 
 
 def make(kind: str, url: str, key: str | None = None, **settings: str):
@@ -47,8 +58,7 @@ def make(kind: str, url: str, key: str | None = None, **settings: str):
         return LambdaProvider.from_settings({"base_url": url, "ssh_key_names": "laptop", **FAST, **settings}, secrets=store)
     if kind == "runpod":
         return RunPodProvider.from_settings({"base_url": url, **FAST, **settings}, secrets=store)
-    return PaperspaceProvider.from_settings({"base_url": url, "template_id": "t0abc123", **FAST, **settings},
-                                            secrets=store)
+    return PaperspaceProvider.from_settings({"base_url": url, "template_id": "t0abc123", **FAST, **settings}, secrets=store)
 
 
 def assert_redacted(preview, kind: str) -> None:
@@ -145,33 +155,45 @@ async def test_an_offer_without_region_is_refused_before_any_call(tmp_path, kind
 
 async def test_fakes_refuse_what_the_real_apis_refuse(tmp_path):
     """Raw requests, as another client would send them, get the providers' own error shapes."""
-    lam, rp, ps = (await FakeLambda(KEYS["lambda"]).start(), await FakeRunPod(KEYS["runpod"]).start(),
-                   await FakePaperspace(KEYS["paperspace"]).start())
+    lam, rp, ps = (
+        await FakeLambda(KEYS["lambda"]).start(),
+        await FakeRunPod(KEYS["runpod"]).start(),
+        await FakePaperspace(KEYS["paperspace"]).start(),
+    )
     try:
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEYS['lambda']}"}) as c:
             base = {"region_name": "us-east-1", "instance_type_name": "gpu_1x_a10", "ssh_key_names": ["k"]}
-            for body in ({k: v for k, v in base.items() if k != "region_name"},
-                         {**base, "instance_type_name": "gpu_1x_nope"}, {**base, "regoin_name": "x"}):
+            for body in (
+                {k: v for k, v in base.items() if k != "region_name"},
+                {**base, "instance_type_name": "gpu_1x_nope"},
+                {**base, "regoin_name": "x"},
+            ):
                 r = await c.post(lam.base_url + "/instance-operations/launch", json=body)
                 assert r.status_code == 400 and r.json()["error"]["code"] == "global/invalid-parameters", body
-            r = await c.post(lam.base_url + "/instance-operations/launch", json=base,
-                             headers={"Authorization": "Bearer wrong"})
+            r = await c.post(lam.base_url + "/instance-operations/launch", json=base, headers={"Authorization": "Bearer wrong"})
             assert r.status_code == 401 and r.json()["error"]["code"] == "global/invalid-api-key"
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEYS['runpod']}"}) as c:
             query = "mutation D($input: PodFindAndDeployOnDemandInput!) { podFindAndDeployOnDemand(input: $input) { id } }"
             good = {"imageName": "img", "gpuTypeId": "NVIDIA A40", "gpuCount": 1, "cloudType": "ALL"}
             r = await c.post(rp.url + "/graphql", json={"query": query, "variables": {"input": {**good, "gpuTpyeId": "x"}}})
             assert r.status_code == 200 and "is not defined by type" in r.json()["errors"][0]["message"]
-            r = await c.post(rp.url + "/graphql", json={"query": query,
-                                                         "variables": {"input": {**good, "gpuTypeId": "NVIDIA Nope"}}})
+            r = await c.post(
+                rp.url + "/graphql", json={"query": query, "variables": {"input": {**good, "gpuTypeId": "NVIDIA Nope"}}}
+            )
             assert "no longer any instances available" in r.json()["errors"][0]["message"]  # RunPod's answer to it
-            r = await c.post(rp.url + "/graphql", json={"query": query, "variables": {"input": good}},
-                             headers={"Authorization": "Bearer wrong"})
+            r = await c.post(
+                rp.url + "/graphql",
+                json={"query": query, "variables": {"input": good}},
+                headers={"Authorization": "Bearer wrong"},
+            )
             assert r.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEYS['paperspace']}"}) as c:
             base = {"name": "m", "machineType": "A100-80G", "templateId": "t", "region": "ny2", "diskSize": 100}
-            for body in ({k: v for k, v in base.items() if k != "region"}, {**base, "machineType": "Z9000"},
-                         {**base, "regoin": "ny2"}):
+            for body in (
+                {k: v for k, v in base.items() if k != "region"},
+                {**base, "machineType": "Z9000"},
+                {**base, "regoin": "ny2"},
+            ):
                 r = await c.post(ps.base_url + "/machines", json=body)
                 assert r.status_code == 400 and set(r.json()) >= {"code", "message"}, body
             r = await c.post(ps.base_url + "/machines", json=base, headers={"Authorization": "Bearer wrong"})
@@ -182,8 +204,11 @@ async def test_fakes_refuse_what_the_real_apis_refuse(tmp_path):
 
 
 async def test_adapters_map_the_refusals(tmp_path):
-    lam, rp, ps = (await FakeLambda(KEYS["lambda"]).start(), await FakeRunPod(KEYS["runpod"]).start(),
-                   await FakePaperspace(KEYS["paperspace"]).start())
+    lam, rp, ps = (
+        await FakeLambda(KEYS["lambda"]).start(),
+        await FakeRunPod(KEYS["runpod"]).start(),
+        await FakePaperspace(KEYS["paperspace"]).start(),
+    )
     try:
         cases = [
             (make("lambda", lam.base_url), OfferRef("lambda", "gpu_1x_nope", "us-east-1"), K.INVALID),
@@ -249,6 +274,10 @@ async def test_replicate_kubernetes_and_modal_preview_what_they_send(tmp_path):
     assert preview.problems == () and mod.TOKEN_SECRET not in json.dumps(preview.as_dict())
     call = preview.requests[0]["json"]
     run = sdk.runs[(await p.submit(s)).ref]
-    assert (call["name"], call["timeout"], call["gpu"], call["env"]) == (run.name, run.options["timeout"],
-                                                                         run.options["gpu"], run.options["env"])
+    assert (call["name"], call["timeout"], call["gpu"], call["env"]) == (
+        run.name,
+        run.options["timeout"],
+        run.options["gpu"],
+        run.options["env"],
+    )
     sdk.shutdown()

@@ -29,13 +29,20 @@ async def fake():
 
 
 def provider(fake: FakePaperspace, key: str = KEY, **settings: str) -> PaperspaceProvider:
-    return PaperspaceProvider.from_settings({"base_url": fake.base_url, **FAST, **settings},
-                                            secrets=SecretStore(env={"PAPERSPACE_API_KEY": key}))
+    return PaperspaceProvider.from_settings(
+        {"base_url": fake.base_url, **FAST, **settings}, secrets=SecretStore(env={"PAPERSPACE_API_KEY": key})
+    )
 
 
 def spec(tmp_path: Path, machine_type: str = "A100-80G") -> LaunchSpec:
-    return LaunchSpec("job-3", 1, ("python", "train.py", "--iters", "100"), {"A": "1"},
-                      OfferRef("paperspace", machine_type, "ny2", "A100", 1), tmp_path)
+    return LaunchSpec(
+        "job-3",
+        1,
+        ("python", "train.py", "--iters", "100"),
+        {"A": "1"},
+        OfferRef("paperspace", machine_type, "ny2", "A100", 1),
+        tmp_path,
+    )
 
 
 async def test_submit_creates_run_once_script_and_machine_then_cancel_deletes_both(fake, tmp_path):

@@ -17,8 +17,15 @@ from tests.fakes.replicate_api import FakeReplicate
 from tests.fakes.server import Fault
 
 TOKEN = "r8_SECRETtoken0123456789abcdef"
-FAST = {"timeout_s": "0.5", "retry_base_s": "0.01", "retry_max_s": "0.02", "max_retries": "2",
-        "trainer": "acme/trainer:abc123", "destination": "me/tuned", "log_chunk_bytes": "8"}
+FAST = {
+    "timeout_s": "0.5",
+    "retry_base_s": "0.01",
+    "retry_max_s": "0.02",
+    "max_retries": "2",
+    "trainer": "acme/trainer:abc123",
+    "destination": "me/tuned",
+    "log_chunk_bytes": "8",
+}
 
 
 @pytest.fixture
@@ -29,13 +36,13 @@ async def fake():
 
 
 def provider(fake: FakeReplicate, token: str = TOKEN, **settings: str) -> ReplicateProvider:
-    return ReplicateProvider.from_settings({"base_url": fake.url, **FAST, **settings},
-                                           secrets=SecretStore(env={"REPLICATE_API_TOKEN": token}))
+    return ReplicateProvider.from_settings(
+        {"base_url": fake.url, **FAST, **settings}, secrets=SecretStore(env={"REPLICATE_API_TOKEN": token})
+    )
 
 
 def spec(tmp_path: Path, **env: str) -> LaunchSpec:
-    return LaunchSpec("job-5", 1, ("python", "train.py", "--lr", "3e-4"), env, OfferRef("replicate", "gpu-a100-large"),
-                      tmp_path)
+    return LaunchSpec("job-5", 1, ("python", "train.py", "--lr", "3e-4"), env, OfferRef("replicate", "gpu-a100-large"), tmp_path)
 
 
 async def test_training_lifecycle_and_offset_logs(fake, tmp_path):

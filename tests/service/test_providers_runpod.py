@@ -35,15 +35,29 @@ async def fake():
 
 
 def provider(fake: FakeRunPod, key: str = KEY, **settings: str) -> RunPodProvider:
-    return RunPodProvider.from_settings({"base_url": fake.url, **FAST, **settings},
-                                        secrets=SecretStore(env={"RUNPOD_API_KEY": key}))
+    return RunPodProvider.from_settings(
+        {"base_url": fake.url, **FAST, **settings}, secrets=SecretStore(env={"RUNPOD_API_KEY": key})
+    )
 
 
-def spec(tmp_path: Path, gpu: str = "NVIDIA A40", spot: bool = False, price: float = 0.8, count: int = 2,
-         command=("python", "train.py", "--out", "/workspace/out dir")) -> LaunchSpec:
-    return LaunchSpec("job-9", 2, command, {"WANDB_MODE": "offline"},
-                      OfferRef("runpod", gpu, gpu_name="A40", gpu_count=count, spot=spot, price_usd_per_hour=price),
-                      tmp_path, checkpoint_dir="/workspace/ckpt", resume=True)
+def spec(
+    tmp_path: Path,
+    gpu: str = "NVIDIA A40",
+    spot: bool = False,
+    price: float = 0.8,
+    count: int = 2,
+    command=("python", "train.py", "--out", "/workspace/out dir"),
+) -> LaunchSpec:
+    return LaunchSpec(
+        "job-9",
+        2,
+        command,
+        {"WANDB_MODE": "offline"},
+        OfferRef("runpod", gpu, gpu_name="A40", gpu_count=count, spot=spot, price_usd_per_hour=price),
+        tmp_path,
+        checkpoint_dir="/workspace/ckpt",
+        resume=True,
+    )
 
 
 async def test_on_demand_deploy_carries_command_and_env(fake, tmp_path):
@@ -53,13 +67,13 @@ async def test_on_demand_deploy_carries_command_and_env(fake, tmp_path):
     assert inp["gpuTypeId"] == "NVIDIA A40" and inp["gpuCount"] == 2 and inp["name"] == "crucible-job-9-2"
     assert "bidPerGpu" not in inp and inp["imageName"].startswith("runpod/pytorch")
     env = {e["key"]: e["value"] for e in inp["env"]}
-    assert env["WANDB_MODE"] == "offline" and env["CRUCIBLE_RESUME"] == "1" and env["CRUCIBLE_CHECKPOINT_DIR"] == \
-        "/workspace/ckpt"
+    assert (
+        env["WANDB_MODE"] == "offline" and env["CRUCIBLE_RESUME"] == "1" and env["CRUCIBLE_CHECKPOINT_DIR"] == "/workspace/ckpt"
+    )
     # dockerArgs is a shell command line that, run in the container, writes and runs the wrapper
     argv = shlex.split(inp["dockerArgs"])
     assert argv[:2] == ["bash", "-c"] and argv[2].endswith("bash /tmp/crucible-run.sh; sleep infinity")
-    sshd_setup, wrapper = (base64.b64decode(b).decode() for b in re.findall(r"echo ([A-Za-z0-9+/=]{16,}) \| base64 -d",
-                                                                          argv[2]))
+    sshd_setup, wrapper = (base64.b64decode(b).decode() for b in re.findall(r"echo ([A-Za-z0-9+/=]{16,}) \| base64 -d", argv[2]))
     assert "python train.py --out '/workspace/out dir'" in wrapper
     assert "service ssh start" in sshd_setup and "authorized_keys" in sshd_setup  # sshd first, then the workload
     assert handle.ref in fake.pods and handle.data["run_dir"].startswith("/workspace/crucible/")
@@ -126,8 +140,10 @@ async def test_transient_faults_retry_and_malformed_bodies(fake, tmp_path):
     handle = await p.submit(spec(tmp_path))
     fake.fault(Fault.rate_limited("0"), path="/graphql")
     fake.fault(Fault.server_error(503), path="/graphql")
-    fake.fault(Fault(200, b'{"errors": [{"message": "Something went wrong. Please try again later or contact '
-                          b'support."}]}'), path="/graphql")
+    fake.fault(
+        Fault(200, b'{"errors": [{"message": "Something went wrong. Please try again later or contact support."}]}'),
+        path="/graphql",
+    )
     assert (await p.status(handle)).state is RunState.PROVISIONING
     fake.fault(Fault.malformed(), path="/graphql")
     with pytest.raises(ProviderError) as info:
@@ -168,16 +184,32 @@ async def test_start_command_brings_up_sshd_then_the_workload_and_ssh_reads_the_
     (tmp_path / "key.pub").write_text("ssh-ed25519 AAAAprobe crucible-probe\n")
     p = provider(fake, ssh_key_path=str(tmp_path / "key"), ssh_command=str(ssh), remote_root=str(tmp_path / "remote"))
     handle = await p.submit(spec(tmp_path, command=("sh", "-c", 'echo workload >> "$CALLS"; echo trained; exit 0')))
-    fake.set_pod(handle.ref, runtime={"uptimeInSeconds": 9, "ports": [
-        {"ip": "100.65.0.2", "isIpPublic": False, "privatePort": 22, "publicPort": 22, "type": "tcp"},
-        {"ip": "203.0.113.9", "isIpPublic": True, "privatePort": 22, "publicPort": 40122, "type": "tcp"}]})
+    fake.set_pod(
+        handle.ref,
+        runtime={
+            "uptimeInSeconds": 9,
+            "ports": [
+                {"ip": "100.65.0.2", "isIpPublic": False, "privatePort": 22, "publicPort": 22, "type": "tcp"},
+                {"ip": "203.0.113.9", "isIpPublic": True, "privatePort": 22, "publicPort": 40122, "type": "tcp"},
+            ],
+        },
+    )
     # Run the pod's start command as the container would, with RunPod's env ($PUBLIC_KEY is the account key).
     container_calls, home = tmp_path / "container-calls", tmp_path / "home"
     stubs = container_stubs(tmp_path / "stubs", container_calls)
     env = {e["key"]: e["value"] for e in fake.inputs[-1]["env"]}
-    subprocess.run(shlex.split(fake.inputs[-1]["dockerArgs"]), check=True, timeout=30,
-                   env={"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(home), "CALLS": str(container_calls),
-                        "PUBLIC_KEY": "ssh-ed25519 AAAAaccount me@laptop", **env})
+    subprocess.run(
+        shlex.split(fake.inputs[-1]["dockerArgs"]),
+        check=True,
+        timeout=30,
+        env={
+            "PATH": f"{stubs}:/usr/bin:/bin",
+            "HOME": str(home),
+            "CALLS": str(container_calls),
+            "PUBLIC_KEY": "ssh-ed25519 AAAAaccount me@laptop",
+            **env,
+        },
+    )
     order = [line.split()[0] for line in container_calls.read_text().splitlines()]
     assert order == ["ssh-keygen", "service", "workload", "sleep"], order  # sshd is up before the workload runs
     assert "service ssh start" in container_calls.read_text() and "apt-get" not in order

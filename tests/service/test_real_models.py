@@ -89,9 +89,7 @@ def test_smollm_perplexity_separates_english_from_shuffled_words(smollm: models.
 
 def test_smollm_chat_template_survives_conversion(smollm: models.LoadedModel) -> None:
     messages = [{"role": "user", "content": "What is the capital of France?"}]
-    encoded = smollm.tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
+    encoded = smollm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.inference_mode():
         output = smollm.model.generate(**encoded, max_new_tokens=12, do_sample=False)
     answer = smollm.tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -137,8 +135,9 @@ async def test_default_detector_returns_a_probability_for_every_text(prepared: d
     from crucible.detector.server import create_server
     from crucible.runtime.config import load_config
 
-    config = load_config(DetectorConfig, "detector", env={}, port=0, metrics_enabled=False, device="cpu",
-                         stats_kernel="eager", log_format="text")
+    config = load_config(
+        DetectorConfig, "detector", env={}, port=0, metrics_enabled=False, device="cpu", stats_kernel="eager", log_format="text"
+    )
     assert config.model == "smollm2-135m-instruct" and not config.calibration_file
     server, _ = create_server(config)
     await server.start()

@@ -312,7 +312,9 @@ async def test_calls_past_the_grace_period_are_cancelled():
     servicer = ScriptedDetector()
     server, _ = await _started(servicer)
     async with grpc.aio.insecure_channel(server.address) as channel:
-        slow = asyncio.ensure_future(pb_grpc.DetectorServiceStub(channel).Detect(pb.DetectRequest(texts=["sleep:30"]), timeout=60))
+        slow = asyncio.ensure_future(
+            pb_grpc.DetectorServiceStub(channel).Detect(pb.DetectRequest(texts=["sleep:30"]), timeout=60)
+        )
         await asyncio.sleep(0.3)
         await asyncio.wait_for(server.stop(grace=0.5), timeout=10)
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -57,8 +57,7 @@ async def sched(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "words.txt").write_text("hello input\n")
-    server, port = await start_scheduler(str(tmp_path / "state"), code_roots=(str(tmp_path),),
-                                         input_roots=(f"file://{data}",))
+    server, port = await start_scheduler(str(tmp_path / "state"), code_roots=(str(tmp_path),), input_roots=(f"file://{data}",))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield pb_grpc.SchedulerServiceStub(channel), tmp_path, port
     await channel.close()
@@ -70,9 +69,12 @@ async def test_restart_resumes_in_a_fresh_folder_and_outputs_outlive_it(sched) -
     code = tmp / "code"
     (code / "out").mkdir(parents=True)
     (code / "job.py").write_text(RESUMING)
-    spec = local_spec([sys.executable, "job.py"], code_dir=str(code),
-                      restart_policy=job_pb2.RestartPolicy(max_restarts_on_errors=1),
-                      inputs=[job_pb2.JobInput(uri=f"file://{tmp}/data/words.txt", path="data/words.txt")])
+    spec = local_spec(
+        [sys.executable, "job.py"],
+        code_dir=str(code),
+        restart_policy=job_pb2.RestartPolicy(max_restarts_on_errors=1),
+        inputs=[job_pb2.JobInput(uri=f"file://{tmp}/data/words.txt", path="data/words.txt")],
+    )
     job = (await stub.CreateJob(pb.CreateJobRequest(spec=spec))).job
     done = await final(stub, job.job_id)
     assert done.state == S.JOB_STATE_SUCCEEDED, done.transitions[-1].reason
@@ -85,15 +87,21 @@ async def test_restart_resumes_in_a_fresh_folder_and_outputs_outlive_it(sched) -
     assert {"left.txt", "out/result.txt", "checkpoints/step-000000000007/state.pt"} <= set(arts)
     assert "job.py" not in arts and "data/words.txt" not in arts  # code and inputs are not outputs
     assert arts["checkpoints/step-000000000007/state.pt"].checkpoint
-    got = [c async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job.job_id, path="out/result.txt",
-                                                                            offset=4990))]
+    got = [
+        c async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job.job_id, path="out/result.txt", offset=4990))
+    ]
     assert b"".join(c.data for c in got) == b"x" * 10 and got[-1].total_size_bytes == 5000
     assert got[-1].sha256 == hashlib.sha256(b"x" * 10).hexdigest()
-    code_, _reason, _ = await error_of(stub.DownloadArtifact(
-        pb.DownloadArtifactRequest(job_id=job.job_id, path="out/result.txt", offset=5001)).read())
+    code_, _reason, _ = await error_of(
+        stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job.job_id, path="out/result.txt", offset=5001)).read()
+    )
     assert code_ == grpc.StatusCode.OUT_OF_RANGE
-    ckpt = [c async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(
-        job_id=job.job_id, path="checkpoints/step-000000000007/state.pt"))]
+    ckpt = [
+        c
+        async for c in stub.DownloadArtifact(
+            pb.DownloadArtifactRequest(job_id=job.job_id, path="checkpoints/step-000000000007/state.pt")
+        )
+    ]
     assert b"".join(c.data for c in ckpt) == b"weights at step 7"
 
     deleted = await stub.DeleteJobArtifacts(pb.DeleteJobArtifactsRequest(job_id=job.job_id))
@@ -105,30 +113,45 @@ async def test_restart_resumes_in_a_fresh_folder_and_outputs_outlive_it(sched) -
 
 async def test_delete_refused_while_running_and_bad_inputs_name_the_field(sched) -> None:
     stub, tmp, _ = sched
-    job = (await stub.CreateJob(pb.CreateJobRequest(spec=local_spec(
-        [sys.executable, "-c", "import time; time.sleep(60)"])))).job
+    job = (await stub.CreateJob(pb.CreateJobRequest(spec=local_spec([sys.executable, "-c", "import time; time.sleep(60)"])))).job
     code_, reason, _ = await error_of(stub.DeleteJobArtifacts(pb.DeleteJobArtifactsRequest(job_id=job.job_id)))
     assert code_ == grpc.StatusCode.FAILED_PRECONDITION and reason == "JOB_NOT_TERMINAL"
     await stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id))
     await final(stub, job.job_id)
 
     (tmp / "secret.txt").write_text("not an input")
-    for uri, path, field in ((f"file://{tmp}/secret.txt", "", "spec.inputs[0].uri"),  # outside --input-roots
-                             ("ftp://example.com/x", "", "spec.inputs[0].uri"),
-                             ("builtin:tinyshakespeare", "../escape", "spec.inputs[0].path")):
-        code_, _, fields = await error_of(stub.CreateJob(pb.CreateJobRequest(spec=local_spec(
-            [sys.executable, "-c", "pass"], inputs=[job_pb2.JobInput(uri=uri, path=path)]))))
+    for uri, path, field in (
+        (f"file://{tmp}/secret.txt", "", "spec.inputs[0].uri"),  # outside --input-roots
+        ("ftp://example.com/x", "", "spec.inputs[0].uri"),
+        ("builtin:tinyshakespeare", "../escape", "spec.inputs[0].path"),
+    ):
+        code_, _, fields = await error_of(
+            stub.CreateJob(
+                pb.CreateJobRequest(
+                    spec=local_spec([sys.executable, "-c", "pass"], inputs=[job_pb2.JobInput(uri=uri, path=path)])
+                )
+            )
+        )
         assert code_ == grpc.StatusCode.INVALID_ARGUMENT and fields[0][0] == field, (uri, fields)
 
 
 def test_store_secret_is_masked_and_bad_settings_refused(tmp_path) -> None:
-    cfg = load_config(SchedulerConfig, "scheduler", env={}, state_dir=str(tmp_path), artifact_store="s3://b/p",
-                      artifact_store_secret_key="very-secret", artifact_store_access_key="AKIA1")
+    cfg = load_config(
+        SchedulerConfig,
+        "scheduler",
+        env={},
+        state_dir=str(tmp_path),
+        artifact_store="s3://b/p",
+        artifact_store_secret_key="very-secret",
+        artifact_store_access_key="AKIA1",
+    )
     shown = cfg.public_dict()
     assert shown["artifact_store_secret_key"] == "***" and "very-secret" not in repr(cfg.store_settings())
     assert cfg.store_settings().url == "s3://b/p"
-    assert load_config(SchedulerConfig, "scheduler", env={}, state_dir=str(tmp_path)).store_settings().url == \
-        f"file://{tmp_path.resolve()}/store"
+    assert (
+        load_config(SchedulerConfig, "scheduler", env={}, state_dir=str(tmp_path)).store_settings().url
+        == f"file://{tmp_path.resolve()}/store"
+    )
     with pytest.raises(Exception, match="artifact_store"):
         load_config(SchedulerConfig, "scheduler", env={}, state_dir=str(tmp_path), artifact_store="relative/folder")
 
@@ -172,12 +195,16 @@ async def test_job_user_writes_its_own_checkpoints_and_no_ended_jobs(tmp_path) -
                 folder = state / "state" / "store" / "jobs" / first.job_id / "checkpoints"
                 st_ = folder.stat()
                 assert (st_.st_uid, st_.st_mode & 0o777) == (0, 0o700)  # taken back when the attempt ended
-                second = (await stub.CreateJob(pb.CreateJobRequest(spec=local_spec(
-                    [SYSTEM_PYTHON, "-c", PROBE], env={"OTHER_JOB": first.job_id})))).job
+                second = (
+                    await stub.CreateJob(
+                        pb.CreateJobRequest(spec=local_spec([SYSTEM_PYTHON, "-c", PROBE], env={"OTHER_JOB": first.job_id}))
+                    )
+                ).job
                 done = await final(stub, second.job_id)
                 assert done.state == S.JOB_STATE_SUCCEEDED, done.transitions[-1].reason
-                text = "".join(c.text for c in [c async for c in stub.StreamJobLogs(
-                    pb.StreamJobLogsRequest(job_id=second.job_id))])
+                text = "".join(
+                    c.text for c in [c async for c in stub.StreamJobLogs(pb.StreamJobLogsRequest(job_id=second.job_id))]
+                )
                 nobody = pwd.getpwnam("nobody").pw_uid
                 assert f"own checkpoint saved as uid {nobody}" in text
                 assert "list denied" in text and "write denied" in text and "allowed" not in text
@@ -194,8 +221,13 @@ async def test_retention_removes_ended_jobs_files_at_start(tmp_path) -> None:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = pb_grpc.SchedulerServiceStub(ch)
-            job = (await stub.CreateJob(pb.CreateJobRequest(spec=local_spec(
-                [sys.executable, "-c", "open('out.txt', 'w').write('kept until retention')"])))).job
+            job = (
+                await stub.CreateJob(
+                    pb.CreateJobRequest(
+                        spec=local_spec([sys.executable, "-c", "open('out.txt', 'w').write('kept until retention')"])
+                    )
+                )
+            ).job
             assert (await final(stub, job.job_id)).state == S.JOB_STATE_SUCCEEDED
             listed = await stub.ListArtifacts(pb.ListArtifactsRequest(job_id=job.job_id))
             assert [a.path for a in listed.artifacts] == ["out.txt"]
@@ -223,14 +255,28 @@ async def test_cli_submits_inputs_and_deletes_stored_artifacts(sched, capsys) ->
 
     stub, tmp, port = sched
     words = f"file://{tmp}/data/words.txt"
-    argv = ["jobs", "submit", "--address", f"127.0.0.1:{port}", "--provider", "local", "--follow", "--no-logs",
-            "--input", f"in/words.txt={words}", "--input", "builtin:tinyshakespeare", "--",
-            sys.executable, "-c", "import os; open('copy.txt', 'w').write(open('in/words.txt').read() + "
-                                  "str(os.path.getsize('data/tinyshakespeare/input.txt')))"]
+    argv = [
+        "jobs",
+        "submit",
+        "--address",
+        f"127.0.0.1:{port}",
+        "--provider",
+        "local",
+        "--follow",
+        "--no-logs",
+        "--input",
+        f"in/words.txt={words}",
+        "--input",
+        "builtin:tinyshakespeare",
+        "--",
+        sys.executable,
+        "-c",
+        "import os; open('copy.txt', 'w').write(open('in/words.txt').read() + "
+        "str(os.path.getsize('data/tinyshakespeare/input.txt')))",
+    ]
     assert await asyncio.to_thread(main, argv) == 0, capsys.readouterr().err
     job_id = re.search(r"job (job-\S+) ", capsys.readouterr().out).group(1)
-    got = b"".join([c.data async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job_id,
-                                                                                         path="copy.txt"))])
+    got = b"".join([c.data async for c in stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job_id, path="copy.txt"))])
     assert got == b"hello input\n1115394"
     argv = ["jobs", "artifacts", "--address", f"127.0.0.1:{port}", job_id, "--delete"]
     assert await asyncio.to_thread(main, argv) == 0
@@ -261,16 +307,21 @@ class _RemoteWithFiles(ScriptedProvider):
 
 
 async def test_remote_attempt_gets_presigned_code_and_inputs_and_its_files_outlive_the_machine(
-        tmp_path, s3_server, s3_bucket) -> None:
+    tmp_path, s3_server, s3_bucket
+) -> None:
     import urllib.request
 
     rp = _RemoteWithFiles("runpod", [[RUNNING, OK]])
     store = AsyncJobStore(JobStore(tmp_path / "jobs.db", synchronous="NORMAL"))
-    settings = EngineSettings(tmp_path, poll_interval_s=0.02, store=StoreSettings(
-        f"s3://{s3_bucket}/crucible", endpoint_url=s3_server, access_key="testing", secret_key="testing",
-        region="us-east-1"), code_url_ttl_s=300)
-    engine = Engine(settings, store, ProviderRegistry((), instances={"runpod": rp}),
-                    FixedOffers([offer("runpod", "", 2.0)]))
+    settings = EngineSettings(
+        tmp_path,
+        poll_interval_s=0.02,
+        store=StoreSettings(
+            f"s3://{s3_bucket}/crucible", endpoint_url=s3_server, access_key="testing", secret_key="testing", region="us-east-1"
+        ),
+        code_url_ttl_s=300,
+    )
+    engine = Engine(settings, store, ProviderRegistry((), instances={"runpod": rp}), FixedOffers([offer("runpod", "", 2.0)]))
     await engine.start()
     try:
         archive = io.BytesIO()
@@ -278,8 +329,9 @@ async def test_remote_attempt_gets_presigned_code_and_inputs_and_its_files_outli
             info = tarfile.TarInfo("train.py")
             info.size = 5
             tar.addfile(info, io.BytesIO(b"pass\n"))
-        job = await engine.create(engine_spec(code_archive=archive.getvalue(),
-                                              inputs=[job_pb2.JobInput(uri="builtin:tinyshakespeare")]), "", False)
+        job = await engine.create(
+            engine_spec(code_archive=archive.getvalue(), inputs=[job_pb2.JobInput(uri="builtin:tinyshakespeare")]), "", False
+        )
         done = await finish(engine, job.job_id)
         assert done.state == st.SUCCEEDED, done.transitions[-1].reason
         launch = rp.launches[0]
@@ -288,7 +340,7 @@ async def test_remote_attempt_gets_presigned_code_and_inputs_and_its_files_outli
         assert hashlib.sha256(code).hexdigest() == launch.code_sha256
         with tarfile.open(fileobj=io.BytesIO(code)) as tar:
             assert tar.extractfile("train.py").read() == b"pass\n"
-        (path, url), = launch.input_urls
+        ((path, url),) = launch.input_urls
         assert path == "data/tinyshakespeare/input.txt"
         data = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
         assert data.startswith(b"First Citizen")
@@ -296,7 +348,8 @@ async def test_remote_attempt_gets_presigned_code_and_inputs_and_its_files_outli
         assert "AWS_SECRET_ACCESS_KEY" not in launch.env  # no role and no opt-in: the scheduler's keys stay home
         # The machine is released; the file it left was pulled into the store before that.
         assert rp.released and await engine.artifacts(job.job_id, "") == [
-            ("out/model.bin", 6, pytest.approx(mtime_of(engine, job.job_id), abs=5), False)]
+            ("out/model.bin", 6, pytest.approx(mtime_of(engine, job.job_id), abs=5), False)
+        ]
         got = [c async for c in engine.download(job.job_id, "out/model.bin", 2)]
         assert b"".join(c[1] for c in got) == b"ight" and got[-1][3] == hashlib.sha256(b"ight").hexdigest()
     finally:

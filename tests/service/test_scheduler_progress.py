@@ -82,17 +82,18 @@ async def test_every_point_paged_durable_and_on_the_cli(tmp_path) -> None:
             assert set(evals[1].metrics) == {"train_loss", "val_loss"} and evals[1].step == 250
             assert all(p.attempt == 1 for p in points)
             assert [p.time.ToNanoseconds() for p in points] == sorted(p.time.ToNanoseconds() for p in points)
-            assert [(p.step, dict(p.metrics)) for p in await _all_points(stub, job.job_id, 7)] == \
-                [(p.step, dict(p.metrics)) for p in points]
+            assert [(p.step, dict(p.metrics)) for p in await _all_points(stub, job.job_id, 7)] == [
+                (p.step, dict(p.metrics)) for p in points
+            ]
 
             first = await stub.ListJobProgress(pb.ListJobProgressRequest(job_id=job.job_id))
             assert len(first.points) == 500 and first.next_page_token  # default page size
             # The resume token of the last page returns nothing more (and itself) until new points arrive.
-            last = await stub.ListJobProgress(pb.ListJobProgressRequest(job_id=job.job_id, page_size=1000,
-                                                                        page_token=first.next_page_token))
+            last = await stub.ListJobProgress(
+                pb.ListJobProgressRequest(job_id=job.job_id, page_size=1000, page_token=first.next_page_token)
+            )
             assert len(last.points) == len(points) - 500 and not last.next_page_token and last.resume_page_token
-            again = await stub.ListJobProgress(pb.ListJobProgressRequest(job_id=job.job_id,
-                                                                         page_token=last.resume_page_token))
+            again = await stub.ListJobProgress(pb.ListJobProgressRequest(job_id=job.job_id, page_token=last.resume_page_token))
             assert list(again.points) == [] and again.resume_page_token == last.resume_page_token
 
             # The SDK returns the same points as plain dataclasses.
@@ -101,10 +102,12 @@ async def test_every_point_paged_durable_and_on_the_cli(tmp_path) -> None:
             assert [p.step for p in plain] == [0, 0, 1] and nxt and resume == nxt
             assert plain[1].metrics == {"train_loss": 2.0, "val_loss": 2.5}
 
-            assert (await _error(stub.ListJobProgress(pb.ListJobProgressRequest(job_id=job.job_id, page_size=1001))))[1] \
-                == [("page_size", "must be between 0 (the default, 500) and 1000")]
-            code, violations = await _error(stub.ListJobProgress(pb.ListJobProgressRequest(job_id=job.job_id,
-                                                                                          page_token="bogus")))
+            assert (await _error(stub.ListJobProgress(pb.ListJobProgressRequest(job_id=job.job_id, page_size=1001))))[1] == [
+                ("page_size", "must be between 0 (the default, 500) and 1000")
+            ]
+            code, violations = await _error(
+                stub.ListJobProgress(pb.ListJobProgressRequest(job_id=job.job_id, page_token="bogus"))
+            )
             assert code == grpc.StatusCode.INVALID_ARGUMENT and violations[0][0] == "page_token"
             code, _ = await _error(stub.ListJobProgress(pb.ListJobProgressRequest(job_id="job-unknown")))
             assert code == grpc.StatusCode.NOT_FOUND
@@ -119,8 +122,12 @@ async def test_every_point_paged_durable_and_on_the_cli(tmp_path) -> None:
         assert [(p.step, dict(p.metrics)) for p in again] == [(p.step, dict(p.metrics)) for p in points]
 
         out = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "crucible", "jobs", "progress", job.job_id, "--json",
-                             "--address", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+            subprocess.run,
+            [sys.executable, "-m", "crucible", "jobs", "progress", job.job_id, "--json", "--address", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         lines = [json.loads(line) for line in out.stdout.splitlines()]
         assert len(lines) == len(points)

@@ -14,6 +14,8 @@ import grpc
 import pytest
 import torch
 import transformers
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from crucible.api.scorer.v1 import scorer_service_pb2 as pb
 from crucible.api.scorer.v1 import scorer_service_pb2_grpc as pb_grpc
 from crucible.runtime.config import load_config
@@ -22,8 +24,6 @@ from crucible.scorer.config import ScorerConfig
 from crucible.scorer.placement import allowed_cores
 from crucible.scorer.seca import SECA_PROMPT_TEMPLATE, build_seca_prompt
 from crucible.scorer.server import create_server
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from tests.unit.test_scorer_core import (
     assert_close,
     reference_choice_logprob,
@@ -85,13 +85,18 @@ async def test_health_serving_and_get_info(server, stub) -> None:
 
 async def test_score_choices_matches_the_per_item_reference(stub, reference) -> None:
     model, tokenizer = reference
-    question = pb.McqQuestion(subject="anatomy", question="Which structure collects urine?",
-                              options=["the kidney", "the bladder", "the ureter", "the urethra"])
-    request = pb.ScoreChoicesRequest(items=[
-        pb.ChoiceItem(raw_prompt="The capital of France is", choices=[" Paris", " Rome", " a long yellow fruit"]),
-        pb.ChoiceItem(question=question),
-        pb.ChoiceItem(question=question, choices=[" the bladder", "B"]),
-    ])
+    question = pb.McqQuestion(
+        subject="anatomy",
+        question="Which structure collects urine?",
+        options=["the kidney", "the bladder", "the ureter", "the urethra"],
+    )
+    request = pb.ScoreChoicesRequest(
+        items=[
+            pb.ChoiceItem(raw_prompt="The capital of France is", choices=[" Paris", " Rome", " a long yellow fruit"]),
+            pb.ChoiceItem(question=question),
+            pb.ChoiceItem(question=question, choices=[" the bladder", "B"]),
+        ]
+    )
     reply = await stub.ScoreChoices(request, timeout=30)
     assert reply.model.device == "cpu" and len(reply.results) == 3
     seca = build_seca_prompt("anatomy", question.question, list(question.options))
@@ -109,8 +114,10 @@ async def test_score_choices_matches_the_per_item_reference(stub, reference) -> 
 
 async def test_score_texts_matches_the_per_item_reference(stub, reference) -> None:
     model, tokenizer = reference
-    items = [pb.TextItem(text="The capital of France is Paris."),
-             pb.TextItem(text=" Paris, and the capital of Italy is Rome.", prefix="The capital of France is")]
+    items = [
+        pb.TextItem(text="The capital of France is Paris."),
+        pb.TextItem(text=" Paris, and the capital of Italy is Rome.", prefix="The capital of France is"),
+    ]
     reply = await stub.ScoreTexts(pb.ScoreTextsRequest(items=items), timeout=30)
     for item, score in zip(items, reply.scores, strict=True):
         expected, count = reference_text(model, tokenizer, item.text, item.prefix)
@@ -125,19 +132,30 @@ async def test_score_texts_matches_the_per_item_reference(stub, reference) -> No
 BAD = [
     (pb.ScoreChoicesRequest(), "items", "NO_ITEMS"),
     (pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt="x", choices=["a"])] * 9), "items", "TOO_MANY_ITEMS"),
-    (pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt="ok", choices=["a"]), pb.ChoiceItem(raw_prompt="ok")]),
-     "items[1].choices", "NO_CHOICES"),
-    (pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt="ok", choices=["a", "b", "a"])]), "items[0].choices[2]",
-     "DUPLICATE_CHOICE"),
+    (
+        pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt="ok", choices=["a"]), pb.ChoiceItem(raw_prompt="ok")]),
+        "items[1].choices",
+        "NO_CHOICES",
+    ),
+    (
+        pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt="ok", choices=["a", "b", "a"])]),
+        "items[0].choices[2]",
+        "DUPLICATE_CHOICE",
+    ),
     (pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt=" ", choices=["a"])]), "items[0].raw_prompt", "EMPTY_PROMPT"),
     (pb.ScoreChoicesRequest(items=[pb.ChoiceItem(choices=["a"])]), "items[0].prompt", "PROMPT_UNSET"),
-    (pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt="The capital " * 300, choices=["a"])]), "items[0]",
-     "PROMPT_TOO_LONG"),
-    (pb.ScoreChoicesRequest(items=[pb.ChoiceItem(question=pb.McqQuestion(subject="s", question="q", options=["a", ""]))]),
-     "items[0].question.options[1]", "EMPTY_OPTION"),
+    (
+        pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt="The capital " * 300, choices=["a"])]),
+        "items[0]",
+        "PROMPT_TOO_LONG",
+    ),
+    (
+        pb.ScoreChoicesRequest(items=[pb.ChoiceItem(question=pb.McqQuestion(subject="s", question="q", options=["a", ""]))]),
+        "items[0].question.options[1]",
+        "EMPTY_OPTION",
+    ),
     (pb.ScoreTextsRequest(items=[pb.TextItem(text="fine"), pb.TextItem(text="")]), "items[1].text", "EMPTY_TEXT"),
-    (pb.ScoreTextsRequest(items=[pb.TextItem(text="fine", prefix="The capital " * 300)]), "items[0].prefix",
-     "PREFIX_TOO_LONG"),
+    (pb.ScoreTextsRequest(items=[pb.TextItem(text="fine", prefix="The capital " * 300)]), "items[0].prefix", "PREFIX_TOO_LONG"),
 ]
 
 
@@ -155,8 +173,12 @@ async def test_bad_input_is_invalid_argument_naming_the_field(stub, request_, fi
 async def test_a_bad_call_does_not_disturb_others(stub) -> None:
     good = pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt="The capital of France is", choices=[" Paris"])])
     bad = pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt="ok", choices=["a", "a"])])
-    outcomes = await asyncio.gather(stub.ScoreChoices(good, timeout=30), stub.ScoreChoices(bad, timeout=30),
-                                    stub.ScoreChoices(good, timeout=30), return_exceptions=True)
+    outcomes = await asyncio.gather(
+        stub.ScoreChoices(good, timeout=30),
+        stub.ScoreChoices(bad, timeout=30),
+        stub.ScoreChoices(good, timeout=30),
+        return_exceptions=True,
+    )
     assert isinstance(outcomes[1], grpc.aio.AioRpcError)
     assert outcomes[0].results[0].choices[0].logprob == outcomes[2].results[0].choices[0].logprob
 
@@ -167,8 +189,10 @@ async def test_concurrent_calls_are_batched_and_queue_overflow_is_refused(model_
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.ScorerServiceStub(channel)
             prompts = ["The capital of France is", "A banana is", "Which of the following", "You are the world's best"]
-            requests = [pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt=p, choices=[" Paris", " a long yellow fruit"])])
-                        for p in prompts]
+            requests = [
+                pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt=p, choices=[" Paris", " a long yellow fruit"])])
+                for p in prompts
+            ]
             batches_before = server.registry.get_sample_value("crucible_batcher_batch_size_count", {"batcher": "scorer"})
             together = await asyncio.gather(*(stub.ScoreChoices(r, timeout=30) for r in requests))
             batches = server.registry.get_sample_value("crucible_batcher_batch_size_count", {"batcher": "scorer"})
@@ -177,7 +201,7 @@ async def test_concurrent_calls_are_batched_and_queue_overflow_is_refused(model_
                 alone = await stub.ScoreChoices(request, timeout=30)
                 for a, b in zip(alone.results[0].choices, reply.results[0].choices, strict=True):
                     assert_close(b.logprob, a.logprob)
-            too_many = pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt=p, choices=["x"]) for p in prompts + ["one more"]])
+            too_many = pb.ScoreChoicesRequest(items=[pb.ChoiceItem(raw_prompt=p, choices=["x"]) for p in [*prompts, "one more"]])
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.ScoreChoices(too_many, timeout=10)
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -197,8 +221,12 @@ async def test_pinned_bfloat16_server_reports_its_placement_and_restores_it(mode
             info = await stub.GetInfo(pb.GetInfoRequest(), timeout=5)
             assert list(info.cores) == [inherited[-1]] and info.cores_pinned and info.intra_op_threads == 1
             assert info.model.dtype == "bfloat16"
-            reply = await stub.ScoreChoices(pb.ScoreChoicesRequest(items=[
-                pb.ChoiceItem(raw_prompt="The capital of France is", choices=[" Paris", " a long yellow fruit"])]), timeout=30)
+            reply = await stub.ScoreChoices(
+                pb.ScoreChoicesRequest(
+                    items=[pb.ChoiceItem(raw_prompt="The capital of France is", choices=[" Paris", " a long yellow fruit"])]
+                ),
+                timeout=30,
+            )
             model, tokenizer = reference
             for choice in reply.results[0].choices:
                 expected = reference_choice_logprob(model, tokenizer, "The capital of France is", choice.text)

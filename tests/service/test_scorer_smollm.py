@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from crucible import models
 from crucible.api.scorer.v1 import scorer_service_pb2 as pb
 from crucible.api.scorer.v1 import scorer_service_pb2_grpc as pb_grpc
@@ -42,9 +43,14 @@ async def stub():
 
 
 async def test_capital_of_france_prefers_paris(stub) -> None:
-    reply = await stub.ScoreChoices(pb.ScoreChoicesRequest(items=[
-        pb.ChoiceItem(raw_prompt="The capital of France is", choices=[" banana", " Paris", " a small purple elephant"]),
-    ]), timeout=60)
+    reply = await stub.ScoreChoices(
+        pb.ScoreChoicesRequest(
+            items=[
+                pb.ChoiceItem(raw_prompt="The capital of France is", choices=[" banana", " Paris", " a small purple elephant"]),
+            ]
+        ),
+        timeout=60,
+    )
     result = reply.results[0]
     assert reply.model.name == "smollm2-135m-instruct" and reply.model.device == "cpu"
     assert result.top_index == 1 and result.choices[1].probability > 0.9
@@ -59,9 +65,15 @@ async def test_seca_question_scores_the_spaced_letters(stub, shared_data: Path |
         subject, question = "anatomy", "Which of the following best describes the structure that collects urine in the body?"
         options = ["Bladder", "Kidney", "Ureter", "Urethra"]
     item = pb.McqQuestion(subject=subject, question=question, options=options)
-    reply = await stub.ScoreChoices(pb.ScoreChoicesRequest(items=[
-        pb.ChoiceItem(question=item), pb.ChoiceItem(question=item, choices=["A", "B", "C", "D"]),
-    ]), timeout=60)
+    reply = await stub.ScoreChoices(
+        pb.ScoreChoicesRequest(
+            items=[
+                pb.ChoiceItem(question=item),
+                pb.ChoiceItem(question=item, choices=["A", "B", "C", "D"]),
+            ]
+        ),
+        timeout=60,
+    )
     spaced, bare = reply.results
     assert spaced.prompt == build_seca_prompt(subject, question, options)
     assert [c.text for c in spaced.choices] == [" A", " B", " C", " D"]  # one byte-level BPE token each, as in the paper
@@ -73,8 +85,9 @@ async def test_seca_question_scores_the_spaced_letters(stub, shared_data: Path |
 async def test_english_is_more_likely_than_shuffled_words(stub) -> None:
     words = ENGLISH.split()
     random.Random(0).shuffle(words)
-    reply = await stub.ScoreTexts(pb.ScoreTextsRequest(items=[pb.TextItem(text=ENGLISH), pb.TextItem(text=" ".join(words))]),
-                                  timeout=60)
+    reply = await stub.ScoreTexts(
+        pb.ScoreTextsRequest(items=[pb.TextItem(text=ENGLISH), pb.TextItem(text=" ".join(words))]), timeout=60
+    )
     english, shuffled = reply.scores
     assert english.perplexity * 10 < shuffled.perplexity
     assert english.token_count > 15 and english.log_likelihood < 0

@@ -175,6 +175,7 @@ def test_token_file_is_read_when_no_token_variable(tmp_path):
     token.write_text("from-file\n")
     config = MeshConfig.from_env({"CRUCIBLE_CLIENT_TOKEN_FILE": str(token)})
     assert all(c.token == "from-file" for c in config.services.values())
-    assert MeshConfig.from_env({"CRUCIBLE_CLIENT_TOKEN": "direct", "CRUCIBLE_CLIENT_TOKEN_FILE": str(token)}).services[
-        "cost"
-    ].token == "direct"
+    assert (
+        MeshConfig.from_env({"CRUCIBLE_CLIENT_TOKEN": "direct", "CRUCIBLE_CLIENT_TOKEN_FILE": str(token)}).services["cost"].token
+        == "direct"
+    )

@@ -21,8 +21,11 @@ def store(request, tmp_path):
         return JobObjectStore(StoreSettings(url=f"file://{tmp_path / 'store'}"))
     endpoint = request.getfixturevalue("s3_server")
     bucket = request.getfixturevalue("s3_bucket")
-    return JobObjectStore(StoreSettings(url=f"s3://{bucket}/crucible", endpoint_url=endpoint,
-                                       access_key="testing", secret_key="testing", region="us-east-1"))
+    return JobObjectStore(
+        StoreSettings(
+            url=f"s3://{bucket}/crucible", endpoint_url=endpoint, access_key="testing", secret_key="testing", region="us-east-1"
+        )
+    )
 
 
 def test_put_list_read_delete(store, tmp_path):
@@ -65,8 +68,11 @@ def test_job_ids_are_checked(tmp_path):
 
 
 def test_presigned_read_needs_no_keys(s3_server, s3_bucket):
-    store = JobObjectStore(StoreSettings(url=f"s3://{s3_bucket}/p", endpoint_url=s3_server,
-                                         access_key="testing", secret_key="testing", region="us-east-1"))
+    store = JobObjectStore(
+        StoreSettings(
+            url=f"s3://{s3_bucket}/p", endpoint_url=s3_server, access_key="testing", secret_key="testing", region="us-east-1"
+        )
+    )
     store.put_bytes("job-4", "code", "code.tar.gz", b"archive-bytes")
     url = store.read_url("job-4", "code", "code.tar.gz", expires_s=600)
     assert "Signature" in url or "X-Amz-Signature" in url
@@ -75,13 +81,11 @@ def test_presigned_read_needs_no_keys(s3_server, s3_bucket):
 
 
 def test_job_env_scopes_keys(s3_server, s3_bucket):
-    base = dict(url=f"s3://{s3_bucket}/p", endpoint_url=s3_server, access_key="testing", secret_key="testing",
-                region="us-east-1")
+    base = dict(url=f"s3://{s3_bucket}/p", endpoint_url=s3_server, access_key="testing", secret_key="testing", region="us-east-1")
     plain = JobObjectStore(StoreSettings(**base)).job_env("job-5", 3600)
     assert plain["CRUCIBLE_CHECKPOINT_URL"] == f"s3://{s3_bucket}/p/jobs/job-5/checkpoints"
     assert "AWS_SECRET_ACCESS_KEY" not in plain  # no role, no opt-in: the scheduler's keys never reach the job
-    scoped = JobObjectStore(StoreSettings(**base, role_arn="arn:aws:iam::123456789012:role/crucible-jobs")).job_env(
-        "job-5", 3600)
+    scoped = JobObjectStore(StoreSettings(**base, role_arn="arn:aws:iam::123456789012:role/crucible-jobs")).job_env("job-5", 3600)
     assert scoped["AWS_SESSION_TOKEN"] and scoped["AWS_ACCESS_KEY_ID"] != "testing"
     shared = JobObjectStore(StoreSettings(**base, share_credentials=True)).job_env("job-5", 3600)
     assert shared["AWS_ACCESS_KEY_ID"] == "testing"
@@ -113,8 +117,9 @@ def test_checkpoint_round_trip_and_retention(ckpt_url, monkeypatch, request):
 
     assert checkpoint.load_latest(url=ckpt_url) is None
     for step in (10, 20, 30, 40):
-        checkpoint.save_checkpoint({"w": torch.full((3,), float(step)), "step": step}, step, {"loss": 1.0 / step},
-                                   url=ckpt_url, keep=2)
+        checkpoint.save_checkpoint(
+            {"w": torch.full((3,), float(step)), "step": step}, step, {"loss": 1.0 / step}, url=ckpt_url, keep=2
+        )
     assert [c.step for c in checkpoint.list_checkpoints(url=ckpt_url)] == [30, 40]
     state, info = checkpoint.load_latest(url=ckpt_url)
     assert info.step == 40 and state["step"] == 40 and torch.equal(state["w"], torch.full((3,), 40.0))

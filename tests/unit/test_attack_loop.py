@@ -30,8 +30,9 @@ class Busy(grpc.aio.AioRpcError):
     def __init__(self, code: grpc.StatusCode, expected_wait: float | None = None) -> None:
         trailing = grpc.aio.Metadata()
         if expected_wait is not None:  # what the batcher sends (crucible.runtime.errors.to_status)
-            err = ResourceExhausted("busy", reason="QUEUE_WAIT_EXCEEDS_DEADLINE",
-                                    metadata={"expected_wait_s": f"{expected_wait:.3f}"})
+            err = ResourceExhausted(
+                "busy", reason="QUEUE_WAIT_EXCEEDS_DEADLINE", metadata={"expected_wait_s": f"{expected_wait:.3f}"}
+            )
             trailing = grpc.aio.Metadata(*to_status(err, "proposer.crucible").trailing_metadata)
         super().__init__(code, grpc.aio.Metadata(), trailing, details="busy")
 
@@ -48,8 +49,9 @@ def _scores(top: int, target_logprob: float) -> ChoiceScores:
 class FakeMesh:
     """Scripted proposer and scorer: the first `fail` calls of each kind raise `error`, later ones answer."""
 
-    def __init__(self, *, fail: int = 0, error: grpc.StatusCode = grpc.StatusCode.DEADLINE_EXCEEDED,
-                 batch: int = 32, flip_at: int = 2) -> None:
+    def __init__(
+        self, *, fail: int = 0, error: grpc.StatusCode = grpc.StatusCode.DEADLINE_EXCEEDED, batch: int = 32, flip_at: int = 2
+    ) -> None:
         self.fail = {"propose": fail, "score": fail, "check": fail}
         self.error = error
         self.flip_at = flip_at
@@ -57,8 +59,7 @@ class FakeMesh:
         self.active = 0
         self.most_active = 0
         info = types.SimpleNamespace(batching=types.SimpleNamespace(max_batch_size=batch))
-        self.proposer = types.SimpleNamespace(propose=self._propose, check_equivalence=self._check,
-                                              info=self._info(info))
+        self.proposer = types.SimpleNamespace(propose=self._propose, check_equivalence=self._check, info=self._info(info))
         self.scorer = types.SimpleNamespace(score_choices=self._score, info=self._info(info))
         self.iteration = 0
 
@@ -66,6 +67,7 @@ class FakeMesh:
     def _info(info):
         async def call(timeout=None):
             return info
+
         return call
 
     async def _maybe_fail(self, kind: str, timeout: float) -> None:
@@ -80,8 +82,16 @@ class FakeMesh:
         self.most_active = max(self.most_active, self.active)
         await asyncio.sleep(0.01)
         self.active -= 1
-        return Proposal([f"{text} v{seed % 7}", "Which planet orbits nearest the Sun?"], ["STOP"] * 2, 1, 0, seed, "",
-                        {}, {"empty": 1, "answers": 2})
+        return Proposal(
+            [f"{text} v{seed % 7}", "Which planet orbits nearest the Sun?"],
+            ["STOP"] * 2,
+            1,
+            0,
+            seed,
+            "",
+            {},
+            {"empty": 1, "answers": 2},
+        )
 
     async def _score(self, queries, *, timeout):
         await self._maybe_fail("score", timeout)
@@ -199,10 +209,25 @@ def test_summary_reports_accuracy_validity_drops_equivalence_and_errors():
         return AttackOutcome("q", status, 1, 0, 1, "q?", -1.0, -2.0, kw.pop("checked", 0), kw.pop("passed", 0), **kw)
 
     outcomes = [
-        outcome("flipped", checked=4, passed=2, candidates_generated=9, candidates_valid=6,
-                dropped={"answers": 2, "empty": 1}, final_equivalent=True, final_score=0.8),
-        outcome("not_flipped", checked=2, passed=0, candidates_generated=9, candidates_valid=3,
-                dropped={"not_a_question": 6}, retries=2),
+        outcome(
+            "flipped",
+            checked=4,
+            passed=2,
+            candidates_generated=9,
+            candidates_valid=6,
+            dropped={"answers": 2, "empty": 1},
+            final_equivalent=True,
+            final_score=0.8,
+        ),
+        outcome(
+            "not_flipped",
+            checked=2,
+            passed=0,
+            candidates_generated=9,
+            candidates_valid=3,
+            dropped={"not_a_question": 6},
+            retries=2,
+        ),
         outcome("skipped_wrong"),
         outcome("error", error="x"),
     ]

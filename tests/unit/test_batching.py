@@ -203,8 +203,9 @@ async def test_admission_by_wait_counts_the_running_batch_and_can_be_turned_off(
         gate.wait(10)
         return items
 
-    b = DynamicBatcher("wait", run, BatchSettings(max_batch_size=1, max_batch_tokens=0, max_wait_s=0.0),
-                       cost=len, prior_tokens_per_s=100.0)
+    b = DynamicBatcher(
+        "wait", run, BatchSettings(max_batch_size=1, max_batch_tokens=0, max_wait_s=0.0), cost=len, prior_tokens_per_s=100.0
+    )
     b.start()
     running = asyncio.ensure_future(b.submit("r" * 100))  # about 1 s of work at 100 tokens/s
     await asyncio.sleep(0.05)
@@ -219,8 +220,13 @@ async def test_admission_by_wait_counts_the_running_batch_and_can_be_turned_off(
     assert await running == "r" * 100 and await waiting == "y" * 10
     await b.stop()
 
-    off = DynamicBatcher("off", run, BatchSettings(max_batch_size=1, max_batch_tokens=0, max_wait_s=0.0,
-                                                   admit_by_wait=False), cost=len, prior_tokens_per_s=1.0)
+    off = DynamicBatcher(
+        "off",
+        run,
+        BatchSettings(max_batch_size=1, max_batch_tokens=0, max_wait_s=0.0, admit_by_wait=False),
+        cost=len,
+        prior_tokens_per_s=1.0,
+    )
     off.start()
     assert await off.submit("z" * 10, timeout=5) == "z" * 10
     await off.stop()
@@ -233,8 +239,9 @@ async def test_a_shared_item_expires_with_its_last_callers_deadline_not_its_firs
         gate.wait(10)
         return [i.upper() for i in items]
 
-    b = DynamicBatcher("share", run, BatchSettings(max_batch_size=1, max_batch_tokens=0, max_wait_s=0.0),
-                       dedup_key=lambda item: item)
+    b = DynamicBatcher(
+        "share", run, BatchSettings(max_batch_size=1, max_batch_tokens=0, max_wait_s=0.0), dedup_key=lambda item: item
+    )
     b.start()
     blocker = asyncio.ensure_future(b.submit("first"))
     await asyncio.sleep(0.05)

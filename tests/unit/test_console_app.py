@@ -13,8 +13,9 @@ from crucible.clients.mesh import MeshConfig
 from crucible.console.app import STATIC_DIR, BadInput, _number, allowed_hosts, create_app, jsonable
 from crucible.console.config import ConsoleConfig
 
-UNREACHABLE = MeshConfig.from_mapping({name: {"addresses": ["127.0.0.1:9"]} for name in
-                                       ("detector", "proposer", "scorer", "scheduler", "cost")} | {"timeout_s": 1})
+UNREACHABLE = MeshConfig.from_mapping(
+    {name: {"addresses": ["127.0.0.1:9"]} for name in ("detector", "proposer", "scorer", "scheduler", "cost")} | {"timeout_s": 1}
+)
 
 
 async def test_without_the_chart_asset_the_console_says_so(tmp_path: Path) -> None:
@@ -43,6 +44,9 @@ def test_inputs_bounded_and_named() -> None:
         with pytest.raises(BadInput) as info:
             _number({"hours": bad}, "hours", high=1000)
         assert info.value.field == "hours"
-    assert jsonable({"t": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "d": dt.timedelta(seconds=90),
-                     "x": float("nan")}) == {"t": "2026-01-01T00:00:00+00:00", "d": 90.0, "x": None}
+    assert jsonable({"t": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "d": dt.timedelta(seconds=90), "x": float("nan")}) == {
+        "t": "2026-01-01T00:00:00+00:00",
+        "d": 90.0,
+        "x": None,
+    }
     assert "evil.example" not in allowed_hosts("127.0.0.1") and allowed_hosts("0.0.0.0") == ["*"]

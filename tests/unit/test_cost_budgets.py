@@ -23,29 +23,39 @@ def store(tmp_path):
     s.close()
 
 
-def _budget(store, scope="user:alice", limit=10.0, thresholds=(), enforcement=Enforcement.SOFT, request_id="", now=T0,
-            name=""):
-    return store.create_budget(scope=scope, display_name=name, limit_usd=limit, thresholds=list(thresholds),
-                               enforcement=enforcement, request_id=request_id, now_ns=now)
+def _budget(store, scope="user:alice", limit=10.0, thresholds=(), enforcement=Enforcement.SOFT, request_id="", now=T0, name=""):
+    return store.create_budget(
+        scope=scope,
+        display_name=name,
+        limit_usd=limit,
+        thresholds=list(thresholds),
+        enforcement=enforcement,
+        request_id=request_id,
+        now_ns=now,
+    )
 
 
 def _use(store, job="j1", start=T0, end=T0 + H, price=1.0, scope="user:alice", offer="p/x//on-demand"):
-    return store.record_usage(job_id=job, offer_id=offer, scope=scope, start_ns=start, end_ns=end, price_usd_per_hour=price,
-                              now_ns=end)
+    return store.record_usage(
+        job_id=job, offer_id=offer, scope=scope, start_ns=start, end_ns=end, price_usd_per_hour=price, now_ns=end
+    )
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [
-    (dict(scope=""), "budget.scope"),
-    (dict(scope="alice"), "budget.scope"),
-    (dict(scope="User:Alice"), "budget.scope"),
-    (dict(limit=0.0), "budget.limit_usd"),
-    (dict(limit=float("nan")), "budget.limit_usd"),
-    (dict(thresholds=(50, 0)), "budget.alert_thresholds_percent[1]"),
-    (dict(thresholds=(50, 101)), "budget.alert_thresholds_percent[1]"),
-    (dict(thresholds=(50, 50)), "budget.alert_thresholds_percent[1]"),
-    (dict(name="x" * 201), "budget.display_name"),
-    (dict(request_id="r" * 129), "request_id"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        (dict(scope=""), "budget.scope"),
+        (dict(scope="alice"), "budget.scope"),
+        (dict(scope="User:Alice"), "budget.scope"),
+        (dict(limit=0.0), "budget.limit_usd"),
+        (dict(limit=float("nan")), "budget.limit_usd"),
+        (dict(thresholds=(50, 0)), "budget.alert_thresholds_percent[1]"),
+        (dict(thresholds=(50, 101)), "budget.alert_thresholds_percent[1]"),
+        (dict(thresholds=(50, 50)), "budget.alert_thresholds_percent[1]"),
+        (dict(name="x" * 201), "budget.display_name"),
+        (dict(request_id="r" * 129), "request_id"),
+    ],
+)
 def test_create_budget_rejects_malformed_input_naming_the_field(store, kwargs, field):
     with pytest.raises(InvalidArgument) as err:
         _budget(store, **kwargs)
@@ -132,7 +142,9 @@ def test_admission_against_hard_and_soft_budgets(store):
     _use(store, price=4.0)
     checks = store.check_admission("user:alice", 6.0, "job-a")  # 10 of 10: not over the hard limit
     assert [(c.budget.budget_id, c.projected_usd, c.would_exceed) for c in checks] == [
-        (hard.budget_id, pytest.approx(10.0), False), (soft.budget_id, pytest.approx(10.0), True)]
+        (hard.budget_id, pytest.approx(10.0), False),
+        (soft.budget_id, pytest.approx(10.0), True),
+    ]
     with pytest.raises(FailedPrecondition) as err:
         store.check_admission("user:alice", 6.5, "job-b")
     assert err.value.reason == "BUDGET_EXCEEDED"

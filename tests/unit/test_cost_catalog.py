@@ -29,8 +29,10 @@ from crucible.cost.catalog import (
 )
 from crucible.runtime.errors import InvalidArgument, NotFound
 
-HEADER = ("provider,instance_type,gpu_name,gpu_count,gpu_memory_gib,region,price_usd_per_hour,spot_price_usd_per_hour,"
-          "billing_granularity,source,observed_at\n")
+HEADER = (
+    "provider,instance_type,gpu_name,gpu_count,gpu_memory_gib,region,price_usd_per_hour,spot_price_usd_per_hour,"
+    "billing_granularity,source,observed_at\n"
+)
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 
@@ -39,8 +41,17 @@ def _rows(body: str, origin: Origin = Origin.USER_CATALOG):
 
 
 def _local(**kw):
-    args = dict(gpu_name="RTX4090", gpu_count=1, gpu_memory_gib=24, vcpus=16, memory_gib=64, power_watts=450,
-                electricity_usd_per_kwh=0.2, amortisation_usd_per_hour=0.1, observed_at=NOW)
+    args = dict(
+        gpu_name="RTX4090",
+        gpu_count=1,
+        gpu_memory_gib=24,
+        vcpus=16,
+        memory_gib=64,
+        power_watts=450,
+        electricity_usd_per_kwh=0.2,
+        amortisation_usd_per_hour=0.1,
+        observed_at=NOW,
+    )
     args.update(kw)
     return local_row(**args)
 
@@ -79,38 +90,44 @@ def test_bundled_catalog_has_a_region_a_source_and_a_date_on_every_row():
     assert BUNDLED_CATALOG.stat().st_size < 600_000  # GPU rows only: the file stays small
 
 
-@pytest.mark.parametrize(("text", "memory", "expected"), [
-    ("NVIDIA A100 80GB PCIe", None, "A100-80GB"),
-    ("A100 (40 GB SXM4)", None, "A100-40GB"),
-    ("NVIDIA A100-SXM4-80GB", None, "A100-80GB"),
-    ("a100", 80, "A100-80GB"),
-    ("A10 (24 GB PCIe)", None, "A10"),
-    ("NVIDIA A10G", None, "A10G"),
-    ("NVIDIA H100 80GB HBM3", None, "H100"),
-    ("NVIDIA GeForce RTX 4090", None, "RTX4090"),
-    ("NVIDIA RTX A6000", None, "A6000"),
-    ("NVIDIA L40S", None, "L40S"),
-    ("NVIDIA L4", None, "L4"),
-    ("Tesla T4", None, "T4"),
-    ("NVIDIA B200", None, "B200"),
-    ("", None, ""),
-])
+@pytest.mark.parametrize(
+    ("text", "memory", "expected"),
+    [
+        ("NVIDIA A100 80GB PCIe", None, "A100-80GB"),
+        ("A100 (40 GB SXM4)", None, "A100-40GB"),
+        ("NVIDIA A100-SXM4-80GB", None, "A100-80GB"),
+        ("a100", 80, "A100-80GB"),
+        ("A10 (24 GB PCIe)", None, "A10"),
+        ("NVIDIA A10G", None, "A10G"),
+        ("NVIDIA H100 80GB HBM3", None, "H100"),
+        ("NVIDIA GeForce RTX 4090", None, "RTX4090"),
+        ("NVIDIA RTX A6000", None, "A6000"),
+        ("NVIDIA L40S", None, "L40S"),
+        ("NVIDIA L4", None, "L4"),
+        ("Tesla T4", None, "T4"),
+        ("NVIDIA B200", None, "B200"),
+        ("", None, ""),
+    ],
+)
 def test_canonical_gpu_names(text, memory, expected):
     assert canonical_gpu_name(text, memory) == expected
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ("lambda,x,A10,1,24,,abc,,per_second,s,2026-01-01\n", "test.csv:2: price_usd_per_hour: expected a number"),
-    ("lambda,x,A10,1,24,,-1,,per_second,s,2026-01-01\n", "price_usd_per_hour: must be a finite number >= 0"),
-    ("lambda,x,A10,1,24,,,,per_second,s,2026-01-01\n", "at least one price is required"),
-    ("lambda,x,A10,1,24,,1,,hourly,s,2026-01-01\n", "billing_granularity"),
-    ("lambda,x,A10,1,24,,1,,per_hour,s,yesterday\n", "observed_at"),
-    ("lambda,x,A10,0,24,,1,,per_hour,s,\n", "gpu_count: 0 GPUs"),
-    ("Lambda Labs,x,A10,1,24,,1,,per_hour,s,\n", "provider"),
-    ("lambda,a/b,A10,1,24,,1,,per_hour,s,\n", "instance_type: must not contain '/'"),
-    ("lambda,x,A10,1,24,,1,,per_hour,s,\nlambda,x,A10,1,24,,2,,per_hour,s,\n", "test.csv:3: duplicate of line 2"),
-    ("lambda,x,A10,1,24,,1,,per_hour,s,,extra\n", "more fields than columns"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("lambda,x,A10,1,24,,abc,,per_second,s,2026-01-01\n", "test.csv:2: price_usd_per_hour: expected a number"),
+        ("lambda,x,A10,1,24,,-1,,per_second,s,2026-01-01\n", "price_usd_per_hour: must be a finite number >= 0"),
+        ("lambda,x,A10,1,24,,,,per_second,s,2026-01-01\n", "at least one price is required"),
+        ("lambda,x,A10,1,24,,1,,hourly,s,2026-01-01\n", "billing_granularity"),
+        ("lambda,x,A10,1,24,,1,,per_hour,s,yesterday\n", "observed_at"),
+        ("lambda,x,A10,0,24,,1,,per_hour,s,\n", "gpu_count: 0 GPUs"),
+        ("Lambda Labs,x,A10,1,24,,1,,per_hour,s,\n", "provider"),
+        ("lambda,a/b,A10,1,24,,1,,per_hour,s,\n", "instance_type: must not contain '/'"),
+        ("lambda,x,A10,1,24,,1,,per_hour,s,\nlambda,x,A10,1,24,,2,,per_hour,s,\n", "test.csv:3: duplicate of line 2"),
+        ("lambda,x,A10,1,24,,1,,per_hour,s,,extra\n", "more fields than columns"),
+    ],
+)
 def test_malformed_catalog_rows_are_rejected_with_line_and_column(body, message):
     with pytest.raises(CatalogError, match=message.replace("(", r"\(")):
         _rows(body)
@@ -124,15 +141,18 @@ def test_unknown_columns_and_missing_price_columns_are_rejected():
 
 
 def test_minimal_user_row_gets_defaults():
-    (row,) = parse_catalog_csv("provider,instance_type,gpu_name,price_usd_per_hour\nmyco,box1,a100,1.5\n",
-                               origin=Origin.USER_CATALOG, name="u.csv")
+    (row,) = parse_catalog_csv(
+        "provider,instance_type,gpu_name,price_usd_per_hour\nmyco,box1,a100,1.5\n", origin=Origin.USER_CATALOG, name="u.csv"
+    )
     assert (row.gpu_name, row.gpu_count, row.billing, row.observed_at) == ("A100-40GB", 1, Billing.PER_SECOND, None)
     assert row.source == "user catalog (no source given)"
 
 
 def test_user_rows_override_and_extend_the_bundled_catalog():
-    book = _book("lambda,gpu_1x_a10,A10,1,24,us-east-1,0.55,,per_minute,my contract,2026-10-01\n"
-                 "myco,box1,H100,2,80,eu,4.0,2.0,per_hour,invoice,2026-10-02\n")
+    book = _book(
+        "lambda,gpu_1x_a10,A10,1,24,us-east-1,0.55,,per_minute,my contract,2026-10-01\n"
+        "myco,box1,H100,2,80,eu,4.0,2.0,per_hour,invoice,2026-10-02\n"
+    )
     cat = book.catalog
     a10 = cat.get("lambda/gpu_1x_a10/us-east-1/on-demand")
     assert (a10.price_usd_per_hour, a10.origin, a10.source) == (0.55, Origin.USER_CATALOG, "my contract")
@@ -144,9 +164,18 @@ def test_user_rows_override_and_extend_the_bundled_catalog():
 
 def test_live_rows_replace_a_provider_but_never_user_rows_and_retired_offers_stay_resolvable():
     book = _book("lambda,gpu_1x_a10,A10,1,24,us-west-1,0.55,,per_minute,my contract,2026-10-01\n")
-    live_row = dataclasses.replace(book.catalog.rows[0], provider="lambda", instance_type="gpu_1x_a10", region="us-east-1",
-                                   gpu_name="A10", price_usd_per_hour=0.86, origin=Origin.LIVE_API, observed_at=NOW,
-                                   availability=Availability.AVAILABLE, spot_price_usd_per_hour=None)
+    live_row = dataclasses.replace(
+        book.catalog.rows[0],
+        provider="lambda",
+        instance_type="gpu_1x_a10",
+        region="us-east-1",
+        gpu_name="A10",
+        price_usd_per_hour=0.86,
+        origin=Origin.LIVE_API,
+        observed_at=NOW,
+        availability=Availability.AVAILABLE,
+        spot_price_usd_per_hour=None,
+    )
     user_clash = dataclasses.replace(live_row, region="us-west-1", price_usd_per_hour=0.99)
     updated, skipped = book.apply_live("lambda", [live_row, user_clash])
     assert (updated, skipped) == (1, 1)
@@ -174,8 +203,10 @@ def test_select_filters_and_orders_cheapest_first():
 
 def test_ties_put_better_availability_first():
     base = _rows("a,x,A10,1,24,,1.0,,per_second,s,\n")[0]
-    rows = [dataclasses.replace(base, provider=p, availability=a) for p, a in
-            (("a", Availability.UNAVAILABLE), ("b", Availability.UNKNOWN), ("c", Availability.AVAILABLE))]
+    rows = [
+        dataclasses.replace(base, provider=p, availability=a)
+        for p, a in (("a", Availability.UNAVAILABLE), ("b", Availability.UNKNOWN), ("c", Availability.AVAILABLE))
+    ]
     cat = Catalog(rows, load_gpu_table(), KNOWN_PROVIDERS)
     assert [o.provider for o in cat.offers] == ["c", "b", "a"]
     assert [o.provider for o in cat.select(OfferFilter(exclude_unavailable=True))] == ["c", "b"]
@@ -200,8 +231,12 @@ def test_unknown_names_are_not_found_and_empty_names_invalid():
 def test_local_rate_is_power_times_electricity_plus_amortisation():
     row = _local()
     assert row.price_usd_per_hour == pytest.approx(0.45 * 0.2 + 0.1)
-    assert (row.provider, row.instance_type, row.gpu_name, row.origin) == ("local", "local-1xrtx4090", "RTX4090",
-                                                                           Origin.CONFIGURED_RATE)
+    assert (row.provider, row.instance_type, row.gpu_name, row.origin) == (
+        "local",
+        "local-1xrtx4090",
+        "RTX4090",
+        Origin.CONFIGURED_RATE,
+    )
     assert "450 W" in row.source and row.observed_at == NOW
     cpu = _local(gpu_name="", gpu_count=0)
     assert (cpu.instance_type, cpu.gpu_count, cpu.gpu_name) == ("local-cpu", 0, "")

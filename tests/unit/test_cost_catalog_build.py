@@ -22,8 +22,10 @@ from crucible.cost.catalog_build import (
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 DAY = dt.date(2026, 12, 3)
-A10_INFO = "\"{'Gpus': [{'Name': 'A10', 'Manufacturer': 'NVIDIA', 'Count': 1.0, 'MemoryInfo': {'SizeInMiB': 24576}}], " \
-           "'TotalGpuMemoryInMiB': 24576}\""
+A10_INFO = (
+    "\"{'Gpus': [{'Name': 'A10', 'Manufacturer': 'NVIDIA', 'Count': 1.0, 'MemoryInfo': {'SizeInMiB': 24576}}], "
+    "'TotalGpuMemoryInMiB': 24576}\""
+)
 A100_INFO = A10_INFO.replace("A10'", "A100'").replace("24576", "40960").replace("1.0,", "8.0,")
 LAMBDA = (
     "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Price,Region,GpuInfo,SpotPrice\n"
@@ -65,8 +67,12 @@ def test_runpod_rows_are_per_data_center_with_launchable_gpu_type_ids(caplog):
     rows = runpod_rows(_file(RUNPOD, "catalogs/v7/runpod/vms.csv"), DAY)
     by_key = {(r.instance_type, r.region): r for r in rows}
     # EU-SE-1 is listed under two countries: one row; the unknown GPU and the CPU-only type are left out.
-    assert set(by_key) == {("NVIDIA A40", "US-TX-1"), ("NVIDIA A40", "EU-SE-1"), ("2x NVIDIA H100 80GB HBM3", "US-GA-1"),
-                           ("NVIDIA L40S", "US-KS-2")}
+    assert set(by_key) == {
+        ("NVIDIA A40", "US-TX-1"),
+        ("NVIDIA A40", "EU-SE-1"),
+        ("2x NVIDIA H100 80GB HBM3", "US-GA-1"),
+        ("NVIDIA L40S", "US-KS-2"),
+    }
     h100 = by_key[("2x NVIDIA H100 80GB HBM3", "US-GA-1")]
     assert (h100.gpu_name, h100.gpu_count, h100.gpu_memory_gib) == ("H100", 2, 80)
     assert (h100.price_usd_per_hour, h100.spot_price_usd_per_hour, h100.billing) == (5.98, 5.38, Billing.PER_SECOND)
@@ -82,8 +88,11 @@ def test_runpod_instance_type_round_trips():
 
 
 def test_build_parses_as_a_catalog_and_includes_the_price_pages(tmp_path):
-    text = build(lambda_file=_file(LAMBDA, "catalogs/v7/lambda/vms.csv"),
-                 runpod_file=_file(RUNPOD, "catalogs/v7/runpod/vms.csv"), observed=DAY)
+    text = build(
+        lambda_file=_file(LAMBDA, "catalogs/v7/lambda/vms.csv"),
+        runpod_file=_file(RUNPOD, "catalogs/v7/runpod/vms.csv"),
+        observed=DAY,
+    )
     rows = parse_catalog_csv(text, origin=Origin.BUNDLED_CATALOG, name="built")
     assert {r.provider for r in rows} == {"lambda", "runpod", "modal", "paperspace", "replicate"}
     assert all(r.region and r.source and r.observed_at for r in rows)
@@ -98,8 +107,10 @@ def test_not_a_skypilot_file_is_refused_with_its_name():
 def test_price_page_rows_need_a_page_a_date_and_a_region(tmp_path):
     assert all(r.observed_at and "https://" in r.source and r.region for r in page_rows(PRICE_PAGES))
     bad = tmp_path / "pages.csv"
-    bad.write_text("provider,instance_type,gpu_name,region,price_usd_per_hour,source,observed_at\n"
-                   "modal,H100,H100,any,3.95,https://modal.com/pricing,\n")
+    bad.write_text(
+        "provider,instance_type,gpu_name,region,price_usd_per_hour,source,observed_at\n"
+        "modal,H100,H100,any,3.95,https://modal.com/pricing,\n"
+    )
     with pytest.raises(BuildError, match="needs source, observed_at and region"):
         page_rows(bad)
 

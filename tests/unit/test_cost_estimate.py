@@ -30,23 +30,41 @@ S = NS_PER_S
 
 
 def _offer(**kw) -> Offer:
-    base = dict(offer_id="p/x//on-demand", provider="p", instance_type="x", region="", gpu_name="A10", gpu_count=1,
-                gpu_memory_gib=24, vcpus=0, memory_gib=0, spot=False, price_usd_per_hour=2.0,
-                storage_price_usd_per_gb_hour=None, egress_price_usd_per_gb=None, billing=Billing.PER_HOUR,
-                availability=Availability.UNKNOWN, origin=Origin.BUNDLED_CATALOG, source="a page",
-                observed_at=dt.datetime(2026, 5, 7, tzinfo=dt.UTC))
+    base = dict(
+        offer_id="p/x//on-demand",
+        provider="p",
+        instance_type="x",
+        region="",
+        gpu_name="A10",
+        gpu_count=1,
+        gpu_memory_gib=24,
+        vcpus=0,
+        memory_gib=0,
+        spot=False,
+        price_usd_per_hour=2.0,
+        storage_price_usd_per_gb_hour=None,
+        egress_price_usd_per_gb=None,
+        billing=Billing.PER_HOUR,
+        availability=Availability.UNKNOWN,
+        origin=Origin.BUNDLED_CATALOG,
+        source="a page",
+        observed_at=dt.datetime(2026, 5, 7, tzinfo=dt.UTC),
+    )
     base.update(kw)
     return Offer(**base)
 
 
-@pytest.mark.parametrize(("runtime_s", "billing", "billed_s"), [
-    (3660, Billing.PER_HOUR, 7200),  # 61 minutes cost two hours
-    (3600, Billing.PER_HOUR, 3600),
-    (61, Billing.PER_MINUTE, 120),
-    (60, Billing.PER_MINUTE, 60),
-    (1.5, Billing.PER_SECOND, 2),
-    (0, Billing.PER_HOUR, 0),
-])
+@pytest.mark.parametrize(
+    ("runtime_s", "billing", "billed_s"),
+    [
+        (3660, Billing.PER_HOUR, 7200),  # 61 minutes cost two hours
+        (3600, Billing.PER_HOUR, 3600),
+        (61, Billing.PER_MINUTE, 120),
+        (60, Billing.PER_MINUTE, 60),
+        (1.5, Billing.PER_SECOND, 2),
+        (0, Billing.PER_HOUR, 0),
+    ],
+)
 def test_billing_granularity_rounds_up(runtime_s, billing, billed_s):
     assert billed_ns(round(runtime_s * S), billing) == billed_s * S
 
@@ -134,8 +152,9 @@ def test_fastest_within_cap_and_unscaled_without_reference():
 
 def test_nothing_feasible_explains_why():
     cat = _catalog()
-    result = compare(cat, Requirements(gpu_names=["H100"], gpu_count=1), NS_PER_HOUR, objective=Objective.CHEAPEST,
-                     max_cost_usd=0.5)
+    result = compare(
+        cat, Requirements(gpu_names=["H100"], gpu_count=1), NS_PER_HOUR, objective=Objective.CHEAPEST, max_cost_usd=0.5
+    )
     assert result.ranked == () and result.recommended_offer_id == ""
     assert "offers match the requirements but none is feasible" in result.reason and "exceed max_cost_usd 0.50" in result.reason
     none = compare(cat, Requirements(gpu_names=["V100"], gpu_count=1), NS_PER_HOUR, objective=Objective.CHEAPEST)
@@ -143,13 +162,25 @@ def test_nothing_feasible_explains_why():
 
 
 def test_unavailable_offers_and_unknown_speeds_are_left_out():
-    book = PriceBook(bundled=load_catalog_file(BUNDLED_CATALOG, origin=Origin.BUNDLED_CATALOG), local=[], user=[],
-                     gpus=load_gpu_table())
+    book = PriceBook(
+        bundled=load_catalog_file(BUNDLED_CATALOG, origin=Origin.BUNDLED_CATALOG), local=[], user=[], gpus=load_gpu_table()
+    )
     row = next(r for r in book.catalog.rows if r.provider == "modal" and r.gpu_name == "T4")
-    book.apply_live("modal", [dataclasses.replace(row, availability=Availability.UNAVAILABLE, origin=Origin.LIVE_API),
-                              dataclasses.replace(row, instance_type="X9", gpu_name="X9")])  # no datasheet figure
-    result = compare(book.catalog, Requirements(gpu_count=1), NS_PER_HOUR, objective=Objective.CHEAPEST,
-                     providers=["modal"], reference_gpu="T4")
+    book.apply_live(
+        "modal",
+        [
+            dataclasses.replace(row, availability=Availability.UNAVAILABLE, origin=Origin.LIVE_API),
+            dataclasses.replace(row, instance_type="X9", gpu_name="X9"),
+        ],
+    )  # no datasheet figure
+    result = compare(
+        book.catalog,
+        Requirements(gpu_count=1),
+        NS_PER_HOUR,
+        objective=Objective.CHEAPEST,
+        providers=["modal"],
+        reference_gpu="T4",
+    )
     assert result.ranked == ()
     assert "1 are reported UNAVAILABLE" in result.reason and "1 have no known speed" in result.reason
 

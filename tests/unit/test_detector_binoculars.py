@@ -74,8 +74,10 @@ def _check(stats: TokenStatistics, observer, performer, texts: list[list[int]], 
         ids = torch.tensor(seq)
         performer_logits = _logits(performer, seq)
         observer_logits = performer_logits if observer is performer else _logits(observer, seq)
-        want = {"binoculars": binoculars_reference(observer_logits, performer_logits, ids),
-                **baselines_reference(performer_logits, ids)}
+        want = {
+            "binoculars": binoculars_reference(observer_logits, performer_logits, ids),
+            **baselines_reference(performer_logits, ids),
+        }
         got = stats.select(i)
         for key, value in want.items():
             assert abs(got[key] - value) < tolerance, (i, len(seq), key, got[key], value)
@@ -165,8 +167,9 @@ def test_compiled_kernel_equals_the_reference_batched_and_padded(compiled_kernel
     for side in ("right", "left"):
         # Chunks of 1 to 7 rows: the one-row chunk takes the padded path, the others the dynamic shapes.
         for chunk in (VOCAB, VOCAB * 7):
-            stats = model_statistics(CausalScorer(model), *pad_batch(texts, 0, side=side), chunk_elements=chunk,
-                                     kernel=compiled_kernel)
+            stats = model_statistics(
+                CausalScorer(model), *pad_batch(texts, 0, side=side), chunk_elements=chunk, kernel=compiled_kernel
+            )
             _check(stats, model, model, texts)
 
 
@@ -197,9 +200,12 @@ def _statistics_from_logits(logits: torch.Tensor, seq: list[int]) -> dict[str, f
     ll = lp.gather(-1, ids[1:, None]).squeeze(-1)
     mu = (p * lp).sum(-1)
     var = (p * lp * lp).sum(-1) - mu**2
-    return {"criterion": float((ll.sum() - mu.sum()) / var.sum().sqrt()),
-            "binoculars": binoculars_reference(logits, logits, ids),
-            **baselines_reference(logits, ids), "log_rank": float(rank.log().mean())}
+    return {
+        "criterion": float((ll.sum() - mu.sum()) / var.sum().sqrt()),
+        "binoculars": binoculars_reference(logits, logits, ids),
+        **baselines_reference(logits, ids),
+        "log_rank": float(rank.log().mean()),
+    }
 
 
 BF16_BOUND = 1e-4
@@ -246,9 +252,14 @@ def _real_texts(tokenizer) -> list[list[int]]:
             data = json.loads(path.read_text(encoding="utf-8"))
             texts += [data["original"][3], data["sampled"][3]]
     if not texts:
-        texts = [("The committee met on Tuesday to discuss the budget for the new library, which has been delayed "
-                  "twice. Several members argued that the reading rooms should open first. ") * (i + 1)
-                 for i in range(6)]
+        texts = [
+            (
+                "The committee met on Tuesday to discuss the budget for the new library, which has been delayed "
+                "twice. Several members argued that the reading rooms should open first. "
+            )
+            * (i + 1)
+            for i in range(6)
+        ]
     cuts = [2, 9, 60, 200, 400, 512]
     return [tokenizer(t)["input_ids"][:n] for t, n in zip(texts, cuts, strict=False)]
 

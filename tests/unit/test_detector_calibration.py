@@ -10,7 +10,6 @@ import pytest
 
 from crucible.detector.calibration import (
     METHOD_LOGISTIC_ENSEMBLE,
-    METHOD_NONE,
     METHOD_TWO_GAUSSIAN,
     CalibrationError,
     CalibrationFile,
@@ -39,8 +38,9 @@ def test_two_gaussian_matches_the_reference_formula():
 def test_builtin_parameters_are_the_published_ones_keyed_by_pair():
     (builtin,) = [f for f in builtin_calibrations() if f.version == "fast-detectgpt-reference-v1"]
     assert builtin.source == "builtin" and builtin.version
-    falcon = select_calibration([builtin], ("/models/falcon-7b", "r1"), ("tiiuae/falcon-7b-instruct", "r2"),
-                                ["fast_detectgpt", "binoculars"])
+    falcon = select_calibration(
+        [builtin], ("/models/falcon-7b", "r1"), ("tiiuae/falcon-7b-instruct", "r2"), ["fast_detectgpt", "binoculars"]
+    )
     assert falcon.method == METHOD_TWO_GAUSSIAN and falcon.source == "builtin"
     assert falcon.members["fast_detectgpt"] == TwoGaussian(-0.0707, 0.9520, 2.9306, 1.9039)
     assert "binoculars" not in falcon.members
@@ -65,8 +65,9 @@ def test_smollm2_ships_a_calibration_with_provenance_and_an_ensemble_over_every_
     assert 0.0 < cal.probability(features) < 1.0
     (shipped,) = [f for f in builtin_calibrations() if f.version.startswith("smollm2-135m-instruct")]
     fitted = shipped.entries[0].fitted_on
-    assert {f["file"] for f in fitted["files"]} == {f"{d}_{m}.json" for d in ("xsum", "writing")
-                                                    for m in ("gpt-3.5-turbo", "gpt-4", "gpt2-xl")}
+    assert {f["file"] for f in fitted["files"]} == {
+        f"{d}_{m}.json" for d in ("xsum", "writing") for m in ("gpt-3.5-turbo", "gpt-4", "gpt2-xl")
+    }
     assert all(len(f["sha256"]) == 64 and f["fit_pairs"].startswith("0..") for f in fitted["files"])
     assert fitted["date"] and fitted["code"]["git_commit"] and fitted["held_out_auroc"]["ensemble P(machine)"] > 0.5
     assert "/" not in json.dumps([f["file"] for f in fitted["files"]])  # no path of the machine it was fitted on
@@ -84,10 +85,14 @@ def test_the_shipped_calibration_is_tracked_and_packaged():
     import crucible.detector.calibration as module
 
     root = Path(__file__).resolve().parents[2]
-    tracked = subprocess.run(["git", "-C", str(root), "ls-files", "services/detector/calibrations"],
-                             capture_output=True, text=True, check=True).stdout.split()
-    assert "services/detector/calibrations/smollm2-135m-instruct-v1.json" in tracked
-    assert module.BUILTIN_DIR == Path(module.__file__).resolve().parent / "calibrations"  # inside the package
+    tracked = subprocess.run(
+        ["git", "-C", str(root), "ls-files", "services/crucible/detector/calibrations"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "services/crucible/detector/calibrations/smollm2-135m-instruct-v1.json" in tracked
+    assert Path(module.__file__).resolve().parent / "calibrations" == module.BUILTIN_DIR  # inside the package
     assert '"**/*.json"' in (root / "setup.py").read_text()  # package_data ships it with the wheel
 
 
@@ -102,13 +107,25 @@ def test_ensemble_features_are_checked():
 
 def test_fit_over_by_products_picks_a_regularisation_and_uses_them(tmp_path):
     rng = np.random.default_rng(1)
-    human = [{**h, "log_likelihood": rng.normal(-3.0, 0.3), "log_rank": rng.normal(1.5, 0.2),
-              "entropy": rng.normal(3.0, 0.3)} for h in _scores(rng, 150, False)]
-    machine = [{**m, "log_likelihood": rng.normal(-2.0, 0.3), "log_rank": rng.normal(1.0, 0.2),
-                "entropy": rng.normal(2.5, 0.3)} for m in _scores(rng, 150, True)]
+    human = [
+        {**h, "log_likelihood": rng.normal(-3.0, 0.3), "log_rank": rng.normal(1.5, 0.2), "entropy": rng.normal(3.0, 0.3)}
+        for h in _scores(rng, 150, False)
+    ]
+    machine = [
+        {**m, "log_likelihood": rng.normal(-2.0, 0.3), "log_rank": rng.normal(1.0, 0.2), "entropy": rng.normal(2.5, 0.3)}
+        for m in _scores(rng, 150, True)
+    ]
     features = ["fast_detectgpt", "binoculars", "log_likelihood", "log_rank", "entropy"]
-    entry = fit_calibration(human, machine, members=["fast_detectgpt", "binoculars"], features=features,
-                            groups=[i % 150 for i in range(300)], sampling=("lm", ""), scoring=("lm", ""), version="v")
+    entry = fit_calibration(
+        human,
+        machine,
+        members=["fast_detectgpt", "binoculars"],
+        features=features,
+        groups=[i % 150 for i in range(300)],
+        sampling=("lm", ""),
+        scoring=("lm", ""),
+        version="v",
+    )
     assert entry.ensemble.members == tuple(features) and 1e-3 <= entry.fitted_on["regularisation_c"] <= 100
     cal = select_calibration([CalibrationFile("v", "f", (entry,))], ("lm", ""), ("lm", ""), ["fast_detectgpt", "binoculars"])
     assert cal.method == METHOD_LOGISTIC_ENSEMBLE
@@ -143,23 +160,30 @@ def test_roc_summary_reads_auroc_and_tpr_at_fixed_fpr(tmp_path):
 
 def _scores(rng, n, machine):
     shift = 1.0 if machine else 0.0
-    return [{"fast_detectgpt": rng.normal(2.0 * shift, 1.0), "binoculars": rng.normal(1.0 - 0.2 * shift, 0.1)}
-            for _ in range(n)]
+    return [{"fast_detectgpt": rng.normal(2.0 * shift, 1.0), "binoculars": rng.normal(1.0 - 0.2 * shift, 0.1)} for _ in range(n)]
 
 
 def test_fit_write_load_and_select_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     human, machine = _scores(rng, 200, False), _scores(rng, 200, True)
-    entry = fit_calibration(human, machine, members=["fast_detectgpt", "binoculars"], sampling=("/x/tiny-lm", "rev1"),
-                            scoring=("/x/tiny-lm", "rev1"), version="test-1", fitted_on={"texts": 400})
+    entry = fit_calibration(
+        human,
+        machine,
+        members=["fast_detectgpt", "binoculars"],
+        sampling=("/x/tiny-lm", "rev1"),
+        scoring=("/x/tiny-lm", "rev1"),
+        version="test-1",
+        fitted_on={"texts": 400},
+    )
     g = entry.members["fast_detectgpt"]
     assert g.mu0 == pytest.approx(0.0, abs=0.2) and g.mu1 == pytest.approx(2.0, abs=0.2)
     path = tmp_path / "cal.json"
     CalibrationFile("test-1", str(path), (entry,)).write(path)
     loaded = load_calibration_file(path)
     assert loaded.version == "test-1" and loaded.entries[0].members == entry.members
-    cal = select_calibration([loaded, *builtin_calibrations()], ("tiny-lm", "rev1"), ("tiny-lm", "rev1"),
-                             ["fast_detectgpt", "binoculars"])
+    cal = select_calibration(
+        [loaded, *builtin_calibrations()], ("tiny-lm", "rev1"), ("tiny-lm", "rev1"), ["fast_detectgpt", "binoculars"]
+    )
     assert cal.method == METHOD_LOGISTIC_ENSEMBLE and cal.source == str(path)
     assert cal.probability({"fast_detectgpt": 3.0, "binoculars": 0.7}) > 0.9
     assert cal.probability({"fast_detectgpt": -1.0, "binoculars": 1.1}) < 0.1
@@ -176,11 +200,28 @@ def test_fit_write_load_and_select_round_trip(tmp_path):
         ("not json", "cannot read"),
         (json.dumps({"format": "other"}), "not a detector calibration"),
         (json.dumps({"format": "crucible.detector.calibration", "format_version": 9, "version": "v"}), "format_version"),
-        (json.dumps({"format": "crucible.detector.calibration", "format_version": 1, "version": "v",
-                     "entries": [{"sampling": "a", "scoring": "b", "members": {"fast_detectgpt": {"mu0": 1}}}]}),
-         "needs numeric"),
-        (json.dumps({"format": "crucible.detector.calibration", "format_version": 1, "version": "v",
-                     "entries": [{"sampling": "a", "scoring": "b", "members": {"magic": {}}}]}), "unknown member"),
+        (
+            json.dumps(
+                {
+                    "format": "crucible.detector.calibration",
+                    "format_version": 1,
+                    "version": "v",
+                    "entries": [{"sampling": "a", "scoring": "b", "members": {"fast_detectgpt": {"mu0": 1}}}],
+                }
+            ),
+            "needs numeric",
+        ),
+        (
+            json.dumps(
+                {
+                    "format": "crucible.detector.calibration",
+                    "format_version": 1,
+                    "version": "v",
+                    "entries": [{"sampling": "a", "scoring": "b", "members": {"magic": {}}}],
+                }
+            ),
+            "unknown member",
+        ),
     ],
 )
 def test_malformed_files_are_refused_with_the_file_named(tmp_path, content, match):
@@ -192,5 +233,11 @@ def test_malformed_files_are_refused_with_the_file_named(tmp_path, content, matc
 
 def test_fit_refuses_too_little_data():
     with pytest.raises(CalibrationError, match="at least two"):
-        fit_calibration([{"fast_detectgpt": 1.0}], [{"fast_detectgpt": 2.0}], members=["fast_detectgpt"],
-                        sampling=("a", ""), scoring=("a", ""), version="v")
+        fit_calibration(
+            [{"fast_detectgpt": 1.0}],
+            [{"fast_detectgpt": 2.0}],
+            members=["fast_detectgpt"],
+            sampling=("a", ""),
+            scoring=("a", ""),
+            version="v",
+        )

@@ -30,11 +30,13 @@ def _tokenizer(vocab: int, max_length: int = 4096):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<pad>", "<s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=["<pad>", "<s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="<s>",
-                                   model_max_length=max_length)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="<s>", model_max_length=max_length
+    )
 
 
 def tiny_lm_folder(path: Path, *, seed: int = 0, vocab: int = 400, layers: int = 2) -> Path:
@@ -43,9 +45,18 @@ def tiny_lm_folder(path: Path, *, seed: int = 0, vocab: int = 400, layers: int =
 
     tokenizer = _tokenizer(vocab)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         pad_token_id=tokenizer.pad_token_id, initializer_range=0.1, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.1,
+        tie_word_embeddings=False,
+    )
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -58,10 +69,18 @@ def tiny_classifier_folder(path: Path, *, labels: dict[int, str] | None = None, 
     tokenizer = _tokenizer(300, max_length=max_length)
     labels = labels or {0: "Real", 1: "Fake"}
     torch.manual_seed(3)
-    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, max_position_embeddings=max_length + 2, pad_token_id=0,
-                           id2label=labels, label2id={v: k for k, v in labels.items()},
-                           architectures=["RobertaForSequenceClassification"])
+    config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=max_length + 2,
+        pad_token_id=0,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+        architectures=["RobertaForSequenceClassification"],
+    )
     RobertaForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -79,8 +98,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
 
 def _settings(folders, **kw) -> DetectorConfig:
-    base = dict(model=str(folders["lm"]), device="cpu", dtype="float32", max_tokens=64, max_texts_per_call=8,
-                max_text_bytes=2000)
+    base = dict(model=str(folders["lm"]), device="cpu", dtype="float32", max_tokens=64, max_texts_per_call=8, max_text_bytes=2000)
     base.update(kw)
     return DetectorConfig(**base)
 

@@ -13,16 +13,18 @@ import pytest
 import torch
 
 from crucible import models
-from crucible.detector.criterion import CausalScorer, model_statistics, pad_batch, reference_criterion
 from crucible.detector.config import DetectorConfig
+from crucible.detector.criterion import CausalScorer, model_statistics, pad_batch, reference_criterion
 from crucible.detector.engine import Detector
 from crucible.detector.pipeline import load_calibration
 
 pytestmark = pytest.mark.slow
 
-TEXT = ("The committee met on Tuesday to discuss the budget for the new library, which has been delayed twice. "
-        "Several members argued that the reading rooms should open before the archive, while others wanted the "
-        "children's section finished first. ") * 12
+TEXT = (
+    "The committee met on Tuesday to discuss the budget for the new library, which has been delayed twice. "
+    "Several members argued that the reading rooms should open before the archive, while others wanted the "
+    "children's section finished first. "
+) * 12
 LENGTHS = [2, 9, 130, 512]
 
 

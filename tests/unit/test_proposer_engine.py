@@ -9,16 +9,17 @@ import types
 
 import pytest
 import torch
+from transformers import BertConfig, LlamaConfig
+
 from crucible.models import IncompatibleModelError, PlacementError
 from crucible.proposer import equivalence
 from crucible.proposer.config import ProposerConfig
 from crucible.proposer.engine import ProposerEngine
+from crucible.proposer.generation import FINISH_LENGTH, FINISH_STOP, GeneratedRow
 from crucible.proposer.placement import plan_placement
 from crucible.proposer.requests import ProposeSpec, validate_propose
-from crucible.proposer.generation import FINISH_LENGTH, FINISH_STOP, GeneratedRow
 from crucible.runtime.config import load_config
 from crucible.runtime.errors import ConfigError, InvalidArgument, Unavailable
-from transformers import BertConfig, LlamaConfig
 
 SOURCE = "The committee postponed the vote because several members were travelling abroad."
 
@@ -40,8 +41,20 @@ def _violations(spec: ProposeSpec, **settings) -> dict[str, str]:
 def test_valid_specs_pass():
     config = _config()
     validate_propose(ProposeSpec(SOURCE, "paraphrase"), config)
-    validate_propose(ProposeSpec("Which gas?", "equivalent_question", ("O2", "CO2"), 1, n=16,
-                                 temperature=0.0, top_p=1.0, max_new_tokens=512, seed=2**64 - 1), config)
+    validate_propose(
+        ProposeSpec(
+            "Which gas?",
+            "equivalent_question",
+            ("O2", "CO2"),
+            1,
+            n=16,
+            temperature=0.0,
+            top_p=1.0,
+            max_new_tokens=512,
+            seed=2**64 - 1,
+        ),
+        config,
+    )
 
 
 @pytest.mark.parametrize(
@@ -137,7 +150,9 @@ def test_collect_counts_empty_and_degenerate_and_keeps_order():
     ]
     result = engine.collect_candidates(ProposeSpec(SOURCE, "paraphrase", n=6), "PROMPT", 99, rows)
     assert [(c.text, c.generated_tokens, c.finish) for c in result.candidates] == [
-        ("The vote was delayed.", 3, FINISH_STOP), ("The vote was delayed.", 1, FINISH_LENGTH)]
+        ("The vote was delayed.", 3, FINISH_STOP),
+        ("The vote was delayed.", 1, FINISH_LENGTH),
+    ]
     assert (result.dropped_empty, result.dropped_degenerate) == (2, 2)
     assert result.dropped == {"empty": 2, "degenerate": 2}
     assert (result.seed, result.prompt, result.model) == (99, "PROMPT", "identity")
@@ -155,13 +170,18 @@ def test_verdicts():
     assert [v.equivalent for v in cos] == [True, True, False] and cos[0].entailment_forward is None
     nli = equivalence.nli_verdicts([0.9, 0.95], [0.4, 0.8], 0.5)
     assert [(v.score, v.equivalent, v.entailment_forward, v.entailment_backward) for v in nli] == [
-        (0.4, False, 0.9, 0.4), (0.8, True, 0.95, 0.8)]
+        (0.4, False, 0.9, 0.4),
+        (0.8, True, 0.95, 0.8),
+    ]
 
 
 @pytest.mark.parametrize(
     "id2label, index",
-    [({0: "contradiction", 1: "neutral", 2: "entailment"}, 2), ({"0": "ENTAILMENT", "1": "NOT_ENTAILMENT"}, 0),
-     ({0: "Contradiction", 1: "Entailment", 2: "Neutral"}, 1)],
+    [
+        ({0: "contradiction", 1: "neutral", 2: "entailment"}, 2),
+        ({"0": "ENTAILMENT", "1": "NOT_ENTAILMENT"}, 0),
+        ({0: "Contradiction", 1: "Entailment", 2: "Neutral"}, 1),
+    ],
 )
 def test_entailment_label_index(id2label, index):
     assert equivalence.entailment_label_index(id2label) == index
@@ -185,18 +205,36 @@ def test_token_counts_flag_truncation():
 @pytest.fixture(scope="module")
 def config_folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("proposer-configs")
-    llama = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=4096, num_hidden_layers=16,
-                        num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False)
+    llama = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=16,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    )
     llama.architectures = ["LlamaForCausalLM"]
     llama.save_pretrained(root / "llama")
-    BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=128).save_pretrained(root / "bert")
+    BertConfig(
+        vocab_size=1000, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128
+    ).save_pretrained(root / "bert")
     return root
 
 
 def _plan(folders, **settings):
-    plan_placement(load_config(ProposerConfig, "proposer", env={}, model=str(folders / "llama"),
-                               embedding_model=str(folders / "bert"), device="cpu", dtype="float32", **settings))
+    plan_placement(
+        load_config(
+            ProposerConfig,
+            "proposer",
+            env={},
+            model=str(folders / "llama"),
+            embedding_model=str(folders / "bert"),
+            device="cpu",
+            dtype="float32",
+            **settings,
+        )
+    )
 
 
 def test_placement_refuses_what_exceeds_declared_memory_and_quantisation_makes_it_fit(config_folders):
@@ -215,10 +253,16 @@ def test_placement_refuses_what_exceeds_declared_memory_and_quantisation_makes_i
 
 @pytest.mark.parametrize(
     "settings, field",
-    [({"memory_limit_gb": -1.0}, "memory_limit_gb"), ({"cosine_threshold": 1.5}, "cosine_threshold"),
-     ({"nli_threshold": -0.1}, "nli_threshold"), ({"default_top_p": 0.0}, "default_top_p"),
-     ({"default_max_new_tokens": 600}, "default_max_new_tokens"), ({"max_candidates": 0}, "max_candidates"),
-     ({"quantize": "int4"}, "quantize"), ({"embedding_model": " "}, "embedding_model")],
+    [
+        ({"memory_limit_gb": -1.0}, "memory_limit_gb"),
+        ({"cosine_threshold": 1.5}, "cosine_threshold"),
+        ({"nli_threshold": -0.1}, "nli_threshold"),
+        ({"default_top_p": 0.0}, "default_top_p"),
+        ({"default_max_new_tokens": 600}, "default_max_new_tokens"),
+        ({"max_candidates": 0}, "max_candidates"),
+        ({"quantize": "int4"}, "quantize"),
+        ({"embedding_model": " "}, "embedding_model"),
+    ],
 )
 def test_bad_config_names_the_field(settings, field):
     with pytest.raises(ConfigError) as caught:

@@ -9,6 +9,8 @@ import threading
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
 from crucible.proposer.generation import (
     FINISH_ABORTED,
     FINISH_LENGTH,
@@ -19,7 +21,6 @@ from crucible.proposer.generation import (
     row_seed,
     sample_next,
 )
-from transformers import LlamaConfig, LlamaForCausalLM
 
 PAD = 0
 
@@ -27,9 +28,18 @@ PAD = 0
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -44,8 +54,9 @@ def test_greedy_batch_matches_hf_generate_row_by_row(model):
     rows = [GenerationRow(p, 0.0, 1.0, 12, 0) for p in PROMPTS]
     batched = _gen(model, rows, eos=(2,))
     for prompt, out in zip(PROMPTS, batched, strict=True):
-        reference = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12,
-                                   pad_token_id=PAD, eos_token_id=2)[0, len(prompt):].tolist()
+        reference = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12, pad_token_id=PAD, eos_token_id=2)[
+            0, len(prompt) :
+        ].tolist()
         if 2 in reference:
             reference = reference[: reference.index(2)]
             assert out.finish == FINISH_STOP
@@ -55,8 +66,10 @@ def test_greedy_batch_matches_hf_generate_row_by_row(model):
 
 
 def test_sampled_rows_do_not_depend_on_their_batch(model):
-    rows = [GenerationRow(p, t, top_p, 10, row_seed(42, i))
-            for i, (p, t, top_p) in enumerate(zip(PROMPTS, (1.0, 0.7, 1.5), (1.0, 0.9, 0.5), strict=True))]
+    rows = [
+        GenerationRow(p, t, top_p, 10, row_seed(42, i))
+        for i, (p, t, top_p) in enumerate(zip(PROMPTS, (1.0, 0.7, 1.5), (1.0, 0.9, 0.5), strict=True))
+    ]
     batched = _gen(model, rows)
     alone = [_gen(model, [row])[0] for row in rows]
     assert batched == alone
@@ -92,8 +105,7 @@ def test_rows_end_at_their_own_max_new_tokens(model):
 def test_abort_flag_stops_a_row_at_the_next_token(model):
     flag = threading.Event()
     flag.set()
-    aborted, running = _gen(model, [GenerationRow(PROMPTS[0], 1.0, 1.0, 20, 1, flag),
-                                    GenerationRow(PROMPTS[1], 1.0, 1.0, 20, 2)])
+    aborted, running = _gen(model, [GenerationRow(PROMPTS[0], 1.0, 1.0, 20, 1, flag), GenerationRow(PROMPTS[1], 1.0, 1.0, 20, 2)])
     assert aborted.finish == FINISH_ABORTED and len(aborted.token_ids) == 1
     assert running.finish == FINISH_LENGTH and len(running.token_ids) == 20
 
@@ -142,7 +154,7 @@ def test_row_seed_is_stable_distinct_and_in_range():
     seeds = [row_seed(123, i) for i in range(64)]
     assert len(set(seeds)) == 64
     assert seeds == [row_seed(123, i) for i in range(64)]
-    assert all(0 <= s < 2**63 for s in seeds + [row_seed(2**64 - 1, 5)])
+    assert all(0 <= s < 2**63 for s in [*seeds, row_seed(2**64 - 1, 5)])
     assert row_seed(124, 0) != row_seed(123, 0)
 
 

@@ -4,6 +4,7 @@ answers and named options, listed options, length, surface meaning changes and n
 from __future__ import annotations
 
 import pytest
+
 from crucible.proposer import cleaning
 from crucible.proposer.cleaning import (
     ANSWERS,
@@ -54,8 +55,13 @@ def test_question_form(text, form):
         ("Is it Venus or Mars that is closest to the Sun?", QUESTION, PLANETS, REPEATS_OPTIONS),
         ("Which planet is closest?\nA. Venus\nB. Earth", QUESTION, PLANETS, REPEATS_OPTIONS),
         ("Delusions of grandeur are a symptom seen in many patients.", STEM, STEM_OPTIONS, NOT_A_QUESTION),
-        ("Which planet, of all the eight planets that orbit our star in the solar system, sits in the orbit that is "
-         "closest to the Sun itself, measured by its average distance?", QUESTION, PLANETS, LENGTH_CHANGE),
+        (
+            "Which planet, of all the eight planets that orbit our star in the solar system, sits in the orbit that is "
+            "closest to the Sun itself, measured by its average distance?",
+            QUESTION,
+            PLANETS,
+            LENGTH_CHANGE,
+        ),
         ("Delusions of grandeur are least characteristic of", STEM, STEM_OPTIONS, MEANING_CHANGE),
         ("Which planet is not closest to the Sun?", QUESTION, PLANETS, MEANING_CHANGE),
         ("What is 7 multiplied by 9?", "What is 7 multiplied by 8?", ("54", "56", "58", "64"), MEANING_CHANGE),
@@ -74,10 +80,19 @@ def test_near_copies_are_dropped_by_propose_but_equivalent_for_the_meaning_check
 
 
 def test_clean_question_cleans_then_checks():
-    assert clean_question("Reworded question: Which planet lies nearest to the Sun?\nA. Venus", source=QUESTION,
-                          options=PLANETS) == cleaning.Cleaned("Which planet lies nearest to the Sun?", KEPT)
+    assert clean_question(
+        "Reworded question: Which planet lies nearest to the Sun?\nA. Venus", source=QUESTION, options=PLANETS
+    ) == cleaning.Cleaned("Which planet lies nearest to the Sun?", KEPT)
     assert clean_question("", source=QUESTION, options=PLANETS).outcome == EMPTY
     assert clean_question(QUESTION, source=QUESTION, options=PLANETS).outcome == DEGENERATE
     assert clean_question("Mercury is closest.", source=QUESTION, options=PLANETS).outcome == ANSWERS
-    assert set(cleaning.DROP_REASONS) >= {EMPTY, DEGENERATE, ANSWERS, NOT_A_QUESTION, REPEATS_OPTIONS, NEAR_COPY,
-                                          LENGTH_CHANGE, MEANING_CHANGE}
+    assert set(cleaning.DROP_REASONS) >= {
+        EMPTY,
+        DEGENERATE,
+        ANSWERS,
+        NOT_A_QUESTION,
+        REPEATS_OPTIONS,
+        NEAR_COPY,
+        LENGTH_CHANGE,
+        MEANING_CHANGE,
+    }

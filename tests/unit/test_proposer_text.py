@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from crucible.proposer import prompts
 from crucible.proposer.cleaning import (
     DEGENERATE,
@@ -44,8 +45,9 @@ def test_equivalent_question_prompt_shows_fixed_examples_then_the_question_with_
     messages = prompts.build_messages(prompts.MODE_EQUIVALENT_QUESTION, QUESTION, options=OPTIONS, correct_option_index=1)
     roles = [m["role"] for m in messages]
     assert roles == ["system"] + ["user", "assistant"] * len(prompts.QUESTION_EXAMPLES) + ["user"]
-    for (question, options, rewording), user, assistant in zip(prompts.QUESTION_EXAMPLES, messages[1:-1:2],
-                                                                messages[2:-1:2], strict=True):
+    for (question, options, rewording), user, assistant in zip(
+        prompts.QUESTION_EXAMPLES, messages[1:-1:2], messages[2:-1:2], strict=True
+    ):
         assert question in user["content"] and all(o in user["content"] for o in options)
         assert assistant["content"] == rewording
     last = messages[-1]["content"]
@@ -92,8 +94,10 @@ def test_plain_prompt_without_chat_template_ends_open():
         ("<|im_start|>assistant\nThe vote was delayed.<|im_end|>\n<|im_start|>user", "The vote was delayed."),
         ("The vote was delayed.\n\nThe original text is a simple sentence with a verb phrase.", "The vote was delayed."),
         ("The vote was delayed.\nNote: I kept every fact.", "The vote was delayed."),
-        (f"{SOURCE}\n\nThe vote was delayed since many members were abroad.",
-         "The vote was delayed since many members were abroad."),
+        (
+            f"{SOURCE}\n\nThe vote was delayed since many members were abroad.",
+            "The vote was delayed since many members were abroad.",
+        ),
         ("Here is how it works: members vote.", "Here is how it works: members vote."),
     ],
 )
@@ -110,10 +114,11 @@ def test_strip_artefacts_keeps_paragraphs_of_a_multi_paragraph_source():
 @pytest.mark.parametrize(
     "raw, expected",
     [
-        ("Reworded question: What gas do plants take in for photosynthesis?",
-         "What gas do plants take in for photosynthesis?"),
-        ("What gas do plants take in for photosynthesis?\nA. Oxygen\nB. Carbon dioxide",
-         "What gas do plants take in for photosynthesis?"),
+        ("Reworded question: What gas do plants take in for photosynthesis?", "What gas do plants take in for photosynthesis?"),
+        (
+            "What gas do plants take in for photosynthesis?\nA. Oxygen\nB. Carbon dioxide",
+            "What gas do plants take in for photosynthesis?",
+        ),
         ("What gas do plants take in for photosynthesis?\nCorrect answer: B", "What gas do plants take in for photosynthesis?"),
         ("What gas do plants take in for photosynthesis?\nReworded answer:", "What gas do plants take in for photosynthesis?"),
         ("Question: What gas do plants take in?\n\nOptions: A, B", "What gas do plants take in?"),
@@ -168,4 +173,3 @@ def test_clean_candidate_outcomes(raw, outcome):
 )
 def test_repetition_loop(text, loop):
     assert is_repetition_loop(text) is loop
-

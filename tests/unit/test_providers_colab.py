@@ -17,8 +17,15 @@ from crucible.scheduler.providers.colab import ColabProvider
 
 
 def spec(tmp_path: Path, command: tuple[str, ...]) -> LaunchSpec:
-    return LaunchSpec("job-c", 2, command, {"GREETING": "hello"}, OfferRef("colab", "T4", gpu_name="T4", gpu_count=1),
-                      tmp_path / "work", checkpoint_dir=str(tmp_path / "ckpt"))
+    return LaunchSpec(
+        "job-c",
+        2,
+        command,
+        {"GREETING": "hello"},
+        OfferRef("colab", "T4", gpu_name="T4", gpu_count=1),
+        tmp_path / "work",
+        checkpoint_dir=str(tmp_path / "ckpt"),
+    )
 
 
 def run_notebook(notebook: Path, cwd: Path) -> None:
@@ -29,8 +36,16 @@ def run_notebook(notebook: Path, cwd: Path) -> None:
 
 async def test_notebook_runs_and_its_status_file_is_read(tmp_path):
     p = ColabProvider.from_settings({})
-    handle = await p.submit(spec(tmp_path, (sys.executable, "-c", "import os; print(os.environ['GREETING']); "
-                                            "import sys; print('warn', file=sys.stderr); sys.exit(3)")))
+    handle = await p.submit(
+        spec(
+            tmp_path,
+            (
+                sys.executable,
+                "-c",
+                "import os; print(os.environ['GREETING']); import sys; print('warn', file=sys.stderr); sys.exit(3)",
+            ),
+        )
+    )
     notebook = Path(handle.data["notebook"])
     assert notebook.parent == tmp_path / "work" / "colab"
     document = json.loads(notebook.read_text())

@@ -24,12 +24,19 @@ KEY = "sk-live-7f3a9c1d2e4b5a6f"
 
 def spec(tmp_path: Path, command: tuple[str, ...], **kw) -> LaunchSpec:
     """A launch spec for tests."""
-    return LaunchSpec(job_id=kw.pop("job_id", "Job_42"), attempt=kw.pop("attempt", 1), command=command,
-                      env=kw.pop("env", {"GREETING": "hello world"}), offer=OfferRef("test", "t1"), work_dir=tmp_path,
-                      **kw)
+    return LaunchSpec(
+        job_id=kw.pop("job_id", "Job_42"),
+        attempt=kw.pop("attempt", 1),
+        command=command,
+        env=kw.pop("env", {"GREETING": "hello world"}),
+        offer=OfferRef("test", "t1"),
+        work_dir=tmp_path,
+        **kw,
+    )
 
 
 # --- secrets ---------------------------------------------------------------------------------------------------------
+
 
 def test_secret_never_prints_its_value():
     s = Secret(KEY)
@@ -37,6 +44,7 @@ def test_secret_never_prints_its_value():
     assert s.reveal() == KEY
     with pytest.raises(TypeError):
         import pickle
+
         pickle.dumps(s)
 
 
@@ -63,8 +71,15 @@ def test_toml_file_and_world_readable_warning(tmp_path, caplog):
     assert "chmod 600" in caplog.text and "r8_abcdefgh" not in caplog.text
 
 
-@pytest.mark.parametrize("content", ['{"lambda": {"api_key": "sk-leak-0000"', '["sk-leak-0000"]',
-                                     '{"lambda": {"api_key": 12345678}}', '{"lambda": "sk-leak-0000"}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"lambda": {"api_key": "sk-leak-0000"',
+        '["sk-leak-0000"]',
+        '{"lambda": {"api_key": 12345678}}',
+        '{"lambda": "sk-leak-0000"}',
+    ],
+)
 def test_bad_secrets_file_errors_never_quote_content(tmp_path, content):
     path = tmp_path / "secrets.json"
     path.write_text(content)
@@ -89,11 +104,12 @@ def test_scrub_removes_known_values_and_token_shapes():
 
 # --- retry policy and settings ---------------------------------------------------------------------------------------
 
+
 def test_retry_policy_backoff_and_retry_after():
     policy = RetryPolicy(max_retries=3, base_s=1.0, max_s=4.0, max_retry_after_s=10.0)
     for retry in range(3):
         delay = policy.delay(retry, None)
-        assert 0 <= delay <= min(4.0, 2 ** retry)
+        assert 0 <= delay <= min(4.0, 2**retry)
     assert policy.delay(3, None) is None
     assert policy.delay(0, 7.0) == 7.0
     assert policy.delay(0, 11.0) is None  # longer than we are willing to wait: give up, the caller fails over
@@ -118,6 +134,7 @@ def test_settings_errors_name_the_field():
 
 # --- remote wrapper and ssh probe ------------------------------------------------------------------------------------
 
+
 def test_run_name_is_provider_safe():
     s = LaunchSpec("My Job/ÄÖ_1", 3, ("true",), {}, OfferRef("x", "y"), Path("."))
     name = remote.run_name(s)
@@ -139,8 +156,12 @@ def run_wrapper(script: str, tmp_path: Path) -> None:
 
 def test_wrapper_runs_once_with_env_logs_and_exit_code(tmp_path):
     folder = tmp_path / "run"
-    s = spec(tmp_path, ("sh", "-c", 'echo "$GREETING $CRUCIBLE_JOB_ID $CRUCIBLE_RESUME"; echo oops >&2; exit 3'),
-             resume=True, checkpoint_dir=str(tmp_path / "ckpt"))
+    s = spec(
+        tmp_path,
+        ("sh", "-c", 'echo "$GREETING $CRUCIBLE_JOB_ID $CRUCIBLE_RESUME"; echo oops >&2; exit 3'),
+        resume=True,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+    )
     script = remote.wrapper_script(s, str(folder))
     run_wrapper(script, tmp_path)
     assert (folder / "stdout.log").read_text() == "hello world Job_42 1\n"

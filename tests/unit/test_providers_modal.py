@@ -30,8 +30,9 @@ def provider(sdk: FakeModal | None, token_secret: str = TOKEN_SECRET, **settings
 
 
 def spec(tmp_path: Path, command: tuple[str, ...], attempt: int = 1, **kw) -> LaunchSpec:
-    return LaunchSpec("job-m", attempt, command, {"GREETING": "hi"},
-                      OfferRef("modal", "A10G", gpu_name="A10G", gpu_count=1), tmp_path, **kw)
+    return LaunchSpec(
+        "job-m", attempt, command, {"GREETING": "hi"}, OfferRef("modal", "A10G", gpu_name="A10G", gpu_count=1), tmp_path, **kw
+    )
 
 
 async def until_terminal(p: ModalProvider, handle, tries: int = 400):
@@ -56,10 +57,12 @@ async def test_output_is_live_and_the_exit_code_comes_back(tmp_path):
     sdk = FakeModal(TOKEN_ID, TOKEN_SECRET)
     p = provider(sdk)
     gate = tmp_path / "gate"
-    script = ("import os, sys, time\n"
-              "print(os.environ['GREETING'], os.environ['CRUCIBLE_JOB_ID'], flush=True)\n"
-              f"while not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
-              "print('second', flush=True); print('warn', file=sys.stderr); sys.exit(3)\n")
+    script = (
+        "import os, sys, time\n"
+        "print(os.environ['GREETING'], os.environ['CRUCIBLE_JOB_ID'], flush=True)\n"
+        f"while not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+        "print('second', flush=True); print('warn', file=sys.stderr); sys.exit(3)\n"
+    )
     handle = await p.submit(spec(tmp_path, (sys.executable, "-c", script), max_duration_s=600, checkpoint_dir="/ckpt"))
     assert handle.ref.startswith("sb-") and handle.data["name"] == "crucible-job-m-1"
     options = sdk.runs[handle.ref].options

@@ -14,7 +14,8 @@ import torch
 from crucible.scheduler.core.progress import ProgressTracker
 
 SPEC = importlib.util.spec_from_file_location(
-    "grpo_train", Path(__file__).resolve().parents[2] / "examples" / "grpo" / "train.py")
+    "grpo_train", Path(__file__).resolve().parents[2] / "examples" / "grpo" / "train.py"
+)
 train = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(train)
 
@@ -107,8 +108,7 @@ def test_mesh_addresses_from_flags_then_grpo_mesh_then_crucible_env():
 
 
 def test_reward_settings_from_flags():
-    cfg = train.reward_config(train.parse_args(["--reward-weights", "repetition=2,length=0", "--perplexity-window",
-                                                "5,30,80"]))
+    cfg = train.reward_config(train.parse_args(["--reward-weights", "repetition=2,length=0", "--perplexity-window", "5,30,80"]))
     assert cfg.w_repetition == 2.0 and cfg.w_length == 0.0 and cfg.perplexity_target == 30.0
     with pytest.raises(SystemExit):
         train.reward_config(train.parse_args(["--reward-weights", "vibes=1"]))
@@ -117,12 +117,19 @@ def test_reward_settings_from_flags():
 
 
 def test_progress_lines_carry_every_reward_metric_to_the_scheduler():
-    line = train.progress_line(3, 30, loss=0.1, reward_mean=1.2, reward_std=0.3, kl=0.01, reward_detector=0.7,
-                               reward_repetition=-0.2, bad=float("nan"))
+    line = train.progress_line(
+        3, 30, loss=0.1, reward_mean=1.2, reward_std=0.3, kl=0.01, reward_detector=0.7, reward_repetition=-0.2, bad=float("nan")
+    )
     tracker = ProgressTracker()
     assert tracker.feed(line, now=1.0)
     p = tracker.progress
     assert (p.step, p.total_steps) == (3, 30)
-    assert p.metrics == {"loss": 0.1, "reward_mean": 1.2, "reward_std": 0.3, "kl": 0.01, "reward_detector": 0.7,
-                         "reward_repetition": -0.2}
+    assert p.metrics == {
+        "loss": 0.1,
+        "reward_mean": 1.2,
+        "reward_std": 0.3,
+        "kl": 0.01,
+        "reward_detector": 0.7,
+        "reward_repetition": -0.2,
+    }
     assert tracker.feed(train.progress_line(5, 30, loss=0.0), now=11.0) and p.eta_s == pytest.approx(125.0)

@@ -58,14 +58,15 @@ def test_length_bounds_relative_to_the_original():
 def test_degenerate_repetition_scores_below_a_looser_rewrite_with_the_same_raw_signals():
     # Even when the detector, similarity and fluency signals favour the degenerate text (as they did in `make run`,
     # where it totalled +1.65), hygiene puts it below a sensible but looser rewrite.
-    degenerate = combine(ORIGINAL, DEGENERATE, criterion=-2.0, probability=None, perplexity=40.0, similarity=0.85,
-                         config=CFG)
+    degenerate = combine(ORIGINAL, DEGENERATE, criterion=-2.0, probability=None, perplexity=40.0, similarity=0.85, config=CFG)
     looser = combine(ORIGINAL, LOOSER, criterion=0.5, probability=None, perplexity=60.0, similarity=0.75, config=CFG)
     assert degenerate.total < looser.total
     assert "repetitive" in degenerate.flags and degenerate.repetition > 0.85
     off = RewardConfig(**{**CFG.__dict__, "w_repetition": 0.0, "w_language": 0.0, "w_length": 0.0})
-    assert combine(ORIGINAL, DEGENERATE, -2.0, None, 40.0, 0.85, off).total > combine(
-        ORIGINAL, LOOSER, 0.5, None, 60.0, 0.75, off).total  # the hack the hygiene closes
+    assert (
+        combine(ORIGINAL, DEGENERATE, -2.0, None, 40.0, 0.85, off).total
+        > combine(ORIGINAL, LOOSER, 0.5, None, 60.0, 0.75, off).total
+    )  # the hack the hygiene closes
 
 
 @pytest.mark.parametrize("text", [SENSIBLE, DEGENERATE, "short one", "", "x" * 30])
@@ -84,8 +85,9 @@ def test_mean_components_and_trl_logging():
     assert TRLReward(CFG).__name__ == "crucible_composite_reward"
 
 
-@pytest.mark.parametrize("kwargs", [{"w_repetition": -1.0}, {"length_ratio_min": 1.5}, {"length_ratio_max": 0.9},
-                                    {"language_stopword_share": 0.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"w_repetition": -1.0}, {"length_ratio_min": 1.5}, {"length_ratio_max": 0.9}, {"language_stopword_share": 0.0}]
+)
 def test_invalid_hygiene_settings_are_rejected(kwargs):
     with pytest.raises(ValueError):
         RewardConfig(**kwargs)

@@ -26,8 +26,12 @@ ORIGINAL = "The city council voted on Tuesday to expand the bike lane network ac
 
 
 def test_builder_is_the_cookbooks_type_and_pickles_without_live_channels():
-    builder = ParaphraseGroupBuilder(ORIGINAL, group_size=3, reward=RewardConfig(detector_signal="criterion"),
-                                     mesh=MeshConfig.from_mapping({"detector": {"address": "127.0.0.1:1"}}))
+    builder = ParaphraseGroupBuilder(
+        ORIGINAL,
+        group_size=3,
+        reward=RewardConfig(detector_signal="criterion"),
+        mesh=MeshConfig.from_mapping({"detector": {"address": "127.0.0.1:1"}}),
+    )
     assert isinstance(builder, EnvGroupBuilder)
     builder._scorer()  # a live scorer (channels are lazy) must not travel with the builder
     clone = pickle.loads(pickle.dumps(builder))
@@ -38,8 +42,9 @@ def test_builder_is_the_cookbooks_type_and_pickles_without_live_channels():
     assert "_live" not in builder.__dict__
 
 
-@pytest.mark.parametrize("kwargs", [{"group_size": 0}, {"original": " "}, {"original": "x" * 9000},
-                                    {"template": "no placeholder"}])
+@pytest.mark.parametrize(
+    "kwargs", [{"group_size": 0}, {"original": " "}, {"original": "x" * 9000}, {"template": "no placeholder"}]
+)
 def test_builder_refuses_bad_settings(kwargs):
     with pytest.raises(ValueError):
         ParaphraseGroupBuilder(**{"original": ORIGINAL, "group_size": 2, **kwargs})

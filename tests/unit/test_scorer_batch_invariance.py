@@ -6,6 +6,7 @@ The SECA objective is a log-probability compared across calls, so the default mu
 from __future__ import annotations
 
 import pytest
+
 from crucible.demo import ATTACK_SAMPLES
 from crucible.models import load_causal_lm
 from crucible.runtime.config import load_config

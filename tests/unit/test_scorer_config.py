@@ -10,6 +10,7 @@ import threading
 
 import pytest
 import torch
+
 from crucible.runtime.config import load_config
 from crucible.runtime.errors import ConfigError
 from crucible.scorer.config import ScorerConfig

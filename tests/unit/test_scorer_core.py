@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
 from crucible.runtime.errors import InvalidArgument
 from crucible.scorer.scoring import (
     ChoiceRequest,
@@ -22,7 +24,6 @@ from crucible.scorer.scoring import (
     leading_special_tokens,
 )
 from crucible.scorer.seca import McqQuestion, build_seca_prompt
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 CORPUS = [
     "The capital of France is Paris, and the capital of Italy is Rome.",
@@ -57,12 +58,26 @@ def tiny_model(kind: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     if kind == "llama":
         config = transformers.LlamaConfig(
-            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
         )
     else:
         config = transformers.GPT2Config(
-            vocab_size=vocab_size, n_layer=2, n_embd=64, n_head=2, n_positions=512, pad_token_id=0, bos_token_id=1,
+            vocab_size=vocab_size,
+            n_layer=2,
+            n_embd=64,
+            n_head=2,
+            n_positions=512,
+            pad_token_id=0,
+            bos_token_id=1,
             eos_token_id=2,
         )
     return transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -155,7 +170,7 @@ def test_choices_with_a_bos_tokenizer_match_reference(bos_setup) -> None:
     assert scorer.lead_ids == (tokenizer.bos_token_id,)
     prepared = scorer.prepare_choices(ITEMS[:2])
     assert prepared[0].job.prompt_ids[0] == tokenizer.bos_token_id
-    for request, result in zip(ITEMS, scorer.score_choices([p.job for p in prepared])):
+    for request, result in zip(ITEMS, scorer.score_choices([p.job for p in prepared]), strict=False):
         for choice, logprob in zip(request.choices, result.logprobs, strict=True):
             assert_close(logprob, reference_choice_logprob(model, tokenizer, request.prompt, choice))
 
@@ -176,7 +191,9 @@ def test_multi_token_tails_in_one_or_several_cached_passes(setup, tail_tokens: i
     model, tokenizer, _ = setup
     scorer = TargetScorer(model, tokenizer, Limits(), tail_tokens=tail_tokens)
     requests = [
-        ChoiceRequest(prompt="Which of the following", choices=(" structures", " collects urine", " the kidney", " B. the bladder")),
+        ChoiceRequest(
+            prompt="Which of the following", choices=(" structures", " collects urine", " the kidney", " B. the bladder")
+        ),
         ChoiceRequest(prompt="A banana is", choices=(" a long yellow fruit", " round", " the capital of Italy")),
     ]
     results = scorer.score_choices([p.job for p in scorer.prepare_choices(requests)])
@@ -235,8 +252,11 @@ def test_long_text_is_truncated_at_max_tokens(setup) -> None:
 
 def test_bfloat16_model_stays_close_to_float32(setup) -> None:
     model, tokenizer, scorer = setup
-    bf16 = TargetScorer(tiny_model("llama" if "Llama" in type(model).__name__ else "gpt2", len(tokenizer)).to(torch.bfloat16),
-                        tokenizer, scorer.limits)
+    bf16 = TargetScorer(
+        tiny_model("llama" if "Llama" in type(model).__name__ else "gpt2", len(tokenizer)).to(torch.bfloat16),
+        tokenizer,
+        scorer.limits,
+    )
     jobs = [p.job for p in scorer.prepare_choices(ITEMS)]
     for full, half in zip(scorer.score_choices(jobs), bf16.score_choices(jobs), strict=True):
         for a, b in zip(full.logprobs, half.logprobs, strict=True):
@@ -250,8 +270,10 @@ def test_prompt_and_choice_are_tokenised_separately(setup) -> None:
     _, tokenizer, scorer = setup
     (p,) = scorer.prepare_choices([ChoiceRequest(prompt="The correct answer is option: ", choices=("A", " A"))])
     assert p.job.prompt_ids == tuple(tokenizer("The correct answer is option: ")["input_ids"])
-    assert p.job.choice_ids == (tuple(tokenizer("A", add_special_tokens=False)["input_ids"]),
-                                tuple(tokenizer(" A", add_special_tokens=False)["input_ids"]))
+    assert p.job.choice_ids == (
+        tuple(tokenizer("A", add_special_tokens=False)["input_ids"]),
+        tuple(tokenizer(" A", add_special_tokens=False)["input_ids"]),
+    )
     assert p.job.choice_ids[0] != p.job.choice_ids[1]
 
 
@@ -284,7 +306,11 @@ def test_choice_distribution_ties_go_to_the_lowest_index() -> None:
 BAD_CHOICES = [
     ([], "items", "NO_ITEMS"),
     ([ChoiceRequest(prompt="x", choices=("a",))] * 9, "items", "TOO_MANY_ITEMS"),
-    ([ChoiceRequest(prompt="ok", choices=("a",)), ChoiceRequest(prompt="  \n", choices=("a",))], "items[1].raw_prompt", "EMPTY_PROMPT"),
+    (
+        [ChoiceRequest(prompt="ok", choices=("a",)), ChoiceRequest(prompt="  \n", choices=("a",))],
+        "items[1].raw_prompt",
+        "EMPTY_PROMPT",
+    ),
     ([ChoiceRequest(prompt="ok", choices=())], "items[0].choices", "NO_CHOICES"),
     ([ChoiceRequest(prompt="ok", choices=("a", "b", "a"))], "items[0].choices[2]", "DUPLICATE_CHOICE"),
     ([ChoiceRequest(prompt="ok", choices=("a", ""))], "items[0].choices[1]", "EMPTY_CHOICE"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from crucible.scorer.seca import (
     SECA_PROMPT_TEMPLATE,
     QuestionError,
@@ -46,7 +47,7 @@ def test_subject_with_spaces_gives_the_same_prompt() -> None:
 
 def test_template_fills_like_the_builder() -> None:
     options = ["yes", "no"]
-    lines = "".join(f"    {letter}. {option}\n" for letter, option in zip("AB", options))
+    lines = "".join(f"    {letter}. {option}\n" for letter, option in zip("AB", options, strict=False))
     assert SECA_PROMPT_TEMPLATE.format(subject="logic", question="Is it?", options=lines) == build_seca_prompt(
         "logic", "Is it?", options
     )

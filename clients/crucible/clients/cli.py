@@ -1,0 +1,201 @@
+"""`crucible reward` and `crucible attack`: the reward loop and the SECA attack loop from the command line.
+
+Both talk to a running mesh (`crucible up`); addresses come from CRUCIBLE_<SVC>_ADDRESS or --base-port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from crucible.clients.attack import AttackConfig, SecaAttack, Trace, load_mmlu, summarize
+from crucible.clients.channel import CLI_SERVICES, add_connection_arguments, cli_channel_config
+from crucible.clients.mesh import Mesh, MeshConfig
+from crucible.clients.reward import CompositeReward, RewardConfig
+
+
+def add_commands(sub: Any) -> None:
+    """Register `reward` and `attack` on the crucible CLI."""
+    reward = sub.add_parser("reward", help="composite paraphrase reward over the mesh for (original, rewrite) pairs")
+    reward.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="JSONL lines {original, completions:[...]} or {original, completion}; or a detect-format JSON "
+        "{original:[...], sampled:[...]} scored pairwise",
+    )
+    reward.add_argument("--base-port", type=int, default=None, help="mesh started with `crucible up --base-port N`")
+    reward.add_argument(
+        "--signal",
+        choices=("probability", "criterion"),
+        default="criterion",
+        help="detector component: calibrated 1-P(machine), or the logistic of the criterion (default: "
+        "criterion, which works for uncalibrated model pairs)",
+    )
+    reward.add_argument("--limit", type=int, default=None, help="score at most N pairs")
+    reward.add_argument("--json", action="store_true", help="print one JSON object per pair instead of a table")
+    add_connection_arguments(reward, address=False)
+    reward.set_defaults(handler=_reward)
+
+    attack = sub.add_parser("attack", help="SECA-style attack on MMLU-format questions over the mesh")
+    attack.add_argument("--data", type=Path, required=True, help="folder of <subject>_test.csv files")
+    attack.add_argument("--subjects", nargs="*", default=[], help="subjects to attack (default: all in the folder)")
+    attack.add_argument("--seca-subset", action="store_true", help="only the SECA paper's questions (seca_filtered_index.json)")
+    attack.add_argument("--limit-per-subject", type=int, default=None)
+    attack.add_argument("--iterations", type=int, default=30)
+    attack.add_argument("--parallel", type=int, default=3, help="questions attacked concurrently")
+    attack.add_argument(
+        "--trace",
+        type=Path,
+        default=Path("attack-trace.jsonl"),
+        help="JSONL trace of every candidate; an existing trace is resumed (finished questions skipped)",
+    )
+    attack.add_argument(
+        "--equivalence",
+        choices=("question", "embedding", "nli"),
+        default="question",
+        help="meaning check: question (form checks, then NLI if configured, else cosine; default), embedding or nli alone",
+    )
+    attack.add_argument(
+        "--temperature",
+        type=float,
+        default=AttackConfig.temperature,
+        help=f"proposer sampling temperature (default {AttackConfig.temperature}; the paper uses 1.0)",
+    )
+    attack.add_argument("--threshold", type=float, default=None, help="equivalence threshold (default: the proposer's)")
+    attack.add_argument("--seed", type=int, default=0)
+    attack.add_argument("--base-port", type=int, default=None)
+    attack.add_argument("--json", action="store_true", help="print the summary as one JSON object instead of a table")
+    add_connection_arguments(attack, address=False)
+    attack.set_defaults(handler=_attack)
+
+
+def _mesh(args: argparse.Namespace) -> Mesh:
+    """The SDK mesh from the client config (TOML/env) and the connection flags; --base-port sets local addresses."""
+    configs = {}
+    for i, name in enumerate(CLI_SERVICES):
+        config = cli_channel_config(name, args)
+        if args.base_port is not None:
+            config = dataclasses.replace(config, addresses=(f"127.0.0.1:{args.base_port + i}",))
+        configs[name] = config
+    return Mesh(MeshConfig(configs))
+
+
+def _pairs(path: Path) -> list[tuple[str, str]]:
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("{") and '"sampled"' in stripped[:200000] and "\n{" not in stripped:
+        data = json.loads(text)
+        return list(zip(data["original"], data["sampled"], strict=False))
+    pairs: list[tuple[str, str]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"{path}:{number}: not JSON ({err.msg})") from None
+        if "original" not in row or not ("completions" in row or "completion" in row):
+            raise SystemExit(f"{path}:{number}: needs 'original' and 'completions' (or 'completion')")
+        for completion in row.get("completions", [row.get("completion")]):
+            pairs.append((row["original"], completion))
+    return pairs
+
+
+def _reward(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from crucible.clients.tables import format_table
+
+    pairs = _pairs(args.data)[: args.limit]
+    if not pairs:
+        print("crucible reward: no pairs in the data file", file=sys.stderr)
+        return 1
+
+    async def run() -> list[Any]:
+        async with _mesh(args) as mesh:
+            reward = CompositeReward(mesh, RewardConfig(detector_signal=args.signal))
+            out: list[Any] = []
+            with tqdm(total=len(pairs), desc="reward", unit="pair", file=sys.stderr) as bar:
+                for start in range(0, len(pairs), 16):
+                    chunk = pairs[start : start + 16]
+                    out.extend(await reward.score([o for o, _ in chunk], [c for _, c in chunk]))
+                    bar.update(len(chunk))
+            return out
+
+    results = asyncio.run(run())
+    if args.json:
+        for (original, completion), r in zip(pairs, results, strict=True):
+            print(json.dumps({"original": original[:80], "completion": completion[:80], **r.__dict__}))
+        return 0
+    rows = [
+        (
+            i,
+            f"{r.total:.3f}",
+            f"{r.detector:.3f}",
+            f"{r.similarity:.3f}",
+            f"{r.fluency:.3f}",
+            f"{r.penalty:.2f}",
+            "" if r.perplexity is None else f"{r.perplexity:.1f}",
+            ",".join(r.flags),
+            completion[:40].replace("\n", " "),
+        )
+        for i, ((_, completion), r) in enumerate(zip(pairs, results, strict=True))
+    ]
+    print(format_table(("#", "total", "detector", "similarity", "fluency", "penalty", "ppl", "flags", "completion"), rows))
+    mean = sum(r.total for r in results) / len(results)
+    print(f"{len(results)} pairs, mean reward {mean:.3f}")
+    return 0
+
+
+def _attack(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from crucible.clients.tables import format_table
+
+    try:
+        questions = load_mmlu(args.data, args.subjects, seca_subset=args.seca_subset, limit_per_subject=args.limit_per_subject)
+    except FileNotFoundError as err:
+        print(f"crucible attack: {err}", file=sys.stderr)
+        return 2
+    config = AttackConfig(
+        iterations=args.iterations,
+        equivalence_method=args.equivalence,
+        equivalence_threshold=args.threshold,
+        seed=args.seed,
+        temperature=args.temperature,
+    )
+    trace = Trace(args.trace)
+    already = len(trace.finished())
+
+    async def run() -> list[Any]:
+        async with _mesh(args) as mesh:
+            attack = SecaAttack(mesh, config, trace)
+            with tqdm(
+                total=len(questions), initial=min(already, len(questions)), desc="attack", unit="q", file=sys.stderr
+            ) as bar:
+
+                def tick(outcome: Any) -> None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"{outcome.qid}: {outcome.status}")
+
+                return await attack.campaign(questions, parallel=args.parallel, progress=tick)
+
+    outcomes = asyncio.run(run())
+    summary = summarize(outcomes)
+    if args.json:
+        print(json.dumps({**summary, "trace": str(args.trace)}))
+        return 0 if summary["errors"] == 0 else 1
+    print(
+        format_table(
+            ("metric", "value"),
+            [(k, "" if v is None else (f"{v:.3f}" if isinstance(v, float) else v)) for k, v in summary.items()],
+        )
+    )
+    print(f"trace: {args.trace}")
+    return 0 if summary["errors"] == 0 else 1

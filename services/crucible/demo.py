@@ -1,0 +1,318 @@
+"""`crucible demo` (what `make run` runs): bring the mesh up on the embedded models and show each loop working.
+
+Reward loop on a few texts, a short SECA attack on two questions the target answers right (from a built-in set), a
+nanoGPT job on the local provider with its cost estimate, then a summary and a clean stop. Needs no data folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from crucible.clients.attack import MCQ, AttackConfig, IterationReport, SecaAttack, Trace, summarize
+from crucible.clients.mesh import Mesh
+from crucible.clients.reward import CompositeReward, RewardConfig
+from crucible.clients.scorer import ChoiceQuery
+from crucible.clients.tables import format_table
+
+#: (original, rewrites) used when no data folder is around: one faithful paraphrase, one drifting, one degenerate.
+REWARD_SAMPLES: list[tuple[str, list[str]]] = [
+    (
+        "The city council voted on Tuesday to expand the bike lane network across the downtown area next spring.",
+        [
+            "On Tuesday the city council approved a plan to extend downtown bike lanes starting next spring.",
+            "Next spring, cyclists downtown will get more lanes after councillors backed the expansion on Tuesday.",
+            "The weather was pleasant and many people enjoyed a picnic in the park.",
+            "",
+        ],
+    ),
+    (
+        "Regular exercise improves sleep quality, lowers stress and helps people keep a healthy weight.",
+        [
+            "Working out regularly helps you sleep better, reduces stress and makes it easier to stay at a healthy weight.",
+            "Exercise exercise exercise exercise exercise exercise exercise exercise exercise exercise.",
+        ],
+    ),
+]
+
+#: A dozen easy general-knowledge questions in MMLU format (answers are indexes into the options, spread over the
+#: letters). The demo scores them all first and attacks those the configured target answers right, so it has
+#: something to attack whatever the target; no ../shared/data is needed.
+ATTACK_SAMPLES = [
+    MCQ("builtin/0", "high_school_geography", "What is the capital city of France?", ("Berlin", "Madrid", "Paris", "Rome"), 2),
+    MCQ("builtin/1", "elementary_mathematics", "What is the result of 7 multiplied by 8?", ("54", "56", "58", "64"), 1),
+    MCQ("builtin/2", "astronomy", "Which planet is known as the Red Planet?", ("Mars", "Venus", "Jupiter", "Saturn"), 0),
+    MCQ(
+        "builtin/3",
+        "high_school_biology",
+        "Which organ pumps blood through the human body?",
+        ("The lungs", "The liver", "The heart", "The kidneys"),
+        2,
+    ),
+    MCQ("builtin/4", "high_school_chemistry", "What is the chemical formula of water?", ("CO2", "NaCl", "H2O", "O2"), 2),
+    MCQ("builtin/5", "elementary_mathematics", "How many days are there in a week?", ("Five", "Six", "Seven", "Eight"), 2),
+    MCQ(
+        "builtin/6",
+        "high_school_geography",
+        "Which is the largest ocean on Earth?",
+        ("The Atlantic Ocean", "The Pacific Ocean", "The Indian Ocean", "The Arctic Ocean"),
+        1,
+    ),
+    MCQ(
+        "builtin/7",
+        "high_school_physics",
+        "At what temperature in degrees Celsius does pure water freeze at sea level?",
+        ("0", "10", "50", "100"),
+        0,
+    ),
+    MCQ(
+        "builtin/8",
+        "high_school_biology",
+        "Which animal is known as the king of the jungle?",
+        ("The elephant", "The tiger", "The zebra", "The lion"),
+        3,
+    ),
+    MCQ(
+        "builtin/9",
+        "high_school_biology",
+        "What do bees collect from flowers to make honey?",
+        ("Nectar", "Leaves", "Bark", "Seeds"),
+        0,
+    ),
+    MCQ(
+        "builtin/10",
+        "high_school_geography",
+        "On which continent is Egypt located?",
+        ("Asia", "Africa", "Europe", "South America"),
+        1,
+    ),
+    MCQ("builtin/11", "elementary_mathematics", "How many sides does a triangle have?", ("Two", "Three", "Four", "Five"), 1),
+]
+
+
+async def reward_section(mesh: Mesh) -> dict[str, Any]:
+    """Score the sample rewrites and print every component per rewrite."""
+    # SmolLM2 is uncalibrated (no P(machine)), so evasion comes from the criterion; a 135M model puts fluent English
+    # at perplexity ~20-150, so the fluency window is wider than StealthRL's 5-80 (set for larger scoring models).
+    config = RewardConfig(detector_signal="criterion", perplexity_target=40.0, perplexity_min=8.0, perplexity_max=250.0)
+    reward = CompositeReward(mesh, config)
+    rows = []
+    totals = []
+    started = time.perf_counter()
+    for original, rewrites in REWARD_SAMPLES:
+        group = await reward.score_group(original, rewrites)
+        for text, r, adv in zip(rewrites, group.rewards, group.advantages, strict=True):
+            rows.append(
+                (
+                    f"{r.total:+.3f}",
+                    f"{adv:+.2f}",
+                    f"{r.detector:.3f}",
+                    f"{r.similarity:.3f}",
+                    f"{r.fluency:.3f}",
+                    "-" if r.perplexity is None else f"{r.perplexity:.0f}",
+                    f"{r.repetition:.2f}",
+                    f"{r.language:.2f}",
+                    f"{r.length:.2f}",
+                    f"{r.penalty:+.1f}",
+                    ",".join(r.flags) or "-",
+                    (text or "<empty>")[:44],
+                )
+            )
+            totals.append(r.total)
+    # Hygiene: repetition (degeneracy, subtracted), language (English-likeness vs the original) and length (1 within
+    # the bounds) are weighted components too, so "Exercise exercise ..." no longer outscores a sensible rewrite.
+    print(
+        "\n== Reward loop (composite reward per GRPO group: evasion + similarity + fluency - repetition - language "
+        "- length + penalties)"
+    )
+    print(
+        format_table(
+            (
+                "total",
+                "advantage",
+                "evasion",
+                "similarity",
+                "fluency",
+                "ppl",
+                "repetition",
+                "language",
+                "length",
+                "penalty",
+                "flags",
+                "rewrite",
+            ),
+            rows,
+        )
+    )
+    return {"rewrites_scored": len(totals), "reward_seconds": time.perf_counter() - started}
+
+
+async def attack_section(mesh: Mesh, trace_dir: Path, iterations: int = 3, questions: int = 2) -> dict[str, Any]:
+    """A short SECA attack on questions the target answers right, picked by scoring the built-in set first.
+
+    Prints, per iteration, each question's best candidate so far, its objective (log P of the target wrong letter)
+    and the meaning check's verdict on it, then the outcomes and the summary (attacked, flipped, valid candidates).
+    """
+    pool = ATTACK_SAMPLES
+    # SECA attacks only questions the target answers right: score the whole set once and keep the first of those.
+    scores = await mesh.scorer.score_choices([ChoiceQuery(question=q.with_question(q.question)) for q in pool])
+    right = [q for q, s in zip(pool, scores, strict=True) if s.top_index == q.answer]
+    print(
+        f"\n== Attack loop (SECA search, {iterations} iterations, 3 parents x 3 candidates): the target answers "
+        f"{len(right)}/{len(pool)} built-in questions right; attacking {min(questions, len(right))} of them"
+    )
+    if not right:
+        return {"attack_attacked": 0, "attack_note": "the target answers none of the built-in questions right"}
+
+    def show(report: IterationReport) -> None:
+        verdict = (
+            "original"
+            if report.equivalence_score is None
+            else (f"{'equivalent' if report.equivalent else 'not equivalent'} ({report.equivalence_score:.2f})")
+        )
+        print(
+            f"  {report.qid} it {report.iteration}: objective {report.best_objective:7.3f}  top "
+            f"{'ABCD'[report.top_option] if report.top_option < 4 else report.top_option} (answer "
+            f"{'ABCD'[report.answer] if report.answer < 4 else report.answer})  {verdict}  "
+            f"valid {report.valid}/{report.candidates}  best: {report.best_question[:70]}"
+        )
+
+    attack = SecaAttack(mesh, AttackConfig(iterations=iterations), Trace(trace_dir / "demo-attack.jsonl"), on_iteration=show)
+    started = time.perf_counter()
+    outcomes = await attack.campaign(right[:questions], parallel=questions)
+    print(
+        format_table(
+            (
+                "question",
+                "status",
+                "iterations",
+                "objective before",
+                "best objective",
+                "equivalence passed/checked",
+                "valid candidates",
+            ),
+            [
+                (
+                    o.qid,
+                    o.status,
+                    o.iterations,
+                    f"{o.original_objective:.2f}",
+                    f"{o.best_objective:.2f}",
+                    f"{o.equivalence_passed}/{o.equivalence_checked}",
+                    f"{o.candidates_valid}/{o.candidates_generated}",
+                )
+                for o in outcomes
+            ],
+        )
+    )
+    summary = summarize(outcomes)
+    keep = ("attacked", "flipped", "attack_success_rate", "valid_candidate_rate", "equivalence_pass_rate", "errors")
+    return {k if k.startswith("attack_") else "attack_" + k: summary[k] for k in keep} | {
+        "attack_seconds": time.perf_counter() - started
+    }
+
+
+async def nanogpt_section(mesh: Mesh, max_iters: int = 60) -> dict[str, Any]:
+    """A small nanoGPT training run on the local provider: the estimate before, progress while, cost after.
+
+    The first attempt stops on purpose after its first checkpoint (--crash-at-iter, a stand-in for a lost machine);
+    the scheduler relaunches it in a fresh working folder and it resumes from the checkpoint in the object store."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "nanogpt"  # in a source checkout
+    if not (example / "train.py").exists():
+        print("\n== nanoGPT job: skipped (examples/nanogpt is not in this installation)")
+        return {"nanogpt": "skipped (no examples/nanogpt)"}
+    spec = {
+        "display_name": "demo-nanogpt",
+        "command": [
+            sys.executable,
+            "train.py",
+            "--max-iters",
+            str(max_iters),
+            "--eval-interval",
+            "30",
+            "--log-interval",
+            "10",
+            "--checkpoint-interval",
+            "30",
+            "--n-layer",
+            "2",
+            "--n-head",
+            "2",
+            "--n-embd",
+            "64",
+            "--block-size",
+            "64",
+            "--batch-size",
+            "16",
+            "--sample-chars",
+            "0",
+            "--crash-at-iter",
+            str(max_iters * 3 // 4),
+        ],
+        "code_dir": str(example),
+        "restart_policy": {"max_restarts_on_errors": 1},
+        "provider_policy": "PROVIDER_POLICY_EXPLICIT",
+        "providers": ["local"],
+        "expected_duration": "60s",
+        "max_duration": "600s",
+    }
+    started = time.perf_counter()
+    job = await mesh.scheduler.create_job(spec)
+    print(
+        f"\n== nanoGPT job {job.job_id} on {job.provider or 'local'}: offer {job.offer.offer_id if job.offer else '-'}, "
+        f"estimated ${job.cost.estimated_usd:.6f} (local: electricity + amortisation rate)"
+    )
+    if os.environ.get("CRUCIBLE_CONSOLE_URL"):  # set by `crucible demo` when it started the web console
+        print(f"  watch it in the web console: {os.environ['CRUCIBLE_CONSOLE_URL']}jobs/{job.job_id}", flush=True)
+    last_step = None
+    async for snapshot in mesh.scheduler.watch_job(job.job_id, timeout=600):
+        job = snapshot
+        step = job.progress.step if job.progress else None
+        if step is not None and step != last_step:
+            loss = job.progress.metrics.get("loss") or job.progress.metrics.get("train_loss")
+            print(f"  {job.state:<10} step {step}/{job.progress.total_steps} loss " + ("-" if loss is None else f"{loss:.4f}"))
+            last_step = step
+    resumed = ""
+    async for chunk in mesh.scheduler.logs(job.job_id, timeout=60):
+        for line in chunk.text.splitlines():
+            if line.startswith(("crashing on purpose", "resumed from step")):
+                print(f"  attempt {chunk.attempt}: {line}")
+                resumed = resumed or (line.split(":", 1)[0] if line.startswith("resumed") else "")
+    artifacts = await mesh.scheduler.list_artifacts(job.job_id)
+    print(f"  finished {job.state}; spent ${job.cost.spent_usd:.6f}; artifacts: " + ", ".join(a.path for a in artifacts[:4]))
+    return {
+        "nanogpt_state": job.state,
+        "nanogpt_steps": last_step,
+        "nanogpt_resumed": resumed or "no",
+        "nanogpt_estimated_usd": job.cost.estimated_usd,
+        "nanogpt_spent_usd": job.cost.spent_usd,
+        "nanogpt_seconds": time.perf_counter() - started,
+    }
+
+
+async def run_demo(mesh: Mesh, work_dir: Path) -> dict[str, Any]:
+    """Every section in turn; a section that fails is reported and the others still run."""
+    results: dict[str, Any] = {}
+    for name, section in (
+        ("reward", reward_section(mesh)),
+        ("attack", attack_section(mesh, work_dir)),
+        ("nanogpt", nanogpt_section(mesh)),
+    ):
+        try:
+            results.update(await section)
+        except Exception as err:  # shown to the user; the demo's exit code reflects it
+            results[f"{name}_error"] = f"{type(err).__name__}: {err}"
+            print(f"\n== {name}: FAILED: {err}")
+    return results
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    print("\n== Summary")
+    print(format_table(("item", "value"), [(k, f"{v:.6g}" if isinstance(v, float) else v) for k, v in results.items()]))
+
+
+def demo_ok(results: dict[str, Any]) -> bool:
+    return not any(k.endswith("_error") for k in results) and results.get("nanogpt_state", "succeeded") == "succeeded"

@@ -1,0 +1,81 @@
+"""Settings of the detector, declared once: the service fills them from flags and CRUCIBLE_DETECTOR_* / CRUCIBLE_* env,
+the engine core and `crucible detect` read the same dataclass. `crucible serve detector --help` lists them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from crucible.runtime.config import ModelServerConfig, redefault, setting
+from crucible.runtime.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorConfig(ModelServerConfig):
+    """Batched Fast-DetectGPT, Binoculars and classifier ensemble scoring how machine-written a text is.
+
+    `model` is the Fast-DetectGPT scoring model (and Binoculars performer); `sampling_model` the sampling model
+    (and Binoculars observer), the scoring model itself when empty.
+    """
+
+    port: int = setting(50051, "gRPC port of the detector service.")
+    sampling_model: str = setting(
+        "",
+        "Fast-DetectGPT sampling model (Binoculars observer); empty = the scoring model `model` (one forward pass). "
+        "A different model must share the scoring model's tokenizer (e.g. falcon-7b with falcon-7b-instruct).",
+    )
+    binoculars: bool = setting(True, "Enable the Binoculars member (computed from the same forward pass, nearly free).")
+    classifier_model: str = setting(
+        "", "Local Hugging Face sequence-classification folder (e.g. roberta-base-openai-detector); empty disables it."
+    )
+    classifier_machine_label: str = setting(
+        "",
+        "The classifier's id2label name meaning machine-written (e.g. Fake); empty = the one label named like "
+        "Fake/Machine/AI in its config.json.",
+    )
+    max_tokens: int = setting(512, "Tokens scored per text; longer texts are truncated to their first max_tokens and flagged.")
+    max_texts_per_call: int = setting(256, "Most texts in one Detect call or DetectStream chunk.")
+    max_text_bytes: int = setting(
+        65536,
+        "Most UTF-8 bytes in one text, checked before tokenising (INVALID_ARGUMENT naming texts[i]): 4 bytes x "
+        "max_tokens (512) x 32, so long documents still fit and are truncated to their first max_tokens; 0 = no limit.",
+    )
+    padding_side: str = setting(
+        "right",
+        "Where batches are padded; results are the same either way (masked), right is the fast path.",
+        choices=("right", "left"),
+    )
+    max_queue_size: int = redefault(ModelServerConfig, "max_queue_size", 2048)
+    cache_size: int = setting(100000, "Results held in the in-memory LRU cache (about 0.3 KB each); 0 disables it.")
+    cache_path: str = setting("", "SQLite file for a cache that survives restarts; empty disables it.")
+    calibration_file: str = setting(
+        "",
+        "Calibration file written by `crucible detector calibrate`; its entries are tried before the built-in "
+        "(published Fast-DetectGPT) parameters. Empty = built-in only.",
+    )
+    stats_chunk_elements: int = setting(
+        1 << 22, "Logits (rows x vocabulary) processed at once by the criterion; bounds its memory (16 MB in fp32)."
+    )
+    classifier_batch_size: int = setting(32, "Texts per classifier forward pass.")
+    stats_kernel: str = setting(
+        "auto",
+        "How the per-token vocabulary statistics run: compile = torch.compile a fused kernel during warm-up (before "
+        "SERVING; tens of seconds on a small CPU the first time, cached on disk after); auto = compile in a background "
+        "thread after warm-up and use eager mode until the compiled kernel passed its check; eager = never compile. "
+        "A compile that fails or disagrees with eager mode leaves eager mode in use (logged).",
+        choices=("auto", "compile", "eager"),
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_tokens < 2:
+            raise ConfigError("max_tokens", "must be at least 2 (the first token is never scored)")
+        for name in ("max_texts_per_call", "stats_chunk_elements", "classifier_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1")
+        if self.cache_size < 0:
+            raise ConfigError("cache_size", "must not be negative")
+        if self.max_batch_tokens and self.max_batch_tokens < self.max_tokens:
+            raise ConfigError(
+                "max_batch_tokens", f"must be 0 or at least max_tokens ({self.max_tokens}), or a long text could never be batched"
+            )

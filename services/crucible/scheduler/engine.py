@@ -1,0 +1,252 @@
+"""The job engine: the coordinator the servicer calls. It builds the parts of the scheduler by concern, answers the
+job RPCs, and runs one driver task per unfinished job (also after a restart, which re-attaches to running jobs).
+
+Where things are: `creation.py` (CreateJob), `lifecycle.py` (state machine), `driver.py` (the per-job loop),
+`launching.py` (launch, failover, re-finding a lost launch), `logmirror.py` (logs), `progress_recorder.py` (progress
+and metrics), `usage_limits.py` (usage and limits), `job_artifacts.py` (outputs), `jobstate.py` (typed per-job state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from crucible.api.scheduler.v1 import job_pb2
+from crucible.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from crucible.scheduler import artifacts as artifact_files
+from crucible.scheduler.core import states
+from crucible.scheduler.creation import JobCreator
+from crucible.scheduler.driver import JobDriver
+from crucible.scheduler.engine_settings import EngineSettings
+from crucible.scheduler.job_artifacts import ArtifactEntry, DownloadChunk, JobArtifacts
+from crucible.scheduler.jobfolders import JobFolders
+from crucible.scheduler.jobstate import JobRecord, LiveJob
+from crucible.scheduler.launching import JobLauncher
+from crucible.scheduler.lifecycle import JobLifecycle
+from crucible.scheduler.logmirror import LogChunk, LogMirror
+from crucible.scheduler.pricing import OfferSource
+from crucible.scheduler.progress_recorder import ProgressRecorder
+from crucible.scheduler.providers.registry import ProviderRegistry
+from crucible.scheduler.storage import JobObjectStore, StoreSettings, default_store_url
+from crucible.scheduler.store import AsyncJobStore
+from crucible.scheduler.usage_limits import UsageAndLimits
+
+__all__ = ["Engine", "EngineSettings"]
+
+log = logging.getLogger(__name__)
+
+#: How long an ended job stays in memory, so watchers and log followers see its final state.
+KEEP_ENDED_S = 60.0
+#: How long a log follower waits for a change before looking at the files again.
+LOG_FOLLOW_WAIT_S = 0.25
+
+
+def snapshot(rec: JobRecord) -> job_pb2.Job:
+    """A copy of the job, safe to hand out while the driver goes on changing the original."""
+    out = job_pb2.Job()
+    out.CopyFrom(rec.job)
+    return out
+
+
+class Engine:
+    """Owns the store, the providers and the pricing source; the servicer calls its public methods."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        store: AsyncJobStore,
+        registry: ProviderRegistry,
+        pricing: OfferSource,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.pricing = pricing
+        self.clock = clock  # replaceable (tests move time): every part reads it through now()
+        self.folders = JobFolders(settings.state_dir / "jobs")
+        self.objects = JobObjectStore(settings.store or StoreSettings(default_store_url(settings.state_dir)))
+        self._live: dict[str, LiveJob] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._retention_task: asyncio.Task[None] | None = None
+        self.lifecycle = JobLifecycle(settings, store, self.now)
+        self.limits = UsageAndLimits(settings, pricing, self.lifecycle, self.now)
+        self.progress = ProgressRecorder(store, self.objects, self.folders, self.lifecycle, self.now)
+        self.log_mirror = LogMirror(settings, self.folders, self.progress)
+        self.job_artifacts = JobArtifacts(settings, registry, self.objects, self.folders, store, self.now)
+        self.launcher = JobLauncher(settings, registry, self.objects, self.folders, self.lifecycle, self.limits, self.now)
+        self.driver = JobDriver(
+            settings,
+            registry,
+            self.lifecycle,
+            self.launcher,
+            self.log_mirror,
+            self.progress,
+            self.job_artifacts,
+            self.limits,
+            self.now,
+        )
+        self.creator = JobCreator(settings, store, registry, pricing, self.objects, self.folders, self.now)
+
+    def now(self) -> float:
+        """The engine's clock (unix seconds)."""
+        return self.clock()
+
+    # --- start / stop ------------------------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Reconcile every unfinished job with its provider and resume driving it; returns how many were resumed."""
+        records = await self.store.unfinished(tuple(states.TERMINAL))
+        for rec in records:
+            self._spawn(rec)
+        if records:
+            log.info("reconciling %d unfinished job(s) after start", len(records))
+        if self.settings.artifact_retention_days > 0:
+            self._retention_task = asyncio.create_task(self.job_artifacts.retention_loop(), name="artifact-retention")
+        return len(records)
+
+    async def stop(self) -> None:
+        """Stop driving jobs (they keep running on their providers and are re-attached on the next start)."""
+        self._stopping = True
+        tasks = list(self._tasks.values()) + ([self._retention_task] if self._retention_task else [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.pricing.close()
+        await self.store.close()
+
+    def _spawn(self, rec: JobRecord) -> None:
+        live = LiveJob(rec)
+        self._live[rec.job.job_id] = live
+        self._tasks[rec.job.job_id] = asyncio.create_task(self._run(live), name=f"job-{rec.job.job_id}")
+
+    async def _run(self, live: LiveJob) -> None:
+        job_id = live.job.job_id
+        try:
+            await self.driver.drive(live)
+        finally:
+            if not self._stopping:
+                self._tasks.pop(job_id, None)
+                asyncio.get_running_loop().call_later(KEEP_ENDED_S, self._live.pop, job_id, None)
+
+    # --- create / read -----------------------------------------------------------------------------------------
+
+    async def create(self, spec: job_pb2.JobSpec, request_id: str, validate_only: bool) -> job_pb2.Job:
+        """CreateJob: validate, pick offers, estimate, admit, store (durably) and start driving."""
+        created = await self.creator.create(spec, request_id, validate_only)
+        if created.new_record is None:
+            return created.job
+        self._spawn(created.new_record)
+        return snapshot(created.new_record)
+
+    async def _record(self, job_id: str) -> JobRecord:
+        live = self._live.get(job_id)
+        if live is not None:
+            return live.rec
+        if not job_id:
+            raise InvalidArgument.field("job_id", "is required")
+        rec = await self.store.get(job_id)
+        if rec is None:
+            raise NotFound(f"job {job_id!r} not found", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
+        return rec
+
+    async def get(self, job_id: str) -> job_pb2.Job:
+        """GetJob."""
+        return snapshot(await self._record(job_id))
+
+    async def list(self, **filters: Any) -> list[tuple[int, job_pb2.Job]]:
+        """ListJobs page as (store sequence, job), newest first; live jobs are returned as they are in memory."""
+        out = []
+        for rec in await self.store.list(**filters):
+            live = self._live.get(rec.job.job_id)
+            out.append((rec.seq, snapshot(live.rec if live else rec)))
+        return out
+
+    # --- cancel / watch ----------------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str, reason: str) -> job_pb2.Job:
+        """CancelJob: PENDING -> CANCELLED, running states -> CANCELLING (the driver stops the run), terminal refused."""
+        rec = await self._record(job_id)
+        live = self._live.get(job_id)
+        if live is None or states.is_terminal(rec.job.state):
+            raise _not_cancellable(job_id, rec.job.state)
+        async with live.lock:
+            state = live.job.state
+            if states.is_terminal(state):
+                raise _not_cancellable(job_id, state)
+            if state == states.CANCELLING:
+                return snapshot(live.rec)
+            await self.lifecycle.cancel(live, f"cancelled: {reason or 'user request'}")
+        live.wake.set()
+        return snapshot(live.rec)
+
+    async def watch(self, job_id: str) -> AsyncIterator[job_pb2.Job]:
+        """WatchJob: the job now, then on every change; ends after a terminal snapshot."""
+        rec = await self._record(job_id)
+        live = self._live.get(job_id)
+        if live is None:
+            yield snapshot(rec)
+            return
+        seen = -1
+        while True:
+            async with live.changed:
+                while live.version == seen:
+                    await live.changed.wait()
+                seen = live.version
+                current = snapshot(live.rec)
+            yield current
+            if states.is_terminal(current.state):
+                return
+
+    async def _wait_change(self, job_id: str, timeout: float) -> None:
+        live = self._live.get(job_id)
+        if live is None:
+            await asyncio.sleep(timeout)
+            return
+        async with live.changed:
+            try:
+                await asyncio.wait_for(live.changed.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    # --- logs and artifacts ------------------------------------------------------------------------------------
+
+    async def logs(self, job_id: str, streams: list[str], offsets: dict[str, int], follow: bool) -> AsyncIterator[LogChunk]:
+        """StreamJobLogs: (stream, attempt, offset, next_offset, text) chunks from the mirrored log files."""
+        rec = await self._record(job_id)
+
+        def live_record() -> JobRecord | None:
+            live = self._live.get(job_id)
+            return live.rec if live is not None else None
+
+        async def wait_change(timeout: float) -> None:
+            await self._wait_change(job_id, timeout)
+
+        async for chunk in self.log_mirror.read(rec, streams, offsets, follow, live_record, wait_change):
+            yield chunk
+
+    async def artifacts(self, job_id: str, prefix: str) -> list[ArtifactEntry]:
+        """ListArtifacts: (path, size, mtime, is_checkpoint) of every file the job produced, in path order."""
+        return await self.job_artifacts.list(await self._record(job_id), prefix)
+
+    async def download(self, job_id: str, path: str, offset: int) -> AsyncIterator[DownloadChunk]:
+        """DownloadArtifact: (offset, data, total size, sha256 of the bytes from `offset` on the last chunk)."""
+        artifact_files.check_path(path)  # a bad path is INVALID_ARGUMENT before the job is looked up
+        async for chunk in self.job_artifacts.download(await self._record(job_id), path, offset):
+            yield chunk
+
+    async def delete_artifacts(self, job_id: str) -> int:
+        """DeleteJobArtifacts: remove an ended job's store objects and working folder; returns the objects removed."""
+        return await self.job_artifacts.delete(await self._record(job_id))
+
+
+def _not_cancellable(job_id: str, state: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"job {job_id} is {states.name(state)}, which cannot be cancelled",
+        reason="JOB_TERMINAL",
+        metadata={"job_id": job_id, "state": states.name(state)},
+    )

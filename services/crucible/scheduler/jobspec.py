@@ -1,0 +1,366 @@
+"""Checks of a JobSpec before anything is stored: every bad field gets INVALID_ARGUMENT naming it (and its index).
+
+Also the spec digest used for idempotency, the durations a spec implies, and the safe unpacking of a code archive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import math
+import os
+import re
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Collection
+from pathlib import Path, PurePosixPath
+
+from crucible.api.scheduler.v1 import job_pb2
+from crucible.runtime.convert import seconds
+from crucible.runtime.errors import InvalidArgument, NotFound
+from crucible.runtime.validation import duration_ns
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SCOPE = re.compile(r"^(global|[a-z0-9_.-]+:[a-z0-9_.-]+)$")
+ProviderPolicy = job_pb2.ProviderPolicy
+MAX_REQUEST_ID = 128
+IGNORED_DIRS = frozenset({".git", "__pycache__", ".venv"})  # left out of a copied or packed code folder, as are *.pyc
+MAX_CODE_DIR_CHARS = 4096
+MAX_GIB = 1 << 20  # 1 PiB: far past any machine, low enough that no arithmetic on it overflows
+
+
+def spec_sha256(spec: job_pb2.JobSpec) -> str:
+    """Digest of the spec as given (code archive included), for request-id idempotency."""
+    return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
+
+
+def expected_seconds(spec: job_pb2.JobSpec) -> float:
+    """How long the job is expected to run (offers and estimates): expected_duration, else max_duration, else 1 hour."""
+    if spec.HasField("expected_duration"):
+        return seconds(spec.expected_duration)
+    if spec.HasField("max_duration"):
+        return seconds(spec.max_duration)
+    return 3600.0
+
+
+def max_duration_seconds(spec: job_pb2.JobSpec, default_s: float) -> float:
+    """The job's running-time limit: max_duration, else `default_s` (the scheduler's default_max_duration_s)."""
+    return seconds(spec.max_duration) if spec.HasField("max_duration") else default_s
+
+
+def relative_path_ok(path: str) -> bool:
+    """A '/'-separated relative path without '..', empty parts or NUL bytes."""
+    if not path or "\x00" in path or "\\" in path or path.startswith("/"):
+        return False
+    parts = PurePosixPath(path).parts
+    return bool(parts) and all(p not in ("..", "") for p in parts)
+
+
+def validate_spec(spec: job_pb2.JobSpec, request_id: str, known_providers: Collection[str]) -> None:
+    """Raise InvalidArgument (or NotFound for unknown providers) for the first problem found."""
+    if len(request_id) > MAX_REQUEST_ID:
+        raise InvalidArgument.field("request_id", f"at most {MAX_REQUEST_ID} characters")
+    if len(spec.display_name) > 200:
+        raise InvalidArgument.field("spec.display_name", "at most 200 characters")
+    if not spec.command:
+        raise InvalidArgument.field("spec.command", 'is required (argv, e.g. ["python", "train.py"])')
+    if not spec.command[0]:
+        raise InvalidArgument.field("spec.command[0]", "the program must not be empty")
+    for i, arg in enumerate(spec.command):
+        if "\x00" in arg:
+            raise InvalidArgument.field(f"spec.command[{i}]", "must not contain NUL bytes")
+    # The file system is checked by check_code, in a thread; here only the string.
+    if spec.WhichOneof("code") == "code_dir" and (
+        not spec.code_dir.startswith("/") or "\x00" in spec.code_dir or len(spec.code_dir) > MAX_CODE_DIR_CHARS
+    ):
+        raise InvalidArgument.field(
+            "spec.code_dir", f"must be an absolute path of at most {MAX_CODE_DIR_CHARS} characters without NUL bytes"
+        )
+    for name in sorted(spec.env):
+        if not ENV_NAME.match(name):
+            raise InvalidArgument.field(f"spec.env[{name}]", "name must match [A-Za-z_][A-Za-z0-9_]*")
+        if name.upper().startswith("CRUCIBLE_"):
+            raise InvalidArgument.field(f"spec.env[{name}]", "names starting with CRUCIBLE_ are reserved")
+        if "\x00" in spec.env[name]:
+            raise InvalidArgument.field(f"spec.env[{name}]", "value must not contain NUL bytes")
+    r = spec.resources
+    if r.gpu_count == 0 and (r.gpu_names or r.min_gpu_memory_gib):
+        raise InvalidArgument.field("spec.resources.gpu_count", "is 0 (CPU only) but GPU names or GPU memory are set")
+    for field in ("min_gpu_memory_gib", "min_memory_gib"):
+        value = getattr(r, field)
+        if value < 0 or math.isnan(value) or math.isinf(value):
+            raise InvalidArgument.field(f"spec.resources.{field}", "must be a finite non-negative number of GiB")
+        if value > MAX_GIB:
+            raise InvalidArgument.field(f"spec.resources.{field}", f"at most {MAX_GIB} GiB")
+    for i, g in enumerate(r.gpu_names):
+        if not g.strip():
+            raise InvalidArgument.field(f"spec.resources.gpu_names[{i}]", "must not be empty")
+    if spec.HasField("max_duration"):
+        duration_ns(spec.max_duration, "spec.max_duration", allow_zero=False)
+    if spec.HasField("expected_duration"):
+        duration_ns(spec.expected_duration, "spec.expected_duration")
+    for field in ("max_cost_usd", "max_price_usd_per_hour"):
+        if spec.HasField(field):
+            value = getattr(spec, field)
+            if value < 0 or math.isnan(value) or math.isinf(value):
+                raise InvalidArgument.field(f"spec.{field}", "must be a finite non-negative amount")
+    if spec.provider_policy == ProviderPolicy.PROVIDER_POLICY_UNSPECIFIED:
+        raise InvalidArgument.field("spec.provider_policy", "must be EXPLICIT, CHEAPEST, FASTEST or ORDERED")
+    if spec.provider_policy not in ProviderPolicy.values():
+        raise InvalidArgument.field("spec.provider_policy", f"unknown value {spec.provider_policy}")
+    if spec.provider_policy == ProviderPolicy.PROVIDER_POLICY_EXPLICIT and len(spec.providers) != 1:
+        raise InvalidArgument.field("spec.providers", "EXPLICIT needs exactly one provider")
+    if spec.provider_policy == ProviderPolicy.PROVIDER_POLICY_ORDERED and not spec.providers:
+        raise InvalidArgument.field("spec.providers", "ORDERED needs at least one provider")
+    seen: set[str] = set()
+    for i, name in enumerate(spec.providers):
+        if name in seen:
+            raise InvalidArgument.field(f"spec.providers[{i}]", f"duplicate provider {name!r}")
+        seen.add(name)
+        if name not in known_providers:
+            raise NotFound(
+                f"spec.providers[{i}]: unknown provider {name!r}; known: {', '.join(sorted(known_providers))}",
+                reason="UNKNOWN_PROVIDER",
+                metadata={"field": f"spec.providers[{i}]"},
+            )
+    if spec.checkpoint_dir and not relative_path_ok(spec.checkpoint_dir):
+        raise InvalidArgument.field("spec.checkpoint_dir", "must be a relative path without '..'")
+    if spec.budget_scope and not SCOPE.match(spec.budget_scope):
+        raise InvalidArgument.field("spec.budget_scope", "must be 'global' or 'kind:name' (lower-case letters, digits, -_.)")
+    if len(spec.container_image) > 1000:
+        raise InvalidArgument.field("spec.container_image", "at most 1000 characters")
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeLimits:
+    """Where a code_dir may come from and how much code a job may bring (SchedulerConfig code_* settings)."""
+
+    roots: tuple[Path, ...] = ()  # resolved; empty refuses every code_dir
+    max_bytes: int = 1 << 30
+    max_files: int = 20000
+
+
+def _special_devices() -> set[int]:
+    """st_dev of the pseudo file systems whose files must never be copied (/proc, /sys)."""
+    out = set()
+    for path in ("/proc", "/sys"):
+        try:
+            out.add(os.stat(path).st_dev)
+        except OSError:
+            pass
+    return out
+
+
+def _refuse(description: str, reason: str) -> InvalidArgument:
+    return InvalidArgument.field("spec.code_dir", description, reason=reason)
+
+
+def resolve_code_dir(code_dir: str, limits: CodeLimits) -> Path:
+    """The folder `code_dir` names, symlinks resolved, when it lies inside an allowed root; else INVALID_ARGUMENT."""
+    if not limits.roots:
+        raise _refuse(
+            "this scheduler accepts no code_dir (no --code-roots configured); send the folder as "
+            "code_archive (`crucible jobs submit --code-dir` and the SDK pack it by default)",
+            "CODE_DIR_NOT_ALLOWED",
+        )
+    path = Path(code_dir)
+    try:
+        resolved = path.resolve(strict=True)
+        st = resolved.stat()
+    except (OSError, RuntimeError):
+        raise _refuse(f"folder not found on the scheduler host: {code_dir!r}", "CODE_DIR_NOT_FOUND") from None
+    if not any(resolved == root or root in resolved.parents for root in limits.roots):
+        raise _refuse(
+            f"{code_dir!r} resolves to {str(resolved)!r}, outside the folders this scheduler allows "
+            "(--code-roots); send the code as code_archive instead",
+            "CODE_DIR_NOT_ALLOWED",
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise _refuse(f"{code_dir!r} is not a folder", "CODE_DIR_NOT_FOUND")
+    if st.st_dev in _special_devices():
+        raise _refuse(f"{code_dir!r} is on a pseudo file system (/proc, /sys)", "CODE_DIR_SPECIAL_FILE")
+    return resolved
+
+
+def _ignored(name: str, is_dir: bool) -> bool:
+    return (is_dir and name in IGNORED_DIRS) or name.endswith(".pyc")
+
+
+def walk_code_dir(src: Path, limits: CodeLimits, dest: Path | None = None) -> tuple[int, int]:
+    """Check (and, with `dest`, copy) the code under the resolved folder `src`: (files, bytes).
+
+    Never follows a link: regular files and folders are taken, links that stay inside `src` are recreated as
+    relative links, links that leave it, special files (FIFO, socket, device) and pseudo file systems are
+    INVALID_ARGUMENT, as is code past the size or file-count limit. Files are opened with O_NOFOLLOW and checked
+    again while copying, so a file swapped for a link or a FIFO between the check and the copy is refused too.
+    """
+    special = _special_devices()
+    files = total = 0
+    stack: list[tuple[Path, str]] = [(src, "")]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise _refuse(f"cannot read {rel or '.'!r}: {exc.strerror}", "CODE_DIR_UNREADABLE") from None
+        for entry in entries:
+            name = f"{rel}/{entry.name}" if rel else entry.name
+            st = entry.stat(follow_symlinks=False)
+            if _ignored(entry.name, stat.S_ISDIR(st.st_mode)):
+                continue
+            files += 1
+            if files > limits.max_files:
+                raise _refuse(f"more than {limits.max_files} files and folders (--code-max-files)", "CODE_TOO_LARGE")
+            if st.st_dev in special:
+                raise _refuse(f"{name!r} is on a pseudo file system (/proc, /sys)", "CODE_DIR_SPECIAL_FILE")
+            target = dest / name if dest is not None else None
+            if stat.S_ISLNK(st.st_mode):
+                link = os.readlink(entry.path)
+                real = Path(os.path.realpath(entry.path))
+                if real != src and src not in real.parents:
+                    raise _refuse(f"{name!r} is a link leading outside the folder", "CODE_DIR_LINK_OUTSIDE")
+                if target is not None:
+                    os.symlink(os.path.relpath(real, Path(entry.path).parent.resolve()) if os.path.isabs(link) else link, target)
+            elif stat.S_ISDIR(st.st_mode):
+                if target is not None:
+                    target.mkdir(exist_ok=True)
+                stack.append((Path(entry.path), name))
+            elif stat.S_ISREG(st.st_mode):
+                total += st.st_size
+                if total > limits.max_bytes:
+                    raise _refuse(f"more than {limits.max_bytes} bytes of code (--code-max-bytes)", "CODE_TOO_LARGE")
+                if target is not None:
+                    total += _copy_file(entry.path, target, name, limits.max_bytes - total) - st.st_size
+            else:
+                raise _refuse(f"{name!r} is a special file (FIFO, socket or device)", "CODE_DIR_SPECIAL_FILE")
+    return files, total
+
+
+def _copy_file(src: str, dest: Path, name: str, room: int) -> int:
+    """Copy one regular file without following links; bytes copied. Refuses a file that grew past `room` extra bytes."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _refuse(f"cannot open {name!r}: {exc.strerror}", "CODE_DIR_UNREADABLE") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_dev in _special_devices():
+            raise _refuse(f"{name!r} is not a regular file", "CODE_DIR_SPECIAL_FILE")
+        limit = st.st_size + max(0, room)
+        copied = 0
+        with open(dest, "wb") as out:
+            while block := f.read(1 << 20):
+                copied += len(block)
+                if copied > limit:
+                    raise _refuse(f"{name!r} grew past the code size limit while being copied", "CODE_TOO_LARGE")
+                out.write(block)
+        os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.chmod(dest, stat.S_IMODE(st.st_mode) & 0o755)
+    return copied
+
+
+def check_code(spec: job_pb2.JobSpec, limits: CodeLimits) -> None:
+    """Everything about the spec's code that needs the file system or unpacking: runs in a thread, before any provider."""
+    kind = spec.WhichOneof("code")
+    if kind == "code_dir":
+        walk_code_dir(resolve_code_dir(spec.code_dir, limits), limits)
+    elif kind == "code_archive":
+        check_archive(spec.code_archive, limits)
+
+
+def _archive_error(description: str, reason: str = "CODE_ARCHIVE_UNSAFE") -> InvalidArgument:
+    return InvalidArgument.field("spec.code_archive", description, reason=reason)
+
+
+def check_archive(data: bytes, limits: CodeLimits | None = None) -> str:
+    """'zip' or 'tar' when `data` is a readable archive that unpacks safely within the limits, else INVALID_ARGUMENT.
+
+    Safe means what tarfile's 'data' filter enforces: no absolute paths, no '..', no links leading out, no device,
+    FIFO or socket members; member count and unpacked size are bounded by `limits` (read from headers, before any
+    member's data is decompressed).
+    """
+    limits = limits or CodeLimits()
+    count = total = 0
+
+    def tally(name: str, size: int) -> None:
+        nonlocal count, total
+        count += 1
+        total += max(0, size)
+        if count > limits.max_files:
+            raise _archive_error(f"more than {limits.max_files} members (--code-max-files)", "CODE_TOO_LARGE")
+        if total > limits.max_bytes:
+            raise _archive_error(f"unpacks to more than {limits.max_bytes} bytes (--code-max-bytes)", "CODE_TOO_LARGE")
+
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        # The entry count from the end record first: ZipFile() would build every entry of the central directory.
+        end = zipfile._EndRecData(io.BytesIO(data))
+        if end and end[zipfile._ECD_ENTRIES_TOTAL] > limits.max_files:
+            raise _archive_error(f"more than {limits.max_files} members (--code-max-files)", "CODE_TOO_LARGE")
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                for i, info in enumerate(z.infolist()):
+                    name = info.filename
+                    if not _safe_member(name.removeprefix("./")):
+                        raise _archive_error(f"member {i} ({name!r}) escapes the working directory")
+                    kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the writer recorded no Unix type
+                    if kind in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
+                        raise _archive_error(f"member {i} ({name!r}) is a special file")
+                    tally(name, info.file_size)
+        except (zipfile.BadZipFile, ValueError) as exc:
+            raise _archive_error(f"not a readable .zip archive: {exc}", "CODE_ARCHIVE_INVALID") from None
+        return "zip"
+    dest = "/crucible-work"  # a stand-in destination: the filter only compares paths
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as t:
+            for i, m in enumerate(t):
+                if not _safe_member(m.name.removeprefix("./")):
+                    raise _archive_error(f"member {i} ({m.name!r}) escapes the working directory")
+                try:
+                    tarfile.data_filter(m, dest)
+                except tarfile.FilterError as exc:
+                    raise _archive_error(f"member {i} ({m.name!r}) is refused: {exc}") from None
+                tally(m.name, m.size if m.isreg() else 0)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise _archive_error(
+            f"not a readable .tar.gz, .tar or .zip archive: {type(exc).__name__}", "CODE_ARCHIVE_INVALID"
+        ) from None
+    return "tar"
+
+
+def _safe_member(name: str) -> bool:
+    name = name.rstrip("/")
+    return relative_path_ok(name) or name in (".", "")
+
+
+def unpack_code(spec: job_pb2.JobSpec, dest: Path, limits: CodeLimits | None = None) -> dict[str, list[int]]:
+    """Copy code_dir or unpack code_archive into `dest`; returns {relative path: [size, mtime_ns]} of the code files.
+
+    Runs in a thread. The code_dir is re-resolved against the allow-list and copied without following links; archives
+    are checked again and unpacked with tarfile's 'data' filter (zip names are sanitised by zipfile itself)."""
+    limits = limits or CodeLimits()
+    dest.mkdir(parents=True, exist_ok=True)
+    kind = spec.WhichOneof("code")
+    if kind == "code_dir":
+        walk_code_dir(resolve_code_dir(spec.code_dir, limits), limits, dest)
+    elif kind == "code_archive":
+        data = spec.code_archive
+        try:
+            if check_archive(data, limits) == "zip":
+                with zipfile.ZipFile(io.BytesIO(data)) as z:  # sizes are capped by the headers checked above
+                    z.extractall(dest)
+            else:
+                with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as t:
+                    t.extractall(dest, filter="data")
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:  # e.g. a CRC error
+            raise _archive_error(f"cannot be unpacked: {type(exc).__name__}: {exc}"[:300], "CODE_ARCHIVE_INVALID") from None
+    manifest = {}
+    for dirpath, _dirs, names in os.walk(dest):
+        for name in names:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode):
+                manifest[path.relative_to(dest).as_posix()] = [st.st_size, st.st_mtime_ns]
+    return manifest

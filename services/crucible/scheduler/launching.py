@@ -1,0 +1,351 @@
+"""Launching attempts and failing over: each attempt goes to the first offer whose provider and location are not
+blocked; launch errors block the (provider, region) or the provider and the next offer is tried. After a restart, an
+attempt whose handle was never recorded is looked up with `Provider.find()` before anything is launched again.
+
+Also what an attempt needs before it starts: inputs staged to the store, a fresh working folder on a relaunch,
+presigned URLs for rented machines, and the `LaunchSpec` handed to the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from crucible.api.cost.v1 import offer_pb2
+from crucible.runtime.convert import timestamp_from_unix
+from crucible.runtime.errors import CrucibleError
+from crucible.scheduler import inputs as job_inputs
+from crucible.scheduler import joboutputs
+from crucible.scheduler.core import states
+from crucible.scheduler.engine_settings import EngineSettings
+from crucible.scheduler.jobfolders import JobFolders
+from crucible.scheduler.jobstate import JobRecord, LiveJob
+from crucible.scheduler.lifecycle import JobLifecycle, Outcome, attempt_in_progress
+from crucible.scheduler.pricing import Candidate
+from crucible.scheduler.providers.base import (
+    LaunchSpec,
+    OfferRef,
+    Provider,
+    ProviderError,
+    ProviderErrorKind,
+    RunHandle,
+)
+from crucible.scheduler.providers.registry import ProviderRegistry
+from crucible.scheduler.storage import JobObjectStore, StoreError
+from crucible.scheduler.usage_limits import UsageAndLimits
+
+log = logging.getLogger(__name__)
+
+#: Remote providers whose boot script or init step downloads LaunchSpec.input_urls (see providers/remote.py).
+FETCHES_INPUTS = frozenset({"lambda", "paperspace", "runpod", "kubernetes"})
+#: Most input objects a rented machine fetches by URL.
+MAX_REMOTE_INPUT_OBJECTS = 1000
+#: Error kinds retried `transient_retries` times on the same offer before failing over.
+RETRIED_KINDS = (ProviderErrorKind.TRANSIENT, ProviderErrorKind.MALFORMED_RESPONSE)
+#: Error kinds that block the whole provider (the others block only the offer's region).
+PROVIDER_WIDE_KINDS = (ProviderErrorKind.QUOTA, ProviderErrorKind.AUTH)
+
+#: (code URL, ((input path, URL), ...)) a rented machine downloads.
+RemoteUrls = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def offer_ref(offer: offer_pb2.Offer) -> OfferRef:
+    """The provider-interface view of an offer."""
+    return OfferRef(
+        offer.provider,
+        offer.instance_type,
+        offer.region,
+        offer.gpu_name,
+        offer.gpu_count,
+        offer.spot,
+        offer.price_usd_per_hour,
+        offer.offer_id,
+    )
+
+
+def remember_handle(rec: JobRecord, attempt: int, handle: RunHandle) -> None:
+    """Record the run handle of an attempt, in the bookkeeping and as the attempt's provider_ref."""
+    rec.bookkeeping.remember_handle(attempt, handle)
+    rec.job.attempts[attempt - 1].provider_ref = handle.ref
+
+
+class JobLauncher:
+    """Launches a job's next attempt, failing over between its offers, or re-finds one launched before a crash."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        registry: ProviderRegistry,
+        objects: JobObjectStore,
+        folders: JobFolders,
+        lifecycle: JobLifecycle,
+        limits: UsageAndLimits,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.objects = objects
+        self.folders = folders
+        self.lifecycle = lifecycle
+        self.limits = limits
+        self.clock = clock
+
+    # --- re-finding a run launched before a crash ---------------------------------------------------------------
+
+    async def find_run(self, rec: JobRecord) -> RunHandle | None:
+        """The provider's run of the attempt in progress whose handle was never recorded (the scheduler stopped
+        between submitting it and saving the handle), or None when the provider has no such run."""
+        attempt_number, attempt = len(rec.job.attempts), rec.job.attempts[-1]
+        provider = self.registry.load(attempt.provider)
+        if provider is None:
+            return None
+        spec = self.launch_spec(rec, attempt_number, Candidate(attempt.offer, None), resume=attempt_number > 1)
+        try:
+            return await provider.find(spec)
+        except ProviderError as exc:
+            log.warning("looking up attempt %d of %s failed: %s", attempt_number, rec.job.job_id, exc)
+            return None
+
+    async def cancel_unlaunched(self, live: LiveJob) -> None:
+        """CANCELLING without a recorded handle (a restart during the launch): find the run, else cancel outright."""
+        rec = live.rec
+        if attempt_in_progress(rec):
+            found = await self.find_run(rec)
+            if found is not None:
+                async with live.lock:
+                    remember_handle(rec, len(rec.job.attempts), found)
+                    await self.lifecycle.save(live)
+                return  # the driver's follow loop sends the cancel
+        async with live.lock:
+            await self.lifecycle.cancelled_without_run(live)
+
+    async def reattach_or_launch(self, live: LiveJob) -> None:
+        """Re-attach to a run launched before a crash (its handle never recorded), else launch the next attempt."""
+        rec = live.rec
+        if attempt_in_progress(rec):
+            found = await self.find_run(rec)
+            async with live.lock:
+                if found is not None:
+                    remember_handle(rec, len(rec.job.attempts), found)
+                    await self.lifecycle.save(live)
+                    return
+                self.lifecycle.end_attempt(
+                    rec,
+                    Outcome.ATTEMPT_OUTCOME_LAUNCH_FAILED,
+                    None,
+                    "the scheduler stopped during the launch and the provider has no run for it",
+                )
+                await self.lifecycle.save(live)
+        await self.launch(live)
+
+    # --- what an attempt is launched with ------------------------------------------------------------------------
+
+    def launch_spec(
+        self,
+        rec: JobRecord,
+        attempt: int,
+        candidate: Candidate,
+        resume: bool,
+        store_env: dict[str, str] | None = None,
+        code_url: str = "",
+        input_urls: tuple[tuple[str, str], ...] = (),
+    ) -> LaunchSpec:
+        """What the provider is given for one attempt (also what `find()` matches a lost launch against)."""
+        job = rec.job
+        spec = job.spec
+        checkpoint_dir = spec.checkpoint_dir or "checkpoints"
+        env = dict(spec.env)
+        env.update(store_env or {})  # CRUCIBLE_CHECKPOINT_URL, ARTIFACT_URL, scoped keys: never logged
+        env.update({"CRUCIBLE_JOB_ID": job.job_id, "CRUCIBLE_ATTEMPT": str(attempt), "CRUCIBLE_CHECKPOINT_DIR": checkpoint_dir})
+        if resume:
+            env["CRUCIBLE_RESUME"] = "1"
+        return LaunchSpec(
+            job_id=job.job_id,
+            attempt=attempt,
+            command=tuple(spec.command),
+            env=env,
+            offer=offer_ref(candidate.offer),
+            work_dir=self.folders.job_dir(job.job_id),
+            # Only a job that brings code has code to ship; remote adapters refuse a code_dir they cannot upload.
+            code_dir=self.folders.work(job.job_id) if spec.WhichOneof("code") else None,
+            container_image=spec.container_image or self.settings.container_image,
+            checkpoint_dir=checkpoint_dir,
+            max_duration_s=max(1.0, self.limits.remaining_seconds(rec)),
+            resume=resume,
+            log_cap_bytes=self.settings.log_cap_bytes,
+            code_url=code_url,
+            code_sha256=rec.bookkeeping.code_sha256 if code_url else "",
+            input_urls=input_urls,
+        )
+
+    def _prepare_attempt(self, rec: JobRecord, relaunch: bool) -> None:
+        """Before an attempt (in a thread): inputs staged to the store once; a relaunch gets a fresh working folder
+        with only the code (the last attempt's outputs went to the store when it ended; checkpoints come back through
+        CRUCIBLE_CHECKPOINT_URL), as it would on a new machine."""
+        job_id, spec, book = rec.job.job_id, rec.job.spec, rec.bookkeeping
+        if spec.inputs and not book.inputs_staged:
+            sources = job_inputs.resolve_inputs(spec.inputs, self.settings.input_limits, self.objects)
+            book.inputs_staged = job_inputs.stage_to_store(sources, self.objects, job_id)
+            log.info("job %s: %d input bytes staged to the store", job_id, book.inputs_staged)
+        legacy = bool(spec.WhichOneof("code") or rec.job.code_archive_sha256) and not book.code_sha256
+        if relaunch and not legacy:  # (a job created before the store kept its code relaunches in place, as it did)
+            manifest = joboutputs.fresh_work(
+                self.objects, job_id, self.folders.work(job_id), book.code_sha256, self.settings.code_limits.max_bytes
+            )
+            self.folders.write_manifest(job_id, manifest)
+            book.inputs_local = False
+
+    def _local_inputs(self, rec: JobRecord) -> None:
+        """The staged inputs copied from the store into the local working folder (in a thread; once per folder)."""
+        job_id = rec.job.job_id
+        if rec.job.spec.inputs and not rec.bookkeeping.inputs_local:
+            work = self.folders.work(job_id)
+            self.objects.download_tree(job_id, "inputs", work, max_bytes=self.settings.input_limits.max_bytes)
+            # Inputs, like the code, are not outputs: unchanged, they are neither listed nor uploaded as artifacts.
+            manifest = self.folders.manifest(job_id)
+            manifest.update({path: value for path, value in joboutputs.code_manifest(work).items() if path not in manifest})
+            self.folders.write_manifest(job_id, manifest)
+            rec.bookkeeping.inputs_local = True
+
+    def _remote_urls(self, rec: JobRecord) -> RemoteUrls:
+        """(code URL, input URLs) a rented machine can GET: presigned, short-lived; empty on a file:// store."""
+        if self.objects.scheme != "s3":
+            return "", ()
+        job_id, ttl = rec.job.job_id, self.settings.code_url_ttl_s
+        code = self.objects.read_url(job_id, "code", joboutputs.CODE_OBJECT, ttl) if rec.bookkeeping.code_sha256 else ""
+        stored = self.objects.list(job_id, "inputs") if rec.job.spec.inputs else []
+        if len(stored) > MAX_REMOTE_INPUT_OBJECTS:
+            raise StoreError(
+                f"{len(stored)} input objects: remote machines fetch at most {MAX_REMOTE_INPUT_OBJECTS} (pack them in one file)"
+            )
+        return code, tuple((item.path, self.objects.read_url(job_id, "inputs", item.path, ttl)) for item in stored)
+
+    async def _provider_files(self, rec: JobRecord, provider_name: str, provider: Provider | None) -> RemoteUrls:
+        """Get the job's files where the provider reads them: local inputs copied (and the store lent to the job
+        user); remote machines get presigned URLs. Raises StoreError/OSError when that cannot be done."""
+        if provider_name == "local":
+            await asyncio.to_thread(self._local_inputs, rec)
+            user = getattr(provider, "job_user", None)
+            if user is not None:
+                await asyncio.to_thread(joboutputs.lend_to_job_user, self.objects, rec.job.job_id, user.uid, user.gid)
+            return "", ()
+        if provider_name == "dryrun":
+            return "", ()
+        code_url, input_urls = await asyncio.to_thread(self._remote_urls, rec)
+        if rec.job.spec.inputs and provider_name not in FETCHES_INPUTS:
+            raise StoreError(
+                f"{provider_name} does not stage inputs; providers that do: {', '.join(sorted(FETCHES_INPUTS))} and local"
+            )
+        if rec.job.spec.inputs and not input_urls:
+            raise StoreError(f"inputs reach {provider_name} only through an s3:// store (set --artifact-store)")
+        return code_url, input_urls
+
+    # --- launch and failover -------------------------------------------------------------------------------------
+
+    async def _submit(
+        self, provider: Provider, candidate: Candidate, spec: LaunchSpec
+    ) -> tuple[RunHandle | None, ProviderError | None]:
+        """Submit one attempt, retrying transient errors; (handle, None) or (None, the last error)."""
+        error: ProviderError | None = None
+        for retry in range(self.settings.transient_retries + 1):
+            try:
+                return await provider.submit(spec), None
+            except ProviderError as exc:
+                error = exc
+                if exc.kind not in RETRIED_KINDS or retry == self.settings.transient_retries:
+                    break
+                await asyncio.sleep(min(exc.retry_after_s or 0.5 * 2**retry, 10.0))
+            except Exception as exc:  # an adapter bug: treat like a failed launch, keep the job alive
+                log.exception("adapter %s failed to submit", candidate.provider)
+                error = ProviderError(
+                    candidate.provider, ProviderErrorKind.TRANSIENT, f"adapter error: {type(exc).__name__}: {exc}"
+                )
+                break
+        return None, error
+
+    async def launch(self, live: LiveJob) -> None:
+        """Launch the next attempt on the first offer not blocked, failing over on launch errors; FAILED when the
+        job's files cannot be prepared, the provider rejects the job, or no offer is left."""
+        rec, book = live.rec, live.book
+        resume = any(attempt.HasField("start_time") for attempt in rec.job.attempts) or rec.job.state == states.RECOVERING
+        failures: list[str] = []
+        try:
+            await asyncio.to_thread(self._prepare_attempt, rec, bool(rec.job.attempts))
+            store_env = await asyncio.to_thread(self.objects.job_env, rec.job.job_id, self.limits.remaining_seconds(rec))
+        except (StoreError, OSError, ValueError, CrucibleError) as exc:
+            async with live.lock:
+                if not states.is_terminal(rec.job.state):
+                    await self.lifecycle.transition(live, states.FAILED, f"the job's files could not be prepared: {exc}"[:1000])
+            return
+        for candidate in [Candidate(stored.offer(), stored.estimated_usd) for stored in book.candidates]:
+            if book.is_blocked(candidate.provider, candidate.offer.region):
+                continue
+            async with live.lock:
+                if rec.job.state not in (states.PENDING, states.RECOVERING, states.PROVISIONING):
+                    return  # cancelled meanwhile
+                attempt_number = len(rec.job.attempts) + 1
+                rec.job.attempts.add(
+                    attempt=attempt_number,
+                    provider=candidate.provider,
+                    offer=candidate.offer,
+                    outcome=Outcome.ATTEMPT_OUTCOME_IN_PROGRESS,
+                    create_time=timestamp_from_unix(self.clock()),
+                )
+                book.log_starts[attempt_number] = self.folders.log_sizes(rec.job.job_id)
+                rec.job.provider = candidate.provider
+                rec.job.offer.CopyFrom(candidate.offer)
+                if rec.job.state != states.PROVISIONING:
+                    await self.lifecycle.transition(
+                        live, states.PROVISIONING, f"launching attempt {attempt_number} on {candidate.offer.offer_id}"
+                    )
+                else:
+                    await self.lifecycle.save(live)
+            provider = self.registry.load(candidate.provider)
+            handle: RunHandle | None = None
+            error: ProviderError | None = None
+            urls: RemoteUrls = ("", ())
+            try:
+                urls = await self._provider_files(rec, candidate.provider, provider)
+            except (StoreError, OSError) as exc:
+                provider, error = None, ProviderError(candidate.provider, ProviderErrorKind.INVALID, f"the job's files: {exc}")
+            if provider is None:
+                error = error or ProviderError(
+                    candidate.provider, ProviderErrorKind.AUTH, self.registry.error(candidate.provider) or "unavailable"
+                )
+            else:
+                code_url, input_urls = urls
+                spec = self.launch_spec(rec, attempt_number, candidate, resume, store_env, code_url, input_urls)
+                handle, error = await self._submit(provider, candidate, spec)
+            async with live.lock:
+                if handle is not None:
+                    remember_handle(rec, attempt_number, handle)
+                    await self.lifecycle.save(live)
+                    if rec.job.state == states.CANCELLING:
+                        live.wake.set()
+                    return
+                if error is None:
+                    raise RuntimeError(f"launch of {rec.job.job_id} ended with neither a handle nor an error")
+                text = str(error)
+                failures.append(text)
+                self.lifecycle.end_attempt(rec, Outcome.ATTEMPT_OUTCOME_LAUNCH_FAILED, None, text)
+                if error.kind in PROVIDER_WIDE_KINDS:
+                    book.blocked_providers.append(candidate.provider)
+                else:
+                    book.blocked_locations.append((candidate.provider, candidate.offer.region))
+                if rec.job.state == states.CANCELLING:
+                    await self.lifecycle.transition(live, states.CANCELLED, book.cancel_text)
+                    return
+                if error.kind == ProviderErrorKind.INVALID:
+                    await self.lifecycle.transition(live, states.FAILED, f"the provider rejected the job: {text}")
+                    return
+                await self.lifecycle.save(live)
+                log.warning("launch of %s attempt %d failed (%s); failing over", rec.job.job_id, attempt_number, text)
+        async with live.lock:
+            if rec.job.state == states.CANCELLING:
+                await self.lifecycle.transition(live, states.CANCELLED, book.cancel_text)
+                return
+            if states.is_terminal(rec.job.state):
+                return
+            detail = "; ".join(failures[-3:]) or "every offer's provider or location is blocked"
+            await self.lifecycle.transition(live, states.FAILED, f"no offer could be launched: {detail}"[:1000])

@@ -1,0 +1,117 @@
+"""Progress and metrics of a running job: parsed from its log lines, kept on the Job (step, totals, metrics, ETA,
+latest checkpoint) at most once a second, and each parsed line queued as a point of the job's progress history.
+
+Line formats and the ETA live in `core/progress.py` (pure); this module applies them to a live job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from crucible.api.scheduler.v1 import job_pb2
+from crucible.runtime.convert import duration_from_seconds, timestamp_from_unix
+from crucible.scheduler import artifacts as artifact_files
+from crucible.scheduler import joboutputs
+from crucible.scheduler.core.progress import Progress
+from crucible.scheduler.history import line_point
+from crucible.scheduler.jobfolders import JobFolders
+from crucible.scheduler.jobstate import LiveJob
+from crucible.scheduler.lifecycle import JobLifecycle
+from crucible.scheduler.storage import JobObjectStore, StoreError
+from crucible.scheduler.store import AsyncJobStore
+
+#: Progress is persisted (and streamed to watchers) at most this often.
+PROGRESS_SAVE_INTERVAL_S = 1.0
+#: The end of an unfinished line kept per stream until its newline arrives.
+MAX_PARTIAL_LINE_BYTES = 65536
+
+
+def apply_progress(job: job_pb2.Job, progress: Progress) -> None:
+    """Copy the tracker's progress onto the Job message."""
+    out = job.progress
+    out.Clear()
+    for name in ("step", "total_steps", "epoch", "total_epochs"):
+        value = getattr(progress, name)
+        if value is not None:
+            setattr(out, name, value)
+    for metric, value in progress.metrics.items():
+        out.metrics[metric] = value
+    if progress.eta_s is not None:
+        out.eta.CopyFrom(duration_from_seconds(progress.eta_s))
+    if progress.update_time is not None:
+        out.update_time.CopyFrom(timestamp_from_unix(progress.update_time))
+
+
+def newest_checkpoint(work: Path, checkpoint_dir: str) -> str | None:
+    """Newest servable file under the checkpoint directory (local working directory); runs in a thread."""
+    folder = work / checkpoint_dir
+    found = artifact_files.scan(folder, {}) if folder.is_dir() and not folder.is_symlink() else {}
+    found = {path: value for path, value in found.items() if not path.endswith(".tmp")}
+    if not found:
+        return None
+    newest = max(found, key=lambda path: found[path][1])
+    return (folder / newest).relative_to(work).as_posix()
+
+
+class ProgressRecorder:
+    """Feeds a job's output to its progress tracker and saves the progress (throttled)."""
+
+    def __init__(
+        self,
+        store: AsyncJobStore,
+        objects: JobObjectStore,
+        folders: JobFolders,
+        lifecycle: JobLifecycle,
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.objects = objects
+        self.folders = folders
+        self.lifecycle = lifecycle
+        self.clock = clock
+
+    def feed(self, live: LiveJob, stream: str, data: bytes) -> None:
+        """Parse the complete lines of newly mirrored output; each progress line becomes a history point."""
+        buffered = live.partial[stream] + data
+        *lines, rest = buffered.split(b"\n")
+        live.partial[stream] = rest[-MAX_PARTIAL_LINE_BYTES:]
+        now = self.clock()
+        for raw in lines:
+            for part in raw.split(b"\r"):  # progress bars rewrite a line with carriage returns
+                text = part.decode("utf-8", "replace")
+                if live.tracker.feed(text, now):
+                    live.progress_dirty = True
+                    self.store.note_progress(
+                        live.job.job_id, line_point(text, now, live.tracker.progress, len(live.job.attempts))
+                    )
+
+    async def flush(self, live: LiveJob, *, force: bool) -> None:
+        """Save new progress and the latest checkpoint (at most once per PROGRESS_SAVE_INTERVAL_S unless forced; at
+        the end of an attempt the newest complete checkpoint in the store counts too)."""
+        now = self.clock()
+        if not live.progress_dirty or (not force and now - live.progress_saved_at < PROGRESS_SAVE_INTERVAL_S):
+            return
+        job = live.job
+        newest = await asyncio.to_thread(
+            newest_checkpoint, self.folders.work(job.job_id), job.spec.checkpoint_dir or "checkpoints"
+        )
+        if newest is None and force:
+            try:
+                manifests = [
+                    stored
+                    for stored in await asyncio.to_thread(self.objects.list, job.job_id, "checkpoints")
+                    if stored.path.endswith("/manifest.json")
+                ]
+            except StoreError:
+                manifests = []
+            if manifests:
+                newest = joboutputs.CHECKPOINTS_PREFIX + max(manifests, key=lambda stored: stored.path).path
+        async with live.lock:
+            apply_progress(job, live.tracker.progress)
+            if newest is not None:
+                job.latest_checkpoint = newest
+            live.progress_dirty = False
+            live.progress_saved_at = now
+            await self.lifecycle.save(live)

@@ -1,0 +1,134 @@
+"""Wiring of the scheduler server: config in, a bound CrucibleServer out (health, reflection, metrics, shutdown).
+
+Run it with `crucible serve scheduler`; tests call `create_server(config)` with port 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc
+from crucible.runtime.server import CrucibleServer
+from crucible.runtime.server import create_server as _create_server
+from crucible.runtime.service import BaseService
+from crucible.scheduler.config import SchedulerConfig
+from crucible.scheduler.engine import Engine, EngineSettings
+from crucible.scheduler.inputs import InputLimits
+from crucible.scheduler.jobspec import CodeLimits
+from crucible.scheduler.pricing import CostServicePricing, OfferSource, UnpricedOfferSource, local_gpu_count
+from crucible.scheduler.providers.base import Provider
+from crucible.scheduler.providers.credentials import protect_process
+from crucible.scheduler.providers.registry import ProviderRegistry
+from crucible.scheduler.servicer import SERVICE_DESCRIPTOR, SchedulerServicer
+from crucible.scheduler.store import AsyncJobStore, JobStore
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerService(BaseService):
+    """Opens the job store and reconciles unfinished jobs in start(); health is SERVING only after that."""
+
+    def __init__(self, config: SchedulerConfig, providers: Mapping[str, Provider] | None = None) -> None:
+        self.config = config
+        self.engine: Engine | None = None
+        self._providers = dict(providers or {})
+        servicer = _LazyServicer(self)
+        super().__init__(
+            "scheduler",
+            [SERVICE_DESCRIPTOR.full_name],
+            servicer,
+            scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server,
+        )
+
+    async def start(self) -> None:
+        cfg = self.config
+        gpus = cfg.local_gpus if cfg.local_gpus >= 0 else local_gpu_count()
+        provider_settings = cfg.provider_settings()
+        local = provider_settings.setdefault("local", {})
+        local.setdefault("state_dir", str(cfg.resolved_state_dir()))
+        if cfg.job_user:
+            local["job_user"] = cfg.job_user
+        registry = ProviderRegistry(cfg.providers, provider_settings, instances=self._providers)
+        pricing: OfferSource = (
+            CostServicePricing(cfg.cost_channel_config(), local_gpus=gpus) if cfg.cost_address else UnpricedOfferSource(gpus)
+        )
+        store = AsyncJobStore(JobStore(cfg.resolved_database(), synchronous=cfg.sqlite_synchronous))
+        settings = EngineSettings(
+            state_dir=cfg.resolved_state_dir(),
+            poll_interval_s=cfg.poll_interval_s,
+            usage_interval_s=cfg.usage_interval_s,
+            default_max_duration_s=cfg.default_max_duration_s,
+            default_budget_scope=cfg.default_budget_scope,
+            max_recoveries=cfg.max_recoveries,
+            transient_retries=cfg.transient_retries,
+            code_limits=CodeLimits(cfg.resolved_code_roots(), cfg.code_max_bytes, cfg.code_max_files),
+            log_cap_bytes=cfg.log_cap_bytes,
+            store=cfg.store_settings(),
+            artifact_retention_days=cfg.artifact_retention_days,
+            artifact_max_bytes=cfg.artifact_max_bytes,
+            code_url_ttl_s=cfg.code_url_ttl_s,
+            input_limits=InputLimits(tuple(_input_root(r) for r in cfg.input_roots), cfg.input_max_bytes, cfg.input_max_files),
+        )
+        _owner_only(cfg.resolved_database())
+        engine = Engine(settings, store, registry, pricing)
+        registry.statuses()  # every enabled adapter reads its keys now (and the local job user is checked) ...
+        if cfg.protect_process:  # ... so they can leave the environment
+            moved = protect_process()
+            log.info("process not dumpable; provider keys moved out of the environment: %s", ", ".join(moved) or "none")
+        resumed = await engine.start()
+        self.engine = engine
+        log.info(
+            "scheduler ready",
+            extra={
+                "state_dir": str(settings.state_dir),
+                "resumed_jobs": resumed,
+                "cost_address": cfg.cost_address or "(none: cost unknown)",
+            },
+        )
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
+
+
+def _input_root(root: str) -> str:
+    """An input root as compared with input URIs: file:// roots resolved (symlinks followed), s3:// as given."""
+    if root.startswith("file://"):
+        return "file://" + str(Path(root[len("file://") :]).resolve())
+    return root
+
+
+def _owner_only(database: os.PathLike[str]) -> None:
+    """The job database (specs, env values, handles) readable by the scheduler's user only, WAL files included."""
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.chmod(f"{os.fspath(database)}{suffix}", 0o600)
+        except FileNotFoundError:
+            pass
+
+
+class _LazyServicer(SchedulerServicer):
+    """The servicer before start() has built the engine answers UNAVAILABLE (health says NOT_SERVING meanwhile)."""
+
+    def __init__(self, service: SchedulerService) -> None:
+        self._service = service
+
+    @property  # type: ignore[override]
+    def engine(self) -> Engine:
+        from crucible.runtime.errors import Unavailable
+
+        if self._service.engine is None:
+            raise Unavailable("the scheduler is starting or stopping", reason="NOT_READY")
+        return self._service.engine
+
+
+def create_server(config: SchedulerConfig, *, providers: Mapping[str, Provider] | None = None) -> tuple[CrucibleServer, int]:
+    """Build the scheduler server; returns it and its bound port. `providers` adds or replaces adapter instances."""
+    registry = CollectorRegistry()
+    return _create_server(config, SchedulerService(config, providers), registry)
