@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -170,6 +171,11 @@ def _seed(base: int, qid: str, iteration: int, parent: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+async def _get_info(client: Any, deadline: float) -> Any:
+    """GetInfo of one service client under `deadline` (the retrier's per-attempt deadline)."""
+    return await client.info(timeout=deadline)
+
+
 class SecaAttack:
     """Runs the search for one question at a time; `campaign` runs many concurrently with resumption.
 
@@ -207,9 +213,10 @@ class SecaAttack:
         # No explicit choices: the scorer scores the answer letters as the target model writes them after
         # "option: " (" A".." D" for most tokenizers), as the paper does.
         queries = [ChoiceQuery(question=q.with_question(t)) for t in texts]
-        return await self._call(
+        scores: list[Any] = await self._call(
             "score", f"{q.qid}: ScoreChoices", lambda deadline: self.mesh.scorer.score_choices(queries, timeout=deadline), stats
         )
+        return scores
 
     async def _propose(self, q: MCQ, text: str, seed: int, stats: dict[str, int]) -> Any:
         cfg = self.config
@@ -232,7 +239,7 @@ class SecaAttack:
 
     async def _check(self, q: MCQ, candidates: Sequence[str], stats: dict[str, int]) -> list[Any]:
         cfg = self.config
-        return await self._call(
+        verdicts: list[Any] = await self._call(
             "equivalence",
             f"{q.qid}: CheckEquivalence",
             lambda deadline: self.mesh.proposer.check_equivalence(
@@ -244,6 +251,7 @@ class SecaAttack:
             ),
             stats,
         )
+        return verdicts
 
     async def attack(self, q: MCQ) -> AttackOutcome:
         """Attack one question; returns its outcome (also written to the trace)."""
@@ -389,7 +397,7 @@ class SecaAttack:
         stats = {"retries": 0}
         for name, client in (("proposer", self.mesh.proposer), ("scorer", self.mesh.scorer)):
             try:
-                info = await self._call("info", f"{name} GetInfo", lambda deadline, c=client: c.info(timeout=deadline), stats)
+                info = await self._call("info", f"{name} GetInfo", functools.partial(_get_info, client), stats)
             except AttackCallError as err:
                 log.warning("%s GetInfo failed (%s); --parallel %s is not checked against its batching", name, err, parallel)
                 continue

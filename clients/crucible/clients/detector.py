@@ -78,7 +78,7 @@ def _result(reply: pb.DetectResponse | pb.DetectStreamResponse) -> DetectResult:
     )
 
 
-def _members(members: Sequence[str]) -> list[int]:
+def _members(members: Sequence[str]) -> list[pb.Member.ValueType]:
     unknown = [m for m in members if m not in MEMBERS]
     if unknown:
         raise ValueError(f"unknown detector member(s) {unknown}; choose from {sorted(MEMBERS)}")

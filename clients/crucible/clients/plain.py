@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
+
+MessageT = TypeVar("MessageT", bound=Message)
 
 _WKT = {"google.protobuf.Timestamp", "google.protobuf.Duration"}
 
@@ -37,7 +39,7 @@ def dataclass_for(descriptor: Descriptor) -> type:
     return dataclasses.make_dataclass(descriptor.name, [f.name for f in descriptor.fields], frozen=True)
 
 
-def _value(field: FieldDescriptor, value: Any) -> Any:
+def _value(field: Any, value: Any) -> Any:  # a FieldDescriptor (python or upb implementation)
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return to_plain(value)
     if field.type == FieldDescriptor.TYPE_ENUM:
@@ -52,7 +54,7 @@ def to_plain(message: Message) -> Any:
         return message.ToDatetime(tzinfo=dt.UTC)  # type: ignore[attr-defined]
     if name == "google.protobuf.Duration":
         return message.ToTimedelta()  # type: ignore[attr-defined]
-    values = {}
+    values: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
         raw = getattr(message, field.name)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
@@ -67,6 +69,6 @@ def to_plain(message: Message) -> Any:
     return dataclass_for(message.DESCRIPTOR)(**values)
 
 
-def request(message_type: type[Message], fields: dict[str, Any]) -> Message:
+def request(message_type: type[MessageT], fields: dict[str, Any]) -> MessageT:
     """Build a request from a dict in protobuf JSON form (enum names, "3600s" durations, RFC 3339 timestamps)."""
     return json_format.ParseDict(fields, message_type())

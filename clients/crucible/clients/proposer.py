@@ -21,7 +21,7 @@ METHODS = {
 _METHOD_NAMES = {v: k for k, v in METHODS.items()}
 
 
-def _reason(value: int) -> str:
+def _reason(value: pb.DropReason.ValueType) -> str:
     """A DropReason as the lower-case name the service's cleaning uses ("not_a_question"); "" for UNSPECIFIED."""
     return "" if value == pb.DROP_REASON_UNSPECIFIED else pb.DropReason.Name(value)[len("DROP_REASON_") :].lower()
 

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from crucible.clients.mesh import Mesh, MeshConfig
@@ -473,14 +473,16 @@ class CompositeReward:
         completions = [clean_text(c) for c in completions]
         live = [i for i, c in enumerate(completions) if c.strip()]
         texts = [completions[i] for i in live]
-        detect_task = self.mesh.detector.detect(texts) if texts else _none()
+        detect_task: Awaitable[Any] = self.mesh.detector.detect(texts) if texts else _none()
+        sim_task: Awaitable[Any]
         if cfg.similarity == "embedding":
             unique_originals = list(dict.fromkeys(originals[i] for i in live))
             sim_task = self.mesh.proposer.embed(unique_originals + texts) if texts else _none()
         else:
             sim_task = self.mesh.proposer.check_equivalence([(originals[i], completions[i]) for i in live]) if texts else _none()
-        ppl_task = self.mesh.scorer.score_texts(texts) if texts and cfg.fluency_source == "scorer" else _none()
-        detected, similar, scored = await asyncio.gather(detect_task, sim_task, ppl_task)
+        ppl_task: Awaitable[Any] = self.mesh.scorer.score_texts(texts) if texts and cfg.fluency_source == "scorer" else _none()
+        results: list[Any] = list(await asyncio.gather(detect_task, sim_task, ppl_task))
+        detected, similar, scored = results  # each None when there was nothing to ask
 
         similarity: dict[int, float] = {}
         if texts and cfg.similarity == "embedding":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import logging
 import math
@@ -328,7 +329,7 @@ class DynamicBatcher(Generic[T, R]):
         for entry in new_entries:
             if entry.key is not None:
                 self._inflight[entry.key] = entry
-                entry.future.add_done_callback(lambda f, e=entry: self._forget(e))
+                entry.future.add_done_callback(functools.partial(self._forget_done, entry))
         self._pending.extend(new_entries)
         self._queued_cost += new_cost
         self._set_depth()
@@ -350,6 +351,9 @@ class DynamicBatcher(Generic[T, R]):
             entry.future.cancel()
         if self._metrics:
             self._metrics.items.labels(self.name, "rejected").inc(len(entries))
+
+    def _forget_done(self, entry: _Entry[T], _future: asyncio.Future[T]) -> None:
+        self._forget(entry)  # a done-callback of entry's future
 
     def _forget(self, entry: _Entry[T]) -> None:
         if self._inflight.get(entry.key) is entry:
@@ -455,9 +459,9 @@ class DynamicBatcher(Generic[T, R]):
 
         for entry in batch:
             entry.future.add_done_callback(check)
-        deadlines = [e.deadline for e in batch]
-        if all(d is not None for d in deadlines):
-            handles.append(loop.call_at(loop.time() + max(0.0, max(deadlines) - time.monotonic()), cancel.set))  # type: ignore[type-var, arg-type]
+        deadlines = [e.deadline for e in batch if e.deadline is not None]
+        if len(deadlines) == len(batch):  # every caller has a deadline: the batch is moot after the last one
+            handles.append(loop.call_at(loop.time() + max(0.0, max(deadlines) - time.monotonic()), cancel.set))
 
         def unwatch() -> None:
             for entry in batch:

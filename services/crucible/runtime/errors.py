@@ -146,7 +146,8 @@ def to_status(error: CrucibleError, domain: str) -> grpc.Status:
             ]
         )
         detail.details.add().Pack(bad)
-    return rpc_status.to_status(detail)
+    status: grpc.Status = rpc_status.to_status(detail)
+    return status
 
 
 def internal_status(domain: str, request_id: str) -> grpc.Status:
@@ -155,12 +156,13 @@ def internal_status(domain: str, request_id: str) -> grpc.Status:
         code=code_pb2.INTERNAL, message=f"internal error (request id {request_id}); the server log has the details"
     )
     detail.details.add().Pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=domain, metadata={"request_id": request_id}))
-    return rpc_status.to_status(detail)
+    status: grpc.Status = rpc_status.to_status(detail)
+    return status
 
 
 def parse_status_details(call_error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, list[tuple[str, str]]]:
     """Client side: the ErrorInfo and BadRequest field violations carried by a failed call, if any."""
-    status = rpc_status.from_call(call_error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(call_error)
     info = None
     violations: list[tuple[str, str]] = []
     if status is None:

@@ -75,7 +75,7 @@ def _split_method(full: str) -> tuple[str, str]:
     return service, method
 
 
-def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+def _rpc_type(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
     if handler.request_streaming and handler.response_streaming:
         return "bidi_stream"
     if handler.request_streaming:
@@ -109,7 +109,9 @@ class _CallScope:
 
     __slots__ = ("_context", "_method", "_metrics", "_owner", "_start", "_token", "request_id")
 
-    def __init__(self, owner: RuntimeInterceptor, method: str, metrics: _MethodMetrics, context: grpc.aio.ServicerContext):
+    def __init__(
+        self, owner: RuntimeInterceptor, method: str, metrics: _MethodMetrics, context: grpc.aio.ServicerContext[Any, Any]
+    ):
         self._owner = owner
         self._method = method
         self._metrics = metrics
@@ -120,6 +122,8 @@ class _CallScope:
         request_id = ""
         authorization = ""
         for key, value in metadata:
+            if not isinstance(value, str):  # binary (-bin) headers are neither of the two read here
+                continue
             if key == REQUEST_ID_HEADER:
                 request_id = value
             elif key == "authorization":
@@ -154,7 +158,7 @@ class _CallScope:
                 code = grpc.StatusCode.CANCELLED
                 return False
             code = grpc.StatusCode.INTERNAL
-            log.error("%s raised an unexpected error", self._method, exc_info=(exc_type, exc, tb))
+            log.error("%s raised an unexpected error", self._method, exc_info=exc)
             await context.abort_with_status(self._with_request_id(internal_status(self._owner.domain, self.request_id)))
             return False  # unreachable: abort_with_status raises AbortError
         except grpc.aio.AbortError:
@@ -191,13 +195,13 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         self.domain = domain
         self.text_limits = text_limits or TextLimits()
         self._token = token.encode() if token else b""
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method = handler_call_details.method
         wrapped = self._handlers.get(method)
         if wrapped is None:
@@ -257,8 +261,8 @@ def _checked(request: Any, limits: TextLimits) -> Any:
 
 
 def _wrap_handler(
-    handler: grpc.RpcMethodHandler, owner: RuntimeInterceptor, method: str, metrics: _MethodMetrics
-) -> grpc.RpcMethodHandler:
+    handler: grpc.RpcMethodHandler[Any, Any], owner: RuntimeInterceptor, method: str, metrics: _MethodMetrics
+) -> grpc.RpcMethodHandler[Any, Any]:
     """Rebuild the method handler with each behaviour running inside a _CallScope, preserving its streaming shape."""
     limits = owner.text_limits
     # A stream message is held to the per-request total here; its texts are numbered across the whole stream, so the
@@ -274,7 +278,7 @@ def _wrap_handler(
         return counted()
 
     def wrap_unary_response(behavior: Callable[..., Any], streaming_in: bool) -> Callable[..., Any]:
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             async with _CallScope(owner, method, metrics, context):
                 return await behavior(count_in(request) if streaming_in else _checked(request, limits), context)
 
@@ -283,7 +287,7 @@ def _wrap_handler(
     def wrap_stream_response(behavior: Callable[..., Any], streaming_in: bool) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(behavior):
 
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 async with _CallScope(owner, method, metrics, context):
                     async for item in behavior(count_in(request) if streaming_in else _checked(request, limits), context):
                         metrics.sent.inc()
@@ -306,6 +310,7 @@ def _wrap_handler(
         return grpc.unary_stream_rpc_method_handler(
             wrap_stream_response(handler.unary_stream, False), deserialize, handler.response_serializer
         )
+    assert handler.stream_stream is not None  # a handler has exactly one of the four behaviours
     return grpc.stream_stream_rpc_method_handler(
         wrap_stream_response(handler.stream_stream, True), deserialize, handler.response_serializer
     )

@@ -107,7 +107,8 @@ def open_state_db(
     `connect_kwargs` go to sqlite3.connect.
     """
     if str(path) == ":memory:":
-        return sqlite3.connect(":memory:", **connect_kwargs)
+        memory: sqlite3.Connection = sqlite3.connect(":memory:", **connect_kwargs)
+        return memory
     path = Path(path)
     remedy = (
         f"The {what} is not opened, so nothing is served from it: restore it from a backup, or move it away "

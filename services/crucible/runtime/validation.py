@@ -28,7 +28,7 @@ def duration_ns(value: Any, field: str, *, allow_zero: bool = True, max_seconds:
         raise InvalidArgument.field(field, "nanos must be below 1e9", reason="BAD_DURATION")
     if value.seconds > max_seconds:
         raise InvalidArgument.field(field, f"must be at most {max_seconds} s", reason="DURATION_TOO_LONG")
-    ns = value.seconds * NS_PER_S + value.nanos
+    ns: int = value.seconds * NS_PER_S + value.nanos
     if ns == 0 and not allow_zero:
         raise InvalidArgument.field(field, "must be positive", reason="BAD_DURATION")
     return ns
@@ -40,7 +40,8 @@ def timestamp_ns(value: Any, field: str) -> int:
         raise InvalidArgument.field(field, "nanos must be within 0..999999999", reason="BAD_TIME")
     if not 0 <= value.seconds <= MAX_TIMESTAMP_S:
         raise InvalidArgument.field(field, "must be between 1970-01-01 and 2262-04-11", reason="BAD_TIME")
-    return value.seconds * NS_PER_S + value.nanos
+    ns: int = value.seconds * NS_PER_S + value.nanos
+    return ns
 
 
 # ---- texts --------------------------------------------------------------------------------------------------------
