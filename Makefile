@@ -22,9 +22,9 @@ STAMP := $(VENV)/.crucible-installed
 
 help:
 	@echo "make run    set up, prepare the embedded models, run the demo on the mesh"
-	@echo "make test   set up, lint the contracts, run every test"
+	@echo "make test   set up, lint (buf, ruff, mypy), run every test"
 	@echo "make bench  set up, run the benchmarks in bench/"
-	@echo "make lint   buf lint + buf format check"
+	@echo "make lint   buf lint + format, ruff format + check, mypy"
 	@echo "make breaking  buf breaking against main (FILE rules)"
 	@echo "make proto  regenerate crucible.api from protos/"
 
@@ -47,6 +47,7 @@ setup: $(STAMP) proto console-assets
 # The web console's chart library (uPlot) comes from the npm registry at build time, never from the repository.
 # Without npm the console still runs and says on the job page that the chart was not built.
 UPLOT_VERSION ?= 1.6.32
+PY_SOURCES := services clients tests bench examples deploy setup.py
 CONSOLE_VENDOR := services/crucible/console/static/vendor
 console-assets: $(CONSOLE_VENDOR)/uPlot.iife.min.js
 
@@ -61,9 +62,13 @@ $(CONSOLE_VENDOR)/uPlot.iife.min.js:
 models: setup
 	$(BIN)/crucible models prepare
 
+# Contracts (buf), Python format and lint (ruff), types (mypy: strict on crucible.runtime and crucible.clients).
 lint: setup
 	$(BIN)/buf lint
 	$(BIN)/buf format -d --exit-code
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/mypy -p crucible -p crucible.clients
 
 # Contract compatibility of this branch against main (FILE rules): run before merging a change to protos/.
 breaking: setup
