@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from crucible.api.cost.v1 import offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
@@ -38,7 +39,7 @@ POLICIES = {
 
 def state_name(state: int) -> str:
     """'RUNNING' for JOB_STATE_RUNNING."""
-    return job_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
+    return job_pb2.JobState.Name(job_pb2.JobState.ValueType(state)).removeprefix("JOB_STATE_")
 
 
 def _money(job: job_pb2.Job) -> tuple[str, str]:
@@ -117,8 +118,10 @@ def _spec(args: argparse.Namespace) -> job_pb2.JobSpec:
         spot_allowed=args.spot,
         checkpoint_dir=args.checkpoint_dir,
         budget_scope=args.scope,
-        resources={"gpu_names": args.gpu or [], "gpu_count": args.gpus, "min_gpu_memory_gib": args.gpu_memory_gib},
-        restart_policy={"max_restarts_on_errors": args.max_restarts},
+        resources=offer_pb2.ResourceRequirements(
+            gpu_names=args.gpu or [], gpu_count=args.gpus, min_gpu_memory_gib=args.gpu_memory_gib
+        ),
+        restart_policy=job_pb2.RestartPolicy(max_restarts_on_errors=args.max_restarts),
     )
     for item in args.input or []:  # URI, or PATH=URI (a URI may itself hold '=')
         path, sep, uri = item.partition("=")
@@ -144,7 +147,7 @@ def _spec(args: argparse.Namespace) -> job_pb2.JobSpec:
     return spec
 
 
-async def _follow(stub: pb_grpc.SchedulerServiceStub, job_id: str, show_logs: bool) -> int:
+async def _follow(stub: pb_grpc.SchedulerServiceAsyncStub, job_id: str, show_logs: bool) -> int:
     tty = sys.stdout.isatty()
     last = None
 
@@ -178,7 +181,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     """Validate, show the chosen offer and estimated cost, create, and optionally follow."""
     spec = _spec(args)
 
-    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+    async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
         preview = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, validate_only=True), timeout=args.timeout_s)).job
         if args.dry_run:
             return _show_dry_run(args, preview)
@@ -248,7 +251,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     """A table of jobs, newest first."""
     states = [job_pb2.JobState.Value("JOB_STATE_" + s.upper()) for s in args.state or []]
 
-    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+    async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
         reply = await stub.ListJobs(
             pb.ListJobsRequest(states=states, providers=args.provider or [], budget_scope=args.scope, page_size=args.limit),
             timeout=args.timeout_s,
@@ -273,7 +276,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     """The whole job as JSON."""
 
-    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+    async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
         job = (await stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=args.timeout_s)).job
         print(json.dumps(json_format.MessageToDict(job), separators=(",", ":")) if args.json else json_format.MessageToJson(job))
         return 0
@@ -285,7 +288,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     """Print the job's stdout/stderr; -f keeps following until the job ends."""
     streams = {"stdout": [pb.LOG_STREAM_STDOUT], "stderr": [pb.LOG_STREAM_STDERR], "both": []}[args.stream]
 
-    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+    async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
         async for chunk in stub.StreamJobLogs(pb.StreamJobLogsRequest(job_id=args.job_id, streams=streams, follow=args.follow)):
             out = sys.stderr if chunk.stream == pb.LOG_STREAM_STDERR else sys.stdout
             out.write(chunk.text)
@@ -303,7 +306,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel a job."""
 
-    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+    async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
         job = (await stub.CancelJob(pb.CancelJobRequest(job_id=args.job_id, reason=args.reason), timeout=args.timeout_s)).job
         print(
             json.dumps(json_format.MessageToDict(job), separators=(",", ":"))
@@ -319,13 +322,13 @@ def cmd_artifacts(args: argparse.Namespace) -> int:
     """A table of the job's files (from its working folder, machine or the object store), or with --delete their
     removal from the store once the job has ended."""
 
-    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+    async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
         if args.delete:
-            reply = await stub.DeleteJobArtifacts(pb.DeleteJobArtifactsRequest(job_id=args.job_id), timeout=args.timeout_s)
+            deleted = await stub.DeleteJobArtifacts(pb.DeleteJobArtifactsRequest(job_id=args.job_id), timeout=args.timeout_s)
             if args.json:
-                _json_line(reply)
+                _json_line(deleted)
             else:
-                print(f"deleted {reply.objects_deleted} stored object(s) of {args.job_id}")
+                print(f"deleted {deleted.objects_deleted} stored object(s) of {args.job_id}")
             return 0
         rows, token = [], ""
         while True:
@@ -359,7 +362,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     out = Path(args.output or Path(args.path).name)
     offset = out.stat().st_size if out.exists() and args.resume else 0
 
-    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+    async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
         sha = ""
         with open(out, "ab" if offset else "wb") as f:
             async for chunk in stub.DownloadArtifact(
@@ -385,7 +388,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_providers(args: argparse.Namespace) -> int:
     """A table of providers and whether they can be used."""
 
-    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+    async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
         reply = await stub.ListProviders(pb.ListProvidersRequest(), timeout=args.timeout_s)
         if args.json:
             for p in reply.providers:
@@ -411,7 +414,7 @@ def cmd_providers(args: argparse.Namespace) -> int:
 def cmd_progress(args: argparse.Namespace) -> int:
     """Every progress point of a job, oldest first (all pages of ListJobProgress)."""
 
-    async def run(stub: pb_grpc.SchedulerServiceStub) -> int:
+    async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
         rows, token = [], ""
         while True:
             reply = await stub.ListJobProgress(

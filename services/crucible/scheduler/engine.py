@@ -9,6 +9,7 @@ and metrics), `usage_limits.py` (usage and limits), `job_artifacts.py` (outputs)
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -215,7 +216,9 @@ class Engine:
 
     # --- logs and artifacts ------------------------------------------------------------------------------------
 
-    async def logs(self, job_id: str, streams: list[str], offsets: dict[str, int], follow: bool) -> AsyncIterator[LogChunk]:
+    async def logs(
+        self, job_id: str, streams: builtins.list[str], offsets: dict[str, int], follow: bool
+    ) -> AsyncIterator[LogChunk]:
         """StreamJobLogs: (stream, attempt, offset, next_offset, text) chunks from the mirrored log files."""
         rec = await self._record(job_id)
 
@@ -229,7 +232,7 @@ class Engine:
         async for chunk in self.log_mirror.read(rec, streams, offsets, follow, live_record, wait_change):
             yield chunk
 
-    async def artifacts(self, job_id: str, prefix: str) -> list[ArtifactEntry]:
+    async def artifacts(self, job_id: str, prefix: str) -> builtins.list[ArtifactEntry]:
         """ListArtifacts: (path, size, mtime, is_checkpoint) of every file the job produced, in path order."""
         return await self.job_artifacts.list(await self._record(job_id), prefix)
 

@@ -94,6 +94,7 @@ def resolve_inputs(inputs: Sequence[Any], limits: InputLimits, store: JobObjectS
     for i, item in enumerate(inputs):
         field = f"spec.inputs[{i}].uri"
         dest = check_relative(item.path or default_dest(item.uri))
+        listed: tuple[tuple[str, int, str], ...]  # (source, size, name) of each file
         if item.uri.startswith("builtin:"):
             packaged, name = BUILTINS[item.uri[len("builtin:") :]]
             source = DATASETS / packaged

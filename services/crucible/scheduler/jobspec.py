@@ -17,6 +17,7 @@ import zipfile
 import zlib
 from collections.abc import Collection
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.convert import seconds
@@ -102,7 +103,8 @@ def validate_spec(spec: job_pb2.JobSpec, request_id: str, known_providers: Colle
         duration_ns(spec.max_duration, "spec.max_duration", allow_zero=False)
     if spec.HasField("expected_duration"):
         duration_ns(spec.expected_duration, "spec.expected_duration")
-    for field in ("max_cost_usd", "max_price_usd_per_hour"):
+    money_fields: tuple[Literal["max_cost_usd", "max_price_usd_per_hour"], ...] = ("max_cost_usd", "max_price_usd_per_hour")
+    for field in money_fields:
         if spec.HasField(field):
             value = getattr(spec, field)
             if value < 0 or math.isnan(value) or math.isinf(value):
@@ -296,8 +298,9 @@ def check_archive(data: bytes, limits: CodeLimits | None = None) -> str:
 
     if zipfile.is_zipfile(io.BytesIO(data)):
         # The entry count from the end record first: ZipFile() would build every entry of the central directory.
-        end = zipfile._EndRecData(io.BytesIO(data))
-        if end and end[zipfile._ECD_ENTRIES_TOTAL] > limits.max_files:
+        # zipfile's private end-record reader: typeshed leaves private names out of its zipfile stub
+        end = zipfile._EndRecData(io.BytesIO(data))  # type: ignore[attr-defined]
+        if end and end[zipfile._ECD_ENTRIES_TOTAL] > limits.max_files:  # type: ignore[attr-defined]
             raise _archive_error(f"more than {limits.max_files} members (--code-max-files)", "CODE_TOO_LARGE")
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as z:

@@ -52,7 +52,7 @@ class JobLifecycle:
             live.version += 1
             live.changed.notify_all()
 
-    async def transition(self, live: LiveJob, to: int, reason: str) -> None:
+    async def transition(self, live: LiveJob, to: job_pb2.JobState.ValueType, reason: str) -> None:
         """Move the job to state `to` (refused unless the state machine allows it), recorded with its reason."""
         job = live.job
         states.check_transition(job.state, to)
@@ -64,7 +64,7 @@ class JobLifecycle:
         log.info("job %s -> %s: %s", job.job_id, states.name(to), reason)
         await self.save(live)
 
-    def end_attempt(self, rec: JobRecord, outcome: int, exit_code: int | None, reason: str) -> None:
+    def end_attempt(self, rec: JobRecord, outcome: job_pb2.AttemptOutcome.ValueType, exit_code: int | None, reason: str) -> None:
         """Close the attempt in progress with its outcome (a no-op when none is in progress)."""
         if not attempt_in_progress(rec):
             return

@@ -119,7 +119,7 @@ class _LazyServicer(SchedulerServicer):
     def __init__(self, service: SchedulerService) -> None:
         self._service = service
 
-    @property  # type: ignore[override]
+    @property
     def engine(self) -> Engine:
         from crucible.runtime.errors import Unavailable
 

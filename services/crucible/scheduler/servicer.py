@@ -73,7 +73,12 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     """Translates SchedulerService calls to the engine and the sizing functions."""
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        """The engine every call goes to (read-only, so the server's lazy servicer can look it up at each call)."""
+        return self._engine
 
     async def CreateJob(self, request: pb.CreateJobRequest, context: grpc.aio.ServicerContext) -> pb.CreateJobResponse:
         if not request.HasField("spec"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import concurrent.futures
 import json
 import logging
@@ -178,7 +179,8 @@ class JobStore:
         before_seq: int | None = None,
     ) -> list[JobRecord]:
         """Jobs newest first matching every filter, at most `limit`, with seq < before_seq when given."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[int | str] = []
         if states:
             where.append(f"state IN ({','.join('?' * len(states))})")
             args.extend(states)
@@ -196,7 +198,7 @@ class JobStore:
             rows = self._db.execute(sql, (*args, limit)).fetchall()
         return [self._decode(r) for r in rows]
 
-    def unfinished(self, terminal: Sequence[int]) -> list[JobRecord]:
+    def unfinished(self, terminal: Sequence[int]) -> builtins.list[JobRecord]:
         """Every job not in a terminal state, oldest first (what a restart must reconcile)."""
         sql = f"SELECT {self._COLS} FROM jobs WHERE state NOT IN ({','.join('?' * len(terminal))}) ORDER BY seq"
         with self._lock:
@@ -217,7 +219,7 @@ class JobStore:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def list_progress(self, job_id: str, *, after_seq: int = 0, limit: int = 500) -> list[tuple[int, ProgressPoint]]:
+    def list_progress(self, job_id: str, *, after_seq: int = 0, limit: int = 500) -> builtins.list[tuple[int, ProgressPoint]]:
         """Up to `limit` points of a job stored after `after_seq`, oldest first, each with its sequence number."""
         with self._lock:
             rows = self._db.execute(
@@ -308,7 +310,7 @@ class AsyncJobStore:
         """See JobStore.list."""
         return await self._run(self.sync.list, **kwargs)
 
-    async def unfinished(self, terminal: Sequence[int]) -> list[JobRecord]:
+    async def unfinished(self, terminal: Sequence[int]) -> builtins.list[JobRecord]:
         """See JobStore.unfinished."""
         return await self._run(self.sync.unfinished, terminal)
 
@@ -330,7 +332,9 @@ class AsyncJobStore:
         if points:
             await self._run(self.sync.add_progress, job_id, points)
 
-    async def list_progress(self, job_id: str, *, after_seq: int = 0, limit: int = 500) -> list[tuple[int, ProgressPoint]]:
+    async def list_progress(
+        self, job_id: str, *, after_seq: int = 0, limit: int = 500
+    ) -> builtins.list[tuple[int, ProgressPoint]]:
         """See JobStore.list_progress."""
         return await self._run(self.sync.list_progress, job_id, after_seq=after_seq, limit=limit)
 

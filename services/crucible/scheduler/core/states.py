@@ -41,7 +41,7 @@ class IllegalTransition(Exception):
 
 def name(state: int) -> str:
     """Short upper-case name of a state, e.g. 'RUNNING'."""
-    return JobState.Name(state).removeprefix("JOB_STATE_")
+    return JobState.Name(JobState.ValueType(state)).removeprefix("JOB_STATE_")
 
 
 def is_terminal(state: int) -> bool:

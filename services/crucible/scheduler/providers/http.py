@@ -6,6 +6,7 @@ Every failure leaves here as a ProviderError with a precise ProviderErrorKind an
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import email.utils
 import json
@@ -37,7 +38,7 @@ class Settings:
         """A string setting."""
         return str(self.values.get(name, default)).strip()
 
-    def float(self, name: str, default: float, minimum: float = 0.0) -> float:
+    def float(self, name: builtins.str, default: float, minimum: float = 0.0) -> float:
         """A float setting >= minimum."""
         raw = self.values.get(name)
         if raw is None or raw == "":
@@ -50,7 +51,7 @@ class Settings:
             raise ValueError(f"{self.provider}.{name}: must be >= {minimum}, got {raw!r}")
         return value
 
-    def int(self, name: str, default: int, minimum: int = 0) -> int:
+    def int(self, name: builtins.str, default: int, minimum: int = 0) -> int:
         """An integer setting >= minimum."""
         raw = self.values.get(name)
         if raw is None or raw == "":
@@ -63,7 +64,7 @@ class Settings:
             raise ValueError(f"{self.provider}.{name}: must be >= {minimum}, got {raw!r}")
         return value
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def bool(self, name: builtins.str, default: bool = False) -> bool:
         """A boolean setting (true/false/1/0/yes/no)."""
         raw = str(self.values.get(name, "")).strip().lower()
         if raw == "":
@@ -335,7 +336,7 @@ def need(provider: ProviderHTTP, body: Any, *path: str | int) -> Any:
         if not ok:
             where = ".".join(str(s) for s in path[: i + 1])
             raise provider.error(K.MALFORMED_RESPONSE, f"answer lacks `{where}`")
-        current = current[step]  # type: ignore[index]
+        current = current[step]
     return current
 
 

@@ -269,7 +269,7 @@ class KubernetesProvider(Provider):
             handle.data.get("namespace", self.namespace),
             label_selector=f"{RUN_LABEL}={handle.ref}",
         )
-        items = list(pods.items or [])
+        items: list[Any] = list(pods.items or [])  # V1Pods; the API server always sets their metadata
         items.sort(key=lambda p: (p.metadata.creation_timestamp is not None, p.metadata.creation_timestamp or 0, p.metadata.name))
         return items
 

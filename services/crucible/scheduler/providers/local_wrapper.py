@@ -9,6 +9,7 @@ With --uid/--gid (the wrapper runs as root) the command runs as that user with n
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -47,7 +48,7 @@ def _stop_group(child: subprocess.Popen, grace_s: float) -> None:
 class _Pump(threading.Thread):
     """Copies one pipe into one file, keeping at most `cap` bytes (0: all) and counting the bytes dropped after."""
 
-    def __init__(self, pipe: BinaryIO, out: BinaryIO, cap: int) -> None:
+    def __init__(self, pipe: io.BufferedReader, out: BinaryIO, cap: int) -> None:
         super().__init__(daemon=True)
         self.pipe, self.out, self.cap = pipe, out, cap
         self.kept = self.dropped = 0
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         _write_json(os.path.join(args.attempt_dir, "child.json"), {"pid": child.pid, "pgid": child.pid, "start_time": started})
-        pumps = [_Pump(child.stdout, out, args.log_cap_bytes), _Pump(child.stderr, err, args.log_cap_bytes)]
+        # stdout/stderr=PIPE with the default buffering: both are io.BufferedReader (subprocess's stub says IO[Any] | None)
+        child_out, child_err = cast(io.BufferedReader, child.stdout), cast(io.BufferedReader, child.stderr)
+        pumps = [_Pump(child_out, out, args.log_cap_bytes), _Pump(child_err, err, args.log_cap_bytes)]
         for pump in pumps:
             pump.start()
         timed_out = False

@@ -190,7 +190,7 @@ class ModalProvider(Provider):
         except ValueError as exc:
             problems.append(str(exc))
         image_name = spec.container_image or self.image
-        image = (
+        image: dict[str, Any] = (
             {"from_registry": image_name, "add_python": self.add_python}
             if image_name
             else {"debian_slim": {"python_version": self.add_python}}
