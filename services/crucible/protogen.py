@@ -59,9 +59,9 @@ def generate(protos: Path = DEFAULT_PROTOS, out: Path = DEFAULT_OUT) -> list[Pat
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed (see the messages above)")
         generated_root = stage / "crucible"
-        for path in generated_root.rglob("*"):
-            if path.suffix in {".py", ".pyi"}:
-                path.write_text(_rewrite(path.read_text()))
+        for generated in generated_root.rglob("*"):
+            if generated.suffix in {".py", ".pyi"}:
+                generated.write_text(_rewrite(generated.read_text()))
         for folder in [generated_root, *[p for p in generated_root.rglob("*") if p.is_dir()]]:
             init = folder / "__init__.py"
             if not init.exists():

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Final
 
 from crucible.cost import limits
 from crucible.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -261,7 +262,7 @@ class BudgetStore:
 
     # ------------------------------------------------------------------------------------------------ budgets
 
-    def _budget_from_row(self, db: sqlite3.Connection, row: sqlite3.Row | tuple) -> Budget:  # type: ignore[type-arg]
+    def _budget_from_row(self, db: sqlite3.Connection, row: sqlite3.Row | tuple[Any, ...]) -> Budget:
         (budget_id, scope, display_name, limit_usd, thresholds, enforcement, spent, create_ns, update_ns) = row
         crossed = tuple(
             t for (t,) in db.execute("SELECT threshold FROM alerts WHERE budget_id = ? ORDER BY threshold", (budget_id,))
@@ -480,19 +481,25 @@ class BudgetStore:
         return checks
 
 
+class HubClosed(enum.Enum):
+    """The one item a watch queue gets when the service stops (after its (alert, budget) pairs)."""
+
+    CLOSED = "closed"
+
+
 class AlertHub:
     """Fans budget alerts out to WatchBudget streams: one asyncio queue per watcher, fed on the event loop."""
 
-    CLOSED = object()
+    CLOSED: Final = HubClosed.CLOSED
 
     def __init__(self) -> None:
-        self._watchers: dict[str, set[asyncio.Queue[object]]] = {}
+        self._watchers: dict[str, set[asyncio.Queue[tuple[Alert, Budget] | HubClosed]]] = {}
         self.closed = False
 
     @contextmanager
-    def watch(self, budget_id: str) -> Iterator[asyncio.Queue[object]]:
+    def watch(self, budget_id: str) -> Iterator[asyncio.Queue[tuple[Alert, Budget] | HubClosed]]:
         """Subscribe to one budget's alerts for the duration of the `with` block."""
-        queue: asyncio.Queue[object] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[Alert, Budget] | HubClosed] = asyncio.Queue()
         if self.closed:
             queue.put_nowait(self.CLOSED)
         self._watchers.setdefault(budget_id, set()).add(queue)

@@ -414,7 +414,7 @@ def _thresholds(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated percentages such as 50,80,100, got {text!r}") from None
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `crucible cost ...` to the crucible command line."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(

@@ -242,7 +242,8 @@ def parse_runpod(body: Any, now: dt.datetime) -> list[CatalogRow]:
         spot = bid or None
         if on_demand is None and spot is None:
             continue  # RunPod lists GPU types it does not rent out right now without prices
-        display = entry.get("displayName") if isinstance(entry.get("displayName"), str) else ""
+        display_name = entry.get("displayName")
+        display = display_name if isinstance(display_name, str) else ""
         rows.append(
             CatalogRow(
                 provider="runpod",

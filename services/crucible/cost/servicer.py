@@ -379,7 +379,7 @@ class CostServicer(cost_service_pb2_grpc.CostServiceServicer):
                 item = await queue.get()
                 if item is AlertHub.CLOSED:
                     raise Unavailable("the cost service is shutting down; watch again", reason="SHUTTING_DOWN")
-                alert, after = item  # type: ignore[misc]
+                alert, after = item
                 if alert.threshold in budget.crossed:
                     continue  # already reported by the first message
                 yield cost_service_pb2.WatchBudgetResponse(budget=_budget_pb(after), alert=_alert_pb(alert))

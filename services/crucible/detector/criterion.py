@@ -403,9 +403,9 @@ def model_statistics(
                     score_logits, None, input_ids, attention_mask, chunk_elements=chunk_elements, kernel=kernel
                 )
             assert sampling is not None
-            ref_logits = sampling.logits(input_ids.to(sampling.device), attention_mask.to(sampling.device))
+            sampled_logits = sampling.logits(input_ids.to(sampling.device), attention_mask.to(sampling.device))
             return analytic_statistics(
-                ref_logits.to(scoring.device),
+                sampled_logits.to(scoring.device),
                 score_logits,
                 input_ids,
                 attention_mask,
@@ -429,7 +429,7 @@ def model_statistics(
         parts = []
         for start in range(0, rows.numel(), step):
             score_logits = scoring.head(h_score[start : start + step])
-            ref_logits = None
+            ref_logits: torch.Tensor | None = None
             if h_ref is not None:
                 assert sampling is not None
                 ref_logits = sampling.head(h_ref[start : start + step]).to(scoring.device)

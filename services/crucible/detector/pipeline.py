@@ -90,12 +90,11 @@ class DetectionPipeline:
         self.memory = LruCache(cache_size)
         self.disk = SqliteCache(cache_path) if cache_path else None
         self.batcher_metrics = BatcherMetrics(registry)
-        kw = {"registry": registry}
         self.cache_lookups = Counter(
             "crucible_detector_cache_lookups_total",
             "Detector cache lookups by tier (memory, sqlite) and outcome (hit, miss).",
             ["tier", "outcome"],
-            **kw,
+            registry=registry,
         )
         self.batcher: DynamicBatcher[PreparedText, RawScores] = DynamicBatcher(
             "detector",

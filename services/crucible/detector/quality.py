@@ -87,7 +87,7 @@ def plot_roc(
         ax.set_xscale("log")
         ax.set_xlim(1e-3, 1.0)
         ax.set_ylim(0.0, 1.01)
-        first = next((v for v in group.values() if v.get("auroc") is not None), {})
+        first: dict[str, Any] = next((v for v in group.values() if v.get("auroc") is not None), {})
         ax.set_title(f"{name} (n={first.get('n', 0)})", fontsize=9)
         ax.set_xlabel("false-positive rate (human flagged)", fontsize=8)
         ax.set_ylabel("true-positive rate", fontsize=8)

@@ -198,8 +198,8 @@ def generate_rows(
         )
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
-        index = torch.tensor(active, device=device)
-        chosen = sample_next(logits, temperature[index], top_p[index], [generators[i] for i in active])
+        active_index = torch.tensor(active, device=device)
+        chosen = sample_next(logits, temperature[active_index], top_p[active_index], [generators[i] for i in active])
         is_end = torch.isin(chosen, eos).tolist() if eos.numel() else [False] * len(active)
         chosen_list = chosen.tolist()
         keep: list[int] = []

@@ -505,14 +505,16 @@ class TargetScorer:
             results.append(ChoiceScores(logprobs, tuple(len(c) for c in job.choice_ids), probabilities, top))
         return results
 
-    def _tail_passes(self, tails: list[tuple[int, int, tuple[int, ...]]], prompt_width: int) -> list[tuple[list, bool]]:
+    def _tail_passes(
+        self, tails: list[tuple[int, int, tuple[int, ...]]], prompt_width: int
+    ) -> list[tuple[list[tuple[int, int, tuple[int, ...]]], bool]]:
         """Split the multi-token choices into cached passes: by fed length class (1, 2, 3-4, 5-8, ... tokens, so
         padding at most doubles a pass) and by the `tail_tokens` budget. Each pass says whether it must work on a
         copy of the prompt cache (when another pass still needs the original)."""
         classes: dict[int, list[tuple[int, int, tuple[int, ...]]]] = {}
         for tail in tails:
             classes.setdefault((len(tail[2]) - 1).bit_length(), []).append(tail)
-        passes = []
+        passes: list[list[tuple[int, int, tuple[int, ...]]]] = []
         for _, members in sorted(classes.items()):
             width = prompt_width + max(len(c) for _, _, c in members) - 1
             rows = max(1, self.tail_tokens // width)
