@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from crucible.runtime.errors import InvalidArgument, NotFound
 
@@ -423,14 +424,14 @@ def rows_from_records(records: Sequence[Mapping[str, object]]) -> list[CatalogRo
     rows = []
     for i, rec in enumerate(records):
         try:
-            values = dict(rec)
+            values: dict[str, Any] = dict(rec)  # CatalogRow(**values) rejects (TypeError) what does not fit
             values["billing"] = Billing(values["billing"])
             values["origin"] = Origin(values["origin"])
             values["availability"] = Availability(values["availability"])
             values["spot_availability"] = Availability(values["spot_availability"])
             observed = values["observed_at"]
             values["observed_at"] = parse_observed_at(str(observed)) if observed else None
-            rows.append(CatalogRow(**values))  # type: ignore[arg-type]
+            rows.append(CatalogRow(**values))
         except (KeyError, TypeError, ValueError) as err:
             raise CatalogError(f"record {i}: {err}") from None
     return rows

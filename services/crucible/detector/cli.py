@@ -82,7 +82,8 @@ def read_inputs(paths: Sequence[str]) -> tuple[list[str], list[int] | None, list
             else:
                 raise InputError(f"{name} row {n}: expected a string or an object with a 'text' string")
             pairs.append((file_index, len(pairs) - first))
-    full = None if any(label is None for label in labels) or not labels else [int(x) for x in labels]  # type: ignore[arg-type]
+    known = [label for label in labels if label is not None]
+    full = known if labels and len(known) == len(labels) else None
     return texts, full, pairs
 
 

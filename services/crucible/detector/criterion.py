@@ -392,10 +392,11 @@ def model_statistics(
     """
     kernel = kernel or StatisticsKernel()
     same = sampling is None or sampling is scoring
+    sampler = scoring if sampling is None else sampling  # the model in the sampling role
     with torch.inference_mode():
         input_ids = input_ids.to(scoring.device)
         attention_mask = attention_mask.to(scoring.device)
-        split = scoring.split and (same or sampling.split)  # type: ignore[union-attr]
+        split = scoring.split and (same or sampler.split)
         if not split:
             score_logits = scoring.logits(input_ids, attention_mask)
             if same:
@@ -424,7 +425,7 @@ def model_statistics(
                 rows.to(sampling.device),
                 cols.to(sampling.device),
             )
-        vocab = scoring.vocab_size if same else max(scoring.vocab_size, sampling.vocab_size)  # type: ignore[union-attr]
+        vocab = scoring.vocab_size if same else max(scoring.vocab_size, sampler.vocab_size)
         step = max(1, chunk_elements // vocab)
         parts = []
         for start in range(0, rows.numel(), step):

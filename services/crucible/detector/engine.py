@@ -483,11 +483,11 @@ def score_many(
                 raise InvalidArgument.field(where, err.field_violations[0][1], reason=err.reason) from None
             raise
     order = sorted(range(len(prepared)), key=lambda i: len(prepared[i].ids))
-    results: list[RawScores | None] = [None] * len(prepared)
+    results: dict[int, RawScores] = {}  # by index into `prepared`; every index is scored once
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
         for i, scores in zip(chosen, detector.score([prepared[i] for i in chosen]), strict=True):
             results[i] = scores
         if progress is not None:
             progress(min(start + batch_size, len(order)), len(order))
-    return [results[unique[text]] for text in texts]  # type: ignore[misc]
+    return [results[unique[text]] for text in texts]

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
+from typing import TypeGuard
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -176,7 +177,7 @@ class DetectionPipeline:
             for i, scores in zip(missing, fresh, strict=True):
                 results[i] = scores
             if not skip_cache:
-                await self._store([(keys[i], results[i]) for i in missing])  # type: ignore[misc]
+                await self._store([(keys[i], scores) for i, scores in zip(missing, fresh, strict=True)])
         names = [m.member for m in computed]
         detections = [self._result(first_index + i, r, names, c) for i, (r, c) in enumerate(zip(results, cached, strict=True))]
         return CallResult(detections, computed, self.method_for(names))
@@ -191,7 +192,7 @@ class DetectionPipeline:
         return METHOD_TWO_GAUSSIAN if FAST_DETECTGPT in cal.members else METHOD_NONE
 
     def _lookup(self, prepared: list[PreparedText], keys: list[str], results: list[RawScores | None], cached: list[bool]) -> None:
-        def usable(scores: RawScores | None, item: PreparedText) -> bool:
+        def usable(scores: RawScores | None, item: PreparedText) -> TypeGuard[RawScores]:
             return scores is not None and (not item.classifier or scores.classifier is not None)
 
         for i, (item, key) in enumerate(zip(prepared, keys, strict=True)):
@@ -211,7 +212,7 @@ class DetectionPipeline:
             hit = found.get(keys[i])
             if usable(hit, prepared[i]):
                 results[i], cached[i] = hit, True
-                self.memory.put(keys[i], hit)  # type: ignore[arg-type]
+                self.memory.put(keys[i], hit)
                 hits += 1
         self.cache_lookups.labels("sqlite", "hit").inc(hits)
         self.cache_lookups.labels("sqlite", "miss").inc(len(missing) - hits)
@@ -242,8 +243,11 @@ class DetectionPipeline:
                 tokens, truncated = scores.token_count, scores.truncated
             out.append(MemberResult(m, raw[m], self.calibration.member_probability(m, raw[m]), tokens, truncated))
         method = self.method_for(members)
+        ensemble = self.calibration.ensemble
+        probability: float | None
         if method == METHOD_LOGISTIC_ENSEMBLE:
-            probability = self.calibration.ensemble.probability({**scores.features(), **raw})  # type: ignore[union-attr]
+            assert ensemble is not None  # method_for picks the ensemble only when the calibration has one
+            probability = ensemble.probability({**scores.features(), **raw})
         elif method == METHOD_TWO_GAUSSIAN:
             probability = self.calibration.member_probability(FAST_DETECTGPT, scores.criterion)
         else:

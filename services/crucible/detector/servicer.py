@@ -126,7 +126,7 @@ class DetectorServicer(detector_service_pb2_grpc.DetectorServiceServicer):
         self, request_iterator: AsyncIterator[pb.DetectStreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DetectStreamResponse]:
         pipeline = self._ready()
-        pending: asyncio.Queue[asyncio.Task[CallResult] | None] = asyncio.Queue(maxsize=_STREAM_CHUNKS_IN_FLIGHT)
+        pending: asyncio.Queue[asyncio.Future[CallResult] | None] = asyncio.Queue(maxsize=_STREAM_CHUNKS_IN_FLIGHT)
 
         async def read() -> None:
             index = 0
@@ -148,7 +148,7 @@ class DetectorServicer(detector_service_pb2_grpc.DetectorServiceServicer):
             except Exception as err:  # a bad chunk ends the stream after the chunks before it were answered
                 failed: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
                 failed.set_exception(err)
-                await pending.put(failed)  # type: ignore[arg-type]
+                await pending.put(failed)
             await pending.put(None)
 
         reader = asyncio.ensure_future(read())

@@ -545,8 +545,10 @@ class TargetScorer:
         when every caller of the batch has gone."""
         if cancel is not None:
             cancel.raise_if_cancelled()
-        if all(isinstance(job, ChoiceJob) for job in jobs):
-            return list(self.score_choices(jobs, cancel))  # type: ignore[arg-type]
-        if all(isinstance(job, TextJob) for job in jobs):
-            return list(self.score_texts(jobs))  # type: ignore[arg-type]
+        choice_jobs = [job for job in jobs if isinstance(job, ChoiceJob)]
+        if len(choice_jobs) == len(jobs):
+            return list(self.score_choices(choice_jobs, cancel))
+        text_jobs = [job for job in jobs if isinstance(job, TextJob)]
+        if len(text_jobs) == len(jobs):
+            return list(self.score_texts(text_jobs))
         raise TypeError("a batch mixes choice and text jobs; the batcher must group them by kind")
