@@ -135,6 +135,7 @@ def enable_tf32() -> None:
     matmul = torch.backends.cuda.matmul
     if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the new API; the old flags must not be mixed with it
         matmul.fp32_precision = "tf32"
+        # torch sets up cudnn.conv at import time; its stub for torch.backends.cudnn does not declare it
         torch.backends.cudnn.conv.fp32_precision = "tf32"  # type: ignore[attr-defined]
     else:  # pragma: no cover - older torch
         matmul.allow_tf32 = True

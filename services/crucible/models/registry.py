@@ -242,6 +242,7 @@ def _convert_gguf(source: Path, destination: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
     # The loaded model still says "quantised with gguf", which save_pretrained refuses to serialise.
+    # torch types nn.Module.__setattr__'s value as Tensor | Module; the model class does not declare hf_quantizer
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
