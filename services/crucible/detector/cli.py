@@ -220,7 +220,7 @@ def _summary(labels: list[int], rows: list[dict[str, Any]], method: str) -> list
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from crucible.mesh import format_table
+    from crucible.clients.tables import format_table
     from crucible.runtime.errors import CrucibleError
 
     try:
@@ -297,10 +297,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from crucible.clients.tables import format_table
     from crucible.detector.calibration import Calibration, CalibrationError, CalibrationFile, fit_calibration
     from crucible.detector.engine import score_many
     from crucible.detector.quality import plot_roc, quality_report
-    from crucible.mesh import format_table
     from crucible.runtime.errors import CrucibleError
 
     try:

@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from crucible.runtime.errors import ConfigError
 
@@ -22,7 +22,17 @@ if TYPE_CHECKING:
     from crucible.runtime.batching import BatchSettings
     from crucible.runtime.validation import TextLimits
 
-C = TypeVar("C", bound="ServerConfig")
+
+class SettingsClass(Protocol):
+    """What load_config and add_arguments need of a config class: a dataclass of setting() fields with validate()
+    (ServerConfig and its subclasses, and configs of non-gRPC servers such as the console's ConsoleConfig)."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def validate(self) -> None: ...
+
+
+C = TypeVar("C", bound=SettingsClass)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -274,7 +284,7 @@ def env_names(service: str, field_name: str) -> tuple[str, str]:
     return (f"CRUCIBLE_{service.upper()}_{field_name.upper()}", f"CRUCIBLE_{field_name.upper()}")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type[ServerConfig]) -> None:
+def add_arguments(parser: argparse.ArgumentParser, cls: type[SettingsClass]) -> None:
     """Add one --flag per config field; defaults stay None so env and dataclass defaults can apply."""
     for f in dataclasses.fields(cls):
         default = f.default

@@ -24,7 +24,7 @@ from crucible.api.scheduler.v1 import job_pb2
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from crucible.clients.channel import add_connection_arguments, cli_channel_config, open_channel
-from crucible.mesh import format_table
+from crucible.clients.tables import format_table
 from crucible.runtime.convert import duration_from_seconds
 from crucible.runtime.errors import parse_status_details
 
