@@ -21,33 +21,9 @@ from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from crucible.runtime.config import load_config
 from crucible.scheduler.config import SchedulerConfig
 from crucible.scheduler.server import create_server
+from tests.e2e.nanogpt_example import EXAMPLE, TINY
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nanogpt"
-S = job_pb2.JobState
-TINY = [
-    "--n-layer",
-    "1",
-    "--n-head",
-    "2",
-    "--n-embd",
-    "32",
-    "--block-size",
-    "32",
-    "--batch-size",
-    "8",
-    "--eval-iters",
-    "2",
-    "--eval-interval",
-    "50",
-    "--log-interval",
-    "5",
-    "--checkpoint-interval",
-    "20",
-    "--threads",
-    "1",
-    "--sample-chars",
-    "0",
-]
+JobState = job_pb2.JobState
 
 
 @pytest.mark.slow
@@ -87,12 +63,12 @@ async def test_nanogpt_progress_cancel_download_resume(tmp_path: Path, shared_da
                 raise AssertionError("job ended before checkpointing")
 
             seen = await asyncio.wait_for(until_checkpointed(), 120)
-            assert seen.state == S.JOB_STATE_RUNNING and seen.progress.total_steps == 100000
+            assert seen.state == JobState.JOB_STATE_RUNNING and seen.progress.total_steps == 100000
             assert "loss" in seen.progress.metrics and seen.progress.HasField("eta")
             await stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id, reason="resume later"))
             async for r in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id)):
                 last = r.job
-            assert last.state == S.JOB_STATE_CANCELLED
+            assert last.state == JobState.JOB_STATE_CANCELLED
 
             arts = {a.path: a for a in (await stub.ListArtifacts(pb.ListArtifactsRequest(job_id=job.job_id))).artifacts}
             assert arts["checkpoints/ckpt.pt"].checkpoint and "train.py" not in arts
@@ -121,7 +97,7 @@ async def test_nanogpt_progress_cancel_download_resume(tmp_path: Path, shared_da
             assert second.code_archive_sha256 and not second.spec.code_archive
             async for r in stub.WatchJob(pb.WatchJobRequest(job_id=second.job_id)):
                 done = r.job
-            assert done.state == S.JOB_STATE_SUCCEEDED, done.transitions[-1].reason
+            assert done.state == JobState.JOB_STATE_SUCCEEDED, done.transitions[-1].reason
             logs = "".join(
                 [
                     c.text

@@ -27,33 +27,9 @@ from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from crucible.runtime.config import load_config
 from crucible.scheduler.config import SchedulerConfig
 from crucible.scheduler.server import create_server
+from tests.e2e.nanogpt_example import EXAMPLE, TINY
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nanogpt"
-S = job_pb2.JobState
-TINY = [
-    "--n-layer",
-    "1",
-    "--n-head",
-    "2",
-    "--n-embd",
-    "32",
-    "--block-size",
-    "32",
-    "--batch-size",
-    "8",
-    "--eval-iters",
-    "2",
-    "--eval-interval",
-    "50",
-    "--log-interval",
-    "5",
-    "--checkpoint-interval",
-    "20",
-    "--threads",
-    "1",
-    "--sample-chars",
-    "0",
-]
+JobState = job_pb2.JobState
 
 
 async def _logs(stub: pb_grpc.SchedulerServiceStub, job_id: str) -> list[pb.StreamJobLogsResponse]:
@@ -128,7 +104,7 @@ async def test_killed_job_resumes_from_s3_in_a_fresh_folder(tmp_path: Path, s3_s
 
             async for r in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id)):
                 last = r.job
-            assert last.state == S.JOB_STATE_SUCCEEDED, last.transitions[-1].reason
+            assert last.state == JobState.JOB_STATE_SUCCEEDED, last.transitions[-1].reason
             assert [a.outcome for a in last.attempts] == [job_pb2.ATTEMPT_OUTCOME_USER_ERROR, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED]
             chunks = await _logs(stub, job.job_id)
             first = "".join(c.text for c in chunks if c.attempt == 1 and c.stream == pb.LOG_STREAM_STDOUT)
