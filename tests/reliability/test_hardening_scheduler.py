@@ -384,6 +384,6 @@ async def test_a_run_that_ended_while_the_scheduler_was_down_is_billed_until_its
 def test_state_dir_from_the_environment_is_the_folder_the_readme_names(tmp_path: Path) -> None:
     cfg = load_config(SchedulerConfig, "scheduler", env={"CRUCIBLE_STATE_DIR": str(tmp_path)})
     assert cfg.resolved_state_dir() == tmp_path and cfg.resolved_database() == tmp_path / "scheduler.db"
-    readme = (Path(__file__).resolve().parents[2] / "services" / "scheduler" / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "services" / "crucible" / "scheduler" / "README.md").read_text()
     row = next(line for line in readme.splitlines() if line.startswith("| `--state-dir`"))
     assert "`$CRUCIBLE_STATE_DIR` (the folder itself" in row and "$CRUCIBLE_STATE_DIR/scheduler" not in readme
