@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import statistics
 import tempfile
 import time
@@ -19,6 +20,7 @@ from google.protobuf import duration_pb2
 from crucible.api.cost.v1 import cost_service_pb2 as pb
 from crucible.api.cost.v1 import cost_service_pb2_grpc as pb_grpc
 from crucible.clients.tables import format_table
+from crucible.cost.catalog import DATA_DIR
 from crucible.cost.config import CostConfig
 from crucible.cost.server import create_server
 from crucible.runtime.config import load_config
@@ -26,8 +28,19 @@ from crucible.runtime.config import load_config
 ECHO_METHOD = "/bench.Echo/Echo"
 TARGET_RATIO = 0.6
 Call = Callable[[], Awaitable[object]]
+
+
+def _first_offer_id(provider: str, instance_type: str) -> str:
+    """An offer id of the built-in catalog (provider/instance/region/on-demand): regions come and go with refreshes."""
+    with (DATA_DIR / "catalog.csv").open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["provider"] == provider and row["instance_type"] == instance_type:
+                return f"{provider}/{instance_type}/{row['region']}/on-demand"
+    raise SystemExit(f"no {provider} {instance_type} in the built-in catalog")
+
+
 REQUEST = pb.EstimateCostRequest(
-    offer_id="lambda/gpu_1x_a10//on-demand",
+    offer_id=_first_offer_id("lambda", "gpu_1x_a10"),
     duration=duration_pb2.Duration(seconds=3 * 3600 + 7),
     storage_gb_hours=100,
     egress_gb=5,
