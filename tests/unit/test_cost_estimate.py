@@ -197,7 +197,7 @@ def test_requirement_errors():
 
 
 def test_cli_duration_carries_a_fraction_that_rounds_up_to_a_second() -> None:
-    from crucible.cost.cli import _pb_duration
+    from crucible.runtime.convert import duration_from_seconds as _pb_duration  # what the cost CLI sends
 
     # The old per-module helper produced nanos=1_000_000_000 here, a Duration protobuf rejects as out of range.
     almost = _pb_duration(0.9999999999)

@@ -433,3 +433,16 @@ def test_cost_channel_comes_from_the_schedulers_own_settings(tmp_path) -> None:
         "cost.internal",
     )
     assert load_config(SchedulerConfig, "scheduler", env={}).cost_channel_config().token == ""
+
+
+def test_cost_token_file_is_read_like_the_auth_token_file(tmp_path) -> None:
+    """An empty cost token file means no token (it raised IndexError); only the first line of a file is the token."""
+    from crucible.runtime.config import load_config
+    from crucible.scheduler.config import SchedulerConfig
+
+    empty, multi = tmp_path / "empty", tmp_path / "multi"
+    empty.write_text("")
+    multi.write_text("  first-line-token  \nsecond line\n")
+    for path, want in ((empty, ""), (multi, "first-line-token")):
+        config = load_config(SchedulerConfig, "scheduler", env={"CRUCIBLE_SCHEDULER_COST_TOKEN_FILE": str(path)})
+        assert config.cost_channel_config().token == want

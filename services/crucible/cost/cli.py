@@ -20,7 +20,7 @@ from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from crucible.clients.channel import add_connection_arguments
 from crucible.clients.tables import format_table
-from crucible.runtime.convert import NS_PER_S, duration_from_ns, timestamp_from_datetime
+from crucible.runtime.convert import duration_from_seconds, timestamp_from_datetime
 
 DEFAULT_ADDRESS = "127.0.0.1:50055"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
@@ -40,10 +40,6 @@ def parse_duration_range(text: str) -> tuple[float, float]:
     """'3h' -> (3h, 3h); '1h..3h' -> (1h, 3h)."""
     low, sep, high = text.partition("..")
     return (parse_duration(low), parse_duration(high)) if sep else (parse_duration(low),) * 2
-
-
-def _pb_duration(seconds: float) -> duration_pb2.Duration:
-    return duration_from_ns(round(seconds * NS_PER_S))  # nearest ns (a fraction rounding up to 1 s carries over)
 
 
 def _parse_time(text: str) -> timestamp_pb2.Timestamp:
@@ -132,9 +128,9 @@ async def _estimate(stub: Any, args: argparse.Namespace) -> int:
     low, high = args.duration
     request = pb.EstimateCostRequest(offer_id=args.offer_id, storage_gb_hours=args.storage_gb_hours, egress_gb=args.egress_gb)
     if low == high:
-        request.duration.CopyFrom(_pb_duration(low))
+        request.duration.CopyFrom(duration_from_seconds(low))
     else:
-        request.duration_range.CopyFrom(offer_pb2.DurationRange(low=_pb_duration(low), high=_pb_duration(high)))
+        request.duration_range.CopyFrom(offer_pb2.DurationRange(low=duration_from_seconds(low), high=duration_from_seconds(high)))
     reply = await stub.EstimateCost(request, timeout=args.timeout)
     if args.json:
         _print_json(reply)
@@ -173,7 +169,7 @@ async def _compare(stub: Any, args: argparse.Namespace) -> int:
             min_vcpus=args.min_vcpus,
             min_memory_gib=args.min_memory,
         ),
-        duration=_pb_duration(args.duration),
+        duration=duration_from_seconds(args.duration),
         reference_gpu_name=args.reference_gpu,
         providers=args.provider,
         spot_allowed=args.spot,

@@ -137,8 +137,7 @@ class ServerConfig:
         if self.auth_token:
             return self.auth_token
         if self.auth_token_file:
-            with open(self.auth_token_file, encoding="utf-8") as handle:
-                return handle.readline().strip()
+            return read_token_file(self.auth_token_file)
         return ""
 
     def public_dict(self) -> dict[str, Any]:
@@ -240,6 +239,12 @@ class ModelServerConfig(ServerConfig):
             raise ConfigError("max_batch_tokens", "must be 0 (no budget) or positive")
         if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
             raise ConfigError("max_wait_ms", "must not be negative")
+
+
+def read_token_file(path: str) -> str:
+    """The bearer token in a token file: its first line, stripped ('' for an empty file); only that line is read."""
+    with open(path, encoding="utf-8") as handle:
+        return handle.readline().strip()
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -25,7 +25,7 @@ def timestamp_from_ns(ns: int) -> timestamp_pb2.Timestamp:
 
 def timestamp_from_unix(unix_s: float) -> timestamp_pb2.Timestamp:
     """Timestamp of a Unix time in (float) seconds, such as `time.time()`."""
-    return timestamp_from_ns(int(unix_s * NS_PER_S))
+    return timestamp_from_ns(round(unix_s * NS_PER_S))  # nearest ns: 0.3 s is 300000000 ns, not 299999999
 
 
 def timestamp_from_datetime(when: dt.datetime) -> timestamp_pb2.Timestamp:
@@ -47,7 +47,7 @@ def duration_from_ns(ns: int) -> duration_pb2.Duration:
 
 def duration_from_seconds(seconds: float) -> duration_pb2.Duration:
     """Duration of (float) seconds."""
-    return duration_from_ns(int(seconds * NS_PER_S))
+    return duration_from_ns(round(seconds * NS_PER_S))  # nearest ns, as every Duration the services send
 
 
 def seconds(duration: duration_pb2.Duration) -> float:
@@ -71,7 +71,7 @@ def batching_settings(settings: BatchSettings) -> common_pb2.BatchingSettings:
     return common_pb2.BatchingSettings(
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
-        max_wait=duration_from_ns(round(settings.max_wait_s * NS_PER_S)),
+        max_wait=duration_from_seconds(settings.max_wait_s),
         max_queue_size=settings.max_queue_size,
     )
 

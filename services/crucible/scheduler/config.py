@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from crucible.runtime.config import ServerConfig, setting
+from crucible.runtime.config import ServerConfig, read_token_file, setting
 from crucible.runtime.errors import ConfigError
 from crucible.scheduler.storage import StoreSettings, default_store_url
 
@@ -167,10 +167,7 @@ class SchedulerConfig(ServerConfig):
         """How the scheduler reaches the cost service: cost_address with its own deadline, token and TLS settings."""
         from crucible.clients.channel import ChannelConfig  # grpc: not needed by `crucible up` reading the config
 
-        if self.cost_token_file:
-            token = Path(self.cost_token_file).read_text(encoding="utf-8").splitlines()[0].strip()
-        else:
-            token = self.bearer_token()
+        token = read_token_file(self.cost_token_file) if self.cost_token_file else self.bearer_token()
         return ChannelConfig(
             addresses=(self.cost_address,),
             token=token,
