@@ -91,6 +91,12 @@ tools:
 	  $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
 	fi
+	@# bubblewrap: the sandbox of local jobs (without it the scheduler refuses local jobs unless --unsafe-local-jobs).
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null; \
+	fi
 
 test: lint models tools
 	$(PY) -m pytest -q -rs
