@@ -11,8 +11,10 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
+import stat
 import tempfile
 import time
 import uuid
@@ -23,7 +25,10 @@ log = logging.getLogger(__name__)
 
 #: Where checkpoints go when no URL is passed: the scheduler sets it for every job that has an object store.
 ENV_URL = "CRUCIBLE_CHECKPOINT_URL"
-_STEP_DIR = re.compile(r"^step-(\d{12})$")
+_STEP_DIR = re.compile(r"step-(\d{12})")  # fullmatch: `$` would also accept a trailing newline
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Largest manifest read; a real one is a few hundred bytes (the metrics are a handful of numbers).
+MAX_MANIFEST_BYTES = 65536
 PAYLOAD = "state.pt"
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -112,8 +117,97 @@ def save_checkpoint(
     return info
 
 
+class _Unusable(Exception):
+    """A checkpoint that must not be loaded; the message says why (it is logged, and the next older one is tried)."""
+
+
+def _regular_file(fs: Any, scheme: str, path: str, what: str) -> int:
+    """The size of the plain file at `path`; _Unusable for a link (symbolic or hard), a folder or anything special.
+    Local links are refused because they can point anywhere (another job's files, the owner's secrets)."""
+    if scheme == "file":
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            raise _Unusable(f"its {what} is a symbolic link")
+        if not stat.S_ISREG(info.st_mode):
+            raise _Unusable(f"its {what} is not a regular file")
+        if info.st_nlink != 1:
+            raise _Unusable(f"its {what} is a hard link ({info.st_nlink} names)")
+        return info.st_size
+    detail = fs.info(path)
+    if detail.get("type") != "file" or detail.get("islink"):
+        raise _Unusable(f"its {what} is not a plain object")
+    return int(detail["size"])
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_info(fs: Any, scheme: str, root: str, name: str) -> CheckpointInfo:
+    """The checked manifest of the checkpoint folder `name`; _Unusable naming what is wrong with it."""
+    folder = f"{root}/{name}"
+    if scheme == "file":
+        info = os.lstat(folder)
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            raise _Unusable("its folder is a link or not a folder")
+    manifest_size = _regular_file(fs, scheme, f"{folder}/{MANIFEST}", "manifest")
+    if manifest_size > MAX_MANIFEST_BYTES:
+        raise _Unusable(f"its manifest has {manifest_size} bytes, more than {MAX_MANIFEST_BYTES}")
+    raw_bytes = _read_plain(fs, scheme, f"{folder}/{MANIFEST}", manifest_size)
+    try:
+        raw = json.loads(raw_bytes)
+    except (ValueError, UnicodeDecodeError):
+        raise _Unusable("its manifest is not JSON") from None
+    if not isinstance(raw, dict):
+        raise _Unusable("its manifest is not a JSON object")
+    if raw.get("format") != FORMAT or not _whole(raw.get("format")):
+        raise _Unusable(f"its manifest has format {str(raw.get('format'))[:20]!r}, not {FORMAT}")
+    step, size, digest, saved_at = raw.get("step"), raw.get("size"), raw.get("sha256"), raw.get("saved_at")
+    metrics = raw.get("metrics", {})
+    if not _whole(step) or f"step-{step:012d}" != name:
+        raise _Unusable("its manifest's step is not the folder's")
+    if not _whole(size) or size < 0:
+        raise _Unusable("its manifest's size is not a whole number of bytes")
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise _Unusable("its manifest's sha256 is not 64 hex digits")
+    if not _number(saved_at):
+        raise _Unusable("its manifest's saved_at is not a number")
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) and _number(v) for k, v in metrics.items()):
+        raise _Unusable("its manifest's metrics are not names with finite numbers")
+    payload_size = _regular_file(fs, scheme, f"{folder}/{PAYLOAD}", "payload")
+    if payload_size != size:
+        raise _Unusable(f"payload size {payload_size} does not match its manifest ({size})")
+    return CheckpointInfo(
+        step, {k: float(v) for k, v in metrics.items()}, float(saved_at), size, digest, f"{scheme}://{folder}/{PAYLOAD}"
+    )
+
+
+def _read_plain(fs: Any, scheme: str, path: str, size: int) -> bytes:
+    """The bytes of a file checked by _regular_file, opened without following a link (locally) and read up to `size`
+    + 1 bytes, so a file that grew since is noticed, not read whole."""
+    if scheme != "file":
+        data: bytes = fs.cat_file(path, start=0, end=size + 1)
+        return data
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise _Unusable("a file was swapped for a link or a special file while being read")
+        return handle.read(size + 1)
+
+
 def list_checkpoints(*, url: str | None = None) -> list[CheckpointInfo]:
-    """Complete checkpoints (a manifest whose payload exists with the recorded size), oldest step first."""
+    """Complete, well-formed checkpoints, oldest step first.
+
+    A folder counts when its manifest is a JSON object of the expected types, at most MAX_MANIFEST_BYTES, naming the
+    folder's step, and its payload exists with the recorded size. Anything else is skipped with a warning saying why:
+    a payload without a manifest (a save that died), a manifest that is not JSON or has the wrong types, a size that
+    does not match, and, on a local folder, any symbolic or hard link among the folder, manifest and payload.
+    """
     fs, root, scheme = _resolve(url)
     try:
         entries = fs.ls(root, detail=False)
@@ -122,42 +216,36 @@ def list_checkpoints(*, url: str | None = None) -> list[CheckpointInfo]:
     found: list[CheckpointInfo] = []
     for entry in entries:
         name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if not _STEP_DIR.match(name):
+        if not _STEP_DIR.fullmatch(name):
             continue
-        folder = f"{root}/{name}"
         try:
-            raw = json.loads(fs.cat_file(f"{folder}/{MANIFEST}"))
-            size = fs.info(f"{folder}/{PAYLOAD}")["size"]
-        except (FileNotFoundError, ValueError, KeyError):
-            continue
-        if raw.get("format") != FORMAT or int(raw.get("size", -1)) != int(size):
-            log.warning("skipping checkpoint %s: payload size %s does not match its manifest", folder, size)
-            continue
-        found.append(
-            CheckpointInfo(
-                int(raw["step"]),
-                dict(raw.get("metrics", {})),
-                float(raw["saved_at"]),
-                int(raw["size"]),
-                str(raw["sha256"]),
-                f"{scheme}://{folder}/{PAYLOAD}",
-            )
-        )
+            found.append(_read_info(fs, scheme, root, name))
+        except FileNotFoundError:
+            continue  # no manifest yet: a save in progress, or one that died before its manifest
+        except (_Unusable, OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("skipping checkpoint %s/%s: %s", root, name, exc)
     return sorted(found, key=lambda c: c.step)
 
 
 def load_latest(
-    *, url: str | None = None, map_location: Any = "cpu", raw: bool = False, weights_only: bool = False
+    *, url: str | None = None, map_location: Any = "cpu", raw: bool = False, weights_only: bool = True
 ) -> tuple[Any, CheckpointInfo] | None:
     """The newest complete checkpoint whose payload hashes to its manifest, as (state, info); None when there is none.
 
-    A checkpoint whose payload fails the check (truncated, rewritten) is skipped with a warning, and the next older
-    one is tried. `raw=True` returns the payload bytes instead of unpickling them with torch.load.
+    A checkpoint that is malformed or tampered with (see list_checkpoints; a payload whose bytes do not hash to the
+    manifest; a payload torch cannot load) is skipped with a warning, and the next older one is tried. `raw=True`
+    returns the payload bytes instead of loading them with torch.load, which by default reads tensors and plain
+    containers only (`weights_only=True`); pass weights_only=False only for checkpoints you trust, as unpickling
+    arbitrary objects can run code.
     """
-    fs, _root, _scheme = _resolve(url)
+    fs, _root, scheme = _resolve(url)
     for info in reversed(list_checkpoints(url=url)):
         path = info.url.split("://", 1)[1]
-        data = fs.cat_file(path)
+        try:
+            data = _read_plain(fs, scheme, path, info.size)
+        except (_Unusable, OSError) as exc:
+            log.warning("skipping checkpoint of step %s: %s", info.step, exc)
+            continue
         if len(data) != info.size or hashlib.sha256(data).hexdigest() != info.sha256:
             log.warning("skipping checkpoint of step %s: payload does not match its manifest", info.step)
             continue
@@ -165,7 +253,12 @@ def load_latest(
             return data, info
         import torch
 
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only), info
+        try:
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
+        except Exception as exc:  # any failure to load one checkpoint means: try the older one
+            log.warning("skipping checkpoint of step %s: torch cannot load it (%s)", info.step, str(exc)[:200])
+            continue
+        return state, info
     return None
 
 
@@ -179,4 +272,4 @@ def _hash_file(path: str) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-__all__ = ["ENV_URL", "CheckpointInfo", "list_checkpoints", "load_latest", "save_checkpoint"]
+__all__ = ["ENV_URL", "MAX_MANIFEST_BYTES", "CheckpointInfo", "list_checkpoints", "load_latest", "save_checkpoint"]
