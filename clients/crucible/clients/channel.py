@@ -12,10 +12,11 @@ import ipaddress
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
+
+from crucible.clients.credfiles import read_ca_file, read_token_file
 
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -265,7 +266,8 @@ def cli_channel_config(service: str, args: Any = None, *, env: Mapping[str, str]
     """The ChannelConfig of `service` for a command line: the SDK config (TOML + env, as MeshConfig.from_env) with the
     command's flags on top. Flags left at None keep the config's value; `args` may be any object with those attributes.
 
-    Raises ValueError (with the setting named) for a token or CA file that cannot be read.
+    Raises ValueError (with the setting named) for a token or CA file that cannot be read, holds no token or does
+    not parse as PEM certificates (crucible.clients.credfiles.CredentialFileError).
     """
     from crucible.clients.mesh import MeshConfig  # mesh imports this module
 
@@ -285,9 +287,9 @@ def cli_channel_config(service: str, args: Any = None, *, env: Mapping[str, str]
     if flag("token"):
         changes["token"] = str(flag("token"))
     elif flag("token_file"):
-        changes["token"] = _first_line(flag("token_file"), "--token-file")
+        changes["token"] = read_token_file(flag("token_file"), "--token-file")
     if flag("ca_file"):
-        changes["root_certificates"] = _read(flag("ca_file"), "--ca-file")
+        changes["root_certificates"] = read_ca_file(flag("ca_file"), "--ca-file")
         changes["tls"] = True
     if flag("tls") is not None:
         changes["tls"] = bool(flag("tls")) or "root_certificates" in changes
@@ -298,18 +300,3 @@ def cli_channel_config(service: str, args: Any = None, *, env: Mapping[str, str]
             raise ValueError("--timeout: must be positive")
         changes["timeout_s"] = float(flag("timeout"))
     return dataclasses.replace(config, **changes)
-
-
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).expanduser().read_bytes()
-    except OSError as err:
-        raise ValueError(f"{what}: cannot read {path}: {err.strerror}") from None
-
-
-def _first_line(path: str, what: str) -> str:
-    lines = _read(path, what).decode("utf-8", errors="replace").splitlines()
-    token = lines[0].strip() if lines else ""
-    if not token:
-        raise ValueError(f"{what}: {path} is empty")
-    return token

@@ -14,6 +14,7 @@ from typing import Any
 
 from crucible.clients.channel import ChannelConfig
 from crucible.clients.cost import CostClient
+from crucible.clients.credfiles import read_ca_file, read_token_file
 from crucible.clients.detector import DetectorClient
 from crucible.clients.proposer import ProposerClient
 from crucible.clients.scheduler import SchedulerClient
@@ -41,6 +42,8 @@ class MeshConfig:
 
         CRUCIBLE_<SVC>_ADDRESS (comma-separated IPs or a dns:/// target); the token from CRUCIBLE_CLIENT_TOKEN,
         CRUCIBLE_AUTH_TOKEN, CRUCIBLE_CLIENT_TOKEN_FILE or CRUCIBLE_AUTH_TOKEN_FILE (first line), in that order;
+        a token file without a token, or a CA file that is not PEM certificates, raises CredentialFileError (a
+        ValueError naming the variable or setting);
         CRUCIBLE_CLIENT_TLS=1, CRUCIBLE_CLIENT_CA_FILE, CRUCIBLE_CLIENT_TIMEOUT_S.
         """
         env = os.environ if env is None else env
@@ -51,8 +54,8 @@ class MeshConfig:
         if env.get("CRUCIBLE_CLIENT_TOKEN") or env.get("CRUCIBLE_AUTH_TOKEN"):
             overrides["token"] = env.get("CRUCIBLE_CLIENT_TOKEN") or env.get("CRUCIBLE_AUTH_TOKEN")
         elif env.get("CRUCIBLE_CLIENT_TOKEN_FILE") or env.get("CRUCIBLE_AUTH_TOKEN_FILE"):
-            token_file = Path(env.get("CRUCIBLE_CLIENT_TOKEN_FILE") or env["CRUCIBLE_AUTH_TOKEN_FILE"])
-            overrides["token"] = token_file.read_text(encoding="utf-8").splitlines()[0].strip()
+            variable = "CRUCIBLE_CLIENT_TOKEN_FILE" if env.get("CRUCIBLE_CLIENT_TOKEN_FILE") else "CRUCIBLE_AUTH_TOKEN_FILE"
+            overrides["token"] = read_token_file(env[variable], variable)  # a file without a token is an error
         if env.get("CRUCIBLE_CLIENT_TLS"):
             overrides["tls"] = env["CRUCIBLE_CLIENT_TLS"].lower() in {"1", "true", "yes"}
         if env.get("CRUCIBLE_CLIENT_CA_FILE"):
@@ -85,7 +88,7 @@ class MeshConfig:
                 addresses=tuple(addresses),
                 token=merged.get("token", ""),
                 tls=bool(merged.get("tls", False) or ca_file),
-                root_certificates=Path(ca_file).read_bytes() if ca_file else None,
+                root_certificates=read_ca_file(ca_file, "ca_file") if ca_file else None,
                 tls_server_name=merged.get("tls_server_name", ""),
                 timeout_s=float(merged.get("timeout_s", 30.0)),
                 max_attempts=int(merged.get("max_attempts", 4)),

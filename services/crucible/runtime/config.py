@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
+from crucible.clients import credfiles
+from crucible.clients.credfiles import CredentialFileError, check_key_pair, read_ca_file
 from crucible.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -87,10 +89,21 @@ class ServerConfig:
         "Bearer token required in 'authorization: Bearer <token>' metadata; empty disables auth. Health is exempt.",
         secret=True,
     )
-    auth_token_file: str = setting("", "File holding the bearer token (first line); used when auth_token is empty.")
-    tls_cert_file: str = setting("", "PEM certificate chain for TLS; with tls_key_file it turns TLS on.")
-    tls_key_file: str = setting("", "PEM private key for TLS.")
-    tls_client_ca_file: str = setting("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS).")
+    auth_token_file: str = setting(
+        "",
+        "File holding the bearer token (first line); used when auth_token is empty. A file without a token (empty or "
+        "blank) refuses the start: it never means auth off.",
+    )
+    tls_cert_file: str = setting(
+        "",
+        "PEM certificate chain for TLS; with tls_key_file it turns TLS on. Checked at start: one that does not parse refuses it.",
+    )
+    tls_key_file: str = setting(
+        "", "PEM private key for TLS (unencrypted); one that does not match tls_cert_file refuses the start."
+    )
+    tls_client_ca_file: str = setting(
+        "", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS). Checked to parse at start."
+    )
     log_level: str = setting("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = setting(
         "json", "Log line format: one JSON object per line, or human-readable text.", choices=("json", "text")
@@ -118,6 +131,10 @@ class ServerConfig:
             path = getattr(self, name)
             if path and not os.path.isfile(path):
                 raise ConfigError(name, f"file not found: {path}")
+        # Fail closed: a token file that holds no token, or TLS files that do not parse or match, stop the start here
+        # (naming the setting) instead of serving without auth or failing later inside gRPC's bind.
+        self.bearer_token()
+        self.tls_material()
 
     def text_limits(self) -> TextLimits:
         """Byte limits the runtime holds every request's strings to before its handler runs (none by default;
@@ -133,12 +150,27 @@ class ServerConfig:
         return self.metrics_port
 
     def bearer_token(self) -> str:
-        """The configured bearer token, read from auth_token_file when auth_token is empty; '' when auth is off."""
+        """The configured bearer token, read from auth_token_file when auth_token is empty; '' when auth is off.
+
+        An auth_token_file that holds no token (empty, blank first line) raises ConfigError: set, it means auth on.
+        """
         if self.auth_token:
             return self.auth_token
         if self.auth_token_file:
-            return read_token_file(self.auth_token_file)
+            return read_token_file(self.auth_token_file, "auth_token_file")
         return ""
+
+    def tls_material(self) -> tuple[bytes, bytes, bytes | None] | None:
+        """(certificate chain, private key, client CA bundle or None) checked to parse and to belong together, or None
+        without TLS; ConfigError naming tls_cert_file, tls_key_file or tls_client_ca_file otherwise."""
+        if not self.tls_cert_file:
+            return None
+        try:
+            cert, key = check_key_pair(self.tls_cert_file, self.tls_key_file, "tls_cert_file", "tls_key_file")
+            client_ca = read_ca_file(self.tls_client_ca_file, "tls_client_ca_file") if self.tls_client_ca_file else None
+        except CredentialFileError as err:
+            raise ConfigError(err.setting, err.detail) from None
+        return cert, key, client_ca
 
     def public_dict(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked, for start-up logs and records."""
@@ -241,10 +273,13 @@ class ModelServerConfig(ServerConfig):
             raise ConfigError("max_wait_ms", "must not be negative")
 
 
-def read_token_file(path: str) -> str:
-    """The bearer token in a token file: its first line, stripped ('' for an empty file); only that line is read."""
-    with open(path, encoding="utf-8") as handle:
-        return handle.readline().strip()
+def read_token_file(path: str, field: str = "auth_token_file") -> str:
+    """The bearer token in a token file (its first line, stripped; only that line is read), or ConfigError naming
+    `field` when the file is unreadable, empty, blank or not printable ASCII: a token file never means "no auth"."""
+    try:
+        return credfiles.read_token_file(path, field)
+    except CredentialFileError as err:
+        raise ConfigError(err.setting, err.detail) from None
 
 
 def _field_types(cls: type) -> dict[str, Any]:

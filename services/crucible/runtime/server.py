@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from crucible.runtime.config import ServerConfig
-from crucible.runtime.errors import Unimplemented, error_domain
+from crucible.runtime.errors import ConfigError, Unimplemented, error_domain
 from crucible.runtime.interceptor import RuntimeInterceptor, ServerMetrics
 from crucible.runtime.memory import limit_arenas
 
@@ -81,12 +81,16 @@ class CrucibleServer:
             self._grpc,
         )
         address = f"{config.host}:{config.port}"
-        if config.tls_cert_file:
-            self.port = self._grpc.add_secure_port(address, _server_credentials(config))
-        else:
-            self.port = self._grpc.add_insecure_port(address)
+        try:
+            if config.tls_cert_file:
+                self.port = self._grpc.add_secure_port(address, _server_credentials(config))
+            else:
+                self.port = self._grpc.add_insecure_port(address)
+        except RuntimeError as err:  # grpc's "Failed to bind to address": name the settings, not a traceback
+            tls = " with the TLS files tls_cert_file/tls_key_file" if config.tls_cert_file else ""
+            raise ConfigError("port", f"cannot serve on {address}{tls} ({err}); is the port in use?") from None
         if self.port == 0:
-            raise OSError(f"could not bind gRPC port {address}")
+            raise ConfigError("port", f"could not bind gRPC port {address}")
         self.tls = bool(config.tls_cert_file)
         self.auth = bool(token)
 
@@ -196,13 +200,12 @@ def _channel_options(config: ServerConfig) -> list[tuple[str, Any]]:
 
 
 def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
-    with open(config.tls_key_file, "rb") as key, open(config.tls_cert_file, "rb") as cert:
-        pair = (key.read(), cert.read())
-    client_ca = None
-    if config.tls_client_ca_file:
-        with open(config.tls_client_ca_file, "rb") as ca:
-            client_ca = ca.read()
-    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
+    """Credentials from the TLS files, checked first (ConfigError naming the file's setting when one is unusable)."""
+    material = config.tls_material()
+    if material is None:
+        raise ConfigError("tls_cert_file", "TLS needs tls_cert_file and tls_key_file")
+    cert, key, client_ca = material
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 def create_server(

@@ -159,6 +159,7 @@ class SchedulerConfig(ServerConfig):
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ConfigError(name, f"file not found: {path}")
+        self.cost_credentials()  # fail closed: a token file without a token or a CA file that does not parse
         for root in self.code_roots:
             if not Path(root).expanduser().is_dir():
                 raise ConfigError("code_roots", f"{root!r} is not a folder")
@@ -167,15 +168,28 @@ class SchedulerConfig(ServerConfig):
         """How the scheduler reaches the cost service: cost_address with its own deadline, token and TLS settings."""
         from crucible.clients.channel import ChannelConfig  # grpc: not needed by `crucible up` reading the config
 
-        token = read_token_file(self.cost_token_file) if self.cost_token_file else self.bearer_token()
+        token, root_certificates = self.cost_credentials()
         return ChannelConfig(
             addresses=(self.cost_address,),
             token=token,
             tls=self.cost_tls or bool(self.cost_ca_file),
-            root_certificates=Path(self.cost_ca_file).read_bytes() if self.cost_ca_file else None,
+            root_certificates=root_certificates,
             tls_server_name=self.cost_tls_server_name,
             timeout_s=self.cost_timeout_s,
         )
+
+    def cost_credentials(self) -> tuple[str, bytes | None]:
+        """(token, CA bundle or None) for the cost service, checked: ConfigError naming cost_token_file or cost_ca_file
+        when a file holds no token or no parsable PEM certificate."""
+        token = read_token_file(self.cost_token_file, "cost_token_file") if self.cost_token_file else self.bearer_token()
+        if not self.cost_ca_file:
+            return token, None
+        from crucible.clients.credfiles import CredentialFileError, read_ca_file
+
+        try:
+            return token, read_ca_file(self.cost_ca_file, "cost_ca_file")
+        except CredentialFileError as err:
+            raise ConfigError(err.setting, err.detail) from None
 
     def resolved_state_dir(self) -> Path:
         """The state folder, defaults applied."""
