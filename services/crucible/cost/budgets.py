@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from crucible.cost import limits
-from crucible.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from crucible.runtime.statefile import Check, StateFileError, open_state_db
+from crucible.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, echo
+from crucible.runtime.statefile import Check, StateFileError, open_state_db, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ MAX_JOB_ID = limits.MAX_JOB_ID
 _MAX_STORED_USD = 1e15
 #: Longest recorded interval of one usage record (100 years, the longest protobuf Duration the mesh accepts).
 MAX_INTERVAL_NS = 100 * 366 * 24 * 3600 * 1_000_000_000
-_SCOPE = re.compile(r"^[a-z0-9_.-]+:[a-z0-9_.-]+$")
+#: Used with fullmatch: `$` would also accept a trailing newline ("team:x\n" is not "team:x").
+_SCOPE = re.compile(r"[a-z0-9_.-]+:[a-z0-9_.-]+")
 # Relative slack when comparing spend with a threshold, so 10 x $0.10 reaches a $1.00 limit despite float rounding.
 _EPS = 1e-9
 
@@ -164,10 +165,10 @@ def check_scope(scope: str, field: str, *, allow_empty: bool) -> str:
         if allow_empty:
             return ""
         raise InvalidArgument.field(field, "required, e.g. 'user:alice', 'project:nanogpt' or 'global'", reason="MISSING_SCOPE")
-    if scope != GLOBAL_SCOPE and not _SCOPE.match(scope):
+    if scope != GLOBAL_SCOPE and not _SCOPE.fullmatch(scope):
         raise InvalidArgument.field(
             field,
-            f"must be 'global' or 'kind:name' in lower-case letters, digits, '-', '_' and '.', got {scope!r}",
+            f"must be 'global' or 'kind:name' in lower-case letters, digits, '-', '_' and '.', got {echo(scope)}",
             reason="BAD_SCOPE",
         )
     return scope
@@ -201,7 +202,7 @@ class BudgetStore:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            private_dir(Path(self.path).parent)  # 0700 when created: spend is nobody else's to read
         self._lock = threading.Lock()
         # The spend database is money: a truncated or corrupt file refuses the start (StateFileError) instead of
         # serving a broken table; the full check also compares indexes with their tables (the file stays small).
@@ -306,7 +307,7 @@ class BudgetStore:
                 if found is not None:
                     if found[0] != fingerprint:
                         raise AlreadyExists(
-                            f"request_id {request_id!r} was already used to create a different budget",
+                            f"request_id {echo(request_id)} was already used to create a different budget",
                             reason="REQUEST_ID_REUSED",
                             metadata={"budget_id": found[1]},
                         )
@@ -345,7 +346,9 @@ class BudgetStore:
     def _get(self, db: sqlite3.Connection, budget_id: str) -> Budget:
         row = db.execute(f"SELECT {self._COLS} FROM budgets WHERE budget_id = ?", (budget_id,)).fetchone()
         if row is None:
-            raise NotFound(f"budget_id: no budget {budget_id!r}", reason="BUDGET_NOT_FOUND", metadata={"budget_id": budget_id})
+            raise NotFound(
+                f"budget_id: no budget {echo(budget_id)}", reason="BUDGET_NOT_FOUND", metadata={"budget_id": budget_id[:128]}
+            )
         return self._budget_from_row(db, row)
 
     def get_budget(self, budget_id: str) -> Budget:
@@ -406,7 +409,7 @@ class BudgetStore:
             ).fetchone()
             if overlap is not None:
                 raise FailedPrecondition(
-                    f"job {job_id!r}: interval overlaps an already recorded, different interval of the job",
+                    f"job {echo(job_id)}: interval overlaps an already recorded, different interval of the job",
                     reason="USAGE_OVERLAP",
                     metadata={"job_id": job_id, "recorded_start_ns": str(overlap[0]), "recorded_end_ns": str(overlap[1])},
                 )
@@ -463,7 +466,7 @@ class BudgetStore:
         refused = [c for c in checks if c.would_exceed and c.budget.enforcement is Enforcement.HARD]
         if refused:
             first = refused[0]
-            who = f"job {job_id!r}" if job_id else "the job"
+            who = f"job {echo(job_id)}" if job_id else "the job"
             raise FailedPrecondition(
                 f"{who} would exceed hard budget {first.budget.budget_id} ({first.budget.scope}): spent "
                 f"${first.budget.spent_usd:.2f} + estimated ${estimated_cost_usd:.2f} = ${first.projected_usd:.2f} "

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from crucible.detector.engine import RawScores
-from crucible.runtime.statefile import OnCorrupt, open_state_db
+from crucible.runtime.statefile import OnCorrupt, open_state_db, private_dir
 
 
 def cache_key(fingerprint: str, text: str) -> str:
@@ -52,7 +52,7 @@ class SqliteCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)  # 0700 when created; the file itself is 0600 (open_state_db)
         self._lock = threading.Lock()
         # A pure cache: every entry can be recomputed from the model, so a corrupt or truncated file is moved aside
         # (kept for inspection, with a warning) and the detector starts with an empty cache instead of refusing to start.

@@ -11,18 +11,44 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+#: Most characters of a caller's value that an error quotes (see `echo`): an oversized id or name is shown as a prefix.
+ECHO_CHARS = 64
+#: Most characters of an error message, of one field violation (its field path and its description) or of one
+#: ErrorInfo metadata value; anything longer is cut where the error is built, whatever code built it.
+MAX_ERROR_CHARS = 1024
+
+
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """A caller's value quoted for an error message: repr() of it, cut after `limit` characters with its length said."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` cut to at most `limit` characters, the cut marked with the full length."""
+    if len(text) <= limit:
+        return text
+    note = f"... [{len(text)} characters]"
+    return text[: max(0, limit - len(note))] + note
+
 
 class CrucibleError(Exception):
-    """Base of every error that is the caller's to see; `code` and `reason` say what kind it is."""
+    """Base of every error that is the caller's to see; `code` and `reason` say what kind it is.
+
+    The message and metadata values are cut to MAX_ERROR_CHARS here, so no handler can echo a megabyte back.
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
     default_reason: str = "UNKNOWN"
 
     def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None) -> None:
+        message = bounded(message)
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
-        self.metadata = dict(metadata or {})
+        self.reason = bounded(reason or self.default_reason, 128)
+        self.metadata = {bounded(str(k), 128): bounded(str(v)) for k, v in (metadata or {}).items()}
 
 
 class InvalidArgument(CrucibleError):
@@ -40,7 +66,7 @@ class InvalidArgument(CrucibleError):
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
-        self.field_violations = list(field_violations)
+        self.field_violations = [(bounded(f, 256), bounded(d)) for f, d in field_violations]
 
     @classmethod
     def field(cls, field: str, description: str, *, reason: str | None = None) -> InvalidArgument:

@@ -1,6 +1,7 @@
 """SQLite state files opened safely: an empty, foreign or corrupt file is refused at start, never served.
 
-One helper for every service that keeps state in SQLite (cost database, scheduler job store, detector cache).
+One helper for every service that keeps state in SQLite (cost database, scheduler job store, detector cache); the
+files it opens are the owner's alone (0600, folders it creates 0700).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import os
 import sqlite3
 import stat
 from pathlib import Path
@@ -47,8 +49,51 @@ class StateFileError(ConfigError):
         self.problem = problem
 
 
+#: Mode of every state file (database and its -wal/-shm/-journal files): the owner's alone, never another user's
+#: (a job running under another uid on the same machine must not read budgets, jobs or cached results).
+FILE_MODE = 0o600
+#: Mode of a state folder this module creates.
+DIR_MODE = 0o700
+
+
 def _sidecars(path: Path) -> list[Path]:
     return [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+
+
+def private_dir(folder: str | Path) -> Path:
+    """Create `folder` (and missing parents) as DIR_MODE (0700) whatever the umask; an existing folder is left as it
+    is (its owner chose its mode: the scheduler's opens a way through to job folders)."""
+    folder = Path(folder)
+    missing = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for part in reversed(missing):
+        try:
+            part.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(part, DIR_MODE)  # mkdir's mode is masked by the umask
+    return folder
+
+
+def private_file(path: Path) -> None:
+    """Make the state file at `path` owner-only: create it empty as FILE_MODE when absent (SQLite then gives its -wal
+    and -shm files the same mode), and take group/other bits off an existing file and its sidecars."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+    for file in [path, *_sidecars(path)]:
+        try:
+            info = file.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077 and info.st_uid == os.geteuid():
+            os.chmod(file, stat.S_IMODE(info.st_mode) & ~0o077)
 
 
 def _problem_before_open(path: Path) -> str | None:
@@ -117,11 +162,14 @@ def open_state_db(
     if path.exists() and not path.is_file():
         # A folder, FIFO, socket or device is a setting gone wrong, never something to move aside, even for a cache.
         raise StateFileError(field, path, f"the {what} is not a regular file", f"Point {field} at a file")
+    private_dir(path.parent)
     for attempt in range(2):
         problem = _problem_before_open(path) if path.exists() else None
         db: sqlite3.Connection | None = None
         if problem is None:
             try:
+                # An absent file is created 0600 here, before SQLite creates it with the umask's mode.
+                private_file(path)
                 db = sqlite3.connect(str(path), **connect_kwargs)
                 problem = _integrity(db, check)
             except sqlite3.DatabaseError as err:
