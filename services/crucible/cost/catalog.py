@@ -44,7 +44,7 @@ COLUMNS = (
     "observed_at",
 )
 _REQUIRED_COLUMNS = ("provider", "instance_type")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*\Z")  # \Z: `$` also accepts a trailing newline
 
 
 class CatalogError(ValueError):

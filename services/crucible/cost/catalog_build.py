@@ -89,7 +89,7 @@ RUNPOD_GPU_TYPES: dict[str, tuple[str, str, float]] = {
     "RTXA5000": ("NVIDIA RTX A5000", "A5000", 24),
     "RTXA6000": ("NVIDIA RTX A6000", "A6000", 48),
 }
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
 
 
 class BuildError(ValueError):
@@ -118,7 +118,7 @@ def runpod_instance_type(gpu_type_id: str, gpu_count: int) -> str:
 
 def parse_runpod_instance_type(instance_type: str) -> tuple[str, int]:
     """Inverse of runpod_instance_type: (gpuTypeId, GPU count) for a launch request."""
-    found = re.match(r"^(\d+)x (.+)$", instance_type)
+    found = re.match(r"^(\d+)x (.+)\Z", instance_type)
     return (found.group(2), int(found.group(1))) if found else (instance_type, 1)
 
 

@@ -38,9 +38,9 @@ KIND_SEQUENCE_CLASSIFIER = "sequence-classifier"
 MARKER_FILE = ".crucible-prepared.json"
 _TMP_PREFIX = ".tmp-"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack")
-_COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
+_COMMIT_HASH = re.compile(r"^[0-9a-f]{40}\Z")  # \Z: `$` also accepts a trailing newline
 # A hub repository id: "name" or "owner/name" made of letters, digits, '-', '_', '.'.
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?\Z")
 
 
 @dataclass(frozen=True)

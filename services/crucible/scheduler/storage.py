@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 log = logging.getLogger(__name__)
 
 KINDS = ("code", "checkpoints", "artifacts", "inputs")
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # \Z: `$` also accepts a trailing newline
 MAX_REL_PATH = 1024
 READ_CHUNK = 1 << 20
 

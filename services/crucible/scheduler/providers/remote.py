@@ -18,7 +18,7 @@ from crucible.scheduler.providers.http import Settings
 from crucible.scheduler.storage import check_relative
 
 DEFAULT_REMOTE_ROOT = "/var/tmp/crucible"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")  # \Z: `$` also accepts a trailing newline
 
 
 def job_slug(job_id: str) -> str:

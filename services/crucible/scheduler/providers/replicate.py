@@ -24,7 +24,7 @@ from crucible.scheduler.providers.base import ProviderErrorKind as K
 from crucible.scheduler.providers.http import HTTPProvider, LaunchPreview, body_message, kind_for_status
 
 INPUT_ENV = "CRUCIBLE_REPLICATE_INPUT"  # a JSON object of extra trainer inputs, taken out of the job's env
-_TRAINER = re.compile(r"^(?P<owner>[A-Za-z0-9_.-]+)/(?P<name>[A-Za-z0-9_.-]+):(?P<version>[A-Za-z0-9]+)$")
+_TRAINER = re.compile(r"^(?P<owner>[A-Za-z0-9_.-]+)/(?P<name>[A-Za-z0-9_.-]+):(?P<version>[A-Za-z0-9]+)\Z")
 
 _STATES = {
     "starting": RunState.PROVISIONING,
