@@ -1,8 +1,10 @@
 """The web console in a real browser (Debian's chromium through chromedriver, driven by Selenium).
 
-Starts only the scheduler, the cost service and the console; submits a short nanoGPT job from the Submit page and
-watches its chart gain points and its logs stream, cancels a second job, checks that a job printing HTML shows it
-as text, and saves a screenshot of every page under tmp/artifacts/console (CRUCIBLE_TEST_ARTIFACTS overrides).
+Starts only the scheduler, the cost service (its `local` offer declared as one A10, so a GPU requirement fits this
+machine) and the console; submits a short nanoGPT job from the Submit page in its own order and watches its chart
+gain points and its logs stream, cancels a second job, checks that a job printing HTML shows it as text, that no page
+logs a console error (CSP included), and saves a 1400x1000 screenshot of every page under tmp/artifacts/console
+(CRUCIBLE_TEST_ARTIFACTS overrides).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import contextlib
 import datetime as dt
 import io
 import os
+import re
 import socket
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "nanogpt"
 ARTIFACTS = Path(os.environ.get("CRUCIBLE_TEST_ARTIFACTS", REPO / "tmp" / "artifacts")) / "console"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+WINDOW = (1400, 1000)  # a laptop screen: every page must be usable at this size with no filter
+LOCAL_GPU = ["--local-gpu-name", "A10", "--local-gpu-count", "1", "--local-gpu-memory-gib", "24"]
 TINY = (
     "--n-layer 1 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8 --eval-iters 2 --eval-interval 40 "
     "--log-interval 2 --checkpoint-interval 40 --threads 1 --sample-chars 0"
@@ -56,7 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         ports=ports,
         log_dir=work / "logs",
         env={"CRUCIBLE_SCHEDULER_STATE_DIR": str(work / "scheduler"), "CRUCIBLE_COST_STATE_DIR": str(work / "cost")},
-        extra_args={"scheduler": ["--poll-interval-s", "0.3", "--usage-interval-s", "5"]},
+        extra_args={"scheduler": ["--poll-interval-s", "0.3", "--usage-interval-s", "5"], "cost": LOCAL_GPU},
     )
     mesh.start()
     console = ConsoleProcess("127.0.0.1", _free_port(), {n: mesh.address(n) for n in mesh.services}, work / "logs")
@@ -92,11 +98,15 @@ def chromium(profile: Path) -> Iterator[Any]:
         "--disable-sync",
         "--disable-dev-shm-usage",
         f"--user-data-dir={profile}",
-        "--window-size=1360,1500",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, CSP violations included
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
+    # --window-size counts the window's frame: make the page itself (the viewport) WINDOW.
+    inner = driver.execute_script("return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight]")
+    driver.set_window_size(WINDOW[0] + inner[0], WINDOW[1] + inner[1])
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         yield driver
@@ -150,10 +160,14 @@ def css(driver: Any, selector: str) -> list[Any]:
 
 
 def nanogpt_archive(folder: Path) -> Path:
+    """The archive `tar czf nanogpt.tar.gz nanogpt` makes: one top folder, which the job must not see."""
     path = folder / "nanogpt.tar.gz"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(EXAMPLE / "train.py", arcname="train.py")
+        top = tarfile.TarInfo("nanogpt")
+        top.type, top.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(top)
+        tar.add(EXAMPLE / "train.py", arcname="nanogpt/train.py")
     path.write_bytes(buf.getvalue())
     return path
 
@@ -189,15 +203,18 @@ def submit_from_page(
     from selenium.webdriver.support.ui import Select
 
     Select(by_id(driver, "policy")).select_by_visible_text("explicit")
-    if estimate:
+    if estimate:  # the page's own order: requirements, then cost, then submit, each with what the previous filled in
         by_id(driver, "estimate-req").click()
         arithmetic = wait(driver, lambda d: css(d, "#arithmetic"), message="no arithmetic")[0]
         assert "weights" in arithmetic.text and "params" in arithmetic.text
         assert float(by_id(driver, "min-mem").get_attribute("value")) > 0
-        fill(driver, "min_gpu_memory_gib", "0")  # the local provider here has no GPU
+        assert int(by_id(driver, "gpu-count").get_attribute("value")) >= 1  # the memory is per GPU: at least one
         by_id(driver, "preview").click()
         cost = wait(driver, lambda d: css(d, "#estimated-cost"), message="no estimate")[0]
         assert cost.text.startswith("$"), cost.text
+        assert "1x A10" in by_id(driver, "preview-table").text
+        assert not css(driver, ".error"), [e.text for e in css(driver, ".error")]
+        driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
         shot(driver, "submit")
     by_id(driver, "submit").click()
     wait(driver, lambda d: "/jobs/job-" in d.current_url, message="not redirected to the job page")
@@ -205,18 +222,49 @@ def submit_from_page(
 
 
 def test_providers_page(stack: dict[str, Any], browser: Any) -> None:
+    """No filter, 1400x1000: a bounded table of distinct provider x GPU rows, the recommended one marked, sources as
+    short dated links, and a clicked row's estimate beside the table without scrolling."""
     browser.get(stack["url"] + "/providers")
-    rows = wait(browser, lambda d: css(d, "#offers tbody tr[data-offer]"), message="no offers")
-    assert len(rows) > 3
+    rows = wait(browser, lambda d: css(d, "#offers tbody tr.group"), message="no offers")
+    wait(browser, lambda d: css(d, "#estimate-table"), message="no estimate for the recommended offer")
+    assert 3 < len(rows) <= 20, len(rows)
+    total = int(by_id(browser, "grouping").text.split()[0])
+    assert total > len(rows)  # hundreds of offers, a screenful of rows
+    keys = [(r.get_attribute("data-provider"), r.get_attribute("data-gpu")) for r in rows]
+    assert len(set(keys)) == len(keys), keys  # one row per provider x GPU type, never the same GPU per region
     recommended = css(browser, "#offers tr.recommended")
     assert len(recommended) == 1 and "recommended" in recommended[0].text and rows[0] == recommended[0]
-    assert "catalog" in rows[0].text or "http" in rows[0].text or "github" in rows[0].text  # the price source
-    table = wait(browser, lambda d: css(d, "#estimate-table"), message="no estimate breakdown")[0]
+    for row in rows:  # a short source with a date: one line, no 10-line URL
+        cell = row.find_elements("css selector", "td.source")[0]
+        link = cell.find_elements("css selector", "a, span")[0]
+        assert re.search(r"20\d\d-\d\d-\d\d", cell.text) and link.size["height"] < 24, (cell.text, link.size)
+    assert browser.execute_script("return document.documentElement.scrollHeight") < 2 * WINDOW[1]
+
+    pick = rows[2]
+    offer = pick.get_attribute("data-offer")
+    pick.click()
+    wait(browser, lambda d: by_id(d, "estimate-offer").text == offer and css(d, "#estimate-table"))
+    shot(browser, "providers")
+    table = by_id(browser, "estimate-table")
     for label in ("runtime", "billed", "compute", "storage", "total"):
         assert label in table.text
-    rows[2].click()
-    wait(browser, lambda d: by_id(d, "estimate-offer").text == rows[2].get_attribute("data-offer"))
-    shot(browser, "providers")
+    box = browser.execute_script(
+        "const e = document.getElementById('estimate-table').getBoundingClientRect(),"
+        " t = document.getElementById('offers').getBoundingClientRect(), r = arguments[0].getBoundingClientRect();"
+        " return {top: e.top, bottom: e.bottom, left: e.left, tableBottom: t.bottom, tableRight: t.right, rowTop: r.top,"
+        " height: window.innerHeight, scroll: window.scrollY};",
+        pick,
+    )
+    assert box["top"] >= 0 and box["bottom"] <= box["height"], box  # in view where the row was clicked
+    assert box["top"] < box["tableBottom"] and box["left"] >= box["tableRight"], box  # beside the table, not below it
+
+    expand = css(browser, "#offers tbody tr.group button[data-expand]")
+    if expand:  # the cheapest region of a provider expands to every region it offers
+        expand[0].click()
+        members = wait(browser, lambda d: css(d, "#offers tbody tr.member"), message="the row did not expand")
+        assert len(members) >= 2
+        members[-1].click()
+        wait(browser, lambda d: by_id(d, "estimate-offer").text == members[-1].get_attribute("data-offer"))
 
 
 def test_submit_nanogpt_chart_and_logs_stream(
@@ -249,7 +297,6 @@ def test_submit_nanogpt_chart_and_logs_stream(
         message="nanoGPT job did not succeed",
     )
     wait(browser, lambda d: any("ckpt.pt" in r.text for r in css(d, "#artifacts tbody tr")), message="no checkpoint")
-    total = wait(browser, lambda d: points(d) >= 80 and points(d), message="not every point arrived")
 
     async def history() -> int:
         async with clients(stack) as mesh:
@@ -260,7 +307,10 @@ def test_submit_nanogpt_chart_and_logs_stream(
                 if not token:
                     return n
 
-    assert asyncio.run(history()) == total  # the page holds every stored point, not just the latest
+    stored = asyncio.run(history())  # at most one point per second of the run (issue 22), and at least a few
+    assert stored >= 2
+    # The page holds every stored point, not just the latest (a step folded again later arrives once more).
+    wait(browser, lambda d: points(d) >= stored, message="not every point arrived")
     assert "train_loss" in by_id(browser, "metric-toggles").text
     timeline = by_id(browser, "timeline").text
     assert "pending" in timeline and "running" in timeline and "succeeded" in timeline
@@ -439,3 +489,113 @@ def test_csrf_origin_and_host_checks(stack: dict[str, Any]) -> None:
         assert "httponly" in page.headers.get("set-cookie", "").lower() or http.cookies
         cookie_header = http.get("/api/session").headers.get("set-cookie", "")
         assert cookie_header == ""  # the session cookie is set once, on the first response
+
+
+def test_submit_without_code_is_refused_once(stack: dict[str, Any], browser: Any) -> None:
+    """No archive and no folder: the page says so once, before uploading; the console refuses it too."""
+    browser.get(stack["url"] + "/submit")
+    wait(browser, lambda d: css(d, "input[data-provider='local']"), message="providers not listed")
+    fill(browser, "command", "python train.py")
+    css(browser, "input[data-provider='local']")[0].click()
+    by_id(browser, "submit").click()
+    errors = wait(browser, lambda d: css(d, "#submit-error .error"), message="no message for a submit without code")
+    text = " ".join(e.text for e in css(browser, ".error"))
+    assert len(errors) == 1 and len(css(browser, ".error")) == 1 and "No code to run" in text, text
+    assert text.count("code archive") == 1, text  # said once, not again as a field line
+    assert "/submit" in browser.current_url
+    with httpx.Client(base_url=stack["url"], timeout=30) as http:
+        csrf = http.get("/api/session").json()["csrf_token"]
+        headers = {"origin": stack["url"], "x-csrf-token": csrf}
+        form = {"command": "python train.py", "policy": "explicit", "providers": "local"}
+        refused = http.post("/api/jobs", data=form, headers=headers)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["fields"][0]["field"] == "code_archive" and "no code to run" in error["message"]
+        assert http.post("/api/jobs", data={**form, "validate_only": "1"}, headers=headers).status_code == 200
+        alone = http.post("/api/jobs", data={**form, "command": "true", "no_code": "1", "validate_only": "1"}, headers=headers)
+        assert alone.status_code == 200, alone.text
+
+
+def test_ended_jobs_show_final_step_reason_and_can_be_deleted(stack: dict[str, Any], browser: Any) -> None:
+    """A succeeded job shows its last step and no ETA; a failed one its reason in the list; both can be deleted."""
+    steps = (
+        "import json, time\n"
+        "for i in range(1, 6):\n"
+        "    print(json.dumps({'crucible_progress': {'step': i, 'total_steps': 10, 'loss': 1.0 / i}}), flush=True)\n"
+        "    time.sleep(0.4)\n"
+    )
+
+    async def create() -> tuple[str, str]:
+        async with clients(stack) as mesh:
+            ok = await mesh.scheduler.create_job(
+                {
+                    "command": [sys.executable, "-c", steps],
+                    "display_name": "stops-early",
+                    "provider_policy": "PROVIDER_POLICY_EXPLICIT",
+                    "providers": ["local"],
+                }
+            )
+            bad = await mesh.scheduler.create_job(
+                {
+                    "command": [sys.executable, "-c", "import sys; sys.exit(3)"],
+                    "display_name": "exits-3",
+                    "provider_policy": "PROVIDER_POLICY_EXPLICIT",
+                    "providers": ["local"],
+                }
+            )
+            for job_id in (ok.job_id, bad.job_id):
+                async for _ in mesh.scheduler.watch_job(job_id, timeout=120):
+                    pass
+            return ok.job_id, bad.job_id
+
+    ok_id, bad_id = asyncio.run(create())
+    browser.get(f"{stack['url']}/jobs/{ok_id}")
+    wait(browser, lambda d: by_id(d, "job-state").get_attribute("data-state") == "succeeded")
+    line = wait(browser, lambda d: "final step" in by_id(d, "progress-line").text and by_id(d, "progress-line").text)
+    assert "final step 5 of 10" in line and "ETA" not in line, line
+
+    browser.get(stack["url"] + "/jobs")
+    row = wait(browser, lambda d: css(d, f"tr[data-job='{bad_id}'] .reason"), message="no failure reason in the list")[0]
+    assert "exit" in row.text and "3" in row.text, row.text
+    ok_row = wait(browser, lambda d: css(d, f"tr[data-job='{ok_id}']") and css(d, f"tr[data-job='{ok_id}']")[0].text)
+    assert "final step 5 of 10" in ok_row and "ETA" not in ok_row, ok_row
+    shot(browser, "jobs-ended")
+
+    browser.get(f"{stack['url']}/jobs/{bad_id}")
+    wait(browser, lambda d: by_id(d, "job-state").get_attribute("data-state") == "failed")
+    assert "exit" in by_id(browser, "job-reason").text
+    button = wait(browser, lambda d: by_id(d, "delete").is_displayed() and by_id(d, "delete"))
+    button.click()
+    assert button.text == "Confirm delete"
+    button.click()
+    wait(browser, lambda d: d.current_url.rstrip("/").endswith("/jobs"), message="not back on the jobs list")
+    with httpx.Client(base_url=stack["url"], timeout=30) as http:
+        assert http.get(f"/api/jobs/{bad_id}").status_code == 404
+
+
+def test_pages_log_no_console_error_and_have_a_favicon(stack: dict[str, Any], browser: Any) -> None:
+    """Every page loads without a console error (a CSP violation or a 404 is one) and the favicon is served."""
+    with httpx.Client(base_url=stack["url"], timeout=30) as http:
+        icon = http.get("/favicon.ico")
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon" and icon.content[:4] == b"\0\0\1\0"
+
+    async def any_job() -> str:
+        async with clients(stack) as mesh:
+            jobs, _ = await mesh.scheduler.list_jobs(page_size=1)
+            return jobs[0].job_id
+
+    browser.get_log("browser")  # drop what earlier tests left
+    for path in ("/providers", "/submit", "/jobs", "/budgets", f"/jobs/{asyncio.run(any_job())}", "/login"):
+        browser.get(stack["url"] + path)
+        wait(browser, lambda d: d.execute_script("return document.readyState") == "complete")
+        wait(
+            browser,
+            lambda d: d.execute_script("return document.querySelector('header') !== null || location.pathname === '/login'"),
+        )
+        time.sleep(1.5)  # let the page's first calls and streams start
+        problems = [
+            e
+            for e in browser.get_log("browser")
+            if e["level"] in ("SEVERE", "ERROR") or "Content Security Policy" in e["message"]
+        ]
+        assert not problems, (path, problems)

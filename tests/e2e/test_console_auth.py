@@ -106,6 +106,19 @@ def test_login_page_in_the_browser(consoles: dict[str, str], browser_for_auth: A
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and TOKEN not in cookie["value"]
     assert driver.execute_script("return document.cookie") == ""  # not readable by page scripts
 
+    # After login the page goes back where the user was headed, and only ever to this console: a `next` that a
+    # browser would read as another site (backslash, tab, scheme-relative, absolute, encoded) lands on "/".
+    for target in ("/%5Cevil.example", "/%09/evil.example", "//evil.example", "https://evil.example", "%2F%2Fevil.example"):
+        driver.get(consoles["open"] + "/login?next=" + target)
+        by_id(driver, "token").send_keys(TOKEN)
+        by_id(driver, "login").click()
+        wait(driver, lambda d: "/login" not in d.current_url, message=f"no redirect after login with next={target}")
+        assert driver.current_url.startswith(consoles["open"] + "/jobs"), (target, driver.current_url)
+    driver.get(consoles["open"] + "/login?next=/budgets")
+    by_id(driver, "token").send_keys(TOKEN)
+    by_id(driver, "login").click()
+    wait(driver, lambda d: d.current_url == consoles["open"] + "/budgets")
+
 
 @pytest.fixture(scope="module")
 def browser_for_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:

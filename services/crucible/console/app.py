@@ -8,33 +8,35 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
+import re
 import shlex
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import grpc
 from google.protobuf import json_format
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from crucible.api.scheduler.v1 import scheduler_service_pb2 as scheduler_pb
 from crucible.clients.mesh import Mesh, MeshConfig
+from crucible.clients.offers import group_offers
 from crucible.console.archive import ArchiveError, check_archive, pack_folder
 from crucible.console.config import ConsoleConfig
-from crucible.console.sessions import COOKIE, CSRF_HEADER, Session, Sessions
+from crucible.console.sessions import COOKIE, CSRF_COOKIE, CSRF_HEADER, MAX_COOKIE_CHARS, Session, Sessions
 from crucible.runtime.errors import parse_status_details
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,12 @@ JOB_STATES = ("pending", "provisioning", "running", "recovering", "succeeded", "
 TERMINAL = {"succeeded", "failed", "cancelled"}
 POLICIES = ("cheapest", "fastest", "explicit", "ordered")
 MAX_JSON_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32  # the console's JSON bodies are flat objects; deeper nesting is refused before parsing
+MAX_NEXT_CHARS = 2000
+DOWNLOAD_TIMEOUT_S = 24 * 3600.0
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+_ENCODED_SEPARATOR = re.compile(r"%(?:2f|5c|[01][0-9a-f]|7f)", re.IGNORECASE)  # an encoded slash, backslash or control
 MAX_WATCHED_BUDGETS = 50
 
 
@@ -171,6 +179,40 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}s"
 
 
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, counted without parsing it (strings skipped)."""
+    depth = deepest = 0
+    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        if match.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def safe_next(raw: object) -> str:
+    """Where to go after login: a path on this console, parsed as a URL; anything else (another host, a scheme, a
+    backslash, whitespace or control characters a browser strips or rewrites, their percent-encoded forms, non-ASCII)
+    gives "/"."""
+    if not isinstance(raw, str) or not raw or len(raw) > MAX_NEXT_CHARS:
+        return "/"
+    if any(not 0x21 <= ord(c) <= 0x7E for c in raw) or "\\" in raw or _ENCODED_SEPARATOR.search(raw):
+        return "/"
+    if not raw.startswith("/") or raw.startswith("//"):  # "//host" and "///host" are another site to a browser
+        return "/"
+    parts = urlsplit(raw)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or parts.path.startswith("//"):
+        return "/"
+    return urlunsplit(("", "", parts.path, parts.query, parts.fragment))
+
+
+def _attachment(name: str) -> str:
+    """A Content-Disposition header for a download named `name` (RFC 6266; non-ASCII and quotes percent-encoded)."""
+    encoded = quote(name, safe="")
+    return f'attachment; filename="{name}"' if encoded == name else f"attachment; filename*=utf-8''{encoded}"
+
+
 class Console:
     """The app's state: config, sessions (and their meshes); handlers are its methods."""
 
@@ -185,14 +227,23 @@ class Console:
 
     # --- plumbing -----------------------------------------------------------------------------------------------
 
-    def _session(self, request: Request) -> tuple[Session, bool]:
-        session = self.sessions.get(request.cookies.get(COOKIE))
-        return (session, False) if session is not None else (self.sessions.create(), True)
+    def _session(self, request: Request) -> tuple[Session, str]:
+        """The browser's session: its stored one after a login, else an unstored anonymous one (nothing kept here).
 
-    def _set_cookie(self, response: Response, session: Session, request: Request) -> None:
+        The second value is a new CSRF cookie to set ("" when the browser already has one)."""
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        if session is not None:
+            return session, ""
+        nonce = request.cookies.get(CSRF_COOKIE) or ""
+        fresh = ""
+        if not 32 <= len(nonce) <= MAX_COOKIE_CHARS:
+            nonce = fresh = self.sessions.new_nonce()
+        return self.sessions.anonymous(nonce), fresh
+
+    def _set_cookie(self, response: Response, name: str, value: str, request: Request) -> None:
         response.set_cookie(
-            COOKIE,
-            session.sid,
+            name,
+            value,
             httponly=True,
             samesite="strict",
             path="/",
@@ -218,7 +269,7 @@ class Console:
         """Wrap a handler with the session, the CSRF and origin checks, the login check and error mapping."""
 
         async def endpoint(request: Request) -> Response:
-            session, new = self._session(request)
+            session, fresh = self._session(request)
             try:
                 if mutating and not self._same_origin(request):
                     response: Response = _error(403, "PERMISSION_DENIED", "cross-origin request refused")
@@ -234,8 +285,8 @@ class Console:
                 response = grpc_error(err)
             except json_format.ParseError as err:  # a value the contract has no name for (an enum, a number)
                 response = _error(400, "INVALID_ARGUMENT", str(err)[:300])
-            if new:
-                self._set_cookie(response, session, request)
+            if fresh:
+                self._set_cookie(response, CSRF_COOKIE, fresh, request)
             return response
 
         return endpoint
@@ -244,9 +295,18 @@ class Console:
         length = request.headers.get("content-length")
         if length is None or not length.isdigit() or int(length) > MAX_JSON_BYTES:
             raise BadInput("body", f"a JSON object with a Content-Length of at most {MAX_JSON_BYTES} bytes")
+        raw = await request.body()
+        if len(raw) > MAX_JSON_BYTES:
+            raise BadInput("body", f"a JSON object of at most {MAX_JSON_BYTES} bytes")
         try:
-            data = json.loads(await request.body())
-        except ValueError:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadInput("body", "is not UTF-8") from None
+        if json_depth(text) > MAX_JSON_DEPTH:  # json.loads recurses per level: bound the depth before parsing
+            raise BadInput("body", f"nests arrays or objects more than {MAX_JSON_DEPTH} deep")
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
             raise BadInput("body", "is not valid JSON") from None
         if not isinstance(data, dict):
             raise BadInput("body", "must be a JSON object")
@@ -259,14 +319,19 @@ class Console:
         name = "job.html" if path.startswith("/jobs/") else PAGES.get(path)
         if name is None:
             return RedirectResponse("/jobs", status_code=302)
-        session, new = self._session(request)
+        session, fresh = self._session(request)
         if name != "login.html" and await self.sessions.login_required() and not self.sessions.logged_in(session):
-            response: Response = RedirectResponse("/login?next=" + path, status_code=302)
+            response: Response = RedirectResponse("/login?next=" + quote(path, safe="/"), status_code=302)
         else:
             response = FileResponse(self.static_dir / name, headers=SECURITY_HEADERS, media_type="text/html")
-        if new:
-            self._set_cookie(response, session, request)
+        if fresh:
+            self._set_cookie(response, CSRF_COOKIE, fresh, request)
         return response
+
+    async def favicon(self, request: Request) -> Response:
+        return FileResponse(
+            self.static_dir / "favicon.ico", media_type="image/x-icon", headers={"cache-control": "max-age=86400"}
+        )
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "chart_available": self.chart_available})
@@ -287,14 +352,22 @@ class Console:
         )
 
     async def login(self, request: Request, session: Session, mesh: Mesh) -> Response:
-        token = _text(await self._json_body(request), "token", max_chars=4096)
-        if not await self.sessions.login(session, token):
+        """Check the token; on success a new session (the only place one is made) and where to go next."""
+        body = await self._json_body(request)
+        token = _text(body, "token", max_chars=4096)
+        target = safe_next(body.get("next"))
+        created = await self.sessions.login(session, token)
+        if created is None:
             return _error(401, "UNAUTHENTICATED", "the token was not accepted")
-        return JSONResponse({"logged_in": True})
+        response = JSONResponse({"logged_in": True, "redirect": target})
+        self._set_cookie(response, COOKIE, created.sid, request)
+        return response
 
     async def logout(self, request: Request, session: Session, mesh: Mesh) -> Response:
         await self.sessions.logout(session)
-        return JSONResponse({"logged_in": False})
+        response = JSONResponse({"logged_in": False})
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        return response
 
     # --- providers and estimates --------------------------------------------------------------------------------
 
@@ -320,7 +393,16 @@ class Console:
         if max_cost is not None:
             fields["max_cost_usd"] = max_cost
         reply = await mesh.cost.compare_providers(**fields)
-        return JSONResponse(jsonable(reply))
+        groups = group_offers(reply.offers, reply.recommended_offer_id)  # one row per provider x GPU type (SDK rule)
+        return JSONResponse(
+            {
+                "recommended_offer_id": reply.recommended_offer_id,
+                "recommendation_reason": reply.recommendation_reason,
+                "assumptions": list(reply.assumptions),
+                "offer_count": len(reply.offers),
+                "groups": [_group_json(g) for g in groups],
+            }
+        )
 
     async def estimate(self, request: Request, session: Session, mesh: Mesh) -> Response:
         q = request.query_params
@@ -452,7 +534,13 @@ class Console:
         async with request.form(max_files=2000, max_fields=100, max_part_size=64 * 1024) as form:
             spec, code = await self._spec(form)
             validate_only = form.get("validate_only") in ("1", "true", "on")
+            no_code = form.get("no_code") in ("1", "true", "on")
             request_id = _text(form, "request_id", max_chars=128) or uuid.uuid4().hex
+        if code is None and not no_code and not validate_only:  # an estimate may come before the code is chosen
+            raise BadInput(
+                "code_archive",
+                "no code to run: upload a .zip or .tar.gz or a folder, or set no_code when the command needs no files",
+            )
         if code is not None:
             spec["code_archive"] = code
         job = await mesh.scheduler.create_job(
@@ -467,6 +555,12 @@ class Console:
         job = await mesh.scheduler.cancel_job(_job_id(request), reason="cancelled from the web console")
         return JSONResponse(jsonable(job))
 
+    async def delete_job(self, request: Request, session: Session, mesh: Mesh) -> Response:
+        """DeleteJob: an ended job's record, progress, folder and stored objects (409 while it has not ended)."""
+        job_id = _job_id(request)
+        removed = await mesh.scheduler.delete_job(job_id)
+        return JSONResponse({"job_id": job_id, "deleted": True, "objects_deleted": removed})
+
     async def progress(self, request: Request, session: Session, mesh: Mesh) -> Response:
         q = request.query_params
         points, nxt, resume = await mesh.scheduler.list_progress(
@@ -480,24 +574,53 @@ class Console:
         return JSONResponse(jsonable(await mesh.scheduler.list_artifacts(_job_id(request))))
 
     async def download(self, request: Request, session: Session, mesh: Mesh) -> Response:
+        """Relay DownloadArtifact's chunks to the browser as they come: nothing on disk, one chunk held at a time.
+
+        The first chunk is awaited before answering, so a missing file or a refused path is a plain HTTP error. The
+        last chunk is held back until the SHA-256 the scheduler sends matches; on a mismatch or a broken stream the
+        response is cut short (the browser sees an incomplete download, never a silently wrong file). When the browser
+        goes away the gRPC stream is cancelled."""
+        job_id = _job_id(request)
         path = _text(request.query_params, "path", max_chars=1000)
         if not path:
             raise BadInput("path", "is required")
-        folder = Path(tempfile.mkdtemp(prefix="crucible-console-"))
-        target = folder / "artifact"
+        call = mesh.scheduler.stub.DownloadArtifact(
+            scheduler_pb.DownloadArtifactRequest(job_id=job_id, path=path), timeout=DOWNLOAD_TIMEOUT_S
+        )
+        chunks = call.__aiter__()
         try:
-            await mesh.scheduler.download_artifact(_job_id(request), path, target, timeout=3600)
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            call.cancel()
+            return _error(502, "INTERNAL", f"the scheduler sent no data for {path!r}")
         except BaseException:
-            _remove(folder)
+            call.cancel()
             raise
         name = path.rsplit("/", 1)[-1] or "artifact"
-        return FileResponse(
-            target,
-            filename=name,
-            media_type="application/octet-stream",
-            headers=SECURITY_HEADERS,
-            background=BackgroundTask(_remove, folder),
-        )
+
+        async def relay() -> AsyncIterator[bytes]:
+            digest = hashlib.sha256()
+            held = first
+            while True:
+                try:
+                    nxt = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                digest.update(held.data)
+                yield held.data
+                held = nxt
+            digest.update(held.data)
+            if held.sha256 and held.sha256 != digest.hexdigest():
+                log.warning("artifact %s of job %s: checksum mismatch; download cut short", path, job_id)
+                raise ChecksumMismatch(f"artifact {path} of job {job_id}: checksum mismatch")
+            yield held.data
+
+        headers = {
+            **SECURITY_HEADERS,
+            "content-length": str(first.total_size_bytes),
+            "content-disposition": _attachment(name),
+        }
+        return _RelayResponse(relay(), call, headers=headers, media_type="application/octet-stream")
 
     async def job_events(self, request: Request, session: Session, mesh: Mesh) -> Response:
         """SSE: `job` snapshots from WatchJob and, after each, the `progress` points stored since the last ones."""
@@ -627,6 +750,7 @@ class Console:
         a = self.api
         return [
             Route("/", self.page),
+            Route("/favicon.ico", self.favicon),
             *(Route(p, self.page) for p in PAGES),
             Route("/jobs/{job_id}", self.page),
             Route("/healthz", self.healthz),
@@ -641,6 +765,7 @@ class Console:
             Route("/api/jobs", a(self.create_job, mutating=True), methods=["POST"]),
             Route("/api/jobs/{job_id}", a(self.get_job)),
             Route("/api/jobs/{job_id}/cancel", a(self.cancel_job, mutating=True), methods=["POST"]),
+            Route("/api/jobs/{job_id}/delete", a(self.delete_job, mutating=True), methods=["POST"]),
             Route("/api/jobs/{job_id}/progress", a(self.progress)),
             Route("/api/jobs/{job_id}/events", a(self.job_events)),
             Route("/api/jobs/{job_id}/logs", a(self.log_events)),
@@ -653,10 +778,48 @@ class Console:
         ]
 
 
+class ChecksumMismatch(Exception):
+    """The bytes relayed do not hash to the SHA-256 the scheduler sent: the download is cut short."""
+
+
+class _RelayResponse(StreamingResponse):
+    """A streamed response tied to a gRPC call: the call is cancelled however the response ends (sent, broken off by
+    the browser, or failed), so an abandoned download stops reading on the scheduler too."""
+
+    def __init__(self, content: AsyncIterator[bytes], call: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._call = call
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._call.cancel()
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
 def _failure(err: grpc.aio.AioRpcError) -> dict[str, str]:
     """An SSE `failure` event for a stream the mesh broke off (the page shows it; EventSource then reconnects)."""
     log.info("stream ended by the mesh: %s %s", err.code().name, err.details())
     return {"event": "failure", "data": json.dumps({"code": err.code().name, "message": err.details() or ""})}
+
+
+def _group_json(group: Any) -> dict[str, Any]:
+    """One provider x GPU type row of the Providers page: its best offer, the regions at that price, every member."""
+    return {
+        "provider": group.provider,
+        "gpu_name": group.gpu_name,
+        "gpu_count": group.gpu_count,
+        "spot": group.spot,
+        "recommended": group.recommended,
+        "best": jsonable(group.best),
+        "regions": list(group.regions),
+        "regions_at_price": group.regions_at_price,
+        "region_count": group.region_count,
+        "members": jsonable(list(group.members)),
+    }
 
 
 def _job_id(request: Request) -> str:
@@ -684,12 +847,6 @@ async def _all_budgets(mesh: Mesh, scope: str) -> list[Any]:
         if not token:
             break
     return out
-
-
-def _remove(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def allowed_hosts(host: str) -> list[str]:

@@ -1,6 +1,6 @@
-"""Browser sessions of the console: an opaque id in an HttpOnly SameSite=Strict cookie, a CSRF token, and the mesh.
+"""Browser sessions of the console: created only at login, held in an HttpOnly SameSite=Strict cookie, bounded.
 
-A token a user logs in with stays on the server (in the session); pages only ever see whether they are logged in.
+Anonymous browsers hold no server state: their CSRF token is an HMAC of a random cookie, so no request evicts a session.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import hashlib
 import hmac
 import logging
 import secrets
@@ -20,14 +21,19 @@ from crucible.clients.mesh import Mesh, MeshConfig
 log = logging.getLogger(__name__)
 
 COOKIE = "crucible_console"
+CSRF_COOKIE = "crucible_console_csrf"
 CSRF_HEADER = "x-csrf-token"
 MAX_TOKEN_CHARS = 4096
+MAX_COOKIE_CHARS = 128
 PROBE_TTL_S = 15.0
 
 
 @dataclasses.dataclass
 class Session:
-    """One browser: its CSRF token, the mesh token it logged in with (if any) and its own mesh clients then."""
+    """One browser: its CSRF token, the mesh token it logged in with and its own mesh clients then.
+
+    A stored session (`sid` set) exists only after a login; an anonymous browser gets an unstored one (`sid` empty)
+    whose CSRF token is derived from its CSRF cookie."""
 
     sid: str
     csrf: str
@@ -47,10 +53,11 @@ class Sessions:
         self.ttl_s = ttl_s
         self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
         self._probe: tuple[float, bool] | None = None
+        self._csrf_key = secrets.token_bytes(32)  # per process: a restart asks pages to reload
 
     def get(self, sid: str | None) -> Session | None:
-        """The live session with this id, refreshed; None when unknown or expired."""
-        if not sid or len(sid) > 128:
+        """The live (logged-in) session with this id, refreshed; None when unknown or expired."""
+        if not sid or len(sid) > MAX_COOKIE_CHARS:
             return None
         session = self._sessions.get(sid)
         now = time.monotonic()
@@ -62,11 +69,21 @@ class Sessions:
         self._sessions.move_to_end(sid)
         return session
 
-    def create(self) -> Session:
-        """A new anonymous session; the least recently used one goes when there are too many."""
+    def anonymous(self, nonce: str) -> Session:
+        """The unstored session of a browser that has not logged in: its CSRF token is an HMAC of its CSRF cookie."""
+        csrf = hmac.new(self._csrf_key, nonce.encode(), hashlib.sha256).hexdigest()
+        return Session("", csrf, time.monotonic())
+
+    @staticmethod
+    def new_nonce() -> str:
+        """A fresh value for the CSRF cookie of an anonymous browser."""
+        return secrets.token_urlsafe(32)
+
+    def _store(self, token: str, mesh: Mesh | None) -> Session:
+        """A new session for a successful login; the least recently used one goes when there are too many."""
         while len(self._sessions) >= self.max_sessions:
             self._drop(next(iter(self._sessions)))
-        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), time.monotonic())
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), time.monotonic(), token, mesh)
         self._sessions[session.sid] = session
         return session
 
@@ -101,32 +118,41 @@ class Sessions:
     def logged_in(self, session: Session) -> bool:
         return bool(session.token)
 
-    async def login(self, session: Session, token: str) -> bool:
-        """Check a token: against the console's own (when configured) or by one call to the mesh with it."""
+    async def login(self, previous: Session, token: str) -> Session | None:
+        """Check a token (against the console's own, or by one call to the mesh with it); a new session when accepted.
+
+        A session is only ever created here, so requests without a valid login cannot push others out. The previous
+        session of the browser, if any, ends (a fresh id at each login)."""
         if not token or len(token) > MAX_TOKEN_CHARS:
-            return False
+            return None
         if self.configured_token:
-            ok = hmac.compare_digest(self.configured_token.encode(), token.encode())
-            if ok:
-                session.token = token
-            return ok
-        mesh = Mesh(MeshConfig({name: dataclasses.replace(cfg, token=token) for name, cfg in self.mesh_config.services.items()}))
-        try:
-            await mesh.scheduler.list_providers(timeout=10)
-        except grpc.aio.AioRpcError as err:
-            await mesh.close()
-            if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                return False
-            raise
-        if session.mesh is not None:
-            await session.mesh.close()
-        session.token, session.mesh = token, mesh
-        return True
+            if not hmac.compare_digest(self.configured_token.encode(), token.encode()):
+                return None
+            mesh = None
+        else:
+            mesh = Mesh(
+                MeshConfig({name: dataclasses.replace(cfg, token=token) for name, cfg in self.mesh_config.services.items()})
+            )
+            try:
+                await mesh.scheduler.list_providers(timeout=10)
+            except grpc.aio.AioRpcError as err:
+                await mesh.close()
+                if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    return None
+                raise
+        if previous.sid:
+            await self.logout(previous)
+        return self._store(token, mesh)
 
     async def logout(self, session: Session) -> None:
+        """End a stored session (its mesh clients close); an anonymous one has nothing to end."""
+        self._sessions.pop(session.sid, None)
         if session.mesh is not None:
             await session.mesh.close()
         session.token, session.mesh = "", None
+
+    def __len__(self) -> int:
+        return len(self._sessions)
 
     def mesh_for(self, session: Session) -> Mesh:
         """The clients this session's calls go through."""

@@ -54,10 +54,14 @@ const Console = (() => {
 
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
 
+  // One box per error, each sentence once: a field violation the message already says is not repeated.
   function showError(container, err) {
-    const box = el("div", { class: "error", role: "alert" }, err.message || String(err));
+    const message = err.message || String(err);
+    const box = el("div", { class: "error", role: "alert" }, message);
     if (err.reason) box.appendChild(el("span", { class: "muted" }, ` [${err.reason}]`));
-    for (const f of err.fields || []) box.appendChild(el("div", {}, `${f.field}: ${f.description}`));
+    for (const f of err.fields || []) {
+      if (!message.includes(f.description)) box.appendChild(el("div", {}, `${f.field}: ${f.description}`));
+    }
     clear(container).appendChild(box);
   }
 
@@ -79,12 +83,25 @@ const Console = (() => {
   }
   function stateBadge(state) { return el("span", { class: "state state-" + state }, state || "-"); }
 
-  function progressText(p) {
+  const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+  // "120/300 loss 1.2345 · ETA 41 s" while running; "final step 299 of 300 loss ..." once the job has ended (no ETA).
+  function progressText(p, state) {
     if (!p || p.step === null || p.step === undefined) return "-";
-    let text = p.total_steps ? `${p.step}/${p.total_steps}` : `step ${p.step}`;
+    const ended = TERMINAL.has(state);
+    let text = ended ? (p.total_steps ? `final step ${p.step} of ${p.total_steps}` : `final step ${p.step}`)
+      : (p.total_steps ? `${p.step}/${p.total_steps}` : `step ${p.step}`);
     const loss = p.metrics && (p.metrics.loss ?? p.metrics.train_loss);
     if (loss !== undefined) text += ` loss ${Number(loss).toFixed(4)}`;
+    if (!ended && p.eta) text += ` · ETA ${hours(p.eta)}`;
     return text;
+  }
+
+  // Why a job ended badly: the reason of its last transition (e.g. "exit status 1"), "" otherwise.
+  function failureReason(j) {
+    if (j.state !== "failed" && j.state !== "cancelled") return "";
+    const last = (j.transitions || [])[j.transitions.length - 1];
+    return (last && last.reason) || "";
   }
 
   function header(active) {
@@ -104,6 +121,19 @@ const Console = (() => {
 
   function params() { return new URLSearchParams(location.search); }
 
-  return { api, el, clear, showError, usd, gib, when, hours, short, stateBadge, progressText, header, params, loadSession,
-           get session() { return session; } };
+  // A Delete button for an ended job: the first click asks, the second deletes (DeleteJob); then `done()`.
+  function deleteButton(button, jobId, errorBox, done) {
+    let armed = false;
+    button.addEventListener("click", async (ev) => {
+      ev.stopPropagation();
+      if (!armed) { armed = true; button.textContent = "Confirm delete"; button.classList.add("danger"); return; }
+      button.disabled = true;
+      try { await api(`/api/jobs/${encodeURIComponent(jobId)}/delete`, { method: "POST" }); done(); }
+      catch (err) { showError(errorBox, err); button.disabled = false; }
+    });
+    return button;
+  }
+
+  return { api, el, clear, showError, usd, gib, when, hours, short, stateBadge, progressText, failureReason, header, params,
+           loadSession, deleteButton, TERMINAL, get session() { return session; } };
 })();

@@ -81,6 +81,7 @@
     clear(document.getElementById("job-state")).appendChild(stateBadge(j.state));
     document.getElementById("job-state").setAttribute("data-state", j.state);
     document.getElementById("cancel").disabled = TERMINAL.has(j.state) || j.state === "cancelling";
+    document.getElementById("delete").classList.toggle("hidden", !TERMINAL.has(j.state));
     const o = j.offer || {};
     document.getElementById("job-where").textContent =
       `${j.provider || "no provider yet"} · ${o.offer_id || "-"} · created ${when(j.create_time)}` +
@@ -90,9 +91,8 @@
       tl.appendChild(el("li", {}, el("b", {}, t.to_state), " ", el("span", { class: "muted" }, when(t.time)),
         el("div", {}, t.reason)));
     }
-    const p = j.progress || {};
-    document.getElementById("progress-line").textContent = Console.progressText(p) +
-      (p.eta ? ` · ETA ${Math.round(p.eta)} s` : "");
+    document.getElementById("progress-line").textContent = Console.progressText(j.progress || {}, j.state);
+    document.getElementById("job-reason").textContent = Console.failureReason(j);
     renderCost(j);
     if (!budgetsLoaded) { budgetsLoaded = true; loadBudget(j); }
     if (TERMINAL.has(j.state) && artifactsLoadedFor !== j.state) { artifactsLoadedFor = j.state; loadArtifacts(); }
@@ -145,6 +145,9 @@
     try { renderJob(await api(`/api/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" })); }
     catch (err) { showError(document.getElementById("job-error"), err); }
   });
+
+  Console.deleteButton(document.getElementById("delete"), jobId, document.getElementById("job-error"),
+    () => { location.href = "/jobs"; });
 
   const events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/events`);
   events.addEventListener("reset", () => { series.clear(); pointCount = 0; plotKeys = "";

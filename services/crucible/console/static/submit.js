@@ -6,6 +6,8 @@
   header("submit");
   const form = document.getElementById("job-form");
   const picked = [];
+  const NO_CODE = "No code to run: choose a code archive (.zip or .tar.gz) or a code folder above, " +
+    "or tick \"the command needs no code\".";
 
   loadSession().then((s) => {
     document.getElementById("upload-limit").textContent =
@@ -36,7 +38,12 @@
         `weights ${gib(r.weights_bytes)}, gradients ${gib(r.gradients_bytes)}, optimizer ${gib(r.optimizer_state_bytes)}, `,
         `activations ${gib(r.activations_bytes)}.`));
       target.appendChild(el("pre", { class: "arith", id: "arithmetic" }, r.arithmetic.join("\n")));
+      // Every field the estimate implies: the memory per GPU, and at least one GPU to put it on.
       document.getElementById("min-mem").value = String(need);
+      const count = document.getElementById("gpu-count");
+      if (!(Number(count.value) >= 1)) count.value = "1";
+      target.appendChild(el("p", { class: "muted", id: "req-filled" },
+        `Set "Min GPU memory" to ${need} GiB and "GPUs per instance" to ${count.value}.`));
     } catch (err) { showError(target, err); }
   });
 
@@ -49,8 +56,14 @@
     const archive = document.getElementById("code-archive").files[0];
     if (archive) data.set("code_archive", archive, archive.name);
     for (const f of document.getElementById("code-folder").files) data.append("code_files", f, f.webkitRelativePath || f.name);
+    if (document.getElementById("no-code").checked) data.set("no_code", "1");
     if (validateOnly) data.set("validate_only", "1");
     return data;
+  }
+
+  function hasCode() {
+    return document.getElementById("code-archive").files.length > 0 || document.getElementById("code-folder").files.length > 0
+      || document.getElementById("no-code").checked;
   }
 
   function showPreview(job) {
@@ -68,6 +81,7 @@
 
   document.getElementById("preview").addEventListener("click", async () => {
     clear(document.getElementById("submit-error"));
+    clear(document.getElementById("preview-result"));
     try { showPreview(await api("/api/jobs", { method: "POST", form: formData(true) })); }
     catch (err) { showError(document.getElementById("preview-result"), err); }
   });
@@ -75,6 +89,11 @@
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const button = document.getElementById("submit");
+    const errors = clear(document.getElementById("submit-error"));
+    if (!hasCode()) {  // the server refuses it too; say so before uploading anything
+      showError(errors, new Error(NO_CODE));
+      return;
+    }
     button.disabled = true;
     try {
       const job = await api("/api/jobs", { method: "POST", form: formData(false) });
