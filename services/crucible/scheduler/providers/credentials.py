@@ -5,12 +5,14 @@ A `Secret` never prints its value; `SecretStore.scrub` removes every known secre
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import re
 import stat
 import tomllib
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -29,11 +31,64 @@ PROVIDER_SECRETS: dict[str, dict[str, tuple[str, ...]]] = {
     "kubernetes": {"token": ("CRUCIBLE_KUBERNETES_TOKEN",)},
 }
 
-# Credentials that appear in texts produced by other code (headers, URLs) even when we do not know the value.
+# Credentials that appear in texts produced by other code (headers, URLs, error bodies) even when we do not know the
+# value: group 1 (kept) is the label, the rest is replaced.
 _PATTERNS = (
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
-    re.compile(r"(?i)((?:api[_-]?key|token|secret|password)[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,}]+"),
+    re.compile(r"(?i)((?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(
+        r"(?i)((?:api[_-]?key|api[_-]?token|access[_-]?token|refresh[_-]?token|auth[_-]?token|token|secret|password|passwd"
+        r"|authorization|credentials?|private[_-]?key|access[_-]?key(?:[_-]?id)?|client[_-]?secret|x-api-key)"
+        r"[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,}]+"
+    ),
+    # Well-known key shapes: OpenAI-style sk-, Replicate r8_, RunPod rpa_, GitHub gh*_, Hugging Face hf_, Lambda
+    # secret_, AWS access key ids, Slack xox*-, and JSON Web Tokens.
+    re.compile(
+        r"()\b(?:sk-[A-Za-z0-9_-]{16,}|r8_[A-Za-z0-9]{16,}|rpa_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|hf_[A-Za-z0-9]{20,}"
+        r"|secret_[A-Za-z0-9_.-]{12,}|(?:AKIA|ASIA)[0-9A-Z]{16}|xox[abposr]-[A-Za-z0-9-]{10,}"
+        r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)"
+    ),
 )
+#: A long run of base64/URL-safe characters mixing upper case, lower case and digits looks like a key or an encoded
+#: one (a hex id or a path does not: they lack one of the three, or are mostly '/'), and is replaced as well.
+_KEYLIKE = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
+#: Texts are cut to this many characters before scrubbing (bounded work on a megabyte error body).
+MAX_SCRUB_INPUT = 65536
+#: Most characters of a provider error summary kept in a job record or a log line.
+MAX_SUMMARY_CHARS = 300
+
+
+def _keylike(token: str) -> bool:
+    return (
+        any(c.isupper() for c in token)
+        and any(c.islower() for c in token)
+        and any(c.isdigit() for c in token)
+        and token.count("/") * 16 <= len(token)
+    )
+
+
+def _b64_cores(data: bytes) -> set[str]:
+    """The base64 characters that encode `data` whatever comes before it in a longer encoded text (one run per
+    alignment of its first byte), in standard and URL-safe alphabets."""
+    cores = set()
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + data).decode("ascii")
+        core = encoded[-(-8 * shift // 6) : (8 * (shift + len(data))) // 6]
+        if len(core) >= 8:
+            cores.add(core)
+            cores.add(core.translate(str.maketrans("+/", "-_")))
+    return cores
+
+
+def secret_forms(value: str) -> set[str]:
+    """The texts that reveal `value`: itself, URL-encoded (quote and quote_plus), hex, and base64 (alone, or inside a
+    longer base64 text such as a Basic header, at each alignment; standard and URL-safe). Matching is case-blind, so
+    a lower- or upper-cased echo of any of these is found too."""
+    raw = value.encode("utf-8")
+    forms = {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value), raw.hex()}
+    forms |= _b64_cores(raw)
+    full = base64.b64encode(raw).decode("ascii")
+    forms |= {full, full.rstrip("="), base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")}
+    return {f for f in forms if len(f) >= 4}
 
 
 PR_SET_DUMPABLE = 4
@@ -97,12 +152,24 @@ class Secret:
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with every given secret value and every bearer/api-key looking token replaced by ***."""
-    for value in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
-        text = text.replace(value, REDACTED)
+    """`text` (cut to MAX_SCRUB_INPUT characters) with every given secret value, in any case and in its URL-encoded,
+    hex and base64 forms, and every bearer/api-key/key-shaped token, replaced by ***."""
+    if len(text) > MAX_SCRUB_INPUT:
+        text = text[:MAX_SCRUB_INPUT] + "..."
+    forms = {f for value in secrets if value and len(value) >= 4 for f in secret_forms(value)}
+    if forms:
+        alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+        text = re.sub(alternatives, REDACTED, text, flags=re.IGNORECASE)
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-    return text
+    return _KEYLIKE.sub(lambda m: REDACTED if _keylike(m.group(0)) else m.group(0), text)
+
+
+def summary(text: str, secrets: Iterable[str] = (), limit: int = MAX_SUMMARY_CHARS) -> str:
+    """A provider's answer as it may be stored and logged: scrubbed (see scrub), control characters made spaces, and
+    at most `limit` characters (the cut marked)."""
+    clean = " ".join(scrub(text, secrets).split())
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
 class SecretStore:
@@ -170,6 +237,10 @@ class SecretStore:
             for names in keys.values():
                 values.extend(self._env.get(n, "") for n in names)
         return [v for v in values if v]
+
+    def known_values(self) -> list[str]:
+        """Every credential value this store holds (for scrubbing; never log them)."""
+        return self._values()
 
     def scrub(self, text: str) -> str:
         """`text` with every secret this store knows (and bearer/api-key looking tokens) replaced by ***."""

@@ -20,11 +20,15 @@ import httpx
 
 from crucible.scheduler.providers.base import LaunchSpec, Provider, ProviderError
 from crucible.scheduler.providers.base import ProviderErrorKind as K
-from crucible.scheduler.providers.credentials import Secret, SecretStore, scrub
+from crucible.scheduler.providers.credentials import Secret, SecretStore, summary
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+#: Characters of an error answer's body read at all (the adapters' mappers see no more than this).
+MAX_ERROR_BODY_CHARS = 65536
+#: Most characters of a provider error's message (method, path, status and the body's scrubbed summary).
+MAX_ERROR_CHARS = 600
 
 
 class Settings:
@@ -196,10 +200,11 @@ class ProviderHTTP:
         return f"ProviderHTTP({self.provider!r}, {self.base_url!r}, credentials={'set' if self._secret else 'missing'})"
 
     def error(self, kind: K, message: str, *, status: int | None = None, retry_after_s: float | None = None) -> ProviderError:
-        """A ProviderError of this provider with the message scrubbed of every known credential."""
-        secret = [self._secret.reveal()] if self._secret else []
+        """A ProviderError of this provider whose message is scrubbed of every known credential (in any case, URL-,
+        hex- or base64-encoded) and of anything key-shaped, and bounded: it goes to the job record and the log."""
+        secrets = [*self._secrets.known_values(), *([self._secret.reveal()] if self._secret else [])]
         return ProviderError(
-            self.provider, kind, scrub(self._secrets.scrub(message), secret), status=status, retry_after_s=retry_after_s
+            self.provider, kind, summary(message, secrets, MAX_ERROR_CHARS), status=status, retry_after_s=retry_after_s
         )
 
     def _client_now(self) -> httpx.AsyncClient:
@@ -260,15 +265,18 @@ class ProviderHTTP:
             await self._sleep(delay)
 
     def _status_error(self, method: str, path: str, response: httpx.Response, retry_after: float | None) -> ProviderError:
-        text = response.text
+        """The error of an HTTP error answer: its status, and a scrubbed summary of at most MAX_SUMMARY_CHARS of the
+        adapter's reading of the body (bodies can echo the request's credentials; they are never kept whole)."""
+        text = response.text[:MAX_ERROR_BODY_CHARS]
         try:
-            body = response.json() if text else None
+            body = json.loads(text) if text else None
         except ValueError:
             body = None
         kind, message = self._error_mapper(response.status_code, body, text)
+        secrets = [*self._secrets.known_values(), *([self._secret.reveal()] if self._secret else [])]
         return self.error(
             kind,
-            f"{method} {path}: HTTP {response.status_code}: {message}",
+            f"{method} {path}: HTTP {response.status_code}: {summary(message, secrets)}",
             status=response.status_code,
             retry_after_s=retry_after,
         )
@@ -279,7 +287,7 @@ class ProviderHTTP:
         try:
             return response.json()
         except ValueError:
-            snippet = response.text[:120]
+            snippet = summary(response.text[:MAX_ERROR_BODY_CHARS], self._secrets.known_values(), 120)
             raise self.error(
                 K.MALFORMED_RESPONSE,
                 f"{method} {path}: HTTP {response.status_code} body is not JSON: {snippet!r}",
