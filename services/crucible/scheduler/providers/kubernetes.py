@@ -24,7 +24,7 @@ from crucible.scheduler.providers.base import (
     RunStatus,
 )
 from crucible.scheduler.providers.base import ProviderErrorKind as K
-from crucible.scheduler.providers.credentials import SecretStore
+from crucible.scheduler.providers.credentials import SecretStore, summary
 from crucible.scheduler.providers.http import LaunchPreview, Settings, kind_for_status, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,9 @@ class KubernetesProvider(Provider):
         return "setting kubeconfig or in_cluster, or " + self.secrets.hint(self.name, "token")
 
     def error(self, kind: K, message: str, status: int | None = None, retry_after_s: float | None = None) -> ProviderError:
-        """A ProviderError with the message scrubbed of credentials."""
-        return ProviderError(self.name, kind, self.secrets.scrub(message), status=status, retry_after_s=retry_after_s)
+        """A ProviderError whose message is scrubbed of credentials (in any spelling) and then bounded."""
+        message = summary(message, self.secrets.known_values(), 600)
+        return ProviderError(self.name, kind, message, status=status, retry_after_s=retry_after_s)
 
     def _api_error(self, exc: Exception) -> tuple[ProviderError, bool]:
         """(the ProviderError for a client exception, whether retrying may help)."""
@@ -140,7 +141,7 @@ class KubernetesProvider(Provider):
                 kind = K.INVALID
             headers = exc.headers or {}
             retry_after = parse_retry_after(headers.get("Retry-After") if hasattr(headers, "get") else None)
-            err = self.error(kind, f"HTTP {status} {reason}: {message}"[:500], status=status or None, retry_after_s=retry_after)
+            err = self.error(kind, f"HTTP {status} {reason}: {message}", status=status or None, retry_after_s=retry_after)
             return err, status == 429 or status >= 500
         if isinstance(exc, urllib3.exceptions.HTTPError):
             return self.error(K.TRANSIENT, f"API server unreachable or timed out ({type(exc).__name__})"), True

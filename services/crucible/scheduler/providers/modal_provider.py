@@ -28,7 +28,7 @@ from crucible.scheduler.providers.base import (
     RunStatus,
 )
 from crucible.scheduler.providers.base import ProviderErrorKind as K
-from crucible.scheduler.providers.credentials import SecretStore
+from crucible.scheduler.providers.credentials import SecretStore, summary
 from crucible.scheduler.providers.http import LaunchPreview, Settings
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ class ModalProvider(Provider):
         )
 
     def error(self, kind: K, message: str) -> ProviderError:
-        """A ProviderError with the message scrubbed of credentials."""
-        return ProviderError(self.name, kind, self.secrets.scrub(message))
+        """A ProviderError whose message is scrubbed of credentials (in any spelling) and then bounded."""
+        return ProviderError(self.name, kind, summary(message, self.secrets.known_values(), 600))
 
     def sdk(self) -> Any:
         """The modal module (imported on first use) with a clear error when it is not installed."""
