@@ -26,8 +26,9 @@ def _wait_terminal(stub, job_id: str, timeout: float = 60) -> None:
     raise AssertionError(f"job {job_id} did not finish")
 
 
-def valid_requests(job_id: str, budget_id: str, offer_id: str) -> dict[str, list[dict]]:
-    """Requests each RPC accepts (the READMEs' grpcurl examples), as JSON, by method full name: the seeds mutated."""
+def valid_requests(job_id: str, budget_id: str, offer_id: str, deletable_job_id: str = "") -> dict[str, list[dict]]:
+    """Requests each RPC accepts (the READMEs' grpcurl examples), as JSON, by method full name: the seeds mutated.
+    DeleteJob's seed names a job of its own (`deletable_job_id`), so deleting it leaves the others' job alone."""
     s, c = "crucible.scheduler.v1.SchedulerService.", "crucible.cost.v1.CostService."
     text = ["The quick brown fox jumps over the lazy dog.", "Another plain sentence about the weather today."]
     return {
@@ -121,6 +122,7 @@ def valid_requests(job_id: str, budget_id: str, offer_id: str) -> dict[str, list
         s + "ListProviders": [{}],
         s + "ListJobProgress": [{"job_id": job_id, "page_size": 10}],
         s + "DeleteJobArtifacts": [{"job_id": job_id}],
+        s + "DeleteJob": [{"job_id": deletable_job_id or job_id}],
         c + "ListOffers": [{"gpu_names": ["A100-80GB"], "max_price_usd_per_hour": 3}],
         c + "EstimateCost": [{"offer_id": offer_id, "duration": "3660s"}],
         c + "CompareProviders": [
@@ -170,16 +172,20 @@ def make_seeds(fleet: dict[str, Running]) -> dict[str, list]:
     a catalog offer."""
     with grpc.insecure_channel(fleet["scheduler"].address) as ch:
         stub = scheduler_service_pb2_grpc.SchedulerServiceStub(ch)
-        job = stub.CreateJob(
-            scheduler_service_pb2.CreateJobRequest(
-                spec=job_pb2.JobSpec(
-                    command=["echo", "hello"], provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT, providers=["dryrun"]
-                )
-            ),
-            timeout=30,
-            metadata=AUTH,
-        ).job
+        job, deletable = (
+            stub.CreateJob(
+                scheduler_service_pb2.CreateJobRequest(
+                    spec=job_pb2.JobSpec(
+                        command=["echo", "hello"], provider_policy=job_pb2.PROVIDER_POLICY_EXPLICIT, providers=["dryrun"]
+                    )
+                ),
+                timeout=30,
+                metadata=AUTH,
+            ).job
+            for _ in range(2)
+        )
         _wait_terminal(stub, job.job_id)
+        _wait_terminal(stub, deletable.job_id)
     with grpc.insecure_channel(fleet["cost"].address) as ch:
         stub = cost_service_pb2_grpc.CostServiceStub(ch)
         budget = stub.CreateBudget(
@@ -193,5 +199,5 @@ def make_seeds(fleet: dict[str, Running]) -> dict[str, list]:
     methods = {m.full_name: m for _, m in all_methods()}
     return {
         name: [json_format.ParseDict(r, request_class(methods[name])()) for r in requests]
-        for name, requests in valid_requests(job.job_id, budget.budget_id, offer.offer_id).items()
+        for name, requests in valid_requests(job.job_id, budget.budget_id, offer.offer_id, deletable.job_id).items()
     }

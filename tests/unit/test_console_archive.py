@@ -67,7 +67,7 @@ def test_archives_accepted_and_refused() -> None:
 def test_folder_packed_without_its_top_folder() -> None:
     packed = asyncio.run(pack_folder([Upload("nanogpt/train.py", b"print(1)"), Upload("nanogpt/data/a.txt", b"abc")], 1 << 20))
     with tarfile.open(fileobj=io.BytesIO(packed), mode="r:gz") as t:
-        assert sorted(t.getnames()) == ["data/a.txt", "train.py"]
+        assert sorted(t.getnames()) == [".", "data/a.txt", "train.py"]  # "." : keep this layout, no unwrapping
         assert t.extractfile("data/a.txt").read() == b"abc"
     check_archive(packed)
 

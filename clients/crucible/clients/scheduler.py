@@ -55,7 +55,11 @@ def pack_code_dir(folder: str | os.PathLike[str], max_bytes: int = MAX_PACKED_BY
         return info
 
     # gzip header time 0: the same folder packs to the same bytes, so a repeated request_id still matches its spec.
+    # The explicit root member tells the scheduler to keep the layout: a folder holding one subfolder is not unwrapped.
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as t:
+        top = tarfile.TarInfo(".")
+        top.type, top.mode = tarfile.DIRTYPE, 0o755
+        t.addfile(top)
         for child in sorted(root.iterdir()):
             t.add(child, arcname=child.name, filter=keep)
     data = buf.getvalue()
@@ -170,6 +174,12 @@ class SchedulerClient(ServiceClient["pb_grpc.SchedulerServiceAsyncStub"]):  # th
     async def delete_artifacts(self, job_id: str, *, timeout: float | None = None) -> int:
         """Remove an ended job's objects from the artifact store (DeleteJobArtifacts); returns how many went."""
         reply = await self.stub.DeleteJobArtifacts(pb.DeleteJobArtifactsRequest(job_id=job_id), timeout=self.timeout(timeout))
+        return int(reply.objects_deleted)
+
+    async def delete_job(self, job_id: str, *, timeout: float | None = None) -> int:
+        """Delete an ended job (DeleteJob): its record, progress, folder and stored objects; returns how many objects
+        left the artifact store. FAILED_PRECONDITION for a job that has not ended, NOT_FOUND for an unknown id."""
+        reply = await self.stub.DeleteJob(pb.DeleteJobRequest(job_id=job_id), timeout=self.timeout(timeout))
         return int(reply.objects_deleted)
 
     async def estimate_requirements(self, fields: dict[str, Any], *, timeout: float | None = None) -> Any:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import posixpath
 import tarfile
-import zipfile
 from collections.abc import Sequence
 from typing import Any
+
+from crucible.runtime import archives
 
 MAX_MEMBERS = 2000
 
@@ -20,42 +20,35 @@ class ArchiveError(ValueError):
     """The upload cannot be a job's code; the message says why in one sentence."""
 
 
+#: What an uploaded archive may hold; its headers are bounded before tarfile or zipfile reads them (see
+#: crucible.runtime.archives: names at most 4096 bytes and 255 per part, pax headers at most 64 KiB).
+LIMITS = archives.ArchiveLimits(max_members=MAX_MEMBERS)
+
+
 def _check_name(name: str) -> str:
-    if not name or len(name) > 1000 or "\x00" in name or "\\" in name:
-        raise ArchiveError(f"bad file name {name[:80]!r}")
-    clean = posixpath.normpath(name)
-    if clean.startswith(("/", "../")) or clean == "..":
-        raise ArchiveError(f"file {name[:80]!r} would land outside the job's folder")
+    if not name or "\x00" in name or "\\" in name:
+        raise ArchiveError(f"bad file name {archives.shown(name)}")
+    try:
+        clean = archives.clean_path(-1, name, LIMITS)
+    except archives.ArchiveError as err:
+        raise ArchiveError(f"file {err}") from None
+    if not clean:
+        raise ArchiveError(f"bad file name {archives.shown(name)}")
     return clean
 
 
 def check_archive(data: bytes) -> None:
-    """Accept a .zip or .tar.gz whose members stay inside the folder it is unpacked to (blocking: run in a thread)."""
-    buffer = io.BytesIO(data)
-    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        try:
-            with zipfile.ZipFile(buffer) as archive:
-                names = archive.namelist()
-        except zipfile.BadZipFile as err:
-            raise ArchiveError(f"not a readable zip file ({err})") from None
-    elif data[:2] == b"\x1f\x8b":
-        names = []
-        try:
-            with tarfile.open(fileobj=buffer, mode="r:gz") as archive:
-                for member in archive:
-                    if member.issym() or member.islnk() or member.isdev():
-                        raise ArchiveError(f"{member.name[:80]!r} is a link or device file")
-                    names.append(member.name)
-                    if len(names) > MAX_MEMBERS:
-                        break
-        except (tarfile.TarError, OSError, EOFError) as err:
-            raise ArchiveError(f"not a readable tar.gz file ({err})") from None
-    else:
+    """Accept a .zip or .tar(.gz) whose members stay inside the folder it is unpacked to: bounded headers, no links
+    leading out, no special files, no colliding or over-long names (blocking: run in a thread)."""
+    if not (data[:4] in (b"PK\x03\x04", b"PK\x05\x06") or data[:2] == b"\x1f\x8b"):
         raise ArchiveError("must be a .zip or .tar.gz file")
-    if len(names) > MAX_MEMBERS:
-        raise ArchiveError(f"more than {MAX_MEMBERS} files")
-    for name in names:
-        _check_name(name)
+    try:
+        listing = archives.scan(data, LIMITS)
+    except archives.ArchiveError as err:
+        raise ArchiveError(f"the archive {err}") from None
+    for member in listing.members:
+        if member.kind in ("symlink", "hardlink"):
+            raise ArchiveError(f"{archives.shown(member.name)} is a link")
 
 
 def _common_root(names: Sequence[str]) -> str:
@@ -67,6 +60,10 @@ def _common_root(names: Sequence[str]) -> str:
 def _pack(items: list[tuple[str, bytes]]) -> bytes:
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w:gz") as archive:
+        # An explicit root member: the scheduler then keeps the layout as it is (no one-top-folder unwrapping).
+        root = tarfile.TarInfo(".")
+        root.type, root.mode = tarfile.DIRTYPE, 0o755
+        archive.addfile(root)
         for name, data in items:
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -80,6 +77,10 @@ async def pack_folder(files: Sequence[Any], limit: int) -> bytes:
     if len(files) > MAX_MEMBERS:
         raise ArchiveError(f"more than {MAX_MEMBERS} files")
     names = [_check_name(f.filename or "") for f in files]
+    try:  # the same path twice, or a file that another path puts a folder under
+        archives.check_layout([archives.Member(i, n, n, "file", 0) for i, n in enumerate(names)])
+    except archives.ArchiveError as err:
+        raise ArchiveError(f"the folder's file {err}") from None
     total = sum(f.size or 0 for f in files)
     if total > limit:
         raise ArchiveError(f"the folder holds {total:,} bytes, more than the limit of {limit:,}")

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from crucible.api.scheduler.v1 import job_pb2
-from crucible.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from crucible.runtime.errors import FailedPrecondition, NotFound, Unavailable
 from crucible.scheduler import artifacts as artifact_files
+from crucible.scheduler import jobspec
 from crucible.scheduler.core import states
 from crucible.scheduler.creation import JobCreator
 from crucible.scheduler.driver import JobDriver
@@ -31,7 +33,7 @@ from crucible.scheduler.logmirror import LogChunk, LogMirror
 from crucible.scheduler.pricing import OfferSource
 from crucible.scheduler.progress_recorder import ProgressRecorder
 from crucible.scheduler.providers.registry import ProviderRegistry
-from crucible.scheduler.storage import JobObjectStore, StoreSettings, default_store_url
+from crucible.scheduler.storage import JobObjectStore, StoreError, StoreSettings, default_store_url
 from crucible.scheduler.store import AsyncJobStore
 from crucible.scheduler.usage_limits import UsageAndLimits
 
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 KEEP_ENDED_S = 60.0
 #: How long a log follower waits for a change before looking at the files again.
 LOG_FOLLOW_WAIT_S = 0.25
+#: How long DeleteJob waits for the driver of a job that has just ended to finish (its last outputs upload).
+DELETE_WAIT_S = 10.0
 
 
 def snapshot(rec: JobRecord) -> job_pb2.Job:
@@ -148,8 +152,7 @@ class Engine:
         live = self._live.get(job_id)
         if live is not None:
             return live.rec
-        if not job_id:
-            raise InvalidArgument.field("job_id", "is required")
+        jobspec.check_job_id(job_id)
         rec = await self.store.get(job_id)
         if rec is None:
             raise NotFound(f"job {job_id!r} not found", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
@@ -245,6 +248,36 @@ class Engine:
     async def delete_artifacts(self, job_id: str) -> int:
         """DeleteJobArtifacts: remove an ended job's store objects and working folder; returns the objects removed."""
         return await self.job_artifacts.delete(await self._record(job_id))
+
+    async def delete(self, job_id: str) -> int:
+        """DeleteJob: remove an ended job's store objects, its folder, its progress and its record; returns the objects
+        removed. FAILED_PRECONDITION while the job has not ended (or its driver is still finishing it)."""
+        rec = await self._record(job_id)
+        task = self._tasks.get(job_id)
+        if states.is_terminal(rec.job.state) and task is not None and not task.done():
+            # The driver may still be uploading the last attempt's outputs: let it finish first (bounded).
+            await asyncio.wait({task}, timeout=DELETE_WAIT_S)
+        if not states.is_terminal(rec.job.state) or (task is not None and not task.done()):
+            raise FailedPrecondition(
+                f"job {job_id} is {states.name(rec.job.state)}; a job can be deleted once it has ended (cancel it first)",
+                reason="JOB_NOT_TERMINAL",
+                metadata={"job_id": job_id, "state": states.name(rec.job.state)},
+            )
+        removed = await asyncio.to_thread(self._delete_files, job_id)
+        await self.store.delete(job_id)
+        self._live.pop(job_id, None)
+        log.info("deleted job %s (%d stored objects)", job_id, removed)
+        return removed
+
+    def _delete_files(self, job_id: str) -> int:
+        """The job's objects in the store, then its whole folder (work, logs, attempts); links inside are removed,
+        never followed (shutil.rmtree works on file descriptors here). Runs in a thread."""
+        try:
+            count = self.objects.delete_job(job_id)
+        except StoreError as exc:
+            raise Unavailable(f"the artifact store refused the deletion: {exc}", reason="STORE_UNAVAILABLE") from None
+        shutil.rmtree(self.folders.job_dir(job_id), ignore_errors=True)
+        return count
 
 
 def _not_cancellable(job_id: str, state: int) -> FailedPrecondition:

@@ -13,24 +13,64 @@ import os
 import re
 import stat
 import tarfile
-import zipfile
 import zlib
 from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from crucible.api.scheduler.v1 import job_pb2
+from crucible.runtime import archives
 from crucible.runtime.convert import seconds
 from crucible.runtime.errors import InvalidArgument, NotFound
-from crucible.runtime.validation import duration_ns
+from crucible.runtime.validation import duration_ns, utf8_size
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SCOPE = re.compile(r"^(global|[a-z0-9_.-]+:[a-z0-9_.-]+)$")
+# Patterns are used with fullmatch: `$` would also accept a trailing newline.
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SCOPE = re.compile(r"global|[a-z0-9_.-]+:[a-z0-9_.-]+")
+#: A job id as the scheduler makes them (job-YYYYMMDD-<12 hex>), or any id of letters, digits and . _ - up to 128.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_JOB_ID = 128
+#: How much of an oversized or malformed value an error message repeats.
+ECHO_CHARS = 40
 ProviderPolicy = job_pb2.ProviderPolicy
 MAX_REQUEST_ID = 128
 IGNORED_DIRS = frozenset({".git", "__pycache__", ".venv"})  # left out of a copied or packed code folder, as are *.pyc
 MAX_CODE_DIR_CHARS = 4096
 MAX_GIB = 1 << 20  # 1 PiB: far past any machine, low enough that no arithmetic on it overflows
+# Bounds of a JobSpec (documented in job.proto): a stored job stays small, so a page of jobs fits any client.
+MAX_DISPLAY_NAME = 200  # characters
+MAX_ARGS = 1024  # argv entries
+MAX_ARG_BYTES = 32768  # UTF-8 bytes of one argument
+MAX_COMMAND_BYTES = 131072  # UTF-8 bytes of the whole argv
+MAX_ENV_VARS = 256
+MAX_ENV_NAME_BYTES = 256
+MAX_ENV_VALUE_BYTES = 32768
+MAX_ENV_BYTES = 131072  # names and values together
+MAX_PROVIDERS = 32
+MAX_NAME_CHARS = 200  # a provider, GPU name, budget scope or checkpoint folder
+MAX_GPU_NAMES = 64
+MAX_CONTAINER_IMAGE = 1000
+MAX_RESTARTS = 1000  # restart_policy.max_restarts_on_errors: each attempt adds to the job's record
+MAX_SPEC_BYTES = 262144  # the whole serialized spec, code_archive excluded (it is not stored in the job)
+#: A ListJobs page stops before it passes this many bytes (and hands out a next page token).
+MAX_LIST_PAGE_BYTES = 1 << 20
+
+
+def shorten(value: str, limit: int = ECHO_CHARS) -> str:
+    """`value` for an error message: repr'd, and past `limit` characters cut, with the full length said."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def check_job_id(job_id: str, field: str = "job_id") -> None:
+    """INVALID_ARGUMENT unless `job_id` could name a job; the error repeats at most a short prefix of it."""
+    if not job_id:
+        raise InvalidArgument.field(field, "is required")
+    if not JOB_ID.fullmatch(job_id):
+        raise InvalidArgument.field(
+            field, f"{shorten(job_id)} is not a job id (at most {MAX_JOB_ID} letters, digits, '.', '_' or '-')"
+        )
 
 
 def spec_sha256(spec: job_pb2.JobSpec) -> str:
@@ -64,8 +104,7 @@ def validate_spec(spec: job_pb2.JobSpec, request_id: str, known_providers: Colle
     """Raise InvalidArgument (or NotFound for unknown providers) for the first problem found."""
     if len(request_id) > MAX_REQUEST_ID:
         raise InvalidArgument.field("request_id", f"at most {MAX_REQUEST_ID} characters")
-    if len(spec.display_name) > 200:
-        raise InvalidArgument.field("spec.display_name", "at most 200 characters")
+    check_sizes(spec)
     if not spec.command:
         raise InvalidArgument.field("spec.command", 'is required (argv, e.g. ["python", "train.py"])')
     if not spec.command[0]:
@@ -81,8 +120,8 @@ def validate_spec(spec: job_pb2.JobSpec, request_id: str, known_providers: Colle
             "spec.code_dir", f"must be an absolute path of at most {MAX_CODE_DIR_CHARS} characters without NUL bytes"
         )
     for name in sorted(spec.env):
-        if not ENV_NAME.match(name):
-            raise InvalidArgument.field(f"spec.env[{name}]", "name must match [A-Za-z_][A-Za-z0-9_]*")
+        if not ENV_NAME.fullmatch(name):
+            raise InvalidArgument.field(f"spec.env[{name[:ECHO_CHARS]}]", "name must match [A-Za-z_][A-Za-z0-9_]*")
         if name.upper().startswith("CRUCIBLE_"):
             raise InvalidArgument.field(f"spec.env[{name}]", "names starting with CRUCIBLE_ are reserved")
         if "\x00" in spec.env[name]:
@@ -130,10 +169,61 @@ def validate_spec(spec: job_pb2.JobSpec, request_id: str, known_providers: Colle
             )
     if spec.checkpoint_dir and not relative_path_ok(spec.checkpoint_dir):
         raise InvalidArgument.field("spec.checkpoint_dir", "must be a relative path without '..'")
-    if spec.budget_scope and not SCOPE.match(spec.budget_scope):
+    if spec.budget_scope and not SCOPE.fullmatch(spec.budget_scope):
         raise InvalidArgument.field("spec.budget_scope", "must be 'global' or 'kind:name' (lower-case letters, digits, -_.)")
-    if len(spec.container_image) > 1000:
-        raise InvalidArgument.field("spec.container_image", "at most 1000 characters")
+
+
+def _too_long(field: str, what: str) -> InvalidArgument:
+    return InvalidArgument.field(field, what, reason="FIELD_TOO_LARGE")
+
+
+def check_sizes(spec: job_pb2.JobSpec) -> None:
+    """INVALID_ARGUMENT (reason FIELD_TOO_LARGE) naming the first field past its bound, counts before sizes and sizes
+    before any other work; then the whole spec (code_archive excluded) against MAX_SPEC_BYTES."""
+    if len(spec.display_name) > MAX_DISPLAY_NAME:
+        raise _too_long("spec.display_name", f"at most {MAX_DISPLAY_NAME} characters")
+    if len(spec.command) > MAX_ARGS:
+        raise _too_long("spec.command", f"at most {MAX_ARGS} arguments")
+    total = 0
+    for i, arg in enumerate(spec.command):
+        size = utf8_size(arg, MAX_ARG_BYTES)
+        if size > MAX_ARG_BYTES:
+            raise _too_long(f"spec.command[{i}]", f"at most {MAX_ARG_BYTES} bytes (UTF-8) per argument")
+        total += size
+        if total > MAX_COMMAND_BYTES:
+            raise _too_long("spec.command", f"at most {MAX_COMMAND_BYTES} bytes (UTF-8) of arguments in all")
+    if len(spec.env) > MAX_ENV_VARS:
+        raise _too_long("spec.env", f"at most {MAX_ENV_VARS} variables")
+    total = 0
+    for name, value in spec.env.items():
+        if utf8_size(name, MAX_ENV_NAME_BYTES) > MAX_ENV_NAME_BYTES:
+            raise _too_long(f"spec.env[{name[:ECHO_CHARS]}]", f"names are at most {MAX_ENV_NAME_BYTES} bytes")
+        size = utf8_size(value, MAX_ENV_VALUE_BYTES)
+        if size > MAX_ENV_VALUE_BYTES:
+            raise _too_long(f"spec.env[{name}]", f"values are at most {MAX_ENV_VALUE_BYTES} bytes (UTF-8)")
+        total += len(name) + size
+        if total > MAX_ENV_BYTES:
+            raise _too_long("spec.env", f"at most {MAX_ENV_BYTES} bytes of names and values in all")
+    if len(spec.providers) > MAX_PROVIDERS:
+        raise _too_long("spec.providers", f"at most {MAX_PROVIDERS} providers")
+    for i, name in enumerate(spec.providers):
+        if len(name) > MAX_NAME_CHARS:
+            raise _too_long(f"spec.providers[{i}]", f"at most {MAX_NAME_CHARS} characters")
+    if len(spec.resources.gpu_names) > MAX_GPU_NAMES:
+        raise _too_long("spec.resources.gpu_names", f"at most {MAX_GPU_NAMES} names")
+    for i, name in enumerate(spec.resources.gpu_names):
+        if len(name) > MAX_NAME_CHARS:
+            raise _too_long(f"spec.resources.gpu_names[{i}]", f"at most {MAX_NAME_CHARS} characters")
+    for field in ("budget_scope", "checkpoint_dir"):
+        if len(getattr(spec, field)) > MAX_NAME_CHARS:
+            raise _too_long(f"spec.{field}", f"at most {MAX_NAME_CHARS} characters")
+    if len(spec.container_image) > MAX_CONTAINER_IMAGE:
+        raise _too_long("spec.container_image", f"at most {MAX_CONTAINER_IMAGE} characters")
+    if spec.restart_policy.max_restarts_on_errors > MAX_RESTARTS:
+        raise _too_long("spec.restart_policy.max_restarts_on_errors", f"at most {MAX_RESTARTS}")
+    size = spec.ByteSize() - len(spec.code_archive)
+    if size > MAX_SPEC_BYTES:
+        raise _too_long("spec", f"is {size} bytes without code_archive, more than {MAX_SPEC_BYTES}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,55 +367,50 @@ def _archive_error(description: str, reason: str = "CODE_ARCHIVE_UNSAFE") -> Inv
     return InvalidArgument.field("spec.code_archive", description, reason=reason)
 
 
+#: The scheduler's reasons for the shared archive module's.
+_ARCHIVE_REASONS = {
+    "ARCHIVE_INVALID": "CODE_ARCHIVE_INVALID",
+    "ARCHIVE_UNSAFE": "CODE_ARCHIVE_UNSAFE",
+    "ARCHIVE_TOO_LARGE": "CODE_TOO_LARGE",
+}
+
+
+def archive_limits(limits: CodeLimits) -> archives.ArchiveLimits:
+    """The archive limits a code archive is read with: code_max_files members, code_max_bytes unpacked."""
+    return archives.ArchiveLimits(max_members=limits.max_files, max_bytes=limits.max_bytes)
+
+
+def _refused_archive(exc: archives.ArchiveError) -> InvalidArgument:
+    hint = {
+        "ARCHIVE_TOO_LARGE": " (--code-max-files, --code-max-bytes)",
+        "ARCHIVE_INVALID": "; send a .tar.gz, .tar or .zip",
+    }.get(exc.reason, "")
+    return _archive_error(f"{exc}{hint}", _ARCHIVE_REASONS.get(exc.reason, "CODE_ARCHIVE_UNSAFE"))
+
+
 def check_archive(data: bytes, limits: CodeLimits | None = None) -> str:
     """'zip' or 'tar' when `data` is a readable archive that unpacks safely within the limits, else INVALID_ARGUMENT.
 
-    Safe means what tarfile's 'data' filter enforces: no absolute paths, no '..', no links leading out, no device,
-    FIFO or socket members; member count and unpacked size are bounded by `limits` (read from headers, before any
-    member's data is decompressed).
+    Every header is bounded before tarfile or zipfile reads it (crucible.runtime.archives: member names at most 4096
+    bytes and 255 per part, pax headers at most 64 KiB, no colliding names); then what tarfile's 'data' filter
+    enforces: no absolute paths, no '..', no links leading out, no device, FIFO or socket members. Member count and
+    unpacked size are bounded by `limits`, read from the headers before any member's data is decompressed.
     """
     limits = limits or CodeLimits()
-    count = total = 0
-
-    def tally(name: str, size: int) -> None:
-        nonlocal count, total
-        count += 1
-        total += max(0, size)
-        if count > limits.max_files:
-            raise _archive_error(f"more than {limits.max_files} members (--code-max-files)", "CODE_TOO_LARGE")
-        if total > limits.max_bytes:
-            raise _archive_error(f"unpacks to more than {limits.max_bytes} bytes (--code-max-bytes)", "CODE_TOO_LARGE")
-
-    if zipfile.is_zipfile(io.BytesIO(data)):
-        # The entry count from the end record first: ZipFile() would build every entry of the central directory.
-        # zipfile's private end-record reader: typeshed leaves private names out of its zipfile stub
-        end = zipfile._EndRecData(io.BytesIO(data))  # type: ignore[attr-defined]
-        if end and end[zipfile._ECD_ENTRIES_TOTAL] > limits.max_files:  # type: ignore[attr-defined]
-            raise _archive_error(f"more than {limits.max_files} members (--code-max-files)", "CODE_TOO_LARGE")
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as z:
-                for i, info in enumerate(z.infolist()):
-                    name = info.filename
-                    if not _safe_member(name.removeprefix("./")):
-                        raise _archive_error(f"member {i} ({name!r}) escapes the working directory")
-                    kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the writer recorded no Unix type
-                    if kind in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
-                        raise _archive_error(f"member {i} ({name!r}) is a special file")
-                    tally(name, info.file_size)
-        except (zipfile.BadZipFile, ValueError) as exc:
-            raise _archive_error(f"not a readable .zip archive: {exc}", "CODE_ARCHIVE_INVALID") from None
+    try:
+        listing = archives.scan(data, archive_limits(limits))
+    except archives.ArchiveError as exc:
+        raise _refused_archive(exc) from None
+    if listing.format == "zip":
         return "zip"
     dest = "/crucible-work"  # a stand-in destination: the filter only compares paths
-    try:
+    try:  # the headers are bounded now (scan), so tarfile reads them in time linear in their size
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as t:
             for i, m in enumerate(t):
-                if not _safe_member(m.name.removeprefix("./")):
-                    raise _archive_error(f"member {i} ({m.name!r}) escapes the working directory")
                 try:
                     tarfile.data_filter(m, dest)
                 except tarfile.FilterError as exc:
-                    raise _archive_error(f"member {i} ({m.name!r}) is refused: {exc}") from None
-                tally(m.name, m.size if m.isreg() else 0)
+                    raise _archive_error(f"member {i} ({archives.shown(m.name)}) is refused: {exc}"[:300]) from None
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise _archive_error(
             f"not a readable .tar.gz, .tar or .zip archive: {type(exc).__name__}", "CODE_ARCHIVE_INVALID"
@@ -333,32 +418,24 @@ def check_archive(data: bytes, limits: CodeLimits | None = None) -> str:
     return "tar"
 
 
-def _safe_member(name: str) -> bool:
-    name = name.rstrip("/")
-    return relative_path_ok(name) or name in (".", "")
-
-
 def unpack_code(spec: job_pb2.JobSpec, dest: Path, limits: CodeLimits | None = None) -> dict[str, list[int]]:
     """Copy code_dir or unpack code_archive into `dest`; returns {relative path: [size, mtime_ns]} of the code files.
 
     Runs in a thread. The code_dir is re-resolved against the allow-list and copied without following links; archives
-    are checked again and unpacked with tarfile's 'data' filter (zip names are sanitised by zipfile itself)."""
+    are checked again and unpacked with tarfile's 'data' filter (zip member by member); an archive whose members all
+    lie under one top folder (`tar czf code.tar.gz code`) has that folder's contents unpacked, so `python train.py`
+    finds train.py."""
     limits = limits or CodeLimits()
     dest.mkdir(parents=True, exist_ok=True)
     kind = spec.WhichOneof("code")
     if kind == "code_dir":
         walk_code_dir(resolve_code_dir(spec.code_dir, limits), limits, dest)
     elif kind == "code_archive":
-        data = spec.code_archive
+        check_archive(spec.code_archive, limits)
         try:
-            if check_archive(data, limits) == "zip":
-                with zipfile.ZipFile(io.BytesIO(data)) as z:  # sizes are capped by the headers checked above
-                    z.extractall(dest)
-            else:
-                with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as t:
-                    t.extractall(dest, filter="data")
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:  # e.g. a CRC error
-            raise _archive_error(f"cannot be unpacked: {type(exc).__name__}: {exc}"[:300], "CODE_ARCHIVE_INVALID") from None
+            archives.unpack(spec.code_archive, dest, archive_limits(limits))
+        except archives.ArchiveError as exc:  # e.g. a CRC error found while unpacking
+            raise _refused_archive(exc) from None
     manifest = {}
     for dirpath, _dirs, names in os.walk(dest):
         for name in names:

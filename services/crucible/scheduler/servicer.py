@@ -14,7 +14,7 @@ from crucible.api.scheduler.v1 import job_pb2, scheduler_service_pb2_grpc
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.runtime.convert import timestamp_from_unix
 from crucible.runtime.errors import InvalidArgument, OutOfRange
-from crucible.scheduler import artifacts
+from crucible.scheduler import artifacts, jobspec
 from crucible.scheduler.core import sizing
 from crucible.scheduler.engine import Engine
 from crucible.scheduler.store import decode_page_token, decode_progress_token, encode_page_token, encode_progress_token
@@ -43,6 +43,8 @@ STRATEGIES = {
 }
 STREAM_NAMES = {pb.LOG_STREAM_STDOUT: "stdout", pb.LOG_STREAM_STDERR: "stderr"}
 STREAM_ENUMS = {v: k for k, v in STREAM_NAMES.items()}
+#: Values one ListJobs filter (states, providers) may list.
+MAX_FILTER_VALUES = 32
 
 
 def _page_size(value: int, default: int, field: str) -> int:
@@ -83,6 +85,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def CreateJob(self, request: pb.CreateJobRequest, context: grpc.aio.ServicerContext) -> pb.CreateJobResponse:
         if not request.HasField("spec"):
             raise InvalidArgument.field("spec", "is required")
+        # Fields this server does not know are never stored (they would make the record as large as the client likes).
+        request.spec.DiscardUnknownFields()
         job = await self.engine.create(request.spec, request.request_id, request.validate_only)
         return pb.CreateJobResponse(job=job)
 
@@ -94,6 +98,15 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             if s == job_pb2.JOB_STATE_UNSPECIFIED or s not in job_pb2.JobState.values():
                 raise InvalidArgument.field(f"states[{i}]", "must be a JobState other than UNSPECIFIED")
         size = _page_size(request.page_size, 50, "page_size")
+        if len(request.states) > MAX_FILTER_VALUES or len(request.providers) > MAX_FILTER_VALUES:
+            raise InvalidArgument.field(
+                "states" if len(request.states) > MAX_FILTER_VALUES else "providers", f"at most {MAX_FILTER_VALUES} values"
+            )
+        for i, name in enumerate(request.providers):
+            if len(name) > jobspec.MAX_NAME_CHARS:
+                raise InvalidArgument.field(f"providers[{i}]", f"at most {jobspec.MAX_NAME_CHARS} characters")
+        if len(request.budget_scope) > jobspec.MAX_NAME_CHARS:
+            raise InvalidArgument.field("budget_scope", f"at most {jobspec.MAX_NAME_CHARS} characters")
         before = None
         if request.page_token:
             before = decode_page_token(request.page_token)
@@ -106,8 +119,15 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             limit=size + 1,
             before_seq=before,
         )
-        page = jobs[:size]
-        token = encode_page_token(page[-1][0]) if len(jobs) > size else ""
+        # Bounded in bytes too: the page stops before it would pass MAX_LIST_PAGE_BYTES (it always holds one job).
+        page: list[tuple[int, job_pb2.Job]] = []
+        total = 0
+        for seq, job in jobs[:size]:
+            total += job.ByteSize() + 8  # the field's tag and length
+            if page and total > jobspec.MAX_LIST_PAGE_BYTES:
+                break
+            page.append((seq, job))
+        token = encode_page_token(page[-1][0]) if len(jobs) > len(page) else ""
         return pb.ListJobsResponse(jobs=[job for _seq, job in page], next_page_token=token)
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> pb.CancelJobResponse:
@@ -166,6 +186,10 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         self, request: pb.DeleteJobArtifactsRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteJobArtifactsResponse:
         return pb.DeleteJobArtifactsResponse(objects_deleted=await self.engine.delete_artifacts(request.job_id))
+
+    async def DeleteJob(self, request: pb.DeleteJobRequest, context: grpc.aio.ServicerContext) -> pb.DeleteJobResponse:
+        removed = await self.engine.delete(request.job_id)
+        return pb.DeleteJobResponse(job_id=request.job_id, objects_deleted=removed)
 
     async def EstimateRequirements(
         self, request: pb.EstimateRequirementsRequest, context: grpc.aio.ServicerContext

@@ -231,6 +231,19 @@ class JobStore:
             (seq, ProgressPoint(step, total, json.loads(metrics), t, attempt)) for seq, step, total, metrics, t, attempt in rows
         ]
 
+    def delete(self, job_id: str) -> bool:
+        """Remove a job's row and its progress history in one committed transaction; False when there was no row."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM job_progress WHERE job_id=?", (job_id,))
+                removed = self._db.execute("DELETE FROM jobs WHERE job_id=?", (job_id,)).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return bool(removed)
+
     def count(self) -> int:
         """Number of stored jobs."""
         with self._lock:
@@ -337,6 +350,11 @@ class AsyncJobStore:
     ) -> builtins.list[tuple[int, ProgressPoint]]:
         """See JobStore.list_progress."""
         return await self._run(self.sync.list_progress, job_id, after_seq=after_seq, limit=limit)
+
+    async def delete(self, job_id: str) -> bool:
+        """See JobStore.delete; progress points still waiting for the job's next save are dropped too."""
+        self._progress.pop(job_id, None)
+        return bool(await self._run(self.sync.delete, job_id))
 
     async def close(self) -> None:
         """Finish pending writes and close."""
