@@ -318,6 +318,20 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return asyncio.run(_call(args, run))
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete an ended job: its record, progress, folder and stored objects (DeleteJob)."""
+
+    async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
+        reply = await stub.DeleteJob(pb.DeleteJobRequest(job_id=args.job_id), timeout=args.timeout_s)
+        if args.json:
+            _json_line(reply)
+        else:
+            print(f"deleted {reply.job_id} ({reply.objects_deleted} stored object(s))")
+        return 0
+
+    return asyncio.run(_call(args, run))
+
+
 def cmd_artifacts(args: argparse.Namespace) -> int:
     """A table of the job's files (from its working folder, machine or the object store), or with --delete their
     removal from the store once the job has ended."""
@@ -524,6 +538,10 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("job_id")
     p.add_argument("--reason", default="")
     p.set_defaults(handler=cmd_cancel)
+
+    p = common(sub.add_parser("delete", help="delete an ended job: its record, progress, folder and stored files"))
+    p.add_argument("job_id")
+    p.set_defaults(handler=cmd_delete)
 
     p = common(sub.add_parser("artifacts", help="files a job produced"))
     p.add_argument("job_id")
