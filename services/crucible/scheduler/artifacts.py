@@ -9,16 +9,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import stat
 from pathlib import Path
 
 from crucible.runtime.errors import InvalidArgument, NotFound
+from crucible.scheduler import nofollow
 from crucible.scheduler.jobspec import relative_path_ok
 
 MAX_PATH_BYTES = 1024  # longer request paths are INVALID_ARGUMENT before any file system call
 MAX_NAME_BYTES = 255  # one path component (NAME_MAX on Linux)
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def check_path(path: str) -> list[str]:
@@ -39,30 +37,27 @@ def check_path(path: str) -> list[str]:
 
 def servable(st: os.stat_result) -> bool:
     """A regular file with one name: a hard link (st_nlink > 1) may be a file from outside the job's folder."""
-    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+    return nofollow.regular(st)
 
 
 def scan(root: Path, manifest: dict[str, list[int]]) -> dict[str, tuple[int, float]]:
     """{relative path: (size, mtime)} of the servable files under `root` that are not unchanged uploaded code.
 
-    Links are never followed (os.walk does not descend into linked folders; linked files are left out).
+    Links are never followed: the walk opens each folder with O_NOFOLLOW under its parent's descriptor, so a folder
+    swapped for a link while it runs is skipped, not entered; linked and hard-linked files are left out.
     """
     found: dict[str, tuple[int, float]] = {}
-    if not root.is_dir() or root.is_symlink():
+    try:
+        fd = nofollow.open_dir(root)
+    except (OSError, nofollow.UnsafePath):
         return found
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            full = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(full)
-            except OSError:
-                continue
-            if not servable(st):
-                continue
-            rel = Path(full).relative_to(root).as_posix()
+    try:
+        for rel, st in nofollow.files(fd):
             if manifest.get(rel) == [st.st_size, st.st_mtime_ns]:
                 continue  # uploaded code, unchanged
             found[rel] = (st.st_size, st.st_mtime)
+    finally:
+        os.close(fd)
     return found
 
 
@@ -72,40 +67,34 @@ def open_file(root: Path, path: str) -> tuple[int, os.stat_result] | None:
     The caller closes the fd."""
     parts = check_path(path)
     try:
-        fd = os.open(root, _DIR_FLAGS)
+        fd = nofollow.open_dir(root)
     except FileNotFoundError:
         return None
+    except nofollow.UnsafePath:
+        raise InvalidArgument.field(
+            "path", "the job's folder is a link; nothing in it is served", reason="PATH_OUTSIDE_JOB"
+        ) from None
     try:
-        for part in parts[:-1]:
-            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-        leaf = os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
+        return nofollow.open_file(fd, parts)
     except (FileNotFoundError, NotADirectoryError):
-        os.close(fd)
         return None
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno == errno.ELOOP:  # a link where O_NOFOLLOW forbids one
+    except IsADirectoryError:
+        raise NotFound(f"artifact {path!r} is a folder", reason="ARTIFACT_NOT_FOUND") from None
+    except nofollow.UnsafePath as exc:
+        if exc.kind == "link":
             raise InvalidArgument.field(
                 "path", "is a link; only regular files inside the job's folder are served", reason="PATH_OUTSIDE_JOB"
             ) from None
+        what = "has other hard links" if exc.kind == "hard link" else "is not a regular file"
+        raise InvalidArgument.field(
+            "path", f"{what}; only regular files inside the job's folder are served", reason="ARTIFACT_NOT_REGULAR"
+        ) from None
+    except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
             raise InvalidArgument.field("path", "is too long", reason="PATH_TOO_LONG") from None
         raise
-    os.close(fd)
-    st = os.fstat(leaf)
-    if stat.S_ISDIR(st.st_mode):
-        os.close(leaf)
-        raise NotFound(f"artifact {path!r} is a folder", reason="ARTIFACT_NOT_FOUND")
-    if not servable(st):
-        os.close(leaf)
-        what = "has other hard links" if stat.S_ISREG(st.st_mode) else "is not a regular file"
-        raise InvalidArgument.field(
-            "path", f"{what}; only regular files inside the job's folder are served", reason="ARTIFACT_NOT_REGULAR"
-        )
-    os.set_blocking(leaf, True)
-    return leaf, st
+    finally:
+        os.close(fd)
 
 
 def read_chunk(fd: int, offset: int, size: int, digest: hashlib._Hash | None = None) -> bytes:

@@ -105,6 +105,7 @@ class Engine:
 
     async def start(self) -> int:
         """Reconcile every unfinished job with its provider and resume driving it; returns how many were resumed."""
+        await asyncio.to_thread(self.job_artifacts.sweep_temp)  # what uploads cut short by a crash left (issue 22)
         records = await self.store.unfinished(tuple(states.TERMINAL))
         for rec in records:
             self._spawn(rec)

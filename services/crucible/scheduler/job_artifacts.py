@@ -235,7 +235,6 @@ class JobArtifacts:
                     job_id,
                     provider,
                     handle,
-                    self.folders.job_dir(job_id) / "pull",
                     done,
                     self.settings.artifact_max_bytes,
                     asyncio.to_thread,
@@ -279,6 +278,25 @@ class JobArtifacts:
         shutil.rmtree(self.folders.work(job_id), ignore_errors=True)
         log.info("deleted the stored objects (%d) and working folder of job %s", count, job_id)
         return count
+
+    def sweep_temp(self) -> None:
+        """At start, before any job is driven: remove the temporary files that uploads or code packing interrupted by
+        a crash (kill -9) left in the store and the job folders. Runs in a thread."""
+        try:
+            store_files, store_bytes = self.objects.sweep_temp()
+        except StoreError as exc:
+            log.warning("the store's temporary files could not be swept: %s", exc)
+            store_files = store_bytes = 0
+        state_files, state_bytes = joboutputs.sweep_state_temp(self.folders.jobs_dir)
+        if store_files or state_files:
+            log.warning(
+                "removed %d temporary file(s) (%d bytes) that an interrupted upload left in the store and %d (%d bytes) in"
+                " the job folders",
+                store_files,
+                store_bytes,
+                state_files,
+                state_bytes,
+            )
 
     async def retention_loop(self) -> None:
         """Every hour (and at start): remove the files of jobs that ended more than artifact_retention_days ago."""

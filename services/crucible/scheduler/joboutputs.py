@@ -19,8 +19,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from crucible.runtime.errors import CrucibleError
 from crucible.scheduler import artifacts as files
-from crucible.scheduler.storage import JobObjectStore, StoreError, check_relative
+from crucible.scheduler import nofollow
+from crucible.scheduler.storage import JobObjectStore, StoreError, UnsafeObject, check_relative
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +112,29 @@ def fresh_work(store: JobObjectStore, job_id: str, work: Path, sha256: str, max_
 
 @dataclasses.dataclass
 class UploadResult:
-    """What upload_outputs did: files uploaded now, bytes, and files left out (with why)."""
+    """What upload_outputs did: files uploaded now, bytes the store holds for them, and files left out (with why)."""
 
     uploaded: int = 0
     bytes: int = 0
     skipped: list[str] = dataclasses.field(default_factory=list)
+
+
+def _stored(entry: list[float]) -> int:
+    """Bytes one upload of `done` takes in the store ([size, mtime, stored bytes]; older entries: the size)."""
+    return int(entry[2] if len(entry) > 2 else entry[0])
+
+
+def stored_bytes(done: dict[str, list[float]]) -> int:
+    """Bytes the uploads in `done` take in the store."""
+    return sum(_stored(v) for v in done.values())
+
+
+def _cost(store: JobObjectStore, st: os.stat_result) -> int:
+    """What a file will take in the store: its data on disk for a file:// store (holes of a sparse file stay holes
+    there), its whole length for S3 (which has no holes)."""
+    if store.scheme == "file":
+        return min(st.st_size, st.st_blocks * 512)
+    return st.st_size
 
 
 def upload_outputs(
@@ -122,33 +142,47 @@ def upload_outputs(
 ) -> UploadResult:
     """Upload the files the attempt left in `work` (artifacts.scan: no links, no unchanged code) to artifacts/.
 
-    `done` ({path: [size, mtime]} of earlier uploads) is updated; unchanged files are not sent again. At most
-    `max_bytes` and MAX_OUTPUT_FILES in all: the rest (largest first) is skipped and named in the result."""
+    Each file is opened component by component without following a link (a hard-linked or special file is left out)
+    and copied once, straight into the store (no staging copy). `done` ({path: [size, mtime, stored bytes]} of
+    earlier uploads) is updated; unchanged files are not sent again. At most `max_bytes` in the store (counted by
+    what the store really holds: a sparse file's holes cost nothing on a file:// store) and MAX_OUTPUT_FILES files;
+    the rest (largest first) is skipped and named in the result."""
     found = files.scan(work, manifest)
     result = UploadResult()
-    budget = max_bytes - sum(int(v[0]) for v in done.values())
+    budget = max_bytes - stored_bytes(done)
     for rel, (size, mtime) in sorted(found.items(), key=lambda kv: kv[1][0]):  # smallest first: most files fit
-        if done.get(rel) == [size, mtime]:
+        if done.get(rel, [])[:2] == [size, mtime]:
             continue
-        if size > budget or len(done) >= MAX_OUTPUT_FILES:
-            result.skipped.append(f"{rel} ({size} bytes)")
+        if rel not in done and len(done) >= MAX_OUTPUT_FILES:
+            result.skipped.append(f"{rel} (over {MAX_OUTPUT_FILES} files)")
             continue
-        opened = files.open_file(work, rel)
+        try:
+            opened = files.open_file(work, rel)
+        except CrucibleError as exc:  # became a link or a hard link since the scan
+            result.skipped.append(f"{rel} ({exc.message})")
+            continue
         if opened is None:
             continue
-        fd, _st = opened
+        fd, st = opened
         try:
-            with os.fdopen(fd, "rb") as src, tempfile.NamedTemporaryFile(dir=work.parent) as tmp:
-                shutil.copyfileobj(src, tmp, 1 << 20)
-                tmp.flush()
-                store.put_file(job_id, "artifacts", rel, Path(tmp.name))
+            cost = _cost(store, st)
+            previous = _stored(done[rel]) if rel in done else 0  # replaced by this upload
+            if cost > budget + previous:
+                result.skipped.append(f"{rel} ({size} bytes, {cost} in the store)")
+                continue
+            stored = store.put_fd(job_id, "artifacts", rel, fd, st.st_size)
         except ValueError:
             result.skipped.append(f"{rel} (name not storable)")
             continue
-        budget -= size
-        done[rel] = [size, mtime]
+        except UnsafeObject as exc:
+            result.skipped.append(f"{rel} (not stored: {exc})")
+            continue
+        finally:
+            os.close(fd)
+        budget -= stored - previous
+        done[rel] = [st.st_size, st.st_mtime, stored]
         result.uploaded += 1
-        result.bytes += size
+        result.bytes += stored
     return result
 
 
@@ -157,47 +191,92 @@ async def pull_remote_outputs(
     job_id: str,
     provider: Any,
     handle: Any,
-    scratch: Path,
     done: dict[str, list[float]],
     max_bytes: int,
     to_thread: Callable[..., Any],
 ) -> UploadResult:
-    """Copy a remote attempt's artifacts (provider.list_artifacts/open_artifact) into the store before release."""
+    """Copy a remote attempt's artifacts (provider.list_artifacts/open_artifact) into the store before release,
+    streamed straight into the store's object (no staging copy), bounded by the bytes really received."""
     result = UploadResult()
-    budget = max_bytes - sum(int(v[0]) for v in done.values())
-    scratch.mkdir(parents=True, exist_ok=True)
+    budget = max_bytes - stored_bytes(done)
     for a in sorted(await provider.list_artifacts(handle), key=lambda a: a.size_bytes):
-        if done.get(a.path) == [a.size_bytes, a.modified_unix_s]:
+        if done.get(a.path, [])[:2] == [a.size_bytes, a.modified_unix_s]:
             continue
         try:
             check_relative(a.path)
         except ValueError:
             result.skipped.append(f"{a.path} (unsafe name)")
             continue
-        if a.size_bytes > budget or len(done) >= MAX_OUTPUT_FILES:
+        if a.size_bytes > budget or (a.path not in done and len(done) >= MAX_OUTPUT_FILES):
             result.skipped.append(f"{a.path} ({a.size_bytes} bytes)")
             continue
-        fd, name = tempfile.mkstemp(dir=scratch)
         try:
-            written = 0
-            with os.fdopen(fd, "wb") as out:
-                stream: AsyncIterator[bytes] = provider.open_artifact(handle, a.path, 1 << 20)
-                async for block in stream:
-                    written += len(block)
-                    if written > budget:
-                        break
-                    await to_thread(out.write, block)
+            out = await to_thread(store.writer, job_id, "artifacts", a.path)
+        except UnsafeObject as exc:
+            result.skipped.append(f"{a.path} (not stored: {exc})")
+            continue
+        written = 0
+        try:
+            stream: AsyncIterator[bytes] = provider.open_artifact(handle, a.path, 1 << 20)
+            async for block in stream:
+                written += len(block)
+                if written > budget:
+                    break
+                await to_thread(out.write, block)
             if written > budget:
                 result.skipped.append(f"{a.path} (grew past the limit)")
                 continue
-            await to_thread(store.put_file, job_id, "artifacts", a.path, Path(name))
+            await to_thread(out.commit)
         finally:
-            os.unlink(name)
+            await to_thread(out.abort)
         budget -= written
-        done[a.path] = [a.size_bytes, a.modified_unix_s]
+        done[a.path] = [a.size_bytes, a.modified_unix_s, written]
         result.uploaded += 1
         result.bytes += written
     return result
+
+
+def sweep_state_temp(jobs_dir: Path) -> tuple[int, int]:
+    """Remove what an upload or code packing interrupted by a crash (kill -9) left in the job folders: the hidden
+    `.code-*.tar.gz` of CreateJob and the `pull/` scratch of older versions. (files, bytes on disk) removed; links are
+    removed, never followed. Call it at start, before any job is driven."""
+    count = size = 0
+    try:
+        jobs_fd = nofollow.open_dir(jobs_dir)
+    except (OSError, nofollow.UnsafePath):
+        return 0, 0
+    try:
+        with os.scandir(jobs_fd) as it:
+            names = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        for name in names:
+            try:
+                job_fd = nofollow.open_dir(name, dir_fd=jobs_fd)
+            except (OSError, nofollow.UnsafePath):
+                continue
+            try:
+                with os.scandir(job_fd) as it:
+                    items = [(e.name, e.stat(follow_symlinks=False)) for e in it]
+                for entry, st in items:
+                    if entry == "pull" or (entry.startswith(".code-") and entry.endswith(".tar.gz")) or nofollow.is_temp(entry):
+                        size += st.st_blocks * 512 if not stat.S_ISDIR(st.st_mode) else _tree_bytes(job_fd, entry)
+                        count += 1
+                        nofollow.remove_tree(job_fd, entry)
+            finally:
+                os.close(job_fd)
+    finally:
+        os.close(jobs_fd)
+    return count, size
+
+
+def _tree_bytes(parent: int, name: str) -> int:
+    try:
+        fd = nofollow.open_dir(name, dir_fd=parent)
+    except (OSError, nofollow.UnsafePath):
+        return 0
+    try:
+        return sum(st.st_blocks * 512 for _p, _r, _n, st in nofollow.entries(fd))
+    finally:
+        os.close(fd)
 
 
 def listing(store: JobObjectStore, job_id: str) -> dict[str, tuple[int, float, bool]]:
@@ -233,38 +312,76 @@ def lend_to_job_user(store: JobObjectStore, job_id: str, uid: int, gid: int) -> 
 
     The store root, jobs/ and the job's folder become 0711 (others may pass through to a folder whose name they
     know, never list one), the job's checkpoints/ and artifacts/ folders and files are given to the job user, mode
-    0700/0600. reclaim_from_job_user takes them back when the attempt ends."""
+    0700/0600. reclaim_from_job_user takes them back when the attempt ends. Nothing a job made is followed: links,
+    hard-linked and special files keep their owner and mode (no root file can be handed to the job through one)."""
     if store.scheme != "file":
         return
-    job_root = Path(store.path(job_id, "checkpoints")).parent
-    for folder in (Path(store.root), Path(store.root) / "jobs", job_root):
-        folder.mkdir(parents=True, exist_ok=True)
-        os.chown(folder, os.geteuid(), os.getegid())
-        os.chmod(folder, 0o711)
-    for kind in ("checkpoints", "artifacts"):
-        _chown_tree(Path(store.path(job_id, kind)), uid, gid)
+    fds = [nofollow.open_dir(store.root)]
+    try:
+        for name in ("jobs", job_id):
+            fds.append(nofollow.open_dirs(fds[-1], [name], create=True))
+        for fd in fds:  # the store root, jobs/ and the job's folder: pass through only
+            os.fchown(fd, os.geteuid(), os.getegid())
+            os.fchmod(fd, 0o711)
+        for kind in ("checkpoints", "artifacts"):
+            _chown_tree(fds[-1], kind, uid, gid)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def reclaim_from_job_user(store: JobObjectStore, job_id: str) -> None:
     """Give the job's store folders back to the scheduler's user (0700): an ended job's files are no job's to change."""
     if store.scheme != "file":
         return
-    for kind in ("checkpoints", "artifacts"):
-        folder = Path(store.path(job_id, kind))
-        if folder.is_dir():
-            _chown_tree(folder, os.geteuid(), os.getegid())
+    try:
+        root = nofollow.open_dir(store.root)
+    except FileNotFoundError:
+        return
+    try:
+        try:
+            job = nofollow.open_dirs(root, ["jobs", job_id])
+        except FileNotFoundError:
+            return
+        try:
+            for kind in ("checkpoints", "artifacts"):
+                _chown_tree(job, kind, os.geteuid(), os.getegid(), create=False)
+        finally:
+            os.close(job)
+    finally:
+        os.close(root)
 
 
-def _chown_tree(folder: Path, uid: int, gid: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chown(folder, uid, gid, follow_symlinks=False)
-    os.chmod(folder, 0o700)
-    for dirpath, dirs, names in os.walk(folder):
-        for name in dirs + names:
-            full = os.path.join(dirpath, name)
-            os.chown(full, uid, gid, follow_symlinks=False)
-            if not os.path.islink(full):
-                os.chmod(full, 0o700 if name in dirs else 0o600)
+def _chown_tree(parent: int, name: str, uid: int, gid: int, *, create: bool = True) -> None:
+    """chown the folder parent/name and what is inside to uid:gid (folders 0700, files 0600), by descriptor: a link
+    is never followed, and links, hard-linked and special files are left as they are."""
+    try:
+        top = nofollow.open_dirs(parent, [name], create=create)
+    except FileNotFoundError:
+        return
+    try:
+        os.fchown(top, uid, gid)
+        os.fchmod(top, 0o700)
+        for dir_fd, _rel, entry, st in nofollow.entries(top):
+            if stat.S_ISDIR(st.st_mode):
+                flags, mode = nofollow.DIR_FLAGS, 0o700
+            elif nofollow.regular(st):
+                flags, mode = nofollow.FILE_FLAGS, 0o600
+            else:
+                continue
+            try:
+                fd = os.open(entry, flags, dir_fd=dir_fd)
+            except OSError:
+                continue  # gone or swapped for a link meanwhile
+            try:
+                now = os.fstat(fd)
+                if stat.S_ISDIR(now.st_mode) or nofollow.regular(now):
+                    os.fchown(fd, uid, gid)
+                    os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
 
 
 __all__ = [
@@ -279,5 +396,7 @@ __all__ = [
     "publish_code",
     "pull_remote_outputs",
     "reclaim_from_job_user",
+    "stored_bytes",
+    "sweep_state_temp",
     "upload_outputs",
 ]

@@ -1,5 +1,5 @@
 """Progress and metrics of a running job: parsed from its log lines, kept on the Job (step, totals, metrics, ETA,
-latest checkpoint) at most once a second, and each parsed line queued as a point of the job's progress history.
+latest checkpoint) at most once a second, and folded into at most one point per second of the job's progress history.
 
 Line formats and the ETA live in `core/progress.py` (pure); this module applies them to a live job.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.convert import duration_from_seconds, timestamp_from_unix
 from crucible.scheduler import artifacts as artifact_files
-from crucible.scheduler import joboutputs
+from crucible.scheduler import history, joboutputs
 from crucible.scheduler.core.progress import Progress
-from crucible.scheduler.history import line_point
+from crucible.scheduler.history import PointWindow, line_point
 from crucible.scheduler.jobfolders import JobFolders
 from crucible.scheduler.jobstate import LiveJob
 from crucible.scheduler.lifecycle import JobLifecycle
@@ -71,6 +71,11 @@ class ProgressRecorder:
         self.folders = folders
         self.lifecycle = lifecycle
         self.clock = clock
+        self._windows: dict[str, PointWindow] = {}  # per job: the history point of the current second
+
+    def _note(self, live: LiveJob, point: history.ProgressPoint | None) -> None:
+        if point is not None:
+            self.store.note_progress(live.job.job_id, point)
 
     def feed(self, live: LiveJob, stream: str, data: bytes) -> None:
         """Parse the complete lines of newly mirrored output; each progress line becomes a history point."""
@@ -83,14 +88,19 @@ class ProgressRecorder:
                 text = part.decode("utf-8", "replace")
                 if live.tracker.feed(text, now):
                     live.progress_dirty = True
-                    self.store.note_progress(
-                        live.job.job_id, line_point(text, now, live.tracker.progress, len(live.job.attempts))
-                    )
+                    point = line_point(text, now, live.tracker.progress, len(live.job.attempts))
+                    if point is not None:
+                        window = self._windows.setdefault(live.job.job_id, PointWindow())
+                        self._note(live, window.add(point))
 
     async def flush(self, live: LiveJob, *, force: bool) -> None:
         """Save new progress and the latest checkpoint (at most once per PROGRESS_SAVE_INTERVAL_S unless forced; at
         the end of an attempt the newest complete checkpoint in the store counts too)."""
         now = self.clock()
+        window = self._windows.pop(live.job.job_id, None) if force else self._windows.get(live.job.job_id)
+        if window is not None and (point := window.due(now, force=force)) is not None:
+            self._note(live, point)  # committed with the next save
+            live.progress_dirty = True
         if not live.progress_dirty or (not force and now - live.progress_saved_at < PROGRESS_SAVE_INTERVAL_S):
             return
         job = live.job

@@ -1,23 +1,25 @@
 """Object store for jobs: code archives, checkpoints, artifacts and staged inputs, kept past the machine that ran them.
 
-One interface over fsspec: `file://` (the embedded default, under the scheduler's state folder) or `s3://` (s3fs, any
-S3-compatible endpoint). Every job owns the prefix `<root>/jobs/<job_id>/` with `code/`, `checkpoints/`, `artifacts/`.
+One interface: `file://` (the embedded default, under the scheduler's state folder; every path opened component by
+component without following a link, `nofollow.py`) or `s3://` (s3fs, any S3-compatible endpoint). Every job owns the
+prefix `<root>/jobs/<job_id>/` with `code/`, `checkpoints/`, `artifacts/`.
 """
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import json
 import logging
 import os
 import posixpath
 import re
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from crucible.scheduler import nofollow
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,10 @@ READ_CHUNK = 1 << 20
 
 class StoreError(Exception):
     """A store operation failed (unreachable endpoint, denied, missing object); the message names the object."""
+
+
+class UnsafeObject(StoreError):
+    """A file:// store path leads through a link, or names a hard-linked or special file: never read nor written."""
 
 
 def check_relative(path: str, field: str = "path") -> str:
@@ -140,28 +146,78 @@ class JobObjectStore:
         """Write one object atomically: readers see the old object or the whole new one, never a part."""
         target = self.path(job_id, kind, rel)
         if self.scheme == "file":
-            _atomic_local_write(Path(target), lambda f: f.write(data))
+            self._local(
+                lambda root: nofollow.write_atomic(root, self._parts(job_id, kind, rel), lambda fd: _write_all(fd, data)), target
+            )
         else:
             self._call(lambda: self.fs.pipe_file(target, data), target)
 
     def put_file(self, job_id: str, kind: str, rel: str, local: Path) -> None:
-        """Upload a local regular file atomically (temp name + rename locally; S3 publishes an object only when whole)."""
+        """Upload a local regular file of the scheduler's own (not a job's) atomically."""
+        fd = os.open(local, nofollow.FILE_FLAGS)
+        try:
+            os.set_blocking(fd, True)
+            self.put_fd(job_id, kind, rel, fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+
+    def put_fd(self, job_id: str, kind: str, rel: str, fd: int, size: int) -> int:
+        """Upload the first `size` bytes of the open file `fd`, atomically (temp name + rename locally; S3 publishes
+        an object only when whole), copied once with no staging copy. A file:// store keeps holes of a sparse file as
+        holes. Returns the bytes the store now holds for it (file://: data only; s3: `size`)."""
         target = self.path(job_id, kind, rel)
         if self.scheme == "file":
 
-            def copy(f: Any) -> None:
-                with open(local, "rb") as src:
-                    shutil.copyfileobj(src, f, READ_CHUNK)
+            def write(root: int) -> int:
+                with nofollow.AtomicWriter(root, self._parts(job_id, kind, rel)) as out:
+                    stored = nofollow.copy_sparse(fd, out.fd, size)
+                    out.commit()
+                return stored
 
-            _atomic_local_write(Path(target), copy)
-        else:
-            self._call(lambda: self.fs.put_file(str(local), target), target)
+            return int(self._local(write, target))
+
+        def upload() -> int:
+            with _S3Writer(self.fs.open(target, "wb")) as out:  # an error discards the upload: nothing partial appears
+                pos = 0
+                while pos < size:
+                    block = os.pread(fd, min(READ_CHUNK, size - pos), pos)
+                    if not block:
+                        raise StoreError(f"{target}: the file shrank while it was being uploaded")
+                    out.write(block)
+                    pos += len(block)
+                out.commit()
+            return size
+
+        return int(self._call(upload, target))
+
+    def writer(self, job_id: str, kind: str, rel: str) -> Any:
+        """An object written piece by piece: `write(bytes)`, then `commit()` publishes it whole or `abort()` drops it."""
+        target = self.path(job_id, kind, rel)
+        if self.scheme == "file":
+            return self._local(lambda root: nofollow.AtomicWriter(root, self._parts(job_id, kind, rel)), target)
+        return _S3Writer(self._call(lambda: self.fs.open(target, "wb"), target))
 
     # ---- reading ------------------------------------------------------------------------------------------------
 
     def list(self, job_id: str, kind: str, prefix: str = "") -> list[StoredObject]:
-        """Objects under the job's kind folder (recursively) whose relative path starts with `prefix`, sorted by path."""
+        """Objects under the job's kind folder (recursively) whose relative path starts with `prefix`, sorted by path.
+        file://: regular single-link files only, no link followed (links, hard links and special files are left out)."""
         base = self.path(job_id, kind)
+        if self.scheme == "file":
+
+            def walk(root: int) -> list[StoredObject]:
+                try:
+                    fd = nofollow.open_dirs(root, self._parts(job_id, kind))
+                except (FileNotFoundError, nofollow.UnsafePath):
+                    return []
+                try:
+                    return [
+                        StoredObject(rel, st.st_size, st.st_mtime) for rel, st in nofollow.files(fd) if rel.startswith(prefix)
+                    ]
+                finally:
+                    os.close(fd)
+
+            return sorted(self._local(walk, base), key=lambda o: o.path)
         try:
             found = self._call(lambda: self.fs.find(base, detail=True), base)
         except StoreError:
@@ -173,13 +229,21 @@ class JobObjectStore:
             if info.get("type") not in (None, "file"):
                 continue
             rel = full[len(base) + 1 :] if full.startswith(base + "/") else full
-            if ".tmp-" in posixpath.basename(rel) or not rel.startswith(prefix):
+            if nofollow.is_temp(posixpath.basename(rel)) or not rel.startswith(prefix):
                 continue
             out.append(StoredObject(rel, int(info.get("size") or 0), _mtime(info)))
         return sorted(out, key=lambda o: o.path)
 
     def stat(self, job_id: str, kind: str, rel: str) -> StoredObject | None:
+        """The object, or None when there is none (file://: a link, hard link or special file counts as none)."""
         target = self.path(job_id, kind, rel)
+        if self.scheme == "file":
+            try:
+                st = self._local(lambda root: self._fstat(root, self._parts(job_id, kind, rel)), target)
+            except UnsafeObject as exc:
+                log.warning("store: %s is not served: %s", target, exc)
+                return None
+            return None if st is None else StoredObject(rel, st.st_size, st.st_mtime)
         try:
             info = self.fs.info(target)
         except FileNotFoundError:
@@ -190,9 +254,28 @@ class JobObjectStore:
             return None
         return StoredObject(rel, int(info.get("size") or 0), _mtime(info))
 
+    @staticmethod
+    def _fstat(root: int, parts: builtins.list[str]) -> os.stat_result | None:
+        try:
+            fd, st = nofollow.open_file(root, parts)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        os.close(fd)
+        return st
+
     def read_range(self, job_id: str, kind: str, rel: str, offset: int, length: int) -> bytes:
         """Bytes [offset, offset + length) of one object; reads nothing before `offset`."""
         target = self.path(job_id, kind, rel)
+        if self.scheme == "file":
+
+            def read(root: int) -> bytes:
+                fd, _st = nofollow.open_file(root, self._parts(job_id, kind, rel))
+                try:
+                    return os.pread(fd, length, offset)
+                finally:
+                    os.close(fd)
+
+            return bytes(self._local(read, target))
         return self._call(lambda: self.fs.cat_file(target, start=offset, end=offset + length), target)
 
     def iter_chunks(self, job_id: str, kind: str, rel: str, offset: int = 0, chunk: int = READ_CHUNK) -> Iterator[bytes]:
@@ -209,29 +292,76 @@ class JobObjectStore:
             yield block
 
     def download_tree(self, job_id: str, kind: str, dest: Path, *, max_bytes: int) -> int:
-        """Copy every object of the job's kind folder under `dest` (created); refuses more than `max_bytes` in all."""
+        """Copy every object of the job's kind folder under `dest` (created); refuses more than `max_bytes` in all.
+        Nothing under `dest` is followed either: a link there is replaced by the object, never written through."""
         objects = self.list(job_id, kind)
         total = sum(o.size for o in objects)
         if total > max_bytes:
             raise StoreError(f"{kind} of job {job_id} holds {total} bytes, over the limit of {max_bytes}")
         dest.mkdir(parents=True, exist_ok=True)
-        for obj in objects:
-            local = dest / check_relative(obj.path)
-            local.parent.mkdir(parents=True, exist_ok=True)
-            source = self.path(job_id, kind, obj.path)
-            self._call(lambda s=source, d=local: self.fs.get_file(s, str(d)), source)
+        dest_fd = nofollow.open_dir(dest)
+        try:
+            for obj in objects:
+                parts = check_relative(obj.path).split("/")
+                with nofollow.AtomicWriter(dest_fd, parts, mode=0o644) as out:
+                    for block in self.iter_chunks(job_id, kind, obj.path):
+                        out.write(block)
+                    out.commit()
+        except nofollow.UnsafePath as exc:
+            raise UnsafeObject(f"{dest}: {exc}") from None
+        finally:
+            os.close(dest_fd)
         return total
 
     # ---- housekeeping -------------------------------------------------------------------------------------------
 
     def delete_job(self, job_id: str) -> int:
-        """Remove every object of the job; returns how many files were removed."""
+        """Remove every object of the job; returns how many files were removed. file://: links inside are removed,
+        never followed."""
         base = self._job(job_id)
+        if self.scheme == "file":
+
+            def remove(root: int) -> int:
+                try:
+                    jobs = nofollow.open_dirs(root, ["jobs"])
+                except FileNotFoundError:
+                    return 0
+                try:
+                    try:
+                        fd = nofollow.open_dirs(jobs, [job_id])
+                    except FileNotFoundError:
+                        return 0
+                    except nofollow.UnsafePath:
+                        count = 0  # a link in place of the job's folder: remove the link itself
+                    else:
+                        try:
+                            count = sum(1 for _ in nofollow.files(fd))
+                        finally:
+                            os.close(fd)
+                    nofollow.remove_tree(jobs, job_id)
+                    return count
+                finally:
+                    os.close(jobs)
+
+            return int(self._local(remove, base))
         if not self._call(lambda: self.fs.exists(base), base):
             return 0
         count = sum(len(self.list(job_id, kind)) for kind in KINDS)
         self._call(lambda: self.fs.rm(base, recursive=True), base)
         return count
+
+    def sweep_temp(self) -> tuple[int, int]:
+        """Remove the temporary files that uploads interrupted by a crash (kill -9) left in a file:// store:
+        (files, bytes on disk) removed. Call it at start, before any upload. The jobs' own checkpoints/ folders are
+        left alone (a job that kept running across the restart may be writing one). S3 publishes nothing partial."""
+        if self.scheme != "file":
+            return 0, 0
+
+        def jobs_checkpoints(rel: str) -> bool:
+            parts = rel.split("/")
+            return len(parts) == 3 and parts[0] == "jobs" and parts[2] == "checkpoints"
+
+        return self._local(lambda root: nofollow.sweep_temp(root, prune=jobs_checkpoints), self.root)
 
     def read_url(self, job_id: str, kind: str, rel: str, expires_s: int) -> str:
         """A URL the job's machine can GET without keys: presigned for S3 (expires), the file path for file://."""
@@ -308,6 +438,29 @@ class JobObjectStore:
             "AWS_SESSION_TOKEN": creds["SessionToken"],
         }
 
+    def _parts(self, job_id: str, kind: str, rel: str = "") -> builtins.list[str]:
+        """The components of a job's object under the file:// store root."""
+        self.path(job_id, kind, rel)  # checks the id, kind and relative path
+        return ["jobs", job_id, kind, *(check_relative(rel).split("/") if rel else [])]
+
+    def _local(self, fn: Any, what: str) -> Any:
+        """`fn(root_fd)` on the file:// store root; a link on the way is UnsafeObject, other errors StoreError (a
+        missing object stays FileNotFoundError)."""
+        try:
+            root = nofollow.open_dir(self.root)
+        except (OSError, nofollow.UnsafePath) as exc:
+            raise StoreError(f"file://{self.root}: {exc}") from exc
+        try:
+            return fn(root)
+        except nofollow.UnsafePath as exc:
+            raise UnsafeObject(f"file://{what}: {exc}") from None
+        except (FileNotFoundError, StoreError):
+            raise
+        except OSError as exc:
+            raise StoreError(f"file://{what}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            os.close(root)
+
     def _call(self, fn: Any, what: str) -> Any:
         try:
             return fn()
@@ -327,18 +480,33 @@ def _mtime(info: dict[str, Any]) -> float:
         return 0.0
 
 
-def _atomic_local_write(target: Path, write: Any) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _S3Writer:
+    """StoreWriter over an s3fs file: the multipart upload is completed by commit, aborted by abort."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+
+    def write(self, data: bytes) -> None:
+        self.f.write(data)
+
+    def commit(self) -> None:
+        self.f.close()
+
+    def abort(self) -> None:
+        if not self.f.closed:
+            self.f.discard()
+
+    def __enter__(self) -> _S3Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
 
 
 def default_store_url(state_dir: Path) -> str:
@@ -346,4 +514,13 @@ def default_store_url(state_dir: Path) -> str:
     return f"file://{(state_dir / 'store').resolve()}"
 
 
-__all__ = ["KINDS", "JobObjectStore", "StoreError", "StoreSettings", "StoredObject", "check_relative", "default_store_url"]
+__all__ = [
+    "KINDS",
+    "JobObjectStore",
+    "StoreError",
+    "StoreSettings",
+    "StoredObject",
+    "UnsafeObject",
+    "check_relative",
+    "default_store_url",
+]

@@ -20,13 +20,15 @@ from typing import Any
 
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.convert import unix_seconds
-from crucible.scheduler.history import ProgressPoint
+from crucible.scheduler import history
+from crucible.scheduler.history import MAX_POINTS, ProgressPoint
 from crucible.scheduler.jobstate import JobBookkeeping, JobRecord
 
 log = logging.getLogger(__name__)
 
-#: Progress points kept in memory per job between two saves of the job (saves come about once a second).
-MAX_PENDING_PROGRESS = 100_000
+#: Progress points kept in memory per job between two saves of the job (points come at most once a second, saves
+#: about as often).
+MAX_PENDING_PROGRESS = 1_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -52,15 +54,17 @@ CREATE TABLE IF NOT EXISTS job_progress (
     attempt INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS job_progress_job ON job_progress(job_id, seq);
+CREATE INDEX IF NOT EXISTS job_progress_step ON job_progress(job_id, step);
 """
 
 
 class JobStore:
     """Synchronous SQLite access; use AsyncJobStore from the event loop."""
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, *, synchronous: str = "FULL", max_progress_points: int = MAX_POINTS) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.max_progress_points = max(16, max_progress_points)
         from crucible.runtime.statefile import open_state_db  # an empty or corrupt store refuses the start (issue 12)
 
         self._db = open_state_db(
@@ -206,18 +210,70 @@ class JobStore:
         return [self._decode(r) for r in rows]
 
     def add_progress(self, job_id: str, points: Sequence[ProgressPoint]) -> None:
-        """Append progress points of a job in one committed transaction."""
-        rows = [(job_id, p.step, p.total_steps, json.dumps(p.metrics, separators=(",", ":")), p.time, p.attempt) for p in points]
+        """Add progress points of a job in one committed transaction, one point per step: a step already stored is
+        replaced (its metrics merged when the same attempt reports it again; a later attempt's redone step replaces
+        the earlier measurement). Past `max_progress_points` the older points are thinned (history.MAX_POINTS)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(
-                    "INSERT INTO job_progress(job_id, step, total_steps, metrics, time, attempt) VALUES (?,?,?,?,?,?)", rows
-                )
+                for p in points:
+                    metrics = p.metrics
+                    old = self._db.execute(
+                        "SELECT attempt, metrics FROM job_progress WHERE job_id=? AND step=? ORDER BY seq DESC LIMIT 1",
+                        (job_id, p.step),
+                    ).fetchone()
+                    if old is not None:
+                        if old[0] == p.attempt:
+                            merged = history.merge(ProgressPoint(p.step, 0, json.loads(old[1]), 0.0, p.attempt), p)
+                            metrics = merged.metrics
+                        self._db.execute("DELETE FROM job_progress WHERE job_id=? AND step=?", (job_id, p.step))
+                    self._db.execute(
+                        "INSERT INTO job_progress(job_id, step, total_steps, metrics, time, attempt) VALUES (?,?,?,?,?,?)",
+                        (job_id, p.step, p.total_steps, json.dumps(metrics, separators=(",", ":")), p.time, p.attempt),
+                    )
+                count = int(self._db.execute("SELECT COUNT(*) FROM job_progress WHERE job_id=?", (job_id,)).fetchone()[0])
+                if count > self.max_progress_points:
+                    self._thin_progress(job_id)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _thin_progress(self, job_id: str) -> None:
+        """Thin a job's history to about 3/4 of the cap (inside add_progress's transaction): the newest quarter of the
+        cap stays whole; of the older points one per equal step range is kept (the whole run stays covered evenly, at
+        a coarser grain), and the first, the last and each metric's lowest and highest value always stay."""
+        rows = self._db.execute("SELECT seq, step, metrics FROM job_progress WHERE job_id=? ORDER BY seq", (job_id,)).fetchall()
+        cap = self.max_progress_points
+        recent = {seq for seq, _step, _m in rows[len(rows) - cap // 4 :]}
+        by_step = sorted(rows, key=lambda row: row[1])
+        keep = {by_step[0][0], by_step[-1][0], rows[-1][0]} | recent
+        lowest: dict[str, tuple[float, int]] = {}
+        highest: dict[str, tuple[float, int]] = {}
+        for seq, _step, text in rows:
+            for name, value in json.loads(text).items():
+                if name not in lowest or value < lowest[name][0]:
+                    lowest[name] = (value, seq)
+                if name not in highest or value > highest[name][0]:
+                    highest[name] = (value, seq)
+        keep.update(seq for _v, seq in lowest.values())
+        keep.update(seq for _v, seq in highest.values())
+        buckets = max(1, cap // 2)
+        first, span = by_step[0][1], by_step[-1][1] - by_step[0][1] + 1
+        taken: set[int] = set()
+        drop = []
+        for seq, step, _m in by_step:
+            if seq in keep:
+                continue
+            bucket = (step - first) * buckets // span
+            if bucket in taken:
+                drop.append(seq)
+            else:
+                taken.add(bucket)
+        for start in range(0, len(drop), 500):
+            chunk = drop[start : start + 500]
+            self._db.execute(f"DELETE FROM job_progress WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+        log.info("job %s: progress history thinned from %d to %d points", job_id, len(rows), len(rows) - len(drop))
 
     def list_progress(self, job_id: str, *, after_seq: int = 0, limit: int = 500) -> builtins.list[tuple[int, ProgressPoint]]:
         """Up to `limit` points of a job stored after `after_seq`, oldest first, each with its sequence number."""
