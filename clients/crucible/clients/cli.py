@@ -112,7 +112,14 @@ def _reward(args: argparse.Namespace) -> int:
 
     from crucible.clients.tables import format_table
 
-    pairs = _pairs(args.data)[: args.limit]
+    try:
+        pairs = _pairs(args.data)[: args.limit]
+    except OSError as err:
+        print(f"crucible reward: cannot read --data {args.data}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        print(f"crucible reward: --data {args.data} is not pairs JSONL or detect-format JSON: {err}", file=sys.stderr)
+        return 2
     if not pairs:
         print("crucible reward: no pairs in the data file", file=sys.stderr)
         return 1

@@ -533,12 +533,19 @@ class Catalog:
         return offer
 
     def check_gpu_names(self, names: Sequence[str], field: str) -> set[str]:
-        """Upper-cased names, each checked: empty -> InvalidArgument, not in the catalog -> NotFound."""
+        """Upper-cased names, each checked: empty -> InvalidArgument, not in the catalog -> NotFound.
+
+        A family name matches every variant of it: "A100" is A100-40GB and A100-80GB (names starting "A100-").
+        """
         out = set()
         for i, raw in enumerate(names):
             name = raw.strip().upper()
             if not name:
                 raise InvalidArgument.field(f"{field}[{i}]", "must not be empty", reason="EMPTY_GPU_NAME")
+            family = {g for g in self.gpu_names if g.startswith(name + "-")} if name not in self.gpu_names else set()
+            if family:
+                out |= family
+                continue
             if name not in self.gpu_names:
                 raise NotFound(
                     f"{field}[{i}]: GPU {raw!r} is not in the catalog; known: {', '.join(sorted(self.gpu_names))}",
