@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+#: Where `--input builtin:tinyshakespeare` (the job file's `inputs:`) stages the text, relative to the working folder.
+DEFAULT_DATA = Path("data") / "tinyshakespeare" / "input.txt"
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -212,7 +213,12 @@ def load_resume_state(ckpt_path: Path, url: str, wanted: bool) -> tuple[dict | N
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line settings (nanoGPT's names where they exist)."""
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", default="", help=f"text file (default {DEFAULT_DATA}; Python's stdlib sources when absent)")
+    p.add_argument(
+        "--data",
+        default="",
+        help=f"text file (default {DEFAULT_DATA}, where the builtin:tinyshakespeare input lands; Python's standard "
+        "library sources when absent)",
+    )
     p.add_argument("--out-dir", default=os.environ.get("CRUCIBLE_CHECKPOINT_DIR", "checkpoints"))
     p.add_argument("--max-iters", type=int, default=2000)
     p.add_argument("--eval-interval", type=int, default=250)

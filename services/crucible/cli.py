@@ -29,7 +29,7 @@ from crucible.clients.tables import format_table
 from crucible.mesh import SERVICES, MeshLauncher, default_ports, health_table
 from crucible.runtime.config import add_arguments, load_config
 from crucible.runtime.errors import ConfigError
-from crucible.runtime.logs import configure_logging
+from crucible.runtime.logs import QUIET_ENV, JsonLinesStream, configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"crucible serve {args.service}: invalid setting {err}", file=sys.stderr)
         return 2
+    if config.log_format == "json":  # every line of a service's log is JSON, whatever a library prints
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+        sys.stderr = JsonLinesStream(sys.stderr, args.service)
     configure_logging(args.service, config.log_level, config.log_format)
     log.info("starting %s", args.service, extra={"config": config.public_dict(), "version": __version__})
 
@@ -145,12 +149,29 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
-async def _bring_up(args: argparse.Namespace) -> tuple[MeshLauncher, dict[str, object]]:
-    mesh = MeshLauncher(_selected(args.services), host=args.host, ports=default_ports(args.base_port), log_dir=args.log_dir)
+async def _bring_up(
+    args: argparse.Namespace, extra_args: dict[str, list[str]] | None = None
+) -> tuple[MeshLauncher, dict[str, object]]:
+    mesh = MeshLauncher(
+        _selected(args.services),
+        host=args.host,
+        ports=default_ports(args.base_port),
+        log_dir=args.log_dir,
+        extra_args=extra_args,
+    )
     started = time.perf_counter()
     mesh.start()
+    where = f"; logs in {args.log_dir}" if args.log_dir else ""
+    print(
+        f"starting {', '.join(mesh.services)} (models load first: the detector, proposer and scorer take longest){where}",
+        flush=True,
+    )
+
+    def ready(name: str, result: HealthResult, seconds: float) -> None:
+        print(f"  {name:<9} ready in {seconds:5.1f}s  {mesh.address(name)}", flush=True)
+
     try:
-        results = await mesh.wait_ready(timeout=args.startup_timeout)
+        results = await mesh.wait_ready(timeout=args.startup_timeout, on_ready=ready)
     except BaseException:
         mesh.stop()
         raise
@@ -216,11 +237,17 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.log_dir is None:
         args.log_dir = Path(tempfile.mkdtemp(prefix="crucible-demo-"))
+    # The demo's jobs, budgets and spend live in its own folder, never in the user's real state (`jobs list` later).
+    state = args.log_dir / "state"
+    own_state = {name: ["--state-dir", str(state / name)] for name in ("scheduler", "cost")}
 
     async def run() -> int:
-        print(f"Crucible {__version__} demo: starting the mesh (logs and traces in {args.log_dir})", flush=True)
+        print(
+            f"Crucible {__version__} demo: starting the mesh (logs and traces in {args.log_dir}; its own state in {state})",
+            flush=True,
+        )
         try:
-            mesh, _ = await _bring_up(args)
+            mesh, _ = await _bring_up(args, own_state)
         except (RuntimeError, TimeoutError) as err:
             print(f"crucible demo: {err}", file=sys.stderr)
             return 1
@@ -351,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit:  # --help, usage errors: their output too is flushed here
             sys.stdout.flush()
             raise
+        except KeyboardInterrupt:
+            return 130
+        except (grpc.RpcError, OSError, ValueError) as err:
+            if isinstance(err, BrokenPipeError) or os.environ.get("CRUCIBLE_DEBUG"):
+                raise
+            return _user_error(argv, err)
         sys.stdout.flush()  # a closed pipe must surface here, not in the interpreter's final flush
         return code
     except BrokenPipeError:
@@ -359,6 +392,23 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EXIT_BROKEN_PIPE
+
+
+def _user_error(argv: list[str] | None, err: BaseException) -> int:
+    """The last net under every command: a failed call, a file that cannot be read, a value that cannot be used is
+    reported in a sentence (no traceback; CRUCIBLE_DEBUG=1 shows one). Commands report their own errors first."""
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")][:2]
+    command = "crucible " + " ".join(words[:1])
+    if isinstance(err, grpc.RpcError):
+        from crucible.clients.cli_common import report_rpc_error
+
+        return report_rpc_error(err, command, "", "")
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{command}: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    print(f"{command}: {err}", file=sys.stderr)
+    return 2
 
 
 def _main(argv: list[str] | None) -> int:

@@ -12,12 +12,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from crucible.clients.health import HealthResult, check, wait_serving
 from crucible.clients.tables import format_table
+from crucible.runtime.logs import QUIET_ENV
 
 METRICS_PORT_OFFSET = 1000
 
@@ -94,7 +96,8 @@ class MeshLauncher:
             raise ValueError(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICES)}")
         self.host = host
         self.ports = {**default_ports(), **(ports or {})}
-        self.env = {**os.environ, **(env or {})}
+        # Progress bars off, the gRPC fork notice silenced: the services' logs stay one JSON object per line.
+        self.env = {**QUIET_ENV, **os.environ, **(env or {})}
         self.log_dir = log_dir
         self.extra_args = extra_args or {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -122,8 +125,14 @@ class MeshLauncher:
                 cmd, env=self.env, stdout=out, stderr=out, start_new_session=True, preexec_fn=_stop_with_parent
             )
 
-    async def wait_ready(self, timeout: float = 180.0) -> dict[str, HealthResult]:
-        """Wait until every service answers SERVING; fails early, naming the service, if a child exits."""
+    async def wait_ready(
+        self, timeout: float = 180.0, on_ready: Callable[[str, HealthResult, float], None] | None = None
+    ) -> dict[str, HealthResult]:
+        """Wait until every service answers SERVING; fails early, naming the service, if a child exits.
+
+        `on_ready(name, result, seconds)` is called as each service becomes ready (seconds since this call).
+        """
+        started = time.perf_counter()
 
         async def one(name: str) -> HealthResult:
             waiter = asyncio.create_task(wait_serving(self.address(name), timeout=timeout))
@@ -134,7 +143,10 @@ class MeshLauncher:
                     hint = f"; see {self.log_dir / (name + '.log')}" if self.log_dir else ""
                     raise RuntimeError(f"{name} exited with code {code} before becoming ready{hint}")
                 await asyncio.wait({waiter}, timeout=0.2)
-            return waiter.result()
+            result = waiter.result()
+            if on_ready is not None:
+                on_ready(name, result, time.perf_counter() - started)
+            return result
 
         results = await asyncio.gather(*(one(n) for n in self.services))
         return dict(zip(self.services, results, strict=True))

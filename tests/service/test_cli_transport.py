@@ -191,9 +191,9 @@ def test_jobs_commands_use_tls_and_token(client_env, capsys):
     code, out, err = _run(capsys, "jobs", "list", "--json")
     assert code == 0, err
     jobs = [json.loads(line) for line in out.splitlines()]
-    assert job_id in [j["jobId"] for j in jobs]
+    assert job_id in [j["job_id"] for j in jobs]
     code, out, err = _run(capsys, "jobs", "get", job_id, "--json")
-    assert code == 0 and json.loads(out)["jobId"] == job_id, err
+    assert code == 0 and json.loads(out)["job_id"] == job_id, err
     code, out, err = _run(capsys, "jobs", "providers", "--json")
     assert code == 0 and "dryrun" in [json.loads(line)["name"] for line in out.splitlines()], err
     code, out, err = _run(capsys, "jobs", "artifacts", job_id, "--json")

@@ -441,7 +441,7 @@ async def test_cli_json_lists_offers_with_regions_and_dated_sources(tmp_path, ca
         address = ["--address", server.address]
         for provider, region in (("lambda", r"[a-z]+-[a-z]+-\d"), ("runpod", r"[A-Z]+-[A-Z]+-\d")):
             rc = await asyncio.to_thread(main, ["cost", "offers", "--provider", provider, "--limit", "1000", "--json", *address])
-            offers = json.loads(capsys.readouterr().out)["offers"]
+            offers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # one offer per line
             assert rc == 0 and len(offers) > 100
             for o in offers:
                 assert o["provider"] == provider and re.fullmatch(region, o["region"]), o
@@ -454,18 +454,19 @@ async def test_cli_json_lists_offers_with_regions_and_dated_sources(tmp_path, ca
         rc = await asyncio.to_thread(
             main, ["cost", "budget", "create", "--scope", "user:alice", "--limit", "3", "--json", *address]
         )
-        created = json.loads(capsys.readouterr().out)["budget"]
+        created = json.loads(capsys.readouterr().out)
         assert rc == 0 and created["scope"] == "user:alice" and created["enforcement"] == "BUDGET_ENFORCEMENT_SOFT"
         for argv, key in (
-            (["budget", "list"], "budgets"),
-            (["budget", "get", created["budget_id"]], "budget"),
+            (["budget", "list"], "budget_id"),
+            (["budget", "get", created["budget_id"]], "budget_id"),
             (["estimate", "modal/H100/any/on-demand", "--duration", "1h"], "assumptions"),
             (["budget", "check", "--scope", "user:alice", "--cost", "1"], "checks"),
-            (["compare", "--gpu", "H100", "--duration", "1h"], "recommended_offer_id"),
-            (["refresh", "--provider", "modal"], "results"),
+            (["compare", "--gpu", "H100", "--duration", "1h"], "recommended"),
+            (["refresh", "--provider", "modal"], "outcome"),
         ):
             rc = await asyncio.to_thread(main, ["cost", *argv, "--json", *address])
-            assert rc == 0 and key in json.loads(capsys.readouterr().out), argv
+            lines = capsys.readouterr().out.splitlines()  # one JSON object per line
+            assert rc == 0 and lines and all(key in json.loads(line) for line in lines), argv
 
 
 async def test_cli_into_a_closed_pipe_ends_quietly(tmp_path):

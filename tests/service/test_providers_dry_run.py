@@ -171,8 +171,8 @@ def test_dry_run_without_required_settings_names_the_problem(mesh, capsys, monke
         "python",
         "train.py",
     ]
-    assert main(argv) == 0
-    assert "launch problem: setting lambda.ssh_key_names" in capsys.readouterr().out
+    assert main(argv) == 1  # a dry run that reports a launch problem is not a success
+    assert "launch problem: setting lambda.ssh_key_names" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("provider,gpu", [("lambda", "A10"), ("runpod", "A100-80GB"), ("paperspace", "A100-80GB")])
@@ -203,5 +203,100 @@ def test_the_shipped_catalog_is_launchable_on_each_remote_provider(shipped, prov
     captured = capsys.readouterr()
     assert code == 0, captured.err
     shown = json.loads(captured.out)
-    assert shown["offer"]["region"] and "test row" not in shown["offer"]["priceSource"]
+    assert shown["offer"]["region"] and "test row" not in shown["offer"]["price_source"]
     assert shown["launch"]["problems"] == [] and shown["launch"]["requests"]
+
+
+@pytest.fixture(scope="module")
+def keyless(tmp_path_factory):
+    """A scheduler whose remote providers have no keys at all (a new user's machine)."""
+    folder = tmp_path_factory.mktemp("keyless")
+    settings = {"lambda": {"ssh_key_names": "laptop"}, "paperspace": {"template_id": "t0abc123"}}
+    (folder / "providers.json").write_text(json.dumps(settings))
+    store = SecretStore(env={})
+    providers = {
+        "lambda": LambdaProvider.from_settings(settings["lambda"], secrets=store),
+        "runpod": RunPodProvider.from_settings({}, secrets=store),
+        "paperspace": PaperspaceProvider.from_settings(settings["paperspace"], secrets=store),
+    }
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start():
+        cost, cost_port = create_cost(
+            load_config(CostConfig, "cost", env={}, port=0, metrics_enabled=False, state_dir=str(folder / "cost"))
+        )
+        await cost.start()
+        await cost.wait_ready(30)
+        sched, sched_port = create_scheduler(
+            load_config(
+                SchedulerConfig,
+                "scheduler",
+                env={},
+                port=0,
+                metrics_enabled=False,
+                state_dir=str(folder / "state"),
+                cost_address=f"127.0.0.1:{cost_port}",
+            ),
+            providers=providers,
+        )
+        await sched.start()
+        await sched.wait_ready(30)
+        return [sched, cost], sched_port
+
+    servers, port = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
+    yield {"address": f"127.0.0.1:{port}", "settings": folder / "providers.json"}
+    for s in servers:
+        asyncio.run_coroutine_threadsafe(s.stop(0), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@pytest.mark.parametrize(
+    "provider,gpu,auth",
+    [
+        ("lambda", "A10", ("Authorization", "Bearer ***")),
+        ("runpod", "A100-80GB", ("Authorization", "Bearer ***")),
+        ("paperspace", "A100-80GB", ("Authorization", "Bearer ***")),
+        ("modal", "H100", ("token", "***")),
+    ],
+)
+@pytest.mark.parametrize("key_here", [False, True], ids=["no-key-anywhere", "key-set-here"])
+def test_dry_run_needs_no_keys_and_always_shows_them_as_stars(keyless, provider, gpu, auth, key_here, capsys, monkeypatch):
+    """Issue 26: `--dry-run` failed with "credentials missing" on a scheduler without keys, and showed
+    `Bearer <missing: env RUNPOD_API_KEY ...>` where the CLI had none; the preview is the same either way."""
+    for name in (*KEYS, "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "CRUCIBLE_SECRETS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    if key_here:
+        for name, value in KEYS.items():
+            monkeypatch.setenv(name, value)
+    argv = ["jobs", "submit", "--address", keyless["address"], "--provider", provider, "--gpus", f"{gpu}:1", "--dry-run"]
+    code = main([*argv, "--provider-settings", str(keyless["settings"]), "--json", "--", "python", "train.py"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    shown = json.loads(captured.out)
+    assert shown["offer"]["provider"] == provider and shown["launch"]["problems"] == []
+    header, value = auth
+    assert {r["headers"][header] for r in shown["launch"]["requests"]} == {value}
+    assert "<missing" not in captured.out and all(k not in captured.out for k in KEYS.values())
+
+
+def test_dry_run_exits_non_zero_when_it_reports_a_launch_problem(keyless, capsys, monkeypatch):
+    for name in KEYS:
+        monkeypatch.delenv(name, raising=False)
+    argv = ["jobs", "submit", "--address", keyless["address"], "--provider", "lambda", "--gpus", "A10:1", "--dry-run"]
+    code = main([*argv, "--provider-settings", "", "--", "python", "train.py"])  # no ssh_key_names: Lambda refuses
+    captured = capsys.readouterr()
+    assert code == 1 and "launch problem: setting lambda.ssh_key_names" in captured.err
+    code = main([*argv, "--provider-settings", "", "--json", "--", "python", "train.py"])
+    captured = capsys.readouterr()
+    assert code == 1 and json.loads(captured.out)["launch"]["problems"]
+
+
+def test_a_real_submit_without_keys_is_still_refused(keyless, capsys, monkeypatch):
+    """The preview needs no keys; creating the job does (the scheduler cannot launch without them)."""
+    argv = ["jobs", "submit", "--address", keyless["address"], "--provider", "runpod", "--gpus", "A100-80GB:1"]
+    code = main([*argv, "--", "python", "train.py"])
+    captured = capsys.readouterr()
+    assert code == 1 and "credentials missing" in captured.err

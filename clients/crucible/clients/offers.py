@@ -6,6 +6,7 @@ Shared by `crucible cost compare` and the web console's Providers page; works on
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -103,3 +104,24 @@ def group_offers(offers: Iterable[Any], recommended_offer_id: str | None = None)
             )
         )
     return groups
+
+
+_URL = re.compile(r"(?:https?://)?(?:www\.)?([a-z0-9.-]+\.[a-z]{2,})(/[^\s(),;]*)?", re.IGNORECASE)
+
+
+def short_source(source: str) -> str:
+    """A price source in a few words: 'skypilot-catalog' for a SkyPilot catalog file, the site for a web page, the
+    provider's API as 'provider API'; anything else cut at its first clause. The full text stays on the offer."""
+    text = (source or "").strip()
+    if not text:
+        return "unknown"
+    if text.lower().startswith("github.com/"):
+        repo = text.split("/")[2] if text.count("/") >= 2 else text
+        return repo.split("@", 1)[0]
+    found = _URL.match(text)
+    if found:
+        return found.group(1).lower()
+    first = re.split(r"[;(]", text, maxsplit=1)[0].strip().rstrip(",")
+    if len(first) > 40:
+        first = first.split(",", 1)[0].strip()
+    return first if len(first) <= 40 else first[:39].rstrip() + "…"

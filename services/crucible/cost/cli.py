@@ -1,7 +1,7 @@
 """`crucible cost offers|estimate|compare|refresh|budget ...`: the cost service for people who don't speak protobuf.
 
-Each command calls a running cost service (--address, default 127.0.0.1:50055) and prints a table, or with --json the
-service's answer as JSON (proto field names; `budget watch` prints one JSON object per line).
+Each command calls a running cost service (--address, default 127.0.0.1:50055) and prints a table, or with --json one
+JSON object per line (proto field names): one line per offer, row or budget of a list, one line for a single answer.
 """
 
 from __future__ import annotations
@@ -9,37 +9,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
-import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from crucible.clients.channel import add_connection_arguments
+from crucible.clients.cli_common import (
+    message_dict,
+    parse_duration,
+    parse_duration_range,
+    parse_gpus,
+    print_json_line,
+    report_rpc_error,
+)
+from crucible.clients.offers import group_offers, short_source
 from crucible.clients.tables import format_table
 from crucible.runtime.convert import duration_from_seconds, timestamp_from_datetime
 
 DEFAULT_ADDRESS = "127.0.0.1:50055"
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
-_UNIT_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as '3h', '90m', '1h30m', '45s' or '2d'; argparse-friendly errors."""
-    compact = text.strip().lower().replace(" ", "")
-    parts = _DURATION_PART.findall(compact)
-    if not compact or "".join(n + u for n, u in parts) != compact:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 3h, 90m, 1h30m or 45s, got {text!r}")
-    return sum(float(n) * _UNIT_S[u] for n, u in parts)
-
-
-def parse_duration_range(text: str) -> tuple[float, float]:
-    """'3h' -> (3h, 3h); '1h..3h' -> (1h, 3h)."""
-    low, sep, high = text.partition("..")
-    return (parse_duration(low), parse_duration(high)) if sep else (parse_duration(low),) * 2
+__all__ = ["add_commands", "parse_duration", "parse_duration_range"]  # the parsers live in crucible.clients.cli_common
 
 
 def _parse_time(text: str) -> timestamp_pb2.Timestamp:
@@ -69,13 +60,9 @@ def _observed(offer: Any) -> str:
     return offer.price_observed_at.ToDatetime().date().isoformat() if offer.HasField("price_observed_at") else "undated"
 
 
-def _json(message: Any) -> dict[str, Any]:
-    """A reply as a JSON-ready dict: proto field names, every field (zeros and empty lists too), enums by name."""
-    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
-
-
-def _print_json(message: Any, *, one_line: bool = False) -> None:
-    print(json.dumps(_json(message), indent=None if one_line else 2, sort_keys=False), flush=one_line)
+def _source(offer: Any) -> str:
+    """'skypilot-catalog 2026-12-03': where the price came from, in a few words, and the day it was read."""
+    return f"{short_source(offer.price_source)} {_observed(offer)}"
 
 
 # --------------------------------------------------------------------------------------------------------- commands
@@ -85,6 +72,9 @@ async def _offers(stub: Any, args: argparse.Namespace) -> int:
     from crucible.api.cost.v1 import cost_service_pb2 as pb
     from crucible.api.cost.v1 import offer_pb2
 
+    if args.gpus is not None:
+        args.gpu = [*args.gpu, *args.gpus[0]]
+        args.gpu_count = args.gpus[1]
     request = pb.ListOffersRequest(
         gpu_names=args.gpu,
         min_gpu_memory_gib=args.min_gpu_memory,
@@ -99,7 +89,8 @@ async def _offers(stub: Any, args: argparse.Namespace) -> int:
         request.max_price_usd_per_hour = args.max_price
     reply = await stub.ListOffers(request, timeout=args.timeout)
     if args.json:
-        _print_json(reply)
+        for offer in reply.offers:
+            print_json_line(offer)
         return 0
     rows = [
         (
@@ -111,11 +102,11 @@ async def _offers(stub: Any, args: argparse.Namespace) -> int:
             _enum(offer_pb2.BillingGranularity, o.billing_granularity, "BILLING_GRANULARITY_"),
             _enum(offer_pb2.Availability, o.availability, "AVAILABILITY_"),
             _enum(offer_pb2.PriceOrigin, o.price_origin, "PRICE_ORIGIN_"),
-            _observed(o),
+            _source(o),
         )
         for o in reply.offers
     ]
-    print(format_table(("offer", "gpu", "n", "GiB", "$/h", "billing", "availability", "origin", "observed"), rows))
+    print(format_table(("offer", "gpu", "n", "GiB", "$/h", "billing", "availability", "origin", "source"), rows))
     if reply.next_page_token:
         print(f"(more offers: raise --limit, now {args.limit})")
     return 0
@@ -133,10 +124,10 @@ async def _estimate(stub: Any, args: argparse.Namespace) -> int:
         request.duration_range.CopyFrom(offer_pb2.DurationRange(low=duration_from_seconds(low), high=duration_from_seconds(high)))
     reply = await stub.EstimateCost(request, timeout=args.timeout)
     if args.json:
-        _print_json(reply)
+        print_json_line(reply)
         return 0
     o = reply.offer
-    print(f"{o.offer_id}: {_money(o.price_usd_per_hour)}/h, source {o.price_source!r}, observed {_observed(o)}")
+    print(f"{o.offer_id}: {_money(o.price_usd_per_hour)}/h, source {_source(o)}")
     ends = [("estimate", reply.low)] if low == high else [("low", reply.low), ("high", reply.high)]
     rows = [
         (
@@ -161,6 +152,9 @@ async def _compare(stub: Any, args: argparse.Namespace) -> int:
     from crucible.api.cost.v1 import cost_service_pb2 as pb
     from crucible.api.cost.v1 import offer_pb2
 
+    if args.gpus is not None:
+        args.gpu = [*args.gpu, *args.gpus[0]]
+        args.gpu_count = args.gpus[1]
     request = pb.CompareProvidersRequest(
         requirements=offer_pb2.ResourceRequirements(
             gpu_names=args.gpu,
@@ -180,29 +174,75 @@ async def _compare(stub: Any, args: argparse.Namespace) -> int:
     if args.max_cost is not None:
         request.max_cost_usd = args.max_cost
     reply = await stub.CompareProviders(request, timeout=args.timeout)
-    if args.json:
-        _print_json(reply)
-        return 0 if reply.recommended_offer_id else 1
-    rows = [
-        (
-            r.rank,
-            r.offer.offer_id,
-            f"{r.offer.price_usd_per_hour:.4g}",
-            f"{r.relative_speed:.2f}x",
-            _fmt_seconds(r.cost.runtime),
-            _money(r.cost.total_usd),
-            _observed(r.offer),
-        )
-        for r in reply.offers[: args.limit]
-    ]
-    print(format_table(("rank", "offer", "$/h", "speed", "runtime", "total", "observed"), rows))
-    if len(reply.offers) > args.limit:
-        print(f"({len(reply.offers) - args.limit} more feasible offers; raise --limit)")
-    print(f"recommended: {reply.recommended_offer_id or 'none'} -- {reply.recommendation_reason}")
+    found = 0 if reply.recommended_offer_id else 1
+    groups = group_offers(reply.offers, reply.recommended_offer_id)
+    if args.regions:
+        shown = list(reply.offers)
+        total = len(shown)
+        if args.json:
+            for r in shown[: args.limit]:
+                print_json_line({**message_dict(r), "recommended": r.offer.offer_id == reply.recommended_offer_id})
+            return found
+        rows = [
+            (
+                "*" if r.offer.offer_id == reply.recommended_offer_id else "",
+                r.rank,
+                r.offer.offer_id,
+                r.offer.region or "-",
+                f"{r.offer.price_usd_per_hour:.4g}",
+                f"{r.relative_speed:.2f}x",
+                _fmt_seconds(r.cost.runtime),
+                _money(r.cost.total_usd),
+                _source(r.offer),
+            )
+            for r in shown[: args.limit]
+        ]
+        print(format_table(("", "rank", "offer", "region", "$/h", "speed", "runtime", "total", "source"), rows))
+    else:
+        total = len(groups)
+        if args.json:
+            for g in groups[: args.limit]:
+                print_json_line(
+                    {
+                        **message_dict(g.best),
+                        "recommended": g.recommended,
+                        "regions_at_price": g.regions_at_price,
+                        "regions": list(g.regions),
+                        "region_count": g.region_count,
+                    }
+                )
+            return found
+        rows = []
+        for g in groups[: args.limit]:
+            r = g.best
+            where = r.offer.region or "-"
+            if g.regions_at_price > 1:
+                where += f" (+{g.regions_at_price - 1} at this price)"
+            if g.region_count > g.regions_at_price:
+                where += f", {g.region_count} regions"
+            rows.append(
+                (
+                    "*" if g.recommended else "",
+                    r.offer.provider,
+                    f"{g.gpu_count}x {g.gpu_name}" if g.gpu_name else "CPU",
+                    f"{r.offer.price_usd_per_hour:.4g}" + (" spot" if g.spot else ""),
+                    where,
+                    f"{r.relative_speed:.2f}x",
+                    _fmt_seconds(r.cost.runtime),
+                    _money(r.cost.total_usd),
+                    _source(r.offer),
+                )
+            )
+        print(format_table(("", "provider", "gpu", "$/h", "cheapest region", "speed", "runtime", "total", "source"), rows))
+    if total > args.limit:
+        print(f"({total - args.limit} more; raise --limit)")
+    if not args.regions and len(reply.offers) > len(groups):
+        print(f"(one row per provider and GPU: {len(reply.offers)} offers in all; --regions lists each region)")
+    print(f"* recommended: {reply.recommended_offer_id or 'none'} -- {reply.recommendation_reason}")
     print("assumptions:")
     for line in reply.assumptions:
         print(f"  - {line}")
-    return 0 if reply.recommended_offer_id else 1
+    return found
 
 
 async def _refresh(stub: Any, args: argparse.Namespace) -> int:
@@ -210,7 +250,8 @@ async def _refresh(stub: Any, args: argparse.Namespace) -> int:
 
     reply = await stub.RefreshPrices(pb.RefreshPricesRequest(providers=args.provider), timeout=args.timeout)
     if args.json:
-        _print_json(reply)
+        for result in reply.results:
+            print_json_line(result)
         return 0
     rows = [
         (
@@ -260,7 +301,7 @@ async def _budget_create(stub: Any, args: argparse.Namespace) -> int:
     )
     reply = await stub.CreateBudget(pb.CreateBudgetRequest(budget=budget, request_id=args.request_id), timeout=args.timeout)
     if args.json:
-        _print_json(reply)
+        print_json_line(reply.budget)
         return 0
     print(_budget_rows([reply.budget]))
     return 0
@@ -280,7 +321,8 @@ async def _budget_list(stub: Any, args: argparse.Namespace) -> int:
         if not token:
             break
     if args.json:
-        _print_json(pb.ListBudgetsResponse(budgets=budgets))
+        for b in budgets:
+            print_json_line(b)
         return 0
     print(_budget_rows(budgets))
     return 0
@@ -291,7 +333,7 @@ async def _budget_get(stub: Any, args: argparse.Namespace) -> int:
 
     reply = await stub.GetBudget(pb.GetBudgetRequest(budget_id=args.budget_id), timeout=args.timeout)
     if args.json:
-        _print_json(reply)
+        print_json_line(reply.budget)
         return 0
     print(_budget_rows([reply.budget]))
     return 0
@@ -303,7 +345,7 @@ async def _budget_watch(stub: Any, args: argparse.Namespace) -> int:
     stream = stub.WatchBudget(pb.WatchBudgetRequest(budget_id=args.budget_id))
     async for message in stream:
         if args.json:
-            _print_json(message, one_line=True)
+            print_json_line(message)
             continue
         b = message.budget
         if message.HasField("alert"):
@@ -327,7 +369,7 @@ async def _budget_check(stub: Any, args: argparse.Namespace) -> int:
         pb.CheckAdmissionRequest(scope=args.scope, estimated_cost_usd=args.cost, job_id=args.job_id), timeout=args.timeout
     )
     if args.json:
-        _print_json(reply)
+        print_json_line(reply)
         return 0
     rows = [
         (
@@ -355,7 +397,7 @@ async def _budget_record(stub: Any, args: argparse.Namespace) -> int:
         request.price_usd_per_hour = args.price
     reply = await stub.RecordUsage(request, timeout=args.timeout)
     if args.json:
-        _print_json(reply)
+        print_json_line(reply)
         return 0
     u = reply.usage
     state = "already recorded (nothing added)" if reply.already_recorded else "recorded"
@@ -375,7 +417,6 @@ def _run(command: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callab
     def handler(args: argparse.Namespace) -> int:
         from crucible.api.cost.v1 import cost_service_pb2_grpc
         from crucible.clients.channel import cli_channel_config, open_channel
-        from crucible.runtime.errors import parse_status_details
 
         async def go() -> int:
             async with open_channel(config, "crucible.cost.v1.CostService") as channel:
@@ -391,16 +432,20 @@ def _run(command: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callab
             return asyncio.run(go())  # a closed stdout (`| head`) ends quietly in crucible.cli.main
         except KeyboardInterrupt:
             return 130
-        except grpc.aio.AioRpcError as err:
-            print(f"crucible cost: {err.code().name}: {err.details()}", file=sys.stderr)
-            info, violations = parse_status_details(err)
-            for field, description in violations:
-                print(f"  {field}: {description}", file=sys.stderr)
-            if info is not None and info.metadata:
-                print("  " + ", ".join(f"{k}={v}" for k, v in sorted(info.metadata.items())), file=sys.stderr)
-            return 1
+        except grpc.RpcError as err:
+            return report_rpc_error(err, "crucible cost", "cost", ",".join(config.addresses))
 
     return handler
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _thresholds(text: str) -> list[float]:
@@ -435,14 +480,17 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     sub = cost.add_subparsers(dest="cost_command", required=True, metavar="ACTION")
 
     p = sub.add_parser("offers", parents=[common], help="list catalog offers, cheapest first")
-    p.add_argument("--gpu", action="append", default=[], help="GPU model, e.g. A100-80GB (repeatable)")
+    p.add_argument("--gpu", action="append", default=[], help="GPU model or family, e.g. A100 or A100-80GB (repeatable)")
     p.add_argument("--min-gpu-memory", type=float, default=0.0, metavar="GIB", help="minimum memory per GPU")
     p.add_argument("--gpu-count", type=int, default=None, help="exact GPUs per instance")
+    p.add_argument(
+        "--gpus", type=parse_gpus, default=None, metavar="NAME[:COUNT]", help="GPU model and count in one, e.g. A100:1 or H100:8"
+    )
     p.add_argument("--provider", action="append", default=[], help="provider, e.g. lambda (repeatable)")
     p.add_argument("--spot", action="store_true", help="include spot offers")
     p.add_argument("--max-price", type=float, default=None, metavar="USD", help="highest price per instance-hour")
     p.add_argument("--available-only", action="store_true", help="leave out offers known to have no capacity")
-    p.add_argument("--limit", type=int, default=50, help="offers to show (default 50)")
+    p.add_argument("--limit", type=_positive, default=50, help="offers to show (default 50)")
     p.set_defaults(handler=_run(_offers))
 
     p = sub.add_parser("estimate", parents=[common], help="estimate the cost of one offer for a runtime")
@@ -453,8 +501,16 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.set_defaults(handler=_run(_estimate))
 
     p = sub.add_parser("compare", parents=[common], help="rank every feasible offer for requirements and a runtime")
-    p.add_argument("--gpu", action="append", default=[], help="acceptable GPU model (repeatable); none = any")
+    p.add_argument(
+        "--gpu",
+        action="append",
+        default=[],
+        help="acceptable GPU model or family, e.g. A100 or A100-80GB (repeatable); none = any",
+    )
     p.add_argument("--gpu-count", type=int, default=1, help="GPUs per instance (default 1; 0 = CPU only)")
+    p.add_argument(
+        "--gpus", type=parse_gpus, default=None, metavar="NAME[:COUNT]", help="GPU model and count in one, e.g. A100:1 or H100:8"
+    )
     p.add_argument("--min-gpu-memory", type=float, default=0.0, metavar="GIB")
     p.add_argument("--min-vcpus", type=int, default=0)
     p.add_argument("--min-memory", type=float, default=0.0, metavar="GIB", help="minimum host memory")
@@ -466,7 +522,10 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--max-cost", type=float, default=None, metavar="USD", help="cost cap for the whole run")
     p.add_argument("--storage-gb-hours", type=float, default=0.0)
     p.add_argument("--egress-gb", type=float, default=0.0)
-    p.add_argument("--limit", type=int, default=20, help="offers to show (default 20)")
+    p.add_argument("--limit", type=_positive, default=20, help="rows to show, with --json too (default 20)")
+    p.add_argument(
+        "--regions", action="store_true", help="one row per offer and region (default: one per provider and GPU, cheapest region)"
+    )
     p.set_defaults(handler=_run(_compare))
 
     p = sub.add_parser("refresh", parents=[common], help="pull live prices (Lambda, RunPod) into the catalog")

@@ -148,21 +148,32 @@ def _progress(done: int, total: int) -> None:
 def _in_process(args: argparse.Namespace, texts: list[str]) -> tuple[list[dict[str, Any]], str]:
     from crucible.detector.engine import score_many
     from crucible.detector.pipeline import load_calibration
+    from crucible.detector.reliability import assess
 
     detector = _load_detector(args)
     calibration = load_calibration(detector, args.calibration_file)
     raw = score_many(detector, texts, batch_size=args.batch_size, progress=_progress)
     rows = []
+    limits = detector.settings
     for i, r in enumerate(raw):
         members = r.member_raw()
         members = {m: members[m] for m in detector.enabled_members if m in members}
+        sure = assess(
+            texts[i],
+            r.token_count - 1,
+            min_tokens=limits.min_reliable_tokens,
+            max_invisible_fraction=limits.max_invisible_fraction,
+        )
         rows.append(
             {
                 "index": i,
                 "criterion": r.criterion,
-                "probability": calibration.probability({**r.features(), **members}),
+                "probability": calibration.probability({**r.features(), **members}) if sure.reliable else None,
                 "perplexity": r.perplexity,
                 "token_count": r.token_count,
+                "tokens_scored": r.token_count - 1,
+                "reliable": sure.reliable,
+                "unreliable_reason": sure.reason,
                 "truncated": r.truncated,
                 "members": members,
                 "by_products": {"log_likelihood": r.log_likelihood, "log_rank": r.log_rank, "entropy": r.entropy},
@@ -177,6 +188,7 @@ def _remote(args: argparse.Namespace, texts: list[str]) -> tuple[list[dict[str, 
 
     names = {pb.MEMBER_FAST_DETECTGPT: "fast_detectgpt", pb.MEMBER_BINOCULARS: "binoculars", pb.MEMBER_CLASSIFIER: "classifier"}
     from crucible.clients.channel import cli_channel_config, open_sync_channel
+    from crucible.clients.detector import UNRELIABLE_REASONS as reasons
 
     config = cli_channel_config("detector", args)  # token and TLS from flags, then the client config (TOML/env)
     rows: list[dict[str, Any]] = []
@@ -198,8 +210,12 @@ def _remote(args: argparse.Namespace, texts: list[str]) -> tuple[list[dict[str, 
                         "probability": d.probability if d.HasField("probability") else None,
                         "perplexity": d.perplexity,
                         "token_count": d.token_count,
+                        "tokens_scored": d.tokens_scored,
+                        "reliable": d.reliable,
+                        "unreliable_reason": reasons.get(d.unreliable_reason, ""),
                         "truncated": d.truncated,
                         "members": {names[s.member]: s.raw_score for s in d.member_scores},
+                        "by_products": {"log_likelihood": d.log_likelihood, "log_rank": d.log_rank, "entropy": d.entropy},
                         "cached": d.cached,
                     }
                 )
@@ -236,9 +252,12 @@ def _detect(args: argparse.Namespace) -> int:
     except CrucibleError as err:
         print(f"crucible detect: {err.message}", file=sys.stderr)
         return 2
-    except Exception as err:  # gRPC errors and model loading problems: say what failed, no traceback
-        detail = err.details() if isinstance(err, grpc.RpcError) and hasattr(err, "details") else err
-        print(f"crucible detect: {type(err).__name__}: {detail}", file=sys.stderr)
+    except grpc.RpcError as err:  # which address failed and what to do; never the library's exception repr
+        from crucible.clients.cli_common import report_rpc_error
+
+        return report_rpc_error(err, "crucible detect", "detector", args.address)
+    except Exception as err:  # model loading problems: say what failed, no traceback
+        print(f"crucible detect: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     for row, text in zip(rows, texts, strict=True):
         if labels is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as _dt
+import io
 import json
 import logging
 import sys
@@ -56,8 +57,63 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(service)s %(name)s [%(request_id)s] %(message)s")
 
 
+#: Settings that keep third-party progress bars and notices out of a service's log (set unless already set).
+QUIET_ENV = {
+    "TQDM_DISABLE": "1",  # tqdm bars (model conversion, datasets)
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "TOKENIZERS_PARALLELISM": "false",  # the tokenizers fork warning
+    "GRPC_ENABLE_FORK_SUPPORT": "false",  # gRPC's "Other threads are currently calling into gRPC, skipping fork()"
+    "GRPC_VERBOSITY": "ERROR",
+}
+
+
+class JsonLinesStream(io.TextIOBase):
+    """A text stream for a service's stderr: JSON lines pass through, anything else (a library's print, a stray progress
+    bar) becomes one JSON log record per line, so every line of the log parses as JSON."""
+
+    def __init__(self, target: Any, service: str) -> None:
+        self._target = target
+        self._service = service
+        self._buffer = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def _emit(self, line: str) -> None:
+        text = line.split("\r")[-1].strip()  # a bar redrawn with \r: keep its last state
+        if not text:
+            return
+        if not (text.startswith("{") and text.endswith("}")):
+            payload = {
+                "ts": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
+                "level": "WARNING",
+                "service": self._service,
+                "logger": "stderr",
+                "request_id": "",
+                "msg": text,
+            }
+            text = json.dumps(payload, ensure_ascii=False)
+        self._target.write(text + "\n")
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def fileno(self) -> int:
+        return int(self._target.fileno())
+
+
 def configure_logging(service: str, level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
-    """Install one handler on the root logger (replacing earlier ones) with the chosen formatter."""
+    """Install one handler on the root logger (replacing earlier ones) with the chosen formatter; Python warnings
+    (`warnings.warn` of any library) go through it too, as records of the `py.warnings` logger."""
+    logging.captureWarnings(True)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_ContextFilter(service))

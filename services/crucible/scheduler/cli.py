@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -17,16 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
 from crucible.api.cost.v1 import offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from crucible.clients.channel import add_connection_arguments, cli_channel_config, open_channel
+from crucible.clients.cli_common import message_dict, parse_duration, parse_gpus, print_json_line, report_rpc_error
 from crucible.clients.tables import format_table
 from crucible.runtime.convert import duration_from_seconds
-from crucible.runtime.errors import parse_status_details
 
 SERVICE = "crucible.scheduler.v1.SchedulerService"
 POLICIES = {
@@ -49,13 +49,19 @@ def _money(job: job_pb2.Job) -> tuple[str, str]:
     return est, spent
 
 
+TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
+
+
 def progress_text(job: job_pb2.Job, width: int = 24) -> str:
-    """'[#####-----] 512/2000 loss 1.98 ETA 0:03:12' from the job's progress."""
+    """'[#####-----] 512/2000 loss 1.98 ETA 0:03:12' from the job's progress; an ended job has no ETA, and a succeeded
+    one shows its last step as the whole run (a trainer's last step is often numbered total-1)."""
     p = job.progress
     parts = []
+    ended = job.state in TERMINAL
     if p.HasField("step") and p.HasField("total_steps") and p.total_steps:
-        done = min(1.0, p.step / p.total_steps)
-        parts.append(f"[{'#' * int(done * width)}{'-' * (width - int(done * width))}] {p.step}/{p.total_steps}")
+        step = p.total_steps if job.state == job_pb2.JOB_STATE_SUCCEEDED else p.step
+        done = min(1.0, step / p.total_steps)
+        parts.append(f"[{'#' * int(done * width)}{'-' * (width - int(done * width))}] {step}/{p.total_steps}")
     elif p.HasField("step"):
         parts.append(f"step {p.step}")
     if p.HasField("epoch"):
@@ -63,9 +69,16 @@ def progress_text(job: job_pb2.Job, width: int = 24) -> str:
     for key in ("loss", "train_loss", "val_loss"):
         if key in p.metrics:
             parts.append(f"{key} {p.metrics[key]:.4g}")
-    if p.HasField("eta"):
+    if p.HasField("eta") and not ended:
         parts.append(f"ETA {dt.timedelta(seconds=int(p.eta.seconds))}")
     return " ".join(parts)
+
+
+def end_reason(job: job_pb2.Job) -> str:
+    """Why a failed or cancelled job ended (its last transition's reason); '' for any other job."""
+    if job.state not in (job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED) or not job.transitions:
+        return ""
+    return job.transitions[-1].reason
 
 
 def status_line(job: job_pb2.Job) -> str:
@@ -85,18 +98,46 @@ async def _call(args: argparse.Namespace, fn: Any) -> int:
         stub = pb_grpc.SchedulerServiceStub(channel)
         try:
             return await fn(stub)
-        except grpc.aio.AioRpcError as err:
-            info, violations = parse_status_details(err)
-            reason = f" [{info.reason}]" if info else ""
-            print(f"crucible jobs: {err.code().name}{reason}: {err.details()}", file=sys.stderr)
-            for field, why in violations:
-                print(f"  {field}: {why}", file=sys.stderr)
-            return 1
+        except grpc.RpcError as err:
+            return report_rpc_error(err, "crucible jobs", "scheduler", ",".join(config.addresses))
 
 
 def _json_line(message: Any) -> None:
-    """One protobuf message as one compact JSON line (the --json output of lists: one object per line)."""
-    print(json.dumps(json_format.MessageToDict(message), separators=(",", ":")))
+    """One protobuf message as one compact JSON line, proto field names (every `--json`: one object per line)."""
+    print_json_line(message)
+
+
+def _usage(message: str) -> SystemExit:
+    """A submit that cannot be sent as given: the message on stderr, exit status 2 (as argparse's usage errors)."""
+    print(f"crucible jobs submit: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def _apply_job_file(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """`crucible jobs submit job.yaml [options]`: the file's values, then the options given after it on top."""
+    from crucible.clients.jobfile import JobFileError, load_job_file
+
+    path, rest = args.command[0], args.command[1:]
+    try:
+        job = load_job_file(path)
+    except JobFileError as err:
+        raise _usage(str(err)) from None
+    given = parser.parse_args(rest) if rest else argparse.Namespace(command=[])
+    if given.command:
+        raise _usage(f"the job file {path} holds the command (its `run:`); remove {given.command}")
+    for field in dataclasses.fields(job):
+        value = getattr(job, field.name)
+        if value is not None and field.name != "command":
+            setattr(args, field.name, value)
+    args.command = job.command
+    for key, value in vars(given).items():  # options after the file win over its values
+        if key != "command" and value != parser.get_default(key):
+            setattr(args, key, value)
+
+
+def is_job_file(command: list[str]) -> bool:
+    """A submit whose first word is a .yaml/.yml file is a job file, not a command."""
+    return bool(command) and command[0] != "--" and command[0].lower().endswith((".yaml", ".yml"))
 
 
 def _spec(args: argparse.Namespace) -> job_pb2.JobSpec:
@@ -106,9 +147,12 @@ def _spec(args: argparse.Namespace) -> job_pb2.JobSpec:
     for item in args.env or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"crucible jobs submit: --env {item!r} must be NAME=VALUE")
+            raise _usage(f"--env {item!r} must be NAME=VALUE")
         env[key] = value
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise _usage("nothing to run: give a job file (crucible jobs submit job.yaml) or a command after --")
+    names, count = args.gpus if args.gpus is not None else ([], 1 if args.gpu else 0)
     spec = job_pb2.JobSpec(
         display_name=args.name,
         command=command,
@@ -119,7 +163,7 @@ def _spec(args: argparse.Namespace) -> job_pb2.JobSpec:
         checkpoint_dir=args.checkpoint_dir,
         budget_scope=args.scope,
         resources=offer_pb2.ResourceRequirements(
-            gpu_names=args.gpu or [], gpu_count=args.gpus, min_gpu_memory_gib=args.gpu_memory_gib
+            gpu_names=[*(args.gpu or []), *names], gpu_count=count, min_gpu_memory_gib=args.gpu_memory_gib
         ),
         restart_policy=job_pb2.RestartPolicy(max_restarts_on_errors=args.max_restarts),
     )
@@ -136,7 +180,7 @@ def _spec(args: argparse.Namespace) -> job_pb2.JobSpec:
         try:
             spec.code_archive = pack_code_dir(args.code_dir)
         except (OSError, ValueError) as err:
-            raise SystemExit(f"crucible jobs submit: --code-dir: {err}") from None
+            raise _usage(f"--code-dir: {err}") from None
     for field, value in (("max_duration", args.max_duration), ("expected_duration", args.expected_duration)):
         if value is not None:
             getattr(spec, field).CopyFrom(duration_from_seconds(value))
@@ -172,13 +216,17 @@ async def _follow(stub: pb_grpc.SchedulerServiceAsyncStub, job_id: str, show_log
         await task
     if tty:
         print()
-    assert last is not None
+    if last is None:
+        print(f"{job_id}: the scheduler sent no state", file=sys.stderr)
+        return 1
     print(f"{job_id}: {state_name(last.state)}: {last.transitions[-1].reason}")
     return 0 if last.state == job_pb2.JOB_STATE_SUCCEEDED else 1
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Validate, show the chosen offer and estimated cost, create, and optionally follow."""
+    if is_job_file(args.command):
+        _apply_job_file(args, args.submit_parser)
     spec = _spec(args)
 
     async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
@@ -210,19 +258,17 @@ def _show_dry_run(args: argparse.Namespace, preview: job_pb2.Job) -> int:
     except ValueError as err:
         print(f"crucible jobs submit: {err}", file=sys.stderr)
         return 2
+    status = 1 if launch.problems else 0  # a launch that would fail is not a successful dry run
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "offer": json_format.MessageToDict(preview.offer),
-                    "estimated_usd": preview.cost.estimated_usd,
-                    "estimate": preview.transitions[0].reason,
-                    "launch": launch.as_dict(),
-                },
-                indent=2,
-            )
+        print_json_line(
+            {
+                "offer": message_dict(preview.offer),
+                "estimated_usd": preview.cost.estimated_usd,
+                "estimate": preview.transitions[0].reason,
+                "launch": launch.as_dict(),
+            }
         )
-        return 0
+        return status
     est, _ = _money(preview)
     o = preview.offer
     gpu = f"{o.gpu_count}x {o.gpu_name}" if o.gpu_count else "CPU"
@@ -236,15 +282,18 @@ def _show_dry_run(args: argparse.Namespace, preview: job_pb2.Job) -> int:
             print(f"  {name}: {value}")
         print("  " + json.dumps(request["json"], indent=2).replace("\n", "\n  "))
     for problem in launch.problems:
-        print(f"launch problem: {problem}")
+        print(f"launch problem: {problem}", file=sys.stderr)
     if not launch.requests and not launch.problems:
-        print(f"launch request: none ({launch.provider} runs on the scheduler's machine)")
+        from crucible.scheduler.providers.registry import OFFLINE_PROVIDERS
+
+        where = "runs on the scheduler's machine" if launch.provider in OFFLINE_PROVIDERS else "is run by hand from a notebook"
+        print(f"launch request: none ({launch.provider} {where})")
     if launch.requests:
         print(
             f"(built here by the {launch.provider} adapter from {args.provider_settings or 'default settings'}; "
             f"{launch_preview.PLACEHOLDER_JOB_ID} is assigned at creation)"
         )
-    return 0
+    return status
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -264,10 +313,20 @@ def cmd_list(args: argparse.Namespace) -> int:
         for j in reply.jobs:
             _est, spent = _money(j)
             created = j.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+            reason = end_reason(j)
             rows.append(
-                (j.job_id, state_name(j.state), j.provider, j.spec.display_name[:30], created, progress_text(j, 10), spent)
+                (
+                    j.job_id,
+                    state_name(j.state),
+                    j.provider,
+                    j.spec.display_name[:30],
+                    created,
+                    progress_text(j, 10),
+                    spent,
+                    reason if len(reason) <= 60 else reason[:59] + "…",
+                )
             )
-        print(format_table(("job", "state", "provider", "name", "created (UTC)", "progress", "spent"), rows))
+        print(format_table(("job", "state", "provider", "name", "created (UTC)", "progress", "spent", "reason"), rows))
         return 0
 
     return asyncio.run(_call(args, run))
@@ -278,7 +337,10 @@ def cmd_get(args: argparse.Namespace) -> int:
 
     async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
         job = (await stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=args.timeout_s)).job
-        print(json.dumps(json_format.MessageToDict(job), separators=(",", ":")) if args.json else json_format.MessageToJson(job))
+        if args.json:
+            print_json_line(job)
+        else:
+            print(json.dumps(message_dict(job), indent=2))
         return 0
 
     return asyncio.run(_call(args, run))
@@ -308,11 +370,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
         job = (await stub.CancelJob(pb.CancelJobRequest(job_id=args.job_id, reason=args.reason), timeout=args.timeout_s)).job
-        print(
-            json.dumps(json_format.MessageToDict(job), separators=(",", ":"))
-            if args.json
-            else f"{job.job_id} {state_name(job.state)}"
-        )
+        if args.json:
+            print_json_line(job)
+        else:
+            print(f"{job.job_id} {state_name(job.state)}")
         return 0
 
     return asyncio.run(_call(args, run))
@@ -471,7 +532,15 @@ def add_commands(subparsers: Any) -> None:
             p.add_argument("--json", action="store_true", help="machine-readable output (lists: one JSON object a line)")
         return p
 
-    s = common(sub.add_parser("submit", help="show the chosen offer and estimated cost, then create the job"))
+    s = common(
+        sub.add_parser(
+            "submit",
+            help="show the chosen offer and estimated cost, then create the job",
+            description="crucible jobs submit job.yaml [OPTIONS], or crucible jobs submit [OPTIONS] -- PROGRAM ARGS. A job "
+            "file holds name, resources (gpus: A100:1, ...), workdir, setup, run, envs, inputs, provider and limits; options "
+            "given after it override its values (see the README, 'The CLI').",
+        )
+    )
     s.add_argument("--provider", action="append", help="provider to use (repeat for a set or an order)")
     s.add_argument("--policy", choices=sorted(POLICIES), help="default: explicit with one --provider, else cheapest")
     s.add_argument("--code-dir", default="", help="folder packed here and sent as the job's code (code_archive)")
@@ -481,11 +550,19 @@ def add_commands(subparsers: Any) -> None:
         help="send --code-dir as a path on the scheduler's host instead (it must allow it: --code-roots)",
     )
     s.add_argument("--name", default="", help="display name")
-    s.add_argument("--gpu", action="append", help="acceptable GPU model, e.g. A100-80GB (repeatable)")
-    s.add_argument("--gpus", type=int, default=0, help="GPUs per instance (0 = CPU only)")
+    s.add_argument(
+        "--gpu", action="append", help="acceptable GPU model or family, e.g. A100 (every A100) or A100-80GB (repeatable)"
+    )
+    s.add_argument(
+        "--gpus",
+        type=parse_gpus,
+        default=None,
+        metavar="[NAME:]COUNT",
+        help="GPUs per instance: A100:1, H100:8, or a count (default 1 with --gpu, else 0 = CPU only)",
+    )
     s.add_argument("--gpu-memory-gib", type=float, default=0.0)
-    s.add_argument("--max-duration", type=float, default=None, help="seconds")
-    s.add_argument("--expected-duration", type=float, default=None, help="seconds, for the estimate")
+    s.add_argument("--max-duration", type=parse_duration, default=None, help="e.g. 90s, 30m, 1h, 1h30m")
+    s.add_argument("--expected-duration", type=parse_duration, default=None, help="e.g. 30m, for the estimate")
     s.add_argument("--max-cost", type=float, default=None, help="USD cap for the whole job")
     s.add_argument("--max-price", type=float, default=None, help="USD per hour cap")
     s.add_argument("--spot", action="store_true", help="allow spot offers")
@@ -513,8 +590,8 @@ def add_commands(subparsers: Any) -> None:
     )
     s.add_argument("-f", "--follow", action="store_true", help="live view until the job ends")
     s.add_argument("--no-logs", action="store_true", help="with --follow, show only the status line")
-    s.add_argument("command", nargs=argparse.REMAINDER, help="-- program and arguments")
-    s.set_defaults(handler=cmd_submit)
+    s.add_argument("command", nargs=argparse.REMAINDER, help="job.yaml, or -- program and arguments")
+    s.set_defaults(handler=cmd_submit, submit_parser=s)
 
     p = common(sub.add_parser("list", help="jobs, newest first"))
     p.add_argument("--state", action="append", help="e.g. running (repeatable)")

@@ -76,6 +76,10 @@ class JobCreator:
         """Providers whose adapters loaded and have their credentials."""
         return [status.name for status in self.registry.statuses() if status.usable]
 
+    def _only_credentials_missing(self, name: str) -> bool:
+        status = self.registry.status(name)
+        return status.enabled and not status.credentials_present and status.unavailable_reason == "credentials missing"
+
     async def create(self, spec: job_pb2.JobSpec, request_id: str, validate_only: bool) -> Created:
         """CreateJob: validate, pick offers, estimate, admit, store (durably)."""
         jobspec.validate_spec(spec, request_id, self.registry.known())
@@ -94,6 +98,10 @@ class JobCreator:
             except StoreError as exc:
                 raise Unavailable(f"the artifact store cannot be read: {exc}", reason="STORE_UNAVAILABLE") from None
         usable = self.usable_providers()
+        if validate_only:
+            # A preview (`jobs submit --dry-run`) needs no keys: a provider named in the spec and held back only by its
+            # missing credentials is previewed too; creating the job still refuses it.
+            usable += [n for n in spec.providers if n not in usable and self._only_credentials_missing(n)]
         wanted = list(spec.providers) or usable
         unusable = [name for name in spec.providers if name not in usable]
         if spec.provider_policy in (job_pb2.PROVIDER_POLICY_EXPLICIT,) and unusable:

@@ -5,6 +5,7 @@ The request comes from the same adapter code the scheduler runs, with the provid
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from typing import Any
 
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.scheduler.providers.base import LaunchSpec, OfferRef
+from crucible.scheduler.providers.credentials import REDACTED
 from crucible.scheduler.providers.http import LaunchPreview
 from crucible.scheduler.providers.registry import ADAPTERS, OFFLINE_PROVIDERS
 
@@ -87,5 +89,23 @@ def describe(job: job_pb2.Job, settings: Mapping[str, Mapping[str, str]]) -> Lau
         return LaunchPreview(name, (), (f"provider settings: {exc}",))
     describe_launch = getattr(provider, "describe_launch", None)
     if describe_launch is None:
+        if provider.capabilities.manual:  # Colab: the scheduler writes a notebook the user runs; nothing is sent
+            return LaunchPreview(name, ())
         return LaunchPreview(name, (), (f"{name} does not preview its launch request",))
-    return describe_launch(launch_spec(job))
+    shown = describe_launch(launch_spec(job))
+    return dataclasses.replace(shown, requests=tuple(_redacted(r) for r in shown.requests))
+
+
+#: Headers that carry a credential in a launch request; the preview shows them as `***` whether the key is set or not.
+CREDENTIAL_HEADERS = frozenset({"authorization", "token", "api-key", "x-api-key", "proxy-authorization"})
+
+
+def _redacted(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The request with every credential header as `***` (`Bearer ***` keeps its scheme): a preview never depends on,
+    or shows, whether a key is configured where it was built."""
+    headers = dict(request.get("headers") or {})
+    for key, value in headers.items():
+        if key.lower() in CREDENTIAL_HEADERS:
+            scheme, sep, _rest = str(value).partition(" ")
+            headers[key] = f"{scheme} {REDACTED}" if sep and scheme.isalpha() else REDACTED
+    return {**request, "headers": headers}
