@@ -16,13 +16,13 @@
     bar.firstChild.style.width = (frac * 100).toFixed(1) + "%";
     const reason = failureReason(j);
     return el("tr", { "data-job": j.job_id },
-      el("td", { class: "mono" }, el("a", { href: "/jobs/" + encodeURIComponent(j.job_id) }, j.job_id)),
+      el("td", { class: "mono nowrap" }, el("a", { href: "/jobs/" + encodeURIComponent(j.job_id) }, j.job_id)),
       el("td", {}, j.spec.display_name || "-"),
       el("td", {}, stateBadge(j.state), reason ? el("div", { class: "reason", "data-reason": "" }, reason) : null),
       el("td", {}, j.provider || "-"),
       el("td", {}, p.total_steps ? bar : null, el("span", { class: "muted" }, Console.progressText(p, j.state))),
       el("td", { class: "num" }, usd(j.cost && j.cost.spent_usd, 6)),
-      el("td", { class: "num" }, usd(j.cost && j.cost.estimated_usd, 6)), el("td", {}, when(j.create_time)),
+      el("td", { class: "num" }, usd(j.cost && j.cost.estimated_usd, 6)), el("td", { class: "nowrap" }, when(j.create_time)),
       el("td", {}, Console.TERMINAL.has(j.state) ? Console.deleteButton(el("button", { type: "button",
         class: "secondary small", "data-delete": j.job_id }, "Delete"), j.job_id, document.getElementById("jobs-error"),
       () => load(false)) : null));
