@@ -1,6 +1,7 @@
 """kill -9 of a `crucible serve scheduler` process, twice, with jobs in every state, then restarts from the same state dir.
 
-No job is lost or duplicated: each job's command ran exactly once (it appends its id to a marker file) and every job ends
+No job is lost or duplicated: each job's command ran exactly once (it prints `started`, counted in every attempt's
+stdout file: a sandboxed job cannot write outside its own folder) and every job ends
 in its real terminal state: those that finished while no scheduler ran get their true exit status, a job cancelled just
 before the crash ends CANCELLED with its process gone, jobs created a moment before the crash are launched once.
 """
@@ -27,13 +28,17 @@ S = job_pb2.JobState
 TERMINAL = {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED}
 
 
-def _command(marker: Path, sleep_s: float, exit_code: int = 0) -> list[str]:
+def _command(sleep_s: float, exit_code: int = 0) -> list[str]:
     script = (
-        f"import os, sys, time; fd = os.open({str(marker)!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT); "
-        f"os.write(fd, (os.environ['CRUCIBLE_JOB_ID'] + chr(10)).encode()); os.close(fd); "
-        f"print('started', flush=True); time.sleep({sleep_s}); print('finished', flush=True); sys.exit({exit_code})"
+        f"import sys, time; print('started', flush=True); time.sleep({sleep_s}); print('finished', flush=True); "
+        f"sys.exit({exit_code})"
     )
     return [sys.executable, "-c", script]
+
+
+def _launches(state: Path, job_id: str) -> int:
+    """How many times the job's command started, from the stdout files of all its attempts."""
+    return sum(f.read_text().split().count("started") for f in (state / "jobs" / job_id / "attempts").glob("*/stdout"))
 
 
 def _spec(command: list[str]) -> job_pb2.JobSpec:
@@ -90,10 +95,10 @@ async def _wait_for(stub, job_id: str, states: set[int], timeout: float = 60) ->
         await asyncio.sleep(0.1)
 
 
-async def _wait_started(marker: Path, job_ids: set[str], timeout: float = 30) -> None:
-    """Until every job's command has written its id (RUNNING only says the process was started)."""
+async def _wait_started(state: Path, job_ids: set[str], timeout: float = 30) -> None:
+    """Until every job's command has printed `started` (RUNNING only says the process was started)."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not (marker.exists() and job_ids <= set(marker.read_text().split())):
+    while not all(_launches(state, j) for j in job_ids):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"commands of {job_ids} did not start")
         await asyncio.sleep(0.05)
@@ -101,7 +106,6 @@ async def _wait_started(marker: Path, job_ids: set[str], timeout: float = 30) ->
 
 @pytest.mark.slow
 async def test_kill9_twice_with_jobs_in_every_state_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    marker = tmp_path / "launches.txt"
     sched = Scheduler(tmp_path)
     await sched.start()
     try:
@@ -113,19 +117,19 @@ async def test_kill9_twice_with_jobs_in_every_state_loses_and_duplicates_nothing
                 return (await stub.CreateJob(pb.CreateJobRequest(spec=_spec(command)), timeout=30)).job.job_id
 
             # Running at the first crash and still running at the second; finishes afterwards.
-            long_job = await create(_command(marker, 6.0))
+            long_job = await create(_command(6.0))
             # Running at the crash, each ends while no scheduler runs: success and a user error.
-            ends_ok = await create(_command(marker, 0.8))
-            ends_bad = await create(_command(marker, 0.8, exit_code=5))
+            ends_ok = await create(_command(0.8))
+            ends_bad = await create(_command(0.8, exit_code=5))
             # Cancelled right before the crash: CANCELLING when killed.
-            victim = await create(_command(marker, 600))
+            victim = await create(_command(600))
             for job_id in (long_job, ends_ok, ends_bad, victim):
                 await _wait_for(stub, job_id, {S.JOB_STATE_RUNNING})
-            await _wait_started(marker, {long_job, ends_ok, ends_bad, victim})
+            await _wait_started(sched.state, {long_job, ends_ok, ends_bad, victim})
             pid = int((await _state(stub, victim)).attempts[0].provider_ref)
             await stub.CancelJob(pb.CancelJobRequest(job_id=victim, reason="crash test"), timeout=10)
             # Created a moment before the crash: pending or launching when killed.
-            fresh = [await create(_command(marker, 0.5)) for _ in range(3)]
+            fresh = [await create(_command(0.5)) for _ in range(3)]
             states_at_crash = {j: S.Name((await _state(stub, j)).state) for j in (*fresh, victim)}
         sched.kill9()
         expect.update(
@@ -143,7 +147,7 @@ async def test_kill9_twice_with_jobs_in_every_state_loses_and_duplicates_nothing
         async with grpc.aio.insecure_channel(sched.address) as ch:
             stub = pb_grpc.SchedulerServiceStub(ch)
             # A second crash while the long job still runs and the fresh ones may be mid-launch.
-            second_fresh = await stub.CreateJob(pb.CreateJobRequest(spec=_spec(_command(marker, 0.5))), timeout=30)
+            second_fresh = await stub.CreateJob(pb.CreateJobRequest(spec=_spec(_command(0.5))), timeout=30)
             expect[second_fresh.job.job_id] = (S.JOB_STATE_SUCCEEDED, 0)
         sched.kill9()
         await sched.start()
@@ -163,7 +167,7 @@ async def test_kill9_twice_with_jobs_in_every_state_loses_and_duplicates_nothing
             assert sorted(j.job_id for j in listed) == sorted(expect)
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # the cancelled job's process is gone
-        launches = collections.Counter(marker.read_text().split())
+        launches = collections.Counter({j: _launches(sched.state, j) for j in expect})
         assert launches == collections.Counter(dict.fromkeys(expect, 1)), launches
     finally:
         if sched.proc is not None:

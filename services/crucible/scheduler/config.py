@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from crucible.runtime.config import ServerConfig, read_token_file, setting
 from crucible.runtime.errors import ConfigError
+from crucible.scheduler.providers.sandbox import parse_uid_range
 from crucible.scheduler.storage import StoreSettings, default_store_url
 
 if TYPE_CHECKING:
@@ -77,11 +78,25 @@ class SchedulerConfig(ServerConfig):
         "Bytes of stdout and of stderr (each) kept per job, across attempts. Output past it is dropped and "
         "counted in Job.log_bytes_dropped, and a marker line says so in the log.",
     )
-    job_user: str = setting(
+    job_uid_range: str = setting(
+        "200000-265535",
+        "Uids local jobs run as, FIRST-LAST: each attempt gets one no process is using, in a bubblewrap sandbox "
+        '(own PID namespace, private /tmp, only its folders writable; scheduler README "Local provider"). '
+        "No /etc/passwd entry is needed. As a non-root scheduler the uid maps to the scheduler's own.",
+    )
+    local_python: str = setting(
         "",
-        "User local jobs run as (name or uid), with that user's group and no supplementary groups; the job's "
-        "working directory is given to it. Empty: 'nobody' when the scheduler runs as root and nobody can run the "
-        "local Python and reach the state folder, else the scheduler's own user (a warning says so). Needs root.",
+        "Python environment local jobs run with (a python executable): its bin folder first on the job's PATH, "
+        "VIRTUAL_ENV set for a venv, its folders read-only in the sandbox. Empty: the scheduler's own Python.",
+    )
+    local_read_only: tuple[str, ...] = setting(
+        (), "Extra folders (comma-separated, absolute) local jobs may read in their sandbox, e.g. a model cache."
+    )
+    unsafe_local_jobs: bool = setting(
+        False,
+        "Run local jobs WITHOUT the sandbox, as the scheduler's own user (they can then read and change everything "
+        "it can). Off: where the sandbox cannot be had (no bwrap, or its start-up self-test fails) local jobs are "
+        "refused and ListProviders says why.",
     )
 
     artifact_store: str = setting(
@@ -138,6 +153,13 @@ class SchedulerConfig(ServerConfig):
         for name in ("poll_interval_s", "usage_interval_s", "default_max_duration_s", "cost_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, "must be positive")
+        try:
+            parse_uid_range(self.job_uid_range)
+        except ValueError as exc:
+            raise ConfigError("job_uid_range", str(exc)) from None
+        for folder in self.local_read_only:
+            if not Path(folder).is_absolute():
+                raise ConfigError("local_read_only", f"{folder!r} is not an absolute path")
         if self.max_recoveries < 0 or self.transient_retries < 0:
             raise ConfigError("max_recoveries" if self.max_recoveries < 0 else "transient_retries", "must not be negative")
         if self.provider_settings_file:

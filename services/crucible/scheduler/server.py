@@ -5,6 +5,7 @@ Run it with `crucible serve scheduler`; tests call `create_server(config)` with 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from crucible.scheduler.inputs import InputLimits
 from crucible.scheduler.jobspec import CodeLimits
 from crucible.scheduler.pricing import CostServicePricing, OfferSource, UnpricedOfferSource, local_gpu_count
 from crucible.scheduler.providers.base import Provider
-from crucible.scheduler.providers.credentials import protect_process
+from crucible.scheduler.providers.credentials import SECRETS_FILE_ENV, protect_process
 from crucible.scheduler.providers.registry import ProviderRegistry
 from crucible.scheduler.servicer import SERVICE_DESCRIPTOR, SchedulerServicer
 from crucible.scheduler.store import AsyncJobStore, JobStore
@@ -50,9 +51,9 @@ class SchedulerService(BaseService):
         gpus = cfg.local_gpus if cfg.local_gpus >= 0 else local_gpu_count()
         provider_settings = cfg.provider_settings()
         local = provider_settings.setdefault("local", {})
-        local.setdefault("state_dir", str(cfg.resolved_state_dir()))
-        if cfg.job_user:
-            local["job_user"] = cfg.job_user
+        for key, value in _local_settings(cfg).items():  # the settings file may choose a Python or uid range too
+            if key in ("hidden", "store_dir") or value or key not in local:
+                local[key] = value
         registry = ProviderRegistry(cfg.providers, provider_settings, instances=self._providers)
         pricing: OfferSource = (
             CostServicePricing(cfg.cost_channel_config(), local_gpus=gpus) if cfg.cost_address else UnpricedOfferSource(gpus)
@@ -76,7 +77,7 @@ class SchedulerService(BaseService):
         )
         _owner_only(cfg.resolved_database())
         engine = Engine(settings, store, registry, pricing)
-        registry.statuses()  # every enabled adapter reads its keys now (and the local job user is checked) ...
+        registry.statuses()  # every enabled adapter reads its keys now (and the local sandbox is tested) ...
         if cfg.protect_process:  # ... so they can leave the environment
             moved = protect_process()
             log.info("process not dumpable; provider keys moved out of the environment: %s", ", ".join(moved) or "none")
@@ -95,6 +96,22 @@ class SchedulerService(BaseService):
         if self.engine is not None:
             await self.engine.stop()
             self.engine = None
+
+
+def _local_settings(cfg: SchedulerConfig) -> dict[str, str]:
+    """The local provider's sandbox settings: what jobs run with, and the scheduler's own files they never see."""
+    store = cfg.store_settings().url
+    store_dir = store[len("file://") :] if store.startswith("file://") else ""
+    hidden = [str(cfg.resolved_state_dir()), str(cfg.resolved_database().parent), os.environ.get(SECRETS_FILE_ENV, "")]
+    hidden += [cfg.auth_token_file, cfg.cost_token_file, cfg.tls_key_file, cfg.provider_settings_file]
+    return {
+        "uid_range": cfg.job_uid_range,
+        "python": cfg.local_python,
+        "read_only": json.dumps(list(cfg.local_read_only)),
+        "hidden": json.dumps([h for h in hidden if h]),
+        "store_dir": store_dir,
+        "unsafe": "true" if cfg.unsafe_local_jobs else "",
+    }
 
 
 def _input_root(root: str) -> str:

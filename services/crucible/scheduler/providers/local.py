@@ -1,18 +1,18 @@
 """The `local` provider: each attempt is a real subprocess on this host, supervised by a small wrapper process.
 
-The wrapper runs the command in its own process group and working directory, writes stdout/stderr to files, enforces
-the time limit and records the exit status in `exit.json`, so a restarted scheduler can re-attach or read the outcome.
+The wrapper (the scheduler's user, outside the sandbox) runs the command in a bubblewrap sandbox (providers/sandbox.py)
+in its working directory, writes stdout/stderr to files, enforces the time limit and records the exit status in
+`exit.json`, so a restarted scheduler can re-attach or read the outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
-import pwd
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -31,6 +31,17 @@ from crucible.scheduler.providers.base import (
     RunHandle,
     RunState,
     RunStatus,
+)
+from crucible.scheduler.providers.registry import ProviderUnavailable
+from crucible.scheduler.providers.sandbox import (
+    DEFAULT_UID_RANGE,
+    PythonEnv,
+    Sandbox,
+    SandboxError,
+    build_sandbox,
+    describe_python,
+    file_url_folder,
+    parse_uid_range,
 )
 
 log = logging.getLogger(__name__)
@@ -85,83 +96,6 @@ def _alive(pid: int, start_ticks: int | None) -> bool:
     return True
 
 
-@dataclasses.dataclass(frozen=True)
-class JobUser:
-    """The unprivileged account local jobs run as (the scheduler runs as root)."""
-
-    name: str
-    uid: int
-    gid: int
-
-
-def resolve_job_user(setting: str, python: str, state_dir: str) -> JobUser | None:
-    """Whom local jobs run as: None means the scheduler's own user. ValueError when `setting` cannot be honoured.
-
-    Empty `setting`: 'nobody' when the scheduler is root and nobody can run `python` and reach the jobs folder
-    (checked by running it), else the scheduler's user with a warning. An explicit user is checked the same way and
-    refused if it fails; 'root'/0 explicitly keeps jobs as root. Making the state and jobs folders traversable
-    (0711) by others is part of the set-up; the database stays 0600.
-    """
-    root = os.geteuid() == 0
-    if not setting and not root:
-        return None
-    wanted = setting or "nobody"
-    try:
-        entry = pwd.getpwuid(int(wanted)) if wanted.isdigit() else pwd.getpwnam(wanted)
-    except (KeyError, ValueError):
-        if not setting:
-            log.warning("local jobs run as root: there is no 'nobody' user; set job_user")
-            return None
-        raise ValueError(f"job_user {wanted!r}: no such user") from None
-    if entry.pw_uid == os.geteuid():
-        return None
-    if not root:
-        raise ValueError(f"job_user {wanted!r} needs the scheduler to run as root (it runs as uid {os.geteuid()})")
-    jobs = Path(state_dir) / "jobs" if state_dir else None
-    if jobs is not None:
-        jobs.mkdir(parents=True, exist_ok=True)
-        for folder in (jobs.parent, jobs):
-            os.chmod(folder, 0o711)  # others may pass through to their own job folder, not list or read
-    # Automatic: the user must be able to run our Python (jobs usually do) and reach the jobs folder. Explicit: only
-    # reach it (the operator chose the user; a command it cannot run fails with a clear start error).
-    target = str(jobs) if jobs is not None else "/"
-    probe = (
-        [python, "-c", "import os, sys; os.chdir(sys.argv[1])", target]
-        if not setting
-        else ["/bin/sh", "-c", 'cd "$1"', "sh", target]
-    )
-    try:
-        result = subprocess.run(
-            probe,
-            user=entry.pw_uid,
-            group=entry.pw_gid,
-            extra_groups=[],
-            cwd="/",
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=30,
-            env={"PATH": "/usr/bin:/bin"},
-        )
-        why = (
-            ""
-            if result.returncode == 0
-            else (result.stderr.decode(errors="replace").strip()[-300:] or f"exit status {result.returncode}")
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        why = str(exc)
-    if why:
-        text = f"user {entry.pw_name} cannot run {python} or reach {jobs}: {why}"
-        if setting:
-            raise ValueError(f"job_user: {text}")
-        log.warning(
-            "local jobs run as root and can read everything the scheduler can (its secrets file included): "
-            "%s; set job_user to an account that can, or run the scheduler as a non-root user",
-            text,
-        )
-        return None
-    return JobUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
-
-
 def _read_from(path: Path, offset: int) -> bytes:
     """Up to READ_LIMIT bytes of a log file from `offset` (none when it does not exist yet)."""
     try:
@@ -171,17 +105,33 @@ def _read_from(path: Path, offset: int) -> bytes:
         return b""
 
 
-def _give_to(folder: Path, user: JobUser) -> None:
-    """Make the job's working directory the job user's (it writes checkpoints and artifacts there)."""
-    os.chown(folder, user.uid, user.gid)
+def _give_to(folder: Path, uid: int) -> None:
+    """Make a folder the job's uid's (it writes there), links and multiply-linked files left as they are."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chown(folder, uid, uid)
     for dirpath, dirs, names in os.walk(folder):
         for name in dirs + names:
-            os.chown(os.path.join(dirpath, name), user.uid, user.gid, follow_symlinks=False)
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink == 1):
+                os.chown(path, uid, uid, follow_symlinks=False)
+
+
+def _json_list(text: str) -> tuple[str, ...]:
+    """A setting holding a JSON list of strings (paths may contain commas); '' is empty."""
+    if not text:
+        return ()
+    value = json.loads(text)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a JSON list of strings, got {text[:80]!r}")
+    return tuple(value)
 
 
 class LocalProvider(Provider):
-    """Runs attempts as subprocesses of this host. Settings: `inherit_env` (comma list), `grace_s`, `python`,
-    `job_user` (see resolve_job_user) and `state_dir` (the scheduler's, for the job user's access check)."""
+    """Runs attempts as subprocesses of this host, each in a bubblewrap sandbox (providers/sandbox.py) unless built
+    with `sandbox=None` (the --unsafe-local-jobs choice). Settings (strings): `inherit_env` (comma list), `grace_s`,
+    `python` (the Python environment jobs run with; empty: the scheduler's), `uid_range`, `read_only` and `hidden`
+    (JSON lists of paths), `store_dir` (a file:// store's folder: a job's own folders there are writable), `unsafe`."""
 
     name = "local"
     capabilities = ProviderCapabilities(spot=False, live_logs=True, artifacts=True, manual=False)
@@ -191,47 +141,106 @@ class LocalProvider(Provider):
         *,
         inherit_env: tuple[str, ...] = DEFAULT_INHERIT,
         grace_s: float = 10.0,
-        python: str = "",
-        job_user: JobUser | None = None,
+        python: PythonEnv | None = None,
+        sandbox: Sandbox | None = None,
+        store_dir: str = "",
     ) -> None:
         self.inherit_env = inherit_env
         self.grace_s = grace_s
-        self.python = python or sys.executable
-        self.job_user = job_user
+        self.python = python or (sandbox.python if sandbox else None)
+        self.sandbox = sandbox
+        self.store_dir = store_dir
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._uids: dict[str, int] = {}  # handle ref -> uid of a running sandboxed attempt
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, str]) -> LocalProvider:
-        """Build from string settings; unknown keys are ignored."""
+        """Build from string settings; unknown keys are ignored. ProviderUnavailable when the sandbox cannot be had
+        and `unsafe` is not set (the reason says why and what to do)."""
         inherit = tuple(s.strip() for s in settings.get("inherit_env", ",".join(DEFAULT_INHERIT)).split(",") if s.strip())
         try:
             grace = float(settings.get("grace_s", "10"))
         except ValueError:
             raise ValueError(f"local.grace_s: expected a number, got {settings.get('grace_s')!r}") from None
         python = settings.get("python", "") or sys.executable
-        user = resolve_job_user(settings.get("job_user", ""), python, settings.get("state_dir", ""))
-        log.info("local jobs run as %s", user.name if user else f"the scheduler's user (uid {os.geteuid()})")
-        return cls(inherit_env=inherit, grace_s=grace, python=python, job_user=user)
+        unsafe = settings.get("unsafe", "").lower() in ("1", "true", "yes")
+        store_dir = settings.get("store_dir", "")
+        try:
+            if unsafe:
+                env = describe_python(python)
+                log.warning(
+                    "local jobs run WITHOUT a sandbox as the scheduler's user (uid %d; --unsafe-local-jobs): they can "
+                    "read and change everything the scheduler can, its state, store and secrets included",
+                    os.geteuid(),
+                )
+                return cls(inherit_env=inherit, grace_s=grace, python=env, store_dir=store_dir)
+            sandbox = build_sandbox(
+                python,
+                uid_range=parse_uid_range(settings.get("uid_range", "") or "-".join(map(str, DEFAULT_UID_RANGE))),
+                read_only=_json_list(settings.get("read_only", "")),
+                hidden=(*_json_list(settings.get("hidden", "")), *([store_dir] if store_dir else [])),
+            )
+        except (SandboxError, ValueError) as exc:
+            raise ProviderUnavailable(
+                f"local jobs need a sandbox and none can be had here: {exc}. Start the scheduler with "
+                "--unsafe-local-jobs to run them without one, as the scheduler's own user"
+            ) from None
+        log.info(
+            "local jobs run sandboxed (bubblewrap %s) as a fresh uid of %d-%d with Python %s",
+            sandbox.bwrap,
+            *sandbox.uid_range,
+            sandbox.python.executable,
+        )
+        return cls(inherit_env=inherit, grace_s=grace, sandbox=sandbox, store_dir=store_dir)
 
     def credentials_present(self) -> bool:
         """Local runs need no credentials."""
         return True
 
     def credentials_hint(self) -> str:
-        """Nothing to configure."""
-        return "none needed"
+        """Nothing to configure; says whether jobs are sandboxed."""
+        return "none needed" if self.sandbox else "none needed; jobs run unsandboxed (--unsafe-local-jobs)"
 
     @staticmethod
     def attempt_dir(spec: LaunchSpec) -> Path:
         """Where the wrapper keeps one attempt's logs, pid and exit files."""
         return spec.work_dir / "attempts" / str(spec.attempt)
 
-    def _env(self, spec: LaunchSpec, cwd: Path) -> dict[str, str]:
+    def _env(self, spec: LaunchSpec) -> dict[str, str]:
+        """The job's environment: inherited host variables, the Python environment's PATH and VIRTUAL_ENV, then
+        (sandboxed) a HOME and TMPDIR inside the sandbox, then the job's own variables."""
         env = {k: os.environ[k] for k in self.inherit_env if k in os.environ}
-        if self.job_user is not None:  # the scheduler's HOME is not the job's
-            env.update({"HOME": str(cwd), "USER": self.job_user.name, "LOGNAME": self.job_user.name})
+        if self.python is not None:
+            env.update(self.python.job_env(env.get("PATH", "")))
+        if self.sandbox is not None:  # the scheduler's HOME and TMPDIR are not in the job's view
+            env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "USER": "job", "LOGNAME": "job"})
         env.update(spec.env)
         return env
+
+    def _store_folders(self, spec: LaunchSpec) -> list[Path]:
+        """The job's own folders of a file:// store (CRUCIBLE_CHECKPOINT_URL, CRUCIBLE_ARTIFACT_URL), shown writable."""
+        if not self.store_dir:
+            return []
+        found = []
+        for name in ("CRUCIBLE_CHECKPOINT_URL", "CRUCIBLE_ARTIFACT_URL"):
+            folder = file_url_folder(spec.env.get(name, ""), [os.path.join(self.store_dir, "jobs", spec.job_id)])
+            if folder is not None:
+                found.append(folder)
+        return found
+
+    def _prepare(self, spec: LaunchSpec, folder: Path, cwd: Path, uid: int | None) -> list[Path]:
+        """Create the attempt's folders (in a thread); sandboxed as root, give the job's folders to its uid."""
+        folder.mkdir(parents=True, exist_ok=True)
+        cwd.mkdir(parents=True, exist_ok=True)
+        if spec.checkpoint_dir:
+            (cwd / spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        writable = self._store_folders(spec)
+        for path in writable:
+            path.mkdir(parents=True, exist_ok=True)
+        if uid is not None and self.sandbox is not None and self.sandbox.as_root:
+            for path in (cwd, *writable):
+                _give_to(path, uid)
+        return writable
 
     async def submit(self, spec: LaunchSpec) -> RunHandle:
         """Start the wrapper in a new session; returns once the process exists and its identity is recorded."""
@@ -239,19 +248,14 @@ class LocalProvider(Provider):
         cwd = spec.code_dir or (spec.work_dir / "work")
         if not spec.command:
             raise ProviderError(self.name, ProviderErrorKind.INVALID, "empty command")
+        uid = self.sandbox.pick_uid(self._uids.values()) if self.sandbox is not None else None
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            cwd.mkdir(parents=True, exist_ok=True)
-            if spec.checkpoint_dir:
-                (cwd / spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-            if self.job_user is not None:
-                os.chmod(spec.work_dir, 0o711)
-                await asyncio.to_thread(_give_to, cwd, self.job_user)
+            writable = await asyncio.to_thread(self._prepare, spec, folder, cwd, uid)
         except OSError as exc:
             raise ProviderError(self.name, ProviderErrorKind.TRANSIENT, f"cannot prepare {folder}: {exc.strerror}") from None
         argv = [
-            self.python,
-            "-u",
+            sys.executable,
+            "-I",  # the job's PYTHON* variables do not reach the wrapper
             str(WRAPPER),
             "--attempt-dir",
             str(folder),
@@ -264,14 +268,16 @@ class LocalProvider(Provider):
             "--log-cap-bytes",
             str(max(0, spec.log_cap_bytes)),
         ]
-        if self.job_user is not None:
-            argv += ["--uid", str(self.job_user.uid), "--gid", str(self.job_user.gid)]
-        argv += ["--", *spec.command]
+        command = list(spec.command)
+        if self.sandbox is not None and uid is not None:
+            argv.append("--sandboxed")
+            command = self.sandbox.command(command, uid=uid, cwd=cwd, writable=writable)
+        argv += ["--", *command]
         try:
             with open(folder / "wrapper.log", "ab") as wrapper_log:
                 proc = subprocess.Popen(
                     argv,
-                    env=self._env(spec, cwd),
+                    env=self._env(spec),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=wrapper_log,
@@ -281,7 +287,10 @@ class LocalProvider(Provider):
         except OSError as exc:
             raise ProviderError(self.name, ProviderErrorKind.TRANSIENT, f"cannot start the wrapper: {exc.strerror}") from None
         ticks = process_start_ticks(proc.pid)
-        data = {"pid": proc.pid, "start_ticks": ticks, "attempt_dir": str(folder), "cwd": str(cwd)}
+        data: dict[str, Any] = {"pid": proc.pid, "start_ticks": ticks, "attempt_dir": str(folder), "cwd": str(cwd)}
+        if uid is not None:
+            data["uid"] = uid
+            self._uids[str(proc.pid)] = uid
         tmp = folder / "wrapper.json.tmp"
         tmp.write_text(json.dumps(data))
         os.replace(tmp, folder / "wrapper.json")
@@ -295,6 +304,8 @@ class LocalProvider(Provider):
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
+        if data.get("uid") is not None:
+            self._uids[str(data["pid"])] = int(data["uid"])
         return RunHandle(self.name, str(data["pid"]), data)
 
     @staticmethod
@@ -314,7 +325,10 @@ class LocalProvider(Provider):
         folder = Path(handle.data["attempt_dir"])
         ended = self._exit(folder)
         if ended is None and _alive(int(handle.data["pid"]), handle.data.get("start_ticks")):
+            if handle.data.get("uid") is not None:  # (re-attached after a restart: its uid stays taken)
+                self._uids[handle.ref] = int(handle.data["uid"])
             return RunStatus(RunState.RUNNING)
+        self._uids.pop(handle.ref, None)
         if ended is None:
             await asyncio.sleep(0.05)
             ended = self._exit(folder)  # the wrapper may have exited right after writing it

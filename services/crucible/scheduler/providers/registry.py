@@ -30,6 +30,10 @@ ADAPTERS: dict[str, str] = {
 OFFLINE_PROVIDERS = ("local", "dryrun")
 
 
+class ProviderUnavailable(Exception):
+    """Raised by an adapter's from_settings when it cannot be used on this host; the message is shown as the reason."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ProviderStatus:
     """What ListProviders says about one provider."""
@@ -81,6 +85,10 @@ class ProviderRegistry:
         try:
             cls = getattr(importlib.import_module(module_name), class_name)
             provider = cls.from_settings(self.settings.get(name, {}))
+        except ProviderUnavailable as exc:
+            self._errors[name] = str(exc)
+            log.warning("provider %s unavailable: %s", name, self._errors[name])
+            return None
         except ModuleNotFoundError as exc:
             self._errors[name] = f"adapter module not installed ({exc.name})"
             log.warning("provider %s unavailable: %s", name, self._errors[name])
