@@ -503,6 +503,10 @@ def test_submit_without_code_is_refused_once(stack: dict[str, Any], browser: Any
     assert len(errors) == 1 and len(css(browser, ".error")) == 1 and "No code to run" in text, text
     assert text.count("code archive") == 1, text  # said once, not again as a field line
     assert "/submit" in browser.current_url
+    fill(browser, "gpu_count", "65")  # a field error from the console: its message and field line say one thing once
+    by_id(browser, "preview").click()
+    box = wait(browser, lambda d: css(d, "#preview-result .error"), message="no error for 65 GPUs")[0]
+    assert len(css(browser, ".error")) == 1 and box.text.count("between 0 and 64") == 1, box.text
     with httpx.Client(base_url=stack["url"], timeout=30) as http:
         csrf = http.get("/api/session").json()["csrf_token"]
         headers = {"origin": stack["url"], "x-csrf-token": csrf}

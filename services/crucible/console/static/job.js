@@ -93,6 +93,7 @@
     }
     document.getElementById("progress-line").textContent = Console.progressText(j.progress || {}, j.state);
     document.getElementById("job-reason").textContent = Console.failureReason(j);
+    document.getElementById("job-reason").classList.toggle("muted", j.state !== "failed");
     renderCost(j);
     if (!budgetsLoaded) { budgetsLoaded = true; loadBudget(j); }
     if (TERMINAL.has(j.state) && artifactsLoadedFor !== j.state) { artifactsLoadedFor = j.state; loadArtifacts(); }

@@ -18,7 +18,7 @@
     return el("tr", { "data-job": j.job_id },
       el("td", { class: "mono nowrap" }, el("a", { href: "/jobs/" + encodeURIComponent(j.job_id) }, j.job_id)),
       el("td", {}, j.spec.display_name || "-"),
-      el("td", {}, stateBadge(j.state), reason ? el("div", { class: "reason", "data-reason": "" }, reason) : null),
+      el("td", {}, stateBadge(j.state), reason ? el("div", { class: j.state === "failed" ? "reason" : "reason muted", "data-reason": "" }, reason) : null),
       el("td", {}, j.provider || "-"),
       el("td", {}, p.total_steps ? bar : null, el("span", { class: "muted" }, Console.progressText(p, j.state))),
       el("td", { class: "num" }, usd(j.cost && j.cost.spent_usd, 6)),

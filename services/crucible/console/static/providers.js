@@ -33,6 +33,11 @@
           url.hostname.replace(/^www\./, ""));
       }
     } catch (_) { /* not a URL: "github.com/org/catalog@sha", "provider API", "configured rate: ..." */ }
+    const pinned = /^github\.com\/([\w.-]+\/[\w.-]+)@([0-9a-f]{7,40}):([\w./-]+)$/.exec(text);  // a catalog file at a commit
+    if (!node && pinned) {
+      node = el("a", { href: `https://github.com/${pinned[1]}/blob/${pinned[2]}/${pinned[3]}`, target: "_blank",
+        rel: "noopener noreferrer", title: text }, "github.com");
+    }
     if (!node) {
       const site = /^((?:[a-z0-9-]+\.)+[a-z]{2,})\//i.exec(text);
       let label = site ? site[1] : text.split(/[:(]/)[0].trim();
