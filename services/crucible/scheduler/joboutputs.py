@@ -353,35 +353,8 @@ def reclaim_from_job_user(store: JobObjectStore, job_id: str) -> None:
 
 
 def _chown_tree(parent: int, name: str, uid: int, gid: int, *, create: bool = True) -> None:
-    """chown the folder parent/name and what is inside to uid:gid (folders 0700, files 0600), by descriptor: a link
-    is never followed, and links, hard-linked and special files are left as they are."""
-    try:
-        top = nofollow.open_dirs(parent, [name], create=create)
-    except FileNotFoundError:
-        return
-    try:
-        os.fchown(top, uid, gid)
-        os.fchmod(top, 0o700)
-        for dir_fd, _rel, entry, st in nofollow.entries(top):
-            if stat.S_ISDIR(st.st_mode):
-                flags, mode = nofollow.DIR_FLAGS, 0o700
-            elif nofollow.regular(st):
-                flags, mode = nofollow.FILE_FLAGS, 0o600
-            else:
-                continue
-            try:
-                fd = os.open(entry, flags, dir_fd=dir_fd)
-            except OSError:
-                continue  # gone or swapped for a link meanwhile
-            try:
-                now = os.fstat(fd)
-                if stat.S_ISDIR(now.st_mode) or nofollow.regular(now):
-                    os.fchown(fd, uid, gid)
-                    os.fchmod(fd, mode)
-            finally:
-                os.close(fd)
-    finally:
-        os.close(top)
+    """parent/name and what is inside to uid:gid, folders 0700 and files 0600 (nofollow.chown_tree)."""
+    nofollow.chown_tree(parent, name, uid, gid, dir_mode=0o700, file_mode=0o600, create=create)
 
 
 __all__ = [

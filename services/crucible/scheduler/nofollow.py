@@ -280,6 +280,53 @@ def remove_tree(base_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=base_fd)
 
 
+def chown_tree(
+    parent: int,
+    name: str,
+    uid: int,
+    gid: int,
+    *,
+    dir_mode: int | None = None,
+    file_mode: int | None = None,
+    create: bool = False,
+) -> None:
+    """Give the folder parent/name and everything in it to uid:gid (modes set when given), by descriptor: each item is
+    opened with O_NOFOLLOW and checked again with fstat before fchown/fchmod, so a link is never followed and no file
+    reached through a link or a hard link (st_nlink > 1) is ever handed over; links, hard-linked and special files
+    keep their owner and mode. Nothing when the folder is absent (made, 0700, when `create`)."""
+    try:
+        top = open_dirs(parent, [name], create=create)
+    except FileNotFoundError:
+        return
+    try:
+        _give(top, uid, gid, dir_mode)
+        for dir_fd, _rel, entry, st in entries(top):
+            if stat.S_ISDIR(st.st_mode):
+                flags, mode = DIR_FLAGS, dir_mode
+            elif regular(st):
+                flags, mode = FILE_FLAGS, file_mode
+            else:
+                continue
+            try:
+                fd = os.open(entry, flags, dir_fd=dir_fd)
+            except OSError:
+                continue  # gone, or swapped for a link meanwhile
+            try:
+                now = os.fstat(fd)
+                if stat.S_ISDIR(now.st_mode) or regular(now):
+                    _give(fd, uid, gid, mode)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
+
+
+def _give(fd: int, uid: int, gid: int, mode: int | None) -> None:
+    os.fchown(fd, uid, gid)
+    if mode is not None:
+        os.fchmod(fd, mode)
+
+
 def sweep_temp(dir_fd: int, *, prune: Callable[[str], bool] | None = None) -> tuple[int, int]:
     """Remove the temporary files of interrupted atomic writes under the folder `dir_fd` (not inside folders that
     `prune` accepts): (files, bytes on disk) removed."""
@@ -299,6 +346,7 @@ __all__ = [
     "TEMP_PREFIX",
     "AtomicWriter",
     "UnsafePath",
+    "chown_tree",
     "copy_sparse",
     "data_extents",
     "entries",
