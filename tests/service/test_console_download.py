@@ -52,6 +52,14 @@ def _rchar(pid: int) -> int:
     raise AssertionError("no rchar in /proc/PID/io")
 
 
+def _peak_rss(pid: int) -> int:
+    """The most resident memory the process has used so far, in bytes (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
 def _files_under(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()]
 
@@ -92,7 +100,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         asyncio.run(mesh.wait_ready(timeout=120))
         console.start()
         asyncio.run(console.wait_ready(timeout=60))
-        yield {"url": console.url.rstrip("/"), "mesh": mesh, "base": base, "console_tmp": console_tmp}
+        yield {"url": console.url.rstrip("/"), "mesh": mesh, "base": base, "console_tmp": console_tmp, "console": console}
     finally:
         console.stop()
         mesh.stop()
@@ -142,13 +150,16 @@ def test_download_is_relayed_without_a_temp_copy(stack: dict[str, Any], big: tup
             digest.update(chunk)
             total += len(chunk)
     whole_s = time.monotonic() - started
+    assert stack["console"].process is not None
+    peak = _peak_rss(stack["console"].process.pid)
     print(
         f"first byte after {first_byte_s:.3f} s, whole {SIZE >> 20} MiB after {whole_s:.2f} s; "
-        f"scheduler read {read_while_paused >> 20} MiB while the reader paused"
+        f"scheduler read {read_while_paused >> 20} MiB while the reader paused; console peak RSS {peak >> 20} MiB"
     )
     assert not on_disk, f"the console wrote a temp copy: {on_disk}"
     assert read_while_paused < SIZE // 4, f"the scheduler read {read_while_paused} bytes before the browser asked for them"
     assert total == SIZE and digest.hexdigest() == expected
+    assert peak < SIZE // 2, f"the console held {peak} bytes: the relay buffers instead of streaming"
 
 
 def test_download_stops_when_the_browser_goes(stack: dict[str, Any], big: tuple[str, str]) -> None:
