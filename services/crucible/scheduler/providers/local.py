@@ -152,6 +152,7 @@ class LocalProvider(Provider):
         self.store_dir = store_dir
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._uids: dict[str, int] = {}  # handle ref -> uid of a running sandboxed attempt
+        self._reserved: set[int] = set()  # uids of attempts being launched
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, str]) -> LocalProvider:
@@ -248,7 +249,21 @@ class LocalProvider(Provider):
         cwd = spec.code_dir or (spec.work_dir / "work")
         if not spec.command:
             raise ProviderError(self.name, ProviderErrorKind.INVALID, "empty command")
-        uid = self.sandbox.pick_uid(self._uids.values()) if self.sandbox is not None else None
+        uid = None
+        while self.sandbox is not None and uid is None:
+            try:
+                uid = await asyncio.to_thread(self.sandbox.pick_uid, [*self._uids.values(), *self._reserved])
+            except SandboxError as exc:  # every uid of the range in use
+                raise ProviderError(self.name, ProviderErrorKind.CAPACITY, str(exc)) from None
+            uid = None if uid in self._reserved else uid  # (picked by a launch running at the same time)
+        if uid is not None:
+            self._reserved.add(uid)
+        try:
+            return await self._start(spec, folder, cwd, uid)
+        finally:
+            self._reserved.discard(uid)
+
+    async def _start(self, spec: LaunchSpec, folder: Path, cwd: Path, uid: int | None) -> RunHandle:
         try:
             writable = await asyncio.to_thread(self._prepare, spec, folder, cwd, uid)
         except OSError as exc:
