@@ -22,6 +22,7 @@ import pytest
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.scheduler import joboutputs
+from crucible.scheduler.progress_recorder import newest_checkpoint
 from crucible.scheduler.storage import JobObjectStore, StoreError, StoreSettings
 from tests.reliability.test_hardening_scheduler import Scheduler, finished, local
 
@@ -180,4 +181,23 @@ def test_the_store_reads_writes_and_deletes_nothing_through_a_link(tmp_path: Pat
 
     assert store.delete_job("job-1") == 3
     assert not Path(store.path("job-1", "artifacts")).exists()
+    targets.intact()
+
+
+def test_the_latest_checkpoint_is_never_looked_up_through_a_link(tmp_path: Path) -> None:
+    targets = Targets(tmp_path)
+    work = tmp_path / "work"
+    (work / "ckpt").mkdir(parents=True)
+    (work / "ckpt" / "step-1.pt").write_bytes(b"weights")
+    assert newest_checkpoint(work, "ckpt") == "ckpt/step-1.pt"
+    (work / "ckpt" / "step-9.pt").symlink_to(targets.file)  # newer, but a link
+    assert newest_checkpoint(work, "ckpt") == "ckpt/step-1.pt"
+    (work / "linked").symlink_to(targets.folder)
+    assert newest_checkpoint(work, "linked") is None
+    hidden = tmp_path / "root-only-2" / "sub"  # a root-only folder with a file whose name must not come out
+    hidden.mkdir(parents=True)
+    (hidden / "secret-name.pt").write_bytes(SECRET)
+    os.chmod(hidden.parent, 0o700)
+    (work / "through").symlink_to(hidden.parent)
+    assert newest_checkpoint(work, "through/sub") is None
     targets.intact()

@@ -7,13 +7,13 @@ Line formats and the ETA live in `core/progress.py` (pure); this module applies 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.convert import duration_from_seconds, timestamp_from_unix
-from crucible.scheduler import artifacts as artifact_files
-from crucible.scheduler import history, joboutputs
+from crucible.scheduler import history, joboutputs, nofollow
 from crucible.scheduler.core.progress import Progress
 from crucible.scheduler.history import PointWindow, line_point
 from crucible.scheduler.jobfolders import JobFolders
@@ -45,14 +45,26 @@ def apply_progress(job: job_pb2.Job, progress: Progress) -> None:
 
 
 def newest_checkpoint(work: Path, checkpoint_dir: str) -> str | None:
-    """Newest servable file under the checkpoint directory (local working directory); runs in a thread."""
-    folder = work / checkpoint_dir
-    found = artifact_files.scan(folder, {}) if folder.is_dir() and not folder.is_symlink() else {}
-    found = {path: value for path, value in found.items() if not path.endswith(".tmp")}
+    """Newest servable file under the checkpoint directory (local working directory); runs in a thread. The folder is
+    reached one component at a time without following a link, and links inside it are left out (nofollow.py)."""
+    try:
+        root = nofollow.open_dir(work)
+    except (OSError, nofollow.UnsafePath):
+        return None
+    try:
+        folder = nofollow.open_dirs(root, [part for part in checkpoint_dir.split("/") if part not in ("", ".")])
+    except (OSError, nofollow.UnsafePath):
+        return None
+    finally:
+        os.close(root)
+    try:
+        found = {rel: st.st_mtime for rel, st in nofollow.files(folder) if not rel.endswith(".tmp")}
+    finally:
+        os.close(folder)
     if not found:
         return None
-    newest = max(found, key=lambda path: found[path][1])
-    return (folder / newest).relative_to(work).as_posix()
+    newest = max(found, key=lambda path: found[path])
+    return (Path(checkpoint_dir) / newest).as_posix()
 
 
 class ProgressRecorder:
