@@ -7,7 +7,6 @@ from the best feasible parents, and writes every candidate to a JSONL trace that
 from __future__ import annotations
 
 import asyncio
-import csv
 import dataclasses
 import functools
 import hashlib
@@ -18,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from crucible.clients import mcq_data
 from crucible.clients.mesh import Mesh
 from crucible.clients.retry import AttackCallError, Retrier, RetryPolicy
 from crucible.clients.scorer import ChoiceQuery, Question
@@ -42,31 +42,21 @@ class MCQ:
 def load_mmlu(
     data_dir: Path, subjects: Sequence[str] = (), *, seca_subset: bool = False, limit_per_subject: int | None = None
 ) -> list[MCQ]:
-    """Questions from `<subject>_test.csv` files (header question,choice0..3,answer); optionally the SECA index subset."""
-    files = sorted(data_dir.glob("*_test.csv"))
-    available = {f.name[: -len("_test.csv")]: f for f in files}
-    if not available:
-        raise FileNotFoundError(f"no <subject>_test.csv files in {data_dir}")
+    """Questions from a question file or a folder of them (mcq_data: the original headerless MMLU CSVs with an answer
+    letter, headered `question,choice0..3,answer` CSVs, JSONL with question/choices/answer); optionally only the
+    rows of the folder's SECA index. Raises mcq_data.DataError naming the file, row and column of a bad row."""
+    available = mcq_data.question_files(data_dir)
     wanted = list(subjects) or sorted(available)
     missing = [s for s in wanted if s not in available]
     if missing:
-        raise FileNotFoundError(f"subject(s) {missing} not in {data_dir} (have: {', '.join(sorted(available))})")
-    subset: dict[str, list[int]] = {}
-    if seca_subset:
-        index_file = data_dir / "seca_filtered_index.json"
-        if not index_file.exists():
-            raise FileNotFoundError(f"--seca-subset needs {index_file}")
-        subset = json.loads(index_file.read_text())
+        raise mcq_data.DataError(f"subject(s) {missing} not in {data_dir} (have: {', '.join(sorted(available))})")
+    subset = mcq_data.load_seca_index(data_dir if data_dir.is_dir() else data_dir.parent) if seca_subset else {}
     out: list[MCQ] = []
     for subject in wanted:
-        with available[subject].open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+        rows = mcq_data.read_questions(available[subject])
         indexes = subset.get(subject, []) if seca_subset else range(len(rows))
         picked = [i for i in indexes if 0 <= i < len(rows)][: limit_per_subject or None]
-        for i in picked:
-            row = rows[i]
-            options = tuple(row[f"choice{k}"] for k in range(4))
-            out.append(MCQ(f"{subject}/{i}", subject, row["question"], options, int(row["answer"])))
+        out.extend(MCQ(f"{subject}/{i}", subject, *rows[i]) for i in picked)
     return out
 
 
@@ -87,6 +77,9 @@ class AttackConfig:
     equivalence_threshold: float | None = None  # None = the proposer's default
     seed: int = 0
     max_new_tokens: int = 0  # 0 = proposer default (for questions: sized to the question)
+    #: Checks every flip's final question must also pass to count as a success: "strictest" = the QUESTION check plus
+    #: the LLM judge when the proposer has one (GetInfo); or a comma-separated list of methods; "" = none.
+    verify: str = "strictest"
     retry: RetryPolicy = dataclasses.field(default_factory=lambda: RetryPolicy())
 
 
@@ -100,7 +93,9 @@ class AttackOutcome:
     """
 
     qid: str
-    status: str  # "flipped" | "not_flipped" | "skipped_wrong" (target already wrong) | "error"
+    #: "flipped" (verified) | "flipped_unverified" (answer flipped, final question failed a verification check) |
+    #: "not_flipped" | "skipped_wrong" (target already wrong) | "error"
+    status: str
     iterations: int
     original_top: int
     target_option: int
@@ -116,6 +111,11 @@ class AttackOutcome:
     retries: int = 0
     final_score: float | None = None
     final_equivalent: bool | None = None
+    #: The search's check on the final question: method and its scores (content alignment included for "question").
+    final_check: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Flips only: method -> {equivalent, score, ...} of every verification check run on the final question; a flip
+    #: that fails one is "flipped_unverified" (reported apart, not a success).
+    verification: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +199,7 @@ class SecaAttack:
         self.trace = trace
         self.on_iteration = on_iteration
         self.retrier = Retrier(self.config.retry, self.DEADLINE_FLOORS, seed=self.config.seed)
+        self._verify: list[str] | None = None
 
     async def _emit(self, event: dict[str, Any]) -> None:
         if self.trace is not None:
@@ -237,21 +238,51 @@ class SecaAttack:
             stats,
         )
 
-    async def _check(self, q: MCQ, candidates: Sequence[str], stats: dict[str, int]) -> list[Any]:
+    async def _check(self, q: MCQ, candidates: Sequence[str], stats: dict[str, int], method: str | None = None) -> list[Any]:
         cfg = self.config
         verdicts: list[Any] = await self._call(
             "equivalence",
             f"{q.qid}: CheckEquivalence",
             lambda deadline: self.mesh.proposer.check_equivalence(
                 [(q.question, c) for c in candidates],
-                method=cfg.equivalence_method,
-                threshold=cfg.equivalence_threshold,
+                method=method or cfg.equivalence_method,
+                threshold=None if method else cfg.equivalence_threshold,
                 options=q.options,
                 timeout=deadline,
             ),
             stats,
         )
         return verdicts
+
+    async def verification_methods(self) -> list[str]:
+        """The checks a flip must also pass (AttackConfig.verify): for "strictest", the QUESTION check and, when the
+        proposer's GetInfo lists it, the LLM judge. Asked once per attack object."""
+        if self._verify is not None:
+            return self._verify
+        wanted = self.config.verify.strip()
+        if wanted != "strictest":
+            self._verify = [m.strip() for m in wanted.split(",") if m.strip()]
+            return self._verify
+        methods = ["question"]
+        try:
+            info = await self._call("info", "proposer GetInfo", functools.partial(_get_info, self.mesh.proposer), {"retries": 0})
+            listed = {getattr(e, "method", None) for e in getattr(info, "equivalence", ())}
+            from crucible.clients.proposer import METHODS
+
+            if METHODS["judge"] in listed:
+                methods.append("judge")
+        except AttackCallError as err:
+            log.warning("proposer GetInfo failed (%s); flips are verified with the QUESTION check only", err)
+        self._verify = methods
+        return methods
+
+    async def _verify_flip(self, q: MCQ, text: str, stats: dict[str, int]) -> dict[str, dict[str, Any]]:
+        """Every verification check's verdict on a flipped question (method -> its scores)."""
+        results: dict[str, dict[str, Any]] = {}
+        for method in await self.verification_methods():
+            (verdict,) = await self._check(q, [text], stats, method=method)
+            results[method] = _verdict_record(verdict)
+        return results
 
     async def attack(self, q: MCQ) -> AttackOutcome:
         """Attack one question; returns its outcome (also written to the trace)."""
@@ -319,6 +350,7 @@ class SecaAttack:
                             "equivalence_score": v.score if v else None,
                             "equivalent": v.equivalent if v else None,
                             "form_violation": v.form_violation if v else None,
+                            "check": _verdict_record(v) if v else None,
                         }
                     )
                 feasible = [(obj, c, s) for obj, c, s in improving if verdict_of[c].equivalent]
@@ -363,6 +395,12 @@ class SecaAttack:
                 )
             if status == "flipped":
                 break
+        verification: dict[str, dict[str, Any]] = {}
+        if status == "flipped":
+            verification = await self._verify_flip(q, best[1], stats)
+            if not all(v["equivalent"] for v in verification.values()):
+                status = "flipped_unverified"
+            await self._emit({"event": "verification", "qid": q.qid, "question": best[1], "checks": verification})
         outcome = AttackOutcome(
             q.qid,
             status,
@@ -380,6 +418,8 @@ class SecaAttack:
             retries=stats["retries"],
             final_score=best_verdict.score if best_verdict else None,
             final_equivalent=best_verdict.equivalent if best_verdict else None,
+            final_check=_verdict_record(best_verdict) if best_verdict else {},
+            verification=verification,
         )
         await self._emit({"event": "done", **dataclasses.asdict(outcome)})
         return outcome
@@ -444,15 +484,45 @@ class SecaAttack:
         return outcomes
 
 
+def _verdict_record(verdict: Any) -> dict[str, Any]:
+    """A verdict (crucible.clients.proposer.Equivalence) as the trace and summary keep it: the method, the verdict,
+    its score and whatever else the method reported (form violation, content alignment, both judge orders)."""
+    record: dict[str, Any] = {
+        "method": getattr(verdict, "method", ""),
+        "equivalent": bool(verdict.equivalent),
+        "score": float(verdict.score),
+    }
+    for name in (
+        "similarity_method",
+        "form_violation",
+        "form_detail",
+        "content_score",
+        "content_recall",
+        "content_precision",
+        "entailment_forward",
+        "entailment_backward",
+    ):
+        value = getattr(verdict, name, None)
+        if value not in (None, ""):
+            record[name] = value
+    for name in ("dropped_words", "added_words"):
+        if getattr(verdict, name, ()):
+            record[name] = list(getattr(verdict, name))
+    return record
+
+
 def _outcome_from_event(event: dict[str, Any]) -> AttackOutcome:
     return AttackOutcome(**{k: v for k, v in event.items() if k in AttackOutcome.__dataclass_fields__})
 
 
 def summarize(outcomes: Sequence[AttackOutcome]) -> dict[str, Any]:
     """What a campaign did: target accuracy on the questions, attacks and flips, candidate validity with the drop
-    counts by reason, the meaning check's pass rate, retries and errors."""
-    attacked = [o for o in outcomes if o.status in ("flipped", "not_flipped")]
+    counts by reason, the meaning check's pass rate, retries and errors. A flip counts as a success only when its
+    final question passed every verification check (`verified_by`); the others are `flipped_unverified`."""
+    attacked = [o for o in outcomes if o.status in ("flipped", "flipped_unverified", "not_flipped")]
     flipped = [o for o in attacked if o.status == "flipped"]
+    unverified = [o for o in attacked if o.status == "flipped_unverified"]
+    methods = sorted({m for o in flipped + unverified for m in o.verification})
     answered = [o for o in outcomes if o.status != "error"]
     checked = sum(o.equivalence_checked for o in attacked)
     passed = sum(o.equivalence_passed for o in attacked)
@@ -469,6 +539,8 @@ def summarize(outcomes: Sequence[AttackOutcome]) -> dict[str, Any]:
         "errors": sum(o.status == "error" for o in outcomes),
         "attacked": len(attacked),
         "flipped": len(flipped),
+        "flipped_unverified": len(unverified),
+        "verified_by": ",".join(methods),
         "attack_success_rate": len(flipped) / len(attacked) if attacked else 0.0,
         "mean_iterations_to_flip": sum(o.iterations for o in flipped) / len(flipped) if flipped else None,
         "candidates_generated": generated,

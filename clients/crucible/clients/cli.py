@@ -15,6 +15,7 @@ from typing import Any
 
 from crucible.clients.attack import AttackConfig, SecaAttack, Trace, load_mmlu, summarize
 from crucible.clients.channel import CLI_SERVICES, add_connection_arguments, cli_channel_config
+from crucible.clients.mcq_data import DataError
 from crucible.clients.mesh import Mesh, MeshConfig
 from crucible.clients.reward import CompositeReward, RewardConfig
 
@@ -43,7 +44,15 @@ def add_commands(sub: Any) -> None:
     reward.set_defaults(handler=_reward)
 
     attack = sub.add_parser("attack", help="SECA-style attack on MMLU-format questions over the mesh")
-    attack.add_argument("--data", type=Path, required=True, help="folder of <subject>_test.csv files")
+    source = attack.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--data",
+        type=Path,
+        help="a question file or a folder of them: MMLU CSVs (the original headerless question,A,B,C,D,letter files "
+        "or headered question,choice0,choice1,choice2,choice3,answer with 0-3 or A-D), or JSONL lines "
+        '{"question": ..., "choices": [...], "answer": 0-3 or A-D}; the subject is the file name without _test',
+    )
+    source.add_argument("--builtin", action="store_true", help="the demo's built-in general-knowledge questions (no data needed)")
     attack.add_argument("--subjects", nargs="*", default=[], help="subjects to attack (default: all in the folder)")
     attack.add_argument("--seca-subset", action="store_true", help="only the SECA paper's questions (seca_filtered_index.json)")
     attack.add_argument("--limit-per-subject", type=int, default=None)
@@ -57,9 +66,16 @@ def add_commands(sub: Any) -> None:
     )
     attack.add_argument(
         "--equivalence",
-        choices=("question", "embedding", "nli"),
+        choices=("question", "embedding", "nli", "judge"),
         default="question",
-        help="meaning check: question (form checks, then NLI if configured, else cosine; default), embedding or nli alone",
+        help="meaning check in the search: question (form checks and content alignment, then NLI if configured, else "
+        "cosine; default), embedding, nli or judge (the proposer's --judge-model) alone",
+    )
+    attack.add_argument(
+        "--verify",
+        default="strictest",
+        help="checks a flip's final question must also pass to count as a success: strictest (the question check, plus "
+        "the LLM judge when the proposer has one; default), a comma-separated list of methods, or '' for none",
     )
     attack.add_argument(
         "--temperature",
@@ -160,14 +176,29 @@ def _reward(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attack_questions(args: argparse.Namespace) -> list[Any]:
+    """The questions to attack: --builtin (the demo's set, filtered by --subjects) or the --data file or folder."""
+    if args.builtin:
+        if args.seca_subset:
+            raise DataError("--seca-subset needs --data (an MMLU folder with seca_filtered_index.json)")
+        from crucible.demo import ATTACK_SAMPLES
+
+        picked = [q for q in ATTACK_SAMPLES if not args.subjects or q.subject in args.subjects]
+        if not picked:
+            have = ", ".join(sorted({q.subject for q in ATTACK_SAMPLES}))
+            raise DataError(f"no built-in question has subject(s) {args.subjects} (have: {have})")
+        return picked
+    return load_mmlu(args.data, args.subjects, seca_subset=args.seca_subset, limit_per_subject=args.limit_per_subject)
+
+
 def _attack(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from crucible.clients.tables import format_table
 
     try:
-        questions = load_mmlu(args.data, args.subjects, seca_subset=args.seca_subset, limit_per_subject=args.limit_per_subject)
-    except FileNotFoundError as err:
+        questions = _attack_questions(args)
+    except DataError as err:
         print(f"crucible attack: {err}", file=sys.stderr)
         return 2
     config = AttackConfig(
@@ -176,6 +207,7 @@ def _attack(args: argparse.Namespace) -> int:
         equivalence_threshold=args.threshold,
         seed=args.seed,
         temperature=args.temperature,
+        verify=args.verify,
     )
     trace = Trace(args.trace)
     already = len(trace.finished())

@@ -17,6 +17,7 @@ METHODS = {
     "embedding": pb.EQUIVALENCE_METHOD_EMBEDDING_COSINE,
     "nli": pb.EQUIVALENCE_METHOD_NLI_ENTAILMENT,
     "question": pb.EQUIVALENCE_METHOD_QUESTION,
+    "judge": pb.EQUIVALENCE_METHOD_LLM_JUDGE,
 }
 _METHOD_NAMES = {v: k for k, v in METHODS.items()}
 
@@ -55,6 +56,13 @@ class Equivalence:
     form_detail: str = ""
     #: The method that produced the score ("question" scores with "nli" or "embedding").
     similarity_method: str = ""
+    #: "question" method, pairs that passed the form checks: the content-alignment score (weakest content-word match
+    #: either way), its mean each way, and the content words without a counterpart ("content_change" below threshold).
+    content_score: float | None = None
+    content_recall: float | None = None
+    content_precision: float | None = None
+    dropped_words: tuple[str, ...] = ()
+    added_words: tuple[str, ...] = ()
 
 
 class ProposerClient(ServiceClient["pb_grpc.ProposerServiceAsyncStub"]):  # the aio stub type (type-checking only)
@@ -113,8 +121,9 @@ class ProposerClient(ServiceClient["pb_grpc.ProposerServiceAsyncStub"]):  # the 
         options: Sequence[str] = (),
         timeout: float | None = None,
     ) -> list[Equivalence]:
-        """Whether each (first, second) pair means the same; method "embedding" (default), "nli" or "question"
-        (first = a question stem, second = its rewording; `options` are the question's answer options)."""
+        """Whether each (first, second) pair means the same; method "embedding" (default), "nli", "judge" (an LLM judge,
+        when the proposer has one) or "question" (first = a question stem, second = its rewording; `options` are the
+        question's answer options)."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
         request = pb.CheckEquivalenceRequest(
@@ -136,6 +145,11 @@ class ProposerClient(ServiceClient["pb_grpc.ProposerServiceAsyncStub"]):  # the 
                 _reason(r.form_violation),
                 r.form_detail,
                 scoring,
+                optional_field(r, "content_score"),
+                optional_field(r, "content_recall"),
+                optional_field(r, "content_precision"),
+                tuple(r.dropped_words),
+                tuple(r.added_words),
             )
             for r in reply.results
         ]

@@ -174,8 +174,20 @@ REPEATS_OPTIONS = "repeats_options"
 NEAR_COPY = "near_copy"
 LENGTH_CHANGE = "length_change"
 MEANING_CHANGE = "meaning_change"
+#: A content word added, dropped or swapped (the content alignment of alignment.py; needs the embedding model).
+CONTENT_CHANGE = "content_change"
 #: Every reason in reporting order (EMPTY and DEGENERATE apply to both modes, the rest to question rewrites).
-DROP_REASONS = (EMPTY, DEGENERATE, NOT_A_QUESTION, ANSWERS, REPEATS_OPTIONS, NEAR_COPY, LENGTH_CHANGE, MEANING_CHANGE)
+DROP_REASONS = (
+    EMPTY,
+    DEGENERATE,
+    NOT_A_QUESTION,
+    ANSWERS,
+    REPEATS_OPTIONS,
+    NEAR_COPY,
+    LENGTH_CHANGE,
+    MEANING_CHANGE,
+    CONTENT_CHANGE,
+)
 
 FORM_QUESTION = "question"  # ends with '?'
 FORM_BLANK = "blank"  # a stem with a blank to fill ("___")

@@ -44,6 +44,24 @@ class ProposerConfig(ModelServerConfig):
         0.7, "Default EMBEDDING_COSINE threshold in [-1, 1] (MiniLM: paraphrases ~0.75-0.95, unrelated ~0.0-0.2)."
     )
     nli_threshold: float = setting(0.5, "Default NLI_ENTAILMENT threshold in [0, 1] on min(P(a=>b), P(b=>a)).")
+    content_threshold: float = setting(
+        0.5,
+        "Default content-alignment threshold of the QUESTION check in [0, 1]: a content word whose best match in the "
+        "other text (same word or form = 1, else the cosine of contextual word vectors) is below it counts as added "
+        "or dropped. Fitted on real proposer candidates labelled by hand (proposer README).",
+    )
+    question_filter: bool = setting(
+        True,
+        "EQUIVALENT_QUESTION Propose also drops candidates that fail the content alignment (CONTENT_CHANGE), so the "
+        "candidates returned keep the question more often.",
+    )
+    judge_model: str = setting(
+        "",
+        "Local Hugging Face folder (or registry alias) of an instruction LLM used as the LLM_JUDGE equivalence method "
+        "(SECA's feasibility judge: mutual entailment, nothing added or dropped, same answer; greedy, both orders). "
+        "Empty disables it. The embedded SmolLM2 runs but is far too small to judge well.",
+    )
+    judge_threshold: float = setting(0.5, "Default LLM_JUDGE threshold in [0, 1] on min(P(yes) both orders).")
     default_temperature: float = setting(1.0, "Sampling temperature when a request leaves it unset (SECA uses 1.0).")
     default_top_p: float = setting(0.95, "Nucleus-sampling mass when a request leaves it unset; 1 disables it.")
     default_max_new_tokens: int = setting(128, "Most tokens per candidate when a request leaves max_new_tokens at 0.")
@@ -69,6 +87,9 @@ class ProposerConfig(ModelServerConfig):
             raise ConfigError("embedding_model", "must name a registry alias or a local folder")
         if not -1.0 <= self.cosine_threshold <= 1.0:
             raise ConfigError("cosine_threshold", f"must be within [-1, 1], got {self.cosine_threshold}")
+        for name in ("content_threshold", "judge_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(name, f"must be within [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.nli_threshold <= 1.0:
             raise ConfigError("nli_threshold", f"must be within [0, 1], got {self.nli_threshold}")
         if not 0.0 <= self.default_temperature <= 2.0:

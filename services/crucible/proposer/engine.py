@@ -15,11 +15,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from crucible.proposer import cleaning, equivalence, generation, prompts
+from crucible.proposer import alignment, cleaning, equivalence, generation, judge, prompts
 from crucible.proposer.config import ProposerConfig
 from crucible.proposer.placement import plan_placement
 from crucible.proposer.requests import (
     METHOD_COSINE,
+    METHOD_JUDGE,
     METHOD_NLI,
     METHOD_QUESTION,
     CandidateResult,
@@ -68,6 +69,7 @@ class ProposerEngine:
         self.generator: Any = None
         self.embedder: Any = None
         self.nli: Any = None
+        self.judge: Any = None
         self.embedding_dimension = 0
         self._eos_ids: list[int] = []
         self._pad_id = 0
@@ -75,6 +77,8 @@ class ProposerEngine:
         self._generate: DynamicBatcher[generation.GenerationRow, generation.GeneratedRow] | None = None
         self._embed: DynamicBatcher[str, equivalence.EmbeddedText] | None = None
         self._entail: DynamicBatcher[tuple[str, str], float] | None = None
+        self._words: DynamicBatcher[str, alignment.WordVectors] | None = None
+        self._judge: DynamicBatcher[tuple[str, str], float] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -117,6 +121,11 @@ class ProposerEngine:
                 available_bytes=declared,
             )
             equivalence.entailment_label_index(self.nli.model.config.id2label)  # refuse a non-NLI classifier now
+        if cfg.judge_model:
+            self.judge = await asyncio.to_thread(
+                load_causal_lm, cfg.judge_model, device=cfg.device, dtype=cfg.dtype, cache_dir=cache, available_bytes=declared
+            )
+            judge.answer_token_ids(self.judge.tokenizer)  # refuse a judge that cannot say Yes and No apart now
         self._eos_ids = self._end_token_ids(self.generator)
         self._pad_id = int(
             self.generator.tokenizer.pad_token_id
@@ -138,7 +147,23 @@ class ProposerEngine:
             dedup_key=lambda text: text,
             metrics=self._metrics,
         )
-        self._batchers = [self._generate, self._embed]
+        self._words = DynamicBatcher(
+            "proposer_words",
+            self._run_word_vectors,
+            self.embedding_settings,
+            dedup_key=lambda text: text,
+            metrics=self._metrics,
+        )
+        self._batchers = [self._generate, self._embed, self._words]
+        if self.judge is not None:
+            self._judge = DynamicBatcher(
+                "proposer_judge",
+                self._run_judge,
+                dataclasses.replace(self.embedding_settings, max_batch_size=8),
+                dedup_key=lambda pair: pair,
+                metrics=self._metrics,
+            )
+            self._batchers.append(self._judge)
         if self.nli is not None:
             self._entail = DynamicBatcher(
                 "proposer_nli",
@@ -153,14 +178,18 @@ class ProposerEngine:
         warm = await self._embed.submit("warm-up")
         self.embedding_dimension = len(warm.vector)
         await self._generate.submit(generation.GenerationRow((self._pad_id,), 1.0, 1.0, 2, 0))
+        await self._words.submit("warm-up")
         if self._entail is not None:
             await self._entail.submit(("warm-up", "warm-up"))
+        if self._judge is not None:
+            await self._judge.submit(("warm-up", "warm-up"))
         log.info(
             "proposer ready",
             extra={
                 "generator": dataclasses.asdict(self.generator.identity),
                 "embedder": dataclasses.asdict(self.embedder.identity),
                 "nli": dataclasses.asdict(self.nli.identity) if self.nli else None,
+                "judge": dataclasses.asdict(self.judge.identity) if self.judge else None,
             },
         )
 
@@ -169,7 +198,7 @@ class ProposerEngine:
         for batcher in self._batchers:
             await batcher.stop()
         self._batchers = []
-        self.generator = self.embedder = self.nli = None
+        self.generator = self.embedder = self.nli = self.judge = None
 
     @staticmethod
     def _end_token_ids(loaded: Any) -> list[int]:
@@ -204,6 +233,13 @@ class ProposerEngine:
             self.nli, [p for p, _ in pairs], [h for _, h in pairs], batch_size=self.config.embed_max_batch_size
         )
         return [float(p) for p in probs]
+
+    def _run_word_vectors(self, texts: list[str]) -> list[alignment.WordVectors]:
+        return alignment.word_vectors(self.embedder, texts, batch_size=self.config.embed_max_batch_size)
+
+    def _run_judge(self, pairs: list[tuple[str, str]]) -> list[float]:
+        pad = self.judge.tokenizer.pad_token_id
+        return judge.judge_probabilities(self.judge, pairs, pad_token_id=int(pad if pad is not None else 0))
 
     @property
     def ready(self) -> bool:
@@ -284,20 +320,36 @@ class ProposerEngine:
             raise DeadlineExceeded(
                 "the deadline passed while the candidates were being generated", reason="DEADLINE_IN_GENERATION"
             )
-        return self.collect_candidates(spec, prompt, seed, generated)
+        drifted: frozenset[str] = frozenset()
+        if spec.mode == prompts.MODE_EQUIVALENT_QUESTION and cfg.question_filter:
+            kept = [c.text for row in generated if (c := self._clean(spec, row)).outcome == cleaning.KEPT]
+            if kept:
+                aligned = await self._content([(spec.text, text) for text in dict.fromkeys(kept)], None, timeout=timeout)
+                drifted = frozenset(text for text, a in zip(dict.fromkeys(kept), aligned, strict=True) if not a[1])
+        return self.collect_candidates(spec, prompt, seed, generated, drifted)
+
+    def _clean(self, spec: ProposeSpec, row: generation.GeneratedRow) -> cleaning.Cleaned:
+        raw = self.generator.tokenizer.decode(list(row.token_ids), skip_special_tokens=True)
+        if spec.mode == prompts.MODE_EQUIVALENT_QUESTION:
+            return cleaning.clean_question(raw, source=spec.text, options=spec.options)
+        return cleaning.clean_candidate(raw, source=spec.text, mode=spec.mode or "")
 
     def collect_candidates(
-        self, spec: ProposeSpec, prompt: str, seed: int, generated: Sequence[generation.GeneratedRow]
+        self,
+        spec: ProposeSpec,
+        prompt: str,
+        seed: int,
+        generated: Sequence[generation.GeneratedRow],
+        drifted: frozenset[str] = frozenset(),
     ) -> ProposeResult:
-        tokenizer = self.generator.tokenizer
+        """Clean every generated row, drop and count the invalid ones (and, for questions, the kept texts in
+        `drifted`, which failed the content alignment: CONTENT_CHANGE), and build the result."""
         kept: list[CandidateResult] = []
         dropped: dict[str, int] = {}
         for row in generated:
-            raw = tokenizer.decode(list(row.token_ids), skip_special_tokens=True)
-            if spec.mode == prompts.MODE_EQUIVALENT_QUESTION:
-                cleaned = cleaning.clean_question(raw, source=spec.text, options=spec.options)
-            else:
-                cleaned = cleaning.clean_candidate(raw, source=spec.text, mode=spec.mode or "")
+            cleaned = self._clean(spec, row)
+            if cleaned.outcome == cleaning.KEPT and cleaned.text in drifted:
+                cleaned = cleaning.Cleaned(cleaned.text, cleaning.CONTENT_CHANGE)
             if cleaned.outcome == cleaning.KEPT:
                 kept.append(CandidateResult(cleaned.text, row.steps, row.finish))
             else:
@@ -318,6 +370,17 @@ class ProposerEngine:
 
     # ---- CheckEquivalence and Embed ---------------------------------------------------------------------------------
 
+    async def _content(
+        self, pairs: Sequence[tuple[str, str]], threshold: float | None, *, timeout: float | None
+    ) -> list[tuple[alignment.Alignment, bool]]:
+        """Content alignment of each (original, rewording) and whether it passes (`threshold` None = configured)."""
+        assert self._words is not None
+        cut = self.config.content_threshold if threshold is None else threshold
+        vectors = await self._words.submit_many([a for a, _ in pairs] + [b for _, b in pairs], timeout=timeout)
+        n = len(pairs)
+        aligned = [alignment.align(vectors[i], vectors[n + i], cut) for i in range(n)]
+        return [(a, a.score >= cut) for a in aligned]
+
     async def _check_questions(
         self,
         pairs: Sequence[tuple[str, str]],
@@ -325,13 +388,24 @@ class ProposerEngine:
         threshold: float | None,
         *,
         timeout: float | None,
+        content_threshold: float | None = None,
     ) -> EquivalenceResult:
-        """METHOD_QUESTION: the form checks first (a failing pair is refused with score 0), then bidirectional NLI
-        entailment when an NLI model is loaded, else embedding cosine, on the pairs that passed."""
+        """METHOD_QUESTION: the form checks first (a failing pair is refused with score 0), then the content
+        alignment both ways (a pair that adds, drops or swaps a content word is refused with CONTENT_CHANGE), then
+        bidirectional NLI entailment when an NLI model is loaded, else embedding cosine, on the pairs that passed."""
         problems = [
             cleaning.question_problem(second, first, options, near_copy=False)
             for (first, second), options in zip(pairs, pair_options, strict=True)
         ]
+        formed = [i for i, (reason, _) in enumerate(problems) if not reason]
+        content: dict[int, alignment.Alignment] = {}
+        if formed:
+            aligned = await self._content([pairs[i] for i in formed], content_threshold, timeout=timeout)
+            for i, (a, ok) in zip(formed, aligned, strict=True):
+                content[i] = a
+                if not ok:
+                    words = [*(f"drops '{w}'" for w in a.dropped), *(f"adds '{w}'" for w in a.added)]
+                    problems[i] = (cleaning.CONTENT_CHANGE, "; ".join(words) or f"content score {a.score:.2f}")
         passing = [i for i, (reason, _) in enumerate(problems) if not reason]
         scoring = METHOD_NLI if self._entail is not None else METHOD_COSINE
         scored: dict[int, equivalence.PairVerdict] = {}
@@ -350,7 +424,9 @@ class ProposerEngine:
             scored[i] if i in scored else equivalence.PairVerdict(0.0, False, form_violation=reason, form_detail=detail)
             for i, (reason, detail) in enumerate(problems)
         ]
-        return EquivalenceResult(verdicts, METHOD_QUESTION, cut, model, scoring)
+        verdicts = [dataclasses.replace(v, content=content[i]) if i in content else v for i, v in enumerate(verdicts)]
+        content_cut = self.config.content_threshold if content_threshold is None else content_threshold
+        return EquivalenceResult(verdicts, METHOD_QUESTION, cut, model, scoring, content_cut)
 
     async def check_equivalence(
         self,
@@ -360,14 +436,31 @@ class ProposerEngine:
         *,
         timeout: float | None = None,
         pair_options: Sequence[Sequence[str]] | None = None,
+        content_threshold: float | None = None,
     ) -> EquivalenceResult:
-        """Score and judge every pair with embedding cosine, bidirectional NLI entailment, or (METHOD_QUESTION) the
-        question form checks followed by one of those; `pair_options` are each pair's answer options (QUESTION)."""
+        """Score and judge every pair with embedding cosine, bidirectional NLI entailment, the LLM judge both ways,
+        or (METHOD_QUESTION) the question form checks and content alignment followed by NLI or cosine;
+        `pair_options` are each pair's answer options (QUESTION)."""
         cfg = self.config
-        validate_pairs(pairs, method, threshold, pair_options, cfg, nli_loaded=self.nli is not None)
+        validate_pairs(
+            pairs, method, threshold, pair_options, cfg, nli_loaded=self.nli is not None, content_threshold=content_threshold
+        )
         self.require_ready()
         if method == METHOD_QUESTION:
-            return await self._check_questions(pairs, pair_options or [() for _ in pairs], threshold, timeout=timeout)
+            return await self._check_questions(
+                pairs, pair_options or [() for _ in pairs], threshold, timeout=timeout, content_threshold=content_threshold
+            )
+        if method == METHOD_JUDGE:
+            if self._judge is None:
+                raise FailedPrecondition(
+                    "LLM_JUDGE needs a judge model: start the proposer with --judge-model DIR", reason="JUDGE_NOT_CONFIGURED"
+                )
+            cut = cfg.judge_threshold if threshold is None else threshold
+            probs = await self._judge.submit_many([(a, b) for a, b in pairs] + [(b, a) for a, b in pairs], timeout=timeout)
+            n = len(pairs)
+            return EquivalenceResult(
+                equivalence.nli_verdicts(probs[:n], probs[n:], cut), METHOD_JUDGE, cut, self.judge.identity, METHOD_JUDGE
+            )
         if method == METHOD_NLI:
             if self._entail is None:
                 raise FailedPrecondition(

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from crucible.models import IncompatibleModelError, LoadedModel, embed
+from crucible.proposer.alignment import Alignment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +95,8 @@ def entailment_probabilities(
 class PairVerdict:
     """The verdict for one pair: score, equivalent (score >= threshold) and, for NLI, both directions.
 
-    `form_violation` (a cleaning reason) and `form_detail` say why a question pair failed the form checks.
+    `form_violation` (a cleaning reason) and `form_detail` say why a question pair failed the form checks or the
+    content alignment; `content` is that alignment (QUESTION pairs that passed the form checks).
     """
 
     score: float
@@ -103,6 +105,7 @@ class PairVerdict:
     entailment_backward: float | None = None
     form_violation: str = ""
     form_detail: str = ""
+    content: Alignment | None = None
 
 
 def cosine_verdicts(scores: Sequence[float], threshold: float) -> list[PairVerdict]:

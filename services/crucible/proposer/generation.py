@@ -154,7 +154,8 @@ def generate_rows(
 
     Prompts are left-padded (position ids follow the attention mask), the KV cache is reused at every step, rows
     that finish are pruned from the batch and the cache, and the loop stops as soon as every row has finished.
-    Results keep the order of `rows`.
+    Rows with the same prompt (the n candidates of one call) share one prefill: each distinct prompt is run once
+    and its cache rows are copied to the rows that share it. Results keep the order of `rows`.
     """
     if not rows:
         return []
@@ -165,12 +166,15 @@ def generate_rows(
             raise ValueError(f"row {index} has max_new_tokens {row.max_new_tokens}")
     device = _model_device(model)
     eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
-    longest = max(len(row.prompt_ids) for row in rows)
-    input_ids = torch.full((len(rows), longest), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, longest - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids, dtype=torch.long)
-        attention[i, longest - len(row.prompt_ids) :] = 1
+    distinct: dict[tuple[int, ...], int] = {}
+    owner = [distinct.setdefault(tuple(row.prompt_ids), len(distinct)) for row in rows]  # row -> its prompt's slot
+    prompts = list(distinct)
+    longest = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        input_ids[i, longest - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        attention[i, longest - len(prompt) :] = 1
     input_ids, attention = input_ids.to(device), attention.to(device)
     positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
     temperature = torch.tensor([row.temperature for row in rows], dtype=torch.float32, device=device)
@@ -198,6 +202,10 @@ def generate_rows(
         )
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
+        if step_ids is input_ids and len(prompts) < len(rows):  # after the shared prefill: one cache row per row
+            rows_of = torch.tensor(owner, device=device)
+            cache.batch_select_indices(rows_of)
+            logits, attention, step_positions = logits[rows_of], attention[rows_of], step_positions[rows_of]
         active_index = torch.tensor(active, device=device)
         chosen = sample_next(logits, temperature[active_index], top_p[active_index], [generators[i] for i in active])
         is_end = torch.isin(chosen, eos).tolist() if eos.numel() else [False] * len(active)

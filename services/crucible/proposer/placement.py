@@ -41,6 +41,8 @@ def plan_placement(config: ProposerConfig) -> None:
     ]
     if config.nli_model:
         planned.append(("nli", config.nli_model, config.equivalence_dtype, "none", "AutoModelForSequenceClassification"))
+    if config.judge_model:
+        planned.append(("judge", config.judge_model, config.dtype, "none", "AutoModelForCausalLM"))
     parts: list[tuple[str, int]] = []
     for label, setting, dtype_setting, quantize, auto_class in planned:
         resolved = resolve_model(setting, cache_dir=cache)

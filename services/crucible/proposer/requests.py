@@ -18,6 +18,7 @@ from crucible.runtime.validation import is_blank
 METHOD_COSINE = "embedding_cosine"
 METHOD_NLI = "nli_entailment"
 METHOD_QUESTION = "question"
+METHOD_JUDGE = "llm_judge"
 MIN_OPTIONS, MAX_OPTIONS = 2, 26
 
 
@@ -74,6 +75,7 @@ class EquivalenceResult:
     threshold: float
     model: Any
     similarity_method: str = ""
+    content_threshold: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +164,7 @@ def validate_pairs(
     config: ProposerConfig,
     *,
     nli_loaded: bool,
+    content_threshold: float | None = None,
 ) -> None:
     """Raise one INVALID_ARGUMENT naming every bad field of a CheckEquivalence call (`nli_loaded`: which model
     METHOD_QUESTION scores with, so which threshold range applies)."""
@@ -185,7 +188,8 @@ def validate_pairs(
     if method is None:
         bad.add(
             "method",
-            "is required: EQUIVALENCE_METHOD_EMBEDDING_COSINE, EQUIVALENCE_METHOD_NLI_ENTAILMENT or EQUIVALENCE_METHOD_QUESTION",
+            "is required: EQUIVALENCE_METHOD_EMBEDDING_COSINE, EQUIVALENCE_METHOD_NLI_ENTAILMENT, "
+            "EQUIVALENCE_METHOD_QUESTION or EQUIVALENCE_METHOD_LLM_JUDGE",
             "METHOD_UNSPECIFIED",
         )
     elif threshold is not None:
@@ -193,6 +197,8 @@ def validate_pairs(
         low = -1.0 if scoring == METHOD_COSINE else 0.0
         if not (math.isfinite(threshold) and low <= threshold <= 1.0):
             bad.add("threshold", f"must be within [{low:g}, 1] for this method, got {threshold}", "THRESHOLD_OUT_OF_RANGE")
+    if content_threshold is not None and not (math.isfinite(content_threshold) and 0.0 <= content_threshold <= 1.0):
+        bad.add("content_threshold", f"must be within [0, 1], got {content_threshold}", "THRESHOLD_OUT_OF_RANGE")
     bad.raise_if_any()
 
 

@@ -11,7 +11,7 @@ from crucible.api.proposer.v1 import proposer_service_pb2 as pb
 from crucible.api.proposer.v1 import proposer_service_pb2_grpc as pb_grpc
 from crucible.proposer import cleaning, generation, prompts
 from crucible.proposer.engine import ProposerEngine
-from crucible.proposer.requests import METHOD_COSINE, METHOD_NLI, METHOD_QUESTION, ProposeSpec
+from crucible.proposer.requests import METHOD_COSINE, METHOD_JUDGE, METHOD_NLI, METHOD_QUESTION, ProposeSpec
 from crucible.runtime.convert import batching_settings, model_identity, remaining_seconds
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["ProposerService"]
@@ -24,6 +24,7 @@ _METHODS = {
     pb.EQUIVALENCE_METHOD_EMBEDDING_COSINE: METHOD_COSINE,
     pb.EQUIVALENCE_METHOD_NLI_ENTAILMENT: METHOD_NLI,
     pb.EQUIVALENCE_METHOD_QUESTION: METHOD_QUESTION,
+    pb.EQUIVALENCE_METHOD_LLM_JUDGE: METHOD_JUDGE,
 }
 _METHOD_ENUMS = {name: value for value, name in _METHODS.items()}
 _DROP_REASONS = {
@@ -35,6 +36,7 @@ _DROP_REASONS = {
     cleaning.NEAR_COPY: pb.DROP_REASON_NEAR_COPY,
     cleaning.LENGTH_CHANGE: pb.DROP_REASON_LENGTH_CHANGE,
     cleaning.MEANING_CHANGE: pb.DROP_REASON_MEANING_CHANGE,
+    cleaning.CONTENT_CHANGE: pb.DROP_REASON_CONTENT_CHANGE,
 }
 _FINISH = {generation.FINISH_STOP: pb.FINISH_REASON_STOP, generation.FINISH_LENGTH: pb.FINISH_REASON_LENGTH}
 
@@ -81,6 +83,7 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
             request.threshold if request.HasField("threshold") else None,
             timeout=remaining_seconds(context),
             pair_options=[tuple(pair.options) for pair in request.pairs],
+            content_threshold=request.content_threshold if request.HasField("content_threshold") else None,
         )
         results = []
         for verdict in result.verdicts:
@@ -94,6 +97,12 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
                 item.entailment_forward = verdict.entailment_forward
             if verdict.entailment_backward is not None:
                 item.entailment_backward = verdict.entailment_backward
+            if verdict.content is not None:
+                item.content_score = verdict.content.score
+                item.content_recall = verdict.content.recall
+                item.content_precision = verdict.content.precision
+                item.dropped_words.extend(verdict.content.dropped)
+                item.added_words.extend(verdict.content.added)
             results.append(item)
         return pb.CheckEquivalenceResponse(
             results=results,
@@ -101,6 +110,7 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
             threshold=result.threshold,
             model=model_identity(result.model),
             similarity_method=_METHOD_ENUMS.get(result.similarity_method, pb.EQUIVALENCE_METHOD_UNSPECIFIED),
+            content_threshold=result.content_threshold,
         )
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
@@ -141,6 +151,7 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
                 max_texts_per_call=cfg.max_texts_per_call,
             ),
             batching=batching_settings(engine.generation_settings),
+            content_threshold=cfg.content_threshold,
         )
         if engine.nli is not None:
             response.nli_model.CopyFrom(model_identity(engine.nli.identity))
@@ -157,5 +168,14 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
                 method=pb.EQUIVALENCE_METHOD_QUESTION, default_threshold=scoring.default_threshold, model=scoring.model
             )
         )
+        if engine.judge is not None:
+            response.judge_model.CopyFrom(model_identity(engine.judge.identity))
+            equivalence.append(
+                pb.EquivalenceSettings(
+                    method=pb.EQUIVALENCE_METHOD_LLM_JUDGE,
+                    default_threshold=cfg.judge_threshold,
+                    model=model_identity(engine.judge.identity),
+                )
+            )
         response.equivalence.extend(equivalence)
         return response
