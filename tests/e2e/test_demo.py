@@ -23,7 +23,7 @@ def test_demo_runs_every_section_and_stops_cleanly(tmp_path):
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "CRUCIBLE_STATE_DIR": str(tmp_path / "state")},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "CRUCIBLE_STATE_DIR": str(tmp_path / "user-state")},
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     out = result.stdout
@@ -39,3 +39,9 @@ def test_demo_runs_every_section_and_stops_cleanly(tmp_path):
     assert "valid" in out.split("== Attack loop")[1] and " it 1: objective " in out
     assert "attack_valid_candidate_rate" in summary
     assert "clean (every service exited 0 after SIGTERM)" in out and out.rstrip().endswith("demo finished")
+    # Issue 26: the demo's job lives in its own state folder, never in the user's (it headed every later `jobs list`);
+    # each service is reported as it becomes ready; the summary says why the job ran twice and why spend != estimate.
+    user_state = tmp_path / "user-state"
+    assert not user_state.exists() or not any(user_state.rglob("*.db")), sorted(user_state.rglob("*"))
+    assert all(f"  {name:<9} ready in " in out for name in ("detector", "proposer", "scorer", "scheduler", "cost")), out
+    assert "The nanoGPT job ran 2 attempts" in out and "Estimate vs spend:" in out

@@ -40,7 +40,9 @@ async def test_demo_nanogpt_resumes_after_the_first_attempt_stops(tmp_path: Path
     finally:
         await server.stop(0)
     out = capsys.readouterr().out
-    assert result["nanogpt_state"] == "succeeded" and result["nanogpt_steps"] == 59, out
+    assert result["nanogpt_state"] == "succeeded" and result["nanogpt_steps"] == 60, out  # a finished run: 60 of 60
+    # after the relaunch, no line shows attempt 2 with attempt 1's loss: each line names its attempt
+    assert "attempt 2 step" in out and "attempt 1 step" in out
     assert result["nanogpt_resumed"] == "resumed from step 29", out
     assert "attempt 1: crashing on purpose at iter 45" in out
     assert "attempt 2: resumed from step 29: file://" in out and "continuing at iter 30" in out

@@ -5,7 +5,9 @@ The mesh runs on a free block of loopback ports; SIGINT must stop all five servi
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,14 +36,14 @@ def mesh(tmp_path_factory):
     base = free_port_block(len(SERVICES))
     log_dir = tmp_path_factory.mktemp("mesh-logs")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crucible", "up", "--base-port", str(base), "--log-dir", str(log_dir)],
+        [sys.executable, "-m", "crucible", "up", "--base-port", str(base), "--log-dir", str(log_dir), "--startup-timeout", "480"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "CRUCIBLE_STATE_DIR": str(log_dir / "state")},
     )
     lines: list[str] = []
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 540  # a loaded CI machine loads the three models slowly
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -53,7 +55,7 @@ def mesh(tmp_path_factory):
         proc.kill()
         logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in log_dir.glob("*.log"))
         pytest.fail("mesh did not come up:\n" + "".join(lines) + logs)
-    yield {"proc": proc, "ports": default_ports(base), "base": base, "banner": "".join(lines)}
+    yield {"proc": proc, "ports": default_ports(base), "base": base, "banner": "".join(lines), "log_dir": log_dir}
     if proc.poll() is None:
         proc.kill()
         proc.wait()
@@ -63,6 +65,15 @@ def test_banner_shows_every_service_serving(mesh):
     for name in SERVICES:
         row = next(line for line in mesh["banner"].splitlines() if line.startswith(name + " "))
         assert "SERVING" in row
+
+
+def test_up_reports_each_service_as_it_becomes_ready(mesh):
+    """Issue 26: up to minutes of silence before `mesh ready`; now one line per service with its start-up time."""
+    banner = mesh["banner"]
+    assert banner.startswith("starting "), banner
+    for name in SERVICES:
+        assert re.search(rf"^  {name}\s+ready in\s+\d+\.\ds  127\.0\.0\.1:{mesh['ports'][name]}$", banner, re.M), banner
+    assert banner.index("ready in") < banner.index("mesh ready in")
 
 
 def test_grpcurl_lists_service_health_and_reflection_on_every_port(mesh):
@@ -102,6 +113,16 @@ def test_crucible_health_command_reports_all_serving(mesh):
     assert result.stdout.count("SERVING") == len(SERVICES)
 
 
+def test_model_calls_for_the_log_check(mesh):
+    """Work for every model service (loading, batching, generation), so their logs hold more than start-up lines."""
+    _grpcurl("-d", '{"texts": ["The quick brown fox jumps over the lazy dog."]}', f"127.0.0.1:{mesh['ports']['detector']}",
+             "crucible.detector.v1.DetectorService/Detect")  # fmt: skip
+    _grpcurl("-d", '{"text": "How do vaccines work?", "n": 1}', f"127.0.0.1:{mesh['ports']['proposer']}",
+             "crucible.proposer.v1.ProposerService/Propose")  # fmt: skip
+    _grpcurl("-d", '{"items": [{"raw_prompt": "The capital of France is", "choices": [" Paris", " Rome"]}]}',
+             f"127.0.0.1:{mesh['ports']['scorer']}", "crucible.scorer.v1.ScorerService/ScoreChoices")  # fmt: skip
+
+
 def test_sigint_stops_every_service_cleanly(mesh):
     proc = mesh["proc"]
     proc.send_signal(signal.SIGINT)
@@ -115,6 +136,21 @@ def test_sigint_stops_every_service_cleanly(mesh):
         timeout=60,
     )
     assert health.returncode == 1 and "UNREACHABLE" in health.stdout
+
+
+def test_every_line_a_service_wrote_is_json(mesh):
+    """Issue 26: service logs held tqdm bars, library warnings and gRPC's fork notice between the JSON lines. After
+    start-up, model calls and a graceful stop, every line of every service's log is one JSON object."""
+    assert mesh["proc"].poll() is not None  # after test_sigint_stops_every_service_cleanly: the logs are complete
+    for name in SERVICES:
+        lines = (mesh["log_dir"] / f"{name}.log").read_text().splitlines()
+        assert len(lines) >= 2, name
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                pytest.fail(f"{name}.log line {number} is not JSON: {line[:300]!r}")
+            assert isinstance(record, dict) and record.get("service") == name, (name, number, line[:300])
 
 
 def test_services_stop_when_the_launcher_is_killed(tmp_path):
