@@ -198,6 +198,6 @@ def health_table(mesh: MeshLauncher, results: Mapping[str, HealthResult]) -> str
 
 
 def repo_root() -> Path | None:
-    """The source checkout this package runs from, if any (used to find ../shared and protos for tooling)."""
+    """The source checkout this package runs from, if any (used to find protos/ and examples/ for tooling)."""
     root = Path(__file__).resolve().parents[2]  # services/crucible/mesh.py -> the checkout
     return root if (root / "protos").is_dir() else None
