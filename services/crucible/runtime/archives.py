@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+from crucible.runtime.errors import echo
+
 #: Bytes of one tar block (header or padding unit).
 BLOCK = 512
 #: Tar member types taken: regular files (three spellings), folders, symbolic and hard links.
@@ -89,11 +91,9 @@ class Listing:
     top: str
 
 
-def shown(name: str, limit: int = 60) -> str:
-    """A member name for a message: repr'd, cut past `limit` characters with its full length said."""
-    if len(name) <= limit:
-        return repr(name)
-    return f"{name[:limit]!r}... ({len(name)} characters)"
+def shown(name: str) -> str:
+    """A member name for a message: repr'd, cut past 64 characters with its full length said (errors.echo)."""
+    return echo(name)
 
 
 def _member_error(index: int, name: str, why: str, reason: str = "ARCHIVE_UNSAFE") -> ArchiveError:

@@ -21,7 +21,7 @@ from typing import Literal
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime import archives
 from crucible.runtime.convert import seconds
-from crucible.runtime.errors import InvalidArgument, NotFound
+from crucible.runtime.errors import InvalidArgument, NotFound, echo
 from crucible.runtime.validation import duration_ns, utf8_size
 
 # Patterns are used with fullmatch: `$` would also accept a trailing newline.
@@ -30,7 +30,7 @@ SCOPE = re.compile(r"global|[a-z0-9_.-]+:[a-z0-9_.-]+")
 #: A job id as the scheduler makes them (job-YYYYMMDD-<12 hex>), or any id of letters, digits and . _ - up to 128.
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_JOB_ID = 128
-#: How much of an oversized or malformed value an error message repeats.
+#: How much of an env name a field path repeats.
 ECHO_CHARS = 40
 ProviderPolicy = job_pb2.ProviderPolicy
 MAX_REQUEST_ID = 128
@@ -56,20 +56,13 @@ MAX_SPEC_BYTES = 262144  # the whole serialized spec, code_archive excluded (it 
 MAX_LIST_PAGE_BYTES = 1 << 20
 
 
-def shorten(value: str, limit: int = ECHO_CHARS) -> str:
-    """`value` for an error message: repr'd, and past `limit` characters cut, with the full length said."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}... ({len(value)} characters)"
-
-
 def check_job_id(job_id: str, field: str = "job_id") -> None:
     """INVALID_ARGUMENT unless `job_id` could name a job; the error repeats at most a short prefix of it."""
     if not job_id:
         raise InvalidArgument.field(field, "is required")
     if not JOB_ID.fullmatch(job_id):
         raise InvalidArgument.field(
-            field, f"{shorten(job_id)} is not a job id (at most {MAX_JOB_ID} letters, digits, '.', '_' or '-')"
+            field, f"{echo(job_id)} is not a job id (at most {MAX_JOB_ID} letters, digits, '.', '_' or '-')"
         )
 
 
