@@ -46,8 +46,9 @@ class SchedulerConfig(ServerConfig):
     cost_timeout_s: float = setting(5.0, "Deadline of each call to the cost service, in seconds.")
     cost_token_file: str = setting(
         "",
-        "File whose first line is the bearer token sent to the cost service. Empty: the scheduler's own token "
-        "(auth_token / auth_token_file, e.g. CRUCIBLE_AUTH_TOKEN_FILE, which a mesh shares), or none.",
+        "File whose first line is the bearer token sent to the cost service (a file without a token refuses the "
+        "start). Empty: the scheduler's own token (auth_token / auth_token_file, e.g. CRUCIBLE_AUTH_TOKEN_FILE, which "
+        "a mesh shares), or none.",
     )
     cost_tls: bool = setting(False, "Reach the cost service over TLS (system roots unless cost_ca_file is set).")
     cost_ca_file: str = setting("", "PEM CA bundle that signed the cost service's certificate; implies cost_tls.")
