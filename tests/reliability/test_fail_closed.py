@@ -219,3 +219,18 @@ def test_the_console_refuses_a_blank_client_token_file(tmp_path: Path) -> None:
 def test_client_commands_refuse_blank_token_and_bad_ca_files(flag: str, file: str, tls_files: dict[str, Path]) -> None:
     argv = [*serve_command("cost", 0)[:3], "jobs", "list", "--address", "127.0.0.1:9", flag, str(tls_files[file])]
     _refused(argv, flag)
+
+
+def test_a_port_that_cannot_be_bound_names_the_setting(tmp_path: Path) -> None:
+    """gRPC's bind failure ("Failed to bind to address") becomes a ConfigError naming `port`, not a traceback."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        stderr = _refused(serve_command("cost", port, "--metrics-enabled", "false", "--state-dir", str(tmp_path)), "port")
+        assert str(port) in stderr
+    finally:
+        taken.close()
