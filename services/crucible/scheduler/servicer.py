@@ -118,6 +118,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             budget_scope=request.budget_scope,
             limit=size + 1,
             before_seq=before,
+            max_bytes=jobspec.MAX_LIST_PAGE_BYTES,
         )
         # Bounded in bytes too: the page stops before it would pass MAX_LIST_PAGE_BYTES (it always holds one job).
         page: list[tuple[int, job_pb2.Job]] = []

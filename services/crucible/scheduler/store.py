@@ -181,8 +181,11 @@ class JobStore:
         budget_scope: str = "",
         limit: int = 50,
         before_seq: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[JobRecord]:
-        """Jobs newest first matching every filter, at most `limit`, with seq < before_seq when given."""
+        """Jobs newest first matching every filter, at most `limit`, with seq < before_seq when given. With
+        `max_bytes`, reading stops at the first job after the first whose stored record takes the total past it (that
+        job is returned too, so the caller knows a next page exists): a page never decodes much more than it sends."""
         where: list[str] = []
         args: list[int | str] = []
         if states:
@@ -199,7 +202,15 @@ class JobStore:
             args.append(before_seq)
         sql = f"SELECT {self._COLS} FROM jobs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY seq DESC LIMIT ?"
         with self._lock:
-            rows = self._db.execute(sql, (*args, limit)).fetchall()
+            if max_bytes is None:
+                rows = self._db.execute(sql, (*args, limit)).fetchall()
+            else:
+                rows, total = [], 0
+                for row in self._db.execute(sql, (*args, limit)):
+                    rows.append(row)
+                    total += len(row[3])  # the serialized Job
+                    if total > max_bytes and len(rows) > 1:
+                        break
         return [self._decode(r) for r in rows]
 
     def unfinished(self, terminal: Sequence[int]) -> builtins.list[JobRecord]:
