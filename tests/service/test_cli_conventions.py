@@ -293,8 +293,8 @@ def test_job_file_submits_with_setup_run_envs_resources_and_overrides(mesh, tmp_
     shown = json.loads(out)
     assert shown["offer"]["provider"] == "runpod" and shown["offer"]["gpu_name"].startswith("A100")
     assert shown["launch"]["problems"] == [] and shown["launch"]["requests"][-1]["headers"]["Authorization"] == "Bearer ***"
-    # options after the file win: run it on the dryrun provider, CPU only
-    code, out, err = _run(capsys, "jobs", "submit", str(job), "--provider", "dryrun", "--gpus", "0", *s)
+    # options win over the file, before or after it: run it on the dryrun provider, CPU only
+    code, out, err = _run(capsys, "jobs", "submit", "--provider", "dryrun", str(job), "--gpus", "0", *s)
     assert code == 0, err
     job_id = next(line.split()[1] for line in out.splitlines() if line.startswith("job "))
     code, out, err = _run(capsys, "jobs", "get", job_id, *s, "--json")

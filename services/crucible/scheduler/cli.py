@@ -125,14 +125,15 @@ def _apply_job_file(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     given = parser.parse_args(rest) if rest else argparse.Namespace(command=[])
     if given.command:
         raise _usage(f"the job file {path} holds the command (its `run:`); remove {given.command}")
+    before = {k: v for k, v in vars(args).items() if k != "command" and v != parser.get_default(k)}
     for field in dataclasses.fields(job):
         value = getattr(job, field.name)
         if value is not None and field.name != "command":
             setattr(args, field.name, value)
     args.command = job.command
-    for key, value in vars(given).items():  # options after the file win over its values
-        if key != "command" and value != parser.get_default(key):
-            setattr(args, key, value)
+    given_options = {k: v for k, v in vars(given).items() if k != "command" and v != parser.get_default(k)}
+    for key, value in {**before, **given_options}.items():  # options, before or after the file, win over its values
+        setattr(args, key, value)
 
 
 def is_job_file(command: list[str]) -> bool:
