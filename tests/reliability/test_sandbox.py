@@ -325,3 +325,25 @@ def test_non_root_scheduler_gets_a_sandbox_or_the_reason() -> None:
     else:
         uid, count = said.removeprefix("RAN ").strip("[]").replace("'", "").split(", ")
         assert uid == "200123" and int(count) <= 4, said  # its uid; its own PID namespace (init, sh, ls, grep)
+
+
+# --- the settings' rules ------------------------------------------------------------------------------------------
+
+
+def test_uid_range_and_store_folder_rules(tmp_path) -> None:
+    from crucible.runtime.errors import ConfigError
+    from crucible.scheduler.providers.sandbox import file_url_folder, parse_uid_range
+
+    assert parse_uid_range("200000-265535") == (200000, 265535)
+    for bad in ("0-100", "200000", "x-y", "300000-200000"):
+        with pytest.raises(ValueError, match="job_uid_range"):
+            parse_uid_range(bad)
+    with pytest.raises(ConfigError, match="job_uid_range"):
+        from crucible.runtime.config import load_config
+        from crucible.scheduler.config import SchedulerConfig
+
+        load_config(SchedulerConfig, "scheduler", env={}, state_dir=str(tmp_path), job_uid_range="0-10")
+    job = "/store/jobs/job-1"
+    assert file_url_folder("file:///store/jobs/job-1/checkpoints", [job]) == Path("/store/jobs/job-1/checkpoints")
+    for outside in ("file:///store/jobs/job-2/checkpoints", "file:///store/jobs/job-1/../job-2/x", f"file://{job}", "s3://b/x"):
+        assert file_url_folder(outside, [job]) is None, outside  # only a folder inside the job's own prefix is shown

@@ -14,6 +14,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc
+from crucible.models.registry import default_cache_dir
 from crucible.runtime.server import CrucibleServer
 from crucible.runtime.server import create_server as _create_server
 from crucible.runtime.service import BaseService
@@ -111,6 +112,7 @@ def _local_settings(cfg: SchedulerConfig) -> dict[str, str]:
         "hidden": json.dumps([h for h in hidden if h]),
         "store_dir": store_dir,
         "unsafe": "true" if cfg.unsafe_local_jobs else "",
+        "model_cache": str(default_cache_dir()),
     }
 
 

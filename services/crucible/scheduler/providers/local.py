@@ -131,7 +131,8 @@ class LocalProvider(Provider):
     """Runs attempts as subprocesses of this host, each in a bubblewrap sandbox (providers/sandbox.py) unless built
     with `sandbox=None` (the --unsafe-local-jobs choice). Settings (strings): `inherit_env` (comma list), `grace_s`,
     `python` (the Python environment jobs run with; empty: the scheduler's), `uid_range`, `read_only` and `hidden`
-    (JSON lists of paths), `store_dir` (a file:// store's folder: a job's own folders there are writable), `unsafe`."""
+    (JSON lists of paths), `store_dir` (a file:// store's folder: a job's own folders there are writable),
+    `model_cache` (Crucible's prepared models, read-only; the job's CRUCIBLE_CACHE_DIR) and `unsafe`."""
 
     name = "local"
     capabilities = ProviderCapabilities(spot=False, live_logs=True, artifacts=True, manual=False)
@@ -144,8 +145,10 @@ class LocalProvider(Provider):
         python: PythonEnv | None = None,
         sandbox: Sandbox | None = None,
         store_dir: str = "",
+        model_cache: str = "",
     ) -> None:
         self.inherit_env = inherit_env
+        self.model_cache = model_cache
         self.grace_s = grace_s
         self.python = python or (sandbox.python if sandbox else None)
         self.sandbox = sandbox
@@ -166,6 +169,9 @@ class LocalProvider(Provider):
         python = settings.get("python", "") or sys.executable
         unsafe = settings.get("unsafe", "").lower() in ("1", "true", "yes")
         store_dir = settings.get("store_dir", "")
+        # Models prepared by `crucible models prepare` (public weights): read-only in the sandbox, CRUCIBLE_CACHE_DIR.
+        model_cache = settings.get("model_cache", "")
+        model_cache = model_cache if model_cache and os.path.isdir(os.path.join(model_cache, "models")) else ""
         try:
             if unsafe:
                 env = describe_python(python)
@@ -174,11 +180,14 @@ class LocalProvider(Provider):
                     "read and change everything the scheduler can, its state, store and secrets included",
                     os.geteuid(),
                 )
-                return cls(inherit_env=inherit, grace_s=grace, python=env, store_dir=store_dir)
+                return cls(inherit_env=inherit, grace_s=grace, python=env, store_dir=store_dir, model_cache=model_cache)
             sandbox = build_sandbox(
                 python,
                 uid_range=parse_uid_range(settings.get("uid_range", "") or "-".join(map(str, DEFAULT_UID_RANGE))),
-                read_only=_json_list(settings.get("read_only", "")),
+                read_only=(
+                    *_json_list(settings.get("read_only", "")),
+                    *([os.path.join(model_cache, "models")] if model_cache else []),
+                ),
                 hidden=(*_json_list(settings.get("hidden", "")), *([store_dir] if store_dir else [])),
             )
         except (SandboxError, ValueError) as exc:
@@ -192,7 +201,7 @@ class LocalProvider(Provider):
             *sandbox.uid_range,
             sandbox.python.executable,
         )
-        return cls(inherit_env=inherit, grace_s=grace, sandbox=sandbox, store_dir=store_dir)
+        return cls(inherit_env=inherit, grace_s=grace, sandbox=sandbox, store_dir=store_dir, model_cache=model_cache)
 
     def credentials_present(self) -> bool:
         """Local runs need no credentials."""
@@ -215,6 +224,8 @@ class LocalProvider(Provider):
             env.update(self.python.job_env(env.get("PATH", "")))
         if self.sandbox is not None:  # the scheduler's HOME and TMPDIR are not in the job's view
             env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "USER": "job", "LOGNAME": "job"})
+        if self.model_cache:
+            env["CRUCIBLE_CACHE_DIR"] = self.model_cache
         env.update(spec.env)
         return env
 
