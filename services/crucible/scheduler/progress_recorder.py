@@ -15,7 +15,7 @@ from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.convert import duration_from_seconds, timestamp_from_unix
 from crucible.scheduler import history, joboutputs, nofollow
 from crucible.scheduler.core.progress import Progress
-from crucible.scheduler.history import PointWindow, line_point
+from crucible.scheduler.history import PointWindow, report_point
 from crucible.scheduler.jobfolders import JobFolders
 from crucible.scheduler.jobstate import LiveJob
 from crucible.scheduler.lifecycle import JobLifecycle
@@ -100,7 +100,7 @@ class ProgressRecorder:
                 text = part.decode("utf-8", "replace")
                 if live.tracker.feed(text, now):
                     live.progress_dirty = True
-                    point = line_point(text, now, live.tracker.progress, len(live.job.attempts))
+                    point = report_point(live.tracker.line, now, live.tracker.progress, len(live.job.attempts))
                     if point is not None:
                         window = self._windows.setdefault(live.job.job_id, PointWindow())
                         self._note(live, window.add(point))

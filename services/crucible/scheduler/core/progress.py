@@ -55,11 +55,24 @@ def _float(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+@dataclasses.dataclass
+class LineReport:
+    """What the last line fed reported by itself (not the running totals): its step, totals and metrics."""
+
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: int | None = None
+    total_epochs: int | None = None
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
 class ProgressTracker:
-    """Folds log lines into a Progress; the ETA comes from the step rate over the last `window` step reports."""
+    """Folds log lines into a Progress; the ETA comes from the step rate over the last `window` step reports.
+    `line` holds what the last line fed reported by itself (for the progress history)."""
 
     def __init__(self, window: int = 20) -> None:
         self.progress = Progress()
+        self.line = LineReport()
         self._samples: collections.deque[tuple[float, float]] = collections.deque(maxlen=max(2, window))
 
     def feed(self, line: str, now: float) -> bool:
@@ -67,10 +80,11 @@ class ProgressTracker:
         line = line.strip()
         if not line:
             return False
+        self.line = LineReport()
         found = False
         if PROGRESS_KEY in line and line.startswith("{"):
             found = self._json(line)
-        if not found:
+        if not found and ("iter " in line or "step " in line or "Epoch" in line):  # cheap test before the patterns
             found = self._text(line)
         if found:
             self.progress.update_time = now
@@ -82,11 +96,12 @@ class ProgressTracker:
             return
         if key in self.progress.metrics or len(self.progress.metrics) < MAX_METRICS:
             self.progress.metrics[key] = value
+            self.line.metrics[key] = value
 
     def _set_step(self, step: int) -> None:
         if self.progress.step is not None and step < self.progress.step:
             self._samples.clear()  # a restart from an earlier checkpoint: the old rate no longer applies
-        self.progress.step = step
+        self.progress.step = self.line.step = step
 
     def _json(self, line: str) -> bool:
         try:
@@ -103,6 +118,7 @@ class ProgressTracker:
                     self._set_step(int(value))
                 else:
                     setattr(p, key, int(value))
+                    setattr(self.line, key, int(value))
         for key, value in body.items():
             if key in _INT_KEYS or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
@@ -112,22 +128,23 @@ class ProgressTracker:
 
     def _text(self, line: str) -> bool:
         found = False
-        if m := ITER_RE.search(line):
+        if "iter " in line and (m := ITER_RE.search(line)):
             self._set_step(int(m["step"]))
             self._set_metric("loss", _float(m["loss"]))
             self._set_metric("iter_time_ms", _float(m["ms"]))
             if m["mfu"] is not None:
                 self._set_metric("mfu_percent", _float(m["mfu"]))
             found = True
-        if m := EVAL_RE.search(line):
+        if "step " in line and (m := EVAL_RE.search(line)):
             self._set_step(int(m["step"]))
             self._set_metric("train_loss", _float(m["train"]))
             self._set_metric("val_loss", _float(m["val"]))
             found = True
-        if m := EPOCH_RE.search(line):
+        if "Epoch" in line and (m := EPOCH_RE.search(line)):
             epoch, total = int(m["epoch"]), int(m["total"])
             if total > 0 and epoch <= total:
                 self.progress.epoch, self.progress.total_epochs = epoch, total
+                self.line.epoch, self.line.total_epochs = epoch, total
                 found = True
         return found
 
