@@ -191,6 +191,8 @@ class LocalProvider(Provider):
                 hidden=(*_json_list(settings.get("hidden", "")), *([store_dir] if store_dir else [])),
             )
         except (SandboxError, ValueError) as exc:
+            if unsafe:
+                raise ProviderUnavailable(f"local jobs cannot run: {exc}") from None
             raise ProviderUnavailable(
                 f"local jobs need a sandbox and none can be had here: {exc}. Start the scheduler with "
                 "--unsafe-local-jobs to run them without one, as the scheduler's own user"
