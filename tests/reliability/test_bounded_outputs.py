@@ -7,6 +7,7 @@ during an upload left hidden temporary files in the store and the state folder f
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from crucible.scheduler import joboutputs
+from crucible.scheduler.providers.base import ArtifactInfo
 from crucible.scheduler.storage import JobObjectStore, StoreSettings
 from tests.reliability.test_hardening_scheduler import Scheduler
 
@@ -92,3 +94,55 @@ async def test_temporary_files_of_an_interrupted_upload_are_swept_at_start(tmp_p
         pass
     assert [p for p in leftovers if p.exists()] == []
     assert [p for p in kept if not p.exists()] == []
+
+
+@pytest.fixture(params=["file", "s3"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> JobObjectStore:
+    if request.param == "file":
+        return JobObjectStore(StoreSettings(f"file://{tmp_path / 'store'}"))
+    endpoint, bucket = request.getfixturevalue("s3_server"), request.getfixturevalue("s3_bucket")
+    return JobObjectStore(
+        StoreSettings(f"s3://{bucket}/crucible", endpoint_url=endpoint, access_key="testing", secret_key="testing")
+    )
+
+
+class RemoteMachine:
+    """A rented machine's outputs as a provider adapter lists and streams them."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+
+    async def list_artifacts(self, handle: object) -> list[ArtifactInfo]:
+        return [ArtifactInfo(path, len(data), 1.0) for path, data in self.files.items()]
+
+    async def open_artifact(self, handle: object, path: str, chunk: int):
+        data = self.files[path]
+        for start in range(0, len(data), chunk):
+            yield data[start : start + chunk]
+
+
+async def test_remote_outputs_stream_into_the_store_whole_or_not_at_all(any_store: JobObjectStore, no_staging_copy: None) -> None:
+    machine = RemoteMachine({"small.txt": b"abc", "model.bin": os.urandom(3 * MIB), "huge.bin": os.urandom(5 * MIB)})
+    done: dict[str, list[float]] = {}
+    result = await joboutputs.pull_remote_outputs(any_store, "job-1", machine, None, done, 4 * MIB, asyncio.to_thread)
+    assert result.uploaded == 2 and result.skipped == [f"huge.bin ({5 * MIB} bytes)"], result
+    assert any_store.read_range("job-1", "artifacts", "small.txt", 0, 10) == b"abc"
+    assert any_store.read_range("job-1", "artifacts", "model.bin", 0, 3 * MIB) == machine.files["model.bin"]
+    # An object abandoned half-way is never published, and leaves nothing behind in the listing.
+    out = any_store.writer("job-1", "artifacts", "partial.bin")
+    out.write(b"half")
+    out.abort()
+    assert any_store.stat("job-1", "artifacts", "partial.bin") is None
+    assert [o.path for o in any_store.list("job-1", "artifacts")] == ["model.bin", "small.txt"]
+
+
+def test_s3_counts_a_sparse_output_at_its_full_length(any_store: JobObjectStore, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    with open(work / "sparse.bin", "wb") as f:
+        f.truncate(64 * MIB)
+    result = joboutputs.upload_outputs(any_store, "job-1", work, {}, {}, 3 * MIB)
+    if any_store.scheme == "s3":  # S3 has no holes: the object would hold every byte
+        assert result.uploaded == 0 and result.skipped[0].startswith("sparse.bin")
+    else:
+        assert result.uploaded == 1 and result.bytes == 0

@@ -500,7 +500,8 @@ class _S3Writer:
 
     def abort(self) -> None:
         if not self.f.closed:
-            self.f.discard()
+            self.f.discard()  # the multipart upload is aborted: nothing was published
+            self.f.closed = True  # (so closing it later publishes nothing either)
 
     def __enter__(self) -> _S3Writer:
         return self
