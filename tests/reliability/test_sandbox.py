@@ -237,6 +237,20 @@ async def test_venv_under_a_private_home_runs_sandboxed(tmp_path) -> None:
     assert int(uid) >= 200000  # a job uid of the range, never root
 
 
+@needs_bwrap
+async def test_bare_python_is_the_schedulers_environment(scheduler, monkeypatch) -> None:
+    """Issue 26: `python train.py` finds the scheduler's venv (torch included) though the venv was never activated."""
+    stub, _ = scheduler
+    venv_bin = os.path.dirname(sys.executable)
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin))
+    code = "import sys, torch; print(sys.prefix)"
+    job = (await stub.CreateJob(pb.CreateJobRequest(spec=local_spec(["python", "-c", code])))).job
+    done = await final(stub, job.job_id)
+    text = await _logs(stub, job.job_id)
+    assert done.state == S.JOB_STATE_SUCCEEDED, text + done.transitions[-1].reason
+    assert text.strip() == sys.prefix
+
+
 # --- the refusal without a sandbox, and the explicit unsafe choice ------------------------------------------------
 
 
