@@ -111,7 +111,7 @@ def _utf8_len(text: str) -> int:
 def clean_path(index: int, name: str, limits: ArchiveLimits) -> str:
     """The member's relative path without '.' or empty parts; ArchiveError for an absolute path, '..', a backslash,
     a NUL, or a name past the limits."""
-    if _utf8_len(name) > limits.max_path_bytes:
+    if len(name) > limits.max_path_bytes or _utf8_len(name) > limits.max_path_bytes:
         raise _member_error(index, name, f"has a name longer than {limits.max_path_bytes} bytes")
     if "\x00" in name or "\\" in name:
         raise _member_error(index, name, "has a NUL byte or a backslash in its name")

@@ -424,8 +424,7 @@ def unpack_code(spec: job_pb2.JobSpec, dest: Path, limits: CodeLimits | None = N
     if kind == "code_dir":
         walk_code_dir(resolve_code_dir(spec.code_dir, limits), limits, dest)
     elif kind == "code_archive":
-        check_archive(spec.code_archive, limits)
-        try:
+        try:  # scanned again here (bounded headers, names, sizes); the 'data' filter applies while unpacking
             archives.unpack(spec.code_archive, dest, archive_limits(limits))
         except archives.ArchiveError as exc:  # e.g. a CRC error found while unpacking
             raise _refused_archive(exc) from None
