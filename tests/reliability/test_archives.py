@@ -253,3 +253,52 @@ def test_well_formed_pax_and_gnu_archives_still_unpack(tmp_path: Path) -> None:
         info.size = 1
         t.addfile(info, io.BytesIO(b"x"))
     assert archives.scan(buf.getvalue()).members[0].path == "train.py"
+
+
+def _raw_tar(blocks: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    """A .tar.gz written header by header (USTAR headers, any type), so an archive can hold what tarfile never writes."""
+    out = b""
+    for info, data in blocks:
+        info.size = len(data)
+        out += info.tobuf(format=tarfile.USTAR_FORMAT) + data + b"\0" * (-len(data) % 512)
+    return gzip.compress(out + b"\0" * 1024, mtime=0)
+
+
+def _ext(kind: bytes, payload: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo("././@PaxHeader" if kind != tarfile.GNUTYPE_LONGNAME else "././@LongLink")
+    info.type = kind
+    return info, payload
+
+
+def _pax(**records: str) -> bytes:
+    out = b""
+    for key, value in records.items():
+        body = f" {key}={value}\n".encode()
+        length = len(body) + len(str(len(body)))
+        length += len(str(length)) - len(str(len(body)))
+        out += str(length).encode() + body
+    return out
+
+
+async def test_header_tricks_are_refused_naming_the_member(tmp_path: Path) -> None:
+    """A hard link to a member that is not there (INTERNAL before: tarfile's KeyError), extension headers that
+    disagree, a global header renaming every member, a chain of extension headers, and a sparse member."""
+    member = tarfile.TarInfo("train.py")
+    link = tarfile.TarInfo("copy.py")
+    link.type, link.linkname = tarfile.LNKTYPE, "missing.py"
+    cases = {
+        "hard link": _raw_tar([(member, b"x"), (link, b"")]),
+        "disagree": _raw_tar(
+            [_ext(tarfile.GNUTYPE_LONGNAME, b"a.py\0"), _ext(tarfile.XHDTYPE, _pax(path="b.py")), (member, b"x")]
+        ),
+        "global path": _raw_tar([_ext(tarfile.XGLTYPE, _pax(path="same.py")), (member, b"x")]),
+        "chain": _raw_tar([*([_ext(tarfile.XHDTYPE, _pax(comment="c"))] * 5), (member, b"x")]),
+        "sparse": _raw_tar([_ext(tarfile.XHDTYPE, _pax(**{"GNU.sparse.size": "10"})), (member, b"x")]),
+        "malformed pax": _raw_tar([_ext(tarfile.XHDTYPE, b"12 nokeyhere\n"), (member, b"x")]),
+    }
+    async with Scheduler(tmp_path / "state") as stub:
+        for name, data in cases.items():
+            reason, message = await refused_archive(stub, data)
+            assert reason in ("CODE_ARCHIVE_UNSAFE", "CODE_ARCHIVE_INVALID"), (name, message)
+            assert "member " in message, (name, message)
+        assert not list((tmp_path / "state" / "jobs").iterdir())

@@ -287,7 +287,9 @@ def _tar_members(data: bytes, limits: ArchiveLimits) -> Iterator[tuple[int, str,
                     raise ArchiveError(f"member {index} is a sparse file, which code archives may not hold", "ARCHIVE_UNSAFE")
                 if info.type == tarfile.XGLTYPE:
                     if {"path", "linkpath", "size"} & records.keys():
-                        raise ArchiveError("a global pax header sets a name or size for every member", "ARCHIVE_UNSAFE")
+                        raise ArchiveError(
+                            f"member {index} has a global pax header that sets a name or size for every member", "ARCHIVE_UNSAFE"
+                        )
                     continue
                 _merge(pending, records, index)
                 continue
