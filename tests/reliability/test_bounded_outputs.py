@@ -8,6 +8,7 @@ during an upload left hidden temporary files in the store and the state folder f
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -146,3 +147,13 @@ def test_s3_counts_a_sparse_output_at_its_full_length(any_store: JobObjectStore,
         assert result.uploaded == 0 and result.skipped[0].startswith("sparse.bin")
     else:
         assert result.uploaded == 1 and result.bytes == 0
+
+
+def test_the_code_archive_streams_into_the_store(any_store: JobObjectStore, tmp_path: Path, no_staging_copy: None) -> None:
+    work = tmp_path / "jobs" / "job-1" / "work"
+    work.mkdir(parents=True)
+    (work / "train.py").write_text("print('hi')\n")
+    sha, size = joboutputs.publish_code(any_store, "job-1", work, joboutputs.code_manifest(work))
+    data = b"".join(any_store.iter_chunks("job-1", "code", joboutputs.CODE_OBJECT))
+    assert len(data) == size and hashlib.sha256(data).hexdigest() == sha
+    assert os.listdir(work.parent) == ["work"]  # nothing staged beside the job

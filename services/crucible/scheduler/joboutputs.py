@@ -58,18 +58,32 @@ def write_code_archive(work: Path, manifest: dict[str, list[int]], buf: Any) -> 
                 tar.addfile(info, f)
 
 
+class _HashingSink:
+    """A write-only file object that hashes and counts what it passes on to a store writer."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        self.out.write(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 def publish_code(store: JobObjectStore, job_id: str, work: Path, manifest: dict[str, list[int]]) -> tuple[str, int]:
-    """Put the packed code at the job's code/code.tar.gz; returns (sha256, size) of the archive."""
-    with tempfile.NamedTemporaryFile(dir=work.parent, prefix=".code-", suffix=".tar.gz") as tmp:
-        write_code_archive(work, manifest, tmp)
-        tmp.flush()
-        tmp.seek(0)
-        digest, size = hashlib.sha256(), 0
-        while block := tmp.read(1 << 20):
-            digest.update(block)
-            size += len(block)
-        store.put_file(job_id, "code", CODE_OBJECT, Path(tmp.name))
-    return digest.hexdigest(), size
+    """Put the packed code at the job's code/code.tar.gz, streamed into the store as it is packed (no staging copy;
+    published only when whole); returns (sha256, size) of the archive."""
+    with store.writer(job_id, "code", CODE_OBJECT) as out:
+        sink = _HashingSink(out)
+        write_code_archive(work, manifest, sink)
+        out.commit()
+    return sink.digest.hexdigest(), sink.size
 
 
 def code_manifest(work: Path) -> dict[str, list[int]]:
