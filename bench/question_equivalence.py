@@ -91,6 +91,109 @@ async def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _features(rows: list[dict], judge_model: str) -> list[dict]:
+    """Per pair: the form check, MiniLM cosine, the content alignment and (when asked) the LLM judge both orders."""
+    import torch
+
+    from crucible.models import embed, load_causal_lm, load_embedding_model
+    from crucible.proposer import alignment, judge
+
+    embedder = load_embedding_model("minilm-l6-v2", device="cpu", dtype="float32")
+    texts = sorted({t for r in rows for t in (r["original"], r["candidate"])})
+    vectors = dict(zip(texts, embed(embedder, texts), strict=True))
+    words = dict(zip(texts, alignment.word_vectors(embedder, texts), strict=True))
+    judged: list[tuple[float, float]] = []
+    if judge_model:
+        loaded = load_causal_lm(judge_model, device="cpu", dtype="float32")
+        pad = loaded.tokenizer.pad_token_id or 0
+        pairs = [(r["original"], r["candidate"]) for r in rows]
+        forward = judge.judge_probabilities(loaded, pairs, pad_token_id=pad)
+        backward = judge.judge_probabilities(loaded, [(b, a) for a, b in pairs], pad_token_id=pad)
+        judged = list(zip(forward, backward, strict=True))
+    out = []
+    for k, r in enumerate(rows):
+        a = alignment.align(words[r["original"]], words[r["candidate"]], 0.5)
+        form, _ = cleaning.question_problem(r["candidate"], r["original"], r.get("choices", ()), near_copy=False)
+        feature = {
+            "form_ok": not form,
+            "cosine": float(torch.dot(vectors[r["original"]], vectors[r["candidate"]])),
+            "content": a.score,
+            "recall": a.recall,
+            "precision": a.precision,
+        }
+        if judged:
+            feature["judge"] = min(judged[k])
+        out.append({**r, "features": feature})
+    return out
+
+
+#: Methods measured: name -> (decision given features and a threshold, the threshold's default, fitted?).
+METHODS = {
+    "cosine >= 0.7 (no form checks)": (lambda f, t: f["cosine"] >= t, 0.7, False),
+    "old default: form + cosine >= 0.7": (lambda f, t: f["form_ok"] and f["cosine"] >= t, 0.7, False),
+    "form + cosine (threshold fitted)": (lambda f, t: f["form_ok"] and f["cosine"] >= t, 0.7, True),
+    "form + BERTScore-style mean recall/precision": (
+        lambda f, t: f["form_ok"] and f["cosine"] >= 0.7 and min(f["recall"], f["precision"]) >= t,
+        0.9,
+        True,
+    ),
+    "new default: form + content alignment + cosine >= 0.7": (
+        lambda f, t: f["form_ok"] and f["cosine"] >= 0.7 and f["content"] >= t,
+        0.5,
+        True,
+    ),
+    "LLM judge (SmolLM2-135M), both orders": (lambda f, t: "judge" in f and f["judge"] >= t, 0.5, False),
+}
+
+
+def _score(rows: list[dict], decide, threshold: float) -> tuple[int, int, int]:
+    """(true positives, accepted, positives) of `decide` at `threshold`."""
+    accepted = [r for r in rows if decide(r["features"], threshold)]
+    tp = sum(r["label"] == "equivalent" for r in accepted)
+    return tp, len(accepted), sum(r["label"] == "equivalent" for r in rows)
+
+
+def _fit(rows: list[dict], decide, grid: list[float]) -> float:
+    """The threshold with the best recall at precision >= 0.9 on `rows` (ties: the stricter one); else the strictest."""
+    best = (-1.0, grid[-1])
+    for t in grid:
+        tp, accepted, positives = _score(rows, decide, t)
+        precision = tp / accepted if accepted else 1.0
+        if precision >= 0.9 and positives and tp / positives > best[0]:
+            best = (tp / positives, t)
+    return best[1]
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = _features(rows, args.judge_model)
+    grid = [round(0.30 + 0.01 * k, 2) for k in range(70)]
+    subjects = sorted({r["subject"] for r in rows})
+    print(f"{len(rows)} pairs, {sum(r['label'] == 'equivalent' for r in rows)} equivalent, {len(subjects)} subjects")
+    print("| method | threshold | precision | recall | accepted | cross-validated precision | recall |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (decide, default, fitted) in METHODS.items():
+        if "judge" in name and not args.judge_model:
+            print(f"| {name} | - | not run | | | | |")
+            continue
+        tp, accepted, positives = _score(rows, decide, default)
+        cells = [f"{default:g}", f"{tp / accepted:.2f}" if accepted else "-", f"{tp / positives:.2f}", f"{tp}/{accepted}"]
+        if fitted:  # leave one subject out: fit on the others, count on it
+            cv_tp = cv_accepted = 0
+            for subject in subjects:
+                threshold = _fit([r for r in rows if r["subject"] != subject], decide, grid)
+                held = [r for r in rows if r["subject"] == subject]
+                a, b, _ = _score(held, decide, threshold)
+                cv_tp, cv_accepted = cv_tp + a, cv_accepted + b
+            cells += [f"{cv_tp / cv_accepted:.2f}" if cv_accepted else "-", f"{cv_tp / positives:.2f}"]
+        else:
+            cells += ["(not fitted)", ""]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.features_out:
+        args.features_out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,10 +206,14 @@ def main() -> int:
     gen.add_argument("--seed", type=int, default=23)
     gen.add_argument("--max-chars", type=int, default=400)
     gen.add_argument("--subjects", nargs="*", default=[], help="default: every <subject>_test.csv in --data")
+    ev = sub.add_parser("evaluate", help="precision/recall of 'equivalent' per method on a labelled set")
+    ev.add_argument("--data", type=Path, default=Path("tests/data/question_equivalence_real.jsonl"))
+    ev.add_argument("--judge-model", default="", help="also run the LLM judge with this model (alias or folder)")
+    ev.add_argument("--features-out", type=Path, default=None)
     args = parser.parse_args()
     if args.command == "generate":
         return asyncio.run(_generate(args))
-    return 2
+    return _evaluate(args)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,10 @@ class AttackConfig:
     parents: int = 3
     candidates_per_parent: int = 3
     temperature: float = 0.7
+    #: Each parent's Propose call samples candidates_per_parent x oversample rewrites (they share one prefill); the
+    #: proposer drops those that fail its question checks and content alignment, and the first candidates_per_parent
+    #: survivors are scored. More of the scored candidates then keep the question (proposer README, "More valid ...").
+    oversample: int = 1
     equivalence_method: str = "question"  # or "embedding" / "nli" (no form checks)
     equivalence_threshold: float | None = None  # None = the proposer's default
     seed: int = 0
@@ -229,7 +233,7 @@ class SecaAttack:
                 mode="equivalent_question",
                 options=q.options,
                 correct_option_index=q.answer,
-                n=cfg.candidates_per_parent,
+                n=cfg.candidates_per_parent * max(1, cfg.oversample),
                 temperature=cfg.temperature,
                 seed=seed,
                 max_new_tokens=cfg.max_new_tokens,
@@ -324,7 +328,13 @@ class SecaAttack:
                 valid += len(p.candidates)
                 for reason, count in p.dropped.items():
                     dropped[reason] = dropped.get(reason, 0) + count
-            candidates = list(dict.fromkeys(c for p in proposals for c in p.candidates if c.strip() and c != q.question))
+            candidates = list(
+                dict.fromkeys(
+                    c
+                    for p in proposals
+                    for c in [c for c in p.candidates if c.strip() and c != q.question][: cfg.candidates_per_parent]
+                )
+            )
             top_now = None
             if candidates:
                 scores = await self._score(q, candidates, stats)
@@ -432,10 +442,13 @@ class SecaAttack:
         be refused). The services' GetInfo batching settings give max_batch_size; a service that does not answer
         GetInfo leaves `parallel` as it is.
         """
-        per_question = max(1, self.config.parents * self.config.candidates_per_parent)
+        scored = max(1, self.config.parents * self.config.candidates_per_parent)
         limit = max(1, parallel)
         stats = {"retries": 0}
-        for name, client in (("proposer", self.mesh.proposer), ("scorer", self.mesh.scorer)):
+        for name, client, per_question in (
+            ("proposer", self.mesh.proposer, scored * max(1, self.config.oversample)),
+            ("scorer", self.mesh.scorer, scored),
+        ):
             try:
                 info = await self._call("info", f"{name} GetInfo", functools.partial(_get_info, client), stats)
             except AttackCallError as err:

@@ -72,6 +72,13 @@ def add_commands(sub: Any) -> None:
         "cosine; default), embedding, nli or judge (the proposer's --judge-model) alone",
     )
     attack.add_argument(
+        "--oversample",
+        type=int,
+        default=AttackConfig.oversample,
+        help="each parent samples candidates x N rewrites and scores the first survivors of the proposer's checks "
+        f"(default {AttackConfig.oversample}; 2-3 gives more valid candidates per iteration for little extra time)",
+    )
+    attack.add_argument(
         "--verify",
         default="strictest",
         help="checks a flip's final question must also pass to count as a success: strictest (the question check, plus "
@@ -208,6 +215,7 @@ def _attack(args: argparse.Namespace) -> int:
         seed=args.seed,
         temperature=args.temperature,
         verify=args.verify,
+        oversample=args.oversample,
     )
     trace = Trace(args.trace)
     already = len(trace.finished())
