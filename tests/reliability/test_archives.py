@@ -253,6 +253,9 @@ def test_well_formed_pax_and_gnu_archives_still_unpack(tmp_path: Path) -> None:
         info.size = 1
         t.addfile(info, io.BytesIO(b"x"))
     assert archives.scan(buf.getvalue()).members[0].path == "train.py"
+    # A .tar.gz whose last bytes happen to hold a zip end record is still read as the tar it starts as.
+    data = tar_of([("train.py", "f")]) + b"PK\x05\x06" + b"\0" * 18
+    assert archives.scan(data).format == "tar" and jobspec.check_archive(data) == "tar"
 
 
 def _raw_tar(blocks: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:

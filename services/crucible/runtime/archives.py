@@ -39,6 +39,9 @@ _PAX_LENGTH = re.compile(rb"[0-9]{1,20} ")
 MAX_PAX_DIGITS = 64
 _LONG_DIGITS = re.compile(rb"[0-9]{%d}" % (MAX_PAX_DIGITS + 1))
 
+#: The first bytes of a compressed tar stream (gzip, bzip2, xz): such data is read as tar even if, by chance, its
+#: last 64 KiB hold a zip end-record signature.
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 #: Zip compression methods zipfile can read.
 _ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 
@@ -172,16 +175,17 @@ def _top_folder(members: list[Member]) -> str:
 # ---- tar ----------------------------------------------------------------------------------------------------------
 
 
-def _open_stream(data: bytes) -> tuple[io.BufferedIOBase, str]:
+def _open_stream(data: bytes) -> io.BufferedIOBase:
     """A file object reading the tar stream out of `data` (gzip, bzip2, xz or none), decompressing as it is read."""
     raw = io.BytesIO(data)
-    if data[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb"), "gzip"
-    if data[:3] == b"BZh":
-        return bz2.BZ2File(raw, mode="rb"), "bzip2"
-    if data[:6] == b"\xfd7zXZ\x00":
-        return lzma.LZMAFile(raw, mode="rb"), "xz"
-    return raw, ""
+    gz, bzip2, xz = _COMPRESSED_MAGIC
+    if data.startswith(gz):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if data.startswith(bzip2):
+        return bz2.BZ2File(raw, mode="rb")
+    if data.startswith(xz):
+        return lzma.LZMAFile(raw, mode="rb")
+    return raw
 
 
 def _read(stream: io.BufferedIOBase, size: int) -> bytes:
@@ -241,7 +245,7 @@ def _merge(pending: dict[str, str], records: dict[str, str], index: int) -> None
 def _tar_members(data: bytes, limits: ArchiveLimits) -> Iterator[tuple[int, str, bytes, int, str]]:
     """(index, name, type, size, link target) of each tar member, every header and extension bounded before it is
     read and each member's data skipped, never kept; stops at the first zero block, like tarfile."""
-    stream, _compression = _open_stream(data)
+    stream = _open_stream(data)
     index = 0
     pending: dict[str, str] = {}
     extensions = 0
@@ -394,7 +398,10 @@ def _scan_zip(data: bytes, limits: ArchiveLimits) -> list[Member]:
 
 
 def is_zip(data: bytes) -> bool:
-    """Whether `data` looks like a zip archive (its end record is there)."""
+    """Whether `data` is read as a zip archive: it starts like one, or is not a compressed tar and has a zip end
+    record (a zip with a prefix, such as a self-extracting one)."""
+    if data.startswith(_COMPRESSED_MAGIC):
+        return False
     return data[:4] in (b"PK\x03\x04", b"PK\x05\x06") or zipfile.is_zipfile(io.BytesIO(data))
 
 
