@@ -95,7 +95,7 @@ def rpc_error_lines(err: grpc.RpcError, service: str, address: str) -> list[str]
     where = f"the {service} service at {address}" if service and address else "a Crucible service"
     start_hint = "Is the mesh running? Start it with `crucible up`, or point --address at the service's host:port."
     if code == grpc.StatusCode.UNAVAILABLE and any(t in details.lower() for t in _TRANSPORT):
-        return [f"cannot reach {where} ({details.strip()})", start_hint]
+        return [f"cannot reach {where} ({code.name}: {details.strip()})", start_hint]
     if code == grpc.StatusCode.UNIMPLEMENTED and not service:
         return [f"a service answered but does not offer this call ({details}); check the address flags.", start_hint]
     if code == grpc.StatusCode.UNIMPLEMENTED:
