@@ -112,6 +112,7 @@ def test_json_is_one_snake_case_object_per_line_for_jobs_and_cost(mesh, capsys):
     assert code == 0, err
     job_id = next(line.split()[1] for line in out.splitlines() if line.startswith("job "))
     for argv, ignore in (
+        (["jobs", "submit", *s, "--provider", "dryrun", "--json", "--", "true"], set()),
         (["jobs", "list", *s, "--json"], {"MY_VAR"}),
         (["jobs", "get", job_id, *s, "--json"], {"MY_VAR"}),
         (["jobs", "providers", *s, "--json"], set()),
@@ -125,6 +126,8 @@ def test_json_is_one_snake_case_object_per_line_for_jobs_and_cost(mesh, capsys):
         assert code == 0, (argv, err)
         rows = _json_lines(out)
         _snake(rows, ignore)
+        if argv[:2] == ["jobs", "submit"]:
+            assert len(rows) == 1 and rows[0]["job_id"].startswith("job-") and rows[0]["state"] == "JOB_STATE_PENDING"
         if argv[:2] == ["jobs", "list"]:
             assert job_id in [r["job_id"] for r in rows]
         if argv[:2] == ["jobs", "get"]:

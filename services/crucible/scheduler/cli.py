@@ -238,11 +238,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         o = preview.offer
         gpu = f"{o.gpu_count}x {o.gpu_name}" if o.gpu_count else "CPU"
         price = f"${o.price_usd_per_hour:.4f}/h" if not o.price_source.startswith("unknown") else "price unknown"
-        print(f"offer: {o.offer_id} ({gpu}, {price}; {o.price_source})")
-        print(f"estimated cost: {est} ({preview.transitions[0].reason})")
+        if not args.json:
+            print(f"offer: {o.offer_id} ({gpu}, {price}; {o.price_source})")
+            print(f"estimated cost: {est} ({preview.transitions[0].reason})")
         request_id = args.request_id or str(uuid.uuid4())
         job = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, request_id=request_id), timeout=args.timeout_s)).job
-        print(f"job {job.job_id} {state_name(job.state)}")
+        if args.json:  # the created job, one line, like `jobs get --json`
+            print_json_line(job)
+        else:
+            print(f"job {job.job_id} {state_name(job.state)}")
         if args.follow:
             return await _follow(stub, job.job_id, show_logs=not args.no_logs)
         return 0
