@@ -21,7 +21,7 @@ import pytest
 
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
-from crucible.scheduler import joboutputs
+from crucible.scheduler import joboutputs, nofollow
 from crucible.scheduler.progress_recorder import newest_checkpoint
 from crucible.scheduler.storage import JobObjectStore, StoreError, StoreSettings
 from tests.reliability.test_hardening_scheduler import Scheduler, finished, local
@@ -135,7 +135,7 @@ def _store(tmp_path: Path) -> JobObjectStore:
     return JobObjectStore(StoreSettings(f"file://{tmp_path / 'store'}"))
 
 
-def test_lending_the_store_to_the_job_user_hands_over_nothing_through_a_link(tmp_path: Path) -> None:
+def test_store_folders_handed_to_the_job_uid_and_back_hand_over_nothing_through_a_link(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("changing owners needs root")
     targets = Targets(tmp_path)
@@ -143,12 +143,18 @@ def test_lending_the_store_to_the_job_user_hands_over_nothing_through_a_link(tmp
     store.put_bytes("job-1", "checkpoints", "step-1/state.pt", b"weights")
     folder = Path(store.path("job-1", "checkpoints"))
     plant(folder, targets, names=("leak.pt", "linked", "hard.pt"))
-    joboutputs.lend_to_job_user(store, "job-1", 65534, 65534)
+    job_fd = nofollow.open_dir(folder.parent)
+    try:  # lent to the job's uid for an attempt
+        nofollow.chown_tree(job_fd, "checkpoints", 65534, 65534, dir_mode=0o700, file_mode=0o600)
+    finally:
+        os.close(job_fd)
     assert (folder / "step-1" / "state.pt").stat().st_uid == 65534  # the job's own files are lent
     assert (targets.folder / "keep.txt").stat().st_uid == 0
     targets.intact()  # a hard link to the root-only file was chowned to the job user
-    joboutputs.reclaim_from_job_user(store, "job-1")
-    assert (folder / "step-1" / "state.pt").stat().st_uid == 0
+    (folder / "step-1" / "new.pt").write_bytes(b"made by the job")
+    os.chown(folder / "step-1" / "new.pt", 65534, 65534)
+    joboutputs.reclaim_from_job_user(store, "job-1")  # taken back when the attempt ends
+    assert {p.stat().st_uid for p in (folder, folder / "step-1" / "state.pt", folder / "step-1" / "new.pt")} == {0}
     targets.intact()
 
 

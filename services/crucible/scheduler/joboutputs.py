@@ -1,5 +1,5 @@
 """A job's files in the object store, seen from the engine: the code archive, fresh working folders, outputs uploaded
-after each attempt, the folder a local job user may write checkpoints to, and artifacts served after the machine is gone.
+after each attempt, the store folders taken back from a local job's uid, and artifacts served after the machine is gone.
 
 Every function here blocks (file system or store I/O): the engine calls them through asyncio.to_thread.
 """
@@ -318,34 +318,13 @@ def locate(store: JobObjectStore, job_id: str, path: str) -> tuple[str, str, int
     return None
 
 
-# ---- the local job user's checkpoint folder (file:// stores) --------------------------------------------------------
-
-
-def lend_to_job_user(store: JobObjectStore, job_id: str, uid: int, gid: int) -> None:
-    """Let a local job running as `uid` write its own checkpoints/ and artifacts/ folders of a file:// store.
-
-    The store root, jobs/ and the job's folder become 0711 (others may pass through to a folder whose name they
-    know, never list one), the job's checkpoints/ and artifacts/ folders and files are given to the job user, mode
-    0700/0600. reclaim_from_job_user takes them back when the attempt ends. Nothing a job made is followed: links,
-    hard-linked and special files keep their owner and mode (no root file can be handed to the job through one)."""
-    if store.scheme != "file":
-        return
-    fds = [nofollow.open_dir(store.root)]
-    try:
-        for name in ("jobs", job_id):
-            fds.append(nofollow.open_dirs(fds[-1], [name], create=True))
-        for fd in fds:  # the store root, jobs/ and the job's folder: pass through only
-            os.fchown(fd, os.geteuid(), os.getegid())
-            os.fchmod(fd, 0o711)
-        for kind in ("checkpoints", "artifacts"):
-            _chown_tree(fds[-1], kind, uid, gid)
-    finally:
-        for fd in fds:
-            os.close(fd)
+# ---- a local job's own store folders (file:// stores) ------------------------------------------------------------------
 
 
 def reclaim_from_job_user(store: JobObjectStore, job_id: str) -> None:
-    """Give the job's store folders back to the scheduler's user (0700): an ended job's files are no job's to change."""
+    """Give the job's file:// store folders back to the scheduler's user (folders 0700, files 0600) when an attempt
+    ends: the local provider lends them to the job's uid for the attempt, and an ended job's files are no job's to
+    change. By descriptor (nofollow.chown_tree): links, hard-linked and special files are left as they are."""
     if store.scheme != "file":
         return
     try:
@@ -359,16 +338,11 @@ def reclaim_from_job_user(store: JobObjectStore, job_id: str) -> None:
             return
         try:
             for kind in ("checkpoints", "artifacts"):
-                _chown_tree(job, kind, os.geteuid(), os.getegid(), create=False)
+                nofollow.chown_tree(job, kind, os.geteuid(), os.getegid(), dir_mode=0o700, file_mode=0o600)
         finally:
             os.close(job)
     finally:
         os.close(root)
-
-
-def _chown_tree(parent: int, name: str, uid: int, gid: int, *, create: bool = True) -> None:
-    """parent/name and what is inside to uid:gid, folders 0700 and files 0600 (nofollow.chown_tree)."""
-    nofollow.chown_tree(parent, name, uid, gid, dir_mode=0o700, file_mode=0o600, create=create)
 
 
 __all__ = [
@@ -376,7 +350,6 @@ __all__ = [
     "CODE_OBJECT",
     "UploadResult",
     "fresh_work",
-    "lend_to_job_user",
     "listing",
     "locate",
     "pack_code",

@@ -222,13 +222,10 @@ class JobLauncher:
         return code, tuple((item.path, self.objects.read_url(job_id, "inputs", item.path, ttl)) for item in stored)
 
     async def _provider_files(self, rec: JobRecord, provider_name: str, provider: Provider | None) -> RemoteUrls:
-        """Get the job's files where the provider reads them: local inputs copied (and the store lent to the job
-        user); remote machines get presigned URLs. Raises StoreError/OSError when that cannot be done."""
+        """Get the job's files where the provider reads them: local inputs copied (the local provider shows the job
+        its own store folders); remote machines get presigned URLs. Raises StoreError/OSError when that cannot be done."""
         if provider_name == "local":
             await asyncio.to_thread(self._local_inputs, rec)
-            user = getattr(provider, "job_user", None)
-            if user is not None:
-                await asyncio.to_thread(joboutputs.lend_to_job_user, self.objects, rec.job.job_id, user.uid, user.gid)
             return "", ()
         if provider_name == "dryrun":
             return "", ()
