@@ -24,9 +24,11 @@ from tests.conftest import free_port_block
 pytestmark = pytest.mark.slow
 
 
-def _grpcurl(*args: str) -> str:
+def _grpcurl(*args: str, max_time: int = 10) -> str:
     grpcurl = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
-    result = subprocess.run([grpcurl, "-plaintext", "-max-time", "10", *args], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [grpcurl, "-plaintext", "-max-time", str(max_time), *args], capture_output=True, text=True, timeout=max_time + 20
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -115,12 +117,15 @@ def test_crucible_health_command_reports_all_serving(mesh):
 
 def test_model_calls_for_the_log_check(mesh):
     """Work for every model service (loading, batching, generation), so their logs hold more than start-up lines."""
-    _grpcurl("-d", '{"texts": ["The quick brown fox jumps over the lazy dog."]}', f"127.0.0.1:{mesh['ports']['detector']}",
-             "crucible.detector.v1.DetectorService/Detect")  # fmt: skip
-    _grpcurl("-d", '{"text": "How do vaccines work?", "n": 1}', f"127.0.0.1:{mesh['ports']['proposer']}",
-             "crucible.proposer.v1.ProposerService/Propose")  # fmt: skip
-    _grpcurl("-d", '{"items": [{"raw_prompt": "The capital of France is", "choices": [" Paris", " Rome"]}]}',
-             f"127.0.0.1:{mesh['ports']['scorer']}", "crucible.scorer.v1.ScorerService/ScoreChoices")  # fmt: skip
+    calls = (
+        ("detector", "crucible.detector.v1.DetectorService/Detect", {"texts": ["The quick brown fox jumps over the lazy dog."]}),
+        ("proposer", "crucible.proposer.v1.ProposerService/Propose",
+         {"text": "How do vaccines work?", "mode": "PROPOSE_MODE_PARAPHRASE", "n": 1}),
+        ("scorer", "crucible.scorer.v1.ScorerService/ScoreChoices",
+         {"items": [{"raw_prompt": "The capital of France is", "choices": [" Paris", " Rome"]}]}),
+    )  # fmt: skip
+    for name, method, body in calls:
+        _grpcurl("-d", json.dumps(body), f"127.0.0.1:{mesh['ports'][name]}", method, max_time=180)
 
 
 def test_sigint_stops_every_service_cleanly(mesh):
