@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -188,6 +189,70 @@ FUNCTION_WORDS = frozenset(
     ]
 )
 
+#: Polarity, degree and quantity words: a near vector is not enough ("most" and "least" sit close in any encoder), they
+#: must be kept as they are (or in another form), else the pair changes what is asked.
+STRICT_WORDS = frozenset(
+    [
+        "not",
+        "no",
+        "never",
+        "none",
+        "neither",
+        "nor",
+        "without",
+        "except",
+        "cannot",
+        "nothing",
+        "nobody",
+        "most",
+        "least",
+        "more",
+        "less",
+        "fewer",
+        "fewest",
+        "many",
+        "few",
+        "much",
+        "all",
+        "every",
+        "each",
+        "only",
+        "always",
+        "some",
+        "any",
+        "both",
+        "either",
+        "sometimes",
+        "first",
+        "last",
+        "largest",
+        "smallest",
+        "highest",
+        "lowest",
+        "greatest",
+        "maximum",
+        "minimum",
+        "longest",
+        "shortest",
+        "earliest",
+        "latest",
+        "increase",
+        "decrease",
+        "increases",
+        "decreases",
+        "before",
+        "after",
+        "above",
+        "below",
+        "inside",
+        "outside",
+        "positive",
+        "negative",
+        "false",
+        "incorrect",
+    ]
+)
+
 _WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
 
 
@@ -265,11 +330,26 @@ class Alignment:
     worst_precision: float
     dropped: tuple[str, ...]
     added: tuple[str, ...]
+    #: Extra occurrences in the second text of content words the first has ("the direction of the foot ... foot"): a
+    #: small rewriter that loops garbles the question while every word still aligns.
+    repeats: int = 0
 
     @property
     def score(self) -> float:
-        """The weakest link: the smaller of the two worst matches (a single dropped or added content word fails it)."""
-        return min(self.worst_recall, self.worst_precision)
+        """The weakest link: the smaller of the two worst matches (a single dropped or added content word fails it);
+        0 when content words are repeated MAX_REPEATS times or more beyond the original."""
+        return 0.0 if self.repeats >= MAX_REPEATS else min(self.worst_recall, self.worst_precision)
+
+
+#: Extra repetitions of the original's content words that make a rewording garbled (1 is a normal rewording:
+#: "when the foot is abducted, where does the foot move").
+MAX_REPEATS = 2
+
+
+def _repeats(first: Sequence[str], second: Sequence[str]) -> int:
+    before = Counter(_stem(w) for w in first if is_content(w))
+    after = Counter(_stem(w) for w in second if is_content(w))
+    return sum(max(0, n - before[stem]) for stem, n in after.items() if before[stem])
 
 
 def _matches(source: WordVectors, target: WordVectors) -> list[tuple[str, float]]:
@@ -284,7 +364,10 @@ def _matches(source: WordVectors, target: WordVectors) -> list[tuple[str, float]
     for word, cosine in zip(source.words, best, strict=True):
         if not is_content(word):
             continue
-        result.append((word, 1.0 if _stem(word) in target_stems else max(0.0, float(cosine))))
+        if _stem(word) in target_stems:
+            result.append((word, 1.0))
+        else:
+            result.append((word, 0.0 if word.lower() in STRICT_WORDS else max(0.0, float(cosine))))
     return result
 
 
@@ -306,4 +389,5 @@ def align(first: WordVectors, second: WordVectors, threshold: float) -> Alignmen
         worst(precision),
         tuple(w for w, s in recall if s < threshold),
         tuple(w for w, s in precision if s < threshold),
+        _repeats(first.words, second.words),
     )

@@ -405,6 +405,8 @@ class ProposerEngine:
                 content[i] = a
                 if not ok:
                     words = [*(f"drops '{w}'" for w in a.dropped), *(f"adds '{w}'" for w in a.added)]
+                    if a.repeats >= alignment.MAX_REPEATS:
+                        words.append(f"repeats content words {a.repeats} times more than the original")
                     problems[i] = (cleaning.CONTENT_CHANGE, "; ".join(words) or f"content score {a.score:.2f}")
         passing = [i for i, (reason, _) in enumerate(problems) if not reason]
         scoring = METHOD_NLI if self._entail is not None else METHOD_COSINE

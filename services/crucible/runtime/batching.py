@@ -425,6 +425,8 @@ class DynamicBatcher(Generic[T, R]):
             self._drop_dead()
             if not self._pending:
                 await self._trim_when_idle(loop)
+                if self._pending:
+                    continue  # submitted during the trim: its wake-up must not be cleared (the call would hang)
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
