@@ -150,6 +150,8 @@ def test_calibrate_splits_each_file_and_writes_calibration_report_and_plot(lm, d
                 str(out_path),
                 "--stats-kernel",
                 "eager",
+                "--min-reliable-tokens",
+                "0",
             ]
         )
         == 0
@@ -158,6 +160,12 @@ def test_calibrate_splits_each_file_and_writes_calibration_report_and_plot(lm, d
     assert all(
         0.0 <= r["probability"] <= 1.0 and set(r["by_products"]) == {"log_likelihood", "log_rank", "entropy"} for r in rows
     )
+    assert all(r["reliable"] and r["tokens_scored"] == r["token_count"] - 1 for r in rows)
+    # Under a minimum they do not reach, the same texts are scored but their probability is withheld.
+    argv = ["detect", str(data_file), "--model", str(lm), "--device", "cpu", "--dtype", "float32"]
+    assert main([*argv, "--calibration-file", str(out_path), "--stats-kernel", "eager", "--min-reliable-tokens", "1000"]) == 0
+    rows = _lines(capsys.readouterr().out)
+    assert all(r["probability"] is None and not r["reliable"] and r["unreliable_reason"] == "too_few_tokens" for r in rows)
 
 
 async def test_detect_against_a_running_service(lm, data_file, capsys):

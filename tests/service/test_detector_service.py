@@ -197,7 +197,10 @@ async def test_full_queue_is_resource_exhausted_at_once_and_calibration_file_app
     )
     cal_path = tmp_path / "cal.json"
     CalibrationFile("tiny-1", str(cal_path), (entry,)).write(cal_path)
-    srv = await _start(folders, max_queue_size=4, calibration_file=str(cal_path), cache_path=str(tmp_path / "c.sqlite"))
+    # min_reliable_tokens=0: these short texts get probabilities here (test_detector_reliability.py covers the minimum).
+    srv = await _start(
+        folders, max_queue_size=4, calibration_file=str(cal_path), cache_path=str(tmp_path / "c.sqlite"), min_reliable_tokens=0
+    )
     try:
         async with grpc.aio.insecure_channel(srv.address) as channel:
             stub = pb_grpc.DetectorServiceStub(channel)

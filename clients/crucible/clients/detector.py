@@ -1,6 +1,7 @@
 """Typed async client of crucible.detector.v1.DetectorService: Detect and streaming detection as dataclasses.
 
-`probability` is None when the model pair has no calibration (the service never invents one).
+`probability` is None when the model pair has no calibration or the detection is not `reliable` (too few tokens,
+mostly invisible characters): the service never invents one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from crucible.clients.base import ServiceClient, model_dict, optional_field
 
 MEMBERS = {"fast_detectgpt": pb.MEMBER_FAST_DETECTGPT, "binoculars": pb.MEMBER_BINOCULARS, "classifier": pb.MEMBER_CLASSIFIER}
 _MEMBER_NAMES = {v: k for k, v in MEMBERS.items()}
+#: Detection.unreliable_reason as a short name ("" when the detection is reliable).
+UNRELIABLE_REASONS = {
+    pb.UNRELIABLE_REASON_UNSPECIFIED: "",
+    pb.UNRELIABLE_REASON_TOO_FEW_TOKENS: "too_few_tokens",
+    pb.UNRELIABLE_REASON_INVISIBLE_CHARACTERS: "invisible_characters",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +36,12 @@ class MemberScore:
 
 @dataclasses.dataclass(frozen=True)
 class Detection:
-    """How machine-written one text looks: criterion (higher = more machine-like) and, when calibrated, P(machine)."""
+    """How machine-written one text looks: criterion (higher = more machine-like) and, when calibrated, P(machine).
+
+    `reliable` is False (and `probability` None) when `tokens_scored` is below the service's minimum or the text is
+    mostly invisible characters; `unreliable_reason` ("too_few_tokens", "invisible_characters") and
+    `unreliable_detail` say why. `log_likelihood`, `log_rank` and `entropy` are per-scored-token means of the pass.
+    """
 
     index: int
     criterion: float
@@ -39,6 +51,13 @@ class Detection:
     truncated: bool
     cached: bool
     members: dict[str, MemberScore]
+    tokens_scored: int = 0
+    reliable: bool = True
+    unreliable_reason: str = ""
+    unreliable_detail: str = ""
+    log_likelihood: float = 0.0
+    log_rank: float = 0.0
+    entropy: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +82,21 @@ def _detection(d: pb.Detection) -> Detection:
         for m in d.member_scores
     }
     return Detection(
-        d.index, d.criterion, optional_field(d, "probability"), d.perplexity, d.token_count, d.truncated, d.cached, members
+        d.index,
+        d.criterion,
+        optional_field(d, "probability"),
+        d.perplexity,
+        d.token_count,
+        d.truncated,
+        d.cached,
+        members,
+        tokens_scored=d.tokens_scored,
+        reliable=d.reliable,
+        unreliable_reason=UNRELIABLE_REASONS.get(d.unreliable_reason, str(d.unreliable_reason)),
+        unreliable_detail=d.unreliable_detail,
+        log_likelihood=d.log_likelihood,
+        log_rank=d.log_rank,
+        entropy=d.entropy,
     )
 
 

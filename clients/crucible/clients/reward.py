@@ -32,6 +32,14 @@ class RewardConfig:
     detector_signal: str = "probability"
     criterion_center: float = 0.0
     criterion_scale: float = 1.0
+    #: Detector evasion when the detector marks a detection unreliable (its probability withheld), by reason.
+    #: Too few tokens scored: 0.5, neutral. Such a score is noise (the criterion's AUROC on texts of under 32 tokens
+    #: is near chance), so rewarding 1 - P would teach noise, and a rewrite that is short for its original already
+    #: pays `too_short_penalty` and the length term; neutral adds no gradient of its own inside a GRPO group.
+    #: Invisible characters: 0.0, as if fully detected. Zero-width and bidi characters change the tokens the
+    #: detector sees without changing what a reader sees, a known evasion trick; it must never pay.
+    unreliable_short_evasion: float = 0.5
+    unreliable_invisible_evasion: float = 0.0
     #: "embedding": (cosine + 1) / 2 of proposer embeddings; "equivalence": the proposer's CheckEquivalence score.
     similarity: str = "embedding"
     #: Below this similarity the meaning is considered lost: the similarity component is multiplied by
@@ -73,6 +81,8 @@ class RewardConfig:
             raise ValueError("fluency_source must be 'detector' or 'scorer'")
         if self.criterion_scale <= 0:
             raise ValueError("criterion_scale must be positive")
+        if not (0.0 <= self.unreliable_short_evasion <= 1.0 and 0.0 <= self.unreliable_invisible_evasion <= 1.0):
+            raise ValueError("unreliable_short_evasion and unreliable_invisible_evasion must be within [0, 1]")
         if not 0 < self.perplexity_min < self.perplexity_target < self.perplexity_max:
             raise ValueError("need 0 < perplexity_min < perplexity_target < perplexity_max")
         if min(self.w_repetition, self.w_language, self.w_length) < 0:
@@ -95,7 +105,8 @@ class RewardBreakdown:
     p_machine: float | None  # calibrated P(machine) when available
     criterion: float | None
     perplexity: float | None
-    flags: tuple[str, ...] = ()  # e.g. ("empty",), ("too_short",), ("below_similarity_threshold",), ("repetitive",)
+    # e.g. ("empty",), ("too_short",), ("below_similarity_threshold",), ("repetitive",), ("detector_unreliable:too_few_tokens",)
+    flags: tuple[str, ...] = ()
     repetition: float = 0.0  # degeneracy in [0, 1]; higher = more repetitive (subtracted with w_repetition)
     language: float = 1.0  # English-likeness relative to the original, in [0, 1] (1 - language, times w_language)
     length: float = 1.0  # 1 within the length-ratio bounds, falling to 0 outside (1 - length, times w_length)
@@ -141,8 +152,23 @@ def fluency_score(perplexity: float, config: RewardConfig) -> float:
     return max(0.0, 1.0 - abs(log_p - log_t) / abs(bound - log_t))
 
 
-def evasion_score(criterion: float | None, probability: float | None, config: RewardConfig) -> float:
-    """Detector evasion in [0, 1] from P(machine) or from the criterion's logistic transform."""
+#: Detection.unreliable_reason values the reward knows (the SDK's short names).
+UNRELIABLE_TOO_FEW_TOKENS = "too_few_tokens"
+UNRELIABLE_INVISIBLE = "invisible_characters"
+
+
+def evasion_score(
+    criterion: float | None, probability: float | None, config: RewardConfig, *, unreliable_reason: str = ""
+) -> float:
+    """Detector evasion in [0, 1] from P(machine) or from the criterion's logistic transform.
+
+    An unreliable detection (`unreliable_reason` set) gets the configured evasion for its reason instead, whichever
+    signal is used: its probability is withheld, and its criterion is as unreliable. An unknown reason is neutral.
+    """
+    if unreliable_reason:
+        if unreliable_reason == UNRELIABLE_INVISIBLE:
+            return config.unreliable_invisible_evasion
+        return config.unreliable_short_evasion
     if config.detector_signal == "probability":
         if probability is None:
             raise ValueError(
@@ -386,8 +412,14 @@ def combine(
     perplexity: float | None,
     similarity: float,
     config: RewardConfig,
+    *,
+    unreliable_reason: str = "",
 ) -> RewardBreakdown:
-    """One sample's reward from its raw signals (the single definition both the mesh path and baselines use)."""
+    """One sample's reward from its raw signals (the single definition both the mesh path and baselines use).
+
+    `unreliable_reason` is the detector's reason for withholding the probability ("" = reliable); see
+    RewardConfig.unreliable_short_evasion / unreliable_invisible_evasion.
+    """
     cfg = config
     if not completion.strip():
         return RewardBreakdown(
@@ -404,9 +436,9 @@ def combine(
             language=0.0,
             length=0.0,
         )
-    evasion = evasion_score(criterion, probability, cfg)
+    evasion = evasion_score(criterion, probability, cfg, unreliable_reason=unreliable_reason)
     fluency = fluency_score(perplexity, cfg) if perplexity is not None else 0.0
-    flags: list[str] = []
+    flags: list[str] = [f"detector_unreliable:{unreliable_reason}"] if unreliable_reason else []
     sim_component = similarity
     if similarity < cfg.similarity_threshold:
         sim_component *= cfg.below_threshold_scale
@@ -504,7 +536,12 @@ class CompositeReward:
             j = position[i]
             det = detected.detections[j]
             perplexity = scored[j].perplexity if cfg.fluency_source == "scorer" else det.perplexity
-            out.append(combine(original, completion, det.criterion, det.probability, perplexity, similarity[i], cfg))
+            reason = "" if det.reliable else (det.unreliable_reason or UNRELIABLE_TOO_FEW_TOKENS)
+            out.append(
+                combine(
+                    original, completion, det.criterion, det.probability, perplexity, similarity[i], cfg, unreliable_reason=reason
+                )
+            )
         return out
 
     async def score_group(self, original: str, completions: Sequence[str]) -> GroupResult:

@@ -109,6 +109,8 @@ _MODEL_SETTINGS = (
     "device",
     "dtype",
     "max_tokens",
+    "min_reliable_tokens",
+    "max_invisible_fraction",
     "model_cache_dir",
     "stats_kernel",
 )
@@ -148,21 +150,32 @@ def _progress(done: int, total: int) -> None:
 def _in_process(args: argparse.Namespace, texts: list[str]) -> tuple[list[dict[str, Any]], str]:
     from crucible.detector.engine import score_many
     from crucible.detector.pipeline import load_calibration
+    from crucible.detector.reliability import assess
 
     detector = _load_detector(args)
     calibration = load_calibration(detector, args.calibration_file)
     raw = score_many(detector, texts, batch_size=args.batch_size, progress=_progress)
     rows = []
+    limits = detector.settings
     for i, r in enumerate(raw):
         members = r.member_raw()
         members = {m: members[m] for m in detector.enabled_members if m in members}
+        sure = assess(
+            texts[i],
+            r.token_count - 1,
+            min_tokens=limits.min_reliable_tokens,
+            max_invisible_fraction=limits.max_invisible_fraction,
+        )
         rows.append(
             {
                 "index": i,
                 "criterion": r.criterion,
-                "probability": calibration.probability({**r.features(), **members}),
+                "probability": calibration.probability({**r.features(), **members}) if sure.reliable else None,
                 "perplexity": r.perplexity,
                 "token_count": r.token_count,
+                "tokens_scored": r.token_count - 1,
+                "reliable": sure.reliable,
+                "unreliable_reason": sure.reason,
                 "truncated": r.truncated,
                 "members": members,
                 "by_products": {"log_likelihood": r.log_likelihood, "log_rank": r.log_rank, "entropy": r.entropy},
@@ -177,6 +190,7 @@ def _remote(args: argparse.Namespace, texts: list[str]) -> tuple[list[dict[str, 
 
     names = {pb.MEMBER_FAST_DETECTGPT: "fast_detectgpt", pb.MEMBER_BINOCULARS: "binoculars", pb.MEMBER_CLASSIFIER: "classifier"}
     from crucible.clients.channel import cli_channel_config, open_sync_channel
+    from crucible.clients.detector import UNRELIABLE_REASONS as reasons
 
     config = cli_channel_config("detector", args)  # token and TLS from flags, then the client config (TOML/env)
     rows: list[dict[str, Any]] = []
@@ -198,8 +212,12 @@ def _remote(args: argparse.Namespace, texts: list[str]) -> tuple[list[dict[str, 
                         "probability": d.probability if d.HasField("probability") else None,
                         "perplexity": d.perplexity,
                         "token_count": d.token_count,
+                        "tokens_scored": d.tokens_scored,
+                        "reliable": d.reliable,
+                        "unreliable_reason": reasons.get(d.unreliable_reason, ""),
                         "truncated": d.truncated,
                         "members": {names[s.member]: s.raw_score for s in d.member_scores},
+                        "by_products": {"log_likelihood": d.log_likelihood, "log_rank": d.log_rank, "entropy": d.entropy},
                         "cached": d.cached,
                     }
                 )

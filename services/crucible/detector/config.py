@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from crucible.detector.reliability import DEFAULT_MAX_INVISIBLE_FRACTION, DEFAULT_MIN_RELIABLE_TOKENS
 from crucible.runtime.config import ModelServerConfig, redefault, setting
 from crucible.runtime.errors import ConfigError
 
@@ -34,6 +35,16 @@ class DetectorConfig(ModelServerConfig):
         "Fake/Machine/AI in its config.json.",
     )
     max_tokens: int = setting(512, "Tokens scored per text; longer texts are truncated to their first max_tokens and flagged.")
+    min_reliable_tokens: int = setting(
+        DEFAULT_MIN_RELIABLE_TOKENS,
+        "Fewest scored tokens (token_count - 1) for a reliable detection; below it the text is still scored but its "
+        "probabilities are withheld (reliable=false, reason too_few_tokens). 0 marks every text reliable.",
+    )
+    max_invisible_fraction: float = setting(
+        DEFAULT_MAX_INVISIBLE_FRACTION,
+        "Largest share of invisible characters (zero-width, bidi, other format characters) among a text's "
+        "non-whitespace characters for a reliable detection (reason invisible_characters above it); 1 disables it.",
+    )
     max_texts_per_call: int = setting(256, "Most texts in one Detect call or DetectStream chunk.")
     max_text_bytes: int = setting(
         65536,
@@ -73,6 +84,10 @@ class DetectorConfig(ModelServerConfig):
         for name in ("max_texts_per_call", "stats_chunk_elements", "classifier_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be at least 1")
+        if self.min_reliable_tokens < 0:
+            raise ConfigError("min_reliable_tokens", "must not be negative")
+        if not 0.0 <= self.max_invisible_fraction <= 1.0:
+            raise ConfigError("max_invisible_fraction", "must be within [0, 1]")
         if self.cache_size < 0:
             raise ConfigError("cache_size", "must not be negative")
         if self.max_batch_tokens and self.max_batch_tokens < self.max_tokens:

@@ -29,6 +29,7 @@ from crucible.detector.engine import (
     PreparedText,
     RawScores,
 )
+from crucible.detector.reliability import RELIABLE, Reliability, assess
 from crucible.runtime.batching import BatcherMetrics, BatchSettings, DynamicBatcher
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,11 @@ class MemberResult:
 
 @dataclasses.dataclass(frozen=True)
 class DetectionResult:
-    """The verdict for one text, ready to translate into a Detection message."""
+    """The verdict for one text, ready to translate into a Detection message.
+
+    When `reliability.reliable` is false the probabilities (this one and every member's) are None: withheld, not
+    invented; the raw scores stay. `log_likelihood`, `log_rank` and `entropy` are per-scored-token means.
+    """
 
     index: int
     criterion: float
@@ -62,6 +67,15 @@ class DetectionResult:
     truncated: bool
     members: tuple[MemberResult, ...]
     cached: bool
+    reliability: Reliability = RELIABLE
+    log_likelihood: float = 0.0
+    log_rank: float = 0.0
+    entropy: float = 0.0
+
+    @property
+    def tokens_scored(self) -> int:
+        """Tokens whose log-probability entered the scores (the first token has no context)."""
+        return max(0, self.token_count - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +193,10 @@ class DetectionPipeline:
             if not skip_cache:
                 await self._store([(keys[i], scores) for i, scores in zip(missing, fresh, strict=True)])
         names = [m.member for m in computed]
-        detections = [self._result(first_index + i, r, names, c) for i, (r, c) in enumerate(zip(results, cached, strict=True))]
+        detections = [
+            self._result(first_index + i, r, names, c, p.text)
+            for i, (r, c, p) in enumerate(zip(results, cached, prepared, strict=True))
+        ]
         return CallResult(detections, computed, self.method_for(names))
 
     def method_for(self, members: Sequence[str]) -> str:
@@ -231,8 +248,16 @@ class DetectionPipeline:
         if self.disk is not None:
             await asyncio.to_thread(self.disk.put_many, [(k, self.memory.get(k) or s) for k, s in items])
 
-    def _result(self, index: int, scores: RawScores | None, members: list[str], cached: bool) -> DetectionResult:
+    def reliability(self, text: str, token_count: int) -> Reliability:
+        """Whether a text scored with `token_count` tokens gets its probabilities (the service's thresholds)."""
+        s = self.detector.settings
+        return assess(
+            text, max(0, token_count - 1), min_tokens=s.min_reliable_tokens, max_invisible_fraction=s.max_invisible_fraction
+        )
+
+    def _result(self, index: int, scores: RawScores | None, members: list[str], cached: bool, text: str) -> DetectionResult:
         assert scores is not None  # every slot is filled by a cache hit or a computation above
+        reliability = self.reliability(text, scores.token_count)
         raw = scores.member_raw()
         raw = {m: raw[m] for m in members if m in raw}
         out = []
@@ -241,7 +266,8 @@ class DetectionPipeline:
                 tokens, truncated = scores.classifier_tokens, scores.classifier_truncated
             else:
                 tokens, truncated = scores.token_count, scores.truncated
-            out.append(MemberResult(m, raw[m], self.calibration.member_probability(m, raw[m]), tokens, truncated))
+            member_probability = self.calibration.member_probability(m, raw[m]) if reliability.reliable else None
+            out.append(MemberResult(m, raw[m], member_probability, tokens, truncated))
         method = self.method_for(members)
         ensemble = self.calibration.ensemble
         probability: float | None
@@ -253,7 +279,18 @@ class DetectionPipeline:
         else:
             probability = None
         return DetectionResult(
-            index, scores.criterion, probability, scores.perplexity, scores.token_count, scores.truncated, tuple(out), cached
+            index,
+            scores.criterion,
+            probability if reliability.reliable else None,
+            scores.perplexity,
+            scores.token_count,
+            scores.truncated,
+            tuple(out),
+            cached,
+            reliability,
+            scores.log_likelihood,
+            scores.log_rank,
+            scores.entropy,
         )
 
 

@@ -1,4 +1,4 @@
-"""Detection quality of labelled scores: ROC points, AUROC and TPR at fixed FPR per score, and a ROC plot (PNG).
+"""Detection quality of labelled scores: ROC points, AUROC and TPR at fixed FPR, calibration (ECE, reliability bins).
 
 Used by `crucible detector calibrate`; pure numpy/scikit-learn, matplotlib only for the plot (the `plot` extra).
 """
@@ -44,6 +44,50 @@ def roc_summary(labels: Sequence[int], scores: Sequence[float], *, max_points: i
         "tpr_at_fpr": at,
         "roc": {"fpr": [round(float(v), 6) for v in fpr], "tpr": [round(float(v), 6) for v in tpr]},
     }
+
+
+def reliability_bins(labels: Sequence[int], probabilities: Sequence[float], *, bins: int = 10) -> list[dict[str, Any]]:
+    """Equal-width bins of P(machine) over [0, 1]: per non-empty bin its range, count, mean probability and the
+    observed share of machine texts (the points of a reliability diagram). A probability of exactly 1 falls in the
+    last bin."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if y.shape != p.shape:
+        raise ValueError(f"{y.size} labels for {p.size} probabilities")
+    if bins < 1:
+        raise ValueError("bins must be at least 1")
+    if p.size and (not np.isfinite(p).all() or p.min() < 0.0 or p.max() > 1.0):
+        raise ValueError("probabilities must be finite and within [0, 1]")
+    index = np.minimum((p * bins).astype(np.int64), bins - 1)
+    out = []
+    for b in range(bins):
+        chosen = index == b
+        n = int(chosen.sum())
+        if n:
+            out.append(
+                {
+                    "low": b / bins,
+                    "high": (b + 1) / bins,
+                    "n": n,
+                    "mean_probability": float(p[chosen].mean()),
+                    "machine_share": float(y[chosen].mean()),
+                }
+            )
+    return out
+
+
+def expected_calibration_error(labels: Sequence[int], probabilities: Sequence[float], *, bins: int = 10) -> float:
+    """ECE: sum over equal-width bins of (bin size / n) * |observed machine share - mean P(machine)|, in [0, 1]
+    (0 = a probability of 0.9 is right 9 times in 10). NaN for no texts."""
+    total = len(labels)
+    if total == 0:
+        return float("nan")
+    return float(
+        sum(
+            b["n"] / total * abs(b["machine_share"] - b["mean_probability"])
+            for b in reliability_bins(labels, probabilities, bins=bins)
+        )
+    )
 
 
 def quality_report(groups: Mapping[str, tuple[Sequence[int], Mapping[str, Sequence[float]]]]) -> dict[str, Any]:

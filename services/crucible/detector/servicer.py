@@ -17,6 +17,7 @@ from crucible.api.detector.v1 import detector_service_pb2_grpc
 from crucible.detector.calibration import METHOD_LOGISTIC_ENSEMBLE, METHOD_NONE, METHOD_TWO_GAUSSIAN
 from crucible.detector.engine import BINOCULARS, CLASSIFIER, FAST_DETECTGPT, DetectorEngine, MemberDescription
 from crucible.detector.pipeline import CallResult, DetectionPipeline, DetectionResult
+from crucible.detector.reliability import REASON_INVISIBLE_CHARACTERS, REASON_NONE, REASON_TOO_FEW_TOKENS
 from crucible.runtime.convert import batching_settings, model_identity, remaining_seconds
 from crucible.runtime.errors import InvalidArgument
 
@@ -32,6 +33,11 @@ METHOD_TO_PROTO = {
     METHOD_NONE: pb.CALIBRATION_METHOD_NONE,
     METHOD_TWO_GAUSSIAN: pb.CALIBRATION_METHOD_TWO_GAUSSIAN,
     METHOD_LOGISTIC_ENSEMBLE: pb.CALIBRATION_METHOD_LOGISTIC_ENSEMBLE,
+}
+REASON_TO_PROTO = {
+    REASON_NONE: pb.UNRELIABLE_REASON_UNSPECIFIED,
+    REASON_TOO_FEW_TOKENS: pb.UNRELIABLE_REASON_TOO_FEW_TOKENS,
+    REASON_INVISIBLE_CHARACTERS: pb.UNRELIABLE_REASON_INVISIBLE_CHARACTERS,
 }
 
 # Chunks of one DetectStream computed at once; more requests wait in gRPC flow control.
@@ -94,6 +100,13 @@ class DetectorServicer(detector_service_pb2_grpc.DetectorServiceServicer):
             token_count=d.token_count,
             truncated=d.truncated,
             cached=d.cached,
+            tokens_scored=d.tokens_scored,
+            reliable=d.reliability.reliable,
+            unreliable_reason=REASON_TO_PROTO[d.reliability.reason],
+            unreliable_detail=d.reliability.detail,
+            log_likelihood=d.log_likelihood,
+            log_rank=d.log_rank,
+            entropy=d.entropy,
         )
         if d.probability is not None:
             out.probability = d.probability
@@ -175,7 +188,11 @@ class DetectorServicer(detector_service_pb2_grpc.DetectorServiceServicer):
             members=[self._member_info(m) for m in pipeline.detector.members],
             calibration=self._calibration(method),
             limits=pb.Limits(
-                max_tokens=cfg.max_tokens, max_texts_per_call=cfg.max_texts_per_call, max_text_bytes=cfg.max_text_bytes
+                max_tokens=cfg.max_tokens,
+                max_texts_per_call=cfg.max_texts_per_call,
+                max_text_bytes=cfg.max_text_bytes,
+                min_reliable_tokens=cfg.min_reliable_tokens,
+                max_invisible_fraction=cfg.max_invisible_fraction,
             ),
             batching=batching_settings(pipeline.batcher.settings),
             cache_capacity=pipeline.memory.capacity,
