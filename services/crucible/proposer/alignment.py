@@ -189,8 +189,9 @@ FUNCTION_WORDS = frozenset(
     ]
 )
 
-#: Polarity, degree and quantity words: a near vector is not enough ("most" and "least" sit close in any encoder), they
-#: must be kept as they are (or in another form), else the pair changes what is asked.
+#: Polarity, degree, quantity and cause/effect words: a near vector is not enough ("most" and "least", "cause" and
+#: "effect" sit close in any encoder), they must be kept as they are (or in another form), else the pair changes what
+#: is asked.
 STRICT_WORDS = frozenset(
     [
         "not",
@@ -250,6 +251,17 @@ STRICT_WORDS = frozenset(
         "negative",
         "false",
         "incorrect",
+        "cause",
+        "causes",
+        "caused",
+        "due",
+        "effect",
+        "effects",
+        "result",
+        "results",
+        "reason",
+        "purpose",
+        "because",
     ]
 )
 
