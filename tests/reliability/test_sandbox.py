@@ -153,7 +153,7 @@ PROBE = textwrap.dedent("""\
     probe("python write", lambda: open(os.path.join(sys.prefix, "crucible-probe"), "w").write("x"))
     probe("own attempt", lambda: open(os.path.join(os.getcwd(), "..", "attempts", "1", "exit.json"), "w").write("{}"))
     probe("own work", lambda: open("out.txt", "w").write("mine"))
-    probe("tmp", lambda: open("/tmp/scratch", "w").write("private"))
+    probe("tmp", lambda: open("/tmp/scratch-" + marker, "w").write("private"))
     mine = ("/proc/%d/" % os.getpid(), "/proc/self/", "/proc/1/")  # itself and its sandbox's init (its own argv)
     environ = [p for p in glob.glob("/proc/[0-9]*/environ") if not p.startswith(mine)]
     seen = []
@@ -205,7 +205,7 @@ async def test_two_jobs_cannot_reach_each_other_or_the_scheduler(scheduler, monk
     assert "other job id seen: False" in text and "other process seen: False" in text, text
     assert int(text.split("processes: ", 1)[1].split()[0]) <= 2, text  # its own PID namespace: bwrap's init (and sh)
     assert not (other_work / "planted").exists()
-    assert not Path("/tmp/scratch").exists()  # its /tmp was its own
+    assert not Path(f"/tmp/scratch-{marker}").exists()  # its /tmp was its own
     attempt = state / "jobs" / prober.job_id / "attempts" / "1" / "exit.json"
     assert json.loads(attempt.read_text())["exit_code"] == 0
 
