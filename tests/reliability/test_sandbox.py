@@ -148,9 +148,9 @@ PROBE = textwrap.dedent("""\
     probe("database", lambda: open(os.path.join(state, "scheduler.db"), "rb").read(1))
     probe("store", lambda: os.listdir(store))
     probe("secrets", lambda: open(secrets).read())
-    probe("etc write", lambda: open("/etc/crucible-probe", "w").write("x"))
-    probe("usr write", lambda: open("/usr/crucible-probe", "w").write("x"))
-    probe("python write", lambda: open(os.path.join(sys.prefix, "crucible-probe"), "w").write("x"))
+    probe("etc write", lambda: open("/etc/crucible-probe-" + marker, "w").write("x"))
+    probe("usr write", lambda: open("/usr/crucible-probe-" + marker, "w").write("x"))
+    probe("python write", lambda: open(os.path.join(sys.prefix, "crucible-probe-" + marker), "w").write("x"))
     probe("own attempt", lambda: open(os.path.join(os.getcwd(), "..", "attempts", "1", "exit.json"), "w").write("{}"))
     probe("own work", lambda: open("out.txt", "w").write("mine"))
     probe("tmp", lambda: open("/tmp/scratch-" + marker, "w").write("private"))
@@ -194,9 +194,13 @@ async def test_two_jobs_cannot_reach_each_other_or_the_scheduler(scheduler, monk
         prober = (await stub.CreateJob(pb.CreateJobRequest(spec=local_spec(argv, env={"OTHER_JOB": holder.job_id})))).job
         done = await final(stub, prober.job_id)
         text = await _logs(stub, prober.job_id)
+        tmp_shared = Path(f"/tmp/scratch-{marker}").exists()  # (checked before the clean-up below)
         assert done.state == S.JOB_STATE_SUCCEEDED, text
     finally:
         await stub.CancelJob(pb.CancelJobRequest(job_id=holder.job_id))
+        for left in (f"/etc/crucible-probe-{marker}", f"/usr/crucible-probe-{marker}", f"/tmp/scratch-{marker}"):
+            Path(left).unlink(missing_ok=True)  # written only where the job was not contained
+        Path(sys.prefix, f"crucible-probe-{marker}").unlink(missing_ok=True)
     for what in ("other work", "other write", "state", "database", "store", "secrets"):
         assert f"{what}: refused" in text, text
     for what in ("etc write", "usr write", "python write", "own attempt"):
@@ -205,7 +209,7 @@ async def test_two_jobs_cannot_reach_each_other_or_the_scheduler(scheduler, monk
     assert "other job id seen: False" in text and "other process seen: False" in text, text
     assert int(text.split("processes: ", 1)[1].split()[0]) <= 2, text  # its own PID namespace: bwrap's init (and sh)
     assert not (other_work / "planted").exists()
-    assert not Path(f"/tmp/scratch-{marker}").exists()  # its /tmp was its own
+    assert not tmp_shared  # its /tmp was its own
     attempt = state / "jobs" / prober.job_id / "attempts" / "1" / "exit.json"
     assert json.loads(attempt.read_text())["exit_code"] == 0
 
