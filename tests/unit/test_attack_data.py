@@ -100,3 +100,17 @@ def test_the_cli_names_the_bad_row_without_a_traceback(tmp_path):
     )
     assert done.returncode == 2
     assert "bad_test.csv row 0 column 'answer'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_builtin_questions_need_no_data_folder_and_filter_by_subject():
+    import argparse
+
+    from crucible.clients.cli import _attack_questions
+
+    args = argparse.Namespace(builtin=True, data=None, subjects=["astronomy"], seca_subset=False, limit_per_subject=None)
+    (question,) = _attack_questions(args)
+    assert question.question == "Which planet is known as the Red Planet?"
+    with pytest.raises(DataError, match="no built-in question has subject"):
+        _attack_questions(argparse.Namespace(**{**vars(args), "subjects": ["law"]}))
+    with pytest.raises(DataError, match="--seca-subset needs --data"):
+        _attack_questions(argparse.Namespace(**{**vars(args), "seca_subset": True}))
