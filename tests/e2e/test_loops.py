@@ -99,7 +99,9 @@ async def test_attack_writes_a_trace_and_resumes_without_redoing_work(mesh_base,
         events = [json.loads(line) for line in lines]
         again = await SecaAttack(mesh, AttackConfig(iterations=2, seed=3), trace).campaign([QUESTION], parallel=1)
     (outcome,) = outcomes
-    assert outcome.status in ("flipped", "not_flipped"), outcome
+    assert outcome.status in ("flipped", "flipped_unverified", "not_flipped"), outcome
+    if outcome.status.startswith("flipped"):  # every flip is verified again, with the scores in the outcome (issue 23)
+        assert outcome.verification["question"]["equivalent"] is (outcome.status == "flipped")
     assert events[0]["event"] == "original" and events[-1]["event"] == "done"
     assert 1 <= outcome.iterations <= 2 and outcome.candidates_generated >= 3
     assert outcome.candidates_valid + sum(outcome.dropped.values()) == outcome.candidates_generated
