@@ -1,9 +1,10 @@
 """The stricter meaning check for question rewordings (CheckEquivalence QUESTION) on a small labelled set.
 
 The set is written here, general knowledge, not drawn from any benchmark: true rephrasings, near-misses that change the
-meaning, statements and answers. The default (no NLI model: form checks, content alignment, MiniLM cosine) must reject every statement
-and every answer; its accuracy on the whole set is printed and bounded below. With an NLI folder (a tiny random
-DeBERTa-v2 with entailment/neutral/contradiction labels) the same form checks run and bidirectional entailment scores.
+meaning, statements and answers. The default (no NLI model: form checks, content alignment, MiniLM cosine) must
+reject every statement and every answer; its accuracy on the whole set is printed and bounded below. With an NLI
+folder (a tiny random DeBERTa-v2 with entailment/neutral/contradiction labels) the same form checks run and
+bidirectional entailment scores.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ async def test_default_question_check_rejects_every_statement_and_answer(folders
     accuracy = sum(sum(v) for v in by_kind.values()) / len(LABELLED)
     with capsys.disabled():
         print(
-            f"\nQUESTION check (form + content alignment + MiniLM cosine 0.7) on {len(LABELLED)} labelled pairs: accuracy {accuracy:.3f}; "
+            f"\nQUESTION check (form + content + cosine 0.7) on {len(LABELLED)} labelled pairs: accuracy {accuracy:.3f}; "
             + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in by_kind.items())
             + f"; wrong: {wrong}"
         )
