@@ -19,6 +19,7 @@ from crucible.proposer.config import ProposerConfig
 from crucible.proposer.engine import ProposerEngine
 from crucible.proposer.requests import ProposeSpec
 from crucible.runtime.config import load_config
+from crucible.runtime.errors import DeadlineExceeded
 
 
 def _questions(data: Path, per_subject: int, seed: int, max_chars: int, subjects: list[str]) -> list[dict]:
@@ -77,7 +78,11 @@ async def _generate(args: argparse.Namespace) -> int:
                 correct_option_index=q["answer"],
             )
             seen.clear()
-            await engine.propose(spec)
+            try:
+                await asyncio.wait_for(engine.propose(spec, timeout=args.question_timeout), args.question_timeout + 30)
+            except (TimeoutError, DeadlineExceeded) as err:
+                print(f"{k + 1}/{len(questions)} {q['subject']}: skipped ({type(err).__name__})", file=sys.stderr)
+                continue
             for row in seen[0]:
                 raw = tokenizer.decode(list(row.token_ids), skip_special_tokens=True)
                 cleaned = cleaning.clean_question(raw, source=q["question"], options=q["choices"])
@@ -206,6 +211,7 @@ def main() -> int:
     gen.add_argument("--seed", type=int, default=23)
     gen.add_argument("--max-chars", type=int, default=400)
     gen.add_argument("--subjects", nargs="*", default=[], help="default: every <subject>_test.csv in --data")
+    gen.add_argument("--question-timeout", type=float, default=300.0, help="seconds per question before it is skipped")
     ev = sub.add_parser("evaluate", help="precision/recall of 'equivalent' per method on a labelled set")
     ev.add_argument("--data", type=Path, default=Path("tests/data/question_equivalence_real.jsonl"))
     ev.add_argument("--judge-model", default="", help="also run the LLM judge with this model (alias or folder)")
