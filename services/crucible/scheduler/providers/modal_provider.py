@@ -278,7 +278,7 @@ class ModalProvider(Provider):
 
     def _start_pumps(self, handle: RunHandle) -> dict[str, _Pump]:
         """One copying thread per stream of the Sandbox, started once per process (again after a restart: the
-        Sandbox's streams are read from their beginning, so the local files are rewritten with the same bytes)."""
+        Sandbox's streams are read from their beginning and only what the local files lack is appended)."""
         pumps = {}
         with self._pumps_lock:
             for stream in ("stdout", "stderr"):
@@ -297,10 +297,18 @@ class ModalProvider(Provider):
         try:
             pump.path.parent.mkdir(parents=True, exist_ok=True)
             reader = getattr(self._sandbox(handle), stream)
-            with open(pump.path, "wb") as out:
+            # After a restart the stream is read again from its beginning: the bytes the file already holds are
+            # skipped and only the rest appended, so a reader never sees the file shrink (a truncating rewrite made a
+            # concurrent read at an earlier offset come back empty, which ends a log drain early).
+            have = pump.path.stat().st_size if pump.path.exists() else 0
+            seen = 0
+            with open(pump.path, "ab") as out:
                 for chunk in reader:
-                    out.write(chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk))
-                    out.flush()
+                    data = chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk)
+                    start, seen = max(0, have - seen), seen + len(data)
+                    if start < len(data):
+                        out.write(data[start:])
+                        out.flush()
         except Exception as exc:
             pump.error = self.secrets.scrub(f"{type(exc).__name__}: {exc}")[:300]
             log.warning("modal: %s of %s stopped: %s", stream, handle.ref, pump.error)
