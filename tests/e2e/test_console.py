@@ -271,7 +271,9 @@ def test_submit_nanogpt_chart_and_logs_stream(
     stack: dict[str, Any], browser: Any, shared_data: Path | None, tmp_path: Path
 ) -> None:
     data = f"--data {shared_data / 'tinyshakespeare' / 'input.txt'} " if shared_data else ""
-    command = f"{sys.executable} train.py {data}--max-iters 160 {TINY}"
+    # 480 tiny iterations train for ~10 s on a quiet machine: with at most one progress point per second (issue 22)
+    # the chart must still gain points while the job runs (160 iterations could end between two polls of the page).
+    command = f"{sys.executable} train.py {data}--max-iters 480 {TINY}"
     job_id = submit_from_page(
         browser, stack["url"], command, name="console-nanogpt", archive=nanogpt_archive(tmp_path), estimate=True
     )
