@@ -20,7 +20,7 @@ from crucible.detector.calibration import (
     METHOD_TWO_GAUSSIAN,
     Calibration,
 )
-from crucible.detector.engine import (
+from crucible.detector.core import (
     BY_PRODUCTS,
     CLASSIFIER,
     FAST_DETECTGPT,
