@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from crucible import __version__
+from crucible.version import __version__
 from crucible.clients.channel import ChannelConfig, add_connection_arguments, cli_channel_config, open_channel
 from crucible.clients.health import HealthResult
 from crucible.clients.tables import format_table

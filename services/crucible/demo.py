@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crucible.clients.attack import MCQ, AttackConfig, IterationReport, SecaAttack, Trace, summarize
+from crucible.clients.attack import AttackConfig, IterationReport, SecaAttack, Trace, summarize
+
+# The built-in questions live in the SDK (`crucible attack --builtin` uses them too); re-exported for the demo.
+from crucible.clients.builtin_questions import ATTACK_SAMPLES as ATTACK_SAMPLES
 from crucible.clients.mesh import Mesh
 from crucible.clients.reward import CompositeReward, RewardConfig
 from crucible.clients.scorer import ChoiceQuery
@@ -36,60 +39,6 @@ REWARD_SAMPLES: list[tuple[str, list[str]]] = [
             "Exercise exercise exercise exercise exercise exercise exercise exercise exercise exercise.",
         ],
     ),
-]
-
-#: A dozen easy general-knowledge questions in MMLU format (answers are indexes into the options, spread over the
-#: letters). The demo scores them all first and attacks those the configured target answers right, so it has
-#: something to attack whatever the target; no data folder is needed.
-ATTACK_SAMPLES = [
-    MCQ("builtin/0", "high_school_geography", "What is the capital city of France?", ("Berlin", "Madrid", "Paris", "Rome"), 2),
-    MCQ("builtin/1", "elementary_mathematics", "What is the result of 7 multiplied by 8?", ("54", "56", "58", "64"), 1),
-    MCQ("builtin/2", "astronomy", "Which planet is known as the Red Planet?", ("Mars", "Venus", "Jupiter", "Saturn"), 0),
-    MCQ(
-        "builtin/3",
-        "high_school_biology",
-        "Which organ pumps blood through the human body?",
-        ("The lungs", "The liver", "The heart", "The kidneys"),
-        2,
-    ),
-    MCQ("builtin/4", "high_school_chemistry", "What is the chemical formula of water?", ("CO2", "NaCl", "H2O", "O2"), 2),
-    MCQ("builtin/5", "elementary_mathematics", "How many days are there in a week?", ("Five", "Six", "Seven", "Eight"), 2),
-    MCQ(
-        "builtin/6",
-        "high_school_geography",
-        "Which is the largest ocean on Earth?",
-        ("The Atlantic Ocean", "The Pacific Ocean", "The Indian Ocean", "The Arctic Ocean"),
-        1,
-    ),
-    MCQ(
-        "builtin/7",
-        "high_school_physics",
-        "At what temperature in degrees Celsius does pure water freeze at sea level?",
-        ("0", "10", "50", "100"),
-        0,
-    ),
-    MCQ(
-        "builtin/8",
-        "high_school_biology",
-        "Which animal is known as the king of the jungle?",
-        ("The elephant", "The tiger", "The zebra", "The lion"),
-        3,
-    ),
-    MCQ(
-        "builtin/9",
-        "high_school_biology",
-        "What do bees collect from flowers to make honey?",
-        ("Nectar", "Leaves", "Bark", "Seeds"),
-        0,
-    ),
-    MCQ(
-        "builtin/10",
-        "high_school_geography",
-        "On which continent is Egypt located?",
-        ("Asia", "Africa", "Europe", "South America"),
-        1,
-    ),
-    MCQ("builtin/11", "elementary_mathematics", "How many sides does a triangle have?", ("Two", "Three", "Four", "Five"), 1),
 ]
 
 

@@ -188,7 +188,7 @@ def _attack_questions(args: argparse.Namespace) -> list[Any]:
     if args.builtin:
         if args.seca_subset:
             raise DataError("--seca-subset needs --data (an MMLU folder with seca_filtered_index.json)")
-        from crucible.demo import ATTACK_SAMPLES
+        from crucible.clients.builtin_questions import ATTACK_SAMPLES
 
         picked = [q for q in ATTACK_SAMPLES if not args.subjects or q.subject in args.subjects]
         if not picked:

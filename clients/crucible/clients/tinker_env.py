@@ -47,14 +47,20 @@ DEFAULT_MAX_PROMPT_TOKENS = 2048
 def load_tokenizer(model: str) -> Any:
     """The policy's tokenizer, from a crucible packaged alias, a local folder or the local HF cache (never the network).
 
-    Cached per process: builders carry only the model name, so they pickle small.
+    Cached per process: builders carry only the model name, so they pickle small. A packaged alias is resolved by the
+    servers' model registry, found through the `crucible.model_resolvers` entry point (the SDK never imports the
+    servers); with the client alone, give a local folder or a hub id in the local cache.
     """
+    from importlib.metadata import entry_points
+
     from transformers import AutoTokenizer
 
-    from crucible.models import resolve_model
-
-    path = Path(model) if Path(model).is_dir() else resolve_model(model, prepare=True).path
-    return AutoTokenizer.from_pretrained(path)
+    if Path(model).is_dir():
+        return AutoTokenizer.from_pretrained(Path(model))
+    resolvers = sorted(entry_points(group="crucible.model_resolvers"), key=lambda e: e.name)
+    if resolvers:
+        return AutoTokenizer.from_pretrained(resolvers[0].load()(model, prepare=True).path)
+    return AutoTokenizer.from_pretrained(model, local_files_only=True)
 
 
 def render_prompt(tokenizer: Any, original: str, template: str = PROMPT_TEMPLATE) -> list[int]:
