@@ -20,6 +20,8 @@ from crucible.detector.criterion import (
     CausalScorer,
     StatisticsKernel,
     check_same_tokenizer,
+    compiler_available,
+    kernel_cache_dir,
     model_statistics,
     pad_batch,
 )
@@ -358,16 +360,15 @@ class Detector:
     def warm_up(self) -> None:
         """One tiny batch through every model, so the first call does not pay for lazy initialisation.
 
-        stats_kernel "compile" compiles the statistics kernel here (before the service reports SERVING); "auto"
-        starts compiling in a background thread and keeps eager mode until the compiled kernel has been checked.
+        The statistics kernel is compiled here, before the service reports SERVING, so the first call runs at warm
+        speed (compiled code is cached on disk: a few seconds after the first start): always with stats_kernel
+        "compile", with "auto" when a compiler is found (else eager mode).
         """
         items = self.prepare(["Warm-up text for the detector."], classifier=self.classifier is not None)
         self.score(items)
-        if self.settings.stats_kernel == "compile":
+        kernel = self.settings.stats_kernel
+        if kernel == "compile" or (kernel == "auto" and compiler_available(self._scoring.device)):
             self.compile_kernel()
-        elif self.settings.stats_kernel == "auto" and self._compile_thread is None:
-            self._compile_thread = threading.Thread(target=self.compile_kernel, name="detector-stats-compile", daemon=True)
-            self._compile_thread.start()
 
     def compile_kernel(self) -> bool:
         """Compile the statistics kernel for the loaded models' vocabulary and dtype (eager mode stays on failure)."""
@@ -379,6 +380,7 @@ class Detector:
             self._scoring.device,
             two_models=two,
             ref_vocab=self._sampling.vocab_size if two else None,
+            cache_dir=kernel_cache_dir(self.settings.model_cache_path()),
         )
 
     def wait_for_kernel(self, timeout: float | None = None) -> str:

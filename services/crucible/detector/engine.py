@@ -13,6 +13,7 @@ from crucible.detector.config import DetectorConfig
 from crucible.detector.core import Detector
 from crucible.detector.pipeline import DetectionPipeline, load_calibration
 from crucible.runtime.errors import Unavailable
+from crucible.runtime.startup import startup_phase
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class DetectorEngine:
                 ids["sampling"].name,
                 ids["scoring"].name,
             )
-        await asyncio.to_thread(detector.warm_up)
+        with startup_phase("warm_up"):  # includes compile_statistics
+            await asyncio.to_thread(detector.warm_up)
         pipeline = DetectionPipeline(
             detector,
             calibration,
@@ -60,7 +62,8 @@ class DetectorEngine:
             registry=self.registry,
         )
         pipeline.start()
-        await pipeline.measure_throughput()  # the prior of admission by expected wait
+        with startup_phase("throughput_probe"):
+            await pipeline.measure_throughput()  # the prior of admission by expected wait
         self._pipeline = pipeline
         log.info(
             "detector ready",

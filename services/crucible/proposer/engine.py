@@ -39,6 +39,7 @@ from crucible.runtime.errors import (
     InvalidArgument,
     Unavailable,
 )
+from crucible.runtime.startup import startup_phase
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +176,15 @@ class ProposerEngine:
             self._batchers.append(self._entail)
         for batcher in self._batchers:
             batcher.start()
-        warm = await self._embed.submit("warm-up")
-        self.embedding_dimension = len(warm.vector)
-        await self._generate.submit(generation.GenerationRow((self._pad_id,), 1.0, 1.0, 2, 0))
-        await self._words.submit("warm-up")
-        if self._entail is not None:
-            await self._entail.submit(("warm-up", "warm-up"))
-        if self._judge is not None:
-            await self._judge.submit(("warm-up", "warm-up"))
+        with startup_phase("warm_up"):
+            warm = await self._embed.submit("warm-up")
+            self.embedding_dimension = len(warm.vector)
+            await self._generate.submit(generation.GenerationRow((self._pad_id,), 1.0, 1.0, 2, 0))
+            await self._words.submit("warm-up")
+            if self._entail is not None:
+                await self._entail.submit(("warm-up", "warm-up"))
+            if self._judge is not None:
+                await self._judge.submit(("warm-up", "warm-up"))
         log.info(
             "proposer ready",
             extra={

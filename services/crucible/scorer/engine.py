@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from crucible.runtime.batching import BatcherMetrics, DynamicBatcher
 from crucible.runtime.errors import Unavailable
+from crucible.runtime.startup import startup_phase
 from crucible.scorer.config import ScorerConfig
 from crucible.scorer.placement import (
     CpuPlacement,
@@ -87,7 +88,8 @@ class ScorerEngine:
                 metrics=BatcherMetrics(self.registry),
             )
             batcher.start()
-            await self._warm_up(scorer, batcher)
+            with startup_phase("warm_up"):  # both kinds of pass and the throughput probe
+                await self._warm_up(scorer, batcher)
         except BaseException:  # failed or cancelled start: leave nothing running behind
             if batcher is not None:
                 await batcher.stop()
