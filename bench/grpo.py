@@ -223,8 +223,8 @@ def write_curve(rows: list[dict[str, float]], png: Path) -> str:
     b.set_title("reward components")
     fig.tight_layout()
     fig.savefig(png, dpi=90)
-    header = "| step | reward mean | std | detector | similarity | fluency | repetition | language | length | penalty | kl |"
-    lines = [header, "|" + "---|" * 11]
+    header = "| step | reward mean | std | " + " | ".join(COMPONENTS) + " | kl |"
+    lines = [header, "|" + "---|" * (len(COMPONENTS) + 4)]
     for r in rows:
         cells = [f"{int(r['step'])}", f"{r['reward_mean']:+.3f}", f"{r.get('reward_std', float('nan')):.3f}"]
         cells += [f"{r.get(f'reward_{n}', float('nan')):+.3f}" for n in COMPONENTS]

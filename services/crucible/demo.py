@@ -59,12 +59,14 @@ async def reward_section(mesh: Mesh) -> dict[str, Any]:
                     f"{r.total:+.3f}",
                     f"{adv:+.2f}",
                     f"{r.detector:.3f}",
+                    f"{r.gate:.2f}",
                     f"{r.similarity:.3f}",
                     f"{r.fluency:.3f}",
                     "-" if r.perplexity is None else f"{r.perplexity:.0f}",
                     f"{r.repetition:.2f}",
                     f"{r.language:.2f}",
                     f"{r.length:.2f}",
+                    f"{r.copy:.2f}",
                     f"{r.penalty:+.1f}",
                     ",".join(r.flags) or "-",
                     (text or "<empty>")[:44],
@@ -74,8 +76,8 @@ async def reward_section(mesh: Mesh) -> dict[str, Any]:
     # Hygiene: repetition (degeneracy, subtracted), language (English-likeness vs the original) and length (1 within
     # the bounds) are weighted components too, so "Exercise exercise ..." no longer outscores a sensible rewrite.
     print(
-        "\n== Reward loop (composite reward per GRPO group: evasion + similarity + fluency - repetition - language "
-        "- length + penalties)"
+        "\n== Reward loop (composite reward per GRPO group: gate x (evasion + fluency) + similarity - repetition "
+        "- language - length - copy + penalties; evasion is normalised within the group)"
     )
     print(
         format_table(
@@ -83,12 +85,14 @@ async def reward_section(mesh: Mesh) -> dict[str, Any]:
                 "total",
                 "advantage",
                 "evasion",
+                "gate",
                 "similarity",
                 "fluency",
                 "ppl",
                 "repetition",
                 "language",
                 "length",
+                "copy",
                 "penalty",
                 "flags",
                 "rewrite",

@@ -44,6 +44,7 @@ COMPONENTS = (
     "reward_repetition",
     "reward_language",
     "reward_length",
+    "reward_copy",
     "reward_penalty",
 )
 
