@@ -49,9 +49,12 @@ def client_venv(tmp_path_factory) -> Path:
     venv = Path(tempfile.gettempdir()) / f"crucible-client-venv-{key}"
     python = venv / "bin" / "python"
     wheels = tmp_path_factory.mktemp("client-wheel")
-    # Built by this (main) environment's setuptools: no network, no build isolation.
+    # Built from a copy (a stale clients/build/ of an earlier build would otherwise leak deleted modules into the wheel)
+    # by this (main) environment's setuptools: no network, no build isolation.
+    source = tmp_path_factory.mktemp("client-source") / "clients"
+    shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     built = _run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(CLIENT), "-w", str(wheels)]
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source), "-w", str(wheels)]
     )
     assert built.returncode == 0, built.stderr
     (wheel,) = wheels.glob("crucible_client-*.whl")
