@@ -13,12 +13,16 @@ from typing import Protocol
 
 
 class _LanguageSettings(Protocol):
-    language_stopword_share: float
+    @property
+    def language_stopword_share(self) -> float: ...
 
 
 class _LengthSettings(Protocol):
-    length_ratio_min: float
-    length_ratio_max: float
+    @property
+    def length_ratio_min(self) -> float: ...
+
+    @property
+    def length_ratio_max(self) -> float: ...
 
 
 _WORD = re.compile(r"\w+(?:['’]\w+)*")
