@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from crucible.runtime.batching import BatcherMetrics, DynamicBatcher
 from crucible.runtime.errors import Unavailable
+from crucible.runtime.info import ServiceInfo
 from crucible.runtime.startup import startup_phase
 from crucible.scorer.config import ScorerConfig
 from crucible.scorer.placement import (
@@ -22,6 +23,7 @@ from crucible.scorer.placement import (
     restore_cpu_placement,
 )
 from crucible.scorer.scoring import ChoiceRequest, TargetScorer, TextRequest
+from crucible.scorer.seca import SECA_PROMPT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,27 @@ class ScorerEngine:
         if runtime is None:
             raise Unavailable("the scorer is not ready (model loading or shutting down); retry shortly", reason="NOT_READY")
         return runtime
+
+    def info(self) -> ServiceInfo:
+        """What GetInfo reports: the model, its CPU placement, the SECA template, the limits and the batching settings."""
+        runtime = self.require_ready()
+        limits, placement = runtime.scorer.limits, runtime.placement
+        return ServiceInfo(
+            models={"model": runtime.loaded.identity},
+            limits={
+                "max_items_per_call": limits.max_items_per_call,
+                "max_choices_per_item": limits.max_choices_per_item,
+                "max_tokens": limits.max_tokens,
+            },
+            batching=runtime.batcher.settings,
+            fields={
+                "intra_op_threads": placement.intra_op_threads,
+                "inter_op_threads": placement.inter_op_threads,
+                "cores": list(placement.cores),
+                "cores_pinned": placement.pinned,
+                "seca_prompt_template": SECA_PROMPT_TEMPLATE,
+            },
+        )
 
     async def start(self) -> None:
         """Pin the CPU, load the model on it, build the scorer, start the batcher and warm both kinds of pass."""
