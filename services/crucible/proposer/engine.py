@@ -409,6 +409,8 @@ class ProposerEngine:
                     words = [*(f"drops '{w}'" for w in a.dropped), *(f"adds '{w}'" for w in a.added)]
                     if a.repeats >= alignment.MAX_REPEATS:
                         words.append(f"repeats content words {a.repeats} times more than the original")
+                    words += [f"name '{w}' not in both" for w in a.names]
+                    words += [f"adds the scope '{w}'" for w in a.scope]
                     problems[i] = (cleaning.CONTENT_CHANGE, "; ".join(words) or f"content score {a.score:.2f}")
         passing = [i for i, (reason, _) in enumerate(problems) if not reason]
         scoring = METHOD_NLI if self._entail is not None else METHOD_COSINE
