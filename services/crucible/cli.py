@@ -22,7 +22,6 @@ from typing import Any
 
 import grpc
 
-from crucible.version import __version__
 from crucible.clients.channel import ChannelConfig, add_connection_arguments, cli_channel_config, open_channel
 from crucible.clients.health import HealthResult
 from crucible.clients.tables import format_table
@@ -30,6 +29,7 @@ from crucible.mesh import SERVICES, MeshLauncher, default_ports, health_table
 from crucible.runtime.config import add_arguments, load_config
 from crucible.runtime.errors import ConfigError
 from crucible.runtime.logs import QUIET_ENV, JsonLinesStream, configure_logging
+from crucible.version import __version__
 
 log = logging.getLogger(__name__)
 
