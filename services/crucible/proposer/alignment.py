@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from crucible.models import LoadedModel
+from crucible.proposer.cleaning import NEGATIONS
 
 #: Function words and the framing of a multiple-choice question ("which of the following", "best describes"): a
 #: rewording may add, drop or trade these freely. Everything else is a content word that must be kept (exactly, as
@@ -194,19 +195,8 @@ FUNCTION_WORDS = frozenset(
 #: Polarity, degree, quantity and cause/effect words: a near vector is not enough ("most" and "least", "cause" and
 #: "effect" sit close in any encoder), they must be kept as they are (or in another form), else the pair changes what
 #: is asked.
-STRICT_WORDS = frozenset(
+STRICT_WORDS = NEGATIONS | frozenset(
     [
-        "not",
-        "no",
-        "never",
-        "none",
-        "neither",
-        "nor",
-        "without",
-        "except",
-        "cannot",
-        "nothing",
-        "nobody",
         "most",
         "least",
         "more",
