@@ -347,6 +347,12 @@ def _models_prepare(args: argparse.Namespace) -> int:
     except ModelError as err:
         print(f"crucible models prepare: {err}", file=sys.stderr)
         return 1
+    from crucible.detector.kernel_cache import prepare_kernel
+    from crucible.models.registry import DEFAULT_CAUSAL_LM
+
+    for p in prepared:  # the detector's compiled statistics kernel, so its first start does not compile (issue 27)
+        if p.alias == DEFAULT_CAUSAL_LM:
+            prepare_kernel(args.cache_dir, p.path, log=lambda line: print(line, file=sys.stderr))
     if args.json:
         for p in prepared:
             print(

@@ -14,7 +14,8 @@ import torch
 from crucible.detector import core
 from crucible.detector.config import DetectorConfig
 from crucible.detector.core import Detector
-from crucible.detector.criterion import StatisticsKernel, kernel_cache_dir
+from crucible.detector.criterion import StatisticsKernel
+from crucible.detector.kernel_cache import kernel_cache_dir, prepare_kernel
 from crucible.runtime.startup import STARTUP, StartupPhases, process_age
 from tests.unit.test_detector_engine import tiny_lm_folder
 
@@ -94,3 +95,20 @@ def test_compile_records_its_phase(monkeypatch, tmp_path):
     STARTUP.clear()
     StatisticsKernel().compile(16, torch.float32, torch.device("cpu"))
     assert "compile_statistics" in STARTUP.summary()["phases"]
+
+
+def test_models_prepare_compiles_the_kernel_once_per_torch(monkeypatch, tmp_path):
+    """`crucible models prepare` compiles the default model's kernel ahead, so a fresh cache's first start does not."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    calls: list = []
+    monkeypatch.setattr(StatisticsKernel, "compile", _slow_compile(calls))
+    monkeypatch.setattr("crucible.detector.criterion.compiler_available", lambda device: True)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"vocab_size": 320}')
+    assert prepare_kernel(tmp_path, model, log=lambda line: None) is True
+    assert calls == [tmp_path / "inductor"]
+    assert prepare_kernel(tmp_path, model, log=lambda line: None) is False  # the marker: nothing to do, torch not needed
+    assert len(calls) == 1
+    (model / "config.json").write_text("{}")
+    assert prepare_kernel(tmp_path, model, log=lambda line: None) is None

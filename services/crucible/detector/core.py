@@ -21,10 +21,10 @@ from crucible.detector.criterion import (
     StatisticsKernel,
     check_same_tokenizer,
     compiler_available,
-    kernel_cache_dir,
     model_statistics,
     pad_batch,
 )
+from crucible.detector.kernel_cache import kernel_cache_dir
 from crucible.runtime.errors import InvalidArgument
 from crucible.runtime.validation import is_blank
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from crucible.detector.kernel_cache import kernel_cache_dir
 from crucible.runtime.startup import startup_phase
 
 log = logging.getLogger(__name__)
@@ -154,18 +155,6 @@ def vocabulary_statistics(
     log_rank = torch.log1p(rank.float())
     entropy = -mu if ref_logits is None else -(p * log_p).sum(dim=-1)
     return ll, mu, var, log_rank, entropy
-
-
-def kernel_cache_dir(model_cache: Path | None = None) -> Path:
-    """Where compiled kernels are kept across restarts: $TORCHINDUCTOR_CACHE_DIR, else <model cache>/inductor."""
-    explicit = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    if model_cache is None:
-        from crucible.models.registry import default_cache_dir
-
-        model_cache = default_cache_dir()
-    return Path(model_cache) / "inductor"
 
 
 def compiler_available(device: torch.device) -> bool:

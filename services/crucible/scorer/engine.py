@@ -136,11 +136,11 @@ class ScorerEngine:
         texts = scorer.prepare_texts([TextRequest(text="Warm-up text for the scorer.")])
         await batcher.submit_many([p.job for p in choices])
         await batcher.submit_many([p.job for p in texts])
-        # A probe of two longer texts measures the model's tokens per second: the prior of admission by expected wait.
-        words = min(256, scorer.limits.max_tokens // 2)
-        probe = scorer.prepare_texts(
-            [TextRequest(text=" ".join(f"probe{row} word{i}" for i in range(words))) for row in range(2)]
-        )
+        # A probe text measures the model's tokens per second: the prior of admission by expected wait. One text of
+        # 128 words (~500 tokens), not two of 256: the probe was ~40 CPU-seconds of the scorer's start (issue 27); the
+        # rate is refined by the first real batches.
+        words = min(128, scorer.limits.max_tokens // 2)
+        probe = scorer.prepare_texts([TextRequest(text=" ".join(f"probe word{i}" for i in range(words)))])
         await batcher.submit_many([p.job for p in probe])  # the first pass at this length allocates; not the rate
         batcher.throughput.forget()
         await batcher.submit_many([p.job for p in probe])
