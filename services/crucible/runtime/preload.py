@@ -86,6 +86,8 @@ def _child(argv: Sequence[str], env: Mapping[str, str], log: str | None) -> None
             os.dup2(out, 1)
             os.dup2(out, 2)
             os.close(out)
+        else:  # fd 1 is the fork server's reply pipe: the service's output goes where the server's stderr goes
+            os.dup2(2, 1)
         sys.stdin = open(0, closefd=False)  # noqa: SIM115 - fd 0 stays open for the process's life
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
