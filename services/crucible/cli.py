@@ -162,10 +162,9 @@ async def _bring_up(
     started = time.perf_counter()
     mesh.start()
     where = f"; logs in {args.log_dir}" if args.log_dir else ""
-    print(
-        f"starting {', '.join(mesh.services)} (models load first: the detector, proposer and scorer take longest){where}",
-        flush=True,
-    )
+    shared = "; forked from one process that imports torch and transformers once" if mesh.fork_server else ""
+    slowest = f"models load first: the detector, proposer and scorer take longest{shared}"
+    print(f"starting {', '.join(mesh.services)} ({slowest}){where}", flush=True)
 
     def ready(name: str, result: HealthResult, seconds: float) -> None:
         print(f"  {name:<9} ready in {seconds:5.1f}s  {mesh.address(name)}", flush=True)
