@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,45 @@ def test_the_client_installs_alone_and_imports(client_venv: Path, tmp_path: Path
         shown = _run([python, "-m", "pip", "show", "-q", name], cwd=tmp_path, env=_clean_env())
         assert shown.returncode != 0, f"{name} is installed with the client alone:\n{shown.stdout}"
     assert _run([python, "-m", "pip", "show", "-q", "crucible-client"], env=_clean_env()).returncode == 0
+
+
+def test_regular_wheels_of_both_distributions_share_the_crucible_namespace(client_venv: Path, tmp_path: Path) -> None:
+    """Non-editable installs: neither wheel has crucible/__init__.py, and both install into one `crucible` package."""
+    source = tmp_path / "repo"
+    for part in ("services", "clients"):
+        shutil.copytree(REPO / part, source / part, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    wheels = tmp_path / "wheels"
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    built = _run([*pip_wheel, str(source), str(source / "clients"), "-w", str(wheels)])
+    assert built.returncode == 0, built.stderr
+    names = {w.name.split("-")[0]: zipfile.ZipFile(w).namelist() for w in wheels.glob("*.whl")}
+    assert set(names) == {"crucible", "crucible_client"}
+    for files in names.values():
+        assert "crucible/__init__.py" not in files
+    assert not [f for f in names["crucible"] if f.startswith(("crucible/api/", "crucible/clients/"))]
+    assert {f.split("/")[1] for f in names["crucible_client"] if f.startswith("crucible/")} == {"api", "clients"}
+    site = tmp_path / "site"
+    target = _run(
+        [str(client_venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--target", str(site)]
+        + [str(w) for w in wheels.glob("*.whl")],
+        env=_clean_env(),
+    )
+    assert target.returncode == 0, target.stderr
+    probe = _run(
+        [
+            str(client_venv / "bin" / "python"),
+            "-c",
+            "import crucible, crucible.version, crucible.runtime.sqlite, crucible.clients.mesh;"
+            "import crucible.api.cost.v1.cost_service_pb2, crucible.runtime.errors as e, crucible.clients.status as s;"
+            "assert e.parse_status_details is s.parse_status_details;"
+            "print(crucible.version.__version__)",
+        ],
+        cwd=tmp_path,
+        env={**_clean_env(), "PYTHONPATH": str(site)},
+    )
+    assert probe.returncode == 0 and probe.stdout.strip() == "0.1.0", probe.stderr
 
 
 def _readme_sdk_example() -> str:
