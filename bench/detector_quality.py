@@ -179,16 +179,23 @@ def source_of(name: str) -> str:
 
 
 #: Candidate probabilities: name -> features of a logistic regression (all standardised).
+#: In order of preference: the per-text normalised scores first (the criterion is standardised by the text's own
+#: expected log-likelihood and variance, Binoculars is a ratio), which carry over to a new domain; then combinations
+#: that contain the criterion; then the raw per-token means, whose level depends on how predictable a domain's
+#: human prose is (encyclopedic text is), last.
 CANDIDATES = {
     "criterion": ("fast_detectgpt",),
     "binoculars": ("binoculars",),
+    "criterion+binoculars": ("fast_detectgpt", "binoculars"),
+    "criterion+log_likelihood": ("fast_detectgpt", "log_likelihood"),
     "log_likelihood": ("log_likelihood",),
     "log_rank": ("log_rank",),
     "entropy": ("entropy",),
-    "criterion+binoculars": ("fast_detectgpt", "binoculars"),
-    "criterion+log_likelihood": ("fast_detectgpt", "log_likelihood"),
     "ensemble (5 features)": ("fast_detectgpt", "binoculars", "log_likelihood", "log_rank", "entropy"),
 }
+#: A combination of two features this correlated (|r| on the fit texts) is not a candidate: its fit can only use the
+#: residual between near-duplicates, with large opposite-signed coefficients (the failure of the first ensemble).
+MAX_CORRELATION = 0.95
 #: Candidates that are one member calibrated alone (the fallback when no combination holds up).
 SINGLE = ("criterion", "binoculars", "log_likelihood", "log_rank", "entropy")
 #: Members whose raw score (oriented: higher = machine) a combination must not fall below on a held-out group.
@@ -320,13 +327,25 @@ def report_command(args: argparse.Namespace) -> int:
             for v in checks.values()
         )
     out["holds_up"] = holds
-    # Among the candidates that hold up, the one with the best worst case over the left-out groups (the owner's goal
-    # is a floor on every unseen file); if none holds up, the single member with the best worst case, calibrated alone.
     worst = {n: min((v["combinations"][n] or 0.0) for v in checks.values()) for n in CANDIDATES}
     out["worst_left_out_auroc"] = {n: round(v, 4) for n, v in worst.items()}
-    holding = [n for n in CANDIDATES if holds[n]]
-    pool = holding or list(SINGLE)
-    out["chosen"] = max(pool, key=lambda n: (round(worst[n], 3), -len(CANDIDATES[n])))
+    # Near-duplicate features make a combination ineligible (see MAX_CORRELATION); it is still reported.
+    collinear: dict[str, float] = {}
+    for n, fs in CANDIDATES.items():
+        if len(fs) > 1:
+            r = np.corrcoef(matrix(fs, fit).T)
+            top = float(np.max(np.abs(r[np.triu_indices(len(fs), 1)])))
+            if top > MAX_CORRELATION:
+                collinear[n] = round(top, 4)
+    out["collinear"] = collinear
+    # The first candidate in order of preference that holds up and whose worst case is within the tolerance of the
+    # best worst case of those that hold up; if none holds up, the single member with the best worst case.
+    holding = [n for n in CANDIDATES if holds[n] and n not in collinear]
+    if holding:
+        best = max(worst[n] for n in holding)
+        out["chosen"] = next(n for n in holding if worst[n] >= best - args.tolerance)
+    else:
+        out["chosen"] = max(SINGLE, key=lambda n: worst[n])
     if args.combination == "auto":
         args.combination = out["chosen"]
 
@@ -386,7 +405,8 @@ def report_command(args: argparse.Namespace) -> int:
     if args.write_calibration:
         out["calibration"] = write_calibration(args, rows, full, fit, chosen_c, out)
     if args.plot:
-        plot_reliability(out, Path(args.plot), title=f"{args.model}: held-out texts")
+        where = "each domain fitted on the other" if out.get("cross_domain") else "held-out half"
+        plot_reliability(out, Path(args.plot), title=f"{args.model}: reliability, {where}")
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(markdown(out))
     return 0
@@ -453,8 +473,9 @@ def write_calibration(
         f"regression over {', '.join(names)} (standardised), its C chosen by held-out log-loss leaving one domain "
         "(XSum, Writing) and one source model (GPT-3.5-turbo, GPT-4, GPT-2-XL) out in turn; "
         + (
-            "the simplest combination that was never more than the tolerance below its best member on a left-out "
-            "domain or source."
+            "it never fell more than the tolerance below its best member on a left-out domain or source, and it is "
+            "the first such candidate in order of preference (per-text normalised scores first) whose worst left-out "
+            "AUROC is within the tolerance of the best."
             if out["holds_up"].get(args.combination)
             else "no combination held up against its best member on every left-out domain and source, so this is the "
             "member with the best worst case, calibrated alone."
@@ -476,7 +497,11 @@ def plot_reliability(out: dict[str, Any], path: Path, *, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(5.2, 4.8))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
-    for name, per in out["held_out"].items():
+    # Texts of a domain the fit never saw when there are two domains (every scored text), else the held-out half;
+    # the chosen candidate and the single members that matter most, so the diagram stays readable.
+    block = out.get("cross_domain") or out["held_out"]
+    shown = dict.fromkeys([out["chosen"], "criterion", "binoculars", "log_likelihood"])
+    for name, per in ((n, block[n]) for n in shown if n in block):
         summary = per.get("all")
         if not summary:
             continue
@@ -533,6 +558,8 @@ def markdown(out: dict[str, Any]) -> str:
     lines.append("| worst left-out group | | | " + " | ".join(_f(out["worst_left_out_auroc"][n]) for n in names) + " |")
     lines.append("")
     lines.append("holds up: " + ", ".join(f"{k}: {v}" for k, v in out["holds_up"].items()) + f"; chosen: {out['chosen']}")
+    if out.get("collinear"):
+        lines.append("not eligible (near-duplicate features, |r|): " + ", ".join(f"{k} {v}" for k, v in out["collinear"].items()))
     lines.append("C: " + ", ".join(f"{k}: {v['c']:g}" for k, v in out["regularisation"].items()))
     lines.append("")
     members = list(MEMBER_ORIENTATION)

@@ -63,13 +63,15 @@ def test_score_then_report_writes_every_table_and_a_loadable_calibration(bench, 
 
     report = tmp_path / "report.json"
     cal = tmp_path / "cal.json"
-    argv = ["report", "--scores", str(scores), *common, "--out", str(report)]
+    argv = ["report", "--scores", str(scores), *common, "--out", str(report), "--plot", str(tmp_path / "r.png")]
     assert bench.main([*argv, "--write-calibration", str(cal), "--version", "tiny-quality-v1"]) == 0
     out = json.loads(report.read_text())
     assert out["texts"] == len(rows) and set(out["files"]) == set(FILES)
     assert set(out["raw_auroc"]) == {"all", *FILES}
     assert set(out["leave_one_group_out"]) == {"domain=writing", "domain=xsum", "source=a", "source=b"}
-    assert out["chosen"] in bench.CANDIDATES
+    assert out["chosen"] in bench.CANDIDATES and out["chosen"] not in out["collinear"]
+    if any(out["holds_up"][n] and n not in out["collinear"] for n in bench.CANDIDATES):
+        assert out["holds_up"][out["chosen"]]
     # A candidate holds up only if it is never more than the tolerance below the best member on a left-out group.
     for name, holds in out["holds_up"].items():
         margins = [
@@ -86,6 +88,7 @@ def test_score_then_report_writes_every_table_and_a_loadable_calibration(bench, 
     assert out["cross_domain"]["criterion"]["all"]["n"] == len(rows)  # every text scored by a fit on the other domain
     text = capsys.readouterr().out
     assert "file (fitted on the other domain)" in text and "raw AUROC" in text
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     entry = load_calibration_file(cal).entries[0]
     assert entry.ensemble is not None and entry.ensemble.members == bench.CANDIDATES[out["chosen"]]
     assert entry.fitted_on["combination"] == out["chosen"]
