@@ -20,6 +20,7 @@ from typing import Any
 
 from crucible.clients.detector import Detection
 from crucible.clients.mesh import Mesh, MeshConfig
+from crucible.clients.modelpaths import resolve_model_path
 from crucible.clients.reward import clean_text, embedding_similarity
 from crucible.clients.reward_text import copy_score
 
@@ -218,8 +219,6 @@ def load_policy(spec: str, base_model: str = "") -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from crucible.models import resolve_model
-
     folder = Path(spec)
     if (folder / "adapter_config.json").is_file():
         try:
@@ -227,12 +226,12 @@ def load_policy(spec: str, base_model: str = "") -> tuple[Any, Any]:
         except ImportError:
             raise SystemExit(f"{spec} is a LoRA adapter; loading it needs peft (pip install peft)") from None
         base = base_model or json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
-        base_path = str(Path(base)) if Path(base).is_dir() else resolve_model(base or "smollm2-135m-instruct", prepare=True).path
+        base_path = str(Path(base)) if Path(base).is_dir() else resolve_model_path(base or "smollm2-135m-instruct")
         adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32), str(folder))
         model: Any = adapted.merge_and_unload()
         tok_path = str(folder) if (folder / "tokenizer_config.json").is_file() else base_path
     else:
-        path = str(folder) if folder.is_dir() else resolve_model(spec, prepare=True).path
+        path = str(folder) if folder.is_dir() else resolve_model_path(spec)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         tok_path = path
     tokenizer = AutoTokenizer.from_pretrained(tok_path)

@@ -33,6 +33,7 @@ from tinker_cookbook.rl.types import (
 )
 
 from crucible.clients.mesh import Mesh, MeshConfig
+from crucible.clients.modelpaths import resolve_model_path
 from crucible.clients.reward import CompositeReward, RewardConfig
 
 logger = logging.getLogger(__name__)
@@ -48,19 +49,12 @@ def load_tokenizer(model: str) -> Any:
     """The policy's tokenizer, from a crucible packaged alias, a local folder or the local HF cache (never the network).
 
     Cached per process: builders carry only the model name, so they pickle small. A packaged alias is resolved by the
-    servers' model registry, found through the `crucible.model_resolvers` entry point (the SDK never imports the
-    servers); with the client alone, give a local folder or a hub id in the local cache.
+    servers' model registry when they are installed (crucible.clients.modelpaths; the SDK never imports the servers);
+    with the client alone, give a local folder or a hub id in the local cache.
     """
-    from importlib.metadata import entry_points
-
     from transformers import AutoTokenizer
 
-    if Path(model).is_dir():
-        return AutoTokenizer.from_pretrained(Path(model))
-    resolvers = sorted(entry_points(group="crucible.model_resolvers"), key=lambda e: e.name)
-    if resolvers:
-        return AutoTokenizer.from_pretrained(resolvers[0].load()(model, prepare=True).path)
-    return AutoTokenizer.from_pretrained(model, local_files_only=True)
+    return AutoTokenizer.from_pretrained(resolve_model_path(model), local_files_only=True)
 
 
 def render_prompt(tokenizer: Any, original: str, template: str = PROMPT_TEMPLATE) -> list[int]:
