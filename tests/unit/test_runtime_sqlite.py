@@ -109,7 +109,6 @@ def test_cost_budgets_and_detector_cache_open_their_files_through_it(tmp_path: P
         opened.append(kwargs["what"])
         return real(path, **kwargs)
 
-    monkeypatch.setattr(opener, "open_database", spy)
     import crucible.cost.budgets as budgets_module
     import crucible.detector.cache as cache_module
 
