@@ -98,6 +98,7 @@ def test_a_dropped_or_added_name_fails_even_when_its_vector_is_near():
     a = align(original, rewrite, 0.5)
     assert min(a.worst_recall, a.worst_precision) >= 0.5  # the vectors alone would pass it
     assert a.names == ("Celsius",) and a.score == 0.0
+    assert a.dropped == ("Celsius",) and a.added == ()  # named in the reply's dropped_words
     assert align(_near("Which is the largest ocean ?"), _near("Which is the largest ocean on Earth ?"), 0.5).names == ("Earth",)
 
 
@@ -114,7 +115,7 @@ def test_an_added_scope_fails_and_a_kept_one_does_not():
     original = _near("What is the chemical formula of water ?")
     a = align(original, _near("In chemistry , what is the chemical formula of water ?"), 0.5)
     assert min(a.worst_recall, a.worst_precision) >= 0.5
-    assert a.scope == ("chemistry",) and a.score == 0.0
+    assert a.scope == ("chemistry",) and a.added == ("chemistry",) and a.score == 0.0
     b = align(
         _near("Which organ pumps blood through the human body ?"),
         _near("Which organ pumps blood through the human body , according to human anatomy ?"),

@@ -333,7 +333,8 @@ class Alignment:
     `recall`: mean over the first text's content words of their best match in the second (1.0 for the same word
     or another form of it, else the best cosine of contextual vectors); `precision`: the same from the second
     text to the first. `worst_recall`/`worst_precision` are the smallest such matches, and `dropped`/`added` the
-    content words whose best match is below the threshold they were computed at.
+    content words whose best match is below the threshold they were computed at, or a name or scope word that only
+    one of the texts has.
     """
 
     recall: float
@@ -450,9 +451,10 @@ def _matches(source: WordVectors, target: WordVectors) -> list[tuple[str, float]
 
 
 def _look_alike(first: str, second: str) -> bool:
-    """True for two different terms spelt alike apart from their ending ('osteoclasts'/'osteoblasts',
-    'afferent'/'efferent', 'hypothyroidism'/'hyperthyroidism'): the encoder puts them close, yet they name different
-    things. Words that share all but their last few letters ('multiplied'/'multiplication') are forms of one word."""
+    """True for two different terms spelt almost alike that differ before their last few letters ('osteoclasts'/
+    'osteoblasts', 'afferent'/'efferent', 'hypothyroidism'/'hyperthyroidism'): the encoder puts them close, yet they
+    name different things. Words that share all but their last few letters ('multiplied'/'multiplication') are forms
+    of one word."""
     a, b = first.lower(), second.lower()
     if min(len(a), len(b)) < 5 or _stem(a) == _stem(b):
         return False
@@ -471,14 +473,20 @@ def align(first: WordVectors, second: WordVectors, threshold: float) -> Alignmen
     def worst(pairs: list[tuple[str, float]]) -> float:
         return min((s for _, s in pairs), default=1.0)
 
+    names = _name_changes(first.words, second.words)
+    scope = _scope_added(first.words, second.words)
+    dropped = [w for w, s in recall if s < threshold]
+    added = [w for w, s in precision if s < threshold]
+    dropped += [w for w in names if w in first.words and w not in dropped]  # the words named in the reply
+    added += [w for w in (*names, *scope) if w in second.words and w not in added]
     return Alignment(
         mean(recall),
         mean(precision),
         worst(recall),
         worst(precision),
-        tuple(w for w, s in recall if s < threshold),
-        tuple(w for w, s in precision if s < threshold),
+        tuple(dropped),
+        tuple(added),
         _repeats(first.words, second.words),
-        _name_changes(first.words, second.words),
-        _scope_added(first.words, second.words),
+        names,
+        scope,
     )
