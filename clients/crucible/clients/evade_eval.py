@@ -32,8 +32,9 @@ MAX_TEXTS = 5000
 MAX_FILE_BYTES = 512 * 1024 * 1024
 #: Members whose raw score is lower for machine text (the others: higher = machine).
 LOWER_IS_MACHINE = frozenset({"binoculars"})
-#: Texts per Detect / Embed call (the detector accepts up to 256 per call).
-CALL_CHUNK = 64
+#: Texts per Detect / Embed call, sent one call at a time: the detector refuses a call it cannot finish within the
+#: deadline at its measured throughput (tens of tokens/s on a loaded CPU), so calls stay small and deadlines long.
+CALL_CHUNK = 8
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -281,31 +282,38 @@ def cached_rewrites(path: Path, machine: Sequence[str], make: Any) -> list[str]:
 # ----------------------------------------------------------------------------------------------- mesh
 
 
-async def _detect(mesh: Mesh, texts: Sequence[str]) -> list[Detection]:
-    parts = await asyncio.gather(*(mesh.detector.detect(texts[i : i + CALL_CHUNK]) for i in range(0, len(texts), CALL_CHUNK)))
-    return [d for part in parts for d in part.detections]
+async def _detect(mesh: Mesh, texts: Sequence[str], timeout: float) -> list[Detection]:
+    out: list[Detection] = []
+    for i in range(0, len(texts), CALL_CHUNK):
+        out += (await mesh.detector.detect(texts[i : i + CALL_CHUNK], timeout=timeout)).detections
+    return out
 
 
-async def _cosines(mesh: Mesh, originals: Sequence[str], texts: Sequence[str]) -> list[float]:
+async def _cosines(mesh: Mesh, originals: Sequence[str], texts: Sequence[str], timeout: float) -> list[float]:
     out: list[float] = []
-    for i in range(0, len(texts), CALL_CHUNK // 2):
-        a, b = originals[i : i + CALL_CHUNK // 2], texts[i : i + CALL_CHUNK // 2]
-        vectors = await mesh.proposer.embed([*a, *b])
+    for i in range(0, len(texts), CALL_CHUNK):
+        a, b = originals[i : i + CALL_CHUNK], texts[i : i + CALL_CHUNK]
+        vectors = await mesh.proposer.embed([*a, *b], timeout=timeout)
         out += [2 * embedding_similarity(vectors[k], vectors[len(a) + k]) - 1 for k in range(len(a))]
     return out
 
 
 async def evaluate(
-    mesh: Mesh, human: Sequence[str], machine: Sequence[str], rewrites: dict[str, list[str]], near_copy_threshold: float = 0.8
+    mesh: Mesh,
+    human: Sequence[str],
+    machine: Sequence[str],
+    rewrites: dict[str, list[str]],
+    near_copy_threshold: float = 0.8,
+    timeout: float = 600.0,
 ) -> list[ConditionReport]:
     """The unparaphrased machine texts ("original") and each policy's rewrites, against the same human texts."""
     conditions = {"original": list(machine), **rewrites}
-    human_det = await _detect(mesh, human)
+    human_det = await _detect(mesh, human, timeout)
     reports = []
     for name, texts in conditions.items():
         # An empty rewrite cannot be sent (the detector refuses empty texts); a placeholder stands in, withheld as too short.
         scored = [t if t.strip() else "(empty)" for t in texts]
-        detections, cosines = await asyncio.gather(_detect(mesh, scored), _cosines(mesh, machine, scored))
+        detections, cosines = await asyncio.gather(_detect(mesh, scored, timeout), _cosines(mesh, machine, scored, timeout))
         reports.append(condition_report(name, human_det, detections, machine, texts, cosines, near_copy_threshold))
     return reports
 
@@ -389,6 +397,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--near-copy", type=float, default=0.8, help="word-trigram containment at which a rewrite is a near-copy")
+    p.add_argument("--timeout", type=float, default=600.0, help="deadline of each Detect / Embed call, seconds")
     p.add_argument("--out", default="evade_eval", help="folder for report.json, rewrites_<policy>.jsonl and evade_eval.png")
     p.add_argument(
         "--mesh",
@@ -400,8 +409,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.limit < 1 or args.max_words < 5 or args.max_new_tokens < 1 or args.batch_size < 1:
         p.error("--limit, --max-new-tokens and --batch-size must be >= 1, --max-words >= 5")
-    if args.max_new_tokens > 1024 or args.batch_size > 256 or args.temperature < 0:
-        p.error("--max-new-tokens at most 1024, --batch-size at most 256, --temperature >= 0")
+    if args.max_new_tokens > 1024 or args.batch_size > 256 or args.temperature < 0 or not 0 < args.timeout <= 3600:
+        p.error("--max-new-tokens at most 1024, --batch-size at most 256, --temperature >= 0, --timeout in (0, 3600]")
     for item in args.policy:
         name, _, model = item.partition("=")
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", name) or not model or name == "original":
@@ -449,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> list[ConditionReport]:
         async with Mesh(mesh_config(args.mesh)) as mesh:
-            return await evaluate(mesh, human, machine, rewrites, args.near_copy)
+            return await evaluate(mesh, human, machine, rewrites, args.near_copy, args.timeout)
 
     reports = asyncio.run(run())
     print(f"{len(human)} human texts, {len(machine)} machine texts (ensemble signal: {reports[0].signal})")
