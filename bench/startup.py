@@ -63,7 +63,7 @@ def _text(i: int, words: int) -> str:
 async def detector_speed(base: int, seconds: float, batch: int, words: int, first: int) -> tuple[float, int]:
     """Texts/s of back-to-back Detect calls of `batch` distinct texts (cache skipped) for `seconds`."""
     done, i = 0, first
-    async with Mesh.local(base) as mesh:
+    async with Mesh.local(base, timeout_s=600.0) as mesh:
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
             texts = [_text(i + k, words) for k in range(batch)]
