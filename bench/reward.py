@@ -181,15 +181,16 @@ def main() -> None:
                 mesh_runs.append(await over_mesh(base, groups))
 
     asyncio.run(mesh_path())
+    print(f"mesh: {min(mesh_runs)[0]:.2f}s", flush=True)
     # The in-process models: the detector's own core at the service's settings (compiled kernel included), MiniLM at
     # the proposer's equivalence dtype (float32).
     detector = Detector.load(DetectorConfig(device="cpu", dtype=args.dtype))
     detector.warm_up()
     embedder = load_embedding_model("minilm-l6-v2", device="cpu", dtype="float32")
-    runs = {
-        "batched": [in_process(groups, True, (detector, embedder)) for _ in range(args.repeat)],
-        "naive": [in_process(groups, False, (detector, embedder)) for _ in range(args.repeat)],
-    }
+    runs: dict[str, list[tuple[float, list[float]]]] = {}
+    for path, batched in (("batched", True), ("naive", False)):
+        runs[path] = [in_process(groups, batched, (detector, embedder)) for _ in range(args.repeat)]
+        print(f"in-process {path}: {min(runs[path])[0]:.2f}s", flush=True)
     mesh_s, mesh_totals = min(mesh_runs)
     batched_s, batched_totals = min(runs["batched"])
     naive_s, naive_totals = min(runs["naive"])
