@@ -81,7 +81,7 @@ def test_negations_and_comparisons_are_content_but_framing_is_not():
 _VOCABULARY = (
     "at what temperature in degrees celsius does pure water freeze sea level , ? what is the chemical formula of"
     " chemistry in osteoclasts osteoblasts which organ pumps blood through human body according to anatomy"
-    " largest ocean on earth red planet known as king jungle"
+    " largest ocean on earth red planet known as king jungle why apps languages like c + # and are prone"
 )
 NEAR = {w: [1.0, 0.3 * k / 10, 0.0] for k, w in enumerate(_VOCABULARY.split())}
 
@@ -145,3 +145,11 @@ def test_word_forms_share_a_stem():
     for first, second in [("boxes", "box"), ("cells", "cell"), ("running", "run"), ("agreed", "agree")]:
         assert alignment._stem(first) == alignment._stem(second), (first, second)
     assert alignment._stem("least") != alignment._stem("lease")
+
+
+def test_a_name_said_more_often_lists_one_more_thing():
+    original = _near("Why are apps in languages like C , C + + prone ?")
+    a = align(original, _near("Why are apps in languages like C , C + + , and C # prone ?"), 0.5)
+    assert a.names == ("C",) and a.score == 0.0  # a campaign candidate the check passed: C# added
+    same = align(original, _near("Why are apps in languages like C , C + + , prone ?"), 0.5)
+    assert same.names == ()

@@ -398,6 +398,9 @@ def _name_changes(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...
     stems = ({_stem(w) for w in first}, {_stem(w) for w in second})
     changed = [w for w in _names(first) if _stem(w) not in stems[1]]
     changed += [w for w in _names(second) if _stem(w) not in stems[0]]
+    # A name said more often in the rewording lists one more thing ("C, C++" -> "C, C++, and C#").
+    before, after = Counter(_stem(w) for w in first), Counter(_stem(w) for w in second)
+    changed += [w for w in dict.fromkeys(_names(second)) if before[_stem(w)] and after[_stem(w)] > before[_stem(w)]]
     return tuple(w for w in changed if w.lower() not in STRICT_WORDS)
 
 
