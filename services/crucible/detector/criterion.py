@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from crucible.detector.kernel_cache import kernel_cache_dir
 from crucible.runtime.startup import startup_phase
 
 log = logging.getLogger(__name__)
@@ -209,9 +208,11 @@ class StatisticsKernel:
     ) -> bool:
         """Compile for logits [N, vocab] of `dtype` on `device`; True when the compiled kernel is now in use.
 
-        The compiled code is cached on disk in `cache_dir` (default `kernel_cache_dir()`): the first compile costs
-        ~15 CPU-seconds, a later start with the cache a few (tracing only)."""
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir or kernel_cache_dir())
+        The compiled code is cached on disk in `cache_dir` (the detector passes `kernel_cache.kernel_cache_dir(...)`;
+        None leaves $TORCHINDUCTOR_CACHE_DIR or torch's default): the first compile costs ~15 CPU-seconds, a later
+        start with the cache a few (tracing only). The kernel cache module imports this one, not the reverse."""
+        if cache_dir is not None:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
         with startup_phase("compile_statistics"):
             return self._compile(vocab, dtype, device, two_models, ref_vocab)
 
