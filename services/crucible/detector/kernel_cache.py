@@ -67,6 +67,7 @@ def prepare_kernel(model_cache: Path | None, model_folder: Path, *, log: Callabl
     directory.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"torch": torch_version, "vocab": vocab, "dtype": "float32"}) + "\n", encoding="utf-8")
     log(
-        f"statistics kernel: compiled for vocabulary {vocab} (float32, CPU) into {directory} ({time.perf_counter() - started:.1f} s)"
+        f"statistics kernel: compiled for vocabulary {vocab} (float32, CPU) into {directory} "
+        f"({time.perf_counter() - started:.1f} s)"
     )
     return True
