@@ -96,3 +96,16 @@ def test_clean_question_cleans_then_checks():
         LENGTH_CHANGE,
         MEANING_CHANGE,
     }
+
+
+def test_an_added_word_that_echoes_an_option_answers():
+    # A flip of the acceptance campaign: "or nephrology" points at the nephr- options and passed every other check.
+    original = "Which of the following conditions is characterized by the presence of kidney stones (renal calculi)?"
+    options = ["Glomerulonephritis", "Interstitial nephritis", "Nephrolithiasis", "Polycystic kidney"]
+    rewrite = "What is the condition that describes the presence of kidney stones (renal calculi) or nephrology?"
+    reason, detail = cleaning.question_problem(rewrite, original, options, near_copy=False)
+    assert reason == cleaning.ANSWERS and "option B" in detail  # "nephritis" starts as "nephrology" does
+    # The same start in the original (or no added word) is no hint.
+    kept = "What condition is characterized by the presence of kidney stones (renal calculi)?"
+    assert cleaning.question_problem(kept, original, options, near_copy=False) == ("", "")
+    assert cleaning.hints_option("Which nephron part filters blood?", "Which nephron part filters the blood?", options) == []

@@ -369,6 +369,28 @@ def names_option(text: str, original: str, options: Sequence[str]) -> list[int]:
     return found
 
 
+#: Letters two words must share at their start for an added word to echo an option ("nephrology" and
+#: "Nephrolithiasis"); option words shorter than HINT_MIN_WORD are not considered.
+HINT_PREFIX = 5
+HINT_MIN_WORD = 6
+
+
+def hints_option(text: str, original: str, options: Sequence[str]) -> list[int]:
+    """Indexes of options that a word added by `text` echoes: it starts like one of the option's longer words, and no
+    word of `original` does ("... kidney stones or nephrology?" for a question whose options include Nephrolithiasis)."""
+    before = _words(original)
+    added = [w for w in _words(text) if w not in before and len(w) >= HINT_PREFIX]
+    found = []
+    for index, option in enumerate(options):
+        for word in _words(option):
+            start = word[:HINT_PREFIX]
+            echoed = any(w.startswith(start) for w in added) and not any(w.startswith(start) for w in before)
+            if len(word) >= HINT_MIN_WORD and echoed:
+                found.append(index)
+                break
+    return found
+
+
 def word_similarity(first: str, second: str) -> float:
     """Similarity of two texts' word sequences in [0, 1] (difflib's ratio over normalised words)."""
     return difflib.SequenceMatcher(None, _words(first), _words(second), autojunk=False).ratio()
@@ -427,6 +449,9 @@ def question_problem(
         return ANSWERS, "gives an answer or names an option letter"
     if named:
         return ANSWERS, f"names option {prompts.option_letter(named[0])}"
+    hinted = hints_option(rewrite, original, options)
+    if hinted:
+        return ANSWERS, f"adds a word that echoes option {prompts.option_letter(hinted[0])}"
     before, after = question_form(original), question_form(rewrite)
     if (before in ASKING_FORMS) != (after in ASKING_FORMS):
         return NOT_A_QUESTION, f"a {after} for a {before}"
