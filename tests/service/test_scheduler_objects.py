@@ -23,7 +23,7 @@ from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from crucible.runtime.config import load_config
 from crucible.scheduler.config import SchedulerConfig
-from crucible.scheduler.core import states as st
+from crucible.scheduler.domain import states as st
 from crucible.scheduler.engine import Engine, EngineSettings
 from crucible.scheduler.providers.base import ArtifactInfo, ProviderCapabilities, ProviderError, ProviderErrorKind
 from crucible.scheduler.providers.registry import ProviderRegistry

@@ -16,8 +16,8 @@ from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.errors import InvalidArgument, NotFound
 from crucible.scheduler import jobspec
 from crucible.scheduler.core import sizing
-from crucible.scheduler.core import states as st
 from crucible.scheduler.core.progress import ProgressTracker, progress_line
+from crucible.scheduler.domain import states as st
 from crucible.scheduler.jobstate import JobBookkeeping, JobRecord
 from crucible.scheduler.logmirror import utf8_cut
 from crucible.scheduler.pricing import Candidate, rank_offers

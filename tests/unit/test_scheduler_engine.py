@@ -14,7 +14,7 @@ import pytest
 from crucible.api.cost.v1 import offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.errors import FailedPrecondition
-from crucible.scheduler.core import states as st
+from crucible.scheduler.domain import states as st
 from crucible.scheduler.engine import Engine, EngineSettings
 from crucible.scheduler.pricing import Candidate, UsageResult, rank_offers
 from crucible.scheduler.providers.base import (

@@ -20,7 +20,7 @@ from crucible.runtime.convert import timestamp_from_unix
 from crucible.runtime.errors import AlreadyExists, FailedPrecondition, Unavailable
 from crucible.scheduler import inputs as job_inputs
 from crucible.scheduler import joboutputs, jobspec
-from crucible.scheduler.core import states
+from crucible.scheduler.domain import states
 from crucible.scheduler.engine_settings import EngineSettings
 from crucible.scheduler.jobfolders import JobFolders
 from crucible.scheduler.jobstate import JobBookkeeping, JobRecord, StoredCandidate
@@ -126,7 +126,12 @@ class JobCreator:
         now_s = self.clock()
         now = timestamp_from_unix(now_s)
         job = job_pb2.Job(
-            spec=spec, state=states.PENDING, provider=first.provider, offer=first.offer, create_time=now, update_time=now
+            spec=spec,
+            state=job_pb2.JOB_STATE_PENDING,
+            provider=first.provider,
+            offer=first.offer,
+            create_time=now,
+            update_time=now,
         )
         if spec.WhichOneof("code") == "code_archive":
             job.spec.ClearField("code_archive")

@@ -20,8 +20,9 @@ from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.errors import FailedPrecondition, NotFound, Unavailable
 from crucible.scheduler import artifacts as artifact_files
 from crucible.scheduler import jobspec
-from crucible.scheduler.core import states
 from crucible.scheduler.creation import JobCreator
+from crucible.scheduler.domain import states
+from crucible.scheduler.domain.decide import CancelRequested
 from crucible.scheduler.driver import JobDriver
 from crucible.scheduler.engine_settings import EngineSettings
 from crucible.scheduler.job_artifacts import ArtifactEntry, DownloadChunk, JobArtifacts
@@ -78,12 +79,12 @@ class Engine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         self._retention_task: asyncio.Task[None] | None = None
-        self.lifecycle = JobLifecycle(settings, store, self.now)
-        self.limits = UsageAndLimits(settings, pricing, self.lifecycle, self.now)
+        self.lifecycle = JobLifecycle(settings, store, self.folders, self.now)
+        self.limits = UsageAndLimits(settings, pricing, self.now)
         self.progress = ProgressRecorder(store, self.objects, self.folders, self.lifecycle, self.now)
         self.log_mirror = LogMirror(settings, self.folders, self.progress)
         self.job_artifacts = JobArtifacts(settings, registry, self.objects, self.folders, store, self.now)
-        self.launcher = JobLauncher(settings, registry, self.objects, self.folders, self.lifecycle, self.limits, self.now)
+        self.launcher = JobLauncher(settings, registry, self.objects, self.folders, self.limits, self.now)
         self.driver = JobDriver(
             settings,
             registry,
@@ -185,8 +186,7 @@ class Engine:
                 raise _not_cancellable(job_id, state)
             if state == states.CANCELLING:
                 return snapshot(live.rec)
-            await self.lifecycle.cancel(live, f"cancelled: {reason or 'user request'}")
-        live.wake.set()
+            await self.lifecycle.decide(live, CancelRequested(f"cancelled: {reason or 'user request'}"))
         return snapshot(live.rec)
 
     async def watch(self, job_id: str) -> AsyncIterator[job_pb2.Job]:

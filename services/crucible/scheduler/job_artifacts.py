@@ -20,7 +20,7 @@ from crucible.runtime.convert import unix_seconds
 from crucible.runtime.errors import CrucibleError, FailedPrecondition, NotFound, OutOfRange, Unavailable
 from crucible.scheduler import artifacts as artifact_files
 from crucible.scheduler import joboutputs
-from crucible.scheduler.core import states
+from crucible.scheduler.domain import states
 from crucible.scheduler.engine_settings import EngineSettings
 from crucible.scheduler.jobfolders import JobFolders
 from crucible.scheduler.jobstate import JobRecord, LiveJob

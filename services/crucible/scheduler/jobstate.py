@@ -17,7 +17,7 @@ from typing import Any
 from crucible.api.cost.v1 import offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.scheduler.core.progress import ProgressTracker
-from crucible.scheduler.providers.base import RunHandle
+from crucible.scheduler.providers.base import RunHandle, RunStatus
 
 #: The two log streams every attempt has, in the order they are mirrored.
 STREAMS = ("stdout", "stderr")
@@ -267,6 +267,11 @@ class LiveJob:
         self.partial: dict[str, bytes] = dict.fromkeys(STREAMS, b"")
         self.progress_saved_at = 0.0
         self.progress_dirty = False
+        self.files_ready = False  # the job's files are prepared for the next launch (decide.PrepareFiles)
+        self.store_env: dict[str, str] = {}  # store URLs and scoped keys of the next launch (never logged)
+        self.new_handle: RunHandle | None = None  # a run handle just returned by a provider, until recorded
+        self.ended_status: RunStatus | None = None  # how the attempt's run ended, until the attempt is closed
+        self._offers: list[offer_pb2.Offer] | None = None
         stored = rec.job.progress
         progress = self.tracker.progress
         progress.step = stored.step if stored.HasField("step") else None
@@ -274,6 +279,12 @@ class LiveJob:
         progress.epoch = stored.epoch if stored.HasField("epoch") else None
         progress.total_epochs = stored.total_epochs if stored.HasField("total_epochs") else None
         progress.metrics = dict(stored.metrics)
+
+    def candidate_offers(self) -> list[offer_pb2.Offer]:
+        """The job's candidate offers, in launch order (parsed once: they do not change after CreateJob)."""
+        if self._offers is None:
+            self._offers = [stored.offer() for stored in self.rec.bookkeeping.candidates]
+        return self._offers
 
     @property
     def job(self) -> job_pb2.Job:

@@ -1,6 +1,5 @@
-"""Launching attempts and failing over: each attempt goes to the first offer whose provider and location are not
-blocked; launch errors block the (provider, region) or the provider and the next offer is tried. After a restart, an
-attempt whose handle was never recorded is looked up with `Provider.find()` before anything is launched again.
+"""Launching attempts: the I/O behind decide's PrepareFiles, Submit and FindLostRun (which offer, what a failure
+blocks and what comes next are decided in `domain/decide.py`). Transient errors are retried on the same offer here.
 
 Also what an attempt needs before it starts: inputs staged to the store, a fresh working folder on a relaunch,
 presigned URLs for rented machines, and the `LaunchSpec` handed to the provider.
@@ -13,15 +12,14 @@ import logging
 from collections.abc import Callable
 
 from crucible.api.cost.v1 import offer_pb2
-from crucible.runtime.convert import timestamp_from_unix
 from crucible.runtime.errors import CrucibleError
 from crucible.scheduler import inputs as job_inputs
 from crucible.scheduler import joboutputs
-from crucible.scheduler.core import states
+from crucible.scheduler.domain import decide as rules
+from crucible.scheduler.domain.job import LaunchError
 from crucible.scheduler.engine_settings import EngineSettings
 from crucible.scheduler.jobfolders import JobFolders
 from crucible.scheduler.jobstate import JobRecord, LiveJob
-from crucible.scheduler.lifecycle import JobLifecycle, Outcome, attempt_in_progress
 from crucible.scheduler.pricing import Candidate
 from crucible.scheduler.providers.base import (
     LaunchSpec,
@@ -43,8 +41,6 @@ FETCHES_INPUTS = frozenset({"lambda", "paperspace", "runpod", "kubernetes"})
 MAX_REMOTE_INPUT_OBJECTS = 1000
 #: Error kinds retried `transient_retries` times on the same offer before failing over.
 RETRIED_KINDS = (ProviderErrorKind.TRANSIENT, ProviderErrorKind.MALFORMED_RESPONSE)
-#: Error kinds that block the whole provider (the others block only the offer's region).
-PROVIDER_WIDE_KINDS = (ProviderErrorKind.QUOTA, ProviderErrorKind.AUTH)
 
 #: (code URL, ((input path, URL), ...)) a rented machine downloads.
 RemoteUrls = tuple[str, tuple[tuple[str, str], ...]]
@@ -64,12 +60,6 @@ def offer_ref(offer: offer_pb2.Offer) -> OfferRef:
     )
 
 
-def remember_handle(rec: JobRecord, attempt: int, handle: RunHandle) -> None:
-    """Record the run handle of an attempt, in the bookkeeping and as the attempt's provider_ref."""
-    rec.bookkeeping.remember_handle(attempt, handle)
-    rec.job.attempts[attempt - 1].provider_ref = handle.ref
-
-
 class JobLauncher:
     """Launches a job's next attempt, failing over between its offers, or re-finds one launched before a crash."""
 
@@ -79,7 +69,6 @@ class JobLauncher:
         registry: ProviderRegistry,
         objects: JobObjectStore,
         folders: JobFolders,
-        lifecycle: JobLifecycle,
         limits: UsageAndLimits,
         clock: Callable[[], float],
     ) -> None:
@@ -87,7 +76,6 @@ class JobLauncher:
         self.registry = registry
         self.objects = objects
         self.folders = folders
-        self.lifecycle = lifecycle
         self.limits = limits
         self.clock = clock
 
@@ -107,37 +95,13 @@ class JobLauncher:
             log.warning("looking up attempt %d of %s failed: %s", attempt_number, rec.job.job_id, exc)
             return None
 
-    async def cancel_unlaunched(self, live: LiveJob) -> None:
-        """CANCELLING without a recorded handle (a restart during the launch): find the run, else cancel outright."""
-        rec = live.rec
-        if attempt_in_progress(rec):
-            found = await self.find_run(rec)
-            if found is not None:
-                async with live.lock:
-                    remember_handle(rec, len(rec.job.attempts), found)
-                    await self.lifecycle.save(live)
-                return  # the driver's follow loop sends the cancel
-        async with live.lock:
-            await self.lifecycle.cancelled_without_run(live)
-
-    async def reattach_or_launch(self, live: LiveJob) -> None:
-        """Re-attach to a run launched before a crash (its handle never recorded), else launch the next attempt."""
-        rec = live.rec
-        if attempt_in_progress(rec):
-            found = await self.find_run(rec)
-            async with live.lock:
-                if found is not None:
-                    remember_handle(rec, len(rec.job.attempts), found)
-                    await self.lifecycle.save(live)
-                    return
-                self.lifecycle.end_attempt(
-                    rec,
-                    Outcome.ATTEMPT_OUTCOME_LAUNCH_FAILED,
-                    None,
-                    "the scheduler stopped during the launch and the provider has no run for it",
-                )
-                await self.lifecycle.save(live)
-        await self.launch(live)
+    async def find_lost_run(self, live: LiveJob) -> rules.Event:
+        """decide.FindLostRun: LostRunFound (the handle kept on the live job until recorded) or LostRunMissing."""
+        found = await self.find_run(live.rec)
+        if found is None:
+            return rules.LostRunMissing()
+        live.new_handle = found
+        return rules.LostRunFound(found.ref)
 
     # --- what an attempt is launched with ------------------------------------------------------------------------
 
@@ -261,88 +225,42 @@ class JobLauncher:
                 break
         return None, error
 
-    async def launch(self, live: LiveJob) -> None:
-        """Launch the next attempt on the first offer not blocked, failing over on launch errors; FAILED when the
-        job's files cannot be prepared, the provider rejects the job, or no offer is left."""
-        rec, book = live.rec, live.book
-        resume = any(attempt.HasField("start_time") for attempt in rec.job.attempts) or rec.job.state == states.RECOVERING
-        failures: list[str] = []
+    async def prepare(self, live: LiveJob) -> rules.Event:
+        """decide.PrepareFiles: the job's files ready for the next launches (FilesReady) or not (FilesFailed)."""
+        rec = live.rec
         try:
             await asyncio.to_thread(self._prepare_attempt, rec, bool(rec.job.attempts))
-            store_env = await asyncio.to_thread(self.objects.job_env, rec.job.job_id, self.limits.remaining_seconds(rec))
+            live.store_env = await asyncio.to_thread(self.objects.job_env, rec.job.job_id, self.limits.remaining_seconds(rec))
         except (StoreError, OSError, ValueError, CrucibleError) as exc:
-            async with live.lock:
-                if not states.is_terminal(rec.job.state):
-                    await self.lifecycle.transition(live, states.FAILED, f"the job's files could not be prepared: {exc}"[:1000])
-            return
-        for candidate in [Candidate(stored.offer(), stored.estimated_usd) for stored in book.candidates]:
-            if book.is_blocked(candidate.provider, candidate.offer.region):
-                continue
-            async with live.lock:
-                if rec.job.state not in (states.PENDING, states.RECOVERING, states.PROVISIONING):
-                    return  # cancelled meanwhile
-                attempt_number = len(rec.job.attempts) + 1
-                rec.job.attempts.add(
-                    attempt=attempt_number,
-                    provider=candidate.provider,
-                    offer=candidate.offer,
-                    outcome=Outcome.ATTEMPT_OUTCOME_IN_PROGRESS,
-                    create_time=timestamp_from_unix(self.clock()),
-                )
-                book.log_starts[attempt_number] = self.folders.log_sizes(rec.job.job_id)
-                rec.job.provider = candidate.provider
-                rec.job.offer.CopyFrom(candidate.offer)
-                if rec.job.state != states.PROVISIONING:
-                    await self.lifecycle.transition(
-                        live, states.PROVISIONING, f"launching attempt {attempt_number} on {candidate.offer.offer_id}"
-                    )
-                else:
-                    await self.lifecycle.save(live)
-            provider = self.registry.load(candidate.provider)
-            handle: RunHandle | None = None
-            error: ProviderError | None = None
-            urls: RemoteUrls = ("", ())
-            try:
-                urls = await self._provider_files(rec, candidate.provider, provider)
-            except (StoreError, OSError) as exc:
-                provider, error = None, ProviderError(candidate.provider, ProviderErrorKind.INVALID, f"the job's files: {exc}")
-            if provider is None:
-                error = error or ProviderError(
-                    candidate.provider, ProviderErrorKind.AUTH, self.registry.error(candidate.provider) or "unavailable"
-                )
-            else:
-                code_url, input_urls = urls
-                spec = self.launch_spec(rec, attempt_number, candidate, resume, store_env, code_url, input_urls)
-                handle, error = await self._submit(provider, candidate, spec)
-            async with live.lock:
-                if handle is not None:
-                    remember_handle(rec, attempt_number, handle)
-                    await self.lifecycle.save(live)
-                    if rec.job.state == states.CANCELLING:
-                        live.wake.set()
-                    return
-                if error is None:
-                    raise RuntimeError(f"launch of {rec.job.job_id} ended with neither a handle nor an error")
-                text = str(error)
-                failures.append(text)
-                self.lifecycle.end_attempt(rec, Outcome.ATTEMPT_OUTCOME_LAUNCH_FAILED, None, text)
-                if error.kind in PROVIDER_WIDE_KINDS:
-                    book.blocked_providers.append(candidate.provider)
-                else:
-                    book.blocked_locations.append((candidate.provider, candidate.offer.region))
-                if rec.job.state == states.CANCELLING:
-                    await self.lifecycle.transition(live, states.CANCELLED, book.cancel_text)
-                    return
-                if error.kind == ProviderErrorKind.INVALID:
-                    await self.lifecycle.transition(live, states.FAILED, f"the provider rejected the job: {text}")
-                    return
-                await self.lifecycle.save(live)
-                log.warning("launch of %s attempt %d failed (%s); failing over", rec.job.job_id, attempt_number, text)
-        async with live.lock:
-            if rec.job.state == states.CANCELLING:
-                await self.lifecycle.transition(live, states.CANCELLED, book.cancel_text)
-                return
-            if states.is_terminal(rec.job.state):
-                return
-            detail = "; ".join(failures[-3:]) or "every offer's provider or location is blocked"
-            await self.lifecycle.transition(live, states.FAILED, f"no offer could be launched: {detail}"[:1000])
+            return rules.FilesFailed(str(exc))
+        return rules.FilesReady()
+
+    async def submit(self, live: LiveJob, action: rules.Submit) -> rules.Event:
+        """decide.Submit: launch the attempt on its offer; Launched (the handle kept on the live job until recorded)
+        or LaunchFailed with the error kind that decides what is blocked."""
+        rec = live.rec
+        offer = rec.job.attempts[action.attempt - 1].offer
+        candidate = Candidate(offer, None)
+        provider = self.registry.load(candidate.provider)
+        handle: RunHandle | None = None
+        error: ProviderError | None = None
+        urls: RemoteUrls = ("", ())
+        try:
+            urls = await self._provider_files(rec, candidate.provider, provider)
+        except (StoreError, OSError) as exc:
+            provider, error = None, ProviderError(candidate.provider, ProviderErrorKind.INVALID, f"the job's files: {exc}")
+        if provider is None:
+            error = error or ProviderError(
+                candidate.provider, ProviderErrorKind.AUTH, self.registry.error(candidate.provider) or "unavailable"
+            )
+        else:
+            code_url, input_urls = urls
+            spec = self.launch_spec(rec, action.attempt, candidate, action.resume, live.store_env, code_url, input_urls)
+            handle, error = await self._submit(provider, candidate, spec)
+        if handle is not None:
+            live.new_handle = handle
+            return rules.Launched(handle.ref)
+        if error is None:
+            raise RuntimeError(f"launch of {rec.job.job_id} ended with neither a handle nor an error")
+        log.warning("launch of %s attempt %d failed (%s); failing over", rec.job.job_id, action.attempt, error)
+        return rules.LaunchFailed(LaunchError(error.kind.value), str(error))

@@ -1,7 +1,7 @@
-"""The job state machine in the engine: saving and announcing changes, transitions, ending attempts, and the policy
-that turns an ended run into the job's next state (success, restart, recovery, failure, cancellation).
+"""The job's record under the scheduler's decisions: builds the domain view of a live job, asks `domain/decide.py`
+what an event leads to, and carries out the actions that change the record (saving and announcing each change).
 
-Allowed transitions are declared in `core/states.py`; this module applies them to a live job and persists each one.
+The I/O actions (launching, polling, collecting, billing) are returned to the driver, which carries them out.
 """
 
 from __future__ import annotations
@@ -9,40 +9,150 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from crucible.api.cost.v1 import offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.convert import timestamp_from_unix
-from crucible.scheduler.core import states
+from crucible.scheduler.domain import decide as rules
+from crucible.scheduler.domain import states
+from crucible.scheduler.domain.job import Attempt, JobState, Offer, Outcome, Policy
 from crucible.scheduler.engine_settings import EngineSettings
+from crucible.scheduler.jobfolders import JobFolders
 from crucible.scheduler.jobstate import JobRecord, LiveJob
-from crucible.scheduler.providers.base import RunHandle, RunState, RunStatus
+from crucible.scheduler.providers.base import RunHandle
 from crucible.scheduler.store import AsyncJobStore
 
 log = logging.getLogger(__name__)
 
-Outcome = job_pb2.AttemptOutcome
+ProtoOutcome = job_pb2.AttemptOutcome
 
 
 def current_handle(rec: JobRecord) -> RunHandle | None:
     """The run handle of the attempt in progress, or None (no attempt, it ended, or its handle was never recorded)."""
     attempt = len(rec.job.attempts)
     handle = rec.bookkeeping.handles.get(attempt)
-    if handle is None or rec.job.attempts[attempt - 1].outcome != Outcome.ATTEMPT_OUTCOME_IN_PROGRESS:
+    if handle is None or rec.job.attempts[attempt - 1].outcome != ProtoOutcome.ATTEMPT_OUTCOME_IN_PROGRESS:
         return None
     return handle
 
 
-def attempt_in_progress(rec: JobRecord) -> bool:
-    """Whether the job's last attempt has not ended (it may lack a handle after a crash during its launch)."""
-    return bool(rec.job.attempts) and rec.job.attempts[-1].outcome == Outcome.ATTEMPT_OUTCOME_IN_PROGRESS
+def remember_handle(rec: JobRecord, attempt: int, handle: RunHandle) -> None:
+    """Record the run handle of an attempt, in the bookkeeping and as the attempt's provider_ref."""
+    rec.bookkeeping.remember_handle(attempt, handle)
+    rec.job.attempts[attempt - 1].provider_ref = handle.ref
+
+
+def domain_offer(offer: offer_pb2.Offer) -> Offer:
+    """What the decisions need of a priced offer."""
+    return Offer(offer.offer_id, offer.provider, offer.region, offer.spot)
+
+
+def job_view(live: LiveJob, max_recoveries: int) -> JobState:
+    """The live job as the decisions see it."""
+    job, book = live.job, live.book
+    attempts = tuple(
+        Attempt(
+            number=a.attempt,
+            offer=domain_offer(a.offer),
+            outcome=Outcome(a.outcome),
+            has_run=a.attempt in book.handles,
+            started=a.HasField("start_time"),
+            exit_code=a.exit_code if a.HasField("exit_code") else None,
+            reason=a.reason,
+        )
+        for a in job.attempts
+    )
+    restart = job.spec.restart_policy
+    return JobState(
+        state=states.State(job.state),
+        attempts=attempts,
+        candidates=tuple(domain_offer(offer) for offer in live.candidate_offers()),
+        policy=Policy(
+            max_restarts_on_errors=restart.max_restarts_on_errors,
+            recover_on_preemption=not restart.HasField("recover_on_preemption") or restart.recover_on_preemption,
+            max_recoveries=max_recoveries,
+        ),
+        blocked_providers=frozenset(book.blocked_providers),
+        blocked_locations=frozenset(book.blocked_locations),
+        restarts_used=book.restarts_used,
+        recoveries=book.recoveries,
+        cancel_reason=book.cancel_reason,
+        stop_reason=book.stop_reason,
+        cancel_sent=frozenset(book.cancel_sent),
+        released=frozenset(book.released),
+        files_ready=live.files_ready,
+    )
 
 
 class JobLifecycle:
-    """Persists every change of a live job before announcing it, and moves it through the state machine."""
+    """Decides with `domain.decide` and applies the record changes; persists every change before announcing it."""
 
-    def __init__(self, settings: EngineSettings, store: AsyncJobStore, clock: Callable[[], float]) -> None:
+    def __init__(self, settings: EngineSettings, store: AsyncJobStore, folders: JobFolders, clock: Callable[[], float]) -> None:
         self.settings = settings
         self.store = store
+        self.folders = folders
         self.clock = clock
+
+    async def decide(self, live: LiveJob, event: rules.Event) -> list[rules.Action]:
+        """Decide what `event` leads to (under the job's lock), carry out the record changes, return the I/O actions."""
+        new, actions = rules.decide(job_view(live, self.settings.max_recoveries), event)
+        live.files_ready = new.files_ready  # the one part of the state kept only in memory
+        io: list[rules.Action] = []
+        for action in actions:
+            if isinstance(action, rules.IO_ACTIONS):
+                io.append(action)
+            else:
+                await self.record(live, action)
+        return io
+
+    async def record(self, live: LiveJob, action: rules.Action) -> None:
+        """Carry out one action that changes only the job's record."""
+        rec, job, book = live.rec, live.job, live.book
+        match action:
+            case rules.Transition(to=to, reason=reason):
+                await self.transition(live, to, reason)
+            case rules.StartAttempt(number=number, offer=offer):
+                proto = next(o for o in live.candidate_offers() if o.offer_id == offer.offer_id)
+                job.attempts.add(
+                    attempt=number,
+                    provider=proto.provider,
+                    offer=proto,
+                    outcome=ProtoOutcome.ATTEMPT_OUTCOME_IN_PROGRESS,
+                    create_time=timestamp_from_unix(self.clock()),
+                )
+                book.log_starts[number] = self.folders.log_sizes(job.job_id)
+                job.provider = proto.provider
+                job.offer.CopyFrom(proto)
+            case rules.EndAttempt(outcome=outcome, exit_code=exit_code, reason=reason):
+                self.end_attempt(rec, job_pb2.AttemptOutcome.ValueType(outcome), exit_code, reason)
+            case rules.Block(provider=provider, region=None):
+                book.blocked_providers.append(provider)
+            case rules.Block(provider=provider, region=str(region)):
+                book.blocked_locations.append((provider, region))
+            case rules.Relaunch(kind="restart"):
+                book.restarts_used += 1
+            case rules.Relaunch():
+                book.recoveries += 1
+            case rules.RememberRun(attempt=number, ref=ref):
+                handle = live.new_handle
+                if handle is None or handle.ref != ref:
+                    raise RuntimeError(f"no run handle {ref!r} to record for attempt {number} of {job.job_id}")
+                remember_handle(rec, number, handle)
+                live.new_handle = None
+            case rules.StampStart(attempt=number):
+                now = timestamp_from_unix(self.clock())
+                job.attempts[number - 1].start_time.CopyFrom(now)
+                if not job.HasField("start_time"):
+                    job.start_time.CopyFrom(now)
+            case rules.SetCancelReason(text=text):
+                book.cancel_reason = text
+            case rules.SetStopReason(text=text):
+                book.stop_reason = text
+            case rules.Save():
+                await self.save(live)
+            case rules.Wake():
+                live.wake.set()
+            case _:
+                raise TypeError(f"not a record action: {action!r}")
 
     async def save(self, live: LiveJob) -> None:
         """Commit the job (and its bookkeeping), then wake its watchers."""
@@ -52,13 +162,14 @@ class JobLifecycle:
             live.version += 1
             live.changed.notify_all()
 
-    async def transition(self, live: LiveJob, to: job_pb2.JobState.ValueType, reason: str) -> None:
+    async def transition(self, live: LiveJob, to: int, reason: str) -> None:
         """Move the job to state `to` (refused unless the state machine allows it), recorded with its reason."""
         job = live.job
         states.check_transition(job.state, to)
         now = timestamp_from_unix(self.clock())
-        job.transitions.add(from_state=job.state, to_state=to, time=now, reason=reason, attempt=len(job.attempts))
-        job.state = to
+        target = job_pb2.JobState.ValueType(to)
+        job.transitions.add(from_state=job.state, to_state=target, time=now, reason=reason, attempt=len(job.attempts))
+        job.state = target
         if states.is_terminal(to):
             job.end_time.CopyFrom(now)
         log.info("job %s -> %s: %s", job.job_id, states.name(to), reason)
@@ -66,74 +177,12 @@ class JobLifecycle:
 
     def end_attempt(self, rec: JobRecord, outcome: job_pb2.AttemptOutcome.ValueType, exit_code: int | None, reason: str) -> None:
         """Close the attempt in progress with its outcome (a no-op when none is in progress)."""
-        if not attempt_in_progress(rec):
+        if not rec.job.attempts or rec.job.attempts[-1].outcome != ProtoOutcome.ATTEMPT_OUTCOME_IN_PROGRESS:
             return
         attempt = rec.job.attempts[-1]
         attempt.outcome = outcome
         attempt.reason = reason[:500]
         if exit_code is not None:
             attempt.exit_code = exit_code
-        if not attempt.HasField("end_time"):  # settle() gets the run's real end first (it may have ended while down)
+        if not attempt.HasField("end_time"):  # the driver records the run's real end first (it may have ended while down)
             attempt.end_time.CopyFrom(timestamp_from_unix(self.clock()))
-
-    async def cancel(self, live: LiveJob, text: str) -> None:
-        """CancelJob on a live job (under its lock): cancelled at once when nothing runs, else CANCELLING."""
-        live.book.cancel_reason = text
-        state = live.job.state
-        if state == states.PENDING or (state == states.RECOVERING and current_handle(live.rec) is None):
-            await self.transition(live, states.CANCELLED, text)
-        else:
-            await self.transition(live, states.CANCELLING, text)
-
-    async def cancelled_without_run(self, live: LiveJob) -> None:
-        """A cancellation that found no run to stop: the attempt (if any) is stopped and the job CANCELLED."""
-        self.end_attempt(live.rec, Outcome.ATTEMPT_OUTCOME_STOPPED, None, live.book.cancel_text)
-        await self.transition(live, states.CANCELLED, live.book.cancel_text)
-
-    async def settle(self, live: LiveJob, status: RunStatus, max_duration_reached: bool, max_duration_s: float) -> None:
-        """The job's next state after its attempt's run ended (under the job's lock): succeeded, cancelled, stopped by
-        a limit, restarted after a non-zero exit, recovered after preemption or a lost machine, or failed."""
-        rec, job = live.rec, live.job
-        book, spec = live.book, job.spec
-        attempt_number = len(job.attempts)
-        exit_code = status.exit_code
-        detail = status.message or (f"exit status {exit_code}" if exit_code is not None else status.state.value)
-        limit_hit = status.message == "time limit reached" or max_duration_reached
-        attempt = job.attempts[-1]
-        if status.state == RunState.SUCCEEDED:
-            self.end_attempt(rec, Outcome.ATTEMPT_OUTCOME_SUCCEEDED, 0, "exit status 0")
-            note = "finished before the cancellation took effect; " if job.state == states.CANCELLING else ""
-            await self.transition(live, states.SUCCEEDED, f"{note}attempt {attempt_number} exited with status 0")
-        elif job.state == states.CANCELLING:
-            self.end_attempt(rec, Outcome.ATTEMPT_OUTCOME_STOPPED, exit_code, book.cancel_text)
-            await self.transition(live, states.CANCELLED, book.cancel_text)
-        elif book.stop_reason:
-            self.end_attempt(rec, Outcome.ATTEMPT_OUTCOME_STOPPED, exit_code, book.stop_reason)
-            await self.transition(live, states.FAILED, f"stopped: {book.stop_reason}")
-        elif status.state == RunState.FAILED and limit_hit:
-            text = f"maximum duration {max_duration_s:.0f}s reached"
-            self.end_attempt(rec, Outcome.ATTEMPT_OUTCOME_STOPPED, exit_code, text)
-            await self.transition(live, states.FAILED, f"stopped: {text}")
-        elif status.state == RunState.FAILED:
-            self.end_attempt(rec, Outcome.ATTEMPT_OUTCOME_USER_ERROR, exit_code, detail)
-            used, limit = book.restarts_used, spec.restart_policy.max_restarts_on_errors
-            if used < limit:
-                book.restarts_used = used + 1
-                await self.transition(live, states.RECOVERING, f"{detail} (restart {used + 1} of {limit})")
-            else:
-                suffix = f" (restart limit {limit} reached)" if limit else ""
-                await self.transition(live, states.FAILED, f"attempt {attempt_number}: {detail}{suffix}")
-        else:  # PREEMPTED, or CANCELLED by the provider on its own
-            lost = not attempt.offer.spot or status.state == RunState.CANCELLED
-            outcome = Outcome.ATTEMPT_OUTCOME_LOST if lost else Outcome.ATTEMPT_OUTCOME_PREEMPTED
-            what = (f"lost by {attempt.provider}" if lost else f"preempted by {attempt.provider}") + (
-                f": {detail}" if detail else ""
-            )
-            self.end_attempt(rec, outcome, exit_code, what)
-            recover = not spec.restart_policy.HasField("recover_on_preemption") or spec.restart_policy.recover_on_preemption
-            if recover and book.recoveries < self.settings.max_recoveries:
-                book.recoveries += 1
-                await self.transition(live, states.RECOVERING, f"{what}; relaunching to resume from the latest checkpoint")
-            else:
-                why = "recovery disabled" if not recover else f"{book.recoveries} recoveries already"
-                await self.transition(live, states.FAILED, f"{what} ({why})")

@@ -12,7 +12,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from crucible.scheduler.core import states
+from crucible.scheduler.domain import states
 from crucible.scheduler.engine_settings import EngineSettings
 from crucible.scheduler.jobfolders import JobFolders
 from crucible.scheduler.jobstate import STREAMS, JobRecord, LiveJob

@@ -1,7 +1,7 @@
 """Usage and limits of a running job: runtime over attempts, usage recorded with the cost service per interval, and
 the limits that stop a job (max duration, max_cost_usd, an exhausted hard budget).
 
-A limit sets the bookkeeping's `stop_reason`; the driver then cancels the run and the lifecycle fails the job with it.
+A limit reached is reported to the driver, which hands it to `domain/decide.py` (LimitReached: stop the run, fail the job).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from crucible.runtime.convert import timestamp_from_unix, unix_seconds
 from crucible.scheduler.engine_settings import EngineSettings
 from crucible.scheduler.jobspec import max_duration_seconds
 from crucible.scheduler.jobstate import JobRecord, LiveJob
-from crucible.scheduler.lifecycle import JobLifecycle
 from crucible.scheduler.pricing import OfferSource
 from crucible.scheduler.providers.base import RunStatus
 
@@ -27,12 +26,9 @@ def priced(offer: offer_pb2.Offer) -> bool:
 class UsageAndLimits:
     """Records usage of the current attempt and applies the job's limits."""
 
-    def __init__(
-        self, settings: EngineSettings, pricing: OfferSource, lifecycle: JobLifecycle, clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, settings: EngineSettings, pricing: OfferSource, clock: Callable[[], float]) -> None:
         self.settings = settings
         self.pricing = pricing
-        self.lifecycle = lifecycle
         self.clock = clock
 
     def max_duration_s(self, spec: job_pb2.JobSpec) -> float:
@@ -61,39 +57,35 @@ class UsageAndLimits:
         earliest = unix_seconds(attempt.start_time if attempt.HasField("start_time") else attempt.create_time)
         return max(earliest, min(float(status.end_time), now))
 
-    async def record_usage(self, live: LiveJob, final: bool) -> None:
+    async def record_usage(self, live: LiveJob, final: bool) -> str:
         """RecordUsage of the current attempt since the last record (every usage_interval_s, and once at its end);
-        the answer updates the job's spend and may set a stop reason (max_cost_usd, an exhausted hard budget)."""
+        the answer updates the job's spend. Returns the limit it reached (max_cost_usd, an exhausted hard budget) or ""."""
         rec, book = live.rec, live.book
         if not self.pricing.known or not rec.job.attempts:
-            return
+            return ""
         attempt = rec.job.attempts[-1]
         if not attempt.HasField("start_time") or not priced(attempt.offer):
-            return
+            return ""
         start = book.usage_until.get(attempt.attempt, unix_seconds(attempt.start_time))
         end = unix_seconds(attempt.end_time) if attempt.HasField("end_time") else self.clock()
         if end <= start or (not final and end - start < self.settings.usage_interval_s):
-            return
+            return ""
         result = await self.pricing.record(rec.job.job_id, attempt.offer.offer_id, rec.job.spec.budget_scope, start, end)
         if result is None:
-            return
+            return ""
         book.usage_until[attempt.attempt] = end
         rec.job.cost.spent_usd = result.job_spent_usd
         rec.job.cost.update_time.CopyFrom(timestamp_from_unix(self.clock()))
         spec = rec.job.spec
-        if result.hard_budget_exhausted and not book.stop_reason:
-            book.stop_reason = result.hard_budget_exhausted
-        elif spec.HasField("max_cost_usd") and result.job_spent_usd >= spec.max_cost_usd and not book.stop_reason:
-            book.stop_reason = f"max_cost_usd ${spec.max_cost_usd:.2f} reached (spent ${result.job_spent_usd:.4f})"
+        if result.hard_budget_exhausted:
+            return result.hard_budget_exhausted
+        if spec.HasField("max_cost_usd") and result.job_spent_usd >= spec.max_cost_usd:
+            return f"max_cost_usd ${spec.max_cost_usd:.2f} reached (spent ${result.job_spent_usd:.4f})"
+        return ""
 
-    async def check_limits(self, live: LiveJob, final: bool) -> None:
-        """Record usage and check the running time; a new stop reason is saved and wakes the driver."""
-        book = live.book
-        before = book.stop_reason
-        await self.record_usage(live, final)
-        if not book.stop_reason and self.running_seconds(live.rec) > self.max_duration_s(live.job.spec) + 5:
-            book.stop_reason = f"maximum duration {self.max_duration_s(live.job.spec):.0f}s reached"
-        if book.stop_reason != before or final:
-            async with live.lock:
-                await self.lifecycle.save(live)
-            live.wake.set()
+    async def check_limits(self, live: LiveJob) -> str:
+        """Record usage (per interval) and check the running time; returns the limit reached, or ""."""
+        reason = await self.record_usage(live, final=False)
+        if not reason and self.running_seconds(live.rec) > self.max_duration_s(live.job.spec) + 5:
+            reason = f"maximum duration {self.max_duration_s(live.job.spec):.0f}s reached"
+        return reason

@@ -1,28 +1,42 @@
 """The job state machine: which transitions are allowed, and which states are terminal.
 
-States are the proto JobState numbers; the engine refuses any change this table does not list.
+States are plain integers with the numbers of the API's `JobState`, so the edge converts them by value.
 """
 
 from __future__ import annotations
 
-from crucible.api.scheduler.v1 import job_pb2
+import enum
 
-JobState = job_pb2.JobState
-PENDING = JobState.JOB_STATE_PENDING
-PROVISIONING = JobState.JOB_STATE_PROVISIONING
-RUNNING = JobState.JOB_STATE_RUNNING
-RECOVERING = JobState.JOB_STATE_RECOVERING
-SUCCEEDED = JobState.JOB_STATE_SUCCEEDED
-FAILED = JobState.JOB_STATE_FAILED
-CANCELLING = JobState.JOB_STATE_CANCELLING
-CANCELLED = JobState.JOB_STATE_CANCELLED
-UNSPECIFIED = JobState.JOB_STATE_UNSPECIFIED
+
+class State(enum.IntEnum):
+    """A job's state (numbers as in `crucible.scheduler.v1.JobState`)."""
+
+    UNSPECIFIED = 0
+    PENDING = 1
+    PROVISIONING = 2
+    RUNNING = 3
+    RECOVERING = 4
+    SUCCEEDED = 5
+    FAILED = 6
+    CANCELLING = 7
+    CANCELLED = 8
+
+
+PENDING = State.PENDING
+PROVISIONING = State.PROVISIONING
+RUNNING = State.RUNNING
+RECOVERING = State.RECOVERING
+SUCCEEDED = State.SUCCEEDED
+FAILED = State.FAILED
+CANCELLING = State.CANCELLING
+CANCELLED = State.CANCELLED
+UNSPECIFIED = State.UNSPECIFIED
 
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 # from-state -> states it may move to. Provisioning may end at once (a remote run that finished between polls);
 # a cancelled run that had already finished keeps its real outcome.
-ALLOWED: dict[int, frozenset[int]] = {
+ALLOWED: dict[int, frozenset[State]] = {
     UNSPECIFIED: frozenset({PENDING}),
     PENDING: frozenset({PROVISIONING, FAILED, CANCELLED}),
     PROVISIONING: frozenset({RUNNING, RECOVERING, SUCCEEDED, FAILED, CANCELLING}),
@@ -36,12 +50,15 @@ ALLOWED: dict[int, frozenset[int]] = {
 
 
 class IllegalTransition(Exception):
-    """A transition the state machine does not allow (a bug in the engine, never the caller's fault)."""
+    """A transition the state machine does not allow (a bug in the scheduler, never the caller's fault)."""
 
 
 def name(state: int) -> str:
-    """Short upper-case name of a state, e.g. 'RUNNING'."""
-    return JobState.Name(JobState.ValueType(state)).removeprefix("JOB_STATE_")
+    """Short upper-case name of a state, e.g. 'RUNNING' (the number itself for one this version does not know)."""
+    try:
+        return State(state).name
+    except ValueError:
+        return str(state)
 
 
 def is_terminal(state: int) -> bool:
