@@ -1,0 +1,186 @@
+"""The job's record under the scheduler's decisions: builds the domain view of a live job, asks `domain/decide.py`
+what an event leads to, and carries out the actions that change the record (saving and announcing each change).
+
+The I/O actions (launching, polling, collecting, billing) are returned to the driver, which carries them out.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from crucible.api.cost.v1 import offer_pb2
+from crucible.api.scheduler.v1 import job_pb2
+from crucible.runtime.convert import timestamp_from_unix
+from crucible.scheduler.domain import decide as rules
+from crucible.scheduler.domain import states
+from crucible.scheduler.domain.job import Attempt, JobState, Offer, Outcome, Policy
+from crucible.scheduler.engine.context import SchedulerContext
+from crucible.scheduler.engine.live import LiveJob
+from crucible.scheduler.persistence.records import JobRecord
+from crucible.scheduler.providers.base import RunHandle
+
+log = logging.getLogger(__name__)
+
+ProtoOutcome = job_pb2.AttemptOutcome
+
+
+def current_handle(rec: JobRecord) -> RunHandle | None:
+    """The run handle of the attempt in progress, or None (no attempt, it ended, or its handle was never recorded)."""
+    attempt = len(rec.job.attempts)
+    handle = rec.bookkeeping.handles.get(attempt)
+    if handle is None or rec.job.attempts[attempt - 1].outcome != ProtoOutcome.ATTEMPT_OUTCOME_IN_PROGRESS:
+        return None
+    return handle
+
+
+def remember_handle(rec: JobRecord, attempt: int, handle: RunHandle) -> None:
+    """Record the run handle of an attempt, in the bookkeeping and as the attempt's provider_ref."""
+    rec.bookkeeping.remember_handle(attempt, handle)
+    rec.job.attempts[attempt - 1].provider_ref = handle.ref
+
+
+def domain_offer(offer: offer_pb2.Offer) -> Offer:
+    """What the decisions need of a priced offer."""
+    return Offer(offer.offer_id, offer.provider, offer.region, offer.spot)
+
+
+def job_view(live: LiveJob, max_recoveries: int) -> JobState:
+    """The live job as the decisions see it."""
+    job, book = live.job, live.book
+    attempts = tuple(
+        Attempt(
+            number=a.attempt,
+            offer=domain_offer(a.offer),
+            outcome=Outcome(a.outcome),
+            has_run=a.attempt in book.handles,
+            started=a.HasField("start_time"),
+            exit_code=a.exit_code if a.HasField("exit_code") else None,
+            reason=a.reason,
+        )
+        for a in job.attempts
+    )
+    restart = job.spec.restart_policy
+    return JobState(
+        state=states.State(job.state),
+        attempts=attempts,
+        candidates=tuple(domain_offer(offer) for offer in live.candidate_offers()),
+        policy=Policy(
+            max_restarts_on_errors=restart.max_restarts_on_errors,
+            recover_on_preemption=not restart.HasField("recover_on_preemption") or restart.recover_on_preemption,
+            max_recoveries=max_recoveries,
+        ),
+        blocked_providers=frozenset(book.blocked_providers),
+        blocked_locations=frozenset(book.blocked_locations),
+        restarts_used=book.restarts_used,
+        recoveries=book.recoveries,
+        cancel_reason=book.cancel_reason,
+        stop_reason=book.stop_reason,
+        cancel_sent=frozenset(book.cancel_sent),
+        released=frozenset(book.released),
+        files_ready=live.files_ready,
+    )
+
+
+class JobLifecycle:
+    """Decides with `domain.decide` and applies the record changes; persists every change before announcing it."""
+
+    def __init__(self, ctx: SchedulerContext) -> None:
+        self.settings = ctx.settings
+        self.store = ctx.store
+        self.folders = ctx.folders
+        self.clock = ctx.clock
+
+    async def decide(self, live: LiveJob, event: rules.Event) -> list[rules.Action]:
+        """Decide what `event` leads to (under the job's lock), carry out the record changes, return the I/O actions."""
+        new, actions = rules.decide(job_view(live, self.settings.max_recoveries), event)
+        live.files_ready = new.files_ready  # the one part of the state kept only in memory
+        io: list[rules.Action] = []
+        for action in actions:
+            if isinstance(action, rules.IO_ACTIONS):
+                io.append(action)
+            else:
+                await self.record(live, action)
+        return io
+
+    async def record(self, live: LiveJob, action: rules.Action) -> None:
+        """Carry out one action that changes only the job's record."""
+        rec, job, book = live.rec, live.job, live.book
+        match action:
+            case rules.Transition(to=to, reason=reason):
+                await self.transition(live, to, reason)
+            case rules.StartAttempt(number=number, offer=offer):
+                proto = next(o for o in live.candidate_offers() if o.offer_id == offer.offer_id)
+                job.attempts.add(
+                    attempt=number,
+                    provider=proto.provider,
+                    offer=proto,
+                    outcome=ProtoOutcome.ATTEMPT_OUTCOME_IN_PROGRESS,
+                    create_time=timestamp_from_unix(self.clock()),
+                )
+                book.log_starts[number] = self.folders.log_sizes(job.job_id)
+                job.provider = proto.provider
+                job.offer.CopyFrom(proto)
+            case rules.EndAttempt(outcome=outcome, exit_code=exit_code, reason=reason):
+                self.end_attempt(rec, job_pb2.AttemptOutcome.ValueType(outcome), exit_code, reason)
+            case rules.Block(provider=provider, region=None):
+                book.blocked_providers.append(provider)
+            case rules.Block(provider=provider, region=str(region)):
+                book.blocked_locations.append((provider, region))
+            case rules.Relaunch(kind="restart"):
+                book.restarts_used += 1
+            case rules.Relaunch():
+                book.recoveries += 1
+            case rules.RememberRun(attempt=number, ref=ref):
+                handle = live.new_handle
+                if handle is None or handle.ref != ref:
+                    raise RuntimeError(f"no run handle {ref!r} to record for attempt {number} of {job.job_id}")
+                remember_handle(rec, number, handle)
+                live.new_handle = None
+            case rules.StampStart(attempt=number):
+                now = timestamp_from_unix(self.clock())
+                job.attempts[number - 1].start_time.CopyFrom(now)
+                if not job.HasField("start_time"):
+                    job.start_time.CopyFrom(now)
+            case rules.SetCancelReason(text=text):
+                book.cancel_reason = text
+            case rules.SetStopReason(text=text):
+                book.stop_reason = text
+            case rules.Save():
+                await self.save(live)
+            case rules.Wake():
+                live.wake.set()
+            case _:
+                raise TypeError(f"not a record action: {action!r}")
+
+    async def save(self, live: LiveJob) -> None:
+        """Commit the job (and its bookkeeping), then wake its watchers."""
+        live.job.update_time.CopyFrom(timestamp_from_unix(self.clock()))
+        await self.store.update(live.rec)
+        async with live.changed:
+            live.version += 1
+            live.changed.notify_all()
+
+    async def transition(self, live: LiveJob, to: int, reason: str) -> None:
+        """Move the job to state `to` (refused unless the state machine allows it), recorded with its reason."""
+        job = live.job
+        states.check_transition(job.state, to)
+        now = timestamp_from_unix(self.clock())
+        target = job_pb2.JobState.ValueType(to)
+        job.transitions.add(from_state=job.state, to_state=target, time=now, reason=reason, attempt=len(job.attempts))
+        job.state = target
+        if states.is_terminal(to):
+            job.end_time.CopyFrom(now)
+        log.info("job %s -> %s: %s", job.job_id, states.name(to), reason)
+        await self.save(live)
+
+    def end_attempt(self, rec: JobRecord, outcome: job_pb2.AttemptOutcome.ValueType, exit_code: int | None, reason: str) -> None:
+        """Close the attempt in progress with its outcome (a no-op when none is in progress)."""
+        if not rec.job.attempts or rec.job.attempts[-1].outcome != ProtoOutcome.ATTEMPT_OUTCOME_IN_PROGRESS:
+            return
+        attempt = rec.job.attempts[-1]
+        attempt.outcome = outcome
+        attempt.reason = reason[:500]
+        if exit_code is not None:
+            attempt.exit_code = exit_code
+        if not attempt.HasField("end_time"):  # the driver records the run's real end first (it may have ended while down)
+            attempt.end_time.CopyFrom(timestamp_from_unix(self.clock()))
