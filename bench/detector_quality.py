@@ -179,14 +179,27 @@ def source_of(name: str) -> str:
 
 
 #: Candidate probabilities: name -> features of a logistic regression (all standardised).
+#: In order of preference: the per-text normalised scores first (the criterion is standardised by the text's own
+#: expected log-likelihood and variance, Binoculars is a ratio), which carry over to a new domain; then combinations
+#: that contain the criterion; then the raw per-token means, whose level depends on how predictable a domain's
+#: human prose is (encyclopedic text is), last.
 CANDIDATES = {
     "criterion": ("fast_detectgpt",),
-    "log_likelihood": ("log_likelihood",),
+    "binoculars": ("binoculars",),
+    "criterion+binoculars": ("fast_detectgpt", "binoculars"),
     "criterion+log_likelihood": ("fast_detectgpt", "log_likelihood"),
+    "log_likelihood": ("log_likelihood",),
+    "log_rank": ("log_rank",),
+    "entropy": ("entropy",),
     "ensemble (5 features)": ("fast_detectgpt", "binoculars", "log_likelihood", "log_rank", "entropy"),
 }
+#: A combination of two features this correlated (|r| on the fit texts) is not a candidate: its fit can only use the
+#: residual between near-duplicates, with large opposite-signed coefficients (the failure of the first ensemble).
+MAX_CORRELATION = 0.95
+#: Candidates that are one member calibrated alone (the fallback when no combination holds up).
+SINGLE = ("criterion", "binoculars", "log_likelihood", "log_rank", "entropy")
 #: Members whose raw score (oriented: higher = machine) a combination must not fall below on a held-out group.
-MEMBER_ORIENTATION = {"fast_detectgpt": 1.0, "binoculars": -1.0, "log_likelihood": 1.0, "log_rank": -1.0}
+MEMBER_ORIENTATION = {"fast_detectgpt": 1.0, "binoculars": -1.0, "log_likelihood": 1.0, "log_rank": -1.0, "entropy": -1.0}
 LENGTHS = (8, 16, 32, 64, 128, None)
 
 
@@ -258,8 +271,16 @@ def report_command(args: argparse.Namespace) -> int:
         lengths[key] = entry
     out["auroc_by_length"] = lengths
 
-    # 2. Fit half (first half of each file's pairs by index) and held-out half.
+    # 2. Raw AUROC of every member (oriented: higher = machine) on every scored text of each file: no fitting at all.
     full = [truncated_scores(r, None) for r in rows]
+    raw_auroc: dict[str, Any] = {}
+    for group in ["all", *files]:
+        idx = [i for i, r in enumerate(rows) if group == "all" or r["file"] == group]
+        y = [rows[i]["label"] for i in idx]
+        raw_auroc[group] = {"n": len(idx), **{m: _auroc(y, [o * full[i][m] for i in idx]) for m, o in MEMBER_ORIENTATION.items()}}
+    out["raw_auroc"] = raw_auroc
+
+    # Fit half (first half of each file's pairs by index) and held-out half.
     size = {f: len(load_pairs(Path(args.data), f)[0]) for f in files}
     fit = [i for i, r in enumerate(rows) if r["pair"] < size[r["file"]] // 2]
     held = [i for i, r in enumerate(rows) if r["pair"] >= size[r["file"]] // 2]
@@ -306,14 +327,25 @@ def report_command(args: argparse.Namespace) -> int:
             for v in checks.values()
         )
     out["holds_up"] = holds
-    # The simplest combination that holds up; if none does, the member with the best worst case over the left-out
-    # groups, calibrated alone (only the criterion and log-likelihood are candidates of their own).
-    holding = [n for n in CANDIDATES if holds[n]]
+    worst = {n: min((v["combinations"][n] or 0.0) for v in checks.values()) for n in CANDIDATES}
+    out["worst_left_out_auroc"] = {n: round(v, 4) for n, v in worst.items()}
+    # Near-duplicate features make a combination ineligible (see MAX_CORRELATION); it is still reported.
+    collinear: dict[str, float] = {}
+    for n, fs in CANDIDATES.items():
+        if len(fs) > 1:
+            r = np.corrcoef(matrix(fs, fit).T)
+            top = float(np.max(np.abs(r[np.triu_indices(len(fs), 1)])))
+            if top > MAX_CORRELATION:
+                collinear[n] = round(top, 4)
+    out["collinear"] = collinear
+    # The first candidate in order of preference that holds up and whose worst case is within the tolerance of the
+    # best worst case of those that hold up; if none holds up, the single member with the best worst case.
+    holding = [n for n in CANDIDATES if holds[n] and n not in collinear]
     if holding:
-        out["chosen"] = holding[0]
+        best = max(worst[n] for n in holding)
+        out["chosen"] = next(n for n in holding if worst[n] >= best - args.tolerance)
     else:
-        worst = {n: min((v["combinations"][n] or 0.0) for v in checks.values()) for n in ("criterion", "log_likelihood")}
-        out["chosen"] = max(worst, key=lambda n: worst[n])
+        out["chosen"] = max(SINGLE, key=lambda n: worst[n])
     if args.combination == "auto":
         args.combination = out["chosen"]
 
@@ -339,10 +371,42 @@ def report_command(args: argparse.Namespace) -> int:
             }
         table[n] = per
     out["held_out"] = table
+
+    # 5. Across domains: each domain's texts scored by a candidate fitted on the other domain(s) only (every text of
+    # them, fit and held-out halves alike): the figure closest to a new domain, per file, with its ECE.
+    cross: dict[str, Any] = {}
+    domains = sorted({domain_of(f) for f in files})
+    if len(domains) >= 2:
+        for n, fs in CANDIDATES.items():
+            probs_of: dict[int, float] = {}
+            for g in domains:
+                test = [i for i, r in enumerate(rows) if domain_of(r["file"]) == g]
+                train = [i for i, r in enumerate(rows) if domain_of(r["file"]) != g]
+                for i, pr in zip(test, fit_predict(fs, train, test, chosen_c[n]["c"]).tolist(), strict=True):
+                    probs_of[i] = pr
+            per = {}
+            for group in ["all", *files]:
+                idx = [i for i in sorted(probs_of) if group == "all" or rows[i]["file"] == group]
+                y = [int(labels_all[i]) for i in idx]
+                pr = [probs_of[i] for i in idx]
+                if len(set(y)) < 2:
+                    continue
+                roc = roc_summary(y, pr)
+                per[group] = {
+                    "n": len(y),
+                    "auroc": roc["auroc"],
+                    "tpr_at_1pct_fpr": roc["tpr_at_fpr"].get("0.01"),
+                    "tpr_at_5pct_fpr": roc["tpr_at_fpr"].get("0.05"),
+                    "ece": expected_calibration_error(y, pr),
+                    "bins": reliability_bins(y, pr),
+                }
+            cross[n] = per
+    out["cross_domain"] = cross
     if args.write_calibration:
         out["calibration"] = write_calibration(args, rows, full, fit, chosen_c, out)
     if args.plot:
-        plot_reliability(out, Path(args.plot), title=f"{args.model}: held-out texts")
+        where = "each domain fitted on the other" if out.get("cross_domain") else "held-out half"
+        plot_reliability(out, Path(args.plot), title=f"{args.model}: reliability, {where}")
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(markdown(out))
     return 0
@@ -409,8 +473,9 @@ def write_calibration(
         f"regression over {', '.join(names)} (standardised), its C chosen by held-out log-loss leaving one domain "
         "(XSum, Writing) and one source model (GPT-3.5-turbo, GPT-4, GPT-2-XL) out in turn; "
         + (
-            "the simplest combination that was never more than the tolerance below its best member on a left-out "
-            "domain or source."
+            "it never fell more than the tolerance below its best member on a left-out domain or source, and it is "
+            "the first such candidate in order of preference (per-text normalised scores first) whose worst left-out "
+            "AUROC is within the tolerance of the best."
             if out["holds_up"].get(args.combination)
             else "no combination held up against its best member on every left-out domain and source, so this is the "
             "member with the best worst case, calibrated alone."
@@ -432,7 +497,11 @@ def plot_reliability(out: dict[str, Any], path: Path, *, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(5.2, 4.8))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
-    for name, per in out["held_out"].items():
+    # Texts of a domain the fit never saw when there are two domains (every scored text), else the held-out half;
+    # the chosen candidate and the single members that matter most, so the diagram stays readable.
+    block = out.get("cross_domain") or out["held_out"]
+    shown = dict.fromkeys([out["chosen"], "criterion", "binoculars", "log_likelihood"])
+    for name, per in ((n, block[n]) for n in shown if n in block):
         summary = per.get("all")
         if not summary:
             continue
@@ -486,22 +555,41 @@ def markdown(out: dict[str, Any]) -> str:
         lines.append(
             f"| {g} | {v['n']} | {best[0]} {_f(best[1])} | " + " | ".join(_f(v["combinations"][n]) for n in names) + " |"
         )
+    lines.append("| worst left-out group | | | " + " | ".join(_f(out["worst_left_out_auroc"][n]) for n in names) + " |")
+    lines.append("")
     lines.append("holds up: " + ", ".join(f"{k}: {v}" for k, v in out["holds_up"].items()) + f"; chosen: {out['chosen']}")
+    if out.get("collinear"):
+        lines.append("not eligible (near-duplicate features, |r|): " + ", ".join(f"{k} {v}" for k, v in out["collinear"].items()))
     lines.append("C: " + ", ".join(f"{k}: {v['c']:g}" for k, v in out["regularisation"].items()))
     lines.append("")
-    names = list(out["held_out"])
-    groups = list(next(iter(out["held_out"].values()))) if names else []
-    lines.append("| held-out texts | n | " + " | ".join(f"{n}: AUROC / TPR@1% / TPR@5% / ECE" for n in names) + " |")
-    lines.append("|---" * (len(names) + 2) + "|")
+    members = list(MEMBER_ORIENTATION)
+    lines.append("| raw AUROC, every scored text | n | " + " | ".join(members) + " |")
+    lines.append("|---" * (len(members) + 2) + "|")
+    for g, v in out["raw_auroc"].items():
+        lines.append(f"| {g} | {v['n']} | " + " | ".join(_f(v[m]) for m in members) + " |")
+    lines.append("")
+    lines.append("AUROC / TPR@1%FPR / TPR@5%FPR / ECE of each candidate probability:")
+    lines.append("")
+    lines.append(_quality_table(out["held_out"], "held-out half (fitted on the first halves)"))
+    if out.get("cross_domain"):
+        lines.append("")
+        lines.append(_quality_table(out["cross_domain"], "file (fitted on the other domain)"))
+    return "\n".join(lines)
+
+
+def _quality_table(block: dict[str, Any], what: str) -> str:
+    """One row per file, one column per candidate: AUROC / TPR@1%FPR / TPR@5%FPR / ECE."""
+    names = list(block)
+    groups = list(next(iter(block.values()))) if names else []
+    lines = [f"| {what} | n | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for g in groups:
         cells = []
         for n in names:
-            v = out["held_out"][n].get(g)
+            v = block[n].get(g)
             cells.append(
                 "n/a" if v is None else " / ".join(_f(v[k]) for k in ("auroc", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "ece"))
             )
-        n_texts = out["held_out"][names[0]][g]["n"]
-        lines.append(f"| {g} | {n_texts} | " + " | ".join(cells) + " |")
+        lines.append(f"| {g} | {block[names[0]][g]['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -28,7 +28,14 @@ import train as grpo  # noqa: E402  (examples/grpo/train.py)
 from _mesh import running_mesh  # noqa: E402
 
 from crucible.clients.mesh import Mesh  # noqa: E402
-from crucible.clients.reward import COMPONENTS, TRLReward, combine, embedding_similarity, mean_components  # noqa: E402
+from crucible.clients.reward import (  # noqa: E402
+    COMPONENTS,
+    TRLReward,
+    combine,
+    embedding_similarity,
+    group_evasion,
+    mean_components,
+)
 from crucible.clients.tables import format_table  # noqa: E402
 from crucible.detector.criterion import reference_criterion  # noqa: E402
 from crucible.models import embed, load_causal_lm, load_embedding_model  # noqa: E402
@@ -45,24 +52,36 @@ class InProcessReward:
         self.emb = load_embedding_model("minilm-l6-v2", device="cpu")
 
     def __call__(self, prompts: list[Any], completions: list[Any], original: list[str], **kwargs: Any) -> list[float]:
-        rewards = []
+        signals: list[tuple[str, str, float | None, float | None, float]] = []  # original, text, criterion, ppl, sim
         with torch.inference_mode():
             for o, c in zip(original, completions, strict=True):
                 text = c[-1]["content"] if isinstance(c, list) else c
                 if not text.strip():
-                    rewards.append(combine(o, text, None, None, None, 0.0, self.config))
+                    signals.append((o, text, None, None, 0.0))
                     continue
                 ids = self.lm.tokenizer(text, return_tensors="pt", truncation=True, max_length=512)["input_ids"]
                 if ids.shape[1] < 2:
-                    rewards.append(combine(o, text, 0.0, None, None, 0.0, self.config))
+                    signals.append((o, text, 0.0, None, 0.0))
                     continue
                 logits = self.lm.model(ids).logits[0, :-1]
                 labels = ids[0, 1:]
                 crit = reference_criterion(logits, logits, labels)
                 ppl = math.exp(torch.nn.functional.cross_entropy(logits.float(), labels).item())
                 vecs = embed(self.emb, [o, text])
-                sim = embedding_similarity(vecs[0].tolist(), vecs[1].tolist())
-                rewards.append(combine(o, text, crit, None, ppl, sim, self.config))
+                signals.append((o, text, crit, ppl, embedding_similarity(vecs[0].tolist(), vecs[1].tolist())))
+        # The same group normalisation as CompositeReward.score: rewrites of one original compete among themselves.
+        evasion: dict[int, float | None] = {}
+        if self.config.detector_normalization == "group":
+            groups: dict[str, list[int]] = {}
+            for i, (o, text, crit, _, _) in enumerate(signals):
+                if text.strip() and crit is not None:
+                    groups.setdefault(o, []).append(i)
+            for members in groups.values():
+                evasion.update(zip(members, group_evasion([signals[i][2] for i in members], self.config), strict=True))
+        rewards = [
+            combine(o, text, crit, None, ppl, sim, self.config, evasion=evasion.get(i))
+            for i, (o, text, crit, ppl, sim) in enumerate(signals)
+        ]
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
             for name, value in mean_components(rewards, self.config).items():
@@ -223,8 +242,8 @@ def write_curve(rows: list[dict[str, float]], png: Path) -> str:
     b.set_title("reward components")
     fig.tight_layout()
     fig.savefig(png, dpi=90)
-    header = "| step | reward mean | std | detector | similarity | fluency | repetition | language | length | penalty | kl |"
-    lines = [header, "|" + "---|" * 11]
+    header = "| step | reward mean | std | " + " | ".join(COMPONENTS) + " | kl |"
+    lines = [header, "|" + "---|" * (len(COMPONENTS) + 4)]
     for r in rows:
         cells = [f"{int(r['step'])}", f"{r['reward_mean']:+.3f}", f"{r.get('reward_std', float('nan')):.3f}"]
         cells += [f"{r.get(f'reward_{n}', float('nan')):+.3f}" for n in COMPONENTS]

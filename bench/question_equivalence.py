@@ -22,7 +22,19 @@ from crucible.runtime.config import load_config
 from crucible.runtime.errors import DeadlineExceeded
 
 
-def _questions(data: Path, per_subject: int, seed: int, max_chars: int, subjects: list[str]) -> list[dict]:
+def _questions(
+    data: Path | None, per_subject: int, seed: int, max_chars: int, subjects: list[str], exclude: set[str]
+) -> list[dict]:
+    """`per_subject` questions drawn from each <subject>_test.csv (headered MMLU form) in `data`, or the demo's built-in
+    questions when `data` is None; questions in `exclude` (already labelled) are never drawn."""
+    if data is None:
+        from crucible.demo import ATTACK_SAMPLES
+
+        return [
+            {"subject": q.subject, "question": q.question, "choices": list(q.options), "answer": q.answer}
+            for q in ATTACK_SAMPLES
+            if q.question not in exclude and (not subjects or q.subject in subjects)
+        ]
     rng = random.Random(seed)
     out = []
     for path in sorted(data.glob("*_test.csv")):
@@ -30,7 +42,7 @@ def _questions(data: Path, per_subject: int, seed: int, max_chars: int, subjects
         if subjects and subject not in subjects:
             continue
         with path.open(newline="", encoding="utf-8") as handle:
-            rows = [r for r in csv.DictReader(handle) if len(r["question"]) <= max_chars]
+            rows = [r for r in csv.DictReader(handle) if len(r["question"]) <= max_chars and r["question"] not in exclude]
         for row in rng.sample(rows, min(per_subject, len(rows))):
             out.append(
                 {
@@ -64,7 +76,11 @@ async def _generate(args: argparse.Namespace) -> int:
         return original_collect(spec, prompt, seed, generated, *rest)
 
     engine.collect_candidates = collect  # type: ignore[method-assign]
-    questions = _questions(args.data, args.per_subject, args.seed, args.max_chars, args.subjects)
+    exclude = set()
+    for path in args.exclude:
+        exclude |= {json.loads(line)["original"] for line in path.read_text(encoding="utf-8").splitlines() if line}
+    data = None if args.builtin else args.data
+    questions = _questions(data, args.per_subject, args.seed, args.max_chars, args.subjects, exclude)
     tokenizer = engine.generator.tokenizer
     with args.out.open("w", encoding="utf-8") as out:
         for k, q in enumerate(questions):
@@ -88,7 +104,14 @@ async def _generate(args: argparse.Namespace) -> int:
                 cleaned = cleaning.clean_question(raw, source=q["question"], options=q["choices"])
                 if cleaned.outcome in (cleaning.EMPTY, cleaning.DEGENERATE):
                     continue
-                record = {**q, "candidate": cleaned.text, "cleaning": cleaned.outcome}
+                record = {
+                    "subject": q["subject"],
+                    "original": q["question"],
+                    "choices": q["choices"],
+                    "answer": q["answer"],
+                    "candidate": cleaned.text,
+                    "cleaning": cleaned.outcome,
+                }
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             print(f"{k + 1}/{len(questions)} {q['subject']}", file=sys.stderr, flush=True)
@@ -194,6 +217,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         else:
             cells += ["(not fitted)", ""]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    decide, default, _ = METHODS["new default: form + content alignment + cosine >= 0.7"]
+    for batch in sorted({r.get("batch", "") for r in rows}):  # the held-out batches apart from the set it was built on
+        tp, accepted, positives = _score([r for r in rows if r.get("batch", "") == batch], decide, default)
+        precision = f"{tp / accepted:.2f}" if accepted else "-"
+        print(f"default check on {batch or 'the first set'}: precision {precision} ({tp}/{accepted}), recall {tp}/{positives}")
     if args.features_out:
         args.features_out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return 0
@@ -203,7 +231,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="real candidates of the proposer for MMLU-format questions")
-    gen.add_argument("--data", type=Path, required=True)
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="a folder of headered <subject>_test.csv files")
+    source.add_argument("--builtin", action="store_true", help="the demo's built-in questions (other subjects)")
+    gen.add_argument(
+        "--exclude", type=Path, nargs="*", default=[], help="labelled JSONL sets whose originals are not drawn again"
+    )
     gen.add_argument("--out", type=Path, required=True)
     gen.add_argument("--per-subject", type=int, default=8)
     gen.add_argument("--n", type=int, default=8)

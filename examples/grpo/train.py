@@ -63,7 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data",
         default="",
         help=".txt (one text a line), .jsonl ({'original'|'text': ...}) or a detect "
-        "JSON ({'sampled': [...]}); empty: the built-in texts",
+        "JSON ({'sampled': [...]}); several files comma-separated; empty: the built-in texts",
+    )
+    p.add_argument(
+        "--detect-half",
+        choices=("all", "first", "second"),
+        default="all",
+        help="detect JSON: use the first or second half of its texts by pair index (train on one, evaluate on the other)",
     )
     p.add_argument(
         "--max-original-words",
@@ -130,6 +136,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fluency: min,target,max perplexity (a 135M scorer puts fluent English at ~20-150)",
     )
     p.add_argument(
+        "--detector-normalization",
+        choices=("group", "none"),
+        default="group",
+        help="group: evasion from the detector score's z-score inside each GRPO group; none: the absolute signal",
+    )
+    p.add_argument(
+        "--similarity-gate",
+        default="0.7,0.85",
+        help="low,high: detector and fluency terms scale from 0 at similarity low to full at high (0,0: no gate)",
+    )
+    p.add_argument(
+        "--lora",
+        action="store_true",
+        help="train LoRA adapters (peft) instead of the full weights; saves the adapter (adapter_config.json)",
+    )
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
+    p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (scale = alpha / r)")
+    p.add_argument(
+        "--lora-targets",
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        help="comma-separated module names that get adapters",
+    )
+    p.add_argument(
+        "--report-to",
+        choices=("tensorboard", "wandb", "none"),
+        default="tensorboard",
+        help="training curves: TensorBoard event files under OUTPUT_DIR/runs (default), Weights & Biases "
+        "(needs `pip install wandb` and a login), or none",
+    )
+    p.add_argument(
         "--reward-weights",
         default="",
         help="component weights, e.g. 'detector=1,similarity=1,fluency=0.5,repetition=1,language=0.5,length=0.5'",
@@ -150,6 +186,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.num_generations < 2:
         p.error("--num-generations must be >= 2 (a group of one has no advantage)")
+    if args.lora_r < 1 or args.lora_alpha < 1:
+        p.error("--lora-r and --lora-alpha must be >= 1")
     if args.beta < 0 or args.lr <= 0 or args.temperature <= 0:
         p.error("--beta must be >= 0, --lr and --temperature > 0")
     return args
@@ -171,10 +209,15 @@ def _leading_sentences(text: str, max_words: int) -> str:
     return " ".join(out)
 
 
-def load_texts(path: str, max_original_words: int) -> list[str]:
+def load_texts(path: str, max_original_words: int, detect_half: str = "all") -> list[str]:
     """Texts to paraphrase; every input is bounded (file size, count, characters) before any model work."""
     if not path:
         return list(BUILTIN_TEXTS)
+    if "," in path:
+        texts = [t for part in path.split(",") if part.strip() for t in load_texts(part.strip(), max_original_words, detect_half)]
+        if len(texts) > MAX_TEXTS:
+            raise SystemExit(f"--data: {len(texts)} texts, at most {MAX_TEXTS}")
+        return texts
     file = Path(path)
     if not file.is_file():
         raise SystemExit(f"--data {path}: no such file")
@@ -185,7 +228,10 @@ def load_texts(path: str, max_original_words: int) -> list[str]:
         body = json.loads(raw)
         if not isinstance(body, dict) or not isinstance(body.get("sampled"), list):
             raise SystemExit(f"--data {path}: expected a JSON object with a 'sampled' list")
-        texts = [_leading_sentences(str(t), max_original_words) for t in body["sampled"]]
+        sampled = list(body["sampled"])
+        half = len(sampled) // 2
+        sampled = sampled[:half] if detect_half == "first" else sampled[half:] if detect_half == "second" else sampled
+        texts = [_leading_sentences(str(t), max_original_words) for t in sampled]
     elif file.suffix == ".jsonl":
         texts = []
         for n, line in enumerate(raw.splitlines(), 1):
@@ -355,15 +401,41 @@ def reward_config(args: argparse.Namespace) -> Any:
     weights: dict[str, float] = {}
     for item in filter(None, (x.strip() for x in args.reward_weights.split(","))):
         name, _, value = item.partition("=")
-        if name not in ("detector", "similarity", "fluency", "repetition", "language", "length"):
+        if name not in ("detector", "similarity", "fluency", "repetition", "language", "length", "copy"):
             raise SystemExit(f"--reward-weights: unknown component {name!r}")
         weights[f"w_{name}"] = float(value)
     try:
+        gate_low, gate_high = (float(x) for x in args.similarity_gate.split(","))
+    except ValueError:
+        raise SystemExit("--similarity-gate needs two numbers: low,high") from None
+    try:
         return RewardConfig(
-            detector_signal=args.detector_signal, perplexity_min=low, perplexity_target=target, perplexity_max=high, **weights
+            detector_signal=args.detector_signal,
+            detector_normalization=args.detector_normalization,
+            similarity_gate_low=gate_low,
+            similarity_gate_high=gate_high,
+            perplexity_min=low,
+            perplexity_target=target,
+            perplexity_max=high,
+            perplexity_plateau=min(2.5, math.sqrt(target / low) * 0.99, math.sqrt(high / target) * 0.99),
+            **weights,
         )
     except ValueError as e:
         raise SystemExit(f"reward settings: {e}") from None
+
+
+def lora_config(args: argparse.Namespace) -> Any:
+    """peft's LoraConfig for --lora (None without it); TRL wraps the policy and uses it, adapters off, as reference."""
+    if not args.lora:
+        return None
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise SystemExit("--lora needs peft: pip install peft (it is in the [train] extra)") from None
+    targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+    if not targets:
+        raise SystemExit("--lora-targets: no module names")
+    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")
 
 
 def mesh_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> Any:
@@ -396,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings["tf32"]:
         enable_tf32()
     rcfg = reward_config(args)
-    texts = load_texts(args.data, args.max_original_words)
+    texts = load_texts(args.data, args.max_original_words, args.detect_half)
     resolved = resolve_model(args.model, prepare=True)
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     if tokenizer.pad_token is None:
@@ -405,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = build_dataset(texts, tokenizer, args.max_prompt_tokens)
     model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32)
     mesh = mesh_config(args)
+    peft_config = lora_config(args)
 
     batch = args.prompts_per_step * args.num_generations
     config = GRPOConfig(
@@ -427,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         save_steps=args.save_steps,
         save_total_limit=args.save_total_limit,
         seed=args.seed,
-        report_to=[],
+        report_to=[] if args.report_to == "none" else [args.report_to],
         disable_tqdm=True,
         dataloader_num_workers=0,
         remove_unused_columns=False,
@@ -439,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[make_progress_callback()],
+        peft_config=peft_config,
     )
     start = resume_point(args)
     if trainer.is_world_process_zero():

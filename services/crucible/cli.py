@@ -22,7 +22,6 @@ from typing import Any
 
 import grpc
 
-from crucible import __version__
 from crucible.clients.channel import ChannelConfig, add_connection_arguments, cli_channel_config, open_channel
 from crucible.clients.health import HealthResult
 from crucible.clients.tables import format_table
@@ -30,6 +29,7 @@ from crucible.mesh import SERVICES, MeshLauncher, default_ports, health_table
 from crucible.runtime.config import add_arguments, load_config
 from crucible.runtime.errors import ConfigError
 from crucible.runtime.logs import QUIET_ENV, JsonLinesStream, configure_logging
+from crucible.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,13 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--services", default=",".join(SERVICES), help="comma-separated subset to run (default: all five)")
         p.add_argument("--log-dir", type=Path, default=None, help="write each service's log to DIR/NAME.log")
-        p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for every service to be SERVING")
+        p.add_argument(
+            "--startup-timeout",
+            type=float,
+            default=600.0,
+            help="seconds to wait for every service to be SERVING (default 600: a 2-core machine busy with other work "
+            "took over 180 s from a fresh cache)",
+        )
         p.add_argument("--no-console", action="store_true", help="do not start the web console")
         p.add_argument(
             "--console-port", type=int, default=8080, help="port of the web console (default 8080; a free one when 8080 is taken)"
@@ -162,10 +168,9 @@ async def _bring_up(
     started = time.perf_counter()
     mesh.start()
     where = f"; logs in {args.log_dir}" if args.log_dir else ""
-    print(
-        f"starting {', '.join(mesh.services)} (models load first: the detector, proposer and scorer take longest){where}",
-        flush=True,
-    )
+    shared = "; forked from one process that imports torch and transformers once" if mesh.fork_server else ""
+    slowest = f"models load first: the detector, proposer and scorer take longest{shared}"
+    print(f"starting {', '.join(mesh.services)} ({slowest}){where}", flush=True)
 
     def ready(name: str, result: HealthResult, seconds: float) -> None:
         print(f"  {name:<9} ready in {seconds:5.1f}s  {mesh.address(name)}", flush=True)
@@ -347,6 +352,12 @@ def _models_prepare(args: argparse.Namespace) -> int:
     except ModelError as err:
         print(f"crucible models prepare: {err}", file=sys.stderr)
         return 1
+    from crucible.detector.kernel_cache import prepare_kernel
+    from crucible.models.registry import DEFAULT_CAUSAL_LM
+
+    for p in prepared:  # the detector's compiled statistics kernel, so its first start does not compile (issue 27)
+        if p.alias == DEFAULT_CAUSAL_LM:
+            prepare_kernel(args.cache_dir, p.path, log=lambda line: print(line, file=sys.stderr))
     if args.json:
         for p in prepared:
             print(

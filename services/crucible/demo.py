@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crucible.clients.attack import MCQ, AttackConfig, IterationReport, SecaAttack, Trace, summarize
+from crucible.clients.attack import AttackConfig, IterationReport, SecaAttack, Trace, summarize
+
+# The built-in questions live in the SDK (`crucible attack --builtin` uses them too); re-exported for the demo.
+from crucible.clients.builtin_questions import ATTACK_SAMPLES as ATTACK_SAMPLES
 from crucible.clients.mesh import Mesh
 from crucible.clients.reward import CompositeReward, RewardConfig
 from crucible.clients.scorer import ChoiceQuery
@@ -38,60 +41,6 @@ REWARD_SAMPLES: list[tuple[str, list[str]]] = [
     ),
 ]
 
-#: A dozen easy general-knowledge questions in MMLU format (answers are indexes into the options, spread over the
-#: letters). The demo scores them all first and attacks those the configured target answers right, so it has
-#: something to attack whatever the target; no data folder is needed.
-ATTACK_SAMPLES = [
-    MCQ("builtin/0", "high_school_geography", "What is the capital city of France?", ("Berlin", "Madrid", "Paris", "Rome"), 2),
-    MCQ("builtin/1", "elementary_mathematics", "What is the result of 7 multiplied by 8?", ("54", "56", "58", "64"), 1),
-    MCQ("builtin/2", "astronomy", "Which planet is known as the Red Planet?", ("Mars", "Venus", "Jupiter", "Saturn"), 0),
-    MCQ(
-        "builtin/3",
-        "high_school_biology",
-        "Which organ pumps blood through the human body?",
-        ("The lungs", "The liver", "The heart", "The kidneys"),
-        2,
-    ),
-    MCQ("builtin/4", "high_school_chemistry", "What is the chemical formula of water?", ("CO2", "NaCl", "H2O", "O2"), 2),
-    MCQ("builtin/5", "elementary_mathematics", "How many days are there in a week?", ("Five", "Six", "Seven", "Eight"), 2),
-    MCQ(
-        "builtin/6",
-        "high_school_geography",
-        "Which is the largest ocean on Earth?",
-        ("The Atlantic Ocean", "The Pacific Ocean", "The Indian Ocean", "The Arctic Ocean"),
-        1,
-    ),
-    MCQ(
-        "builtin/7",
-        "high_school_physics",
-        "At what temperature in degrees Celsius does pure water freeze at sea level?",
-        ("0", "10", "50", "100"),
-        0,
-    ),
-    MCQ(
-        "builtin/8",
-        "high_school_biology",
-        "Which animal is known as the king of the jungle?",
-        ("The elephant", "The tiger", "The zebra", "The lion"),
-        3,
-    ),
-    MCQ(
-        "builtin/9",
-        "high_school_biology",
-        "What do bees collect from flowers to make honey?",
-        ("Nectar", "Leaves", "Bark", "Seeds"),
-        0,
-    ),
-    MCQ(
-        "builtin/10",
-        "high_school_geography",
-        "On which continent is Egypt located?",
-        ("Asia", "Africa", "Europe", "South America"),
-        1,
-    ),
-    MCQ("builtin/11", "elementary_mathematics", "How many sides does a triangle have?", ("Two", "Three", "Four", "Five"), 1),
-]
-
 
 async def reward_section(mesh: Mesh) -> dict[str, Any]:
     """Score the sample rewrites and print every component per rewrite."""
@@ -110,12 +59,14 @@ async def reward_section(mesh: Mesh) -> dict[str, Any]:
                     f"{r.total:+.3f}",
                     f"{adv:+.2f}",
                     f"{r.detector:.3f}",
+                    f"{r.gate:.2f}",
                     f"{r.similarity:.3f}",
                     f"{r.fluency:.3f}",
                     "-" if r.perplexity is None else f"{r.perplexity:.0f}",
                     f"{r.repetition:.2f}",
                     f"{r.language:.2f}",
                     f"{r.length:.2f}",
+                    f"{r.copy:.2f}",
                     f"{r.penalty:+.1f}",
                     ",".join(r.flags) or "-",
                     (text or "<empty>")[:44],
@@ -125,8 +76,8 @@ async def reward_section(mesh: Mesh) -> dict[str, Any]:
     # Hygiene: repetition (degeneracy, subtracted), language (English-likeness vs the original) and length (1 within
     # the bounds) are weighted components too, so "Exercise exercise ..." no longer outscores a sensible rewrite.
     print(
-        "\n== Reward loop (composite reward per GRPO group: evasion + similarity + fluency - repetition - language "
-        "- length + penalties)"
+        "\n== Reward loop (composite reward per GRPO group: gate x (evasion + fluency) + similarity - repetition "
+        "- language - length - copy + penalties; evasion is normalised within the group)"
     )
     print(
         format_table(
@@ -134,12 +85,14 @@ async def reward_section(mesh: Mesh) -> dict[str, Any]:
                 "total",
                 "advantage",
                 "evasion",
+                "gate",
                 "similarity",
                 "fluency",
                 "ppl",
                 "repetition",
                 "language",
                 "length",
+                "copy",
                 "penalty",
                 "flags",
                 "rewrite",

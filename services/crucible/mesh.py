@@ -15,13 +15,20 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from crucible.clients.health import HealthResult, check, wait_serving
 from crucible.clients.tables import format_table
 from crucible.runtime.logs import QUIET_ENV
 
+if TYPE_CHECKING:
+    from crucible.runtime.preload import ForkServer
+
 METRICS_PORT_OFFSET = 1000
+
+#: The services that load models: forked from one process that imported torch and transformers once (see
+#: crucible.runtime.preload) instead of each importing them on the same cores.
+MODEL_SERVICES = ("detector", "proposer", "scorer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +96,7 @@ class MeshLauncher:
         env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
         extra_args: Mapping[str, Sequence[str]] | None = None,
+        preload: bool | None = None,
     ) -> None:
         self.services = list(services or SERVICES)
         unknown = [s for s in self.services if s not in SERVICES]
@@ -100,7 +108,12 @@ class MeshLauncher:
         self.env = {**QUIET_ENV, **os.environ, **(env or {})}
         self.log_dir = log_dir
         self.extra_args = extra_args or {}
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        # preload: fork the model services from a fork server (default: on Linux unless CRUCIBLE_PRELOAD=0)
+        if preload is None:
+            preload = sys.platform == "linux" and self.env.get("CRUCIBLE_PRELOAD", "1") != "0"
+        self.preload = preload
+        self.fork_server: ForkServer | None = None
+        self.processes: dict[str, Any] = {}  # subprocess.Popen, or ForkedProcess (the same methods) when preloaded
         self._logs: list[IO[bytes]] = []
 
     def address(self, name: str) -> str:
@@ -110,16 +123,34 @@ class MeshLauncher:
         return f"http://{self.host}:{self.ports[name] + METRICS_PORT_OFFSET}/metrics"
 
     def start(self) -> None:
-        """Spawn every service; their logs go to log_dir/NAME.log when a log dir is given, else to our stderr."""
+        """Spawn every service; their logs go to log_dir/NAME.log when a log dir is given, else to our stderr.
+
+        With preload the model services are forked from one fork server once it imported torch and transformers
+        (its own log: log_dir/preload.log); the other services start at once as plain processes."""
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        models = [n for n in self.services if n in MODEL_SERVICES]
+        if self.preload and models and self.fork_server is None:
+            from crucible.runtime.preload import ForkServer
+
+            server_log: IO[bytes] | None = None
+            if self.log_dir is not None:
+                server_log = open(self.log_dir / "preload.log", "ab")  # noqa: SIM115 - closed in stop()
+                self._logs.append(server_log)
+            self.fork_server = ForkServer(self.env, stderr=server_log)
         for name in self.services:
             extra = list(self.extra_args.get(name, ()))
             if name == "scheduler" and "cost" in self.services and "--cost-address" not in extra:
                 extra += ["--cost-address", self.address("cost")]  # offers, estimates and spend from this mesh's cost
-            cmd = [sys.executable, "-m", "crucible", "serve", name, "--host", self.host, "--port", str(self.ports[name]), *extra]
+            argv = ["serve", name, "--host", self.host, "--port", str(self.ports[name]), *extra]
+            log = None if self.log_dir is None else self.log_dir / f"{name}.log"
+            if self.fork_server is not None and name in MODEL_SERVICES:
+                self.processes[name] = self.fork_server.spawn(argv, self.env, None if log is None else str(log))
+                continue
+            cmd = [sys.executable, "-m", "crucible", *argv]
             out: IO[bytes] | None = None
-            if self.log_dir is not None:
-                self.log_dir.mkdir(parents=True, exist_ok=True)
-                out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+            if log is not None:
+                out = open(log, "ab")  # noqa: SIM115 - closed in stop()
                 self._logs.append(out)
             self.processes[name] = subprocess.Popen(
                 cmd, env=self.env, stdout=out, stderr=out, start_new_session=True, preexec_fn=_stop_with_parent
@@ -166,8 +197,14 @@ class MeshLauncher:
             try:
                 codes[name] = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                if isinstance(proc, subprocess.Popen):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
                 codes[name] = proc.wait()
+        if self.fork_server is not None:
+            self.fork_server.close()
+            self.fork_server = None
         for handle in self._logs:
             handle.close()
         self._logs.clear()

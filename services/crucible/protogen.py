@@ -1,4 +1,4 @@
-"""Code generation: compiles protos/ into the git-ignored package `crucible.api` (services/crucible/api/).
+"""Code generation: compiles protos/ into the git-ignored package `crucible.api` (clients/crucible/api/, crucible-client).
 
 Run `python -m crucible.protogen` (or `make proto`); it writes message classes, gRPC stubs and mypy-protobuf typed stubs.
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # services/crucible/protogen.py -> the checkout
 DEFAULT_PROTOS = REPO_ROOT / "protos"
-DEFAULT_OUT = Path(__file__).resolve().parent / "api"
+#: The generated code belongs to the client distribution (clients/pyproject.toml), which the servers depend on.
+DEFAULT_OUT = REPO_ROOT / "clients" / "crucible" / "api"
 
 # protoc names generated modules after the proto path (crucible/detector/v1/x.proto -> crucible.detector.v1.x_pb2).
 # They are moved under crucible.api, so imports of generated modules are rewritten. Only module references

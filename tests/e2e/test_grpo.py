@@ -44,6 +44,7 @@ COMPONENTS = (
     "reward_repetition",
     "reward_language",
     "reward_length",
+    "reward_copy",
     "reward_penalty",
 )
 
@@ -207,3 +208,79 @@ async def test_tinker_cookbook_rollout_scores_a_group_over_the_mesh(mesh_env):
         assert sum(v for k, v in metrics.items() if k.startswith("reward/") and k != "reward/total") == pytest.approx(total)
         assert 0.0 <= metrics["similarity"] <= 1.0
     assert "_live" not in builder.__dict__  # cleanup() closed the channels
+
+
+def test_evade_eval_runs_against_the_mesh_for_base_and_a_lora_adapter(mesh_env, tmp_path):
+    """`python -m crucible.clients.evade_eval` paraphrases 3 machine texts with the base model and with a LoRA adapter,
+    scores them and 3 human texts over the mesh, and writes the side-by-side report (issue 24)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from crucible.models import resolve_model
+
+    base = resolve_model("smollm2-135m-instruct", prepare=True).path
+    adapter = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    adapter.save_pretrained(str(tmp_path / "adapter"))
+    human = [
+        "I walked to the market this morning and the baker had already sold out of rye, so I settled for a sourdough "
+        "loaf and a bag of apples from the stall by the fountain.",
+        "My grandmother kept bees for forty years; she never wore gloves and said the bees knew her by the way she "
+        "hummed when she lifted the lids of the hives.",
+        "We missed the last bus home after the concert and ended up sharing a taxi with two strangers who turned out "
+        "to live on our street.",
+    ]
+    machine = [
+        "Regular physical activity offers numerous benefits, including improved cardiovascular health, enhanced mood, "
+        "and better sleep quality, making it an essential component of a balanced lifestyle.",
+        "The city council has approved a comprehensive plan to expand the downtown bike lane network, aiming to "
+        "improve safety and encourage sustainable transportation options for residents.",
+        "Artificial intelligence is transforming industries by automating routine tasks, enabling data-driven "
+        "decisions, and creating new opportunities for innovation across many sectors of the economy.",
+    ]
+    (tmp_path / "human.txt").write_text("\n".join(human) + "\n")
+    (tmp_path / "machine.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in machine))
+    env = {**os.environ, **mesh_env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crucible.clients.evade_eval",
+            "--human",
+            str(tmp_path / "human.txt"),
+            "--machine",
+            str(tmp_path / "machine.jsonl"),
+            "--policy",
+            "base=smollm2-135m-instruct",
+            "--policy",
+            f"lora={tmp_path / 'adapter'}",
+            "--max-new-tokens",
+            "48",
+            "--batch-size",
+            "3",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in report["reports"]]
+    assert names == ["original", "base", "lora"] and report["human"] == 3 and report["machine"] == 3
+    for r in report["reports"]:
+        assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["tpr_at_1pct_fpr"] <= 1.0
+        assert {"fast_detectgpt", "binoculars"} <= set(r["auroc_members"])
+        assert 0.0 <= r["near_copy_share"] <= 1.0 and r["count"] == 3
+    original = report["reports"][0]
+    assert original["similarity"] > 0.99 and original["near_copy_share"] == 1.0  # the texts themselves
+    assert len((out / "rewrites_base.jsonl").read_text().splitlines()) == 3
+    assert "AUROC binoculars" in proc.stdout

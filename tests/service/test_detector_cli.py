@@ -10,6 +10,7 @@ import pytest
 from crucible.cli import main
 from crucible.detector.calibration import load_calibration_file
 from crucible.detector.cli import InputError, read_inputs
+from crucible.detector.cli_calibrate import leave_out_groupings
 from crucible.detector.config import DetectorConfig
 from crucible.detector.server import create_server
 from crucible.runtime.config import load_config
@@ -125,6 +126,9 @@ def test_calibrate_splits_each_file_and_writes_calibration_report_and_plot(lm, d
     assert all(len(f["sha256"]) == 64 for f in entry.fitted_on["files"]) and entry.fitted_on["date"]
     assert "crucible" in entry.fitted_on["code"] and entry.fitted_on["dtype"] == "float32"
     assert set(entry.members) == {"fast_detectgpt", "binoculars"}
+    # C was chosen leaving each file's domain, then its source, out (file names without '_': each its own).
+    assert entry.fitted_on["regularisation"].startswith("C chosen by held-out log-loss leaving one domain and then one source")
+    assert entry.fitted_on["regularisation_c"] in [float(c) for c in entry.fitted_on["held_out_log_loss_by_c"]]
     assert entry.ensemble.members == ("fast_detectgpt", "binoculars", "log_likelihood", "log_rank", "entropy")
     report = json.loads((tmp_path / "cal.roc.json").read_text())
     groups = report["groups"]
@@ -192,3 +196,24 @@ async def test_detect_against_a_running_service(lm, data_file, capsys):
     assert code == 0
     rows = _lines(out)
     assert len(rows) == 12 and all("cached" in r for r in rows) and "AUROC" in err
+
+
+def test_leave_out_groupings_read_domain_and_source_from_the_file_names():
+    names = ["d/xsum_gpt-4.json", "d/xsum_gpt2-xl.json", "d/writing_gpt-4.json"]
+    kinds, per_file = leave_out_groupings("auto", names)
+    assert kinds == ["domain", "source"]
+    assert per_file == [["xsum", "xsum", "writing"], ["gpt-4", "gpt2-xl", "gpt-4"]]
+    # One domain cannot be left out: auto keeps the source models; two plain files fall back to each file.
+    assert leave_out_groupings("auto", ["xsum_a.json", "xsum_b.json"]) == (["source"], [["a", "b"]])
+    assert leave_out_groupings("auto", ["one.json", "two.json"]) == (["domain", "source"], [["one", "two"]] * 2)
+    assert leave_out_groupings("file", ["xsum_a.json", "xsum_b.json"]) == (["file"], [["xsum_a", "xsum_b"]])
+    assert leave_out_groupings("auto", ["only.json"]) == ([], [])
+    assert leave_out_groupings("pair", names) == ([], [])
+    with pytest.raises(ValueError, match="at least two files of different domain"):
+        leave_out_groupings("domain", ["xsum_a.json", "xsum_b.json"])
+
+
+def test_calibrate_refuses_a_leave_out_that_leaves_nothing_before_loading_models(data_file, tmp_path, capsys):
+    argv = ["detector", "calibrate", "--data", str(data_file), "--out", str(tmp_path / "c.json"), "--leave-out", "domain"]
+    code = main([*argv, "--model", str(tmp_path / "no-such-model")])
+    assert code == 2 and "--leave-out domain: needs at least two files" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from crucible.detector.config import DetectorConfig
-from crucible.detector.engine import Detector
+from crucible.detector.core import Detector
 from crucible.models import MODEL_ALIASES, registry, resolve_model
 
 ALIAS = "gemma-3-270m"

@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from crucible.clients.mesh import MeshConfig
-from crucible.console.app import STATIC_DIR, BadInput, _number, allowed_hosts, create_app, jsonable
+from crucible.console.app import STATIC_DIR, create_app
 from crucible.console.config import ConsoleConfig
+from crucible.console.httpkit import BadInput, allowed_hosts, jsonable, number_param
 
 UNREACHABLE = MeshConfig.from_mapping(
     {name: {"addresses": ["127.0.0.1:9"]} for name in ("detector", "proposer", "scorer", "scheduler", "cost")} | {"timeout_s": 1}
@@ -39,10 +40,10 @@ def test_no_page_script_writes_html() -> None:
 
 
 def test_inputs_bounded_and_named() -> None:
-    assert _number({"hours": "2.5"}, "hours") == 2.5
+    assert number_param({"hours": "2.5"}, "hours") == 2.5
     for bad in ("nan", "inf", "-1", "1e99", "x" * 40, "abc"):
         with pytest.raises(BadInput) as info:
-            _number({"hours": bad}, "hours", high=1000)
+            number_param({"hours": bad}, "hours", high=1000)
         assert info.value.field == "hours"
     assert jsonable({"t": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "d": dt.timedelta(seconds=90), "x": float("nan")}) == {
         "t": "2026-01-01T00:00:00+00:00",

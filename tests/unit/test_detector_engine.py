@@ -12,8 +12,8 @@ import torch
 
 from crucible.detector.cache import LruCache, SqliteCache, cache_key
 from crucible.detector.config import DetectorConfig
+from crucible.detector.core import Detector, RawScores, machine_label_index
 from crucible.detector.criterion import DEFAULT_CHUNK_ELEMENTS, VocabularyMismatchError
-from crucible.detector.engine import Detector, RawScores, machine_label_index
 from crucible.runtime.errors import InvalidArgument
 
 CORPUS = [

@@ -14,8 +14,8 @@ import torch
 
 from crucible import models
 from crucible.detector.config import DetectorConfig
+from crucible.detector.core import Detector
 from crucible.detector.criterion import CausalScorer, model_statistics, pad_batch, reference_criterion
-from crucible.detector.engine import Detector
 from crucible.detector.pipeline import load_calibration
 
 pytestmark = pytest.mark.slow

@@ -37,6 +37,7 @@ from crucible.models import (
     ModelPackageMissingError,
     PlacementError,
     QuantizationUnavailableError,
+    conversion,
     devices,
     loading,
     registry,
@@ -398,7 +399,7 @@ def fake_gguf_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_llam
         if state["fail"]:
             raise RuntimeError("conversion interrupted")
 
-    monkeypatch.setattr(registry, "_convert_gguf", fake_convert)
+    monkeypatch.setattr(conversion, "_convert_gguf", fake_convert)
     return state
 
 

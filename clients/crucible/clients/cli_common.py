@@ -109,7 +109,7 @@ def rpc_error_lines(err: grpc.RpcError, service: str, address: str) -> list[str]
         return [f"no answer from {where} in time ({details}); raise --timeout, or check --address.", start_hint]
     lines = [f"{code.name}: {details}" if details else code.name]
     try:
-        from crucible.runtime.errors import parse_status_details
+        from crucible.clients.status import parse_status_details
 
         info, violations = parse_status_details(err)
     except Exception:  # a status without details, or one from another library: the message above is enough

@@ -67,7 +67,7 @@ class AttackCallError(RuntimeError):
 def _expected_wait(err: grpc.RpcError) -> float | None:
     """The wait a batcher said the call would need (ErrorInfo metadata expected_wait_s), if it said one."""
     try:
-        from crucible.runtime.errors import parse_status_details
+        from crucible.clients.status import parse_status_details
 
         info, _ = parse_status_details(err)
     except Exception:  # details missing or unparsable: no hint

@@ -9,12 +9,39 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import re
-import zlib
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from crucible.clients.mesh import Mesh, MeshConfig
+from crucible.clients.reward_text import (
+    copy_score,
+    english_likeness,
+    language_score,
+    length_score,
+    repetition_score,
+)
+
+__all__ = [
+    "COMPONENTS",
+    "CompositeReward",
+    "GroupResult",
+    "RewardBreakdown",
+    "RewardConfig",
+    "TRLReward",
+    "combine",
+    "copy_score",
+    "embedding_similarity",
+    "english_likeness",
+    "evasion_score",
+    "fluency_score",
+    "group_advantages",
+    "group_evasion",
+    "language_score",
+    "length_score",
+    "mean_components",
+    "repetition_score",
+    "similarity_gate",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +59,13 @@ class RewardConfig:
     detector_signal: str = "probability"
     criterion_center: float = 0.0
     criterion_scale: float = 1.0
+    #: "group": evasion is 1 / (1 + exp(z)), z the detector score's z-score among the rewrites of the same original in
+    #: the batch (a GRPO group), its std floored at `group_min_std`; groups of one fall back to the absolute signal.
+    #: Measured with SmolLM2's rewrites (examples/grpo/README.md): the absolute signal sits on the flat part of its
+    #: logistic and moves ~0.02 inside a group, a tenth of the similarity's spread, so GRPO could not learn from it.
+    #: The score is the criterion, or logit(P(machine)) with detector_signal="probability". "none": absolute signal.
+    detector_normalization: str = "group"
+    group_min_std: float = 0.1
     #: Detector evasion when the detector marks a detection unreliable (its probability withheld), by reason.
     #: Too few tokens scored: 0.5, neutral. Such a score is noise (the criterion's AUROC on texts of under 32 tokens
     #: is near chance), so rewarding 1 - P would teach noise, and a rewrite that is short for its original already
@@ -46,10 +80,20 @@ class RewardConfig:
     #: `below_threshold_scale` (continuous, so GRPO groups still get a gradient).
     similarity_threshold: float = 0.0
     below_threshold_scale: float = 0.5
-    #: Fluency: 1 at `perplexity_target`, falling linearly in log-perplexity to 0 at the bounds, 0 outside.
-    perplexity_target: float = 30.0
-    perplexity_min: float = 5.0
-    perplexity_max: float = 80.0
+    #: Similarity gate on the other terms: detector evasion and fluency are multiplied by
+    #: clamp((similarity - low) / (high - low), 0, 1), so a rewrite that lost the meaning earns nothing for looking human
+    #: or reading well. (cos + 1) / 2 of the proposer's embeddings: SmolLM2-135M's sampled rewrites of 40-word news and
+    #: story openings scored 0.59-0.94 (mean 0.77; the faithful ones >= 0.85, off-topic ones 0.6-0.7); "bike bike bike
+    #: bike bike" against a sentence about bike lanes 0.63. low = high = 0 disables the gate.
+    similarity_gate_low: float = 0.7
+    similarity_gate_high: float = 0.85
+    #: Fluency: 1 within [target / plateau, target * plateau], falling linearly in log-perplexity to 0 at the bounds,
+    #: 0 outside; then multiplied by (1 - repetition), since a loop has a low, "fluent" perplexity. The defaults fit the
+    #: detector's SmolLM2-135M scoring model, which puts fluent English at perplexity ~15-150.
+    perplexity_target: float = 40.0
+    perplexity_min: float = 8.0
+    perplexity_max: float = 250.0
+    perplexity_plateau: float = 2.5
     #: Where perplexity comes from: "detector" (the scoring model's pass) or "scorer" (the target model).
     fluency_source: str = "detector"
     #: Penalties added to the total.
@@ -71,6 +115,12 @@ class RewardConfig:
     w_length: float = 0.5
     length_ratio_min: float = 0.5
     length_ratio_max: float = 2.0
+    #: Copying: the rewrite's word-trigram containment in the original (reward_text.copy_score); the share above
+    #: `copy_tolerance`, rescaled to [0, 1], is subtracted with `w_copy`, so near-copies stop paying for their
+    #: similarity. A rewrite at or above `near_copy_threshold` is flagged "near_copy" (evade_eval counts them).
+    w_copy: float = 1.0
+    copy_tolerance: float = 0.5
+    near_copy_threshold: float = 0.8
 
     def __post_init__(self) -> None:
         if self.detector_signal not in ("probability", "criterion"):
@@ -81,10 +131,24 @@ class RewardConfig:
             raise ValueError("fluency_source must be 'detector' or 'scorer'")
         if self.criterion_scale <= 0:
             raise ValueError("criterion_scale must be positive")
+        if self.detector_normalization not in ("none", "group"):
+            raise ValueError("detector_normalization must be 'none' or 'group'")
+        if self.group_min_std <= 0:
+            raise ValueError("group_min_std must be positive")
+        if not 0 <= self.similarity_gate_low <= self.similarity_gate_high <= 1:
+            raise ValueError("need 0 <= similarity_gate_low <= similarity_gate_high <= 1")
+        if not (self.w_copy >= 0 and 0 <= self.copy_tolerance < 1 and 0 < self.near_copy_threshold <= 1):
+            raise ValueError("need w_copy >= 0, 0 <= copy_tolerance < 1, 0 < near_copy_threshold <= 1")
+        if self.perplexity_plateau < 1:
+            raise ValueError("perplexity_plateau must be >= 1")
         if not (0.0 <= self.unreliable_short_evasion <= 1.0 and 0.0 <= self.unreliable_invisible_evasion <= 1.0):
             raise ValueError("unreliable_short_evasion and unreliable_invisible_evasion must be within [0, 1]")
         if not 0 < self.perplexity_min < self.perplexity_target < self.perplexity_max:
             raise ValueError("need 0 < perplexity_min < perplexity_target < perplexity_max")
+        if not self.perplexity_min < self.perplexity_target / self.perplexity_plateau:
+            raise ValueError("the fluency plateau (target / plateau .. target * plateau) must lie inside the bounds")
+        if not self.perplexity_target * self.perplexity_plateau < self.perplexity_max:
+            raise ValueError("the fluency plateau (target / plateau .. target * plateau) must lie inside the bounds")
         if min(self.w_repetition, self.w_language, self.w_length) < 0:
             raise ValueError("hygiene weights (w_repetition, w_language, w_length) must be >= 0")
         if not 0 < self.language_stopword_share <= 1:
@@ -110,6 +174,8 @@ class RewardBreakdown:
     repetition: float = 0.0  # degeneracy in [0, 1]; higher = more repetitive (subtracted with w_repetition)
     language: float = 1.0  # English-likeness relative to the original, in [0, 1] (1 - language, times w_language)
     length: float = 1.0  # 1 within the length-ratio bounds, falling to 0 outside (1 - length, times w_length)
+    copy: float = 0.0  # word-trigram containment of the rewrite in the original, in [0, 1]; 1 = verbatim copy
+    gate: float = 1.0  # similarity gate in [0, 1] applied to the detector and fluency terms
 
     def components(self, config: RewardConfig) -> dict[str, float]:
         """Each component's weighted contribution to `total` (they sum to it), for logs and progress lines."""
@@ -117,18 +183,19 @@ class RewardBreakdown:
             return dict.fromkeys(COMPONENTS[:-1], 0.0) | {"penalty": self.penalty}
         scale = config.below_threshold_scale if "below_similarity_threshold" in self.flags else 1.0
         return {
-            "detector": config.w_detector * self.detector,
+            "detector": config.w_detector * self.detector * self.gate,
             "similarity": config.w_similarity * self.similarity * scale,
-            "fluency": config.w_fluency * self.fluency,
+            "fluency": config.w_fluency * self.fluency * self.gate,
             "repetition": -config.w_repetition * self.repetition,
             "language": -config.w_language * (1.0 - self.language),
             "length": -config.w_length * (1.0 - self.length),
+            "copy": -config.w_copy * copy_excess(self.copy, config),
             "penalty": self.penalty,
         }
 
 
 #: The names `RewardBreakdown.components` returns, in order.
-COMPONENTS = ("detector", "similarity", "fluency", "repetition", "language", "length", "penalty")
+COMPONENTS = ("detector", "similarity", "fluency", "repetition", "language", "length", "copy", "penalty")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,12 +211,53 @@ class GroupResult:
 
 
 def fluency_score(perplexity: float, config: RewardConfig) -> float:
-    """1 at the target perplexity, linear in log-perplexity down to 0 at the min/max bounds, 0 outside them."""
+    """1 on the plateau around the target perplexity, linear in log-perplexity down to 0 at the min/max bounds."""
     if not math.isfinite(perplexity) or perplexity <= 0:
         return 0.0
-    log_p, log_t = math.log(perplexity), math.log(config.perplexity_target)
-    bound = math.log(config.perplexity_min) if perplexity < config.perplexity_target else math.log(config.perplexity_max)
-    return max(0.0, 1.0 - abs(log_p - log_t) / abs(bound - log_t))
+    low = config.perplexity_target / config.perplexity_plateau
+    high = config.perplexity_target * config.perplexity_plateau
+    if perplexity < low:
+        edge, bound = low, config.perplexity_min
+    elif perplexity > high:
+        edge, bound = high, config.perplexity_max
+    else:
+        return 1.0
+    return max(0.0, 1.0 - abs(math.log(perplexity / edge)) / abs(math.log(bound / edge)))
+
+
+def similarity_gate(similarity: float, config: RewardConfig) -> float:
+    """clamp((similarity - gate_low) / (gate_high - gate_low), 0, 1); a step at gate_low when low == high."""
+    low, high = config.similarity_gate_low, config.similarity_gate_high
+    if high <= low:
+        return 1.0 if similarity >= low else 0.0
+    return min(1.0, max(0.0, (similarity - low) / (high - low)))
+
+
+def copy_excess(copy: float, config: RewardConfig) -> float:
+    """The copy component in [0, 1]: containment above the tolerance, rescaled so a verbatim copy scores 1."""
+    return max(0.0, (copy - config.copy_tolerance) / (1.0 - config.copy_tolerance))
+
+
+def detector_score(criterion: float | None, probability: float | None, config: RewardConfig) -> float | None:
+    """The score group normalisation works on (higher = more machine-like): logit(P) or the criterion."""
+    if config.detector_signal == "probability" and probability is not None:
+        p = min(1.0 - 1e-6, max(1e-6, probability))
+        return math.log(p / (1.0 - p))
+    return criterion
+
+
+def group_evasion(scores: Sequence[float | None], config: RewardConfig) -> list[float | None]:
+    """Evasion within one group: 1 / (1 + exp(z)), z = (s - mean) / max(std, group_min_std) over the non-None scores.
+
+    None stays None (an unreliable detection keeps its configured value); a group with fewer than two scores gives
+    None for all, so the caller falls back to the absolute signal.
+    """
+    known = [s for s in scores if s is not None]
+    if len(known) < 2:
+        return [None] * len(scores)
+    mean = sum(known) / len(known)
+    std = max(config.group_min_std, math.sqrt(sum((s - mean) ** 2 for s in known) / len(known)))
+    return [None if s is None else 1.0 / (1.0 + math.exp(max(-60.0, min(60.0, (s - mean) / std)))) for s in scores]
 
 
 #: Detection.unreliable_reason values the reward knows (the SDK's short names).
@@ -206,204 +314,6 @@ def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
     return dot / (na * nb) if na and nb else 0.0
 
 
-_WORD = re.compile(r"\w+(?:['’]\w+)*")
-_ASCII_WORD = re.compile(r"[A-Za-z]+(?:['’-][A-Za-z]+)*|[0-9][0-9.,:%-]*")
-#: Common English function words (articles, pronouns, auxiliaries, prepositions, conjunctions): 30-50 % of the words of
-#: ordinary English prose, near 0 % of other languages' prose and of keyword soup.
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "about",
-        "above",
-        "after",
-        "again",
-        "against",
-        "all",
-        "am",
-        "an",
-        "and",
-        "any",
-        "are",
-        "as",
-        "at",
-        "be",
-        "because",
-        "been",
-        "before",
-        "being",
-        "below",
-        "between",
-        "both",
-        "but",
-        "by",
-        "can",
-        "could",
-        "did",
-        "do",
-        "does",
-        "doing",
-        "down",
-        "during",
-        "each",
-        "few",
-        "for",
-        "from",
-        "further",
-        "had",
-        "has",
-        "have",
-        "having",
-        "he",
-        "her",
-        "here",
-        "hers",
-        "herself",
-        "him",
-        "himself",
-        "his",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "itself",
-        "just",
-        "me",
-        "more",
-        "most",
-        "my",
-        "myself",
-        "no",
-        "nor",
-        "not",
-        "now",
-        "of",
-        "off",
-        "on",
-        "once",
-        "only",
-        "or",
-        "other",
-        "our",
-        "ours",
-        "ourselves",
-        "out",
-        "over",
-        "own",
-        "same",
-        "she",
-        "should",
-        "so",
-        "some",
-        "such",
-        "than",
-        "that",
-        "the",
-        "their",
-        "theirs",
-        "them",
-        "themselves",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "those",
-        "through",
-        "to",
-        "too",
-        "under",
-        "until",
-        "up",
-        "very",
-        "was",
-        "we",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "while",
-        "who",
-        "whom",
-        "why",
-        "will",
-        "with",
-        "would",
-        "you",
-        "your",
-        "yours",
-        "yourself",
-        "yourselves",
-        "also",
-        "may",
-        "might",
-        "must",
-        "shall",
-        "upon",
-        "onto",
-    ]
-)
-
-
-def _distinct(words: Sequence[str], n: int) -> float | None:
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else None
-
-
-def repetition_score(text: str) -> float:
-    """Degeneracy in [0, 1]: 1 - mean distinct-2/3 word n-gram ratio, or zlib's verdict on long texts when larger.
-
-    Ordinary prose has almost no repeated bigrams (score ~0); "word word word ..." scores ~0.9. Compression
-    (compressed/raw bytes under ~0.4) catches loops the word split misses, e.g. one long repeated token.
-    """
-    words = [w.lower() for w in _WORD.findall(text)]
-    ratios = [r for r in (_distinct(words, 2), _distinct(words, 3)) if r is not None]
-    by_words = 1.0 - sum(ratios) / len(ratios) if ratios else 0.0
-    raw = text.encode("utf-8")
-    by_zlib = 0.0
-    if len(raw) >= 64:  # shorter texts do not compress (header overhead), so the ratio says nothing
-        ratio = len(zlib.compress(raw, 9)) / len(raw)
-        by_zlib = min(1.0, max(0.0, (0.4 - ratio) / 0.3))
-    return max(by_words, by_zlib)
-
-
-def english_likeness(text: str, config: RewardConfig) -> float:
-    """In [0, 1]: share of word tokens that are ASCII words or numbers, times min(1, stopword share / target).
-
-    The stopword share is smoothed towards 1/4 by 4 pseudo-words, so a terse but English sentence is not judged on
-    a handful of words alone.
-    """
-    tokens = text.split()
-    if not tokens:
-        return 0.0
-    ascii_share = sum(1 for t in tokens if _ASCII_WORD.fullmatch(t.strip(".,;:!?\"'()[]{}“”‘’«»…-—–"))) / len(tokens)
-    words = [w.lower() for w in _WORD.findall(text)]
-    stop_share = (sum(1 for w in words if w in _STOPWORDS) + 1) / (len(words) + 4)
-    return ascii_share * min(1.0, stop_share / config.language_stopword_share)
-
-
-def language_score(original: str, completion: str, config: RewardConfig) -> float:
-    """The rewrite's English-likeness relative to the original's, in [0, 1]; 1 (unchecked) for a non-English original."""
-    reference = english_likeness(original, config)
-    if reference < 0.5:
-        return 1.0
-    return min(1.0, english_likeness(completion, config) / reference)
-
-
-def length_score(original: str, completion: str, config: RewardConfig) -> float:
-    """1 while the word-count ratio is within the bounds; linear in log-ratio down to 0 at half the min / twice the max."""
-    ratio = max(1, len(completion.split())) / max(1, len(original.split()))
-    if ratio < config.length_ratio_min:
-        return max(0.0, 1.0 - math.log(config.length_ratio_min / ratio) / math.log(2.0))
-    if ratio > config.length_ratio_max:
-        return max(0.0, 1.0 - math.log(ratio / config.length_ratio_max) / math.log(2.0))
-    return 1.0
-
-
 def combine(
     original: str,
     completion: str,
@@ -414,11 +324,13 @@ def combine(
     config: RewardConfig,
     *,
     unreliable_reason: str = "",
+    evasion: float | None = None,
 ) -> RewardBreakdown:
     """One sample's reward from its raw signals (the single definition both the mesh path and baselines use).
 
     `unreliable_reason` is the detector's reason for withholding the probability ("" = reliable); see
-    RewardConfig.unreliable_short_evasion / unreliable_invisible_evasion.
+    RewardConfig.unreliable_short_evasion / unreliable_invisible_evasion. `evasion`, when given, replaces the
+    absolute evasion of a reliable detection (group_evasion's value: CompositeReward.score passes it).
     """
     cfg = config
     if not completion.strip():
@@ -436,8 +348,12 @@ def combine(
             language=0.0,
             length=0.0,
         )
-    evasion = evasion_score(criterion, probability, cfg, unreliable_reason=unreliable_reason)
-    fluency = fluency_score(perplexity, cfg) if perplexity is not None else 0.0
+    if evasion is None or unreliable_reason:
+        evasion = evasion_score(criterion, probability, cfg, unreliable_reason=unreliable_reason)
+    repetition = repetition_score(completion)
+    fluency = (fluency_score(perplexity, cfg) if perplexity is not None else 0.0) * (1.0 - repetition)
+    gate = similarity_gate(similarity, cfg)
+    copy = copy_score(original, completion)
     flags: list[str] = [f"detector_unreliable:{unreliable_reason}"] if unreliable_reason else []
     sim_component = similarity
     if similarity < cfg.similarity_threshold:
@@ -451,7 +367,6 @@ def combine(
     if words > cfg.max_length_ratio * max(1, len(original.split())):
         penalty += cfg.too_long_penalty
         flags.append("too_long")
-    repetition = repetition_score(completion)
     language = language_score(original, completion, cfg)
     length = length_score(original, completion, cfg)
     if repetition >= 0.5:
@@ -460,14 +375,18 @@ def combine(
         flags.append("not_english")
     if length < 1.0:
         flags.append("length_out_of_bounds")
+    if gate < 1.0:
+        flags.append("similarity_gated")
+    if copy >= cfg.near_copy_threshold:
+        flags.append("near_copy")
     total = (
-        cfg.w_detector * evasion
+        (cfg.w_detector * evasion + cfg.w_fluency * fluency) * gate
         + cfg.w_similarity * sim_component
-        + cfg.w_fluency * fluency
         + penalty
         - cfg.w_repetition * repetition
         - cfg.w_language * (1.0 - language)
         - cfg.w_length * (1.0 - length)
+        - cfg.w_copy * copy_excess(copy, cfg)
     )
     return RewardBreakdown(
         total,
@@ -482,6 +401,8 @@ def combine(
         repetition=repetition,
         language=language,
         length=length,
+        copy=copy,
+        gate=gate,
     )
 
 
@@ -491,7 +412,7 @@ def embedding_similarity(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 class CompositeReward:
-    """reward = w_det * evasion + w_sim * similarity + w_flu * fluency + penalties, computed over the mesh."""
+    """reward = gate * (w_det * evasion + w_flu * fluency) + w_sim * similarity - hygiene + penalties, over the mesh."""
 
     def __init__(self, mesh: Mesh | None = None, config: RewardConfig | None = None) -> None:
         self.mesh = mesh or Mesh()
@@ -527,8 +448,27 @@ class CompositeReward:
             for j, i in enumerate(live):
                 similarity[i] = similar[j].score
 
-        out: list[RewardBreakdown] = []
         position = {i: j for j, i in enumerate(live)}
+        reasons = {
+            i: "" if d.reliable else (d.unreliable_reason or UNRELIABLE_TOO_FEW_TOKENS)
+            for i, d in ((i, detected.detections[position[i]]) for i in live)
+        }
+        evasions: dict[int, float | None] = {}
+        if cfg.detector_normalization == "group":
+            groups: dict[str, list[int]] = {}
+            for i in live:
+                groups.setdefault(originals[i], []).append(i)
+            for members in groups.values():
+                scores = [
+                    None
+                    if reasons[i]
+                    else detector_score(
+                        detected.detections[position[i]].criterion, detected.detections[position[i]].probability, cfg
+                    )
+                    for i in members
+                ]
+                evasions.update(zip(members, group_evasion(scores, cfg), strict=True))
+        out: list[RewardBreakdown] = []
         for i, (original, completion) in enumerate(zip(originals, completions, strict=True)):
             if i not in position:
                 out.append(combine(original, completion, None, None, None, 0.0, cfg))
@@ -536,10 +476,17 @@ class CompositeReward:
             j = position[i]
             det = detected.detections[j]
             perplexity = scored[j].perplexity if cfg.fluency_source == "scorer" else det.perplexity
-            reason = "" if det.reliable else (det.unreliable_reason or UNRELIABLE_TOO_FEW_TOKENS)
             out.append(
                 combine(
-                    original, completion, det.criterion, det.probability, perplexity, similarity[i], cfg, unreliable_reason=reason
+                    original,
+                    completion,
+                    det.criterion,
+                    det.probability,
+                    perplexity,
+                    similarity[i],
+                    cfg,
+                    unreliable_reason=reasons[i],
+                    evasion=evasions.get(i),
                 )
             )
         return out

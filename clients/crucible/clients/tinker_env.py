@@ -33,6 +33,7 @@ from tinker_cookbook.rl.types import (
 )
 
 from crucible.clients.mesh import Mesh, MeshConfig
+from crucible.clients.modelpaths import resolve_model_path
 from crucible.clients.reward import CompositeReward, RewardConfig
 
 logger = logging.getLogger(__name__)
@@ -47,14 +48,13 @@ DEFAULT_MAX_PROMPT_TOKENS = 2048
 def load_tokenizer(model: str) -> Any:
     """The policy's tokenizer, from a crucible packaged alias, a local folder or the local HF cache (never the network).
 
-    Cached per process: builders carry only the model name, so they pickle small.
+    Cached per process: builders carry only the model name, so they pickle small. A packaged alias is resolved by the
+    servers' model registry when they are installed (crucible.clients.modelpaths; the SDK never imports the servers);
+    with the client alone, give a local folder or a hub id in the local cache.
     """
     from transformers import AutoTokenizer
 
-    from crucible.models import resolve_model
-
-    path = Path(model) if Path(model).is_dir() else resolve_model(model, prepare=True).path
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(resolve_model_path(model), local_files_only=True)
 
 
 def render_prompt(tokenizer: Any, original: str, template: str = PROMPT_TEMPLATE) -> list[int]:

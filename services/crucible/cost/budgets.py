@@ -23,7 +23,8 @@ from typing import Any, Final
 
 from crucible.cost import limits
 from crucible.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, echo
-from crucible.runtime.statefile import Check, StateFileError, open_state_db, private_dir
+from crucible.runtime.sqlite import open_database
+from crucible.runtime.statefile import Check, StateFileError
 
 log = logging.getLogger(__name__)
 
@@ -201,23 +202,10 @@ class BudgetStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            private_dir(Path(self.path).parent)  # 0700 when created: spend is nobody else's to read
         self._lock = threading.Lock()
         # The spend database is money: a truncated or corrupt file refuses the start (StateFileError) instead of
         # serving a broken table; the full check also compares indexes with their tables (the file stays small).
-        self._db = open_state_db(
-            self.path,
-            field="database_path",
-            what="cost database",
-            check=Check.FULL,
-            check_same_thread=False,
-            isolation_level=None,
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(self.path, field="database_path", what="cost database", schema=_SCHEMA, check=Check.FULL)
         if self.path != ":memory:":
             self._check_amounts()
 

@@ -11,8 +11,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from crucible.detector.engine import RawScores
-from crucible.runtime.statefile import OnCorrupt, open_state_db, private_dir
+from crucible.detector.core import RawScores
+from crucible.runtime.sqlite import open_database
+from crucible.runtime.statefile import OnCorrupt
 
 
 def cache_key(fingerprint: str, text: str) -> str:
@@ -52,21 +53,16 @@ class SqliteCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        private_dir(self.path.parent)  # 0700 when created; the file itself is 0600 (open_state_db)
         self._lock = threading.Lock()
         # A pure cache: every entry can be recomputed from the model, so a corrupt or truncated file is moved aside
         # (kept for inspection, with a warning) and the detector starts with an empty cache instead of refusing to start.
-        self._db = open_state_db(
+        self._db = open_database(
             self.path,
             field="cache_path",
             what="detector result cache",
+            schema="CREATE TABLE IF NOT EXISTS detections (key TEXT PRIMARY KEY, scores TEXT NOT NULL)",
             on_corrupt=OnCorrupt.MOVE_ASIDE,
-            check_same_thread=False,
-            isolation_level=None,
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS detections (key TEXT PRIMARY KEY, scores TEXT NOT NULL)")
 
     def get_many(self, keys: Sequence[str]) -> dict[str, RawScores]:
         """The stored results among `keys` (missing keys are absent from the answer)."""

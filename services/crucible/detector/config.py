@@ -71,8 +71,9 @@ class DetectorConfig(ModelServerConfig):
     stats_kernel: str = setting(
         "auto",
         "How the per-token vocabulary statistics run: compile = torch.compile a fused kernel during warm-up (before "
-        "SERVING; tens of seconds on a small CPU the first time, cached on disk after); auto = compile in a background "
-        "thread after warm-up and use eager mode until the compiled kernel passed its check; eager = never compile. "
+        "SERVING, so the first call runs at warm speed; ~15 CPU-seconds the first time, a few once cached on disk in "
+        "<model cache>/inductor or $TORCHINDUCTOR_CACHE_DIR); auto = the same when a compiler is found (a C++ compiler "
+        "on CPU, Triton on CUDA), else eager; eager = never compile. "
         "A compile that fails or disagrees with eager mode leaves eager mode in use (logged).",
         choices=("auto", "compile", "eager"),
     )

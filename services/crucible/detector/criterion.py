@@ -8,9 +8,15 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from crucible.detector.kernel_cache import kernel_cache_dir
+from crucible.runtime.startup import startup_phase
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +157,18 @@ def vocabulary_statistics(
     return ll, mu, var, log_rank, entropy
 
 
+def compiler_available(device: torch.device) -> bool:
+    """Whether torch.compile can build kernels here: a C++ compiler on CPU, Triton on CUDA (else eager mode)."""
+    if device.type == "cuda":
+        import importlib.util
+
+        return importlib.util.find_spec("triton") is not None
+    if device.type != "cpu":
+        return False
+    candidates = (os.environ.get("CXX", ""), "g++", "c++", "clang++")
+    return any(name and shutil.which(name) for name in candidates)
+
+
 class StatisticsKernel:
     """`vocabulary_statistics`, eager or compiled with torch.compile (fused: a few passes over bf16/fp32 logits).
 
@@ -180,9 +198,24 @@ class StatisticsKernel:
         return compiled(score_logits, ref_logits, labels)
 
     def compile(
-        self, vocab: int, dtype: torch.dtype, device: torch.device, *, two_models: bool = False, ref_vocab: int | None = None
+        self,
+        vocab: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        *,
+        two_models: bool = False,
+        ref_vocab: int | None = None,
+        cache_dir: Path | None = None,
     ) -> bool:
-        """Compile for logits [N, vocab] of `dtype` on `device`; True when the compiled kernel is now in use."""
+        """Compile for logits [N, vocab] of `dtype` on `device`; True when the compiled kernel is now in use.
+
+        The compiled code is cached on disk in `cache_dir` (default `kernel_cache_dir()`): the first compile costs
+        ~15 CPU-seconds, a later start with the cache a few (tracing only)."""
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir or kernel_cache_dir())
+        with startup_phase("compile_statistics"):
+            return self._compile(vocab, dtype, device, two_models, ref_vocab)
+
+    def _compile(self, vocab: int, dtype: torch.dtype, device: torch.device, two_models: bool, ref_vocab: int | None) -> bool:
         try:
             compiled = torch.compile(vocabulary_statistics, dynamic=True)
             g = torch.Generator().manual_seed(0)

@@ -20,7 +20,7 @@ from crucible.detector.calibration import (
     METHOD_TWO_GAUSSIAN,
     Calibration,
 )
-from crucible.detector.engine import (
+from crucible.detector.core import (
     BY_PRODUCTS,
     CLASSIFIER,
     FAST_DETECTGPT,
@@ -35,8 +35,9 @@ from crucible.runtime.batching import BatcherMetrics, BatchSettings, DynamicBatc
 log = logging.getLogger(__name__)
 
 # Rows and tokens per row of the probe batch that measures throughput at start (the admission prior): as long as the
-# texts a full call scores (max_tokens, up to 512), so the rate holds for them; two rows keep it to seconds on a CPU.
-_PROBE_ROWS = 2
+# texts a full call scores (max_tokens, up to 512), so the rate holds for them; one row (run twice: an allocating pass,
+# then the measured one) was ~8 CPU-seconds of a start on 2 cores, two rows twice that (issue 27).
+_PROBE_ROWS = 1
 _PROBE_TOKENS = 512
 
 

@@ -15,7 +15,8 @@ import grpc
 from crucible.api.detector.v1 import detector_service_pb2 as pb
 from crucible.api.detector.v1 import detector_service_pb2_grpc
 from crucible.detector.calibration import METHOD_LOGISTIC_ENSEMBLE, METHOD_NONE, METHOD_TWO_GAUSSIAN
-from crucible.detector.engine import BINOCULARS, CLASSIFIER, FAST_DETECTGPT, DetectorEngine, MemberDescription
+from crucible.detector.core import BINOCULARS, CLASSIFIER, FAST_DETECTGPT, MemberDescription
+from crucible.detector.engine import DetectorEngine
 from crucible.detector.pipeline import CallResult, DetectionPipeline, DetectionResult
 from crucible.detector.reliability import REASON_INVISIBLE_CHARACTERS, REASON_NONE, REASON_TOO_FEW_TOKENS
 from crucible.runtime.convert import batching_settings, model_identity, remaining_seconds

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from crucible.runtime.startup import startup_phase
+
 from .devices import (
     check_placement,
     dtype_name,
@@ -173,13 +175,14 @@ def _load(
     torch_dtype = select_dtype(dtype, torch_device)
     quantize = validate_quantize(quantize)
 
-    import transformers
+    with startup_phase("import_transformers"):  # the library and the architecture's modules: most of a cold load
+        import transformers
 
-    auto_class = getattr(transformers, auto_class_name)
-    config = transformers.AutoConfig.from_pretrained(resolved.path, local_files_only=True)
-    if wanted_kind is not None:
-        _check_architecture(resolved, config, wanted_kind)
-    counts = count_parameters(config, auto_class)
+        auto_class = getattr(transformers, auto_class_name)
+        config = transformers.AutoConfig.from_pretrained(resolved.path, local_files_only=True)
+        if wanted_kind is not None:
+            _check_architecture(resolved, config, wanted_kind)
+        counts = count_parameters(config, auto_class)
     placement = check_placement(
         counts.total, torch_dtype, quantize, torch_device, available_bytes, quantizable_params=counts.quantizable
     )
@@ -191,8 +194,10 @@ def _load(
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     try:
-        model = auto_class.from_pretrained(resolved.path, **kwargs)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path, local_files_only=True)
+        with startup_phase("weights"):
+            model = auto_class.from_pretrained(resolved.path, **kwargs)
+        with startup_phase("tokenizer"):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {resolved.name!r} from {resolved.path}: {exc}") from exc
     model.eval()

@@ -7,6 +7,7 @@ embedding model's contextual word vectors, so that content added, dropped or ref
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from crucible.models import LoadedModel
+from crucible.proposer.cleaning import NEGATIONS
 
 #: Function words and the framing of a multiple-choice question ("which of the following", "best describes"): a
 #: rewording may add, drop or trade these freely. Everything else is a content word that must be kept (exactly, as
@@ -49,6 +51,7 @@ FUNCTION_WORDS = frozenset(
         "you",
         "your",
         "i",
+        "s",
         "me",
         "my",
         "mine",
@@ -192,19 +195,8 @@ FUNCTION_WORDS = frozenset(
 #: Polarity, degree, quantity and cause/effect words: a near vector is not enough ("most" and "least", "cause" and
 #: "effect" sit close in any encoder), they must be kept as they are (or in another form), else the pair changes what
 #: is asked.
-STRICT_WORDS = frozenset(
+STRICT_WORDS = NEGATIONS | frozenset(
     [
-        "not",
-        "no",
-        "never",
-        "none",
-        "neither",
-        "nor",
-        "without",
-        "except",
-        "cannot",
-        "nothing",
-        "nobody",
         "most",
         "least",
         "more",
@@ -269,13 +261,21 @@ _WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
 
 
 def _stem(word: str) -> str:
-    """A light English stem (case, possessive and common inflections), enough to tell 'cells' from 'cell'."""
+    """A light English stem (case, possessive and common inflections), enough to tell 'cells' from 'cell' and
+    'moved' from 'move': a final 'e' and a doubled final consonant are dropped after the suffix."""
     w = word.lower().replace("\u2019", "'")
     if w.endswith("'s"):
         w = w[:-2]
     for suffix, keep in (("ies", "y"), ("ied", "y"), ("sses", "ss"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
         if w.endswith(suffix) and len(w) - len(suffix) >= 3 and not w.endswith("ss"):
-            return w[: -len(suffix)] + keep
+            if suffix == "es" and not w[:-2].endswith(("s", "x", "z", "ch", "sh")):
+                suffix = "s"  # "cultures" is "culture" + s; "boxes" is "box" + es
+            w = w[: -len(suffix)] + keep
+            break
+    if len(w) >= 4 and w[-1] == w[-2] and w[-1] not in "aeiouls":
+        w = w[:-1]  # "bitmapp(ed)" -> "bitmap"
+    while len(w) > 3 and w.endswith("e"):
+        w = w[:-1]  # "agree", "agreed" -> "agr"
     return w
 
 
@@ -345,12 +345,21 @@ class Alignment:
     #: Extra occurrences in the second text of content words the first has ("the direction of the foot ... foot"): a
     #: small rewriter that loops garbles the question while every word still aligns.
     repeats: int = 0
+    #: Names (capitalised words inside a sentence, acronyms) that only one of the texts has, in no form: a name is
+    #: kept as it is, a near vector ("Celsius" for "temperature", "Earth" for "ocean") does not stand in for it.
+    names: tuple[str, ...] = ()
+    #: Content words of a scope the rewording puts around the question ("In chemistry, ...", "..., according to
+    #: human anatomy?") that the original does not have in any form: a field, a theory or a source added.
+    scope: tuple[str, ...] = ()
 
     @property
     def score(self) -> float:
         """The weakest link: the smaller of the two worst matches (a single dropped or added content word fails it);
-        0 when content words are repeated MAX_REPEATS times or more beyond the original."""
-        return 0.0 if self.repeats >= MAX_REPEATS else min(self.worst_recall, self.worst_precision)
+        0 when content words are repeated MAX_REPEATS times or more beyond the original, or when a name or a
+        scope is added or dropped."""
+        if self.repeats >= MAX_REPEATS or self.names or self.scope:
+            return 0.0
+        return min(self.worst_recall, self.worst_precision)
 
 
 #: Extra repetitions of the original's content words that make a rewording garbled (1 is a normal rewording:
@@ -364,23 +373,91 @@ def _repeats(first: Sequence[str], second: Sequence[str]) -> int:
     return sum(max(0, n - before[stem]) for stem, n in after.items() if before[stem])
 
 
+#: Tokens after which a word starts a sentence (its capital says nothing); the encoder splits punctuation off.
+_SENTENCE_BREAKS = frozenset([".", "?", "!", ":", ";", "|", '"', "(", "\u201c"])
+
+
+def _names(words: Sequence[str]) -> list[str]:
+    """Names in `words`: a capitalised content word that does not start a sentence, or an acronym (two or more
+    capitals, e.g. 'TCP', 'UK', 'II') anywhere."""
+    out = []
+    for i, word in enumerate(words):
+        if not is_content(word) or not word[:1].isupper():
+            continue
+        starts = i == 0 or words[i - 1] in _SENTENCE_BREAKS
+        acronym = len(word) > 1 and word.isupper() and word.isalpha()
+        if acronym or not starts:
+            out.append(word)
+    return out
+
+
+def _name_changes(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
+    """Names of either text that the other lacks in every form (compared case-blind, so 'the Red Planet' keeps
+    'red planet'); words in STRICT_WORDS ('NOT', 'LEAST') are left to the strict match."""
+    stems = ({_stem(w) for w in first}, {_stem(w) for w in second})
+    changed = [w for w in _names(first) if _stem(w) not in stems[1]]
+    changed += [w for w in _names(second) if _stem(w) not in stems[0]]
+    return tuple(w for w in changed if w.lower() not in STRICT_WORDS)
+
+
+#: Phrases that put a scope around a question: "In chemistry, ...", "According to Kant, ...", "In the context of
+#: X, ...", and at the end ", according to X?". Words of the phrase that are mere framing ("this context") do not count.
+_SCOPE_OPENERS = (("in",), ("within",), ("according", "to"), ("from",), ("based", "on"), ("for",))
+_SCOPE_FRAMING = frozenset(["context", "case", "view", "terms", "perspective", "respect", "words", "general", "short"])
+_MAX_SCOPE_WORDS = 8
+
+
+def _scope_words(words: Sequence[str]) -> list[str]:
+    """Content words of a leading "<opener> ..., " or a trailing ", according to ...?" scope phrase in `words`."""
+    lower = [w.lower() for w in words]
+    spans: list[Sequence[str]] = []
+    for opener in _SCOPE_OPENERS:
+        if tuple(lower[: len(opener)]) == opener and "," in lower[: _MAX_SCOPE_WORDS + len(opener) + 1]:
+            spans.append(words[len(opener) : lower.index(",")])
+    for k in range(max(0, len(lower) - _MAX_SCOPE_WORDS - 3), len(lower) - 1):
+        if lower[k] == "," and lower[k + 1 : k + 3] == ["according", "to"]:
+            end = next((j for j in range(k + 3, len(words)) if words[j] in _SENTENCE_BREAKS or words[j] == ","), None)
+            spans.append(words[k + 3 : end])
+    return [w for span in spans for w in span if is_content(w) and w.lower() not in _SCOPE_FRAMING]
+
+
+def _scope_added(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
+    """Words of a scope phrase in `second` (the rewording) that `first` lacks in every form."""
+    stems = {_stem(w) for w in first}
+    return tuple(w for w in _scope_words(second) if _stem(w) not in stems)
+
+
 def _matches(source: WordVectors, target: WordVectors) -> list[tuple[str, float]]:
     """(content word of source, best match in target) for every content word of source."""
     target_stems = {_stem(w) for w in target.words}
     if target.vectors.shape[0]:
         similarity = source.vectors @ target.vectors.T
-        best = similarity.max(dim=1).values.tolist()
+        top = similarity.max(dim=1)
+        best, nearest = top.values.tolist(), [target.words[int(i)] for i in top.indices]
     else:
-        best = [0.0] * len(source.words)
+        best, nearest = [0.0] * len(source.words), [""] * len(source.words)
     result = []
-    for word, cosine in zip(source.words, best, strict=True):
+    for word, cosine, match in zip(source.words, best, nearest, strict=True):
         if not is_content(word):
             continue
         if _stem(word) in target_stems:
             result.append((word, 1.0))
+        elif word.lower() in STRICT_WORDS or _look_alike(word, match):
+            result.append((word, 0.0))
         else:
-            result.append((word, 0.0 if word.lower() in STRICT_WORDS else max(0.0, float(cosine))))
+            result.append((word, max(0.0, float(cosine))))
     return result
+
+
+def _look_alike(first: str, second: str) -> bool:
+    """True for two different terms spelt alike apart from their ending ('osteoclasts'/'osteoblasts',
+    'afferent'/'efferent', 'hypothyroidism'/'hyperthyroidism'): the encoder puts them close, yet they name different
+    things. Words that share all but their last few letters ('multiplied'/'multiplication') are forms of one word."""
+    a, b = first.lower(), second.lower()
+    if min(len(a), len(b)) < 5 or _stem(a) == _stem(b):
+        return False
+    prefix = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return prefix < min(len(a), len(b)) - 4 and difflib.SequenceMatcher(None, a, b).ratio() >= 0.75
 
 
 def align(first: WordVectors, second: WordVectors, threshold: float) -> Alignment:
@@ -402,4 +479,6 @@ def align(first: WordVectors, second: WordVectors, threshold: float) -> Alignmen
         tuple(w for w, s in recall if s < threshold),
         tuple(w for w, s in precision if s < threshold),
         _repeats(first.words, second.words),
+        _name_changes(first.words, second.words),
+        _scope_added(first.words, second.words),
     )

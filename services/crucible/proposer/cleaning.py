@@ -265,7 +265,8 @@ _ANSWER_LEAD = re.compile(
     re.IGNORECASE,
 )
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\s*%)?")
-_NEGATIONS = frozenset(
+#: Negation words (shared with the content alignment, where they must be kept as they are).
+NEGATIONS = frozenset(
     [
         "not",
         "no",
@@ -383,7 +384,7 @@ def meaning_change(original: str, rewrite: str) -> str:
     if _numbers(original) != _numbers(rewrite):
         return f"numbers differ ({sorted(_numbers(original))} vs {sorted(_numbers(rewrite))})"
     first, second = _words(original), _words(rewrite)
-    negations = sum(w in _NEGATIONS for w in first), sum(w in _NEGATIONS for w in second)
+    negations = sum(w in NEGATIONS for w in first), sum(w in NEGATIONS for w in second)
     negative = sum(w in _NEGATIVE_WORDS for w in first), sum(w in _NEGATIVE_WORDS for w in second)
     if (negations[0] + negative[0]) % 2 != (negations[1] + negative[1]) % 2:
         return "negation added or removed"

@@ -39,6 +39,7 @@ from crucible.runtime.errors import (
     InvalidArgument,
     Unavailable,
 )
+from crucible.runtime.startup import startup_phase
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +176,15 @@ class ProposerEngine:
             self._batchers.append(self._entail)
         for batcher in self._batchers:
             batcher.start()
-        warm = await self._embed.submit("warm-up")
-        self.embedding_dimension = len(warm.vector)
-        await self._generate.submit(generation.GenerationRow((self._pad_id,), 1.0, 1.0, 2, 0))
-        await self._words.submit("warm-up")
-        if self._entail is not None:
-            await self._entail.submit(("warm-up", "warm-up"))
-        if self._judge is not None:
-            await self._judge.submit(("warm-up", "warm-up"))
+        with startup_phase("warm_up"):
+            warm = await self._embed.submit("warm-up")
+            self.embedding_dimension = len(warm.vector)
+            await self._generate.submit(generation.GenerationRow((self._pad_id,), 1.0, 1.0, 2, 0))
+            await self._words.submit("warm-up")
+            if self._entail is not None:
+                await self._entail.submit(("warm-up", "warm-up"))
+            if self._judge is not None:
+                await self._judge.submit(("warm-up", "warm-up"))
         log.info(
             "proposer ready",
             extra={
@@ -407,6 +409,8 @@ class ProposerEngine:
                     words = [*(f"drops '{w}'" for w in a.dropped), *(f"adds '{w}'" for w in a.added)]
                     if a.repeats >= alignment.MAX_REPEATS:
                         words.append(f"repeats content words {a.repeats} times more than the original")
+                    words += [f"name '{w}' not in both" for w in a.names]
+                    words += [f"adds the scope '{w}'" for w in a.scope]
                     problems[i] = (cleaning.CONTENT_CHANGE, "; ".join(words) or f"content score {a.score:.2f}")
         passing = [i for i, (reason, _) in enumerate(problems) if not reason]
         scoring = METHOD_NLI if self._entail is not None else METHOD_COSINE
@@ -458,22 +462,14 @@ class ProposerEngine:
                     "LLM_JUDGE needs a judge model: start the proposer with --judge-model DIR", reason="JUDGE_NOT_CONFIGURED"
                 )
             cut = cfg.judge_threshold if threshold is None else threshold
-            probs = await self._judge.submit_many([(a, b) for a, b in pairs] + [(b, a) for a, b in pairs], timeout=timeout)
-            n = len(pairs)
-            return EquivalenceResult(
-                equivalence.nli_verdicts(probs[:n], probs[n:], cut), METHOD_JUDGE, cut, self.judge.identity, METHOD_JUDGE
-            )
+            return await self._both_ways(self._judge, pairs, cut, METHOD_JUDGE, self.judge.identity, timeout=timeout)
         if method == METHOD_NLI:
             if self._entail is None:
                 raise FailedPrecondition(
                     "NLI_ENTAILMENT needs an NLI model: start the proposer with --nli-model DIR", reason="NLI_NOT_CONFIGURED"
                 )
             cut = cfg.nli_threshold if threshold is None else threshold
-            probs = await self._entail.submit_many([(a, b) for a, b in pairs] + [(b, a) for a, b in pairs], timeout=timeout)
-            n = len(pairs)
-            return EquivalenceResult(
-                equivalence.nli_verdicts(probs[:n], probs[n:], cut), METHOD_NLI, cut, self.nli.identity, METHOD_NLI
-            )
+            return await self._both_ways(self._entail, pairs, cut, METHOD_NLI, self.nli.identity, timeout=timeout)
         assert self._embed is not None
         cut = cfg.cosine_threshold if threshold is None else threshold
         embedded = await self._embed.submit_many([a for a, _ in pairs] + [b for _, b in pairs], timeout=timeout)
@@ -485,6 +481,22 @@ class ProposerEngine:
         return EquivalenceResult(
             equivalence.cosine_verdicts(scores, cut), METHOD_COSINE, cut, self.embedder.identity, METHOD_COSINE
         )
+
+    @staticmethod
+    async def _both_ways(
+        batcher: DynamicBatcher[tuple[str, str], float],
+        pairs: Sequence[tuple[str, str]],
+        cut: float,
+        method: str,
+        model: Any,
+        *,
+        timeout: float | None,
+    ) -> EquivalenceResult:
+        """A pair-probability model (NLI entailment, the LLM judge) run on each pair in both orders: equivalent when
+        both reach `cut`."""
+        probs = await batcher.submit_many([(a, b) for a, b in pairs] + [(b, a) for a, b in pairs], timeout=timeout)
+        n = len(pairs)
+        return EquivalenceResult(equivalence.nli_verdicts(probs[:n], probs[n:], cut), method, cut, model, method)
 
     async def embed(self, texts: Sequence[str], *, timeout: float | None = None) -> EmbedResult:
         """L2-normalised embeddings of `texts` (batched with concurrent calls), with token counts."""

@@ -11,6 +11,9 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+# Client side, kept in the SDK (which never imports the servers); re-exported here for the servers and their tests.
+from crucible.clients.status import parse_status_details as parse_status_details
+
 #: Most characters of a caller's value that an error quotes (see `echo`): an oversized id or name is shown as a prefix.
 ECHO_CHARS = 64
 #: Most characters of an error message, of one field violation (its field path and its description) or of one
@@ -184,21 +187,3 @@ def internal_status(domain: str, request_id: str) -> grpc.Status:
     detail.details.add().Pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=domain, metadata={"request_id": request_id}))
     status: grpc.Status = rpc_status.to_status(detail)
     return status
-
-
-def parse_status_details(call_error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, list[tuple[str, str]]]:
-    """Client side: the ErrorInfo and BadRequest field violations carried by a failed call, if any."""
-    status = rpc_status.from_call(call_error)
-    info = None
-    violations: list[tuple[str, str]] = []
-    if status is None:
-        return None, violations
-    for any_detail in status.details:
-        if any_detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            any_detail.Unpack(info)
-        elif any_detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            any_detail.Unpack(bad)
-            violations.extend((v.field, v.description) for v in bad.field_violations)
-    return info, violations

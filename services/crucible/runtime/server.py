@@ -21,6 +21,7 @@ from crucible.runtime.config import ServerConfig
 from crucible.runtime.errors import ConfigError, Unimplemented, error_domain
 from crucible.runtime.interceptor import RuntimeInterceptor, ServerMetrics
 from crucible.runtime.memory import limit_arenas
+from crucible.runtime.startup import STARTUP, process_age
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,13 @@ class CrucibleServer:
         log.info(
             "%s listening",
             self.service.short_name,
-            extra={"address": self.address, "metrics_port": self.metrics_port, "tls": self.tls, "auth": self.auth},
+            extra={
+                "address": self.address,
+                "metrics_port": self.metrics_port,
+                "tls": self.tls,
+                "auth": self.auth,
+                "process_s": round(process_age(), 2),  # interpreter start and imports before the models load
+            },
         )
         self._start_task = asyncio.create_task(self._run_start_hook(), name=f"{self.service.short_name}-start")
 
@@ -131,7 +138,8 @@ class CrucibleServer:
             return
         if not self._stopping:
             await self._set_health(SERVING)
-            log.info("%s ready", self.service.short_name)
+            # Where the start-up seconds went: one line with every phase (see crucible.runtime.startup).
+            log.info("%s ready", self.service.short_name, extra={"startup": STARTUP.summary()})
         self._ready.set()
 
     async def wait_ready(self, timeout: float | None = None) -> None:

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from crucible.runtime.batching import BatcherMetrics, DynamicBatcher
 from crucible.runtime.errors import Unavailable
+from crucible.runtime.info import ServiceInfo
+from crucible.runtime.startup import startup_phase
 from crucible.scorer.config import ScorerConfig
 from crucible.scorer.placement import (
     CpuPlacement,
@@ -21,6 +23,7 @@ from crucible.scorer.placement import (
     restore_cpu_placement,
 )
 from crucible.scorer.scoring import ChoiceRequest, TargetScorer, TextRequest
+from crucible.scorer.seca import SECA_PROMPT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,27 @@ class ScorerEngine:
             raise Unavailable("the scorer is not ready (model loading or shutting down); retry shortly", reason="NOT_READY")
         return runtime
 
+    def info(self) -> ServiceInfo:
+        """What GetInfo reports: the model, its CPU placement, the SECA template, the limits and the batching settings."""
+        runtime = self.require_ready()
+        limits, placement = runtime.scorer.limits, runtime.placement
+        return ServiceInfo(
+            models={"model": runtime.loaded.identity},
+            limits={
+                "max_items_per_call": limits.max_items_per_call,
+                "max_choices_per_item": limits.max_choices_per_item,
+                "max_tokens": limits.max_tokens,
+            },
+            batching=runtime.batcher.settings,
+            fields={
+                "intra_op_threads": placement.intra_op_threads,
+                "inter_op_threads": placement.inter_op_threads,
+                "cores": list(placement.cores),
+                "cores_pinned": placement.pinned,
+                "seca_prompt_template": SECA_PROMPT_TEMPLATE,
+            },
+        )
+
     async def start(self) -> None:
         """Pin the CPU, load the model on it, build the scorer, start the batcher and warm both kinds of pass."""
         # torch is imported only once the service starts
@@ -87,7 +111,8 @@ class ScorerEngine:
                 metrics=BatcherMetrics(self.registry),
             )
             batcher.start()
-            await self._warm_up(scorer, batcher)
+            with startup_phase("warm_up"):  # both kinds of pass and the throughput probe
+                await self._warm_up(scorer, batcher)
         except BaseException:  # failed or cancelled start: leave nothing running behind
             if batcher is not None:
                 await batcher.stop()
@@ -111,11 +136,11 @@ class ScorerEngine:
         texts = scorer.prepare_texts([TextRequest(text="Warm-up text for the scorer.")])
         await batcher.submit_many([p.job for p in choices])
         await batcher.submit_many([p.job for p in texts])
-        # A probe of two longer texts measures the model's tokens per second: the prior of admission by expected wait.
-        words = min(256, scorer.limits.max_tokens // 2)
-        probe = scorer.prepare_texts(
-            [TextRequest(text=" ".join(f"probe{row} word{i}" for i in range(words))) for row in range(2)]
-        )
+        # A probe text measures the model's tokens per second: the prior of admission by expected wait. One text of
+        # 128 words (~500 tokens), not two of 256: the probe was ~40 CPU-seconds of the scorer's start (issue 27); the
+        # rate is refined by the first real batches.
+        words = min(128, scorer.limits.max_tokens // 2)
+        probe = scorer.prepare_texts([TextRequest(text=" ".join(f"probe word{i}" for i in range(words)))])
         await batcher.submit_many([p.job for p in probe])  # the first pass at this length allocates; not the rate
         batcher.throughput.forget()
         await batcher.submit_many([p.job for p in probe])

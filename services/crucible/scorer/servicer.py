@@ -11,10 +11,11 @@ import grpc
 
 from crucible.api.scorer.v1 import scorer_service_pb2 as pb
 from crucible.api.scorer.v1 import scorer_service_pb2_grpc as pb_grpc
-from crucible.runtime.convert import batching_settings, model_identity, remaining_seconds
+from crucible.runtime.convert import model_identity, remaining_seconds
+from crucible.runtime.info import info_response
 from crucible.scorer.engine import ScorerEngine
 from crucible.scorer.scoring import ChoiceRequest, TextRequest
-from crucible.scorer.seca import SECA_PROMPT_TEMPLATE, McqQuestion
+from crucible.scorer.seca import McqQuestion
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["ScorerService"]
 
@@ -84,21 +85,5 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
         )
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.GetInfoResponse:
-        """The model, its CPU placement, the SECA template, the limits and the batching settings."""
-        runtime = self.engine.require_ready()
-        limits = runtime.scorer.limits
-        placement = runtime.placement
-        return pb.GetInfoResponse(
-            model=model_identity(runtime.loaded.identity),
-            intra_op_threads=placement.intra_op_threads,
-            inter_op_threads=placement.inter_op_threads,
-            cores=list(placement.cores),
-            cores_pinned=placement.pinned,
-            seca_prompt_template=SECA_PROMPT_TEMPLATE,
-            limits=pb.Limits(
-                max_items_per_call=limits.max_items_per_call,
-                max_choices_per_item=limits.max_choices_per_item,
-                max_tokens=limits.max_tokens,
-            ),
-            batching=batching_settings(runtime.batcher.settings),
-        )
+        """The model, its CPU placement, the SECA template, the limits and the batching settings (the engine's info)."""
+        return info_response(self.engine.info(), pb.GetInfoResponse)

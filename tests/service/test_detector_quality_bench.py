@@ -1,0 +1,94 @@
+"""bench/detector_quality.py end to end on a tiny random model: score (resumable, spread order), then report (length
+study, leave-a-group-out choice, held-out and cross-domain tables with ECE) and the calibration file it writes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from crucible.detector.calibration import load_calibration_file
+from tests.unit.test_detector_engine import tiny_lm_folder
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "detector_quality.py"
+FILES = ("xsum_a", "xsum_b", "writing_a")
+PAIRS = 8
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("detector_quality_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    return tiny_lm_folder(tmp_path_factory.mktemp("quality-models") / "tiny-lm")
+
+
+def _data(folder: Path) -> Path:
+    folder.mkdir()
+    for k, name in enumerate(FILES):
+        prefix = [f"Story {k}-{i}: the farmer looked at the field" for i in range(PAIRS)]
+        human = [f"{p} and thought about rain, his old dog, and the price of wheat this year." for p in prefix]
+        machine = [f"{p}. The field is green. The field is large. The field is quiet today." for p in prefix]
+        (folder / f"{name}.json").write_text(json.dumps({"original": human, "sampled": machine}))
+    return folder
+
+
+def test_spread_order_prefixes_cover_the_range_evenly(bench):
+    order = bench.spread_order(10)
+    assert sorted(order) == list(range(10)) and order[:2] == [0, 8]
+    assert max(order[:4]) >= 6 and min(order[:4]) == 0  # the first few already span the file
+
+
+def test_score_then_report_writes_every_table_and_a_loadable_calibration(bench, lm, tmp_path, capsys):
+    data = _data(tmp_path / "detect")
+    scores = tmp_path / "scores.jsonl"
+    common = ["--model", str(lm), "--data", str(data)]
+    score = ["score", *common, "--files", ",".join(FILES), "--threads", "1", "--out", str(scores)]
+    assert bench.main([*score, "--pairs", "2"]) == 0  # a partial run: 2 pairs of every file
+    assert len(scores.read_text().splitlines()) == 3 * 2 * 2
+    assert bench.main(score) == 0  # resumes: only the rest is scored, nothing twice
+    rows = [json.loads(line) for line in scores.read_text().splitlines()]
+    assert len(rows) == 3 * PAIRS * 2 and len({(r["file"], r["pair"], r["label"]) for r in rows}) == len(rows)
+
+    report = tmp_path / "report.json"
+    cal = tmp_path / "cal.json"
+    argv = ["report", "--scores", str(scores), *common, "--out", str(report), "--plot", str(tmp_path / "r.png")]
+    assert bench.main([*argv, "--write-calibration", str(cal), "--version", "tiny-quality-v1"]) == 0
+    out = json.loads(report.read_text())
+    assert out["texts"] == len(rows) and set(out["files"]) == set(FILES)
+    assert set(out["raw_auroc"]) == {"all", *FILES}
+    assert set(out["leave_one_group_out"]) == {"domain=writing", "domain=xsum", "source=a", "source=b"}
+    assert out["chosen"] in bench.CANDIDATES and out["chosen"] not in out["collinear"]
+    if any(out["holds_up"][n] and n not in out["collinear"] for n in bench.CANDIDATES):
+        assert out["holds_up"][out["chosen"]]
+    # A candidate holds up only if it is never more than the tolerance below the best member on a left-out group.
+    for name, holds in out["holds_up"].items():
+        margins = [
+            (v["combinations"][name] or 0.0) - max(x for x in v["members"].values() if x is not None)
+            for v in out["leave_one_group_out"].values()
+        ]
+        assert holds == (min(margins) >= -0.05)
+    for block in ("held_out", "cross_domain"):
+        for name in bench.CANDIDATES:
+            per = out[block][name]
+            assert {"all", *FILES} <= set(per)
+            for v in per.values():
+                assert 0.0 <= v["auroc"] <= 1.0 and 0.0 <= v["ece"] <= 1.0 and v["tpr_at_1pct_fpr"] is not None
+    assert out["cross_domain"]["criterion"]["all"]["n"] == len(rows)  # every text scored by a fit on the other domain
+    text = capsys.readouterr().out
+    assert "file (fitted on the other domain)" in text and "raw AUROC" in text
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    entry = load_calibration_file(cal).entries[0]
+    assert entry.ensemble is not None and entry.ensemble.members == bench.CANDIDATES[out["chosen"]]
+    assert entry.fitted_on["combination"] == out["chosen"]

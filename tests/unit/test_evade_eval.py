@@ -1,0 +1,125 @@
+"""crucible.clients.evade_eval's metrics on a tiny fixture: AUROC with ties, TPR at 1% FPR, member orientation,
+near-copy share, and the inputs (detect halves, bounds, flags). The mesh run is in tests/e2e/test_evade_eval.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from crucible.clients import evade_eval as ev
+from crucible.clients.detector import Detection, MemberScore
+
+
+def _det(
+    criterion: float, probability: float | None, binoculars: float, *, ppl: float = 30.0, reliable: bool = True
+) -> Detection:
+    members = {
+        "fast_detectgpt": MemberScore("fast_detectgpt", criterion, None, 50, False),
+        "binoculars": MemberScore("binoculars", binoculars, None, 50, False),
+    }
+    return Detection(0, criterion, probability, ppl, 50, False, False, members, 50, reliable)
+
+
+def test_auroc_matches_the_pairwise_definition_with_ties():
+    assert ev.auroc([0, 1], [2, 3]) == 1.0
+    assert ev.auroc([2, 3], [0, 1]) == 0.0
+    assert ev.auroc([1, 1], [1, 1]) == 0.5
+    neg, pos = [0.1, 0.4, 0.4, 0.7], [0.4, 0.5, 0.9]
+    pairs = [1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg]
+    assert ev.auroc(neg, pos) == pytest.approx(sum(pairs) / len(pairs))
+    with pytest.raises(ValueError):
+        ev.auroc([], [1.0])
+
+
+def test_tpr_at_fpr_uses_the_threshold_that_flags_at_most_that_share_of_humans():
+    human = [i / 100 for i in range(100)]  # 0.00 .. 0.99
+    # At 1% FPR one human (0.99) may be flagged: the threshold is the second highest, 0.98.
+    assert ev.tpr_at_fpr(human, [0.985, 0.5, 0.99, 1.2], 0.01) == pytest.approx(3 / 4)
+    assert ev.tpr_at_fpr(human, [0.5], 0.01) == 0.0
+    assert ev.tpr_at_fpr([0.2, 0.1], [0.3, 0.15], 0.0) == 0.5  # no human flagged: above the highest one
+
+
+def test_condition_report_orients_binoculars_and_counts_near_copies():
+    human = [_det(-2.0, 0.1, 1.0), _det(-1.5, 0.2, 0.95), _det(-1.0, 0.3, 0.9)]
+    machine = [_det(1.0, 0.9, 0.6), _det(0.5, 0.8, 0.7), _det(-1.2, 0.25, 0.92)]
+    originals = [
+        "The council voted to expand the bike lanes downtown next spring.",
+        "Exercise improves sleep and lowers stress for most people.",
+        "The museum opens late on Fridays for working visitors.",
+    ]
+    texts = [originals[0], "Working out helps you sleep better and feel calmer.", "On Fridays the museum stays open late."]
+    r = ev.condition_report("base", human, machine, originals, texts, [1.0, 0.8, 0.6])
+    assert r.signal == "probability"
+    assert r.auroc == pytest.approx(ev.auroc([0.1, 0.2, 0.3], [0.9, 0.8, 0.25]))
+    # Binoculars: lower = machine, so the report negates it; machine texts here score lower, AUROC must be high.
+    assert r.auroc_members["binoculars"] == pytest.approx(ev.auroc([-1.0, -0.95, -0.9], [-0.6, -0.7, -0.92]))
+    assert r.auroc_members["binoculars"] > 0.5 and r.auroc_members["fast_detectgpt"] > 0.5
+    assert r.near_copy_share == pytest.approx(1 / 3)
+    assert r.similarity == pytest.approx(((1.0 + 1) / 2 + (0.8 + 1) / 2 + (0.6 + 1) / 2) / 3)
+    assert r.perplexity == pytest.approx(30.0) and r.count == 3
+    # One withheld probability: the ensemble falls back to the criterion for everyone (comparable scores).
+    withheld = [*machine[:2], _det(-1.2, None, 0.92, reliable=False)]
+    r2 = ev.condition_report("x", human, withheld, originals, texts, [1.0, 0.8, 0.6])
+    assert r2.signal == "criterion" and r2.unreliable_share == pytest.approx(1 / 3)
+    with pytest.raises(ValueError):
+        ev.condition_report("x", human, machine[:2], originals, texts, [1.0, 0.8, 0.6])
+
+
+def test_geometric_mean_skips_non_finite_values():
+    assert ev.geometric_mean([10.0, 1000.0]) == pytest.approx(100.0)
+    assert ev.geometric_mean([10.0, float("nan"), 0.0]) == pytest.approx(10.0)
+    assert math.isnan(ev.geometric_mean([]))
+
+
+def test_inputs_detect_halves_bounds_and_flags(tmp_path: Path):
+    data = {"original": [f"Human text number {i}. More." for i in range(6)], "sampled": [f"Machine text {i}." for i in range(6)]}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    args = ev.parse_args(["--data", str(tmp_path / "d.json"), "--half", "second", "--limit", "2"])
+    human, machine = ev.load_inputs(args)
+    assert human == ["Human text number 3. More.", "Human text number 4. More."]
+    assert machine == ["Machine text 3.", "Machine text 4."]
+    (tmp_path / "h.txt").write_text("only one\n")
+    with pytest.raises(SystemExit, match="at least 2"):
+        ev.load_inputs(ev.parse_args(["--human", str(tmp_path / "h.txt"), "--machine", str(tmp_path / "h.txt")]))
+    (tmp_path / "bad.json").write_text('{"sampled": []}')
+    with pytest.raises(SystemExit, match="original"):
+        ev.load_inputs(ev.parse_args(["--data", str(tmp_path / "bad.json")]))
+    for argv in (["--policy", "original=x"], ["--policy", "no-model"], ["--limit", "0"], ["--max-new-tokens", "5000"]):
+        with pytest.raises(SystemExit):
+            ev.parse_args(argv)
+    with pytest.raises(SystemExit):
+        ev.mesh_config(["scorer=h:1"], {})
+    assert ev.mesh_config(["detector=h:1"], {}).services["detector"].addresses == ("h:1",)
+
+
+def test_cached_rewrites_are_reused_only_for_the_same_originals(tmp_path: Path):
+    path = tmp_path / "rewrites_base.jsonl"
+    assert ev.cached_rewrites(path, ["a", "b"], lambda: ["A", "B"]) == ["A", "B"]
+    assert ev.cached_rewrites(path, ["a", "b"], lambda: pytest.fail("made again")) == ["A", "B"]
+    assert ev.cached_rewrites(path, ["a", "c"], lambda: ["A2", "C2"]) == ["A2", "C2"]
+
+
+def test_the_prompt_is_the_one_the_grpo_example_trains_with():
+    spec = importlib.util.spec_from_file_location(
+        "grpo_train_prompt", Path(__file__).resolve().parents[2] / "examples" / "grpo" / "train.py"
+    )
+    assert spec is not None and spec.loader is not None
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    assert train.PROMPT_TEMPLATE == ev.PROMPT_TEMPLATE
+
+
+def test_plot_writes_a_png(tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    r = ev.ConditionReport("base", 0.8, {"binoculars": 0.7}, 0.3, "probability", 0.9, 0.8, 0.1, 30.0, 0.0, 40.0, 10)
+    assert ev.plot(
+        [r, ev.ConditionReport("trained", 0.7, {"binoculars": 0.6}, 0.2, "probability", 0.9, 0.8, 0.0, 35.0, 0.0, 40.0, 10)],
+        tmp_path / "p.png",
+    )
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    assert "AUROC binoculars" in ev.format_reports([r])
