@@ -43,6 +43,14 @@ POLICY_1 = Policy(max_restarts_on_errors=1)
 
 # (name, state before, event, (state after, changes in the state), actions)
 ROWS: list[tuple[str, JobState, d.Event, st.State, dict, list[d.Action]]] = [
+    (
+        "an admitted job is pending",
+        JobState(st.UNSPECIFIED),
+        d.Admitted("estimated $1.0000 on x for 1.00 h"),
+        st.PENDING,
+        {},
+        [d.Transition(st.PENDING, "created; estimated $1.0000 on x for 1.00 h")],
+    ),
     # --- launching and failing over --------------------------------------------------------------------------
     ("pending prepares files first", job(st.PENDING), d.Tick(), st.PENDING, {}, [d.PrepareFiles()]),
     ("files ready", job(st.PENDING), d.FilesReady(), st.PENDING, {"files_ready": True}, []),

@@ -1,9 +1,10 @@
 """The scheduler's decisions as one pure function: `decide(job, event) -> (job', actions)`.
 
-Every transition the scheduler makes is decided here: what the driving loop does next (launch on an offer, fail over,
-re-find a launch lost in a crash, poll, stop a run), what a cancellation does, and what an ended run leads to
-(success, restart, recovery, failure, cancellation). The engine carries out the actions in order: the changes of the
-job's record first (under the job's lock), then the I/O ones (`IO_ACTIONS`), each of which reports back an event.
+Every transition the scheduler makes is decided here: a new job's first state, what the driving loop does next (launch
+on an offer, fail over, re-find a launch lost in a crash, poll, stop a run), what a cancellation does, and what an ended
+run leads to (success, restart, recovery, failure, cancellation). The engine carries out the actions in order: the
+changes of the job's record first (under the job's lock), then the I/O ones (`IO_ACTIONS`), each of which reports back
+an event.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ from crucible.scheduler.domain.job import (
 from crucible.scheduler.domain.states import State
 
 # --- events: what happened ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Admitted:
+    """CreateJob checked the spec, chose offers and was admitted; `cost_note` says what the estimate is."""
+
+    cost_note: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +129,8 @@ class DriverCrashed:
 
 
 Event = (
-    Tick
+    Admitted
+    | Tick
     | CancelRequested
     | FilesReady
     | FilesFailed
@@ -359,6 +368,8 @@ def _actions(job: JobState, event: Event) -> list[Action]:
     if states.is_terminal(job.state):
         return []  # an ended job changes no more (a late event from an I/O step is dropped)
     match event:
+        case Admitted(cost_note=note):
+            return [Transition(states.PENDING, _reason(f"created; {note}"))] if job.state == states.UNSPECIFIED else []
         case Tick():
             return _next_step(job)
         case CancelRequested(reason=reason):

@@ -17,7 +17,9 @@ from pathlib import Path
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.convert import timestamp_from_unix
 from crucible.runtime.errors import AlreadyExists, FailedPrecondition, Unavailable
+from crucible.scheduler.domain import decide as rules
 from crucible.scheduler.domain import states
+from crucible.scheduler.domain.job import JobState
 from crucible.scheduler.engine import jobspec
 from crucible.scheduler.engine.context import SchedulerContext
 from crucible.scheduler.engine.pricing import OfferSource
@@ -133,9 +135,10 @@ class JobCreator:
         )
         job.cost.estimated_usd = estimated or 0.0
         job.cost.update_time.CopyFrom(now)
-        job.transitions.add(
-            from_state=states.UNSPECIFIED, to_state=states.PENDING, time=now, reason=f"created; {cost_note}", attempt=0
-        )
+        _, (created,) = rules.decide(JobState(states.UNSPECIFIED), rules.Admitted(cost_note))
+        if not isinstance(created, rules.Transition):
+            raise TypeError(f"a new job's first action must be a transition, not {created!r}")
+        job.transitions.add(from_state=states.UNSPECIFIED, to_state=created.to, time=now, reason=created.reason, attempt=0)
         if validate_only:
             return Created(job)
         job.job_id = f"job-{time.strftime('%Y%m%d', time.gmtime(now_s))}-{uuid.uuid4().hex[:12]}"

@@ -20,6 +20,7 @@ from typing import Any
 
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.convert import unix_seconds
+from crucible.runtime.sqlite import SYNCHRONOUS_LEVELS, open_database
 from crucible.scheduler.domain import history
 from crucible.scheduler.domain.history import MAX_POINTS, ProgressPoint
 from crucible.scheduler.persistence.records import JobBookkeeping, JobRecord
@@ -62,17 +63,19 @@ class JobStore:
     """Synchronous SQLite access; use AsyncJobStore from the event loop."""
 
     def __init__(self, path: Path, *, synchronous: str = "FULL", max_progress_points: int = MAX_POINTS) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_progress_points = max(16, max_progress_points)
-        from crucible.runtime.statefile import open_state_db  # an empty or corrupt store refuses the start (issue 12)
-
-        self._db = open_state_db(
-            path, field="state_dir", what="scheduler job store", check_same_thread=False, isolation_level=None, timeout=30
+        if synchronous not in SYNCHRONOUS_LEVELS:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_LEVELS)}, not {synchronous!r}")
+        # The one opener of every service: an empty or corrupt file refuses the start (issue 12), WAL, the sync level.
+        self._db = open_database(
+            path,
+            field="state_dir",
+            what="scheduler job store",
+            schema=SCHEMA,
+            synchronous="FULL" if synchronous == "FULL" else "NORMAL",
+            busy_timeout_s=30,
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:
