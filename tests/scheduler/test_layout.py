@@ -66,7 +66,45 @@ def test_no_module_over_600_lines() -> None:
     assert not long, long
 
 
-def test_the_engine_is_the_only_user_of_protobuf_jobs_among_the_decisions() -> None:
-    """The decision function sees plain types: nothing in domain/ names a protobuf Job."""
-    for path in (ROOT / "domain").glob("*.py"):
-        assert "job_pb2" not in path.read_text(), path.name
+#: The modules that convert between protobuf and the domain types: the API edge and the job files' format.
+PROTOBUF_EDGE = {
+    "crucible.scheduler.convert": "protobuf <-> domain types (job view, offers, progress, snapshots)",
+    "crucible.scheduler.persistence.jobdb": "the job database stores Job messages (existing state folders still load)",
+    "crucible.scheduler.persistence.records": "JobRecord holds the stored Job message; candidates are stored offers",
+}
+#: Engine modules that still name protobuf types (issue 28, not finished): the Job message is still the record they
+#: change, and a JobSpec / Offer is what they read. Each entry says why; the list may only shrink.
+STILL_ON_PROTOBUF = {
+    "crucible.scheduler.engine.coordinator": "its job RPCs return Job messages to the servicer",
+    "crucible.scheduler.engine.creation": "builds the first Job message from the request's JobSpec",
+    "crucible.scheduler.engine.jobspec": "validates the request's JobSpec",
+    "crucible.scheduler.engine.lifecycle": "writes transitions and attempts into the Job message",
+    "crucible.scheduler.engine.live": "LiveJob exposes the record's Job message and candidate Offers",
+    "crucible.scheduler.engine.pricing": "the cost service's client (Offer, CompareProviders, RecordUsage messages)",
+    "crucible.scheduler.engine.usage_limits": "reads the attempts' times and offers from the Job message",
+}
+
+
+def _imports_protobuf(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("crucible.api"):
+            return True
+        if isinstance(node, ast.Import) and any(alias.name.startswith("crucible.api") for alias in node.names):
+            return True
+    return False
+
+
+def test_protobuf_stays_at_the_edge_of_the_engine_and_out_of_the_decisions() -> None:
+    """Nothing in domain/ imports the generated code; in engine/ and persistence/ only the listed modules do, and each
+    listed module still does (a module freed of protobuf leaves the list)."""
+    modules = _modules()
+    core = {
+        name
+        for name in modules
+        if name.startswith(("crucible.scheduler.domain", "crucible.scheduler.engine", "crucible.scheduler.persistence"))
+    }
+    using = {name for name in core | {"crucible.scheduler.convert"} if _imports_protobuf(modules[name])}
+    allowed = set(PROTOBUF_EDGE) | set(STILL_ON_PROTOBUF)
+    assert not {name for name in using if name.startswith("crucible.scheduler.domain")}
+    assert using <= allowed, sorted(using - allowed)
+    assert using == allowed, sorted(allowed - using)  # freed of protobuf: take it off the list

@@ -18,6 +18,7 @@ from typing import Any
 
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.errors import FailedPrecondition, NotFound, Unavailable
+from crucible.scheduler.convert import snapshot
 from crucible.scheduler.domain import states
 from crucible.scheduler.domain.decide import CancelRequested
 from crucible.scheduler.engine import jobspec
@@ -50,13 +51,6 @@ KEEP_ENDED_S = 60.0
 LOG_FOLLOW_WAIT_S = 0.25
 #: How long DeleteJob waits for the driver of a job that has just ended to finish (its last outputs upload).
 DELETE_WAIT_S = 10.0
-
-
-def snapshot(rec: JobRecord) -> job_pb2.Job:
-    """A copy of the job, safe to hand out while the driver goes on changing the original."""
-    out = job_pb2.Job()
-    out.CopyFrom(rec.job)
-    return out
 
 
 class Engine:

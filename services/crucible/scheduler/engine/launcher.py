@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from crucible.api.cost.v1 import offer_pb2
 from crucible.runtime.errors import CrucibleError
+from crucible.scheduler.convert import offer_ref
 from crucible.scheduler.domain import decide as rules
 from crucible.scheduler.domain.job import LaunchError
 from crucible.scheduler.engine.context import SchedulerContext
@@ -24,7 +24,6 @@ from crucible.scheduler.objects.objectstore import StoreError
 from crucible.scheduler.persistence.records import JobRecord
 from crucible.scheduler.providers.base import (
     LaunchSpec,
-    OfferRef,
     Provider,
     ProviderError,
     ProviderErrorKind,
@@ -42,20 +41,6 @@ RETRIED_KINDS = (ProviderErrorKind.TRANSIENT, ProviderErrorKind.MALFORMED_RESPON
 
 #: (code URL, ((input path, URL), ...)) a rented machine downloads.
 RemoteUrls = tuple[str, tuple[tuple[str, str], ...]]
-
-
-def offer_ref(offer: offer_pb2.Offer) -> OfferRef:
-    """The provider-interface view of an offer."""
-    return OfferRef(
-        offer.provider,
-        offer.instance_type,
-        offer.region,
-        offer.gpu_name,
-        offer.gpu_count,
-        offer.spot,
-        offer.price_usd_per_hour,
-        offer.offer_id,
-    )
 
 
 class JobLauncher:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 
-from crucible.api.cost.v1 import offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.convert import timestamp_from_unix
+from crucible.scheduler import convert
 from crucible.scheduler.domain import decide as rules
 from crucible.scheduler.domain import states
-from crucible.scheduler.domain.job import Attempt, JobState, Offer, Outcome, Policy
+from crucible.scheduler.domain.job import JobState
 from crucible.scheduler.engine.context import SchedulerContext
 from crucible.scheduler.engine.live import LiveJob
 from crucible.scheduler.persistence.records import JobRecord
@@ -39,46 +39,9 @@ def remember_handle(rec: JobRecord, attempt: int, handle: RunHandle) -> None:
     rec.job.attempts[attempt - 1].provider_ref = handle.ref
 
 
-def domain_offer(offer: offer_pb2.Offer) -> Offer:
-    """What the decisions need of a priced offer."""
-    return Offer(offer.offer_id, offer.provider, offer.region, offer.spot)
-
-
 def job_view(live: LiveJob, max_recoveries: int) -> JobState:
     """The live job as the decisions see it."""
-    job, book = live.job, live.book
-    attempts = tuple(
-        Attempt(
-            number=a.attempt,
-            offer=domain_offer(a.offer),
-            outcome=Outcome(a.outcome),
-            has_run=a.attempt in book.handles,
-            started=a.HasField("start_time"),
-            exit_code=a.exit_code if a.HasField("exit_code") else None,
-            reason=a.reason,
-        )
-        for a in job.attempts
-    )
-    restart = job.spec.restart_policy
-    return JobState(
-        state=states.State(job.state),
-        attempts=attempts,
-        candidates=tuple(domain_offer(offer) for offer in live.candidate_offers()),
-        policy=Policy(
-            max_restarts_on_errors=restart.max_restarts_on_errors,
-            recover_on_preemption=not restart.HasField("recover_on_preemption") or restart.recover_on_preemption,
-            max_recoveries=max_recoveries,
-        ),
-        blocked_providers=frozenset(book.blocked_providers),
-        blocked_locations=frozenset(book.blocked_locations),
-        restarts_used=book.restarts_used,
-        recoveries=book.recoveries,
-        cancel_reason=book.cancel_reason,
-        stop_reason=book.stop_reason,
-        cancel_sent=frozenset(book.cancel_sent),
-        released=frozenset(book.released),
-        files_ready=live.files_ready,
-    )
+    return convert.job_state(live.job, live.book, live.candidate_offers(), live.files_ready, max_recoveries)
 
 
 class JobLifecycle:

@@ -9,6 +9,7 @@ import asyncio
 
 from crucible.api.cost.v1 import offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
+from crucible.scheduler import convert
 from crucible.scheduler.domain.progress import ProgressTracker
 from crucible.scheduler.persistence.records import STREAMS, JobBookkeeping, JobRecord
 from crucible.scheduler.providers.base import RunHandle, RunStatus
@@ -32,13 +33,7 @@ class LiveJob:
         self.new_handle: RunHandle | None = None  # a run handle just returned by a provider, until recorded
         self.ended_status: RunStatus | None = None  # how the attempt's run ended, until the attempt is closed
         self._offers: list[offer_pb2.Offer] | None = None
-        stored = rec.job.progress
-        progress = self.tracker.progress
-        progress.step = stored.step if stored.HasField("step") else None
-        progress.total_steps = stored.total_steps if stored.HasField("total_steps") else None
-        progress.epoch = stored.epoch if stored.HasField("epoch") else None
-        progress.total_epochs = stored.total_epochs if stored.HasField("total_epochs") else None
-        progress.metrics = dict(stored.metrics)
+        convert.read_progress(rec.job, self.tracker.progress)
 
     def candidate_offers(self) -> list[offer_pb2.Offer]:
         """The job's candidate offers, in launch order (parsed once: they do not change after CreateJob)."""

@@ -10,11 +10,9 @@ import asyncio
 import os
 from pathlib import Path
 
-from crucible.api.scheduler.v1 import job_pb2
-from crucible.runtime.convert import duration_from_seconds, timestamp_from_unix
+from crucible.scheduler import convert
 from crucible.scheduler.domain import history
 from crucible.scheduler.domain.history import PointWindow, report_point
-from crucible.scheduler.domain.progress import Progress
 from crucible.scheduler.engine.context import SchedulerContext
 from crucible.scheduler.engine.lifecycle import JobLifecycle
 from crucible.scheduler.engine.live import LiveJob
@@ -25,22 +23,6 @@ from crucible.scheduler.objects.objectstore import StoreError
 PROGRESS_SAVE_INTERVAL_S = 1.0
 #: The end of an unfinished line kept per stream until its newline arrives.
 MAX_PARTIAL_LINE_BYTES = 65536
-
-
-def apply_progress(job: job_pb2.Job, progress: Progress) -> None:
-    """Copy the tracker's progress onto the Job message."""
-    out = job.progress
-    out.Clear()
-    for name in ("step", "total_steps", "epoch", "total_epochs"):
-        value = getattr(progress, name)
-        if value is not None:
-            setattr(out, name, value)
-    for metric, value in progress.metrics.items():
-        out.metrics[metric] = value
-    if progress.eta_s is not None:
-        out.eta.CopyFrom(duration_from_seconds(progress.eta_s))
-    if progress.update_time is not None:
-        out.update_time.CopyFrom(timestamp_from_unix(progress.update_time))
 
 
 def newest_checkpoint(work: Path, checkpoint_dir: str) -> str | None:
@@ -123,7 +105,7 @@ class ProgressRecorder:
             if manifests:
                 newest = transfer.CHECKPOINTS_PREFIX + max(manifests, key=lambda stored: stored.path).path
         async with live.lock:
-            apply_progress(job, live.tracker.progress)
+            convert.apply_progress(job, live.tracker.progress)
             if newest is not None:
                 job.latest_checkpoint = newest
             live.progress_dirty = False
