@@ -78,10 +78,8 @@ STILL_ON_PROTOBUF = {
     "crucible.scheduler.engine.coordinator": "its job RPCs return Job messages to the servicer",
     "crucible.scheduler.engine.creation": "builds the first Job message from the request's JobSpec",
     "crucible.scheduler.engine.jobspec": "validates the request's JobSpec",
-    "crucible.scheduler.engine.lifecycle": "writes transitions and attempts into the Job message",
     "crucible.scheduler.engine.live": "LiveJob exposes the record's Job message and candidate Offers",
     "crucible.scheduler.engine.pricing": "the cost service's client (Offer, CompareProviders, RecordUsage messages)",
-    "crucible.scheduler.engine.usage_limits": "reads the attempts' times and offers from the Job message",
 }
 
 

@@ -5,13 +5,14 @@ The one place the engine's protobuf record is read into `domain/` types and doma
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from crucible.api.cost.v1 import offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
-from crucible.runtime.convert import duration_from_seconds, timestamp_from_unix
+from crucible.runtime.convert import duration_from_seconds, timestamp_from_unix, unix_seconds
 from crucible.scheduler.domain import states
-from crucible.scheduler.domain.job import Attempt, JobState, Offer, Outcome, Policy
+from crucible.scheduler.domain.job import MAX_ATTEMPT_REASON, Attempt, JobState, Offer, Outcome, Policy
 from crucible.scheduler.domain.progress import Progress
 from crucible.scheduler.persistence.records import JobBookkeeping, JobRecord
 from crucible.scheduler.providers.base import OfferRef
@@ -109,3 +110,112 @@ def snapshot(rec: JobRecord) -> job_pb2.Job:
     out = job_pb2.Job()
     out.CopyFrom(rec.job)
     return out
+
+
+# --- domain values written into the stored Job message -----------------------------------------------------------
+
+
+def add_attempt(job: job_pb2.Job, number: int, offer: offer_pb2.Offer, now: float) -> None:
+    """Record attempt `number` on `offer` as in progress (the job's current provider and offer become its own)."""
+    job.attempts.add(
+        attempt=number,
+        provider=offer.provider,
+        offer=offer,
+        outcome=job_pb2.AttemptOutcome.ValueType(Outcome.IN_PROGRESS),
+        create_time=timestamp_from_unix(now),
+    )
+    job.provider = offer.provider
+    job.offer.CopyFrom(offer)
+
+
+def close_attempt(job: job_pb2.Job, outcome: Outcome, exit_code: int | None, reason: str, now: float) -> None:
+    """Close the attempt in progress with its outcome (a no-op when none is in progress); an end time the driver
+    recorded first (the run's real end, perhaps while the scheduler was down) is kept."""
+    if not job.attempts or job.attempts[-1].outcome != Outcome.IN_PROGRESS:
+        return
+    attempt = job.attempts[-1]
+    attempt.outcome = job_pb2.AttemptOutcome.ValueType(outcome)
+    attempt.reason = reason[:MAX_ATTEMPT_REASON]
+    if exit_code is not None:
+        attempt.exit_code = exit_code
+    if not attempt.HasField("end_time"):
+        attempt.end_time.CopyFrom(timestamp_from_unix(now))
+
+
+def add_transition(job: job_pb2.Job, to: int, reason: str, now: float) -> None:
+    """Record the move to state `to` with its reason (the caller checked it is allowed); a terminal state ends the job."""
+    stamp = timestamp_from_unix(now)
+    target = job_pb2.JobState.ValueType(to)
+    job.transitions.add(from_state=job.state, to_state=target, time=stamp, reason=reason, attempt=len(job.attempts))
+    job.state = target
+    if states.is_terminal(to):
+        job.end_time.CopyFrom(stamp)
+
+
+def stamp_start(job: job_pb2.Job, number: int, now: float) -> None:
+    """Attempt `number` started running now (and the job, at its first start)."""
+    stamp = timestamp_from_unix(now)
+    job.attempts[number - 1].start_time.CopyFrom(stamp)
+    if not job.HasField("start_time"):
+        job.start_time.CopyFrom(stamp)
+
+
+def stamp_run_end(job: job_pb2.Job, number: int, ended: float) -> None:
+    """The run of attempt `number` ended at `ended` (its provider's record, or now)."""
+    job.attempts[number - 1].end_time.CopyFrom(timestamp_from_unix(ended))
+
+
+def stamp_update(job: job_pb2.Job, now: float) -> None:
+    """The job changed now."""
+    job.update_time.CopyFrom(timestamp_from_unix(now))
+
+
+def set_spent(job: job_pb2.Job, spent_usd: float, now: float) -> None:
+    """The job's spend, as the cost service last reported it."""
+    job.cost.spent_usd = spent_usd
+    job.cost.update_time.CopyFrom(timestamp_from_unix(now))
+
+
+# --- the record read as plain values (usage and limits) ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Period:
+    """When an attempt ran: its number, start, end (None while it runs) and its offer (id, priced by the catalog)."""
+
+    attempt: int
+    start: float
+    end: float | None
+    offer_id: str
+    priced: bool
+
+
+def priced(offer: offer_pb2.Offer) -> bool:
+    """Whether the offer comes from the cost catalog (usage can be recorded against it)."""
+    return not offer.price_source.startswith("unknown")
+
+
+def run_periods(job: job_pb2.Job) -> list[Period]:
+    """The attempts that started running, with their times (provisioning excluded)."""
+    return [
+        Period(
+            a.attempt,
+            unix_seconds(a.start_time),
+            unix_seconds(a.end_time) if a.HasField("end_time") else None,
+            a.offer.offer_id,
+            priced(a.offer),
+        )
+        for a in job.attempts
+        if a.HasField("start_time")
+    ]
+
+
+def attempt_began(job: job_pb2.Job, number: int) -> float:
+    """When attempt `number` started running, else when it was created."""
+    attempt = job.attempts[number - 1]
+    return unix_seconds(attempt.start_time if attempt.HasField("start_time") else attempt.create_time)
+
+
+def max_cost_usd(job: job_pb2.Job) -> float | None:
+    """The job's spending limit, or None."""
+    return job.spec.max_cost_usd if job.spec.HasField("max_cost_usd") else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from crucible.runtime.convert import timestamp_from_unix
+from crucible.scheduler import convert
 from crucible.scheduler.domain import decide as rules
 from crucible.scheduler.domain import states
 from crucible.scheduler.domain.job import RunEnd
@@ -142,7 +142,7 @@ class JobDriver:
             live.ended_status = status
             await self.step(live, rules.RunEnded(end, status.exit_code, status.message))
             async with live.lock:
-                max_duration_s = self.limits.max_duration_s(live.job.spec)
+                max_duration_s = self.limits.max_duration_s(live.rec)
                 reached = self.limits.running_seconds(live.rec) >= max_duration_s
             await self.step(live, rules.RunClosed(end, status.exit_code, status.message, reached, max_duration_s))
             return
@@ -170,10 +170,9 @@ class JobDriver:
             await self.artifacts.collect(live, provider, handle, attempt)
             if release:
                 await self._release(live, provider, handle, attempt)
-        job = live.job
-        ended = self.limits.end_of_run(job.attempts[attempt - 1], status)
+        ended = self.limits.end_of_run(live.rec, attempt, status)
         async with live.lock:
-            job.attempts[attempt - 1].end_time.CopyFrom(timestamp_from_unix(ended))
+            convert.stamp_run_end(live.job, attempt, ended)
 
     async def _release(self, live: LiveJob, provider: Provider, handle: RunHandle, attempt: int) -> None:
         """Give the attempt's machine back; cancel() is idempotent (a no-op for local runs)."""

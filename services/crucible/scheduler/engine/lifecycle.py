@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from crucible.api.scheduler.v1 import job_pb2
-from crucible.runtime.convert import timestamp_from_unix
 from crucible.scheduler import convert
 from crucible.scheduler.domain import decide as rules
 from crucible.scheduler.domain import states
-from crucible.scheduler.domain.job import JobState
+from crucible.scheduler.domain.job import JobState, Outcome
 from crucible.scheduler.engine.context import SchedulerContext
 from crucible.scheduler.engine.live import LiveJob
 from crucible.scheduler.persistence.records import JobRecord
@@ -21,14 +19,12 @@ from crucible.scheduler.providers.base import RunHandle
 
 log = logging.getLogger(__name__)
 
-ProtoOutcome = job_pb2.AttemptOutcome
-
 
 def current_handle(rec: JobRecord) -> RunHandle | None:
     """The run handle of the attempt in progress, or None (no attempt, it ended, or its handle was never recorded)."""
     attempt = len(rec.job.attempts)
     handle = rec.bookkeeping.handles.get(attempt)
-    if handle is None or rec.job.attempts[attempt - 1].outcome != ProtoOutcome.ATTEMPT_OUTCOME_IN_PROGRESS:
+    if handle is None or rec.job.attempts[attempt - 1].outcome != Outcome.IN_PROGRESS:
         return None
     return handle
 
@@ -73,18 +69,10 @@ class JobLifecycle:
                 await self.transition(live, to, reason)
             case rules.StartAttempt(number=number, offer=offer):
                 proto = next(o for o in live.candidate_offers() if o.offer_id == offer.offer_id)
-                job.attempts.add(
-                    attempt=number,
-                    provider=proto.provider,
-                    offer=proto,
-                    outcome=ProtoOutcome.ATTEMPT_OUTCOME_IN_PROGRESS,
-                    create_time=timestamp_from_unix(self.clock()),
-                )
+                convert.add_attempt(job, number, proto, self.clock())
                 book.log_starts[number] = self.folders.log_sizes(job.job_id)
-                job.provider = proto.provider
-                job.offer.CopyFrom(proto)
             case rules.EndAttempt(outcome=outcome, exit_code=exit_code, reason=reason):
-                self.end_attempt(rec, job_pb2.AttemptOutcome.ValueType(outcome), exit_code, reason)
+                convert.close_attempt(job, outcome, exit_code, reason, self.clock())
             case rules.Block(provider=provider, region=None):
                 book.blocked_providers.append(provider)
             case rules.Block(provider=provider, region=str(region)):
@@ -100,10 +88,7 @@ class JobLifecycle:
                 remember_handle(rec, number, handle)
                 live.new_handle = None
             case rules.StampStart(attempt=number):
-                now = timestamp_from_unix(self.clock())
-                job.attempts[number - 1].start_time.CopyFrom(now)
-                if not job.HasField("start_time"):
-                    job.start_time.CopyFrom(now)
+                convert.stamp_start(job, number, self.clock())
             case rules.SetCancelReason(text=text):
                 book.cancel_reason = text
             case rules.SetStopReason(text=text):
@@ -117,7 +102,7 @@ class JobLifecycle:
 
     async def save(self, live: LiveJob) -> None:
         """Commit the job (and its bookkeeping), then wake its watchers."""
-        live.job.update_time.CopyFrom(timestamp_from_unix(self.clock()))
+        convert.stamp_update(live.job, self.clock())
         await self.store.update(live.rec)
         async with live.changed:
             live.version += 1
@@ -127,23 +112,6 @@ class JobLifecycle:
         """Move the job to state `to` (refused unless the state machine allows it), recorded with its reason."""
         job = live.job
         states.check_transition(job.state, to)
-        now = timestamp_from_unix(self.clock())
-        target = job_pb2.JobState.ValueType(to)
-        job.transitions.add(from_state=job.state, to_state=target, time=now, reason=reason, attempt=len(job.attempts))
-        job.state = target
-        if states.is_terminal(to):
-            job.end_time.CopyFrom(now)
+        convert.add_transition(job, to, reason, self.clock())
         log.info("job %s -> %s: %s", job.job_id, states.name(to), reason)
         await self.save(live)
-
-    def end_attempt(self, rec: JobRecord, outcome: job_pb2.AttemptOutcome.ValueType, exit_code: int | None, reason: str) -> None:
-        """Close the attempt in progress with its outcome (a no-op when none is in progress)."""
-        if not rec.job.attempts or rec.job.attempts[-1].outcome != ProtoOutcome.ATTEMPT_OUTCOME_IN_PROGRESS:
-            return
-        attempt = rec.job.attempts[-1]
-        attempt.outcome = outcome
-        attempt.reason = reason[:500]
-        if exit_code is not None:
-            attempt.exit_code = exit_code
-        if not attempt.HasField("end_time"):  # the driver records the run's real end first (it may have ended while down)
-            attempt.end_time.CopyFrom(timestamp_from_unix(self.clock()))
