@@ -20,8 +20,8 @@ from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from crucible.clients.tables import format_table
 from crucible.runtime.config import load_config
 from crucible.scheduler.config import SchedulerConfig
+from crucible.scheduler.persistence.jobdb import JobStore
 from crucible.scheduler.server import create_server
-from crucible.scheduler.store import JobStore
 
 
 async def one_run(calls: int, clients: int, synchronous: str, folder: Path) -> tuple[float, list[float], int, int]:

@@ -334,7 +334,7 @@ def resume_point(args: argparse.Namespace) -> Path | None:
 
 
 def progress_line(step: int, total: int, **metrics: float) -> str:
-    """Crucible's JSON progress line (services/crucible/scheduler/core/progress.py parses it into Job.progress)."""
+    """Crucible's JSON progress line (services/crucible/scheduler/domain/progress.py parses it into Job.progress)."""
     body: dict[str, float | int] = {"step": int(step), "total_steps": int(total)}
     body.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)})
     return json.dumps({"crucible_progress": body}, separators=(",", ":"))

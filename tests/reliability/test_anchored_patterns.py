@@ -15,7 +15,8 @@ from crucible.cost import catalog, catalog_build
 from crucible.cost.budgets import BudgetStore, Enforcement, check_scope
 from crucible.models import registry
 from crucible.runtime.errors import FailedPrecondition, InvalidArgument
-from crucible.scheduler import jobspec, storage
+from crucible.scheduler.engine import jobspec
+from crucible.scheduler.objects import objectstore
 from crucible.scheduler.providers import remote, replicate
 from tests.service.test_cost_service import _budget_request, _error, _usage, cost_server
 
@@ -81,7 +82,7 @@ def test_job_specs_refuse_newline_scopes_and_env_names(ending: str) -> None:
 
 
 def test_store_prefixes_refuse_newline_job_ids(tmp_path) -> None:
-    assert storage.JOB_ID.match("job-1") and not storage.JOB_ID.match("job-1\n")
+    assert objectstore.JOB_ID.match("job-1") and not objectstore.JOB_ID.match("job-1\n")
 
 
 def test_remote_env_names_refuse_a_trailing_newline() -> None:
@@ -115,7 +116,7 @@ def test_no_validation_pattern_anchors_with_a_dollar() -> None:
     import inspect
     import re
 
-    for module in (jobspec, storage, remote, replicate, catalog, catalog_build, registry, checkpoint):
+    for module in (jobspec, objectstore, remote, replicate, catalog, catalog_build, registry, checkpoint):
         source = inspect.getsource(module)
         found = re.findall(r're\.(?:compile|match|fullmatch)\(\s*r?"[^"\n]*\$"', source)
         assert not found, f"{module.__name__}: {found}"

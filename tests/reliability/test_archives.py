@@ -29,8 +29,8 @@ from crucible.clients.scheduler import SchedulerClient
 from crucible.console import archive as console_archive
 from crucible.runtime import archives
 from crucible.runtime.errors import parse_status_details
-from crucible.scheduler import jobspec
-from tests.reliability.test_hardening_scheduler import Scheduler, dryrun, finished, local
+from crucible.scheduler.engine import jobspec
+from tests.scheduler.reliability.test_hardening import Scheduler, dryrun, finished, local
 
 MIB = 1 << 20
 

@@ -18,8 +18,8 @@ from crucible.api.scheduler.v1 import job_pb2
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.clients.channel import ChannelConfig
 from crucible.clients.scheduler import SchedulerClient
-from crucible.scheduler import jobspec
-from tests.reliability.test_hardening_scheduler import Scheduler, finished, refused
+from crucible.scheduler.engine import jobspec
+from tests.scheduler.reliability.test_hardening import Scheduler, finished, refused
 
 S = job_pb2.JobState
 MIB = 1 << 20

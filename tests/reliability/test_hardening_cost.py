@@ -143,7 +143,7 @@ def test_cost_database_left_by_a_killed_process_still_opens(tmp_path):
 
 
 def test_scheduler_store_corrupt_or_empty_refuses(tmp_path):
-    from crucible.scheduler.store import JobStore
+    from crucible.scheduler.persistence.jobdb import JobStore
 
     path = tmp_path / "jobs.sqlite3"
     JobStore(path).close()

@@ -16,7 +16,7 @@ import pytest
 from crucible.cost.budgets import BudgetStore, Enforcement
 from crucible.detector.cache import SqliteCache
 from crucible.runtime.statefile import open_state_db
-from crucible.scheduler.store import JobStore
+from crucible.scheduler.persistence.jobdb import JobStore
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from crucible.api.scheduler.v1 import job_pb2
 from crucible.cli import main
 from crucible.demo import explain, live_line
 from crucible.runtime.config import load_config
-from crucible.scheduler.cli import end_reason, progress_text
+from crucible.scheduler.cli_text import end_reason, progress_text
 from crucible.scheduler.config import SchedulerConfig
 from crucible.scheduler.providers.dryrun import DryRunProvider
 from crucible.scheduler.server import create_server as create_scheduler

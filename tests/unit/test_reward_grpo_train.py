@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crucible.scheduler.core.progress import ProgressTracker
+from crucible.scheduler.domain.progress import ProgressTracker
 
 SPEC = importlib.util.spec_from_file_location(
     "grpo_train", Path(__file__).resolve().parents[2] / "examples" / "grpo" / "train.py"

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import datetime as dt
 import hashlib
 import json
 import os
@@ -19,72 +17,16 @@ from typing import Any
 
 import grpc
 
-from crucible.api.cost.v1 import offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.api.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from crucible.clients.channel import add_connection_arguments, cli_channel_config, open_channel
 from crucible.clients.cli_common import message_dict, parse_duration, parse_gpus, print_json_line, report_rpc_error
 from crucible.clients.tables import format_table
-from crucible.runtime.convert import duration_from_seconds
+from crucible.scheduler.cli_spec import POLICIES, apply_job_file, is_job_file, spec_from_args
+from crucible.scheduler.cli_text import end_reason, money, progress_text, state_name, status_line
 
 SERVICE = "crucible.scheduler.v1.SchedulerService"
-POLICIES = {
-    "explicit": job_pb2.PROVIDER_POLICY_EXPLICIT,
-    "cheapest": job_pb2.PROVIDER_POLICY_CHEAPEST,
-    "fastest": job_pb2.PROVIDER_POLICY_FASTEST,
-    "ordered": job_pb2.PROVIDER_POLICY_ORDERED,
-}
-
-
-def state_name(state: int) -> str:
-    """'RUNNING' for JOB_STATE_RUNNING."""
-    return job_pb2.JobState.Name(job_pb2.JobState.ValueType(state)).removeprefix("JOB_STATE_")
-
-
-def _money(job: job_pb2.Job) -> tuple[str, str]:
-    priced = not job.offer.price_source.startswith("unknown")
-    est = f"${job.cost.estimated_usd:.4f}" if priced else "unknown"
-    spent = f"${job.cost.spent_usd:.4f}" if priced else "unknown"
-    return est, spent
-
-
-TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
-
-
-def progress_text(job: job_pb2.Job, width: int = 24) -> str:
-    """'[#####-----] 512/2000 loss 1.98 ETA 0:03:12' from the job's progress; an ended job has no ETA, and a succeeded
-    one shows its last step as the whole run (a trainer's last step is often numbered total-1)."""
-    p = job.progress
-    parts = []
-    ended = job.state in TERMINAL
-    if p.HasField("step") and p.HasField("total_steps") and p.total_steps:
-        step = p.total_steps if job.state == job_pb2.JOB_STATE_SUCCEEDED else p.step
-        done = min(1.0, step / p.total_steps)
-        parts.append(f"[{'#' * int(done * width)}{'-' * (width - int(done * width))}] {step}/{p.total_steps}")
-    elif p.HasField("step"):
-        parts.append(f"step {p.step}")
-    if p.HasField("epoch"):
-        parts.append(f"epoch {p.epoch}/{p.total_epochs}")
-    for key in ("loss", "train_loss", "val_loss"):
-        if key in p.metrics:
-            parts.append(f"{key} {p.metrics[key]:.4g}")
-    if p.HasField("eta") and not ended:
-        parts.append(f"ETA {dt.timedelta(seconds=int(p.eta.seconds))}")
-    return " ".join(parts)
-
-
-def end_reason(job: job_pb2.Job) -> str:
-    """Why a failed or cancelled job ended (its last transition's reason); '' for any other job."""
-    if job.state not in (job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED) or not job.transitions:
-        return ""
-    return job.transitions[-1].reason
-
-
-def status_line(job: job_pb2.Job) -> str:
-    """One line of the live view: state, progress bar, latest loss, ETA, cost so far."""
-    _est, spent = _money(job)
-    return f"{state_name(job.state):<12} {progress_text(job)}  cost so far {spent}".rstrip()
 
 
 async def _call(args: argparse.Namespace, fn: Any) -> int:
@@ -105,91 +47,6 @@ async def _call(args: argparse.Namespace, fn: Any) -> int:
 def _json_line(message: Any) -> None:
     """One protobuf message as one compact JSON line, proto field names (every `--json`: one object per line)."""
     print_json_line(message)
-
-
-def _usage(message: str) -> SystemExit:
-    """A submit that cannot be sent as given: the message on stderr, exit status 2 (as argparse's usage errors)."""
-    print(f"crucible jobs submit: {message}", file=sys.stderr)
-    return SystemExit(2)
-
-
-def _apply_job_file(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """`crucible jobs submit job.yaml [options]`: the file's values, then the options given after it on top."""
-    from crucible.clients.jobfile import JobFileError, load_job_file
-
-    path, rest = args.command[0], args.command[1:]
-    try:
-        job = load_job_file(path)
-    except JobFileError as err:
-        raise _usage(str(err)) from None
-    given = parser.parse_args(rest) if rest else argparse.Namespace(command=[])
-    if given.command:
-        raise _usage(f"the job file {path} holds the command (its `run:`); remove {given.command}")
-    before = {k: v for k, v in vars(args).items() if k != "command" and v != parser.get_default(k)}
-    for field in dataclasses.fields(job):
-        value = getattr(job, field.name)
-        if value is not None and field.name != "command":
-            setattr(args, field.name, value)
-    args.command = job.command
-    given_options = {k: v for k, v in vars(given).items() if k != "command" and v != parser.get_default(k)}
-    for key, value in {**before, **given_options}.items():  # options, before or after the file, win over its values
-        setattr(args, key, value)
-
-
-def is_job_file(command: list[str]) -> bool:
-    """A submit whose first word is a .yaml/.yml file is a job file, not a command."""
-    return bool(command) and command[0] != "--" and command[0].lower().endswith((".yaml", ".yml"))
-
-
-def _spec(args: argparse.Namespace) -> job_pb2.JobSpec:
-    providers = args.provider or []
-    policy = args.policy or ("explicit" if len(providers) == 1 else "cheapest")
-    env = {}
-    for item in args.env or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise _usage(f"--env {item!r} must be NAME=VALUE")
-        env[key] = value
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        raise _usage("nothing to run: give a job file (crucible jobs submit job.yaml) or a command after --")
-    names, count = args.gpus if args.gpus is not None else ([], 1 if args.gpu else 0)
-    spec = job_pb2.JobSpec(
-        display_name=args.name,
-        command=command,
-        env=env,
-        provider_policy=POLICIES[policy],
-        providers=providers,
-        spot_allowed=args.spot,
-        checkpoint_dir=args.checkpoint_dir,
-        budget_scope=args.scope,
-        resources=offer_pb2.ResourceRequirements(
-            gpu_names=[*(args.gpu or []), *names], gpu_count=count, min_gpu_memory_gib=args.gpu_memory_gib
-        ),
-        restart_policy=job_pb2.RestartPolicy(max_restarts_on_errors=args.max_restarts),
-    )
-    for item in args.input or []:  # URI, or PATH=URI (a URI may itself hold '=')
-        path, sep, uri = item.partition("=")
-        if not sep or not uri.startswith(("builtin:", "file:", "s3:")):
-            path, uri = "", item
-        spec.inputs.add(uri=uri, path=path)
-    if args.code_dir and args.server_code_dir:
-        spec.code_dir = str(Path(args.code_dir).resolve())  # a path on the scheduler's host, allowed by --code-roots
-    elif args.code_dir:
-        from crucible.clients.scheduler import pack_code_dir
-
-        try:
-            spec.code_archive = pack_code_dir(args.code_dir)
-        except (OSError, ValueError) as err:
-            raise _usage(f"--code-dir: {err}") from None
-    for field, value in (("max_duration", args.max_duration), ("expected_duration", args.expected_duration)):
-        if value is not None:
-            getattr(spec, field).CopyFrom(duration_from_seconds(value))
-    if args.max_cost is not None:
-        spec.max_cost_usd = args.max_cost
-    if args.max_price is not None:
-        spec.max_price_usd_per_hour = args.max_price
-    return spec
 
 
 async def _follow(stub: pb_grpc.SchedulerServiceAsyncStub, job_id: str, show_logs: bool) -> int:
@@ -227,14 +84,14 @@ async def _follow(stub: pb_grpc.SchedulerServiceAsyncStub, job_id: str, show_log
 def cmd_submit(args: argparse.Namespace) -> int:
     """Validate, show the chosen offer and estimated cost, create, and optionally follow."""
     if is_job_file(args.command):
-        _apply_job_file(args, args.submit_parser)
-    spec = _spec(args)
+        apply_job_file(args, args.submit_parser)
+    spec = spec_from_args(args)
 
     async def run(stub: pb_grpc.SchedulerServiceAsyncStub) -> int:
         preview = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, validate_only=True), timeout=args.timeout_s)).job
         if args.dry_run:
             return _show_dry_run(args, preview)
-        est, _ = _money(preview)
+        est, _ = money(preview)
         o = preview.offer
         gpu = f"{o.gpu_count}x {o.gpu_name}" if o.gpu_count else "CPU"
         price = f"${o.price_usd_per_hour:.4f}/h" if not o.price_source.startswith("unknown") else "price unknown"
@@ -274,7 +131,7 @@ def _show_dry_run(args: argparse.Namespace, preview: job_pb2.Job) -> int:
             }
         )
         return status
-    est, _ = _money(preview)
+    est, _ = money(preview)
     o = preview.offer
     gpu = f"{o.gpu_count}x {o.gpu_name}" if o.gpu_count else "CPU"
     price = f"${o.price_usd_per_hour:.4f}/h" if not o.price_source.startswith("unknown") else "price unknown"
@@ -316,7 +173,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             return 0
         rows = []
         for j in reply.jobs:
-            _est, spent = _money(j)
+            _est, spent = money(j)
             created = j.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
             reason = end_reason(j)
             rows.append(

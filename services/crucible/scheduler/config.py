@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from crucible.runtime.config import ServerConfig, read_token_file, setting
 from crucible.runtime.errors import ConfigError
+from crucible.scheduler.objects.objectstore import StoreSettings, default_store_url
 from crucible.scheduler.providers.sandbox import parse_uid_range
-from crucible.scheduler.storage import StoreSettings, default_store_url
 
 if TYPE_CHECKING:
     from crucible.clients.channel import ChannelConfig

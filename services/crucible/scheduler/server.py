@@ -19,15 +19,15 @@ from crucible.runtime.server import CrucibleServer
 from crucible.runtime.server import create_server as _create_server
 from crucible.runtime.service import BaseService
 from crucible.scheduler.config import SchedulerConfig
-from crucible.scheduler.engine import Engine, EngineSettings
-from crucible.scheduler.inputs import InputLimits
-from crucible.scheduler.jobspec import CodeLimits
-from crucible.scheduler.pricing import CostServicePricing, OfferSource, UnpricedOfferSource, local_gpu_count
+from crucible.scheduler.engine.coordinator import Engine, EngineSettings
+from crucible.scheduler.engine.jobspec import CodeLimits
+from crucible.scheduler.engine.pricing import CostServicePricing, OfferSource, UnpricedOfferSource, local_gpu_count
+from crucible.scheduler.objects.inputs import InputLimits
+from crucible.scheduler.persistence.jobdb import AsyncJobStore, JobStore
 from crucible.scheduler.providers.base import Provider
 from crucible.scheduler.providers.credentials import SECRETS_FILE_ENV, protect_process
 from crucible.scheduler.providers.registry import ProviderRegistry
 from crucible.scheduler.servicer import SERVICE_DESCRIPTOR, SchedulerServicer
-from crucible.scheduler.store import AsyncJobStore, JobStore
 
 log = logging.getLogger(__name__)
 

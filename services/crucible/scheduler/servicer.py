@@ -1,6 +1,6 @@
 """gRPC servicer of the scheduler service: protobuf <-> domain translation only.
 
-Jobs go to the Engine; sizing and placement to the pure functions in crucible.scheduler.core.sizing.
+Jobs go to the Engine; sizing and placement to the pure functions in crucible.scheduler.sizing.
 """
 
 from __future__ import annotations
@@ -14,10 +14,16 @@ from crucible.api.scheduler.v1 import job_pb2, scheduler_service_pb2_grpc
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.runtime.convert import timestamp_from_unix
 from crucible.runtime.errors import InvalidArgument, OutOfRange
-from crucible.scheduler import artifacts, jobspec
-from crucible.scheduler.core import sizing
-from crucible.scheduler.engine import Engine
-from crucible.scheduler.store import decode_page_token, decode_progress_token, encode_page_token, encode_progress_token
+from crucible.scheduler import sizing
+from crucible.scheduler.engine import jobspec
+from crucible.scheduler.engine.coordinator import Engine
+from crucible.scheduler.objects import workdir
+from crucible.scheduler.persistence.jobdb import (
+    decode_page_token,
+    decode_progress_token,
+    encode_page_token,
+    encode_progress_token,
+)
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["SchedulerService"]
 
@@ -161,8 +167,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         self, request: pb.ListArtifactsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListArtifactsResponse:
         size = _page_size(request.page_size, 100, "page_size")
-        if len(request.prefix.encode("utf-8", "surrogatepass")) > artifacts.MAX_PATH_BYTES:
-            raise InvalidArgument.field("prefix", f"at most {artifacts.MAX_PATH_BYTES} bytes")
+        if len(request.prefix.encode("utf-8", "surrogatepass")) > workdir.MAX_PATH_BYTES:
+            raise InvalidArgument.field("prefix", f"at most {workdir.MAX_PATH_BYTES} bytes")
         items = await self.engine.artifacts(request.job_id, request.prefix)
         if request.page_token:
             after = decode_page_token_path(request.page_token)

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from crucible.scheduler import artifacts
+from crucible.scheduler.objects import workdir
 from crucible.scheduler.providers.base import (
     ArtifactInfo,
     LaunchSpec,
@@ -412,18 +412,18 @@ class LocalProvider(Provider):
 
     async def list_artifacts(self, handle: RunHandle) -> list[ArtifactInfo]:
         """Every servable file under the attempt's working directory (links and hard-linked files left out)."""
-        found = await asyncio.to_thread(artifacts.scan, Path(handle.data["cwd"]), {})
+        found = await asyncio.to_thread(workdir.scan, Path(handle.data["cwd"]), {})
         return [ArtifactInfo(p, size, mtime) for p, (size, mtime) in sorted(found.items())]
 
     async def open_artifact(self, handle: RunHandle, path: str, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
-        """The file's bytes in chunks, opened without following any link (see crucible.scheduler.artifacts)."""
-        opened = await asyncio.to_thread(artifacts.open_file, Path(handle.data["cwd"]), path)
+        """The file's bytes in chunks, opened without following any link (see crucible.scheduler.objects.workdir)."""
+        opened = await asyncio.to_thread(workdir.open_file, Path(handle.data["cwd"]), path)
         if opened is None:
             raise ProviderError(self.name, ProviderErrorKind.NOT_FOUND, f"no artifact {path}")
         fd, _st = opened
         try:
             pos = 0
-            while chunk := await asyncio.to_thread(artifacts.read_chunk, fd, pos, chunk_bytes):
+            while chunk := await asyncio.to_thread(workdir.read_chunk, fd, pos, chunk_bytes):
                 pos += len(chunk)
                 yield chunk
         finally:

@@ -69,7 +69,7 @@ def launch_spec(job: job_pb2.Job, attempt: int = 1) -> LaunchSpec:
 
 def input_paths(spec: job_pb2.JobSpec) -> list[str]:
     """Where each of the spec's inputs lands (a folder input shows as one entry: its files are listed at launch)."""
-    from crucible.scheduler.inputs import default_dest
+    from crucible.scheduler.objects.inputs import default_dest
 
     return [i.path or default_dest(i.uri) for i in spec.inputs]
 

@@ -13,9 +13,9 @@ import shlex
 from pathlib import Path, PurePosixPath
 from shlex import quote
 
+from crucible.scheduler.objects.objectstore import check_relative
 from crucible.scheduler.providers.base import LaunchSpec, LogChunk, RunState, RunStatus
 from crucible.scheduler.providers.http import Settings
-from crucible.scheduler.storage import check_relative
 
 DEFAULT_REMOTE_ROOT = "/var/tmp/crucible"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")  # \Z: `$` also accepts a trailing newline

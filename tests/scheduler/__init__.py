@@ -1,0 +1,1 @@
+"""Tests of the scheduler service, laid out as services/crucible/scheduler is."""

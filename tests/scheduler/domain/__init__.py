@@ -1,0 +1,1 @@
+"""Tests of the scheduler's pure domain: the state table and the decision function."""

@@ -1,0 +1,1 @@
+"""Tests of the scheduler's engine (the I/O that carries out decisions)."""

@@ -1,0 +1,1 @@
+"""Tests of the object store and the job's files."""

@@ -1,0 +1,1 @@
+"""Tests of the job database and the stored record format."""

@@ -1,0 +1,1 @@
+"""Reliability tests of the scheduler: crashes, provider faults, hardening, the local sandbox."""
