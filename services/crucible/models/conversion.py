@@ -14,10 +14,55 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .errors import ModelError
-from .registry import _TMP_PREFIX, MARKER_FILE, GgufSource, PackagedModel, _marker_matches
+
+#: The marker a finished conversion writes last into its folder (what it was converted from).
+MARKER_FILE = ".crucible-prepared.json"
+#: Prefix of the staging folders beside the cache (removed when a conversion ends or is retried).
+_TMP_PREFIX = ".tmp-"
+
+
+class ConversionSpec(Protocol):
+    """What a conversion reads of a packaged model (registry.PackagedModel has these fields)."""
+
+    @property
+    def alias(self) -> str: ...
+    @property
+    def distribution(self) -> str: ...
+    @property
+    def gguf_sha256(self) -> str: ...
+    @property
+    def converter(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class GgufSource:
+    """The packaged GGUF of an alias: one file, or parts to concatenate (in order) into a file named `name`."""
+
+    name: str
+    files: tuple[Path, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(path.stat().st_size for path in self.files)
+
+
+def _marker_matches(folder: Path, source: GgufSource) -> bool:
+    """True when `folder` is a finished conversion of `source` (marker written last; same source size)."""
+    try:
+        marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(marker, dict)
+        and marker.get("source_file") == source.name
+        and marker.get("source_size") == source.size
+        and (folder / "config.json").is_file()
+    )
 
 
 @contextlib.contextmanager
@@ -182,7 +227,7 @@ def _convert_gguf_numpy(source: Path, destination: Path) -> None:
 
 
 def convert_packaged(
-    spec: PackagedModel,
+    spec: ConversionSpec,
     source: GgufSource,
     target: Path,
     version: str,

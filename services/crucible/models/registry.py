@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from .conversion import MARKER_FILE as MARKER_FILE  # re-exported: callers read registry.MARKER_FILE
+from .conversion import GgufSource, _marker_matches, convert_packaged
 from .errors import (
     InvalidModelSettingError,
     ModelError,
@@ -32,8 +34,6 @@ KIND_CAUSAL_LM = "causal-lm"
 KIND_EMBEDDING = "sentence-embedding"
 KIND_SEQUENCE_CLASSIFIER = "sequence-classifier"
 
-MARKER_FILE = ".crucible-prepared.json"
-_TMP_PREFIX = ".tmp-"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack")
 _COMMIT_HASH = re.compile(r"^[0-9a-f]{40}\Z")  # \Z: `$` also accepts a trailing newline
 # A hub repository id: "name" or "owner/name" made of letters, digits, '-', '_', '.'.
@@ -199,18 +199,6 @@ def converted_model_dir(alias: str, version: str, cache_dir: Path | None = None)
     return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "models" / f"{alias}-{version}"
 
 
-@dataclass(frozen=True)
-class GgufSource:
-    """The packaged GGUF of an alias: one file, or parts to concatenate (in order) into a file named `name`."""
-
-    name: str
-    files: tuple[Path, ...]
-
-    @property
-    def size(self) -> int:
-        return sum(path.stat().st_size for path in self.files)
-
-
 def _source_file(spec: PackagedModel, package_dir: Path) -> GgufSource:
     if spec.gguf_parts:
         files = []
@@ -234,20 +222,6 @@ def _source_file(spec: PackagedModel, package_dir: Path) -> GgufSource:
     return GgufSource(source.name, (source,))
 
 
-def _marker_matches(folder: Path, source: GgufSource) -> bool:
-    """True when `folder` is a finished conversion of `source` (marker written last; same source size)."""
-    try:
-        marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (
-        isinstance(marker, dict)
-        and marker.get("source_file") == source.name
-        and marker.get("source_size") == source.size
-        and (folder / "config.json").is_file()
-    )
-
-
 def _resolve_packaged(spec: PackagedModel, cache_dir: Path | None, prepare: bool) -> ResolvedModel:
     package_dir, version = _require_package(spec)
     revision = _packaged_revision(spec, version)
@@ -264,8 +238,6 @@ def _resolve_packaged(spec: PackagedModel, cache_dir: Path | None, prepare: bool
                 f"model {spec.alias!r} has not been prepared: its GGUF weights must be converted once into "
                 f"{target}. Run `crucible models prepare` (takes about 20 s; CRUCIBLE_CACHE_DIR chooses the cache)"
             )
-        from .conversion import convert_packaged  # imports lazily: conversion needs this module's types
-
         convert_packaged(spec, source, target, version, log=logger.info)
     return ResolvedModel(spec.alias, target, revision, spec.kind)
 
@@ -309,8 +281,6 @@ def prepare_models(
         else:
             source = _source_file(spec, package_dir)
             path = converted_model_dir(spec.alias, version, cache_dir)
-            from .conversion import convert_packaged
-
             created = not _marker_matches(path, source) and convert_packaged(spec, source, path, version, log=log)
         seconds = time.perf_counter() - started
         log(f"{spec.alias}: {'created' if created else 'ready'} at {path} ({revision}, {seconds:.1f} s)")

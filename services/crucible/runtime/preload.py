@@ -94,9 +94,12 @@ def _child(argv: Sequence[str], env: Mapping[str, str], log: str | None) -> None
         sys.argv = ["crucible", *argv]
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        from crucible.cli import main
+        # Run the service as `python -m crucible ARGV` would (the package's __main__), by name: this module is
+        # imported by the launcher that the CLI itself imports, so naming the CLI here would be an import cycle.
+        import runpy
 
-        code = main(list(argv))
+        runpy.run_module("crucible", run_name="__main__", alter_sys=False)
+        code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     except BaseException:
