@@ -122,3 +122,10 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json", stre
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # transformers gives its library logger a handler of its own on the sys.stderr of the moment it is first used, and
+    # stops propagation. Imported earlier than this call (a service forked from the preloading process imports it
+    # before its log is set up), that handler writes plain lines past this one: route its records through the root.
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:
+        transformers_logging.disable_default_handler()
+        transformers_logging.enable_propagation()
