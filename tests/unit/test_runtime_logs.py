@@ -15,12 +15,13 @@ from crucible.runtime.logs import configure_logging
 def test_transformers_imported_first_logs_through_the_json_handler() -> None:
     from transformers.utils import logging as transformers_logging
 
+    transformers_logging.enable_default_handler()
+    transformers_logging.disable_propagation()
     library = transformers_logging.get_logger("transformers.models.llama")  # installs transformers' own handler
-    library_root = logging.getLogger("transformers")
+    own = transformers_logging._default_handler  # only transformers' own handler, not one another test attached
+    assert isinstance(own, logging.StreamHandler)
     own_stream = io.StringIO()
-    for handler in library_root.handlers:  # stands for the stderr the preloading process had
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(own_stream)
+    previous = own.setStream(own_stream)  # stands for the stderr the preloading process had
     buffer = io.StringIO()
     configure_logging("proposer", "INFO", "json", stream=buffer)
     try:
@@ -31,5 +32,7 @@ def test_transformers_imported_first_logs_through_the_json_handler() -> None:
         assert json.loads(lines[0])["service"] == "proposer"
     finally:
         logging.getLogger().handlers.clear()
+        if previous is not None:
+            own.setStream(previous)
         transformers_logging.disable_propagation()
         transformers_logging.enable_default_handler()
