@@ -114,8 +114,7 @@ def test_the_prompt_is_the_one_the_grpo_example_trains_with():
     assert train.PROMPT_TEMPLATE == ev.PROMPT_TEMPLATE
 
 
-def test_plot_writes_a_png(tmp_path: Path):
-    pytest.importorskip("matplotlib")
+def test_plot_writes_a_png(tmp_path: Path):  # matplotlib comes with the test extra
     r = ev.ConditionReport("base", 0.8, {"binoculars": 0.7}, 0.3, "probability", 0.9, 0.8, 0.1, 30.0, 0.0, 40.0, 10)
     assert ev.plot(
         [r, ev.ConditionReport("trained", 0.7, {"binoculars": 0.6}, 0.2, "probability", 0.9, 0.8, 0.0, 35.0, 0.0, 40.0, 10)],
