@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# One prompt and one text cut for training and for the evaluation of what was trained.
+from crucible.clients.evade_eval import PROMPT_TEMPLATE, leading_sentences
+
 logger = logging.getLogger("grpo")
 
 #: Built-in texts to paraphrase when no --data is given (short, so a CPU step stays short).
@@ -38,7 +41,6 @@ BUILTIN_TEXTS = [
     "The park will plant two hundred new trees to replace the ones lost in last winter's storms.",
     "Researchers say that reading to young children every day helps them learn new words faster.",
 ]
-PROMPT_TEMPLATE = "Paraphrase the following text. Keep its meaning; answer with the rewrite only.\n\n{text}"
 #: Bounds on inputs, checked before any tokenisation or model work.
 MAX_TEXT_CHARS = 4000
 MAX_TEXTS = 100_000
@@ -196,19 +198,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------- data
 
 
-def _leading_sentences(text: str, max_words: int) -> str:
-    """Whole leading sentences of `text` up to `max_words` words (at least the first sentence)."""
-    out: list[str] = []
-    count = 0
-    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
-        words = len(sentence.split())
-        if out and count + words > max_words:
-            break
-        out.append(sentence)
-        count += words
-    return " ".join(out)
-
-
 def load_texts(path: str, max_original_words: int, detect_half: str = "all") -> list[str]:
     """Texts to paraphrase; every input is bounded (file size, count, characters) before any model work."""
     if not path:
@@ -231,7 +220,7 @@ def load_texts(path: str, max_original_words: int, detect_half: str = "all") -> 
         sampled = list(body["sampled"])
         half = len(sampled) // 2
         sampled = sampled[:half] if detect_half == "first" else sampled[half:] if detect_half == "second" else sampled
-        texts = [_leading_sentences(str(t), max_original_words) for t in sampled]
+        texts = [leading_sentences(str(t), max_original_words) for t in sampled]
     elif file.suffix == ".jsonl":
         texts = []
         for n, line in enumerate(raw.splitlines(), 1):
