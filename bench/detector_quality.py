@@ -56,13 +56,15 @@ def score_command(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done: set[tuple[str, int, int]] = set()
-    if out.exists():
-        for line in out.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            done.add((row["file"], row["pair"], row["label"]))
+    previous = read_rows(out) if out.exists() else []
+    done = {(row["file"], row["pair"], row["label"]) for row in previous}
     started = time.perf_counter()
     loaded = load_causal_lm(args.model, dtype=args.dtype, prepare=True)
+    if previous and scoring_setting(previous) != {"dtype": loaded.identity.dtype, "max_tokens": args.max_tokens}:
+        raise SystemExit(
+            f"error: {out} was scored with {scoring_setting(previous)}, not dtype {loaded.identity.dtype} and "
+            f"{args.max_tokens} tokens: pass the same --dtype/--max-tokens or another --out"
+        )
     load_seconds = time.perf_counter() - started
     scorer = CausalScorer(loaded.model)
     tokenizer = loaded.tokenizer
@@ -108,6 +110,8 @@ def score_command(args: argparse.Namespace) -> int:
                 "file": name,
                 "pair": pair,
                 "label": label,
+                "dtype": loaded.identity.dtype,
+                "max_tokens": args.max_tokens,
                 "tokens": len(ids),
                 "truncated": len(tokenizer(text, add_special_tokens=True)["input_ids"]) > args.max_tokens,
                 "ll": [round(x, 5) for x in ll],
@@ -170,6 +174,20 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+# Scores files written before rows recorded their setting were all scored in float32 with 512 tokens.
+LEGACY_SETTING = {"dtype": "float32", "max_tokens": 512}
+
+
+def scoring_setting(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The dtype and token limit every row was scored with; a file mixing settings is refused (bf16 moves the scores,
+    so a calibration fitted on a mix would match neither)."""
+    settings = {(r.get("dtype", LEGACY_SETTING["dtype"]), r.get("max_tokens", LEGACY_SETTING["max_tokens"])) for r in rows}
+    if len(settings) != 1:
+        raise SystemExit(f"error: the scores mix settings {sorted(settings)}; score each (dtype, max tokens) into its own file")
+    dtype, max_tokens = settings.pop()
+    return {"dtype": dtype, "max_tokens": max_tokens}
+
+
 def domain_of(name: str) -> str:
     return name.split("_", 1)[0]
 
@@ -218,6 +236,7 @@ def report_command(args: argparse.Namespace) -> int:
 
     rows = read_rows(Path(args.scores))
     rows = [r for r in rows if r["tokens"] >= 2]
+    scoring_setting(rows)  # refuse a file that mixes dtypes or token limits before any work
     files = sorted({r["file"] for r in rows})
     out: dict[str, Any] = {"scores_file": args.scores, "texts": len(rows), "files": {}}
     for f in files:
@@ -427,6 +446,8 @@ def write_calibration(
     from crucible.detector.calibration import CalibrationFile, fit_calibration
     from crucible.models import resolve_model
 
+    setting = scoring_setting(rows)
+
     resolved = resolve_model(args.model)
     names = CANDIDATES[args.combination]
     human = [full[i] for i in fit if rows[i]["label"] == 0]
@@ -445,8 +466,8 @@ def write_calibration(
         ],
         "texts": len(fit),
         "date": dt.date.today().isoformat(),
-        "dtype": "float32",
-        "max_tokens": 512,
+        "dtype": setting["dtype"],
+        "max_tokens": setting["max_tokens"],
         "combination": args.combination,
         "regularisation": "C chosen by held-out log-loss leaving one domain out and one source model out in turn",
         "held_out": {
@@ -469,7 +490,8 @@ def write_calibration(
         c=chosen_c[args.combination]["c"],
     )
     description = (
-        f"{args.model} (one model: sampling = scoring), float32, 512 tokens. Detection.probability is a logistic "
+        f"{args.model} (one model: sampling = scoring), {setting['dtype']}, {setting['max_tokens']} tokens. "
+        "Detection.probability is a logistic "
         f"regression over {', '.join(names)} (standardised), its C chosen by held-out log-loss leaving one domain "
         "(XSum, Writing) and one source model (GPT-3.5-turbo, GPT-4, GPT-2-XL) out in turn; "
         + (

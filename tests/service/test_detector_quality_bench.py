@@ -92,3 +92,31 @@ def test_score_then_report_writes_every_table_and_a_loadable_calibration(bench, 
     entry = load_calibration_file(cal).entries[0]
     assert entry.ensemble is not None and entry.ensemble.members == bench.CANDIDATES[out["chosen"]]
     assert entry.fitted_on["combination"] == out["chosen"]
+
+
+def test_rows_record_their_dtype_and_the_calibration_says_what_it_was_fitted_in(bench, lm, tmp_path):
+    """A calibration fitted on bf16 scores says bfloat16 (it once said float32 whatever the scores were); resuming a
+    file with another dtype, or reporting on a file that mixes dtypes, is refused before any work."""
+    data = _data(tmp_path / "detect")
+    scores = tmp_path / "scores.jsonl"
+    common = ["--model", str(lm), "--data", str(data)]
+    score = ["score", *common, "--files", ",".join(FILES), "--threads", "1", "--out", str(scores), "--max-tokens", "64"]
+    assert bench.main([*score, "--dtype", "bfloat16"]) == 0
+    rows = [json.loads(line) for line in scores.read_text().splitlines()]
+    assert {(r["dtype"], r["max_tokens"]) for r in rows} == {("bfloat16", 64)}
+    cal = tmp_path / "cal.json"
+    argv = ["report", "--scores", str(scores), *common, "--out", str(tmp_path / "report.json")]
+    assert bench.main([*argv, "--write-calibration", str(cal), "--version", "tiny-bf16-v1"]) == 0
+    fitted_on = load_calibration_file(cal).entries[0].fitted_on
+    assert (fitted_on["dtype"], fitted_on["max_tokens"]) == ("bfloat16", 64)
+    assert "bfloat16, 64 tokens" in json.loads(cal.read_text())["description"]
+
+    lines = scores.read_text().splitlines()
+    with pytest.raises(SystemExit, match="was scored with"):
+        bench.main([*score, "--dtype", "float32"])  # resuming in another dtype
+    assert scores.read_text().splitlines() == lines  # nothing appended
+    legacy = json.loads(lines[0])
+    del legacy["dtype"], legacy["max_tokens"]  # a row of a file written before rows recorded their setting
+    scores.write_text("\n".join([*lines, json.dumps(legacy)]) + "\n")
+    with pytest.raises(SystemExit, match="mix settings"):
+        bench.main(argv)
