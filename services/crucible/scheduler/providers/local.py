@@ -12,14 +12,13 @@ import json
 import logging
 import os
 import signal
-import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from crucible.scheduler.objects import workdir
+from crucible.scheduler.objects import nofollow, workdir
 from crucible.scheduler.providers.base import (
     ArtifactInfo,
     LaunchSpec,
@@ -105,16 +104,19 @@ def _read_from(path: Path, offset: int) -> bytes:
         return b""
 
 
-def _give_to(folder: Path, uid: int) -> None:
-    """Make a folder the job's uid's (it writes there), links and multiply-linked files left as they are."""
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chown(folder, uid, uid)
-    for dirpath, dirs, names in os.walk(folder):
-        for name in dirs + names:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink == 1):
-                os.chown(path, uid, uid, follow_symlinks=False)
+def _job_folder(folder: Path, uid: int | None, parts: tuple[str, ...] = ()) -> None:
+    """Make `folder` (and folder/parts...) without following a link, and when `uid` is given hand all of it to the
+    job's uid by descriptor (nofollow.chown_tree): a job may have planted links in a folder it wrote in an earlier
+    attempt, and the scheduler (root) must neither create, chown nor bind anything through them. The folder's parent
+    is the scheduler's own; a link at the folder or on the way to parts raises nofollow.UnsafePath."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    parent = nofollow.open_dir(folder.parent)
+    try:
+        os.close(nofollow.open_dirs(parent, [folder.name, *parts], create=True))
+        if uid is not None:
+            nofollow.chown_tree(parent, folder.name, uid, uid)
+    finally:
+        os.close(parent)
 
 
 def _json_list(text: str) -> tuple[str, ...]:
@@ -245,15 +247,16 @@ class LocalProvider(Provider):
     def _prepare(self, spec: LaunchSpec, folder: Path, cwd: Path, uid: int | None) -> list[Path]:
         """Create the attempt's folders (in a thread); sandboxed as root, give the job's folders to its uid."""
         folder.mkdir(parents=True, exist_ok=True)
-        cwd.mkdir(parents=True, exist_ok=True)
-        if spec.checkpoint_dir:
-            (cwd / spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        owner = uid if uid is not None and self.sandbox is not None and self.sandbox.as_root else None
+        checkpoints = (
+            tuple(part for part in Path(spec.checkpoint_dir).parts if part not in ("", ".")) if spec.checkpoint_dir else ()
+        )
         writable = self._store_folders(spec)
-        for path in writable:
-            path.mkdir(parents=True, exist_ok=True)
-        if uid is not None and self.sandbox is not None and self.sandbox.as_root:
-            for path in (cwd, *writable):
-                _give_to(path, uid)
+        for path, parts in ((cwd, checkpoints), *((path, ()) for path in writable)):
+            try:
+                _job_folder(path, owner, parts)
+            except nofollow.UnsafePath as exc:  # planted by the job: never bound, created through or handed over
+                raise ProviderError(self.name, ProviderErrorKind.INVALID, f"the job's folder {path}: {exc}") from None
         return writable
 
     async def submit(self, spec: LaunchSpec) -> RunHandle:
