@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -30,58 +30,102 @@ from _mesh import running_mesh  # noqa: E402
 from crucible.clients.mesh import Mesh  # noqa: E402
 from crucible.clients.reward import (  # noqa: E402
     COMPONENTS,
+    RewardBreakdown,
     TRLReward,
+    clean_text,
     combine,
+    detector_score,
     embedding_similarity,
     group_evasion,
     mean_components,
 )
 from crucible.clients.tables import format_table  # noqa: E402
 from crucible.detector.criterion import reference_criterion  # noqa: E402
+from crucible.detector.reliability import (  # noqa: E402
+    DEFAULT_MAX_INVISIBLE_FRACTION,
+    DEFAULT_MIN_RELIABLE_TOKENS,
+    assess,
+)
 from crucible.models import embed, load_causal_lm, load_embedding_model  # noqa: E402
 
 
 class InProcessReward:
-    """The composite reward computed in this process (no services): detector pass, embeddings, `combine`."""
+    """The composite reward computed in this process (no services): detector pass, embeddings, `combine`.
+
+    A text the detector service would withhold (fewer scored tokens than its `min_reliable_tokens`, or too many
+    invisible characters: `crucible.detector.reliability.assess`, the service's own rule) gets the same treatment as
+    in `CompositeReward.score`: the configured neutral evasion, and no place in its group's normalisation. The
+    defaults are the service's defaults; pass the detector's settings when it runs with others.
+    """
 
     __name__ = "in_process_composite_reward"
 
-    def __init__(self, config: Any) -> None:
+    def __init__(
+        self,
+        config: Any,
+        *,
+        lm: Any = None,
+        emb: Any = None,
+        min_reliable_tokens: int = DEFAULT_MIN_RELIABLE_TOKENS,
+        max_invisible_fraction: float = DEFAULT_MAX_INVISIBLE_FRACTION,
+        max_tokens: int = 512,
+    ) -> None:
         self.config = config
-        self.lm = load_causal_lm("smollm2-135m-instruct", device="cpu", dtype="float32", prepare=True)
-        self.emb = load_embedding_model("minilm-l6-v2", device="cpu")
+        self.lm = lm if lm is not None else load_causal_lm("smollm2-135m-instruct", device="cpu", dtype="float32", prepare=True)
+        self.emb = emb if emb is not None else load_embedding_model("minilm-l6-v2", device="cpu")
+        self.min_reliable_tokens = min_reliable_tokens
+        self.max_invisible_fraction = max_invisible_fraction
+        self.max_tokens = max_tokens
 
-    def __call__(self, prompts: list[Any], completions: list[Any], original: list[str], **kwargs: Any) -> list[float]:
-        signals: list[tuple[str, str, float | None, float | None, float]] = []  # original, text, criterion, ppl, sim
+    def signal(self, original: str, text: str) -> tuple[float | None, float | None, float, str]:
+        """(criterion, perplexity, similarity, unreliable reason) of one rewrite, as the detector and proposer give them."""
+        # Like the detector service: add_special_tokens (the tokenizer's default), cut at max_tokens, score n - 1 tokens.
+        ids = self.lm.tokenizer(text, return_tensors="pt", truncation=True, max_length=self.max_tokens)["input_ids"]
+        reason = assess(
+            text,
+            max(0, ids.shape[1] - 1),
+            min_tokens=self.min_reliable_tokens,
+            max_invisible_fraction=self.max_invisible_fraction,
+        ).reason
+        crit: float | None = None
+        ppl: float | None = None
+        if ids.shape[1] >= 2:
+            logits = self.lm.model(ids).logits[0, :-1]
+            labels = ids[0, 1:]
+            crit = reference_criterion(logits, logits, labels)
+            ppl = math.exp(torch.nn.functional.cross_entropy(logits.float(), labels).item())
+        vecs = embed(self.emb, [original, text])
+        return crit, ppl, embedding_similarity(vecs[0].tolist(), vecs[1].tolist()), reason
+
+    def breakdowns(self, originals: list[str], completions: list[Any]) -> list[RewardBreakdown]:
+        """One breakdown per (original, completion), by CompositeReward.score's rules with in-process signals."""
+        texts = [clean_text(c[-1]["content"] if isinstance(c, list) else c) for c in completions]
+        signals: dict[int, tuple[float | None, float | None, float, str]] = {}
         with torch.inference_mode():
-            for o, c in zip(original, completions, strict=True):
-                text = c[-1]["content"] if isinstance(c, list) else c
-                if not text.strip():
-                    signals.append((o, text, None, None, 0.0))
-                    continue
-                ids = self.lm.tokenizer(text, return_tensors="pt", truncation=True, max_length=512)["input_ids"]
-                if ids.shape[1] < 2:
-                    signals.append((o, text, 0.0, None, 0.0))
-                    continue
-                logits = self.lm.model(ids).logits[0, :-1]
-                labels = ids[0, 1:]
-                crit = reference_criterion(logits, logits, labels)
-                ppl = math.exp(torch.nn.functional.cross_entropy(logits.float(), labels).item())
-                vecs = embed(self.emb, [o, text])
-                signals.append((o, text, crit, ppl, embedding_similarity(vecs[0].tolist(), vecs[1].tolist())))
-        # The same group normalisation as CompositeReward.score: rewrites of one original compete among themselves.
+            for i, (o, text) in enumerate(zip(originals, texts, strict=True)):
+                if text.strip():
+                    signals[i] = self.signal(o, text)
+        # The same group normalisation as CompositeReward.score: rewrites of one original compete among themselves;
+        # a withheld detection is None there (it keeps its configured evasion) and does not move the others'.
         evasion: dict[int, float | None] = {}
         if self.config.detector_normalization == "group":
             groups: dict[str, list[int]] = {}
-            for i, (o, text, crit, _, _) in enumerate(signals):
-                if text.strip() and crit is not None:
-                    groups.setdefault(o, []).append(i)
+            for i in signals:
+                groups.setdefault(originals[i], []).append(i)
             for members in groups.values():
-                evasion.update(zip(members, group_evasion([signals[i][2] for i in members], self.config), strict=True))
-        rewards = [
-            combine(o, text, crit, None, ppl, sim, self.config, evasion=evasion.get(i))
-            for i, (o, text, crit, ppl, sim) in enumerate(signals)
-        ]
+                scores = [None if signals[i][3] else detector_score(signals[i][0], None, self.config) for i in members]
+                evasion.update(zip(members, group_evasion(scores, self.config), strict=True))
+        out = []
+        for i, (o, text) in enumerate(zip(originals, texts, strict=True)):
+            if i not in signals:
+                out.append(combine(o, text, None, None, None, 0.0, self.config))
+                continue
+            crit, ppl, sim, reason = signals[i]
+            out.append(combine(o, text, crit, None, ppl, sim, self.config, unreliable_reason=reason, evasion=evasion.get(i)))
+        return out
+
+    def __call__(self, prompts: list[Any], completions: list[Any], original: list[str], **kwargs: Any) -> list[float]:
+        rewards = self.breakdowns(original, completions)
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
             for name, value in mean_components(rewards, self.config).items():
@@ -130,7 +174,7 @@ def step_times(reward_func: Any, args: argparse.Namespace, out: Path) -> tuple[l
     dataset = grpo.build_dataset(grpo.BUILTIN_TEXTS, tokenizer, 256)
     timed = Timed(reward_func)
     call = timed.call
-    call.__name__ = reward_func.__name__  # type: ignore[attr-defined]
+    call.__name__ = reward_func.__name__
     times: list[float] = []
 
     class Clock(TrainerCallback):
@@ -158,7 +202,12 @@ def step_times(reward_func: Any, args: argparse.Namespace, out: Path) -> tuple[l
     )
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     trainer = GRPOTrainer(
-        model=model, reward_funcs=[call], args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Clock()]
+        model=model,
+        reward_funcs=[cast(Any, call)],
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Clock()],
     )
     trainer.train()
     return times, timed.seconds
@@ -180,7 +229,7 @@ async def evaluate(model_dir: str, mesh_cfg: Any, cfg: Any, samples: int, tokens
     texts: list[str] = []
     for text in grpo.BUILTIN_TEXTS:
         prompt = [{"role": "user", "content": grpo.PROMPT_TEMPLATE.format(text=text)}]
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids: Any = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         with torch.inference_mode():
             out = await asyncio.to_thread(
                 model.generate,
