@@ -1,5 +1,5 @@
-"""A job as the job database stores it: `JobRecord` (the Job message, the file format of state folders) plus the
-engine's `JobBookkeeping` (JSON in the `meta` column).
+"""A job as the engine keeps it: `JobRecord` (the domain `Job`, stored as the Job message, the file format of state
+folders) plus the engine's `JobBookkeeping` (JSON in the `meta` column).
 
 `JobBookkeeping` is stored as JSON in the `meta` column of the job store with the same keys the engine has always
 written (per-attempt entries as `cancel_sent_3`, maps keyed by the attempt number as a string), so state folders of
@@ -13,8 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from crucible.api.cost.v1 import offer_pb2
-from crucible.api.scheduler.v1 import job_pb2
+from crucible.scheduler.domain.record import Job
 from crucible.scheduler.providers.base import RunHandle
 
 #: The two log streams every attempt has, in the order they are mirrored.
@@ -53,21 +52,11 @@ _KNOWN_KEYS = frozenset(
 
 @dataclasses.dataclass
 class StoredCandidate:
-    """An offer the job may launch on, kept serialized (hex of the Offer message) as it is stored."""
+    """An offer the job may launch on, kept serialized (hex of the Offer message) as it is stored; `convert.py`
+    reads and writes it (`candidate_offer`, `stored_candidate`)."""
 
     offer_hex: str
     estimated_usd: float | None
-
-    @classmethod
-    def of(cls, offer: offer_pb2.Offer, estimated_usd: float | None) -> StoredCandidate:
-        """The stored form of an offer and its estimated total cost."""
-        return cls(offer.SerializeToString().hex(), estimated_usd)
-
-    def offer(self) -> offer_pb2.Offer:
-        """The Offer message."""
-        offer = offer_pb2.Offer()
-        offer.ParseFromString(bytes.fromhex(self.offer_hex))
-        return offer
 
 
 @dataclasses.dataclass
@@ -243,9 +232,10 @@ def _attempt_key(key: str) -> tuple[str, int]:
 
 @dataclasses.dataclass
 class JobRecord:
-    """A job as stored: the proto (spec without the code archive) plus the engine's bookkeeping (JSON in `meta`)."""
+    """A job as the engine keeps it: its record (spec without the code archive; the job database stores it as the Job
+    message) plus the engine's bookkeeping (JSON in `meta`)."""
 
-    job: job_pb2.Job
+    job: Job
     spec_sha256: str
     request_id: str = ""
     bookkeeping: JobBookkeeping = dataclasses.field(default_factory=JobBookkeeping)
