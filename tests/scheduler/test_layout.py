@@ -99,3 +99,24 @@ def test_protobuf_stays_at_the_edge_of_the_engine_and_out_of_the_decisions() -> 
     assert not {name for name in using if name.startswith("crucible.scheduler.domain")}
     assert using <= allowed, sorted(using - allowed)
     assert using == allowed, sorted(allowed - using)  # freed of protobuf: take it off the list
+
+
+#: Modules of domain/, engine/ and persistence/ that may call the conversion module (so reach protobuf through it).
+CONVERT_USERS = {
+    "crucible.scheduler.persistence.jobdb": "a row's Job message read into the record and written from it",
+    "crucible.scheduler.persistence.records": "the candidate offers in `meta` are stored as Offer messages",
+    "crucible.scheduler.engine.pricing": "the cost service's replies become domain offers",
+}
+
+
+def test_the_engine_does_not_reach_protobuf_through_the_conversion_module() -> None:
+    """The engine's record, spec and offers are domain types: no module of the engine (but the cost service's client)
+    calls convert.py; the job database does, for its file format."""
+    modules = _modules()
+    callers = {
+        name
+        for name, path in modules.items()
+        if name.startswith(("crucible.scheduler.domain", "crucible.scheduler.engine", "crucible.scheduler.persistence"))
+        and "crucible.scheduler.convert" in _imports(path, modules)
+    }
+    assert callers == set(CONVERT_USERS), sorted(callers ^ set(CONVERT_USERS))

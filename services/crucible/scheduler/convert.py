@@ -1,7 +1,8 @@
 """Conversions between the scheduler's protobuf messages (the API and the job database's file format) and its plain
 domain types: the one module where a Job, JobSpec or Offer message becomes a domain value, or is made from one.
 
-The engine works on `domain.record.Job`; the servicer and the job database call these functions at their edges.
+The engine works on `domain.record.Job`; the servicer, the job database (rows and the candidate offers in `meta`) and
+the cost service's client call these functions at their edges.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from crucible.api.scheduler.v1 import job_pb2
 from crucible.scheduler.domain.job import Offer
 from crucible.scheduler.domain.record import AttemptRecord, Job, JobCost, JobProgress, TransitionRecord
 from crucible.scheduler.domain.spec import Duration, JobInput, JobSpec, Resources, RestartPolicy
-from crucible.scheduler.persistence.records import StoredCandidate
 
 # --- times -------------------------------------------------------------------------------------------------------
 
@@ -90,15 +90,15 @@ def offer_message(value: Offer) -> offer_pb2.Offer:
     return out
 
 
-def stored_candidate(value: Offer, estimated_usd: float | None) -> StoredCandidate:
-    """The stored form of a candidate offer and its estimated total cost (the Offer message, hex, in `meta`)."""
-    return StoredCandidate(offer_message(value).SerializeToString().hex(), estimated_usd)
+def offer_hex(value: Offer) -> str:
+    """An offer as the job database's `meta` column stores a candidate: the Offer message, serialized, in hex."""
+    return offer_message(value).SerializeToString().hex()
 
 
-def candidate_offer(stored: StoredCandidate) -> Offer:
-    """A stored candidate's offer."""
+def offer_from_hex(text: str) -> Offer:
+    """A candidate offer as `meta` stores it (`offer_hex`), read back."""
     message = offer_pb2.Offer()
-    message.ParseFromString(bytes.fromhex(stored.offer_hex))
+    message.ParseFromString(bytes.fromhex(text))
     return offer(message)
 
 

@@ -210,7 +210,7 @@ def test_bookkeeping_reads_and_writes_the_stored_meta_format() -> None:
     assert book.cancel_sent == {2} and book.released == {1} and book.collected == {1}
     assert book.collect_errors == {2: "store down"} and book.collect_skipped == {1: ["big.bin"]}
     assert book.usage_until == {1: 1700000000.5} and book.log_capped == {"stdout"} and book.inputs_staged == 0
-    assert convert.candidate_offer(book.candidates[0]).offer_id == "a/b" and book.candidates[1].estimated_usd is None
+    assert book.candidates[0].offer.offer_id == "a/b" and book.candidates[1].estimated_usd is None
     assert book.to_json() == stored
     assert JobBookkeeping.from_json({}).cancel_text == "cancelled"
 

@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 
 from crucible.runtime.errors import AlreadyExists, FailedPrecondition, Unavailable
-from crucible.scheduler import convert
 from crucible.scheduler.domain import decide as rules
 from crucible.scheduler.domain import states
 from crucible.scheduler.domain.job import JobState
@@ -27,7 +26,7 @@ from crucible.scheduler.engine.offers import OfferSource
 from crucible.scheduler.objects import inputs as job_inputs
 from crucible.scheduler.objects import transfer
 from crucible.scheduler.objects.objectstore import StoreError
-from crucible.scheduler.persistence.records import JobBookkeeping, JobRecord
+from crucible.scheduler.persistence.records import JobBookkeeping, JobRecord, StoredCandidate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +140,7 @@ class JobCreator:
             return Created(job)
         job.job_id = f"job-{time.strftime('%Y%m%d', time.gmtime(now_s))}-{uuid.uuid4().hex[:12]}"
         book = JobBookkeeping(
-            candidates=[convert.stored_candidate(c.offer, c.estimated_usd) for c in candidates], assumptions=list(assumptions)
+            candidates=[StoredCandidate(c.offer, c.estimated_usd) for c in candidates], assumptions=list(assumptions)
         )
         folder = self.folders.job_dir(job.job_id)
         try:

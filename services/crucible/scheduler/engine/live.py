@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 
-from crucible.scheduler import convert
 from crucible.scheduler.domain.job import Offer
 from crucible.scheduler.domain.progress import ProgressTracker
 from crucible.scheduler.domain.record import Job, read_progress
@@ -32,14 +31,11 @@ class LiveJob:
         self.store_env: dict[str, str] = {}  # store URLs and scoped keys of the next launch (never logged)
         self.new_handle: RunHandle | None = None  # a run handle just returned by a provider, until recorded
         self.ended_status: RunStatus | None = None  # how the attempt's run ended, until the attempt is closed
-        self._offers: list[Offer] | None = None
         read_progress(rec.job, self.tracker.progress)
 
     def candidate_offers(self) -> list[Offer]:
-        """The job's candidate offers, in launch order (parsed once: they do not change after CreateJob)."""
-        if self._offers is None:
-            self._offers = [convert.candidate_offer(stored) for stored in self.rec.bookkeeping.candidates]
-        return self._offers
+        """The job's candidate offers, in launch order (they do not change after CreateJob)."""
+        return [stored.offer for stored in self.rec.bookkeeping.candidates]
 
     @property
     def job(self) -> Job:

@@ -8,11 +8,13 @@ earlier versions load unchanged; keys this version does not know are kept and wr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 from collections.abc import Callable
 from typing import Any
 
+from crucible.scheduler import convert
+from crucible.scheduler.domain.job import Offer
 from crucible.scheduler.domain.record import Job
 from crucible.scheduler.providers.base import RunHandle
 
@@ -52,10 +54,9 @@ _KNOWN_KEYS = frozenset(
 
 @dataclasses.dataclass
 class StoredCandidate:
-    """An offer the job may launch on, kept serialized (hex of the Offer message) as it is stored; `convert.py`
-    reads and writes it (`candidate_offer`, `stored_candidate`)."""
+    """An offer the job may launch on and its estimated total cost (stored as the hex of the Offer message)."""
 
-    offer_hex: str
+    offer: Offer
     estimated_usd: float | None
 
 
@@ -116,7 +117,7 @@ class JobBookkeeping:
         out: dict[str, Any] = dict(self.unknown)
         out.update(
             {
-                "candidates": [{"offer": c.offer_hex, "estimated_usd": c.estimated_usd} for c in self.candidates],
+                "candidates": [{"offer": convert.offer_hex(c.offer), "estimated_usd": c.estimated_usd} for c in self.candidates],
                 "assumptions": list(self.assumptions),
                 "handles": {
                     str(n): {"provider": h.provider, "ref": h.ref, "data": dict(h.data)} for n, h in self.handles.items()
@@ -167,7 +168,9 @@ class JobBookkeeping:
     def from_json(cls, data: dict[str, Any]) -> JobBookkeeping:
         """Read a stored `meta` object (any version: absent keys take their defaults, unknown keys are kept)."""
         book = cls(
-            candidates=[StoredCandidate(c["offer"], c.get("estimated_usd")) for c in data.get("candidates", [])],
+            candidates=[
+                StoredCandidate(convert.offer_from_hex(c["offer"]), c.get("estimated_usd")) for c in data.get("candidates", [])
+            ],
             assumptions=[str(a) for a in data.get("assumptions", [])],
             handles={
                 int(n): RunHandle(h["provider"], h["ref"], dict(h.get("data", {}))) for n, h in data.get("handles", {}).items()
@@ -210,7 +213,7 @@ class JobBookkeeping:
 
     def copy(self) -> JobBookkeeping:
         """An independent copy (what a store write keeps while the job goes on changing)."""
-        return JobBookkeeping.from_json(json.loads(json.dumps(self.to_json())))
+        return copy.deepcopy(self)
 
 
 def _stream_offsets(value: dict[str, Any]) -> dict[str, int]:
