@@ -115,9 +115,9 @@ class JobCreator:
         await self.pricing.admit(scope, estimated, "")
         now_s = self.clock()
         now = time_ns(now_s)
-        stored_spec = dataclasses.replace(spec, code_archive=None, budget_scope=spec.budget_scope or scope)
         job = Job(
-            spec=dataclasses.replace(stored_spec, wire_sha256="", wire_bytes=0),
+            # stored without the code archive (in the object store now), with the scope it is billed to
+            spec=dataclasses.replace(spec, code_archive=None, budget_scope=scope, wire_sha256="", wire_bytes=0),
             state=states.PENDING,
             provider=first.provider,
             offer=first.offer,
