@@ -15,6 +15,7 @@ from crucible.cost import catalog, catalog_build
 from crucible.cost.budgets import BudgetStore, Enforcement, check_scope
 from crucible.models import registry
 from crucible.runtime.errors import FailedPrecondition, InvalidArgument
+from crucible.scheduler import convert
 from crucible.scheduler.engine import jobspec
 from crucible.scheduler.objects import objectstore
 from crucible.scheduler.providers import remote, replicate
@@ -77,7 +78,7 @@ def test_job_specs_refuse_newline_scopes_and_env_names(ending: str) -> None:
 
     for bad, field in ((spec(budget_scope="team:x" + ending), "budget_scope"), (spec(env={"HOME" + ending: "x"}), "env")):
         with pytest.raises(InvalidArgument) as err:
-            jobspec.validate_spec(bad, "", ("local",))
+            jobspec.validate_spec(convert.spec(bad), "", ("local",))  # as the servicer hands it on
         assert field in err.value.field_violations[0][0], err.value.message
 
 

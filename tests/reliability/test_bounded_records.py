@@ -18,6 +18,7 @@ from crucible.api.scheduler.v1 import job_pb2
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.clients.channel import ChannelConfig
 from crucible.clients.scheduler import SchedulerClient
+from crucible.scheduler import convert
 from crucible.scheduler.engine import jobspec
 from tests.scheduler.reliability.test_hardening import Scheduler, finished, refused
 
@@ -171,4 +172,4 @@ def test_json_round_trip_of_a_bounded_spec() -> None:
         {"command": ["python", "train.py"], "env": {"A": "1"}, "provider_policy": "PROVIDER_POLICY_CHEAPEST"},
         job_pb2.JobSpec(),
     )
-    jobspec.validate_spec(spec, "", {"dryrun"})
+    jobspec.validate_spec(convert.spec(spec), "", {"dryrun"})  # as the servicer hands it on

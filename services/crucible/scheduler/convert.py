@@ -1,221 +1,302 @@
-"""Conversions between the scheduler's protobuf messages (API and job-file format) and its plain domain types.
+"""Conversions between the scheduler's protobuf messages (the API and the job database's file format) and its plain
+domain types: the one module where a Job, JobSpec or Offer message becomes a domain value, or is made from one.
 
-The one place the engine's protobuf record is read into `domain/` types and domain values are written back into it.
+The engine works on `domain.record.Job`; the servicer, the job database (rows and the candidate offers in `meta`) and
+the cost service's client call these functions at their edges.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable
+import hashlib
+
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from crucible.api.cost.v1 import offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
-from crucible.runtime.convert import duration_from_seconds, timestamp_from_unix, unix_seconds
-from crucible.scheduler.domain import states
-from crucible.scheduler.domain.job import MAX_ATTEMPT_REASON, Attempt, JobState, Offer, Outcome, Policy
-from crucible.scheduler.domain.progress import Progress
-from crucible.scheduler.persistence.records import JobBookkeeping, JobRecord
-from crucible.scheduler.providers.base import OfferRef
+from crucible.scheduler.domain.job import Offer
+from crucible.scheduler.domain.record import AttemptRecord, Job, JobCost, JobProgress, TransitionRecord
+from crucible.scheduler.domain.spec import Duration, JobInput, JobSpec, Resources, RestartPolicy
+
+# --- times -------------------------------------------------------------------------------------------------------
 
 
-def domain_offer(offer: offer_pb2.Offer) -> Offer:
-    """What the decisions need of a priced offer."""
-    return Offer(offer.offer_id, offer.provider, offer.region, offer.spot)
+def _ns(message: job_pb2.Job | job_pb2.JobAttempt | job_pb2.JobTransition | job_pb2.JobCost, field: str) -> int | None:
+    """A Timestamp field as nanoseconds since the epoch, None when unset."""
+    if not message.HasField(field):  # type: ignore[arg-type]
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, field)
+    return stamp.seconds * 1_000_000_000 + stamp.nanos
 
 
-def offer_ref(offer: offer_pb2.Offer) -> OfferRef:
-    """The provider-interface view of an offer."""
-    return OfferRef(
-        offer.provider,
-        offer.instance_type,
-        offer.region,
-        offer.gpu_name,
-        offer.gpu_count,
-        offer.spot,
-        offer.price_usd_per_hour,
-        offer.offer_id,
+def _stamp(ns: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
+def _duration(value: Duration) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=value.seconds, nanos=value.nanos)
+
+
+# --- offers ------------------------------------------------------------------------------------------------------
+
+
+def offer(message: offer_pb2.Offer) -> Offer:
+    """An Offer message as a domain offer (every field kept)."""
+    observed = message.price_observed_at
+    return Offer(
+        offer_id=message.offer_id,
+        provider=message.provider,
+        region=message.region,
+        spot=message.spot,
+        instance_type=message.instance_type,
+        gpu_name=message.gpu_name,
+        gpu_count=message.gpu_count,
+        gpu_memory_gib=message.gpu_memory_gib,
+        vcpus=message.vcpus,
+        memory_gib=message.memory_gib,
+        price_usd_per_hour=message.price_usd_per_hour,
+        storage_price_usd_per_gb_hour=message.storage_price_usd_per_gb_hour,
+        egress_price_usd_per_gb=message.egress_price_usd_per_gb,
+        billing_granularity=message.billing_granularity,
+        availability=message.availability,
+        price_origin=message.price_origin,
+        price_source=message.price_source,
+        price_observed_at=observed.seconds * 1_000_000_000 + observed.nanos if message.HasField("price_observed_at") else None,
     )
 
 
-def job_state(
-    job: job_pb2.Job,
-    book: JobBookkeeping,
-    candidates: Iterable[offer_pb2.Offer],
-    files_ready: bool,
-    max_recoveries: int,
-) -> JobState:
-    """The job as the decisions see it: its record, bookkeeping and candidate offers as plain domain values."""
-    attempts = tuple(
-        Attempt(
-            number=a.attempt,
-            offer=domain_offer(a.offer),
-            outcome=Outcome(a.outcome),
-            has_run=a.attempt in book.handles,
-            started=a.HasField("start_time"),
-            exit_code=a.exit_code if a.HasField("exit_code") else None,
-            reason=a.reason,
-        )
-        for a in job.attempts
+def offer_message(value: Offer) -> offer_pb2.Offer:
+    """A domain offer as the Offer message."""
+    out = offer_pb2.Offer(
+        offer_id=value.offer_id,
+        provider=value.provider,
+        instance_type=value.instance_type,
+        region=value.region,
+        gpu_name=value.gpu_name,
+        gpu_count=value.gpu_count,
+        gpu_memory_gib=value.gpu_memory_gib,
+        vcpus=value.vcpus,
+        memory_gib=value.memory_gib,
+        spot=value.spot,
+        price_usd_per_hour=value.price_usd_per_hour,
+        storage_price_usd_per_gb_hour=value.storage_price_usd_per_gb_hour,
+        egress_price_usd_per_gb=value.egress_price_usd_per_gb,
+        billing_granularity=offer_pb2.BillingGranularity.ValueType(value.billing_granularity),
+        availability=offer_pb2.Availability.ValueType(value.availability),
+        price_origin=offer_pb2.PriceOrigin.ValueType(value.price_origin),
+        price_source=value.price_source,
     )
-    restart = job.spec.restart_policy
-    return JobState(
-        state=states.State(job.state),
-        attempts=attempts,
-        candidates=tuple(domain_offer(offer) for offer in candidates),
-        policy=Policy(
-            max_restarts_on_errors=restart.max_restarts_on_errors,
-            recover_on_preemption=not restart.HasField("recover_on_preemption") or restart.recover_on_preemption,
-            max_recoveries=max_recoveries,
-        ),
-        blocked_providers=frozenset(book.blocked_providers),
-        blocked_locations=frozenset(book.blocked_locations),
-        restarts_used=book.restarts_used,
-        recoveries=book.recoveries,
-        cancel_reason=book.cancel_reason,
-        stop_reason=book.stop_reason,
-        cancel_sent=frozenset(book.cancel_sent),
-        released=frozenset(book.released),
-        files_ready=files_ready,
-    )
-
-
-def read_progress(job: job_pb2.Job, progress: Progress) -> None:
-    """Load the job's stored progress (step, totals, metrics) into a tracker's `Progress`."""
-    stored = job.progress
-    progress.step = stored.step if stored.HasField("step") else None
-    progress.total_steps = stored.total_steps if stored.HasField("total_steps") else None
-    progress.epoch = stored.epoch if stored.HasField("epoch") else None
-    progress.total_epochs = stored.total_epochs if stored.HasField("total_epochs") else None
-    progress.metrics = dict(stored.metrics)
-
-
-def apply_progress(job: job_pb2.Job, progress: Progress) -> None:
-    """Copy the tracker's progress onto the Job message."""
-    out = job.progress
-    out.Clear()
-    for name in ("step", "total_steps", "epoch", "total_epochs"):
-        value = getattr(progress, name)
-        if value is not None:
-            setattr(out, name, value)
-    for metric, value in progress.metrics.items():
-        out.metrics[metric] = value
-    if progress.eta_s is not None:
-        out.eta.CopyFrom(duration_from_seconds(progress.eta_s))
-    if progress.update_time is not None:
-        out.update_time.CopyFrom(timestamp_from_unix(progress.update_time))
-
-
-def snapshot(rec: JobRecord) -> job_pb2.Job:
-    """A copy of the job, safe to hand out while the driver goes on changing the original."""
-    out = job_pb2.Job()
-    out.CopyFrom(rec.job)
+    if value.price_observed_at is not None:
+        out.price_observed_at.CopyFrom(_stamp(value.price_observed_at))
     return out
 
 
-# --- domain values written into the stored Job message -----------------------------------------------------------
+def offer_hex(value: Offer) -> str:
+    """An offer as the job database's `meta` column stores a candidate: the Offer message, serialized, in hex."""
+    return offer_message(value).SerializeToString().hex()
 
 
-def add_attempt(job: job_pb2.Job, number: int, offer: offer_pb2.Offer, now: float) -> None:
-    """Record attempt `number` on `offer` as in progress (the job's current provider and offer become its own)."""
-    job.attempts.add(
-        attempt=number,
-        provider=offer.provider,
-        offer=offer,
-        outcome=job_pb2.AttemptOutcome.ValueType(Outcome.IN_PROGRESS),
-        create_time=timestamp_from_unix(now),
+def offer_from_hex(text: str) -> Offer:
+    """A candidate offer as `meta` stores it (`offer_hex`), read back."""
+    message = offer_pb2.Offer()
+    message.ParseFromString(bytes.fromhex(text))
+    return offer(message)
+
+
+# --- the job's spec ----------------------------------------------------------------------------------------------
+
+
+def spec(message: job_pb2.JobSpec) -> JobSpec:
+    """A JobSpec message as the domain spec, with its digest and size (code_archive excluded) as sent."""
+    r = message.resources
+    restart = message.restart_policy
+    code = message.WhichOneof("code")
+    return JobSpec(
+        display_name=message.display_name,
+        command=tuple(message.command),
+        code_dir=message.code_dir if code == "code_dir" else None,
+        code_archive=message.code_archive if code == "code_archive" else None,
+        container_image=message.container_image,
+        env=dict(message.env),
+        resources=Resources(tuple(r.gpu_names), r.gpu_count, r.min_gpu_memory_gib, r.min_vcpus, r.min_memory_gib),
+        max_duration=(
+            Duration(message.max_duration.seconds, message.max_duration.nanos) if message.HasField("max_duration") else None
+        ),
+        expected_duration=(
+            Duration(message.expected_duration.seconds, message.expected_duration.nanos)
+            if message.HasField("expected_duration")
+            else None
+        ),
+        max_cost_usd=message.max_cost_usd if message.HasField("max_cost_usd") else None,
+        max_price_usd_per_hour=message.max_price_usd_per_hour if message.HasField("max_price_usd_per_hour") else None,
+        provider_policy=message.provider_policy,
+        providers=tuple(message.providers),
+        spot_allowed=message.spot_allowed,
+        checkpoint_dir=message.checkpoint_dir,
+        restart_policy=RestartPolicy(
+            restart.max_restarts_on_errors,
+            restart.recover_on_preemption if restart.HasField("recover_on_preemption") else None,
+        ),
+        budget_scope=message.budget_scope,
+        inputs=tuple(JobInput(i.uri, i.path) for i in message.inputs),
+        wire_sha256=hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest(),
+        wire_bytes=message.ByteSize() - len(message.code_archive),
     )
-    job.provider = offer.provider
-    job.offer.CopyFrom(offer)
 
 
-def close_attempt(job: job_pb2.Job, outcome: Outcome, exit_code: int | None, reason: str, now: float) -> None:
-    """Close the attempt in progress with its outcome (a no-op when none is in progress); an end time the driver
-    recorded first (the run's real end, perhaps while the scheduler was down) is kept."""
-    if not job.attempts or job.attempts[-1].outcome != Outcome.IN_PROGRESS:
-        return
-    attempt = job.attempts[-1]
-    attempt.outcome = job_pb2.AttemptOutcome.ValueType(outcome)
-    attempt.reason = reason[:MAX_ATTEMPT_REASON]
-    if exit_code is not None:
-        attempt.exit_code = exit_code
-    if not attempt.HasField("end_time"):
-        attempt.end_time.CopyFrom(timestamp_from_unix(now))
+def spec_message(value: JobSpec) -> job_pb2.JobSpec:
+    """The domain spec as the JobSpec message."""
+    out = job_pb2.JobSpec(
+        display_name=value.display_name,
+        command=value.command,
+        container_image=value.container_image,
+        env=value.env,
+        provider_policy=job_pb2.ProviderPolicy.ValueType(value.provider_policy),
+        providers=value.providers,
+        spot_allowed=value.spot_allowed,
+        checkpoint_dir=value.checkpoint_dir,
+        budget_scope=value.budget_scope,
+        inputs=[job_pb2.JobInput(uri=i.uri, path=i.path) for i in value.inputs],
+    )
+    if value.code_dir is not None:
+        out.code_dir = value.code_dir
+    elif value.code_archive is not None:
+        out.code_archive = value.code_archive
+    r = value.resources
+    if r != Resources():
+        out.resources.gpu_names.extend(r.gpu_names)
+        out.resources.gpu_count = r.gpu_count
+        out.resources.min_gpu_memory_gib = r.min_gpu_memory_gib
+        out.resources.min_vcpus = r.min_vcpus
+        out.resources.min_memory_gib = r.min_memory_gib
+    if value.max_duration is not None:
+        out.max_duration.CopyFrom(_duration(value.max_duration))
+    if value.expected_duration is not None:
+        out.expected_duration.CopyFrom(_duration(value.expected_duration))
+    if value.max_cost_usd is not None:
+        out.max_cost_usd = value.max_cost_usd
+    if value.max_price_usd_per_hour is not None:
+        out.max_price_usd_per_hour = value.max_price_usd_per_hour
+    if value.restart_policy != RestartPolicy():
+        out.restart_policy.max_restarts_on_errors = value.restart_policy.max_restarts_on_errors
+        if value.restart_policy.recover_on_preemption is not None:
+            out.restart_policy.recover_on_preemption = value.restart_policy.recover_on_preemption
+    return out
 
 
-def add_transition(job: job_pb2.Job, to: int, reason: str, now: float) -> None:
-    """Record the move to state `to` with its reason (the caller checked it is allowed); a terminal state ends the job."""
-    stamp = timestamp_from_unix(now)
-    target = job_pb2.JobState.ValueType(to)
-    job.transitions.add(from_state=job.state, to_state=target, time=stamp, reason=reason, attempt=len(job.attempts))
-    job.state = target
-    if states.is_terminal(to):
-        job.end_time.CopyFrom(stamp)
+# --- the job -----------------------------------------------------------------------------------------------------
 
 
-def stamp_start(job: job_pb2.Job, number: int, now: float) -> None:
-    """Attempt `number` started running now (and the job, at its first start)."""
-    stamp = timestamp_from_unix(now)
-    job.attempts[number - 1].start_time.CopyFrom(stamp)
-    if not job.HasField("start_time"):
-        job.start_time.CopyFrom(stamp)
+def job(message: job_pb2.Job) -> Job:
+    """A Job message (as the job database stores it) as the engine's record."""
+    cost, progress = message.cost, message.progress
+    return Job(
+        job_id=message.job_id,
+        spec=spec(message.spec) if message.HasField("spec") else JobSpec(),
+        state=message.state,
+        transitions=[
+            TransitionRecord(t.from_state, t.to_state, _ns(t, "time"), t.reason, t.attempt) for t in message.transitions
+        ],
+        provider=message.provider,
+        offer=offer(message.offer) if message.HasField("offer") else None,
+        attempts=[
+            AttemptRecord(
+                attempt=a.attempt,
+                provider=a.provider,
+                offer=offer(a.offer) if a.HasField("offer") else None,
+                provider_ref=a.provider_ref,
+                outcome=a.outcome,
+                exit_code=a.exit_code if a.HasField("exit_code") else None,
+                reason=a.reason,
+                create_time=_ns(a, "create_time"),
+                start_time=_ns(a, "start_time"),
+                end_time=_ns(a, "end_time"),
+            )
+            for a in message.attempts
+        ],
+        cost=JobCost(cost.estimated_usd, cost.spent_usd, _ns(cost, "update_time")),
+        progress=JobProgress(
+            step=progress.step if progress.HasField("step") else None,
+            total_steps=progress.total_steps if progress.HasField("total_steps") else None,
+            epoch=progress.epoch if progress.HasField("epoch") else None,
+            total_epochs=progress.total_epochs if progress.HasField("total_epochs") else None,
+            metrics=dict(progress.metrics),
+            eta=progress.eta.seconds * 1_000_000_000 + progress.eta.nanos if progress.HasField("eta") else None,
+            update_time=(
+                progress.update_time.seconds * 1_000_000_000 + progress.update_time.nanos
+                if progress.HasField("update_time")
+                else None
+            ),
+        ),
+        latest_checkpoint=message.latest_checkpoint,
+        create_time=_ns(message, "create_time"),
+        update_time=_ns(message, "update_time"),
+        start_time=_ns(message, "start_time"),
+        end_time=_ns(message, "end_time"),
+        code_archive_sha256=message.code_archive_sha256,
+        logs_truncated=message.logs_truncated,
+        log_bytes_dropped=message.log_bytes_dropped,
+    )
 
 
-def stamp_run_end(job: job_pb2.Job, number: int, ended: float) -> None:
-    """The run of attempt `number` ended at `ended` (its provider's record, or now)."""
-    job.attempts[number - 1].end_time.CopyFrom(timestamp_from_unix(ended))
+def _set_time(target: timestamp_pb2.Timestamp, ns: int | None) -> None:
+    if ns is not None:
+        target.CopyFrom(_stamp(ns))
 
 
-def stamp_update(job: job_pb2.Job, now: float) -> None:
-    """The job changed now."""
-    job.update_time.CopyFrom(timestamp_from_unix(now))
-
-
-def set_spent(job: job_pb2.Job, spent_usd: float, now: float) -> None:
-    """The job's spend, as the cost service last reported it."""
-    job.cost.spent_usd = spent_usd
-    job.cost.update_time.CopyFrom(timestamp_from_unix(now))
-
-
-# --- the record read as plain values (usage and limits) ----------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Period:
-    """When an attempt ran: its number, start, end (None while it runs) and its offer (id, priced by the catalog)."""
-
-    attempt: int
-    start: float
-    end: float | None
-    offer_id: str
-    priced: bool
-
-
-def priced(offer: offer_pb2.Offer) -> bool:
-    """Whether the offer comes from the cost catalog (usage can be recorded against it)."""
-    return not offer.price_source.startswith("unknown")
-
-
-def run_periods(job: job_pb2.Job) -> list[Period]:
-    """The attempts that started running, with their times (provisioning excluded)."""
-    return [
-        Period(
-            a.attempt,
-            unix_seconds(a.start_time),
-            unix_seconds(a.end_time) if a.HasField("end_time") else None,
-            a.offer.offer_id,
-            priced(a.offer),
+def job_message(value: Job) -> job_pb2.Job:
+    """The engine's record as the Job message (what the API answers and the job database stores)."""
+    out = job_pb2.Job(
+        job_id=value.job_id,
+        state=job_pb2.JobState.ValueType(value.state),
+        provider=value.provider,
+        latest_checkpoint=value.latest_checkpoint,
+        code_archive_sha256=value.code_archive_sha256,
+        logs_truncated=value.logs_truncated,
+        log_bytes_dropped=value.log_bytes_dropped,
+    )
+    if value.spec != JobSpec():
+        out.spec.CopyFrom(spec_message(value.spec))
+    for t in value.transitions:
+        added = out.transitions.add(
+            from_state=job_pb2.JobState.ValueType(t.from_state),
+            to_state=job_pb2.JobState.ValueType(t.to_state),
+            reason=t.reason,
+            attempt=t.attempt,
         )
-        for a in job.attempts
-        if a.HasField("start_time")
-    ]
-
-
-def attempt_began(job: job_pb2.Job, number: int) -> float:
-    """When attempt `number` started running, else when it was created."""
-    attempt = job.attempts[number - 1]
-    return unix_seconds(attempt.start_time if attempt.HasField("start_time") else attempt.create_time)
-
-
-def max_cost_usd(job: job_pb2.Job) -> float | None:
-    """The job's spending limit, or None."""
-    return job.spec.max_cost_usd if job.spec.HasField("max_cost_usd") else None
+        _set_time(added.time, t.time)
+    if value.offer is not None:
+        out.offer.CopyFrom(offer_message(value.offer))
+    for a in value.attempts:
+        attempt = out.attempts.add(
+            attempt=a.attempt,
+            provider=a.provider,
+            provider_ref=a.provider_ref,
+            outcome=job_pb2.AttemptOutcome.ValueType(a.outcome),
+            reason=a.reason,
+        )
+        if a.offer is not None:
+            attempt.offer.CopyFrom(offer_message(a.offer))
+        if a.exit_code is not None:
+            attempt.exit_code = a.exit_code
+        _set_time(attempt.create_time, a.create_time)
+        _set_time(attempt.start_time, a.start_time)
+        _set_time(attempt.end_time, a.end_time)
+    if value.cost != JobCost():
+        out.cost.estimated_usd = value.cost.estimated_usd
+        out.cost.spent_usd = value.cost.spent_usd
+        _set_time(out.cost.update_time, value.cost.update_time)
+    p = value.progress
+    if p != JobProgress():
+        out.progress.SetInParent()
+        for name in ("step", "total_steps", "epoch", "total_epochs"):
+            number = getattr(p, name)
+            if number is not None:
+                setattr(out.progress, name, number)
+        for metric, number in p.metrics.items():
+            out.progress.metrics[metric] = number
+        if p.eta is not None:
+            out.progress.eta.CopyFrom(duration_pb2.Duration(seconds=p.eta // 1_000_000_000, nanos=p.eta % 1_000_000_000))
+        _set_time(out.progress.update_time, p.update_time)
+    for name in ("create_time", "update_time", "start_time", "end_time"):
+        _set_time(getattr(out, name), getattr(value, name))
+    return out

@@ -21,7 +21,8 @@ from crucible.runtime.service import BaseService
 from crucible.scheduler.config import SchedulerConfig
 from crucible.scheduler.engine.coordinator import Engine, EngineSettings
 from crucible.scheduler.engine.jobspec import CodeLimits
-from crucible.scheduler.engine.pricing import CostServicePricing, OfferSource, UnpricedOfferSource, local_gpu_count
+from crucible.scheduler.engine.offers import OfferSource, UnpricedOfferSource, local_gpu_count
+from crucible.scheduler.engine.pricing import CostServicePricing
 from crucible.scheduler.objects.inputs import InputLimits
 from crucible.scheduler.persistence.jobdb import AsyncJobStore, JobStore
 from crucible.scheduler.providers.base import Provider

@@ -14,7 +14,7 @@ from crucible.api.scheduler.v1 import job_pb2, scheduler_service_pb2_grpc
 from crucible.api.scheduler.v1 import scheduler_service_pb2 as pb
 from crucible.runtime.convert import timestamp_from_unix
 from crucible.runtime.errors import InvalidArgument, OutOfRange
-from crucible.scheduler import sizing
+from crucible.scheduler import convert, sizing
 from crucible.scheduler.engine import jobspec
 from crucible.scheduler.engine.coordinator import Engine
 from crucible.scheduler.objects import workdir
@@ -93,11 +93,11 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
             raise InvalidArgument.field("spec", "is required")
         # Fields this server does not know are never stored (they would make the record as large as the client likes).
         request.spec.DiscardUnknownFields()
-        job = await self.engine.create(request.spec, request.request_id, request.validate_only)
-        return pb.CreateJobResponse(job=job)
+        job = await self.engine.create(convert.spec(request.spec), request.request_id, request.validate_only)
+        return pb.CreateJobResponse(job=convert.job_message(job))
 
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.GetJobResponse:
-        return pb.GetJobResponse(job=await self.engine.get(request.job_id))
+        return pb.GetJobResponse(job=convert.job_message(await self.engine.get(request.job_id)))
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
         for i, s in enumerate(request.states):
@@ -129,7 +129,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
         # Bounded in bytes too: the page stops before it would pass MAX_LIST_PAGE_BYTES (it always holds one job).
         page: list[tuple[int, job_pb2.Job]] = []
         total = 0
-        for seq, job in jobs[:size]:
+        for seq, record in jobs[:size]:
+            job = convert.job_message(record)
             total += job.ByteSize() + 8  # the field's tag and length
             if page and total > jobspec.MAX_LIST_PAGE_BYTES:
                 break
@@ -140,13 +141,13 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> pb.CancelJobResponse:
         if len(request.reason) > 500:
             raise InvalidArgument.field("reason", "at most 500 characters")
-        return pb.CancelJobResponse(job=await self.engine.cancel(request.job_id, request.reason))
+        return pb.CancelJobResponse(job=convert.job_message(await self.engine.cancel(request.job_id, request.reason)))
 
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchJobResponse]:
         async for job in self.engine.watch(request.job_id):
-            yield pb.WatchJobResponse(job=job)
+            yield pb.WatchJobResponse(job=convert.job_message(job))
 
     async def StreamJobLogs(
         self, request: pb.StreamJobLogsRequest, context: grpc.aio.ServicerContext

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from crucible.api.cost.v1 import offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.errors import FailedPrecondition
+from crucible.scheduler import convert
 from crucible.scheduler.domain import states as st
+from crucible.scheduler.domain.job import Offer
+from crucible.scheduler.domain.record import Job
+from crucible.scheduler.domain.spec import JobSpec
 from crucible.scheduler.engine.coordinator import Engine, EngineSettings
-from crucible.scheduler.engine.pricing import Candidate, UsageResult, rank_offers
+from crucible.scheduler.engine.offers import Candidate, UsageResult, rank_offers
 from crucible.scheduler.persistence.jobdb import AsyncJobStore, JobStore
 from crucible.scheduler.providers.base import (
     LaunchSpec,
@@ -73,7 +76,7 @@ class FixedOffers:
 
     known = True
 
-    def __init__(self, offers: list[offer_pb2.Offer], hard_limit_usd: float | None = None) -> None:
+    def __init__(self, offers: list[Offer], hard_limit_usd: float | None = None) -> None:
         self.offers = offers
         self.hard_limit_usd = hard_limit_usd
         self.spent: dict[str, float] = {}
@@ -99,9 +102,9 @@ class FixedOffers:
         return None
 
 
-def offer(provider: str, region: str, price: float, spot: bool = False) -> offer_pb2.Offer:
+def offer(provider: str, region: str, price: float, spot: bool = False) -> Offer:
     kind = "spot" if spot else "on-demand"
-    return offer_pb2.Offer(
+    return Offer(
         offer_id=f"{provider}/gpu_1x_a10/{region}/{kind}",
         provider=provider,
         instance_type="gpu_1x_a10",
@@ -122,8 +125,8 @@ async def make_engine(tmp_path: Path, providers: list[ScriptedProvider], offers:
     return engine
 
 
-async def finish(engine: Engine, job_id: str, timeout: float = 10.0) -> job_pb2.Job:
-    async def last() -> job_pb2.Job:
+async def finish(engine: Engine, job_id: str, timeout: float = 10.0) -> Job:
+    async def last() -> Job:
         job = None
         async for job in engine.watch(job_id):
             pass
@@ -132,14 +135,15 @@ async def finish(engine: Engine, job_id: str, timeout: float = 10.0) -> job_pb2.
     return await asyncio.wait_for(last(), timeout)
 
 
-def spec(**kw) -> job_pb2.JobSpec:
+def spec(**kw) -> JobSpec:
+    """The spec as the servicer hands it to the engine: the request's message read at the edge."""
     base = dict(
         command=["python", "train.py"],
         provider_policy=job_pb2.PROVIDER_POLICY_CHEAPEST,
         resources={"gpu_count": 1, "gpu_names": ["A10"]},
     )
     base.update(kw)
-    return job_pb2.JobSpec(**base)
+    return convert.spec(job_pb2.JobSpec(**base))
 
 
 async def test_failover_blocks_failed_locations_and_providers(tmp_path: Path) -> None:

@@ -9,13 +9,16 @@ import pytest
 
 from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.errors import InvalidArgument, NotFound
+from crucible.scheduler import convert
+from crucible.scheduler.domain.spec import JobSpec
 from crucible.scheduler.engine import jobspec
 
 
-def _spec(**kw) -> job_pb2.JobSpec:
+def _spec(**kw) -> JobSpec:
+    """The spec as the servicer hands it to the engine: the request's message read at the edge."""
     base = dict(command=["python", "train.py"], provider_policy=job_pb2.PROVIDER_POLICY_CHEAPEST)
     base.update(kw)
-    return job_pb2.JobSpec(**base)
+    return convert.spec(job_pb2.JobSpec(**base))
 
 
 @pytest.mark.parametrize(
@@ -36,7 +39,7 @@ def _spec(**kw) -> job_pb2.JobSpec:
         (_spec(resources={"gpu_count": 0, "gpu_names": ["A100"]}), "spec.resources.gpu_count"),
     ],
 )
-def test_spec_validation_names_the_field(spec: job_pb2.JobSpec, field: str) -> None:
+def test_spec_validation_names_the_field(spec: JobSpec, field: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         jobspec.validate_spec(spec, "", {"local", "dryrun"})
     assert err.value.field_violations[0][0] == field

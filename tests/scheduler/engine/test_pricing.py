@@ -1,14 +1,16 @@
-"""Offer ranking by the job's provider policy (engine/pricing.py)."""
+"""Offer ranking by the job's provider policy (engine/offers.py, on domain offers and specs)."""
 
 from __future__ import annotations
 
-from crucible.api.cost.v1 import offer_pb2
-from crucible.api.scheduler.v1 import job_pb2
-from crucible.scheduler.engine.pricing import Candidate, rank_offers
+import dataclasses
+
+from crucible.scheduler.domain.job import Offer
+from crucible.scheduler.domain.spec import JobSpec, ProviderPolicy
+from crucible.scheduler.engine.offers import Candidate, rank_offers
 
 
-def _offer(provider: str, price: float, region: str = "r", spot: bool = False) -> offer_pb2.Offer:
-    return offer_pb2.Offer(
+def _offer(provider: str, price: float, region: str = "r", spot: bool = False) -> Offer:
+    return Offer(
         offer_id=f"{provider}/x/{region}/{'spot' if spot else 'on-demand'}",
         provider=provider,
         region=region,
@@ -25,13 +27,13 @@ def test_rank_offers_by_policy() -> None:
         Candidate(_offer("modal", 3.0), 3.0, 2.0),
         Candidate(_offer("runpod", 0.5, spot=True), 0.5, 0.5),
     ]
-    spec = job_pb2.JobSpec(provider_policy=job_pb2.PROVIDER_POLICY_CHEAPEST)
+    spec = JobSpec(provider_policy=ProviderPolicy.CHEAPEST)
     assert [c.provider for c in rank_offers(cands, spec)] == ["runpod", "lambda", "modal"]  # spot excluded
-    spec.spot_allowed = True
+    spec = dataclasses.replace(spec, spot_allowed=True)
     assert rank_offers(cands, spec)[0].offer.spot
-    spec = job_pb2.JobSpec(provider_policy=job_pb2.PROVIDER_POLICY_FASTEST)
+    spec = JobSpec(provider_policy=ProviderPolicy.FASTEST)
     assert rank_offers(cands, spec)[0].provider == "modal"
-    spec = job_pb2.JobSpec(provider_policy=job_pb2.PROVIDER_POLICY_ORDERED, providers=["modal", "lambda"])
+    spec = JobSpec(provider_policy=ProviderPolicy.ORDERED, providers=("modal", "lambda"))
     assert [c.provider for c in rank_offers(cands, spec)] == ["modal", "lambda"]
-    spec = job_pb2.JobSpec(provider_policy=job_pb2.PROVIDER_POLICY_CHEAPEST, max_price_usd_per_hour=1.5)
+    spec = JobSpec(provider_policy=ProviderPolicy.CHEAPEST, max_price_usd_per_hour=1.5)
     assert [c.provider for c in rank_offers(cands, spec)] == ["runpod"]

@@ -8,11 +8,11 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
-from types import SimpleNamespace as Input
 
 import pytest
 
 from crucible.runtime.errors import InvalidArgument
+from crucible.scheduler.domain.spec import JobInput as Input
 from crucible.scheduler.objects.inputs import InputLimits, resolve_inputs, stage_to_store, validate_inputs
 from crucible.scheduler.objects.objectstore import JobObjectStore, StoreSettings
 

@@ -29,6 +29,7 @@ from crucible.clients.scheduler import SchedulerClient
 from crucible.runtime.config import load_config
 from crucible.runtime.convert import unix_seconds
 from crucible.runtime.errors import InvalidArgument, parse_status_details
+from crucible.scheduler import convert
 from crucible.scheduler.config import SchedulerConfig
 from crucible.scheduler.engine import jobspec
 from crucible.scheduler.providers.base import RunState, RunStatus
@@ -368,7 +369,7 @@ async def test_a_run_that_ended_while_the_scheduler_was_down_is_billed_until_its
                 break
         for _ in range(500):
             await asyncio.sleep(0.02)
-            job = await engine.get(job.job_id)
+            job = convert.job_message(await engine.get(job.job_id))  # as GetJob answers it
             if job.state == S.JOB_STATE_SUCCEEDED:
                 break
         assert job.state == S.JOB_STATE_SUCCEEDED

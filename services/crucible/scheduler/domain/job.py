@@ -54,12 +54,33 @@ PROVIDER_WIDE = frozenset({LaunchError.QUOTA, LaunchError.AUTH})
 
 @dataclasses.dataclass(frozen=True)
 class Offer:
-    """Where an attempt may run: what the decisions need of a priced offer."""
+    """Where an attempt may run: a priced offer (fields as `crucible.cost.v1.Offer`; the decisions read the first four).
+
+    Enums are their API numbers; `price_observed_at` is nanoseconds since the epoch, None when the offer has none."""
 
     offer_id: str
     provider: str
     region: str = ""
     spot: bool = False
+    instance_type: str = ""
+    gpu_name: str = ""
+    gpu_count: int = 0
+    gpu_memory_gib: float = 0.0
+    vcpus: int = 0
+    memory_gib: float = 0.0
+    price_usd_per_hour: float = 0.0
+    storage_price_usd_per_gb_hour: float = 0.0
+    egress_price_usd_per_gb: float = 0.0
+    billing_granularity: int = 0
+    availability: int = 0
+    price_origin: int = 0
+    price_source: str = ""
+    price_observed_at: int | None = None
+
+    @property
+    def priced(self) -> bool:
+        """Whether the offer comes from the cost catalog (usage can be recorded against it)."""
+        return not self.price_source.startswith("unknown")
 
 
 @dataclasses.dataclass(frozen=True)

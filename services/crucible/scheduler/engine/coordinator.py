@@ -1,9 +1,9 @@
 """The job engine: the coordinator the servicer calls. It builds the parts of the scheduler by concern, answers the
-job RPCs, and runs one driver task per unfinished job (also after a restart, which re-attaches to running jobs).
+job RPCs with copies of the jobs' domain records, and runs one driver task per unfinished job (also after a restart).
 
-Where things are: `creation.py` (CreateJob), `lifecycle.py` (state machine), `driver.py` (the per-job loop),
-`launching.py` (launch, failover, re-finding a lost launch), `logmirror.py` (logs), `progress_recorder.py` (progress
-and metrics), `usage_limits.py` (usage and limits), `job_artifacts.py` (outputs), `jobstate.py` (typed per-job state).
+Where things are: `creation.py` (CreateJob), `lifecycle.py` (decisions applied to the record), `driver.py` (the
+per-job loop), `launcher.py` (launch, failover, re-finding a lost launch), `logmirror.py` (logs), `progress_recorder.py`
+(progress and metrics), `usage_limits.py` (usage and limits), `outputs.py` (outputs), `offers.py` (offers, ranking).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime.errors import FailedPrecondition, NotFound, Unavailable
-from crucible.scheduler.convert import snapshot
 from crucible.scheduler.domain import states
 from crucible.scheduler.domain.decide import CancelRequested
+from crucible.scheduler.domain.record import Job
+from crucible.scheduler.domain.spec import JobSpec
 from crucible.scheduler.engine import jobspec
 from crucible.scheduler.engine.context import SchedulerContext
 from crucible.scheduler.engine.creation import JobCreator
@@ -29,8 +29,8 @@ from crucible.scheduler.engine.launcher import JobLauncher
 from crucible.scheduler.engine.lifecycle import JobLifecycle
 from crucible.scheduler.engine.live import LiveJob
 from crucible.scheduler.engine.logmirror import LogChunk, LogMirror
+from crucible.scheduler.engine.offers import OfferSource
 from crucible.scheduler.engine.outputs import ArtifactEntry, DownloadChunk, JobArtifacts
-from crucible.scheduler.engine.pricing import OfferSource
 from crucible.scheduler.engine.progress_recorder import ProgressRecorder
 from crucible.scheduler.engine.settings import EngineSettings
 from crucible.scheduler.engine.usage_limits import UsageAndLimits
@@ -131,13 +131,13 @@ class Engine:
 
     # --- create / read -----------------------------------------------------------------------------------------
 
-    async def create(self, spec: job_pb2.JobSpec, request_id: str, validate_only: bool) -> job_pb2.Job:
+    async def create(self, spec: JobSpec, request_id: str, validate_only: bool) -> Job:
         """CreateJob: validate, pick offers, estimate, admit, store (durably) and start driving."""
         created = await self.creator.create(spec, request_id, validate_only)
         if created.new_record is None:
             return created.job
         self._spawn(created.new_record)
-        return snapshot(created.new_record)
+        return created.new_record.job.copy()
 
     async def _record(self, job_id: str) -> JobRecord:
         live = self._live.get(job_id)
@@ -149,21 +149,21 @@ class Engine:
             raise NotFound(f"job {job_id!r} not found", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
         return rec
 
-    async def get(self, job_id: str) -> job_pb2.Job:
+    async def get(self, job_id: str) -> Job:
         """GetJob."""
-        return snapshot(await self._record(job_id))
+        return (await self._record(job_id)).job.copy()
 
-    async def list(self, **filters: Any) -> list[tuple[int, job_pb2.Job]]:
+    async def list(self, **filters: Any) -> list[tuple[int, Job]]:
         """ListJobs page as (store sequence, job), newest first; live jobs are returned as they are in memory."""
         out = []
         for rec in await self.store.list(**filters):
             live = self._live.get(rec.job.job_id)
-            out.append((rec.seq, snapshot(live.rec if live else rec)))
+            out.append((rec.seq, (live.rec if live else rec).job.copy()))
         return out
 
     # --- cancel / watch ----------------------------------------------------------------------------------------
 
-    async def cancel(self, job_id: str, reason: str) -> job_pb2.Job:
+    async def cancel(self, job_id: str, reason: str) -> Job:
         """CancelJob: PENDING -> CANCELLED, running states -> CANCELLING (the driver stops the run), terminal refused."""
         rec = await self._record(job_id)
         live = self._live.get(job_id)
@@ -174,16 +174,16 @@ class Engine:
             if states.is_terminal(state):
                 raise _not_cancellable(job_id, state)
             if state == states.CANCELLING:
-                return snapshot(live.rec)
+                return live.rec.job.copy()
             await self.lifecycle.decide(live, CancelRequested(f"cancelled: {reason or 'user request'}"))
-        return snapshot(live.rec)
+        return live.rec.job.copy()
 
-    async def watch(self, job_id: str) -> AsyncIterator[job_pb2.Job]:
+    async def watch(self, job_id: str) -> AsyncIterator[Job]:
         """WatchJob: the job now, then on every change; ends after a terminal snapshot."""
         rec = await self._record(job_id)
         live = self._live.get(job_id)
         if live is None:
-            yield snapshot(rec)
+            yield rec.job.copy()
             return
         seen = -1
         while True:
@@ -191,7 +191,7 @@ class Engine:
                 while live.version == seen:
                     await live.changed.wait()
                 seen = live.version
-                current = snapshot(live.rec)
+                current = live.rec.job.copy()
             yield current
             if states.is_terminal(current.state):
                 return

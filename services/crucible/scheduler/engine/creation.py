@@ -14,15 +14,15 @@ import time
 import uuid
 from pathlib import Path
 
-from crucible.api.scheduler.v1 import job_pb2
-from crucible.runtime.convert import timestamp_from_unix
 from crucible.runtime.errors import AlreadyExists, FailedPrecondition, Unavailable
 from crucible.scheduler.domain import decide as rules
 from crucible.scheduler.domain import states
 from crucible.scheduler.domain.job import JobState
+from crucible.scheduler.domain.record import Job, JobCost, TransitionRecord, time_ns
+from crucible.scheduler.domain.spec import JobSpec, ProviderPolicy
 from crucible.scheduler.engine import jobspec
 from crucible.scheduler.engine.context import SchedulerContext
-from crucible.scheduler.engine.pricing import OfferSource
+from crucible.scheduler.engine.offers import OfferSource
 from crucible.scheduler.objects import inputs as job_inputs
 from crucible.scheduler.objects import transfer
 from crucible.scheduler.objects.objectstore import StoreError
@@ -34,11 +34,11 @@ class Created:
     """What CreateJob answers: the job, and its record when it is new and must be driven (None for a preview or an
     earlier job with the same request id)."""
 
-    job: job_pb2.Job
+    job: Job
     new_record: JobRecord | None = None
 
 
-def check_same_spec(existing: JobRecord, digest: str) -> job_pb2.Job:
+def check_same_spec(existing: JobRecord, digest: str) -> Job:
     """The earlier job of a reused request id, or ALREADY_EXISTS when it was created with a different spec."""
     if existing.spec_sha256 != digest:
         raise AlreadyExists(
@@ -70,7 +70,7 @@ class JobCreator:
         status = self.registry.status(name)
         return status.enabled and not status.credentials_present and status.unavailable_reason == "credentials missing"
 
-    async def create(self, spec: job_pb2.JobSpec, request_id: str, validate_only: bool) -> Created:
+    async def create(self, spec: JobSpec, request_id: str, validate_only: bool) -> Created:
         """CreateJob: validate, pick offers, estimate, admit, store (durably)."""
         jobspec.validate_spec(spec, request_id, self.registry.known())
         digest = jobspec.spec_sha256(spec)
@@ -94,7 +94,7 @@ class JobCreator:
             usable += [n for n in spec.providers if n not in usable and self._only_credentials_missing(n)]
         wanted = list(spec.providers) or usable
         unusable = [name for name in spec.providers if name not in usable]
-        if spec.provider_policy in (job_pb2.PROVIDER_POLICY_EXPLICIT,) and unusable:
+        if spec.provider_policy == ProviderPolicy.EXPLICIT and unusable:
             raise FailedPrecondition(
                 f"provider {unusable[0]} cannot be used: {self.registry.status(unusable[0]).unavailable_reason}",
                 reason="PROVIDER_UNAVAILABLE",
@@ -114,36 +114,33 @@ class JobCreator:
         scope = spec.budget_scope or self.settings.default_budget_scope
         await self.pricing.admit(scope, estimated, "")
         now_s = self.clock()
-        now = timestamp_from_unix(now_s)
-        job = job_pb2.Job(
-            spec=spec,
-            state=job_pb2.JOB_STATE_PENDING,
+        now = time_ns(now_s)
+        job = Job(
+            # stored without the code archive (in the object store now), with the scope it is billed to
+            spec=dataclasses.replace(spec, code_archive=None, budget_scope=scope, wire_sha256="", wire_bytes=0),
+            state=states.PENDING,
             provider=first.provider,
             offer=first.offer,
             create_time=now,
             update_time=now,
         )
-        if spec.WhichOneof("code") == "code_archive":
-            job.spec.ClearField("code_archive")
+        if spec.code_archive is not None:
             job.code_archive_sha256 = hashlib.sha256(spec.code_archive).hexdigest()
-        if not spec.budget_scope and scope:
-            job.spec.budget_scope = scope
         cost_note = (
             "estimated cost unknown: " + first.offer.price_source
             if estimated is None
             else (f"estimated ${estimated:.4f} on {first.offer.offer_id} for {expected_s / 3600:.2f} h")
         )
-        job.cost.estimated_usd = estimated or 0.0
-        job.cost.update_time.CopyFrom(now)
+        job.cost = JobCost(estimated_usd=estimated or 0.0, update_time=now)
         _, (created,) = rules.decide(JobState(states.UNSPECIFIED), rules.Admitted(cost_note))
         if not isinstance(created, rules.Transition):
             raise TypeError(f"a new job's first action must be a transition, not {created!r}")
-        job.transitions.add(from_state=states.UNSPECIFIED, to_state=created.to, time=now, reason=created.reason, attempt=0)
+        job.transitions.append(TransitionRecord(states.UNSPECIFIED, created.to, now, created.reason, 0))
         if validate_only:
             return Created(job)
         job.job_id = f"job-{time.strftime('%Y%m%d', time.gmtime(now_s))}-{uuid.uuid4().hex[:12]}"
         book = JobBookkeeping(
-            candidates=[StoredCandidate.of(c.offer, c.estimated_usd) for c in candidates], assumptions=list(assumptions)
+            candidates=[StoredCandidate(c.offer, c.estimated_usd) for c in candidates], assumptions=list(assumptions)
         )
         folder = self.folders.job_dir(job.job_id)
         try:
@@ -164,13 +161,13 @@ class JobCreator:
                 return Created(check_same_spec(existing, digest))
         return Created(job, rec)
 
-    def _prepare_folder(self, folder: Path, spec: job_pb2.JobSpec, job_id: str) -> tuple[str, int] | None:
+    def _prepare_folder(self, folder: Path, spec: JobSpec, job_id: str) -> tuple[str, int] | None:
         """The job's folder with its code (in a thread); a refused code folder leaves nothing behind. A job with code
         also gets it packed into the store (code/code.tar.gz): fresh working folders and remote machines start from it.
         Returns (sha256, size) of that archive, or None without code."""
         try:
             manifest = jobspec.unpack_code(spec, folder / "work", self.settings.code_limits)
-            code = transfer.publish_code(self.objects, job_id, folder / "work", manifest) if spec.WhichOneof("code") else None
+            code = transfer.publish_code(self.objects, job_id, folder / "work", manifest) if spec.code else None
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

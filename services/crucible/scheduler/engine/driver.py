@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from crucible.scheduler import convert
 from crucible.scheduler.domain import decide as rules
 from crucible.scheduler.domain import states
 from crucible.scheduler.domain.job import RunEnd
@@ -172,7 +171,7 @@ class JobDriver:
                 await self._release(live, provider, handle, attempt)
         ended = self.limits.end_of_run(live.rec, attempt, status)
         async with live.lock:
-            convert.stamp_run_end(live.job, attempt, ended)
+            live.job.stamp_run_end(attempt, ended)
 
     async def _release(self, live: LiveJob, provider: Provider, handle: RunHandle, attempt: int) -> None:
         """Give the attempt's machine back; cancel() is idempotent (a no-op for local runs)."""

@@ -6,7 +6,6 @@ Also the spec digest used for idempotency, the durations a spec implies, and the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import math
 import os
@@ -18,11 +17,10 @@ from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from crucible.api.scheduler.v1 import job_pb2
 from crucible.runtime import archives
-from crucible.runtime.convert import seconds
 from crucible.runtime.errors import InvalidArgument, NotFound, echo
 from crucible.runtime.validation import duration_ns, utf8_size
+from crucible.scheduler.domain.spec import JobSpec, ProviderPolicy
 
 # Patterns are used with fullmatch: `$` would also accept a trailing newline.
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -32,7 +30,6 @@ JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_JOB_ID = 128
 #: How much of an env name a field path repeats.
 ECHO_CHARS = 40
-ProviderPolicy = job_pb2.ProviderPolicy
 MAX_REQUEST_ID = 128
 IGNORED_DIRS = frozenset({".git", "__pycache__", ".venv"})  # left out of a copied or packed code folder, as are *.pyc
 MAX_CODE_DIR_CHARS = 4096
@@ -66,23 +63,26 @@ def check_job_id(job_id: str, field: str = "job_id") -> None:
         )
 
 
-def spec_sha256(spec: job_pb2.JobSpec) -> str:
-    """Digest of the spec as given (code archive included), for request-id idempotency."""
-    return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
+def spec_sha256(spec: JobSpec) -> str:
+    """Digest of the spec as given (code archive included), for request-id idempotency: measured by the API edge on
+    the message as sent (`convert.spec`), so it is the digest earlier versions stored."""
+    if not spec.wire_sha256:
+        raise ValueError("the spec was not read from a request (no digest of it as sent)")
+    return spec.wire_sha256
 
 
-def expected_seconds(spec: job_pb2.JobSpec) -> float:
+def expected_seconds(spec: JobSpec) -> float:
     """How long the job is expected to run (offers and estimates): expected_duration, else max_duration, else 1 hour."""
-    if spec.HasField("expected_duration"):
-        return seconds(spec.expected_duration)
-    if spec.HasField("max_duration"):
-        return seconds(spec.max_duration)
+    if spec.expected_duration is not None:
+        return spec.expected_duration.total_seconds()
+    if spec.max_duration is not None:
+        return spec.max_duration.total_seconds()
     return 3600.0
 
 
-def max_duration_seconds(spec: job_pb2.JobSpec, default_s: float) -> float:
+def max_duration_seconds(spec: JobSpec, default_s: float) -> float:
     """The job's running-time limit: max_duration, else `default_s` (the scheduler's default_max_duration_s)."""
-    return seconds(spec.max_duration) if spec.HasField("max_duration") else default_s
+    return spec.max_duration.total_seconds() if spec.max_duration is not None else default_s
 
 
 def relative_path_ok(path: str) -> bool:
@@ -93,7 +93,7 @@ def relative_path_ok(path: str) -> bool:
     return bool(parts) and all(p not in ("..", "") for p in parts)
 
 
-def validate_spec(spec: job_pb2.JobSpec, request_id: str, known_providers: Collection[str]) -> None:
+def validate_spec(spec: JobSpec, request_id: str, known_providers: Collection[str]) -> None:
     """Raise InvalidArgument (or NotFound for unknown providers) for the first problem found."""
     if len(request_id) > MAX_REQUEST_ID:
         raise InvalidArgument.field("request_id", f"at most {MAX_REQUEST_ID} characters")
@@ -106,7 +106,7 @@ def validate_spec(spec: job_pb2.JobSpec, request_id: str, known_providers: Colle
         if "\x00" in arg:
             raise InvalidArgument.field(f"spec.command[{i}]", "must not contain NUL bytes")
     # The file system is checked by check_code, in a thread; here only the string.
-    if spec.WhichOneof("code") == "code_dir" and (
+    if spec.code_dir is not None and (
         not spec.code_dir.startswith("/") or "\x00" in spec.code_dir or len(spec.code_dir) > MAX_CODE_DIR_CHARS
     ):
         raise InvalidArgument.field(
@@ -131,23 +131,22 @@ def validate_spec(spec: job_pb2.JobSpec, request_id: str, known_providers: Colle
     for i, g in enumerate(r.gpu_names):
         if not g.strip():
             raise InvalidArgument.field(f"spec.resources.gpu_names[{i}]", "must not be empty")
-    if spec.HasField("max_duration"):
+    if spec.max_duration is not None:
         duration_ns(spec.max_duration, "spec.max_duration", allow_zero=False)
-    if spec.HasField("expected_duration"):
+    if spec.expected_duration is not None:
         duration_ns(spec.expected_duration, "spec.expected_duration")
     money_fields: tuple[Literal["max_cost_usd", "max_price_usd_per_hour"], ...] = ("max_cost_usd", "max_price_usd_per_hour")
     for field in money_fields:
-        if spec.HasField(field):
-            value = getattr(spec, field)
-            if value < 0 or math.isnan(value) or math.isinf(value):
-                raise InvalidArgument.field(f"spec.{field}", "must be a finite non-negative amount")
-    if spec.provider_policy == ProviderPolicy.PROVIDER_POLICY_UNSPECIFIED:
+        value = getattr(spec, field)
+        if value is not None and (value < 0 or math.isnan(value) or math.isinf(value)):
+            raise InvalidArgument.field(f"spec.{field}", "must be a finite non-negative amount")
+    if spec.provider_policy == ProviderPolicy.UNSPECIFIED:
         raise InvalidArgument.field("spec.provider_policy", "must be EXPLICIT, CHEAPEST, FASTEST or ORDERED")
-    if spec.provider_policy not in ProviderPolicy.values():
+    if spec.provider_policy not in set(ProviderPolicy):
         raise InvalidArgument.field("spec.provider_policy", f"unknown value {spec.provider_policy}")
-    if spec.provider_policy == ProviderPolicy.PROVIDER_POLICY_EXPLICIT and len(spec.providers) != 1:
+    if spec.provider_policy == ProviderPolicy.EXPLICIT and len(spec.providers) != 1:
         raise InvalidArgument.field("spec.providers", "EXPLICIT needs exactly one provider")
-    if spec.provider_policy == ProviderPolicy.PROVIDER_POLICY_ORDERED and not spec.providers:
+    if spec.provider_policy == ProviderPolicy.ORDERED and not spec.providers:
         raise InvalidArgument.field("spec.providers", "ORDERED needs at least one provider")
     seen: set[str] = set()
     for i, name in enumerate(spec.providers):
@@ -170,7 +169,7 @@ def _too_long(field: str, what: str) -> InvalidArgument:
     return InvalidArgument.field(field, what, reason="FIELD_TOO_LARGE")
 
 
-def check_sizes(spec: job_pb2.JobSpec) -> None:
+def check_sizes(spec: JobSpec) -> None:
     """INVALID_ARGUMENT (reason FIELD_TOO_LARGE) naming the first field past its bound, counts before sizes and sizes
     before any other work; then the whole spec (code_archive excluded) against MAX_SPEC_BYTES."""
     if len(spec.display_name) > MAX_DISPLAY_NAME:
@@ -214,7 +213,7 @@ def check_sizes(spec: job_pb2.JobSpec) -> None:
         raise _too_long("spec.container_image", f"at most {MAX_CONTAINER_IMAGE} characters")
     if spec.restart_policy.max_restarts_on_errors > MAX_RESTARTS:
         raise _too_long("spec.restart_policy.max_restarts_on_errors", f"at most {MAX_RESTARTS}")
-    size = spec.ByteSize() - len(spec.code_archive)
+    size = spec.wire_bytes  # measured by the edge on the message as sent
     if size > MAX_SPEC_BYTES:
         raise _too_long("spec", f"is {size} bytes without code_archive, more than {MAX_SPEC_BYTES}")
 
@@ -347,12 +346,11 @@ def _copy_file(src: str, dest: Path, name: str, room: int) -> int:
     return copied
 
 
-def check_code(spec: job_pb2.JobSpec, limits: CodeLimits) -> None:
+def check_code(spec: JobSpec, limits: CodeLimits) -> None:
     """Everything about the spec's code that needs the file system or unpacking: runs in a thread, before any provider."""
-    kind = spec.WhichOneof("code")
-    if kind == "code_dir":
+    if spec.code_dir is not None:
         walk_code_dir(resolve_code_dir(spec.code_dir, limits), limits)
-    elif kind == "code_archive":
+    elif spec.code_archive is not None:
         check_archive(spec.code_archive, limits)
 
 
@@ -411,7 +409,7 @@ def check_archive(data: bytes, limits: CodeLimits | None = None) -> str:
     return "tar"
 
 
-def unpack_code(spec: job_pb2.JobSpec, dest: Path, limits: CodeLimits | None = None) -> dict[str, list[int]]:
+def unpack_code(spec: JobSpec, dest: Path, limits: CodeLimits | None = None) -> dict[str, list[int]]:
     """Copy code_dir or unpack code_archive into `dest`; returns {relative path: [size, mtime_ns]} of the code files.
 
     Runs in a thread. The code_dir is re-resolved against the allow-list and copied without following links; archives
@@ -420,10 +418,9 @@ def unpack_code(spec: job_pb2.JobSpec, dest: Path, limits: CodeLimits | None = N
     finds train.py."""
     limits = limits or CodeLimits()
     dest.mkdir(parents=True, exist_ok=True)
-    kind = spec.WhichOneof("code")
-    if kind == "code_dir":
+    if spec.code_dir is not None:
         walk_code_dir(resolve_code_dir(spec.code_dir, limits), limits, dest)
-    elif kind == "code_archive":
+    elif spec.code_archive is not None:
         try:  # scanned again here (bounded headers, names, sizes); the 'data' filter applies while unpacking
             archives.unpack(spec.code_archive, dest, archive_limits(limits))
         except archives.ArchiveError as exc:  # e.g. a CRC error found while unpacking

@@ -11,12 +11,11 @@ import asyncio
 import logging
 
 from crucible.runtime.errors import CrucibleError
-from crucible.scheduler.convert import offer_ref
 from crucible.scheduler.domain import decide as rules
-from crucible.scheduler.domain.job import LaunchError
+from crucible.scheduler.domain.job import LaunchError, Offer
 from crucible.scheduler.engine.context import SchedulerContext
 from crucible.scheduler.engine.live import LiveJob
-from crucible.scheduler.engine.pricing import Candidate
+from crucible.scheduler.engine.offers import Candidate
 from crucible.scheduler.engine.usage_limits import UsageAndLimits
 from crucible.scheduler.objects import inputs as job_inputs
 from crucible.scheduler.objects import transfer
@@ -24,6 +23,7 @@ from crucible.scheduler.objects.objectstore import StoreError
 from crucible.scheduler.persistence.records import JobRecord
 from crucible.scheduler.providers.base import (
     LaunchSpec,
+    OfferRef,
     Provider,
     ProviderError,
     ProviderErrorKind,
@@ -31,6 +31,21 @@ from crucible.scheduler.providers.base import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def offer_ref(value: Offer) -> OfferRef:
+    """The provider-interface view of an offer."""
+    return OfferRef(
+        value.provider,
+        value.instance_type,
+        value.region,
+        value.gpu_name,
+        value.gpu_count,
+        value.spot,
+        value.price_usd_per_hour,
+        value.offer_id,
+    )
+
 
 #: Remote providers whose boot script or init step downloads LaunchSpec.input_urls (see providers/remote.py).
 FETCHES_INPUTS = frozenset({"lambda", "paperspace", "runpod", "kubernetes"})
@@ -63,7 +78,7 @@ class JobLauncher:
         provider = self.registry.load(attempt.provider)
         if provider is None:
             return None
-        spec = self.launch_spec(rec, attempt_number, Candidate(attempt.offer, None), resume=attempt_number > 1)
+        spec = self.launch_spec(rec, attempt_number, Candidate(attempt.offer or Offer("", ""), None), resume=attempt_number > 1)
         try:
             return await provider.find(spec)
         except ProviderError as exc:
@@ -107,7 +122,7 @@ class JobLauncher:
             offer=offer_ref(candidate.offer),
             work_dir=self.folders.job_dir(job.job_id),
             # Only a job that brings code has code to ship; remote adapters refuse a code_dir they cannot upload.
-            code_dir=self.folders.work(job.job_id) if spec.WhichOneof("code") else None,
+            code_dir=self.folders.work(job.job_id) if spec.code else None,
             container_image=spec.container_image or self.settings.container_image,
             checkpoint_dir=checkpoint_dir,
             max_duration_s=max(1.0, self.limits.remaining_seconds(rec)),
@@ -127,7 +142,7 @@ class JobLauncher:
             sources = job_inputs.resolve_inputs(spec.inputs, self.settings.input_limits, self.objects)
             book.inputs_staged = job_inputs.stage_to_store(sources, self.objects, job_id)
             log.info("job %s: %d input bytes staged to the store", job_id, book.inputs_staged)
-        legacy = bool(spec.WhichOneof("code") or rec.job.code_archive_sha256) and not book.code_sha256
+        legacy = bool(spec.code or rec.job.code_archive_sha256) and not book.code_sha256
         if relaunch and not legacy:  # (a job created before the store kept its code relaunches in place, as it did)
             manifest = transfer.fresh_work(
                 self.objects, job_id, self.folders.work(job_id), book.code_sha256, self.settings.code_limits.max_bytes
@@ -214,8 +229,8 @@ class JobLauncher:
         """decide.Submit: launch the attempt on its offer; Launched (the handle kept on the live job until recorded)
         or LaunchFailed with the error kind that decides what is blocked."""
         rec = live.rec
-        offer = rec.job.attempts[action.attempt - 1].offer
-        candidate = Candidate(offer, None)
+        attempt = rec.job.attempts[action.attempt - 1]
+        candidate = Candidate(attempt.offer or Offer("", ""), None)
         provider = self.registry.load(candidate.provider)
         handle: RunHandle | None = None
         error: ProviderError | None = None

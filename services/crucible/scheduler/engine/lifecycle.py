@@ -7,14 +7,15 @@ The I/O actions (launching, polling, collecting, billing) are returned to the dr
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
-from crucible.scheduler import convert
 from crucible.scheduler.domain import decide as rules
 from crucible.scheduler.domain import states
-from crucible.scheduler.domain.job import JobState, Outcome
+from crucible.scheduler.domain.job import Attempt, JobState, Offer, Outcome, Policy
+from crucible.scheduler.domain.record import Job
 from crucible.scheduler.engine.context import SchedulerContext
 from crucible.scheduler.engine.live import LiveJob
-from crucible.scheduler.persistence.records import JobRecord
+from crucible.scheduler.persistence.records import JobBookkeeping, JobRecord
 from crucible.scheduler.providers.base import RunHandle
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,50 @@ def remember_handle(rec: JobRecord, attempt: int, handle: RunHandle) -> None:
     rec.job.attempts[attempt - 1].provider_ref = handle.ref
 
 
+def job_state(
+    record: Job,
+    book: JobBookkeeping,
+    candidates: Iterable[Offer],
+    files_ready: bool,
+    max_recoveries: int,
+) -> JobState:
+    """The job as the decisions see it: its record, bookkeeping and candidate offers as immutable values."""
+    attempts = tuple(
+        Attempt(
+            number=a.attempt,
+            offer=a.offer or Offer("", ""),
+            outcome=Outcome(a.outcome),
+            has_run=a.attempt in book.handles,
+            started=a.start_time is not None,
+            exit_code=a.exit_code,
+            reason=a.reason,
+        )
+        for a in record.attempts
+    )
+    return JobState(
+        state=states.State(record.state),
+        attempts=attempts,
+        candidates=tuple(candidates),
+        policy=Policy(
+            max_restarts_on_errors=record.spec.restart_policy.max_restarts_on_errors,
+            recover_on_preemption=record.spec.recover_on_preemption,
+            max_recoveries=max_recoveries,
+        ),
+        blocked_providers=frozenset(book.blocked_providers),
+        blocked_locations=frozenset(book.blocked_locations),
+        restarts_used=book.restarts_used,
+        recoveries=book.recoveries,
+        cancel_reason=book.cancel_reason,
+        stop_reason=book.stop_reason,
+        cancel_sent=frozenset(book.cancel_sent),
+        released=frozenset(book.released),
+        files_ready=files_ready,
+    )
+
+
 def job_view(live: LiveJob, max_recoveries: int) -> JobState:
     """The live job as the decisions see it."""
-    return convert.job_state(live.job, live.book, live.candidate_offers(), live.files_ready, max_recoveries)
+    return job_state(live.job, live.book, live.candidate_offers(), live.files_ready, max_recoveries)
 
 
 class JobLifecycle:
@@ -68,11 +110,11 @@ class JobLifecycle:
             case rules.Transition(to=to, reason=reason):
                 await self.transition(live, to, reason)
             case rules.StartAttempt(number=number, offer=offer):
-                proto = next(o for o in live.candidate_offers() if o.offer_id == offer.offer_id)
-                convert.add_attempt(job, number, proto, self.clock())
+                chosen = next(o for o in live.candidate_offers() if o.offer_id == offer.offer_id)
+                job.add_attempt(number, chosen, self.clock())
                 book.log_starts[number] = self.folders.log_sizes(job.job_id)
             case rules.EndAttempt(outcome=outcome, exit_code=exit_code, reason=reason):
-                convert.close_attempt(job, outcome, exit_code, reason, self.clock())
+                job.close_attempt(outcome, exit_code, reason, self.clock())
             case rules.Block(provider=provider, region=None):
                 book.blocked_providers.append(provider)
             case rules.Block(provider=provider, region=str(region)):
@@ -88,7 +130,7 @@ class JobLifecycle:
                 remember_handle(rec, number, handle)
                 live.new_handle = None
             case rules.StampStart(attempt=number):
-                convert.stamp_start(job, number, self.clock())
+                job.stamp_start(number, self.clock())
             case rules.SetCancelReason(text=text):
                 book.cancel_reason = text
             case rules.SetStopReason(text=text):
@@ -102,7 +144,7 @@ class JobLifecycle:
 
     async def save(self, live: LiveJob) -> None:
         """Commit the job (and its bookkeeping), then wake its watchers."""
-        convert.stamp_update(live.job, self.clock())
+        live.job.stamp_update(self.clock())
         await self.store.update(live.rec)
         async with live.changed:
             live.version += 1
@@ -112,6 +154,6 @@ class JobLifecycle:
         """Move the job to state `to` (refused unless the state machine allows it), recorded with its reason."""
         job = live.job
         states.check_transition(job.state, to)
-        convert.add_transition(job, to, reason, self.clock())
+        job.add_transition(to, reason, self.clock())
         log.info("job %s -> %s: %s", job.job_id, states.name(to), reason)
         await self.save(live)

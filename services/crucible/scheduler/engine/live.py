@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
-from crucible.api.cost.v1 import offer_pb2
-from crucible.api.scheduler.v1 import job_pb2
-from crucible.scheduler import convert
+from crucible.scheduler.domain.job import Offer
 from crucible.scheduler.domain.progress import ProgressTracker
+from crucible.scheduler.domain.record import Job, read_progress
 from crucible.scheduler.persistence.records import STREAMS, JobBookkeeping, JobRecord
 from crucible.scheduler.providers.base import RunHandle, RunStatus
 
@@ -32,18 +31,15 @@ class LiveJob:
         self.store_env: dict[str, str] = {}  # store URLs and scoped keys of the next launch (never logged)
         self.new_handle: RunHandle | None = None  # a run handle just returned by a provider, until recorded
         self.ended_status: RunStatus | None = None  # how the attempt's run ended, until the attempt is closed
-        self._offers: list[offer_pb2.Offer] | None = None
-        convert.read_progress(rec.job, self.tracker.progress)
+        read_progress(rec.job, self.tracker.progress)
 
-    def candidate_offers(self) -> list[offer_pb2.Offer]:
-        """The job's candidate offers, in launch order (parsed once: they do not change after CreateJob)."""
-        if self._offers is None:
-            self._offers = [stored.offer() for stored in self.rec.bookkeeping.candidates]
-        return self._offers
+    def candidate_offers(self) -> list[Offer]:
+        """The job's candidate offers, in launch order (they do not change after CreateJob)."""
+        return [stored.offer for stored in self.rec.bookkeeping.candidates]
 
     @property
-    def job(self) -> job_pb2.Job:
-        """The Job message (changed in place)."""
+    def job(self) -> Job:
+        """The job's record (changed in place)."""
         return self.rec.job
 
     @property

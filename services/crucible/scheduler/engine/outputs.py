@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from crucible.runtime.convert import unix_seconds
 from crucible.runtime.errors import CrucibleError, FailedPrecondition, NotFound, OutOfRange, Unavailable
 from crucible.scheduler.domain import states
+from crucible.scheduler.domain.record import unix_s
 from crucible.scheduler.engine.context import SchedulerContext
 from crucible.scheduler.engine.lifecycle import current_handle
 from crucible.scheduler.engine.live import LiveJob
@@ -295,7 +295,7 @@ class JobArtifacts:
             while True:
                 page = await self.store.list(states=list(states.TERMINAL), limit=RETENTION_PAGE, before_seq=before)
                 for rec in page:
-                    ended = rec.job.HasField("end_time") and unix_seconds(rec.job.end_time) < cutoff
+                    ended = rec.job.end_time is not None and unix_s(rec.job.end_time) < cutoff
                     if ended and not rec.bookkeeping.files_expired:
                         try:
                             await asyncio.to_thread(self._delete_job_files, rec.job.job_id)

@@ -10,9 +10,9 @@ import asyncio
 import os
 from pathlib import Path
 
-from crucible.scheduler import convert
 from crucible.scheduler.domain import history
 from crucible.scheduler.domain.history import PointWindow, report_point
+from crucible.scheduler.domain.record import apply_progress
 from crucible.scheduler.engine.context import SchedulerContext
 from crucible.scheduler.engine.lifecycle import JobLifecycle
 from crucible.scheduler.engine.live import LiveJob
@@ -105,7 +105,7 @@ class ProgressRecorder:
             if manifests:
                 newest = transfer.CHECKPOINTS_PREFIX + max(manifests, key=lambda stored: stored.path).path
         async with live.lock:
-            convert.apply_progress(job, live.tracker.progress)
+            apply_progress(job, live.tracker.progress)
             if newest is not None:
                 job.latest_checkpoint = newest
             live.progress_dirty = False

@@ -6,11 +6,10 @@ A limit reached is reported to the driver, which hands it to `domain/decide.py` 
 
 from __future__ import annotations
 
-from crucible.scheduler import convert
 from crucible.scheduler.engine.context import SchedulerContext
 from crucible.scheduler.engine.jobspec import max_duration_seconds
 from crucible.scheduler.engine.live import LiveJob
-from crucible.scheduler.engine.pricing import OfferSource
+from crucible.scheduler.engine.offers import OfferSource
 from crucible.scheduler.persistence.records import JobRecord
 from crucible.scheduler.providers.base import RunStatus
 
@@ -30,7 +29,7 @@ class UsageAndLimits:
     def running_seconds(self, rec: JobRecord) -> float:
         """Running time over every attempt (provisioning excluded); an attempt still running counts until now."""
         now = self.clock()
-        return sum(max(0.0, (now if p.end is None else p.end) - p.start) for p in convert.run_periods(rec.job))
+        return sum(max(0.0, (now if p.end is None else p.end) - p.start) for p in rec.job.run_periods())
 
     def remaining_seconds(self, rec: JobRecord) -> float:
         """Running time the job has left under its limit (negative once past it)."""
@@ -42,7 +41,7 @@ class UsageAndLimits:
         now = self.clock()
         if status.end_time is None:
             return now
-        return max(convert.attempt_began(rec.job, attempt), min(float(status.end_time), now))
+        return max(rec.job.attempt_began(attempt), min(float(status.end_time), now))
 
     async def record_usage(self, live: LiveJob, final: bool) -> str:
         """RecordUsage of the current attempt since the last record (every usage_interval_s, and once at its end);
@@ -50,7 +49,7 @@ class UsageAndLimits:
         rec, book = live.rec, live.book
         if not self.pricing.known or not rec.job.attempts:
             return ""
-        periods = convert.run_periods(rec.job)
+        periods = rec.job.run_periods()
         period = periods[-1] if periods else None
         if period is None or period.attempt != len(rec.job.attempts) or not period.priced:
             return ""
@@ -62,10 +61,10 @@ class UsageAndLimits:
         if result is None:
             return ""
         book.usage_until[period.attempt] = end
-        convert.set_spent(rec.job, result.job_spent_usd, self.clock())
+        rec.job.set_spent(result.job_spent_usd, self.clock())
         if result.hard_budget_exhausted:
             return result.hard_budget_exhausted
-        limit = convert.max_cost_usd(rec.job)
+        limit = rec.job.spec.max_cost_usd
         if limit is not None and result.job_spent_usd >= limit:
             return f"max_cost_usd ${limit:.2f} reached (spent ${result.job_spent_usd:.4f})"
         return ""

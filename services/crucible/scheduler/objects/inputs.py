@@ -12,10 +12,10 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 from crucible.runtime.errors import InvalidArgument
+from crucible.scheduler.domain.spec import JobInput
 from crucible.scheduler.objects.objectstore import JobObjectStore, check_relative
 
 DATASETS = Path(__file__).with_name("datasets")
@@ -54,7 +54,7 @@ def _bad(field: str, description: str, reason: str = "INPUT_NOT_ALLOWED") -> Inv
     return InvalidArgument.field(field, description, reason=reason)
 
 
-def validate_inputs(inputs: Sequence[Any]) -> None:
+def validate_inputs(inputs: Sequence[JobInput]) -> None:
     """Cheap checks of `spec.inputs` (no I/O): count, URI form and scheme, destination path."""
     if len(inputs) > MAX_INPUTS:
         raise _bad("spec.inputs", f"at most {MAX_INPUTS} inputs", "TOO_MANY_INPUTS")
@@ -87,7 +87,7 @@ def default_dest(uri: str) -> str:
     return f"data/{name}"
 
 
-def resolve_inputs(inputs: Sequence[Any], limits: InputLimits, store: JobObjectStore | None) -> list[InputSource]:
+def resolve_inputs(inputs: Sequence[JobInput], limits: InputLimits, store: JobObjectStore | None) -> list[InputSource]:
     """Check every input against the allowed roots and size limits and list what it copies; blocking (use a thread)."""
     out: list[InputSource] = []
     total = files = 0

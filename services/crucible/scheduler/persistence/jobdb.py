@@ -1,5 +1,5 @@
-"""Durable job store on SQLite in WAL mode: one row per job holding the Job message and the engine's bookkeeping
-(`jobstate.JobBookkeeping`, stored as JSON in the `meta` column).
+"""Durable job store on SQLite in WAL mode: one row per job holding the Job message (the engine's `domain.record.Job`,
+converted by `convert.py`) and the engine's bookkeeping (`records.JobBookkeeping`, JSON in the `meta` column).
 
 Every write is one committed transaction (synchronous=FULL by default) made before the caller acknowledges anything.
 """
@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from crucible.api.scheduler.v1 import job_pb2
-from crucible.runtime.convert import unix_seconds
 from crucible.runtime.sqlite import SYNCHRONOUS_LEVELS, open_database
+from crucible.scheduler import convert
 from crucible.scheduler.domain import history
 from crucible.scheduler.domain.history import MAX_POINTS, ProgressPoint
+from crucible.scheduler.domain.record import unix_s
 from crucible.scheduler.persistence.records import JobBookkeeping, JobRecord
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,8 @@ class JobStore:
             j.state,
             j.provider,
             j.spec.budget_scope,
-            unix_seconds(j.create_time),
-            j.SerializeToString(),
+            unix_s(j.create_time or 0),
+            convert.job_message(j).SerializeToString(),
             _meta_json(rec),
         )
 
@@ -132,7 +133,7 @@ class JobStore:
                             j = rec.job
                             self._db.execute(
                                 "UPDATE jobs SET state=?, provider=?, job=?, meta=? WHERE job_id=?",
-                                (j.state, j.provider, j.SerializeToString(), _meta_json(rec), j.job_id),
+                                (j.state, j.provider, convert.job_message(j).SerializeToString(), _meta_json(rec), j.job_id),
                             )
                             results.append(None)
                         self._db.execute("RELEASE op")
@@ -152,7 +153,7 @@ class JobStore:
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET state=?, provider=?, job=?, meta=? WHERE job_id=?",
-                (j.state, j.provider, j.SerializeToString(), _meta_json(rec), j.job_id),
+                (j.state, j.provider, convert.job_message(j).SerializeToString(), _meta_json(rec), j.job_id),
             )
 
     @staticmethod
@@ -160,7 +161,7 @@ class JobStore:
         seq, request_id, sha, blob, meta = row
         job = job_pb2.Job()
         job.ParseFromString(blob)
-        return JobRecord(job, sha, request_id or "", JobBookkeeping.from_json(json.loads(meta)), seq)
+        return JobRecord(convert.job(job), sha, request_id or "", JobBookkeeping.from_json(json.loads(meta)), seq)
 
     _COLS = "seq, request_id, spec_sha256, job, meta"
 
@@ -377,7 +378,7 @@ class AsyncJobStore:
 
     async def update(self, rec: JobRecord) -> None:
         """See JobStore.update; the record is copied when called and the call returns once it is committed."""
-        snapshot = JobRecord(_copy(rec.job), rec.spec_sha256, rec.request_id, rec.bookkeeping.copy(), rec.seq)
+        snapshot = JobRecord(rec.job.copy(), rec.spec_sha256, rec.request_id, rec.bookkeeping.copy(), rec.seq)
         await self._write("update", snapshot)
         await self._save_progress(rec.job.job_id)
 
@@ -435,12 +436,6 @@ class AsyncJobStore:
 def _meta_json(rec: JobRecord) -> str:
     """The `meta` column of a record: its bookkeeping as compact JSON."""
     return json.dumps(rec.bookkeeping.to_json(), separators=(",", ":"))
-
-
-def _copy(job: job_pb2.Job) -> job_pb2.Job:
-    out = job_pb2.Job()
-    out.CopyFrom(job)
-    return out
 
 
 def encode_page_token(seq: int) -> str:

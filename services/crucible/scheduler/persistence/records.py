@@ -1,5 +1,5 @@
-"""A job as the job database stores it: `JobRecord` (the Job message, the file format of state folders) plus the
-engine's `JobBookkeeping` (JSON in the `meta` column).
+"""A job as the engine keeps it: `JobRecord` (the domain `Job`, stored as the Job message, the file format of state
+folders) plus the engine's `JobBookkeeping` (JSON in the `meta` column).
 
 `JobBookkeeping` is stored as JSON in the `meta` column of the job store with the same keys the engine has always
 written (per-attempt entries as `cancel_sent_3`, maps keyed by the attempt number as a string), so state folders of
@@ -8,13 +8,14 @@ earlier versions load unchanged; keys this version does not know are kept and wr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 from collections.abc import Callable
 from typing import Any
 
-from crucible.api.cost.v1 import offer_pb2
-from crucible.api.scheduler.v1 import job_pb2
+from crucible.scheduler import convert
+from crucible.scheduler.domain.job import Offer
+from crucible.scheduler.domain.record import Job
 from crucible.scheduler.providers.base import RunHandle
 
 #: The two log streams every attempt has, in the order they are mirrored.
@@ -53,21 +54,10 @@ _KNOWN_KEYS = frozenset(
 
 @dataclasses.dataclass
 class StoredCandidate:
-    """An offer the job may launch on, kept serialized (hex of the Offer message) as it is stored."""
+    """An offer the job may launch on and its estimated total cost (stored as the hex of the Offer message)."""
 
-    offer_hex: str
+    offer: Offer
     estimated_usd: float | None
-
-    @classmethod
-    def of(cls, offer: offer_pb2.Offer, estimated_usd: float | None) -> StoredCandidate:
-        """The stored form of an offer and its estimated total cost."""
-        return cls(offer.SerializeToString().hex(), estimated_usd)
-
-    def offer(self) -> offer_pb2.Offer:
-        """The Offer message."""
-        offer = offer_pb2.Offer()
-        offer.ParseFromString(bytes.fromhex(self.offer_hex))
-        return offer
 
 
 @dataclasses.dataclass
@@ -127,7 +117,7 @@ class JobBookkeeping:
         out: dict[str, Any] = dict(self.unknown)
         out.update(
             {
-                "candidates": [{"offer": c.offer_hex, "estimated_usd": c.estimated_usd} for c in self.candidates],
+                "candidates": [{"offer": convert.offer_hex(c.offer), "estimated_usd": c.estimated_usd} for c in self.candidates],
                 "assumptions": list(self.assumptions),
                 "handles": {
                     str(n): {"provider": h.provider, "ref": h.ref, "data": dict(h.data)} for n, h in self.handles.items()
@@ -178,7 +168,9 @@ class JobBookkeeping:
     def from_json(cls, data: dict[str, Any]) -> JobBookkeeping:
         """Read a stored `meta` object (any version: absent keys take their defaults, unknown keys are kept)."""
         book = cls(
-            candidates=[StoredCandidate(c["offer"], c.get("estimated_usd")) for c in data.get("candidates", [])],
+            candidates=[
+                StoredCandidate(convert.offer_from_hex(c["offer"]), c.get("estimated_usd")) for c in data.get("candidates", [])
+            ],
             assumptions=[str(a) for a in data.get("assumptions", [])],
             handles={
                 int(n): RunHandle(h["provider"], h["ref"], dict(h.get("data", {}))) for n, h in data.get("handles", {}).items()
@@ -221,7 +213,7 @@ class JobBookkeeping:
 
     def copy(self) -> JobBookkeeping:
         """An independent copy (what a store write keeps while the job goes on changing)."""
-        return JobBookkeeping.from_json(json.loads(json.dumps(self.to_json())))
+        return copy.deepcopy(self)
 
 
 def _stream_offsets(value: dict[str, Any]) -> dict[str, int]:
@@ -243,9 +235,10 @@ def _attempt_key(key: str) -> tuple[str, int]:
 
 @dataclasses.dataclass
 class JobRecord:
-    """A job as stored: the proto (spec without the code archive) plus the engine's bookkeeping (JSON in `meta`)."""
+    """A job as the engine keeps it: its record (spec without the code archive; the job database stores it as the Job
+    message) plus the engine's bookkeeping (JSON in `meta`)."""
 
-    job: job_pb2.Job
+    job: Job
     spec_sha256: str
     request_id: str = ""
     bookkeeping: JobBookkeeping = dataclasses.field(default_factory=JobBookkeeping)
