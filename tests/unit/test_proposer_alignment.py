@@ -55,16 +55,35 @@ def test_alignment_equals_a_plain_per_word_loop():
     rewrite = _text("Which red planets is nearest", VEC)
     a = align(original, rewrite, 0.5)
 
-    def best(word, vector, other):
+    def best(word, vector, own, other):
         stems = {w.lower().rstrip("s") for w in other.words}
         if word.lower().rstrip("s") in stems:
             return 1.0
-        return max(0.0, max(float(vector @ v) for v in other.vectors))
+        # Words of the other text that are forms of this text's content words belong to those words.
+        claimed = {w.lower().rstrip("s") for w in own.words if is_content(w)}
+        free = [v for w, v in zip(other.words, other.vectors, strict=True) if w.lower().rstrip("s") not in claimed]
+        return max(0.0, max((float(vector @ v) for v in free), default=0.0))
 
-    recall = [best(w, v, rewrite) for w, v in zip(original.words, original.vectors, strict=True) if is_content(w)]
-    precision = [best(w, v, original) for w, v in zip(rewrite.words, rewrite.vectors, strict=True) if is_content(w)]
+    recall = [best(w, v, original, rewrite) for w, v in zip(original.words, original.vectors, strict=True) if is_content(w)]
+    precision = [best(w, v, rewrite, original) for w, v in zip(rewrite.words, rewrite.vectors, strict=True) if is_content(w)]
     assert abs(a.recall - sum(recall) / len(recall)) < 1e-6 and abs(a.worst_recall - min(recall)) < 1e-6
     assert abs(a.precision - sum(precision) / len(precision)) < 1e-6 and abs(a.worst_precision - min(precision)) < 1e-6
+
+
+def test_a_word_dropped_from_a_list_does_not_borrow_its_neighbours_counterpart():
+    """The attack counted a flip for "... produces fibrinogen" from "... the production of prothrombin and
+    fibrinogen": the encoder puts the two clotting proteins close, so the dropped one matched the kept one's copy."""
+    vec = {
+        "liver": [1, 0, 0, 0],
+        "makes": [0, 1, 0, 0],
+        "prothrombin": [0, 0, 0.9, 0.436],  # cosine 0.9 with fibrinogen
+        "and": [0, 0.1, 0, 0],
+        "fibrinogen": [0, 0, 1, 0],
+    }
+    a = align(_text("liver makes prothrombin and fibrinogen", vec), _text("liver makes fibrinogen", vec), 0.5)
+    assert a.dropped == ("prothrombin",) and a.score < 0.5
+    kept = align(_text("liver makes prothrombin and fibrinogen", vec), _text("fibrinogen and prothrombin liver makes", vec), 0.5)
+    assert kept.dropped == () and kept.added == () and kept.score == 1.0
 
 
 def test_negations_and_comparisons_are_content_but_framing_is_not():

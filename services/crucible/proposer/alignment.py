@@ -432,10 +432,20 @@ def _scope_added(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]
 
 
 def _matches(source: WordVectors, target: WordVectors) -> list[tuple[str, float]]:
-    """(content word of source, best match in target) for every content word of source."""
+    """(content word of source, best match in target) for every content word of source.
+
+    A word of the target that is another form of one of the source's content words is that word's counterpart and
+    is claimed by it: the source's other words are matched only against the unclaimed rest. Otherwise a word the
+    rewording dropped from a list ("prothrombin and fibrinogen" -> "fibrinogen") would borrow its neighbour's
+    counterpart, which the encoder puts close to it, and look kept."""
     target_stems = {_stem(w) for w in target.words}
+    source_stems = {_stem(w) for w in source.words if is_content(w)}
     if target.vectors.shape[0]:
         similarity = source.vectors @ target.vectors.T
+        claimed = [j for j, w in enumerate(target.words) if _stem(w) in source_stems]
+        if claimed:  # (a word of the source left with no unclaimed word at all matches nothing: 0)
+            similarity = similarity.clone()
+            similarity[:, claimed] = -1.0
         top = similarity.max(dim=1)
         best, nearest = top.values.tolist(), [target.words[int(i)] for i in top.indices]
     else:
