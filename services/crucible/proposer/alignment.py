@@ -431,18 +431,20 @@ def _scope_added(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]
     return tuple(w for w in _scope_words(second) if _stem(w) not in stems)
 
 
-def _matches(source: WordVectors, target: WordVectors) -> list[tuple[str, float]]:
+def _matches(source: WordVectors, target: WordVectors, *, claim: bool = False) -> list[tuple[str, float]]:
     """(content word of source, best match in target) for every content word of source.
 
-    A word of the target that is another form of one of the source's content words is that word's counterpart and
-    is claimed by it: the source's other words are matched only against the unclaimed rest. Otherwise a word the
-    rewording dropped from a list ("prothrombin and fibrinogen" -> "fibrinogen") would borrow its neighbour's
-    counterpart, which the encoder puts close to it, and look kept."""
+    With `claim`, a word of the target that is another form of one of the source's content words is that word's
+    counterpart and is claimed by it: the source's other words are matched only against the unclaimed rest. Used
+    for the original's words (what the rewording dropped): otherwise a word dropped from a list ("prothrombin and
+    fibrinogen" -> "fibrinogen") borrows its neighbour's counterpart, which the encoder puts close to it, and looks
+    kept. Not for the rewording's words: a rewording often spells one word out in two ("who painted" -> "which
+    artist painted", "boiling point" -> "what temperature ... boil"), and the new word leans on the kept one."""
     target_stems = {_stem(w) for w in target.words}
     source_stems = {_stem(w) for w in source.words if is_content(w)}
     if target.vectors.shape[0]:
         similarity = source.vectors @ target.vectors.T
-        claimed = [j for j, w in enumerate(target.words) if _stem(w) in source_stems]
+        claimed = [j for j, w in enumerate(target.words) if claim and _stem(w) in source_stems]
         if claimed:  # (a word of the source left with no unclaimed word at all matches nothing: 0)
             similarity = similarity.clone()
             similarity[:, claimed] = -1.0
@@ -477,7 +479,7 @@ def _look_alike(first: str, second: str) -> bool:
 
 def align(first: WordVectors, second: WordVectors, threshold: float) -> Alignment:
     """Content alignment of `second` (a rewording) against `first` (the original), with `threshold` for dropped/added."""
-    recall = _matches(first, second)
+    recall = _matches(first, second, claim=True)
     precision = _matches(second, first)
 
     def mean(pairs: list[tuple[str, float]]) -> float:
