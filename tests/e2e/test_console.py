@@ -271,9 +271,10 @@ def test_submit_nanogpt_chart_and_logs_stream(
     stack: dict[str, Any], browser: Any, shared_data: Path | None, tmp_path: Path
 ) -> None:
     data = f"--data {shared_data / 'tinyshakespeare' / 'input.txt'} " if shared_data else ""
-    # 480 tiny iterations train for ~10 s on a quiet machine: with at most one progress point per second (issue 22)
-    # the chart must still gain points while the job runs (160 iterations could end between two polls of the page).
-    command = f"{sys.executable} train.py {data}--max-iters 480 {TINY}"
+    # 1500 tiny iterations train for ~30 s on a quiet machine: with at most one progress point per second (issue 22)
+    # the chart must gain points and the log grow while the job runs. 480 iterations (~10 s) ended before the log
+    # was seen growing in a fresh-clone run on a quiet machine; 160 could end between two polls of the page.
+    command = f"{sys.executable} train.py {data}--max-iters 1500 {TINY}"
     job_id = submit_from_page(
         browser, stack["url"], command, name="console-nanogpt", archive=nanogpt_archive(tmp_path), estimate=True
     )
@@ -295,7 +296,7 @@ def test_submit_nanogpt_chart_and_logs_stream(
     wait(
         browser,
         lambda d: by_id(d, "job-state").get_attribute("data-state") == "succeeded",
-        timeout=240,
+        timeout=600,
         message="nanoGPT job did not succeed",
     )
     wait(browser, lambda d: any("ckpt.pt" in r.text for r in css(d, "#artifacts tbody tr")), message="no checkpoint")
