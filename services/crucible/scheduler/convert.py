@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from crucible.api.cost.v1 import offer_pb2
 from crucible.api.scheduler.v1 import job_pb2
+from crucible.runtime.convert import duration_from_ns, timestamp_from_ns
 from crucible.scheduler.domain.job import Offer
 from crucible.scheduler.domain.record import AttemptRecord, Job, JobCost, JobProgress, TransitionRecord
 from crucible.scheduler.domain.spec import Duration, JobInput, JobSpec, Resources, RestartPolicy
@@ -20,16 +22,12 @@ from crucible.scheduler.domain.spec import Duration, JobInput, JobSpec, Resource
 # --- times -------------------------------------------------------------------------------------------------------
 
 
-def _ns(message: job_pb2.Job | job_pb2.JobAttempt | job_pb2.JobTransition | job_pb2.JobCost, field: str) -> int | None:
-    """A Timestamp field as nanoseconds since the epoch, None when unset."""
-    if not message.HasField(field):  # type: ignore[arg-type]
+def _ns(message: Message, field: str) -> int | None:
+    """A Timestamp or Duration field as nanoseconds, None when unset."""
+    if not message.HasField(field):
         return None
-    stamp: timestamp_pb2.Timestamp = getattr(message, field)
-    return stamp.seconds * 1_000_000_000 + stamp.nanos
-
-
-def _stamp(ns: int) -> timestamp_pb2.Timestamp:
-    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+    value: timestamp_pb2.Timestamp | duration_pb2.Duration = getattr(message, field)
+    return value.ToNanoseconds()
 
 
 def _duration(value: Duration) -> duration_pb2.Duration:
@@ -41,7 +39,6 @@ def _duration(value: Duration) -> duration_pb2.Duration:
 
 def offer(message: offer_pb2.Offer) -> Offer:
     """An Offer message as a domain offer (every field kept)."""
-    observed = message.price_observed_at
     return Offer(
         offer_id=message.offer_id,
         provider=message.provider,
@@ -60,7 +57,7 @@ def offer(message: offer_pb2.Offer) -> Offer:
         availability=message.availability,
         price_origin=message.price_origin,
         price_source=message.price_source,
-        price_observed_at=observed.seconds * 1_000_000_000 + observed.nanos if message.HasField("price_observed_at") else None,
+        price_observed_at=_ns(message, "price_observed_at"),
     )
 
 
@@ -86,7 +83,7 @@ def offer_message(value: Offer) -> offer_pb2.Offer:
         price_source=value.price_source,
     )
     if value.price_observed_at is not None:
-        out.price_observed_at.CopyFrom(_stamp(value.price_observed_at))
+        out.price_observed_at.CopyFrom(timestamp_from_ns(value.price_observed_at))
     return out
 
 
@@ -220,12 +217,8 @@ def job(message: job_pb2.Job) -> Job:
             epoch=progress.epoch if progress.HasField("epoch") else None,
             total_epochs=progress.total_epochs if progress.HasField("total_epochs") else None,
             metrics=dict(progress.metrics),
-            eta=progress.eta.seconds * 1_000_000_000 + progress.eta.nanos if progress.HasField("eta") else None,
-            update_time=(
-                progress.update_time.seconds * 1_000_000_000 + progress.update_time.nanos
-                if progress.HasField("update_time")
-                else None
-            ),
+            eta=_ns(progress, "eta"),
+            update_time=_ns(progress, "update_time"),
         ),
         latest_checkpoint=message.latest_checkpoint,
         create_time=_ns(message, "create_time"),
@@ -240,7 +233,7 @@ def job(message: job_pb2.Job) -> Job:
 
 def _set_time(target: timestamp_pb2.Timestamp, ns: int | None) -> None:
     if ns is not None:
-        target.CopyFrom(_stamp(ns))
+        target.CopyFrom(timestamp_from_ns(ns))
 
 
 def job_message(value: Job) -> job_pb2.Job:
@@ -295,7 +288,7 @@ def job_message(value: Job) -> job_pb2.Job:
         for metric, number in p.metrics.items():
             out.progress.metrics[metric] = number
         if p.eta is not None:
-            out.progress.eta.CopyFrom(duration_pb2.Duration(seconds=p.eta // 1_000_000_000, nanos=p.eta % 1_000_000_000))
+            out.progress.eta.CopyFrom(duration_from_ns(p.eta))
         _set_time(out.progress.update_time, p.update_time)
     for name in ("create_time", "update_time", "start_time", "end_time"):
         _set_time(getattr(out, name), getattr(value, name))
