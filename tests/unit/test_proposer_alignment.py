@@ -163,10 +163,10 @@ def test_a_look_alike_term_is_a_different_term():
 
 def test_word_forms_share_a_stem():
     for first, second in [("cultures", "culture"), ("moved", "move"), ("bitmapped", "bitmap"), ("jungles", "jungle")]:
-        assert alignment._stem(first) == alignment._stem(second), (first, second)
+        assert alignment.stem(first) == alignment.stem(second), (first, second)
     for first, second in [("boxes", "box"), ("cells", "cell"), ("running", "run"), ("agreed", "agree")]:
-        assert alignment._stem(first) == alignment._stem(second), (first, second)
-    assert alignment._stem("least") != alignment._stem("lease")
+        assert alignment.stem(first) == alignment.stem(second), (first, second)
+    assert alignment.stem("least") != alignment.stem("lease")
 
 
 def test_a_name_said_more_often_lists_one_more_thing():

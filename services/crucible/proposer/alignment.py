@@ -8,280 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from collections import Counter
 from collections.abc import Sequence
 
 import torch
 
 from crucible.models import LoadedModel
-from crucible.proposer.cleaning import NEGATIONS
-
-#: Function words and the framing of a multiple-choice question ("which of the following", "best describes"): a
-#: rewording may add, drop or trade these freely. Everything else is a content word that must be kept (exactly, as
-#: another form of the same word, or as a word the encoder aligns with it). Negations, quantifiers and comparison
-#: words are deliberately not here: "least", "not", "only", "all" change what is asked.
-FUNCTION_WORDS = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "this",
-        "that",
-        "these",
-        "those",
-        "there",
-        "here",
-        "it",
-        "its",
-        "it's",
-        "they",
-        "them",
-        "their",
-        "theirs",
-        "he",
-        "him",
-        "his",
-        "she",
-        "her",
-        "hers",
-        "we",
-        "us",
-        "our",
-        "you",
-        "your",
-        "i",
-        "s",
-        "me",
-        "my",
-        "mine",
-        "one",
-        "ones",
-        "someone",
-        "something",
-        "anything",
-        "of",
-        "to",
-        "in",
-        "on",
-        "at",
-        "by",
-        "for",
-        "with",
-        "from",
-        "into",
-        "onto",
-        "upon",
-        "about",
-        "as",
-        "than",
-        "then",
-        "so",
-        "such",
-        "also",
-        "too",
-        "very",
-        "just",
-        "and",
-        "or",
-        "but",
-        "if",
-        "whether",
-        "while",
-        "because",
-        "since",
-        "although",
-        "though",
-        "thus",
-        "therefore",
-        "hence",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "am",
-        "do",
-        "does",
-        "did",
-        "done",
-        "doing",
-        "has",
-        "have",
-        "had",
-        "having",
-        "can",
-        "could",
-        "should",
-        "would",
-        "will",
-        "shall",
-        "may",
-        "might",
-        "must",
-        "what",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "when",
-        "where",
-        "why",
-        "how",
-        "whatever",
-        "whichever",
-        "following",
-        "below",
-        "above",
-        "listed",
-        "given",
-        "options",
-        "option",
-        "choices",
-        "choice",
-        "statement",
-        "statements",
-        "answer",
-        "answers",
-        "best",
-        "describes",
-        "describe",
-        "described",
-        "description",
-        "correct",
-        "correctly",
-        "true",
-        "accurately",
-        "accurate",
-        "called",
-        "known",
-        "termed",
-        "named",
-        "refer",
-        "refers",
-        "referred",
-        "term",
-        "question",
-        "questions",
-        "ask",
-        "asks",
-        "asked",
-        "please",
-        "identify",
-        "determine",
-        "select",
-        "choose",
-        "find",
-        "tell",
-        "example",
-        "instance",
-        "e.g.",
-        "i.e.",
-        "etc",
-        "typically",
-        "usually",
-        "generally",
-        "commonly",
-        "often",
-        "kind",
-        "type",
-        "sort",
-        "form",
-    ]
-)
-
-#: Polarity, degree, quantity and cause/effect words: a near vector is not enough ("most" and "least", "cause" and
-#: "effect" sit close in any encoder), they must be kept as they are (or in another form), else the pair changes what
-#: is asked.
-STRICT_WORDS = NEGATIONS | frozenset(
-    [
-        "most",
-        "least",
-        "more",
-        "less",
-        "fewer",
-        "fewest",
-        "many",
-        "few",
-        "much",
-        "all",
-        "every",
-        "each",
-        "only",
-        "always",
-        "some",
-        "any",
-        "both",
-        "either",
-        "sometimes",
-        "first",
-        "last",
-        "largest",
-        "smallest",
-        "highest",
-        "lowest",
-        "greatest",
-        "maximum",
-        "minimum",
-        "longest",
-        "shortest",
-        "earliest",
-        "latest",
-        "increase",
-        "decrease",
-        "increases",
-        "decreases",
-        "before",
-        "after",
-        "above",
-        "below",
-        "inside",
-        "outside",
-        "positive",
-        "negative",
-        "false",
-        "incorrect",
-        "cause",
-        "causes",
-        "caused",
-        "due",
-        "effect",
-        "effects",
-        "result",
-        "results",
-        "reason",
-        "purpose",
-        "because",
-    ]
-)
-
-_WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
-
-
-def _stem(word: str) -> str:
-    """A light English stem (case, possessive and common inflections), enough to tell 'cells' from 'cell' and
-    'moved' from 'move': a final 'e' and a doubled final consonant are dropped after the suffix."""
-    w = word.lower().replace("\u2019", "'")
-    if w.endswith("'s"):
-        w = w[:-2]
-    for suffix, keep in (("ies", "y"), ("ied", "y"), ("sses", "ss"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
-        if w.endswith(suffix) and len(w) - len(suffix) >= 3 and not w.endswith("ss"):
-            if suffix == "es" and not w[:-2].endswith(("s", "x", "z", "ch", "sh")):
-                suffix = "s"  # "cultures" is "culture" + s; "boxes" is "box" + es
-            w = w[: -len(suffix)] + keep
-            break
-    if len(w) >= 4 and w[-1] == w[-2] and w[-1] not in "aeiouls":
-        w = w[:-1]  # "bitmapp(ed)" -> "bitmap"
-    while len(w) > 3 and w.endswith("e"):
-        w = w[:-1]  # "agree", "agreed" -> "agr"
-    return w
-
-
-def is_content(word: str) -> bool:
-    """True for a word that carries the question's content (not a function or framing word)."""
-    return word.lower() not in FUNCTION_WORDS and any(ch.isalnum() for ch in word)
+from crucible.proposer.lexicon import STRICT_WORDS, is_content, stem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,8 +102,8 @@ MAX_REPEATS = 2
 
 
 def _repeats(first: Sequence[str], second: Sequence[str]) -> int:
-    before = Counter(_stem(w) for w in first if is_content(w))
-    after = Counter(_stem(w) for w in second if is_content(w))
+    before = Counter(stem(w) for w in first if is_content(w))
+    after = Counter(stem(w) for w in second if is_content(w))
     return sum(max(0, n - before[stem]) for stem, n in after.items() if before[stem])
 
 
@@ -395,12 +128,12 @@ def _names(words: Sequence[str]) -> list[str]:
 def _name_changes(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
     """Names of either text that the other lacks in every form (compared case-blind, so 'the Red Planet' keeps
     'red planet'); words in STRICT_WORDS ('NOT', 'LEAST') are left to the strict match."""
-    stems = ({_stem(w) for w in first}, {_stem(w) for w in second})
-    changed = [w for w in _names(first) if _stem(w) not in stems[1]]
-    changed += [w for w in _names(second) if _stem(w) not in stems[0]]
+    stems = ({stem(w) for w in first}, {stem(w) for w in second})
+    changed = [w for w in _names(first) if stem(w) not in stems[1]]
+    changed += [w for w in _names(second) if stem(w) not in stems[0]]
     # A name said more often in the rewording lists one more thing ("C, C++" -> "C, C++, and C#").
-    before, after = Counter(_stem(w) for w in first), Counter(_stem(w) for w in second)
-    changed += [w for w in dict.fromkeys(_names(second)) if before[_stem(w)] and after[_stem(w)] > before[_stem(w)]]
+    before, after = Counter(stem(w) for w in first), Counter(stem(w) for w in second)
+    changed += [w for w in dict.fromkeys(_names(second)) if before[stem(w)] and after[stem(w)] > before[stem(w)]]
     return tuple(w for w in changed if w.lower() not in STRICT_WORDS)
 
 
@@ -427,8 +160,8 @@ def _scope_words(words: Sequence[str]) -> list[str]:
 
 def _scope_added(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
     """Words of a scope phrase in `second` (the rewording) that `first` lacks in every form."""
-    stems = {_stem(w) for w in first}
-    return tuple(w for w in _scope_words(second) if _stem(w) not in stems)
+    stems = {stem(w) for w in first}
+    return tuple(w for w in _scope_words(second) if stem(w) not in stems)
 
 
 def _matches(source: WordVectors, target: WordVectors, *, claim: bool = False) -> list[tuple[str, float]]:
@@ -440,11 +173,11 @@ def _matches(source: WordVectors, target: WordVectors, *, claim: bool = False) -
     fibrinogen" -> "fibrinogen") borrows its neighbour's counterpart, which the encoder puts close to it, and looks
     kept. Not for the rewording's words: a rewording often spells one word out in two ("who painted" -> "which
     artist painted", "boiling point" -> "what temperature ... boil"), and the new word leans on the kept one."""
-    target_stems = {_stem(w) for w in target.words}
-    source_stems = {_stem(w) for w in source.words if is_content(w)}
+    target_stems = {stem(w) for w in target.words}
+    source_stems = {stem(w) for w in source.words if is_content(w)}
     if target.vectors.shape[0]:
         similarity = source.vectors @ target.vectors.T
-        claimed = [j for j, w in enumerate(target.words) if claim and _stem(w) in source_stems]
+        claimed = [j for j, w in enumerate(target.words) if claim and stem(w) in source_stems]
         if claimed:  # (a word of the source left with no unclaimed word at all matches nothing: 0)
             similarity = similarity.clone()
             similarity[:, claimed] = -1.0
@@ -456,7 +189,7 @@ def _matches(source: WordVectors, target: WordVectors, *, claim: bool = False) -
     for word, cosine, match in zip(source.words, best, nearest, strict=True):
         if not is_content(word):
             continue
-        if _stem(word) in target_stems:
+        if stem(word) in target_stems:
             result.append((word, 1.0))
         elif word.lower() in STRICT_WORDS or _look_alike(word, match):
             result.append((word, 0.0))
@@ -471,7 +204,7 @@ def _look_alike(first: str, second: str) -> bool:
     name different things. Words that share all but their last few letters ('multiplied'/'multiplication') are forms
     of one word."""
     a, b = first.lower(), second.lower()
-    if min(len(a), len(b)) < 5 or _stem(a) == _stem(b):
+    if min(len(a), len(b)) < 5 or stem(a) == stem(b):
         return False
     prefix = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return prefix < min(len(a), len(b)) - 4 and difflib.SequenceMatcher(None, a, b).ratio() >= 0.75

@@ -11,7 +11,9 @@ import re
 from collections.abc import Sequence
 
 from crucible.proposer import prompts
+from crucible.proposer.lexicon import NEGATIONS
 from crucible.proposer.prompts import MODE_EQUIVALENT_QUESTION
+from crucible.proposer.structure import structure_change
 
 KEPT = "kept"
 EMPTY = "empty"
@@ -265,24 +267,6 @@ _ANSWER_LEAD = re.compile(
     re.IGNORECASE,
 )
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\s*%)?")
-#: Negation words (shared with the content alignment, where they must be kept as they are).
-NEGATIONS = frozenset(
-    [
-        "not",
-        "no",
-        "never",
-        "none",
-        "neither",
-        "nor",
-        "cannot",
-        "without",
-        "except",
-        "n't",
-        "nobody",
-        "nothing",
-        "nowhere",
-    ]
-)
 #: Words that carry a negation themselves: "NOT true" and "false" ask the same.
 _NEGATIVE_WORDS = frozenset(["false", "incorrect", "untrue", "wrong", "invalid", "inaccurate"])
 #: Opposites: a rewrite that swaps one for the other asks a different question.
@@ -438,7 +422,8 @@ def question_problem(
 
     Checked in order: it lists the options (REPEATS_OPTIONS), it answers or names an option (ANSWERS), its form does
     not ask what the original asks (NOT_A_QUESTION: a statement for a question), its length is out of bounds
-    (LENGTH_CHANGE), it changes numbers, negation or an opposite pair (MEANING_CHANGE), and, when `near_copy`, it
+    (LENGTH_CHANGE), it changes numbers, negation or an opposite pair or moves content across a clause, a negation
+    or a stem's subject (MEANING_CHANGE, see structure.py), and, when `near_copy`, it
     barely differs from the original (NEAR_COPY).
     """
     named = names_option(rewrite, original, options)
@@ -460,7 +445,7 @@ def question_problem(
         n_before / limits.max_length_ratio <= n_after <= n_before * limits.max_length_ratio
     ):
         return LENGTH_CHANGE, f"{n_after} words for {n_before}"
-    changed = meaning_change(original, rewrite)
+    changed = meaning_change(original, rewrite) or structure_change(original, rewrite, open_stem=before == FORM_OPEN)
     if changed:
         return MEANING_CHANGE, changed
     if near_copy and word_similarity(original, rewrite) >= limits.near_copy_similarity:
