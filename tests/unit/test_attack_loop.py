@@ -101,7 +101,7 @@ class FakeMesh:
         flip = self.iteration >= self.flip_at
         return [_scores(1 if flip and i == 0 else 2, -1.5 + 0.1 * self.iteration - 0.01 * i) for i in range(len(queries))]
 
-    async def _check(self, pairs, *, method, threshold, options, timeout):
+    async def _check(self, pairs, *, method, threshold, options, timeout, content_threshold=None):
         await self._maybe_fail("check", timeout)
         assert method == "question" and options == Q.options
         return [Equivalence(0.9, True, 0.7, "question") for _ in pairs]

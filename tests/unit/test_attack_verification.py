@@ -17,9 +17,11 @@ from tests.unit.test_attack_loop import FakeMesh, Q
 class VerifyingMesh(FakeMesh):
     """The scripted mesh whose proposer also has a judge (GetInfo) that accepts or refuses the flipped question."""
 
-    def __init__(self, *, judge_says: bool, judge: bool = True) -> None:
+    def __init__(self, *, judge_says: bool, judge: bool = True, content: float = 0.75) -> None:
         super().__init__(flip_at=1)
         self.calls: list[str] = []
+        self.content = content
+        self.bars: list[float | None] = []
         listed = [types.SimpleNamespace(method=pb.EQUIVALENCE_METHOD_QUESTION)]
         if judge:
             listed.append(types.SimpleNamespace(method=pb.EQUIVALENCE_METHOD_LLM_JUDGE))
@@ -28,12 +30,23 @@ class VerifyingMesh(FakeMesh):
         self.proposer.check_equivalence = self._verify_check
         self.proposer.info = self._info(info)
 
-    async def _verify_check(self, pairs, *, method, threshold, options, timeout):
+    async def _verify_check(self, pairs, *, method, threshold, options, timeout, content_threshold=None):
         self.calls.append(method)
+        self.bars.append(content_threshold)
         if method == "judge":
             return [Equivalence(0.9 if self.judge_says else 0.2, self.judge_says, 0.5, "judge", 0.9, 0.2) for _ in pairs]
+        passes = self.content >= (0.5 if content_threshold is None else content_threshold)  # the proposer's bar: 0.5
         return [
-            Equivalence(0.8, True, 0.7, "question", similarity_method="embedding", content_score=0.75, content_recall=0.9)
+            Equivalence(
+                0.8 if passes else 0.0,
+                passes,
+                0.7,
+                "question",
+                similarity_method="embedding",
+                content_score=self.content,
+                content_recall=0.9,
+                form_violation="" if passes else "content_change",
+            )
             for _ in pairs
         ]
 
@@ -66,3 +79,17 @@ async def test_a_flip_every_check_accepts_counts_and_without_a_judge_question_ve
     assert alone.status == "flipped" and set(alone.verification) == {"question"} and "judge" not in mesh.calls
     summary = summarize([verified, alone])
     assert summary["flipped"] == 2 and summary["flipped_unverified"] == 0 and summary["attack_success_rate"] == 1.0
+
+
+async def test_a_flip_is_verified_at_the_stricter_content_bar_the_search_does_not_use(tmp_path):
+    """The search passes candidates at the proposer's content bar (0.5); the flip must also reach
+    verify_content_threshold (0.7), because the search selects the candidates the check wrongly passed."""
+    mesh = VerifyingMesh(judge_says=True, judge=False, content=0.6)
+    (weak,) = await SecaAttack(mesh, AttackConfig(iterations=3)).campaign([Q], parallel=1)
+    assert weak.status == "flipped_unverified"
+    assert weak.verification["question"]["equivalent"] is False and weak.verification["question"]["content_threshold"] == 0.7
+    assert mesh.bars[-1] == 0.7 and None in mesh.bars[:-1]  # the search's checks kept the proposer's bar
+    (loose,) = await SecaAttack(
+        VerifyingMesh(judge_says=True, judge=False, content=0.6), AttackConfig(iterations=3, verify_content_threshold=None)
+    ).campaign([Q], parallel=1)
+    assert loose.status == "flipped"

@@ -84,6 +84,10 @@ class AttackConfig:
     #: Checks every flip's final question must also pass to count as a success: "strictest" = the QUESTION check plus
     #: the LLM judge when the proposer has one (GetInfo); or a comma-separated list of methods; "" = none.
     verify: str = "strictest"
+    #: The content-alignment bar of the QUESTION check when it verifies a flip (the search keeps the proposer's, 0.5).
+    #: The search selects the candidates that flip, and so the ones the check wrongly passed: on the labelled
+    #: benchmark's search-selected batch the 0.5 bar passed 27 faithful of 34, this one 22 of 23 (proposer README).
+    verify_content_threshold: float | None = 0.7
     retry: RetryPolicy = dataclasses.field(default_factory=lambda: RetryPolicy())
 
 
@@ -242,7 +246,14 @@ class SecaAttack:
             stats,
         )
 
-    async def _check(self, q: MCQ, candidates: Sequence[str], stats: dict[str, int], method: str | None = None) -> list[Any]:
+    async def _check(
+        self,
+        q: MCQ,
+        candidates: Sequence[str],
+        stats: dict[str, int],
+        method: str | None = None,
+        content_threshold: float | None = None,
+    ) -> list[Any]:
         cfg = self.config
         verdicts: list[Any] = await self._call(
             "equivalence",
@@ -252,6 +263,7 @@ class SecaAttack:
                 method=method or cfg.equivalence_method,
                 threshold=None if method else cfg.equivalence_threshold,
                 options=q.options,
+                content_threshold=content_threshold,
                 timeout=deadline,
             ),
             stats,
@@ -284,8 +296,11 @@ class SecaAttack:
         """Every verification check's verdict on a flipped question (method -> its scores)."""
         results: dict[str, dict[str, Any]] = {}
         for method in await self.verification_methods():
-            (verdict,) = await self._check(q, [text], stats, method=method)
+            bar = self.config.verify_content_threshold if method == "question" else None
+            (verdict,) = await self._check(q, [text], stats, method=method, content_threshold=bar)
             results[method] = _verdict_record(verdict)
+            if bar is not None:
+                results[method]["content_threshold"] = bar
         return results
 
     async def attack(self, q: MCQ) -> AttackOutcome:

@@ -85,6 +85,13 @@ def add_commands(sub: Any) -> None:
         "the LLM judge when the proposer has one; default), a comma-separated list of methods, or '' for none",
     )
     attack.add_argument(
+        "--verify-content-threshold",
+        type=float,
+        default=AttackConfig.verify_content_threshold,
+        help="content-alignment bar of the question check when it verifies a flip (default "
+        f"{AttackConfig.verify_content_threshold}; the search itself uses the proposer's, 0.5)",
+    )
+    attack.add_argument(
         "--temperature",
         type=float,
         default=AttackConfig.temperature,
@@ -236,6 +243,7 @@ def _attack(args: argparse.Namespace) -> int:
         seed=args.seed,
         temperature=args.temperature,
         verify=args.verify,
+        verify_content_threshold=args.verify_content_threshold,
         oversample=args.oversample,
     )
     trace = Trace(args.trace)

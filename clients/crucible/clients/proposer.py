@@ -119,11 +119,12 @@ class ProposerClient(ServiceClient["pb_grpc.ProposerServiceAsyncStub"]):  # the 
         method: str = "embedding",
         threshold: float | None = None,
         options: Sequence[str] = (),
+        content_threshold: float | None = None,
         timeout: float | None = None,
     ) -> list[Equivalence]:
         """Whether each (first, second) pair means the same; method "embedding" (default), "nli", "judge" (an LLM judge,
         when the proposer has one) or "question" (first = a question stem, second = its rewording; `options` are the
-        question's answer options)."""
+        question's answer options; `content_threshold` the content-alignment bar, None = the proposer's)."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
         request = pb.CheckEquivalenceRequest(
@@ -131,6 +132,8 @@ class ProposerClient(ServiceClient["pb_grpc.ProposerServiceAsyncStub"]):  # the 
         )
         if threshold is not None:
             request.threshold = threshold
+        if content_threshold is not None:
+            request.content_threshold = content_threshold
         reply = await self.stub.CheckEquivalence(request, timeout=self.timeout(timeout))
         used = _METHOD_NAMES.get(reply.method, str(reply.method))
         scoring = _METHOD_NAMES.get(reply.similarity_method, used)
