@@ -170,6 +170,11 @@ METHODS = {
         0.5,
         True,
     ),
+    "attack's flip verification: default with content alignment >= 0.7": (
+        lambda f, t: f["form_ok"] and f["cosine"] >= 0.7 and f["content"] >= t,
+        0.7,
+        False,
+    ),
     "LLM judge (SmolLM2-135M), both orders": (lambda f, t: "judge" in f and f["judge"] >= t, 0.5, False),
 }
 

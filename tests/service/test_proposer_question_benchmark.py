@@ -84,3 +84,26 @@ async def test_the_default_question_check_is_precise_on_real_candidates(stub):
     print(f"default QUESTION check: precision {precision:.3f} ({len(right)}/{len(accepted)}), recall {recall:.3f}; {wrong}")
     assert precision >= MIN_PRECISION, wrong
     assert recall >= MIN_RECALL
+
+
+async def test_the_attacks_verification_bar_is_precise_on_the_candidates_a_search_selected(stub):
+    """The batch `campaign-selected` holds the candidates a SECA campaign kept because they moved the target: the
+    ones the check wrongly passed are over-represented there. The attack verifies a flip at content bar 0.7
+    (AttackConfig.verify_content_threshold); at that bar "equivalent" must still be right 9 times in 10 there."""
+    from crucible.clients.attack import AttackConfig
+
+    rows = [r for r in _pairs() if r.get("batch") == "campaign-selected"]
+    assert len(rows) >= 30
+    reply = await stub.CheckEquivalence(
+        pb.CheckEquivalenceRequest(
+            pairs=[pb.TextPair(first=r["original"], second=r["candidate"], options=r["choices"]) for r in rows],
+            method=pb.EQUIVALENCE_METHOD_QUESTION,
+            content_threshold=AttackConfig.verify_content_threshold,
+        ),
+        timeout=300,
+    )
+    accepted = [r for r, v in zip(rows, reply.results, strict=True) if v.equivalent]
+    right = [r for r in accepted if r["label"] == "equivalent"]
+    print(f"verification bar on the search-selected batch: {len(right)}/{len(accepted)}")
+    assert len(right) / max(1, len(accepted)) >= MIN_PRECISION, [r["candidate"] for r in accepted if r not in right]
+    assert len(right) >= 10
