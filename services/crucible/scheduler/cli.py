@@ -62,14 +62,16 @@ async def _follow(stub: pb_grpc.SchedulerServiceAsyncStub, job_id: str, show_log
             stream.flush()
 
     task = asyncio.create_task(logs()) if show_logs else None
+    shown = ""
     async for reply in stub.WatchJob(pb.WatchJobRequest(job_id=job_id)):
         last = reply.job
         line = status_line(last)
         if tty:
             sys.stdout.write("\r\x1b[K" + line)
             sys.stdout.flush()
-        else:
+        elif line != shown:  # into a file or a pipe: one line per change, not one per update of the job
             print(line, flush=True)
+        shown = line
     if task is not None:
         await task
     if tty:
@@ -79,6 +81,15 @@ async def _follow(stub: pb_grpc.SchedulerServiceAsyncStub, job_id: str, show_log
         return 1
     print(f"{job_id}: {state_name(last.state)}: {last.transitions[-1].reason}")
     return 0 if last.state == job_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def estimate_line(job: job_pb2.Job) -> str:
+    """The "estimated cost: ..." line of a created or previewed job, from the note its first transition keeps."""
+    note = job.transitions[0].reason.removeprefix("created; ") if job.transitions else ""
+    if note.startswith("estimated cost unknown: "):
+        why = note.removeprefix("estimated cost unknown: ").removeprefix("unknown: ")
+        return f"estimated cost: unknown ({why})"
+    return f"estimated cost: {note.removeprefix('estimated ')}" if note else f"estimated cost: {money(job)[0]}"
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -91,13 +102,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         preview = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, validate_only=True), timeout=args.timeout_s)).job
         if args.dry_run:
             return _show_dry_run(args, preview)
-        est, _ = money(preview)
         o = preview.offer
         gpu = f"{o.gpu_count}x {o.gpu_name}" if o.gpu_count else "CPU"
         price = f"${o.price_usd_per_hour:.4f}/h" if not o.price_source.startswith("unknown") else "price unknown"
         if not args.json:
             print(f"offer: {o.offer_id} ({gpu}, {price}; {o.price_source})")
-            print(f"estimated cost: {est} ({preview.transitions[0].reason})")
+            print(estimate_line(preview))
         request_id = args.request_id or str(uuid.uuid4())
         job = (await stub.CreateJob(pb.CreateJobRequest(spec=spec, request_id=request_id), timeout=args.timeout_s)).job
         if args.json:  # the created job, one line, like `jobs get --json`
@@ -131,13 +141,12 @@ def _show_dry_run(args: argparse.Namespace, preview: job_pb2.Job) -> int:
             }
         )
         return status
-    est, _ = money(preview)
     o = preview.offer
     gpu = f"{o.gpu_count}x {o.gpu_name}" if o.gpu_count else "CPU"
     price = f"${o.price_usd_per_hour:.4f}/h" if not o.price_source.startswith("unknown") else "price unknown"
     region = f", region {o.region}" if o.region else ""
     print(f"offer: {o.offer_id} ({gpu}, {price}{region}; {o.price_source})")
-    print(f"estimated cost: {est} ({preview.transitions[0].reason})")
+    print(estimate_line(preview))
     for request in launch.requests:
         print(f"launch request: {request['method']} {request['url']}")
         for name, value in request["headers"].items():

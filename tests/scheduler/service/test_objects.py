@@ -345,3 +345,20 @@ async def test_remote_attempt_gets_presigned_code_and_inputs_and_its_files_outli
 
 def mtime_of(engine: Engine, job_id: str) -> float:
     return engine.objects.stat(job_id, "artifacts", "out/model.bin").mtime
+
+
+async def test_cli_follow_into_a_pipe_prints_each_state_and_log_line_once(sched, capsys) -> None:
+    """`jobs submit --follow` into a file: the status line only when it changes (the job is updated many times in
+    one state), every log line once, and the estimate without the transition's "created; " or a doubled "unknown"."""
+    from crucible.cli import main
+
+    _stub, _tmp, port = sched
+    script = "import time\nfor i in range(5):\n    print(f'line {i}', flush=True); time.sleep(0.3)"
+    argv = ["jobs", "submit", "--address", f"127.0.0.1:{port}", "--provider", "local", "--follow", "--"]
+    assert await asyncio.to_thread(main, [*argv, sys.executable, "-c", script]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    for i in range(5):
+        assert out.count(f"line {i}\n") == 1, out
+    states = [line.split()[0] for line in out.splitlines() if line.endswith("cost so far unknown")]
+    assert states and all(a != b for a, b in zip(states, states[1:], strict=False)), out
+    assert "estimated cost: unknown (no cost service configured)\n" in out and "created;" not in out, out
