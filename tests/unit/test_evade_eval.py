@@ -5,6 +5,7 @@ near-copy share, and the inputs (detect halves, bounds, flags). The mesh run is 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
 from pathlib import Path
@@ -122,3 +123,22 @@ def test_plot_writes_a_png(tmp_path: Path):  # matplotlib comes with the test ex
     )
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert "AUROC binoculars" in ev.format_reports([r])
+
+
+def test_plot_labels_do_not_overlap_with_many_conditions():
+    """Seven conditions (base and six checkpoints): the names under the similarity bars are wide; they must not
+    overlap (they did with a fixed 11-inch figure and level labels)."""
+    import matplotlib.pyplot as plt
+
+    names = ["base", *(f"trained{10 * k}" for k in range(1, 7))]
+    reports = [
+        ev.ConditionReport(n, 0.7, {"binoculars": 0.6}, 0.2, "probability", 0.9, 0.8, 0.3, 40.0, 0.3, 30.0, 48) for n in names
+    ]
+    fig = ev.figure(reports)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for axes in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in axes.get_xticklabels() if t.get_text()]
+        labels = [t.get_text() for t in axes.get_xticklabels()]
+        assert all(not x.overlaps(y) for x, y in itertools.pairwise(boxes)), labels
+    plt.close(fig)

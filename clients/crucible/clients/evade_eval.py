@@ -342,18 +342,17 @@ def format_reports(reports: Sequence[ConditionReport]) -> str:
     return format_table(header, rows)
 
 
-def plot(reports: Sequence[ConditionReport], path: Path) -> bool:
-    """Bars of AUROC (ensemble and members) and similarity per condition; False when matplotlib is missing."""
-    try:
-        import matplotlib
+def figure(reports: Sequence[ConditionReport]) -> Any:
+    """The evaluation's figure: bars of AUROC (ensemble and members) and similarity per condition. Wider with more
+    conditions, and their names slanted once there are more than three, so that the labels never overlap."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     members = sorted({m for r in reports for m in r.auroc_members})
     series = ["ensemble", *members]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(max(11.0, 5.0 + 1.2 * len(reports)), 4.5))
     width = 0.8 / len(reports)
     for k, r in enumerate(reports):
         values = [r.auroc, *(r.auroc_members.get(m, float("nan")) for m in members)]
@@ -363,11 +362,25 @@ def plot(reports: Sequence[ConditionReport], path: Path) -> bool:
     a.set_ylim(0, 1)
     a.set_ylabel("AUROC, human vs machine")
     a.legend(fontsize=8)
-    b.bar([r.name for r in reports], [r.similarity for r in reports], label="similarity ((cos+1)/2)")
-    b.plot([r.name for r in reports], [r.near_copy_share for r in reports], "ko-", label="near-copy share")
+    names = [r.name for r in reports]
+    b.bar(range(len(reports)), [r.similarity for r in reports], label="similarity ((cos+1)/2)")
+    b.plot(range(len(reports)), [r.near_copy_share for r in reports], "ko-", label="near-copy share")
+    slanted = len(reports) > 3
+    b.set_xticks(range(len(reports)), names, rotation=30 if slanted else 0, ha="right" if slanted else "center")
     b.set_ylim(0, 1)
     b.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot(reports: Sequence[ConditionReport], path: Path) -> bool:
+    """Write `figure(reports)` to `path` (PNG); False when matplotlib is missing."""
+    try:
+        fig = figure(reports)
+    except ImportError:
+        return False
+    import matplotlib.pyplot as plt
+
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
