@@ -142,3 +142,37 @@ def test_plot_labels_do_not_overlap_with_many_conditions():
         labels = [t.get_text() for t in axes.get_xticklabels()]
         assert all(not x.overlaps(y) for x, y in itertools.pairwise(boxes)), labels
     plt.close(fig)
+
+
+def _condition(name: str, human: list[float], machine: list[float], signal: str = "criterion") -> ev.ConditionReport:
+    scores = {"ensemble": (tuple(human), tuple(machine)), "binoculars": (tuple(human), tuple(machine))}
+    return ev.ConditionReport(
+        name, ev.auroc(human, machine), {"binoculars": ev.auroc(human, machine)}, 0.0, signal, 0.9, 0.8, 0.0, 30.0, 0.0, 40.0,
+        len(machine), scores,
+    )  # fmt: skip
+
+
+def test_auroc_change_is_paired_and_its_interval_says_when_a_drop_is_noise():
+    human = [0.1 * k for k in range(40)]
+    base = _condition("base", human, [0.1 * k + 2.0 for k in range(40)])  # well separated: AUROC ~0.86
+    same = ev.auroc_change(base, _condition("same", human, list(base.scores["ensemble"][1])))
+    assert same.drop == 0 and same.low == same.high == 0  # paired: the same texts give no spread at all
+    evading = _condition("trained", human, [0.1 * k - 1.0 for k in range(40)])  # rewrites moved into the human range
+    change = ev.auroc_change(base, evading, resamples=500)
+    assert change.drop == pytest.approx(base.auroc - evading.auroc) and change.drop > 0.2
+    assert 0 < change.low < change.drop < change.high
+    # rewrites that move some texts up and as many down by as much: no drop, and an interval that spans 0
+    jittered = _condition("jittered", human, [0.1 * k + 2.0 + (1.5 if k % 2 else -1.5) for k in range(40)])
+    noise = ev.auroc_change(base, jittered, resamples=500)
+    assert noise.low < 0 < noise.high
+    with pytest.raises(ValueError, match="same signal"):
+        ev.auroc_change(base, _condition("p", human, human, signal="probability"))
+
+
+def test_changes_compare_every_policy_with_the_first_for_the_ensemble_and_each_member():
+    human = [0.1 * k for k in range(10)]
+    reports = [_condition(n, human, [0.1 * k + s for k in range(10)]) for n, s in (("original", 1), ("base", 2), ("t", 0))]
+    found = ev.changes(reports, resamples=50)
+    assert [(c.detector, c.base, c.other) for c in found] == [("ensemble", "base", "t"), ("binoculars", "base", "t")]
+    assert "ensemble base -> t: drop +" in ev.format_changes(found)
+    assert [(c.base, c.other) for c in ev.changes(reports[:2], resamples=50)][0] == ("original", "base")

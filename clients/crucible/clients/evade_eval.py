@@ -91,6 +91,46 @@ class ConditionReport:
     unreliable_share: float  # share of detections withheld (too few tokens, invisible characters)
     mean_words: float
     count: int
+    #: "ensemble" and each member -> (human scores, machine scores), higher = machine: what the AUROCs were computed
+    #: on, kept for the paired bootstrap of a change between conditions (auroc_change).
+    scores: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class AurocChange:
+    """`base`'s AUROC minus `other`'s for one detector (a drop is positive), with a paired-bootstrap interval."""
+
+    detector: str
+    base: str
+    other: str
+    drop: float
+    low: float
+    high: float
+    resamples: int
+
+
+def auroc_change(
+    base: ConditionReport, other: ConditionReport, detector: str = "ensemble", *, resamples: int = 2000, seed: int = 0
+) -> AurocChange:
+    """The drop of `detector`'s AUROC from `base` to `other` and its 95 % interval by a paired bootstrap: each
+    resample draws human texts, and machine texts by index (the same original's rewrite under both conditions), with
+    replacement, and scores both conditions on the same draw. Conditions must share the human texts and the signal."""
+    if detector not in base.scores or detector not in other.scores:
+        raise ValueError(f"no {detector!r} scores in both conditions")
+    (bh, bm), (oh, om) = base.scores[detector], other.scores[detector]
+    if len(bh) != len(oh) or len(bm) != len(om) or base.signal != other.signal:
+        raise ValueError(f"{base.name} and {other.name} do not score the same texts with the same signal")
+    import random
+
+    rng = random.Random(seed)
+    drops = []
+    for _ in range(resamples):
+        h = [rng.randrange(len(bh)) for _ in bh]
+        m = [rng.randrange(len(bm)) for _ in bm]
+        drops.append(auroc([bh[i] for i in h], [bm[j] for j in m]) - auroc([oh[i] for i in h], [om[j] for j in m]))
+    drops.sort()
+    low, high = drops[int(0.025 * (resamples - 1))], drops[int(0.975 * (resamples - 1))]
+    return AurocChange(detector, base.name, other.name, auroc(bh, bm) - auroc(oh, om), low, high, resamples)
 
 
 def ensemble_scores(human: Sequence[Detection], machine: Sequence[Detection]) -> tuple[list[float], list[float], str]:
@@ -121,10 +161,12 @@ def condition_report(
         raise ValueError("need one detection, original, text and cosine per machine text")
     neg, pos, signal = ensemble_scores(human, machine)
     members = sorted(set.intersection(*(set(d.members) for d in [*human, *machine])))
+    scores = {"ensemble": (tuple(neg), tuple(pos))}
+    scores |= {m: (tuple(member_scores(human, m)), tuple(member_scores(machine, m))) for m in members}
     return ConditionReport(
         name=name,
         auroc=auroc(neg, pos),
-        auroc_members={m: auroc(member_scores(human, m), member_scores(machine, m)) for m in members},
+        auroc_members={m: auroc(*scores[m]) for m in members},
         tpr_at_1pct_fpr=tpr_at_fpr(neg, pos, 0.01),
         signal=signal,
         similarity=sum((c + 1) / 2 for c in cosines) / len(cosines),
@@ -135,6 +177,7 @@ def condition_report(
         unreliable_share=sum(1 for d in machine if not d.reliable) / len(machine),
         mean_words=sum(len(t.split()) for t in texts) / len(texts),
         count=len(texts),
+        scores=scores,
     )
 
 
@@ -342,6 +385,30 @@ def format_reports(reports: Sequence[ConditionReport]) -> str:
     return format_table(header, rows)
 
 
+def changes(reports: Sequence[ConditionReport], resamples: int = 2000) -> list[AurocChange]:
+    """AUROC drops from the first policy (the first condition after "original"; "original" itself when there is one
+    policy) to every later condition, for the ensemble and each member, with their bootstrap intervals."""
+    if len(reports) < 2:
+        return []
+    base = reports[1] if len(reports) > 2 else reports[0]
+    out = []
+    for other in reports[reports.index(base) + 1 :]:
+        if other.signal != base.signal:
+            continue  # a probability against a criterion is no change of one detector
+        for detector in ("ensemble", *sorted(set(base.auroc_members) & set(other.auroc_members))):
+            out.append(auroc_change(base, other, detector, resamples=resamples))
+    return out
+
+
+def format_changes(found: Sequence[AurocChange]) -> str:
+    """One line per change: "<detector> <base> -> <other>: drop +0.025 (95 % interval -0.059 .. +0.110)"."""
+    return "\n".join(
+        f"{c.detector} {c.base} -> {c.other}: drop {c.drop:+.3f} (95 % interval {c.low:+.3f} .. {c.high:+.3f}, "
+        f"paired bootstrap of {c.resamples})"
+        for c in found
+    )
+
+
 def figure(reports: Sequence[ConditionReport]) -> Any:
     """The evaluation's figure: bars of AUROC (ensemble and members) and similarity per condition. Wider with more
     conditions, and their names slanted once there are more than three, so that the labels never overlap."""
@@ -476,9 +543,17 @@ def main(argv: list[str] | None = None) -> int:
     reports = asyncio.run(run())
     print(f"{len(human)} human texts, {len(machine)} machine texts (ensemble signal: {reports[0].signal})")
     print(format_reports(reports))
-    (out / "report.json").write_text(
-        json.dumps({"human": len(human), "machine": len(machine), "reports": [dataclasses.asdict(r) for r in reports]}, indent=1)
-    )
+    found = changes(reports)
+    if found:
+        print("AUROC drop (a positive drop = harder to detect):")
+        print(format_changes(found))
+    summary = {
+        "human": len(human),
+        "machine": len(machine),
+        "reports": [dataclasses.asdict(r) for r in reports],
+        "changes": [dataclasses.asdict(c) for c in found],
+    }
+    (out / "report.json").write_text(json.dumps(summary, indent=1))
     if plot(reports, out / "evade_eval.png"):
         print(f"plot: {out / 'evade_eval.png'}")
     return 0
