@@ -1,5 +1,5 @@
 """Structure checks of a question rewording: the same content words in another arrangement that asks something else
-(a clause's content moved across "when"/"if", a negation moved from "is not" to "does not", a stem made into "what is X?").
+(a clause's content moved across "when"/"if"/"by", a negation moved from "is not" to "does not", a stem made into "what is X?").
 
 Pure strings; `structure_change` is one of the form checks of `cleaning.question_problem`. The content alignment
 cannot see these: every word is still there.
