@@ -175,4 +175,4 @@ def test_changes_compare_every_policy_with_the_first_for_the_ensemble_and_each_m
     found = ev.changes(reports, resamples=50)
     assert [(c.detector, c.base, c.other) for c in found] == [("ensemble", "base", "t"), ("binoculars", "base", "t")]
     assert "ensemble base -> t: drop +" in ev.format_changes(found)
-    assert [(c.base, c.other) for c in ev.changes(reports[:2], resamples=50)][0] == ("original", "base")
+    assert next((c.base, c.other) for c in ev.changes(reports[:2], resamples=50)) == ("original", "base")

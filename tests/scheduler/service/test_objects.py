@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import itertools
 import os
 import re
 import shutil
@@ -360,5 +361,5 @@ async def test_cli_follow_into_a_pipe_prints_each_state_and_log_line_once(sched,
     for i in range(5):
         assert out.count(f"line {i}\n") == 1, out
     states = [line.split()[0] for line in out.splitlines() if line.endswith("cost so far unknown")]
-    assert states and all(a != b for a, b in zip(states, states[1:], strict=False)), out
+    assert states and all(a != b for a, b in itertools.pairwise(states)), out
     assert "estimated cost: unknown (no cost service configured)\n" in out and "created;" not in out, out
