@@ -167,6 +167,8 @@ def test_auroc_change_is_paired_and_its_interval_says_when_a_drop_is_noise():
     assert noise.low < 0 < noise.high
     with pytest.raises(ValueError, match="same signal"):
         ev.auroc_change(base, _condition("p", human, human, signal="probability"))
+    # a member's raw scores do not depend on the ensemble's signal
+    assert ev.auroc_change(base, _condition("p", human, human, signal="probability"), "binoculars", resamples=50).drop > 0
 
 
 def test_changes_compare_every_policy_with_the_first_for_the_ensemble_and_each_member():
@@ -176,3 +178,17 @@ def test_changes_compare_every_policy_with_the_first_for_the_ensemble_and_each_m
     assert [(c.detector, c.base, c.other) for c in found] == [("ensemble", "base", "t"), ("binoculars", "base", "t")]
     assert "ensemble base -> t: drop +" in ev.format_changes(found)
     assert next((c.base, c.other) for c in ev.changes(reports[:2], resamples=50)) == ("original", "base")
+
+
+def test_a_condition_whose_ensemble_fell_back_to_the_criterion_is_still_compared_member_by_member():
+    """Base rewrites with withheld (short) detections have no P(machine) for every text, so their ensemble signal is
+    the criterion; a trained policy's longer rewrites have probabilities. The members must still be compared (the
+    first version skipped the whole condition and printed no drop at all)."""
+    human = [0.1 * k for k in range(10)]
+    reports = [
+        _condition("original", human, [0.1 * k + 1 for k in range(10)], signal="probability"),
+        _condition("base", human, [0.1 * k + 2 for k in range(10)], signal="criterion"),
+        _condition("trained", human, [0.1 * k for k in range(10)], signal="probability"),
+    ]
+    found = ev.changes(reports, resamples=50)
+    assert [(c.detector, c.other) for c in found] == [("binoculars", "trained")] and found[0].drop > 0

@@ -114,11 +114,13 @@ def auroc_change(
 ) -> AurocChange:
     """The drop of `detector`'s AUROC from `base` to `other` and its 95 % interval by a paired bootstrap: each
     resample draws human texts, and machine texts by index (the same original's rewrite under both conditions), with
-    replacement, and scores both conditions on the same draw. Conditions must share the human texts and the signal."""
+    replacement, and scores both conditions on the same draw. Conditions must share the human texts (and, for the
+    ensemble, its signal: P(machine) or the criterion)."""
     if detector not in base.scores or detector not in other.scores:
         raise ValueError(f"no {detector!r} scores in both conditions")
     (bh, bm), (oh, om) = base.scores[detector], other.scores[detector]
-    if len(bh) != len(oh) or len(bm) != len(om) or base.signal != other.signal:
+    mixed = detector == "ensemble" and base.signal != other.signal
+    if len(bh) != len(oh) or len(bm) != len(om) or mixed:
         raise ValueError(f"{base.name} and {other.name} do not score the same texts with the same signal")
     import random
 
@@ -393,10 +395,12 @@ def changes(reports: Sequence[ConditionReport], resamples: int = 2000) -> list[A
     base = reports[1] if len(reports) > 2 else reports[0]
     out = []
     for other in reports[reports.index(base) + 1 :]:
-        if other.signal != base.signal:
-            continue  # a probability against a criterion is no change of one detector
-        for detector in ("ensemble", *sorted(set(base.auroc_members) & set(other.auroc_members))):
-            out.append(auroc_change(base, other, detector, resamples=resamples))
+        # The ensemble's signal is P(machine) only when every detection has one: a condition with withheld (short)
+        # rewrites falls back to the criterion, and a probability against a criterion is no change of one
+        # detector. The members' raw scores are always comparable.
+        detectors = ["ensemble"] if other.signal == base.signal else []
+        detectors += sorted(set(base.auroc_members) & set(other.auroc_members))
+        out.extend(auroc_change(base, other, detector, resamples=resamples) for detector in detectors)
     return out
 
 
@@ -426,16 +430,18 @@ def figure(reports: Sequence[ConditionReport]) -> Any:
         a.bar([i + k * width for i in range(len(series))], values, width, label=r.name)
     a.set_xticks([i + width * (len(reports) - 1) / 2 for i in range(len(series))], series)
     a.axhline(0.5, color="grey", linestyle=":")
-    a.set_ylim(0, 1)
+    a.set_ylim(0, 1.25)  # room above the bars for the legend
+    a.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     a.set_ylabel("AUROC, human vs machine")
-    a.legend(fontsize=8)
+    a.legend(fontsize=8, loc="upper center", ncol=min(4, len(reports)))
     names = [r.name for r in reports]
     b.bar(range(len(reports)), [r.similarity for r in reports], label="similarity ((cos+1)/2)")
     b.plot(range(len(reports)), [r.near_copy_share for r in reports], "ko-", label="near-copy share")
     slanted = len(reports) > 3
     b.set_xticks(range(len(reports)), names, rotation=30 if slanted else 0, ha="right" if slanted else "center")
-    b.set_ylim(0, 1)
-    b.legend(fontsize=8)
+    b.set_ylim(0, 1.25)
+    b.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    b.legend(fontsize=8, loc="upper center", ncol=2)
     fig.tight_layout()
     return fig
 
