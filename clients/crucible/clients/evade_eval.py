@@ -393,7 +393,7 @@ def changes(reports: Sequence[ConditionReport], resamples: int = 2000) -> list[A
     if len(reports) < 2:
         return []
     base = reports[1] if len(reports) > 2 else reports[0]
-    out = []
+    out: list[AurocChange] = []
     for other in reports[reports.index(base) + 1 :]:
         # The ensemble's signal is P(machine) only when every detection has one: a condition with withheld (short)
         # rewrites falls back to the criterion, and a probability against a criterion is no change of one
