@@ -93,3 +93,21 @@ async def test_a_flip_is_verified_at_the_stricter_content_bar_the_search_does_no
         VerifyingMesh(judge_says=True, judge=False, content=0.6), AttackConfig(iterations=3, verify_content_threshold=None)
     ).campaign([Q], parallel=1)
     assert loose.status == "flipped"
+
+
+def test_a_verification_bar_outside_0_1_is_refused_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    import pytest
+
+    with pytest.raises(ValueError, match="within \\[0, 1\\]"):
+        AttackConfig(verify_content_threshold=1.5)
+    done = subprocess.run(
+        [sys.executable, "-m", "crucible", "attack", "--builtin", "--verify-content-threshold", "nan", "--base-port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--verify-content-threshold must be within [0, 1], got nan" in done.stderr and "Traceback" not in done.stderr

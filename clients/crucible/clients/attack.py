@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -89,6 +90,11 @@ class AttackConfig:
     #: benchmark's search-selected batch the 0.5 bar passed 27 faithful of 34, this one 22 of 23 (proposer README).
     verify_content_threshold: float | None = 0.7
     retry: RetryPolicy = dataclasses.field(default_factory=lambda: RetryPolicy())
+
+    def __post_init__(self) -> None:
+        bar = self.verify_content_threshold
+        if bar is not None and not (math.isfinite(bar) and 0.0 <= bar <= 1.0):
+            raise ValueError(f"verify_content_threshold must be within [0, 1], got {bar}")
 
 
 @dataclasses.dataclass

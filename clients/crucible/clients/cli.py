@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,12 @@ def _attack(args: argparse.Namespace) -> int:
 
     from crucible.clients.tables import format_table
 
+    if not (math.isfinite(args.verify_content_threshold) and 0.0 <= args.verify_content_threshold <= 1.0):
+        print(
+            f"crucible attack: --verify-content-threshold must be within [0, 1], got {args.verify_content_threshold}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         questions = _attack_questions(args)
     except DataError as err:
