@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 
 from crucible.proposer import prompts
-from crucible.proposer.lexicon import NEGATIONS
+from crucible.proposer.lexicon import AUXILIARIES, NEGATIONS
 from crucible.proposer.prompts import MODE_EQUIVALENT_QUESTION
 from crucible.proposer.structure import structure_change
 
@@ -228,37 +228,10 @@ _TASK_VERBS = frozenset(
         "arrange",
     ]
 )
-_ASKING_OPENERS = frozenset(
-    [
-        "what",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "when",
-        "where",
-        "why",
-        "how",
-        "is",
-        "are",
-        "was",
-        "were",
-        "do",
-        "does",
-        "did",
-        "can",
-        "could",
-        "should",
-        "would",
-        "will",
-        "shall",
-        "may",
-        "might",
-        "must",
-        "has",
-        "have",
-        "had",
-    ]
+_ASKING_OPENERS = (
+    frozenset(["what", "which", "who", "whom", "whose", "when", "where", "why", "how"])
+    | frozenset(["is", "are", "was", "were", "has", "have", "had"])
+    | AUXILIARIES
 )
 _ANSWER_LEAD = re.compile(
     r"^\s*(?:the\s+)?(?:(?:correct|right|best|final)\s+)?(?:answer|option|choice|solution)\s*(?:is|would be|:)"

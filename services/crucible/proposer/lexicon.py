@@ -23,6 +23,10 @@ NEGATIONS = frozenset(
     ]
 )
 
+#: "do" and the modal verbs: the auxiliaries that open a question ("Does ...?", "Can ...?") and carry a verb's negation
+#: ("does not", "cannot"). Shared by the form checks (cleaning) and the structure checks.
+AUXILIARIES = frozenset(["do", "does", "did", "can", "could", "will", "would", "should", "may", "might", "must", "shall"])
+
 #: Function words and the framing of a multiple-choice question ("which of the following", "best describes"): a
 #: rewording may add, drop or trade these freely. Everything else is a content word that must be kept (exactly, as
 #: another form of the same word, or as a word the encoder aligns with it). Negations, quantifiers and comparison

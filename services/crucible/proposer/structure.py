@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from crucible.proposer.lexicon import NEGATIONS, is_content, stem
+from crucible.proposer.lexicon import AUXILIARIES, NEGATIONS, is_content, stem
 
 _TOKEN = re.compile(r"\w+(?:'\w+)?|[,;:?!.]")
 #: Words that open a clause which holds a condition, a time or a cause: its content must stay inside it.
@@ -18,9 +18,8 @@ SUBORDINATORS = frozenset(
 )
 _CLAUSE_ENDS = frozenset([",", ";", ":", "?", "!", "."])
 _COPULAS = frozenset(["is", "are", "was", "were", "be", "been", "being", "isn't", "aren't", "wasn't", "weren't"])
-_AUXILIARIES = frozenset(
-    ["do", "does", "did", "can", "could", "will", "would", "should", "may", "might", "must", "shall", "ca", "wo"]
-)
+#: The auxiliaries, and the stems "ca"/"wo" left when "can't"/"won't" lose their "n't".
+_AUXILIARIES = AUXILIARIES | frozenset(["ca", "wo"])
 _ASKING = frozenset(["what", "which", "who"])
 #: A clause that says "it" for a word the main clause now names still has that word ("if it is abducted").
 _PRONOUNS = frozenset(["it", "its", "they", "them", "their", "he", "she", "him", "her", "this", "these", "those"])
