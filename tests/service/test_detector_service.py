@@ -255,3 +255,30 @@ def test_help_names_the_detector_settings(capsys):
     out = capsys.readouterr().out
     for flag in ("--sampling-model", "--classifier-model", "--calibration-file", "--cache-path", "--max-wait-ms"):
         assert flag in out
+
+
+async def test_the_likelihood_member_reaches_grpc_and_the_sdk(folders, tmp_path):
+    """A second causal model (its own tokenizer): MEMBER_LIKELIHOOD with its own token count, the `likelihood` model
+    role in DetectorModels and GetInfo, and the SDK's member and model names."""
+    from crucible.clients.channel import ChannelConfig
+    from crucible.clients.detector import DetectorClient
+
+    companion = tiny_lm_folder(tmp_path / "companion", seed=5, vocab=350)
+    srv = await _start(folders, likelihood_model=str(companion))
+    try:
+        async with grpc.aio.insecure_channel(srv.address) as channel:
+            stub = pb_grpc.DetectorServiceStub(channel)
+            reply = await stub.Detect(pb.DetectRequest(texts=TEXTS), timeout=60)
+            info = await stub.GetInfo(pb.GetInfoRequest(), timeout=30)
+        want = [pb.MEMBER_FAST_DETECTGPT, pb.MEMBER_BINOCULARS, pb.MEMBER_LIKELIHOOD]
+        assert [m.member for m in reply.members] == want and [m.member for m in info.members] == want
+        assert reply.models.likelihood.name == str(companion) and info.models.likelihood.name == str(companion)
+        scores = [{s.member: s for s in d.member_scores}[pb.MEMBER_LIKELIHOOD] for d in reply.detections]
+        assert all(s.raw_score < 0 for s in scores)  # a mean log-probability
+        assert any(s.token_count != d.token_count for s, d in zip(scores, reply.detections, strict=True))
+        async with DetectorClient(ChannelConfig((srv.address,))) as client:
+            result = await client.detect(TEXTS[:1])
+        assert result.models["likelihood"]["name"] == str(companion)
+        assert result.detections[0].members["likelihood"].raw_score == pytest.approx(scores[0].raw_score)
+    finally:
+        await srv.stop(0)

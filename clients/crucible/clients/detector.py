@@ -13,7 +13,12 @@ from crucible.api.detector.v1 import detector_service_pb2 as pb
 from crucible.api.detector.v1 import detector_service_pb2_grpc as pb_grpc
 from crucible.clients.base import ServiceClient, model_dict, optional_field
 
-MEMBERS = {"fast_detectgpt": pb.MEMBER_FAST_DETECTGPT, "binoculars": pb.MEMBER_BINOCULARS, "classifier": pb.MEMBER_CLASSIFIER}
+MEMBERS = {
+    "fast_detectgpt": pb.MEMBER_FAST_DETECTGPT,
+    "binoculars": pb.MEMBER_BINOCULARS,
+    "classifier": pb.MEMBER_CLASSIFIER,
+    "likelihood": pb.MEMBER_LIKELIHOOD,
+}
 _MEMBER_NAMES = {v: k for k, v in MEMBERS.items()}
 #: Detection.unreliable_reason as a short name ("" when the detection is reliable).
 UNRELIABLE_REASONS = {
@@ -103,7 +108,7 @@ def _detection(d: pb.Detection) -> Detection:
 def _result(reply: pb.DetectResponse | pb.DetectStreamResponse) -> DetectResult:
     models = {
         role: model_dict(getattr(reply.models, role))
-        for role in ("sampling", "scoring", "observer", "performer", "classifier")
+        for role in ("sampling", "scoring", "observer", "performer", "classifier", "likelihood")
         if reply.models.HasField(role)
     }
     return DetectResult(

@@ -18,7 +18,7 @@ import numpy as np
 FORMAT = "crucible.detector.calibration"
 FORMAT_VERSION = 1
 BUILTIN_DIR = Path(__file__).resolve().parent / "calibrations"
-MEMBERS = ("fast_detectgpt", "binoculars", "classifier")
+MEMBERS = ("fast_detectgpt", "binoculars", "classifier", "likelihood")
 #: Per-token means from the Fast-DetectGPT forward pass, always computed: usable as ensemble features, not members.
 BY_PRODUCTS = ("log_likelihood", "log_rank", "entropy")
 FEATURES = MEMBERS + BY_PRODUCTS
@@ -168,7 +168,8 @@ class LogisticEnsemble:
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationEntry:
-    """Parameters for one model set: sampling/scoring pair (and classifier, when the ensemble uses one)."""
+    """Parameters for one model set: sampling/scoring pair (and classifier, when the ensemble uses one); an entry that
+    names a `likelihood` model applies only to a detector running that model as its likelihood member."""
 
     sampling: str
     scoring: str
@@ -178,10 +179,18 @@ class CalibrationEntry:
     revisions: Mapping[str, str] = dataclasses.field(default_factory=dict)
     aliases: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     fitted_on: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    likelihood: str = ""
 
-    def matches(self, sampling: tuple[str, str], scoring: tuple[str, str]) -> bool:
-        """True when this entry is for these (name, revision) models; a recorded revision must match exactly."""
-        for role, (name, revision) in (("sampling", sampling), ("scoring", scoring)):
+    def matches(self, sampling: tuple[str, str], scoring: tuple[str, str], likelihood: tuple[str, str] | None = None) -> bool:
+        """True when this entry is for these (name, revision) models; a recorded revision must match exactly.
+
+        An entry with a likelihood model matches only that likelihood model; one without matches any detector."""
+        roles = [("sampling", sampling), ("scoring", scoring)]
+        if self.likelihood:
+            if likelihood is None:
+                return False
+            roles.append(("likelihood", likelihood))
+        for role, (name, revision) in roles:
             names = {model_key(getattr(self, role)), *(model_key(a) for a in self.aliases.get(role, ()))}
             if model_key(name) not in names:
                 return False
@@ -200,6 +209,8 @@ class CalibrationEntry:
             out["revisions"] = dict(self.revisions)
         if self.classifier:
             out["classifier"] = self.classifier
+        if self.likelihood:
+            out["likelihood"] = self.likelihood
         if self.ensemble is not None:
             out["ensemble"] = self.ensemble.to_json()
         if self.aliases:
@@ -272,6 +283,7 @@ def _entry_from_json(raw: Any, where: str) -> CalibrationEntry:
         dict(raw.get("revisions") or {}),
         aliases,
         dict(raw.get("fitted_on") or {}),
+        str(raw.get("likelihood", "")),
     )
 
 
@@ -379,29 +391,31 @@ def select_calibration(
     scoring: tuple[str, str],
     enabled_members: Sequence[str],
     classifier: str = "",
+    likelihood: tuple[str, str] | None = None,
 ) -> Calibration:
     """The first matching entry across `files` (put a user's file before the built-in ones), or UNCALIBRATED.
 
-    An ensemble is used only when every member it needs is enabled and, if it uses the classifier, the classifier
-    is the one it was fitted with; otherwise the per-member Gaussians still apply.
+    With a likelihood model, entries fitted with it (`likelihood` names it) come first, then the entries of the
+    sampling/scoring pair alone. An ensemble is used only when every member it needs is enabled and, if it uses the
+    classifier, the classifier is the one it was fitted with; otherwise the per-member Gaussians still apply.
     """
-    for file in files:
-        for entry in file.entries:
-            if not entry.matches(sampling, scoring):
-                continue
-            members = {k: v for k, v in entry.members.items() if k in enabled_members}
-            if "classifier" in members and model_key(entry.classifier or "") != model_key(classifier or ""):
-                members.pop("classifier")
-            ensemble = entry.ensemble
-            if ensemble is not None and (
-                not set(ensemble.members) <= set(enabled_members) | set(BY_PRODUCTS)
-                or ("classifier" in ensemble.members and model_key(entry.classifier) != model_key(classifier))
-            ):
-                ensemble = None
-            if "fast_detectgpt" not in members and ensemble is None:
-                continue
-            method = METHOD_LOGISTIC_ENSEMBLE if ensemble is not None else METHOD_TWO_GAUSSIAN
-            return Calibration(method, file.version, file.source, members, ensemble)
+    fitted_with = [(f, e) for f in files for e in f.entries if e.likelihood and likelihood is not None]
+    for file, entry in fitted_with + [(f, e) for f in files for e in f.entries if not e.likelihood]:
+        if not entry.matches(sampling, scoring, likelihood):
+            continue
+        members = {k: v for k, v in entry.members.items() if k in enabled_members}
+        if "classifier" in members and model_key(entry.classifier or "") != model_key(classifier or ""):
+            members.pop("classifier")
+        ensemble = entry.ensemble
+        if ensemble is not None and (
+            not set(ensemble.members) <= set(enabled_members) | set(BY_PRODUCTS)
+            or ("classifier" in ensemble.members and model_key(entry.classifier) != model_key(classifier))
+        ):
+            ensemble = None
+        if "fast_detectgpt" not in members and ensemble is None:
+            continue
+        method = METHOD_LOGISTIC_ENSEMBLE if ensemble is not None else METHOD_TWO_GAUSSIAN
+        return Calibration(method, file.version, file.source, members, ensemble)
     return UNCALIBRATED
 
 
@@ -415,6 +429,7 @@ def fit_calibration(
     sampling: tuple[str, str],
     scoring: tuple[str, str],
     classifier: tuple[str, str] | None = None,
+    likelihood: tuple[str, str] | None = None,
     version: str,
     fitted_on: Mapping[str, Any] | None = None,
     c: float | None = None,
@@ -436,6 +451,8 @@ def fit_calibration(
         raise CalibrationError("some raw scores are not finite; check the data")
     ensemble, c = LogisticEnsemble.fit(names, matrix, labels, groups, c=c)
     revisions = {"sampling": sampling[1], "scoring": scoring[1]}
+    if likelihood is not None:
+        revisions["likelihood"] = likelihood[1]
     return CalibrationEntry(
         sampling[0],
         scoring[0],
@@ -445,4 +462,5 @@ def fit_calibration(
         revisions,
         {},
         dict(fitted_on or {}, version=version, regularisation_c=c),
+        likelihood[0] if likelihood else "",
     )

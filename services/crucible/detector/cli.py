@@ -59,7 +59,12 @@ def _remote(args: argparse.Namespace, texts: list[str]) -> tuple[list[dict[str, 
     from crucible.api.detector.v1 import detector_service_pb2 as pb
     from crucible.api.detector.v1 import detector_service_pb2_grpc as pb_grpc
 
-    names = {pb.MEMBER_FAST_DETECTGPT: "fast_detectgpt", pb.MEMBER_BINOCULARS: "binoculars", pb.MEMBER_CLASSIFIER: "classifier"}
+    names = {
+        pb.MEMBER_FAST_DETECTGPT: "fast_detectgpt",
+        pb.MEMBER_BINOCULARS: "binoculars",
+        pb.MEMBER_CLASSIFIER: "classifier",
+        pb.MEMBER_LIKELIHOOD: "likelihood",
+    }
     from crucible.clients.channel import cli_channel_config, open_sync_channel
     from crucible.clients.detector import UNRELIABLE_REASONS as reasons
 
@@ -103,6 +108,8 @@ def _summary(labels: list[int], rows: list[dict[str, Any]], method: str) -> list
         out.append(("-binoculars", auroc(labels, [-r["members"]["binoculars"] for r in rows])))
     if all("classifier" in r["members"] for r in rows):
         out.append(("classifier", auroc(labels, [r["members"]["classifier"] for r in rows])))
+    if all("likelihood" in r["members"] for r in rows):
+        out.append(("likelihood", auroc(labels, [r["members"]["likelihood"] for r in rows])))
     if method != "none":
         out.append((f"probability ({method})", auroc(labels, [r["probability"] for r in rows])))
     return [(name, "n/a" if v is None else f"{v:.4f}") for name, v in out]

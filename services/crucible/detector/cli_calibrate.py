@@ -57,6 +57,7 @@ _REPORT_SCORES = (
     ("criterion", "fast_detectgpt", 1.0),
     ("-binoculars", "binoculars", -1.0),
     ("classifier", "classifier", 1.0),
+    ("likelihood", "likelihood", 1.0),
     ("log_likelihood", "log_likelihood", 1.0),
     ("-log_rank", "log_rank", -1.0),
     ("-entropy", "entropy", -1.0),
@@ -166,6 +167,7 @@ def calibrate(args: argparse.Namespace) -> int:
         machine = [i for i in fit_idx if labels[i] == 1]
         ids = detector.identities
         classifier = (ids["classifier"].name, ids["classifier"].revision) if "classifier" in ids else None
+        likelihood = (ids["likelihood"].name, ids["likelihood"].revision) if "likelihood" in ids else None
         now = datetime.datetime.now(datetime.UTC)
         version = args.version or "fit-" + now.strftime("%Y%m%dT%H%M%SZ")
         files = []
@@ -207,6 +209,7 @@ def calibrate(args: argparse.Namespace) -> int:
             sampling=(ids["sampling"].name, ids["sampling"].revision),
             scoring=(ids["scoring"].name, ids["scoring"].revision),
             classifier=classifier,
+            likelihood=likelihood,
             version=version,
             fitted_on={
                 "files": files,

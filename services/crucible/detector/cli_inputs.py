@@ -101,6 +101,7 @@ _MODEL_SETTINGS = (
     "sampling_model",
     "classifier_model",
     "classifier_machine_label",
+    "likelihood_model",
     "device",
     "dtype",
     "max_tokens",

@@ -34,6 +34,12 @@ class DetectorConfig(ModelServerConfig):
         "The classifier's id2label name meaning machine-written (e.g. Fake); empty = the one label named like "
         "Fake/Machine/AI in its config.json.",
     )
+    likelihood_model: str = setting(
+        "",
+        "Second causal model (alias or local folder, its own tokenizer) whose mean log-likelihood per token is the "
+        "likelihood member, a feature of the calibrated ensemble; e.g. smollm2-135m-instruct beside "
+        "--model gemma-3-270m. Empty disables it.",
+    )
     max_tokens: int = setting(512, "Tokens scored per text; longer texts are truncated to their first max_tokens and flagged.")
     min_reliable_tokens: int = setting(
         DEFAULT_MIN_RELIABLE_TOKENS,

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 FAST_DETECTGPT = "fast_detectgpt"
 BINOCULARS = "binoculars"
 CLASSIFIER = "classifier"
+#: Mean log-likelihood per scored token under a second causal model (`likelihood_model`), with its own tokenizer.
+LIKELIHOOD = "likelihood"
 #: By-products of the Fast-DetectGPT forward pass (per-token means) that the logistic ensemble may use as features.
 LOG_LIKELIHOOD = "log_likelihood"
 LOG_RANK = "log_rank"
@@ -74,12 +76,17 @@ class RawScores:
     classifier: float | None = None
     classifier_tokens: int = 0
     classifier_truncated: bool = False
+    likelihood: float | None = None
+    likelihood_tokens: int = 0
+    likelihood_truncated: bool = False
 
     def member_raw(self) -> dict[str, float]:
         """Raw score per computed member name."""
         out = {FAST_DETECTGPT: self.criterion, BINOCULARS: self.binoculars}
         if self.classifier is not None:
             out[CLASSIFIER] = self.classifier
+        if self.likelihood is not None:
+            out[LIKELIHOOD] = self.likelihood
         return out
 
     def features(self) -> dict[str, float]:
@@ -129,10 +136,16 @@ def machine_label_index(id2label: dict[Any, str], wanted: str = "") -> tuple[int
 
 
 class Detector:
-    """Loaded models and the batched scoring of texts: Fast-DetectGPT, Binoculars (same pass) and the classifier."""
+    """Loaded models and the batched scoring of texts: Fast-DetectGPT, Binoculars (same pass), the classifier and the
+    likelihood member (a second causal model)."""
 
     def __init__(
-        self, settings: DetectorConfig, scoring: Any, sampling: Any | None = None, classifier: Any | None = None
+        self,
+        settings: DetectorConfig,
+        scoring: Any,
+        sampling: Any | None = None,
+        classifier: Any | None = None,
+        likelihood: Any | None = None,
     ) -> None:
         """Wrap already loaded models (crucible.models.LoadedModel); `sampling=None` means the scoring model.
 
@@ -163,6 +176,12 @@ class Detector:
                 getattr(classifier.model.config, "id2label", {}), settings.classifier_machine_label
             )
             self.classifier_max_tokens = int(classifier.max_length or 512)
+        self.likelihood = likelihood
+        self._likelihood = CausalScorer(likelihood.model) if likelihood is not None else None
+        self._likelihood_kernel = StatisticsKernel()  # eager: a second vocabulary, scored once per text
+        if likelihood is not None:
+            lpad = likelihood.tokenizer.pad_token_id
+            self.likelihood_pad_id = int(lpad) if lpad is not None else 0
         self.members = self._describe()
         self.fingerprint = self._fingerprint()
         self.kernel = StatisticsKernel()
@@ -179,7 +198,8 @@ class Detector:
         if settings.sampling_model and settings.sampling_model != settings.model:
             sampling = load_causal_lm(settings.sampling_model, **kw)
         classifier = load_sequence_classifier(settings.classifier_model, **kw) if settings.classifier_model else None
-        return cls(settings, scoring, sampling, classifier)
+        likelihood = load_causal_lm(settings.likelihood_model, **kw) if settings.likelihood_model else None
+        return cls(settings, scoring, sampling, classifier, likelihood)
 
     # ---- description ------------------------------------------------------------------------------------------------
 
@@ -197,6 +217,9 @@ class Detector:
             out.append(MemberDescription(BINOCULARS, self.single_model, s.max_tokens, notes=tuple(notes)))
         if self.classifier is not None:
             out.append(MemberDescription(CLASSIFIER, False, self.classifier_max_tokens, self.machine_label))
+        if self.likelihood is not None:
+            note = f"mean log-likelihood per scored token under {self.likelihood.identity.name}, its own tokenizer"
+            out.append(MemberDescription(LIKELIHOOD, False, s.max_tokens, notes=(note,)))
         return tuple(out)
 
     @property
@@ -213,6 +236,8 @@ class Detector:
             out["performer"] = self.scoring.identity
         if self.classifier is not None:
             out["classifier"] = self.classifier.identity
+        if self.likelihood is not None:
+            out["likelihood"] = self.likelihood.identity
         return out
 
     def _fingerprint(self) -> str:
@@ -309,6 +334,7 @@ class Detector:
             kernel=self.kernel,
         )
         col = stats.columns()
+        likelihood = self.likelihoods([p.text for p in items]) if self.likelihood is not None else None
         classifier: dict[int, tuple[float, int, bool]] = {}
         wanted = [i for i, p in enumerate(items) if p.classifier]
         if wanted and self.classifier is not None:
@@ -330,9 +356,34 @@ class Detector:
                     c[0] if c else None,
                     c[1] if c else 0,
                     c[2] if c else False,
+                    *(likelihood[i] if likelihood else (None, 0, False)),
                 )
             )
         return out
+
+    def likelihoods(self, texts: Sequence[str]) -> list[tuple[float, int, bool]]:
+        """Likelihood member: mean log-likelihood per scored token under the second model, its token count and
+        truncation flag per text (its own tokenizer, truncated to max_tokens), in the scoring pass's definition."""
+        if self.likelihood is None or self._likelihood is None:
+            raise RuntimeError("no likelihood model is loaded")
+        limit = self.settings.max_tokens
+        encoded = self.likelihood.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        # a text of under 2 tokens has nothing to score: a neutral, finite value (such a detection is unreliable)
+        results: list[tuple[float, int, bool]] = [(0.0, len(ids), False) for ids in encoded]
+        rows = [i for i, ids in enumerate(encoded) if len(ids) >= 2]
+        if rows:
+            batch, mask = pad_batch([list(encoded[i][:limit]) for i in rows], self.likelihood_pad_id, side="right")
+            stats = model_statistics(
+                self._likelihood,
+                batch,
+                mask,
+                None,
+                chunk_elements=self.settings.stats_chunk_elements,
+                kernel=self._likelihood_kernel,
+            )
+            for i, value in zip(rows, stats.columns()["log_likelihood"], strict=True):
+                results[i] = (float(value), min(len(encoded[i]), limit), len(encoded[i]) > limit)
+        return results
 
     def classify(self, texts: Sequence[str]) -> list[tuple[float, int, bool]]:
         """Classifier P(machine label), token count and truncation flag per text, in sub-batches sorted by length."""

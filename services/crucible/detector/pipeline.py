@@ -24,6 +24,7 @@ from crucible.detector.core import (
     BY_PRODUCTS,
     CLASSIFIER,
     FAST_DETECTGPT,
+    LIKELIHOOD,
     Detector,
     MemberDescription,
     PreparedText,
@@ -265,6 +266,8 @@ class DetectionPipeline:
         for m in members:
             if m == CLASSIFIER:
                 tokens, truncated = scores.classifier_tokens, scores.classifier_truncated
+            elif m == LIKELIHOOD:
+                tokens, truncated = scores.likelihood_tokens, scores.likelihood_truncated
             else:
                 tokens, truncated = scores.token_count, scores.truncated
             member_probability = self.calibration.member_probability(m, raw[m]) if reliability.reliable else None
@@ -310,4 +313,5 @@ def load_calibration(detector: Detector, calibration_file: str = "") -> Calibrat
         (ids["scoring"].name, ids["scoring"].revision),
         detector.enabled_members,
         ids["classifier"].name if "classifier" in ids else "",
+        likelihood=(ids["likelihood"].name, ids["likelihood"].revision) if "likelihood" in ids else None,
     )

@@ -15,7 +15,7 @@ import grpc
 from crucible.api.detector.v1 import detector_service_pb2 as pb
 from crucible.api.detector.v1 import detector_service_pb2_grpc
 from crucible.detector.calibration import METHOD_LOGISTIC_ENSEMBLE, METHOD_NONE, METHOD_TWO_GAUSSIAN
-from crucible.detector.core import BINOCULARS, CLASSIFIER, FAST_DETECTGPT, MemberDescription
+from crucible.detector.core import BINOCULARS, CLASSIFIER, FAST_DETECTGPT, LIKELIHOOD, MemberDescription
 from crucible.detector.engine import DetectorEngine
 from crucible.detector.pipeline import CallResult, DetectionPipeline, DetectionResult
 from crucible.detector.reliability import REASON_INVISIBLE_CHARACTERS, REASON_NONE, REASON_TOO_FEW_TOKENS
@@ -28,6 +28,7 @@ MEMBER_TO_PROTO = {
     FAST_DETECTGPT: pb.MEMBER_FAST_DETECTGPT,
     BINOCULARS: pb.MEMBER_BINOCULARS,
     CLASSIFIER: pb.MEMBER_CLASSIFIER,
+    LIKELIHOOD: pb.MEMBER_LIKELIHOOD,
 }
 MEMBER_FROM_PROTO = {v: k for k, v in MEMBER_TO_PROTO.items()}
 METHOD_TO_PROTO = {
