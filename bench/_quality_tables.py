@@ -25,7 +25,7 @@ def plot_reliability(out: dict[str, Any], path: Path, *, title: str) -> None:
     # Texts of a domain the fit never saw when there are two domains (every scored text), else the held-out half;
     # the chosen candidate and the single members that matter most, so the diagram stays readable.
     block = out.get("cross_domain") or out["held_out"]
-    shown = dict.fromkeys([out["chosen"], "criterion", "binoculars", "log_likelihood"])
+    shown = dict.fromkeys([out.get("shipped", out["chosen"]), "criterion", "binoculars", "log_likelihood"])
     for name, per in ((n, block[n]) for n in shown if n in block):
         summary = per.get("all")
         if not summary:
@@ -75,12 +75,17 @@ def markdown(out: dict[str, Any]) -> str:
         )
     lines.append("| worst left-out group | | | " + " | ".join(_f(out["worst_left_out_auroc"][n]) for n in names) + " |")
     lines.append("")
-    lines.append("holds up: " + ", ".join(f"{k}: {v}" for k, v in out["holds_up"].items()) + f"; chosen: {out['chosen']}")
+    lines.append(
+        "holds up: "
+        + ", ".join(f"{k}: {v}" for k, v in out["holds_up"].items())
+        + f"; chosen: {out['chosen']}"
+        + (f"; shipped (--combination): {out['shipped']}" if out.get("shipped", out["chosen"]) != out["chosen"] else "")
+    )
     if out.get("collinear"):
         lines.append("not eligible (near-duplicate features, |r|): " + ", ".join(f"{k} {v}" for k, v in out["collinear"].items()))
     lines.append("C: " + ", ".join(f"{k}: {v['c']:g}" for k, v in out["regularisation"].items()))
     lines.append("")
-    members = list(MEMBER_ORIENTATION)
+    members = [m for m in next(iter(out["raw_auroc"].values())) if m != "n"]
     lines.append("| raw AUROC, every scored text | n | " + " | ".join(members) + " |")
     lines.append("|---" * (len(members) + 2) + "|")
     for g, v in out["raw_auroc"].items():

@@ -220,6 +220,44 @@ CANDIDATES = {
 MAX_CORRELATION = 0.95
 #: Candidates that are one member calibrated alone (the fallback when no combination holds up).
 SINGLE = ("criterion", "binoculars", "log_likelihood", "log_rank", "entropy")
+#: With a second model's scores (`report --likelihood-scores`): its mean log-likelihood is the likelihood member
+#: (crucible's `likelihood_model`), and these candidates join, after the per-text normalised single scores.
+LIKELIHOOD_CANDIDATES = {
+    "criterion+likelihood": ("fast_detectgpt", "likelihood"),
+    "criterion+binoculars+likelihood": ("fast_detectgpt", "binoculars", "likelihood"),
+    "likelihood": ("likelihood",),
+}
+
+
+def candidates(with_likelihood: bool) -> dict[str, tuple[str, ...]]:
+    """The candidate probabilities in order of preference; the likelihood ones after criterion and binoculars."""
+    if not with_likelihood:
+        return dict(CANDIDATES)
+    names = list(CANDIDATES)
+    out = {n: CANDIDATES[n] for n in names[:2]}
+    out.update({n: LIKELIHOOD_CANDIDATES[n] for n in ("criterion+likelihood", "criterion+binoculars+likelihood")})
+    out.update({n: CANDIDATES[n] for n in names[2:]})
+    out["likelihood"] = LIKELIHOOD_CANDIDATES["likelihood"]
+    return out
+
+
+def attach_likelihood(rows: list[dict[str, Any]], full: list[dict[str, float]], path: Path) -> list[int]:
+    """Add the second model's mean log-likelihood (`likelihood`) to each text's scores, matched by (file, pair,
+    label); returns the indices of the texts both models scored (the report keeps only those)."""
+    other = [r for r in read_rows(path) if r["tokens"] >= 2]
+    scoring_setting(other)
+    by_key = {(r["file"], r["pair"], r["label"]): truncated_scores(r, None)["log_likelihood"] for r in other}
+    kept = []
+    for i, r in enumerate(rows):
+        value = by_key.get((r["file"], r["pair"], r["label"]))
+        if value is not None:
+            full[i]["likelihood"] = value
+            kept.append(i)
+    if not kept:
+        raise SystemExit(f"error: {path} scored none of the texts of --scores")
+    return kept
+
+
 #: Members whose raw score (oriented: higher = machine) a combination must not fall below on a held-out group.
 LENGTHS = (8, 16, 32, 64, 128, None)
 
@@ -240,6 +278,13 @@ def report_command(args: argparse.Namespace) -> int:
     rows = read_rows(Path(args.scores))
     rows = [r for r in rows if r["tokens"] >= 2]
     scoring_setting(rows)  # refuse a file that mixes dtypes or token limits before any work
+    if args.likelihood_scores:
+        if not args.likelihood_model:
+            raise SystemExit("error: --likelihood-scores needs --likelihood-model (the model that scored them)")
+        probe = [truncated_scores(r, None) for r in rows]
+        rows = [rows[i] for i in attach_likelihood(rows, probe, Path(args.likelihood_scores))]
+    cands = candidates(bool(args.likelihood_scores))
+    orientation = dict(MEMBER_ORIENTATION, **({"likelihood": 1.0} if args.likelihood_scores else {}))
     files = sorted({r["file"] for r in rows})
     out: dict[str, Any] = {"scores_file": args.scores, "texts": len(rows), "files": {}}
     for f in files:
@@ -295,11 +340,13 @@ def report_command(args: argparse.Namespace) -> int:
 
     # 2. Raw AUROC of every member (oriented: higher = machine) on every scored text of each file: no fitting at all.
     full = [truncated_scores(r, None) for r in rows]
+    if args.likelihood_scores:
+        attach_likelihood(rows, full, Path(args.likelihood_scores))
     raw_auroc: dict[str, Any] = {}
     for group in ["all", *files]:
         idx = [i for i, r in enumerate(rows) if group == "all" or r["file"] == group]
         y = [rows[i]["label"] for i in idx]
-        raw_auroc[group] = {"n": len(idx), **{m: _auroc(y, [o * full[i][m] for i in idx]) for m, o in MEMBER_ORIENTATION.items()}}
+        raw_auroc[group] = {"n": len(idx), **{m: _auroc(y, [o * full[i][m] for i in idx]) for m, o in orientation.items()}}
     out["raw_auroc"] = raw_auroc
 
     # Fit half (first half of each file's pairs by index) and held-out half.
@@ -323,7 +370,7 @@ def report_command(args: argparse.Namespace) -> int:
         "source": [source_of(rows[i]["file"]) for i in fit],
     }
     chosen_c: dict[str, Any] = {}
-    for name, feats_names in CANDIDATES.items():
+    for name, feats_names in cands.items():
         c, losses = choose_c_leaving_groups_out(matrix(feats_names, fit), labels_all[fit], list(groupings.values()))
         chosen_c[name] = {"c": c, "held_out_log_loss": {f"{k:g}": round(v, 4) for k, v in losses.items()}}
     out["regularisation"] = chosen_c
@@ -338,22 +385,22 @@ def report_command(args: argparse.Namespace) -> int:
             if len(set(labels_all[train].tolist())) < 2 or len(set(labels_all[test].tolist())) < 2:
                 continue
             y = labels_all[test].tolist()
-            members = {m: _auroc(y, [o * full[i][m] for i in test]) for m, o in MEMBER_ORIENTATION.items()}
-            combos = {n: _auroc(y, fit_predict(fs, train, test, chosen_c[n]["c"]).tolist()) for n, fs in CANDIDATES.items()}
+            members = {m: _auroc(y, [o * full[i][m] for i in test]) for m, o in orientation.items()}
+            combos = {n: _auroc(y, fit_predict(fs, train, test, chosen_c[n]["c"]).tolist()) for n, fs in cands.items()}
             checks[f"{kind}={g}"] = {"n": len(test), "members": members, "combinations": combos}
     out["leave_one_group_out"] = checks
     holds: dict[str, bool] = {}
-    for n in CANDIDATES:
+    for n in cands:
         holds[n] = all(
             (v["combinations"][n] or 0) >= max(x for x in v["members"].values() if x is not None) - args.tolerance
             for v in checks.values()
         )
     out["holds_up"] = holds
-    worst = {n: min((v["combinations"][n] or 0.0) for v in checks.values()) for n in CANDIDATES}
+    worst = {n: min((v["combinations"][n] or 0.0) for v in checks.values()) for n in cands}
     out["worst_left_out_auroc"] = {n: round(v, 4) for n, v in worst.items()}
     # Near-duplicate features make a combination ineligible (see MAX_CORRELATION); it is still reported.
     collinear: dict[str, float] = {}
-    for n, fs in CANDIDATES.items():
+    for n, fs in cands.items():
         if len(fs) > 1:
             r = np.corrcoef(matrix(fs, fit).T)
             top = float(np.max(np.abs(r[np.triu_indices(len(fs), 1)])))
@@ -362,18 +409,21 @@ def report_command(args: argparse.Namespace) -> int:
     out["collinear"] = collinear
     # The first candidate in order of preference that holds up and whose worst case is within the tolerance of the
     # best worst case of those that hold up; if none holds up, the single member with the best worst case.
-    holding = [n for n in CANDIDATES if holds[n] and n not in collinear]
+    holding = [n for n in cands if holds[n] and n not in collinear]
     if holding:
         best = max(worst[n] for n in holding)
         out["chosen"] = next(n for n in holding if worst[n] >= best - args.tolerance)
     else:
-        out["chosen"] = max(SINGLE, key=lambda n: worst[n])
+        out["chosen"] = max((n for n in cands if n in SINGLE or n == "likelihood"), key=lambda n: worst[n])
     if args.combination == "auto":
         args.combination = out["chosen"]
+    out["shipped"] = args.combination
+    if args.combination not in cands:
+        raise SystemExit(f"error: --combination {args.combination} needs --likelihood-scores")
 
     # 4. Held-out half: AUROC, TPR at 1% / 5% FPR and ECE of each candidate fitted on the fit half.
     table: dict[str, Any] = {}
-    for n, fs in CANDIDATES.items():
+    for n, fs in cands.items():
         probs = fit_predict(fs, fit, held, chosen_c[n]["c"])
         per: dict[str, Any] = {}
         for group in ["all", *files]:
@@ -399,7 +449,7 @@ def report_command(args: argparse.Namespace) -> int:
     cross: dict[str, Any] = {}
     domains = sorted({domain_of(f) for f in files})
     if len(domains) >= 2:
-        for n, fs in CANDIDATES.items():
+        for n, fs in cands.items():
             probs_of: dict[int, float] = {}
             for g in domains:
                 test = [i for i, r in enumerate(rows) if domain_of(r["file"]) == g]
@@ -452,7 +502,7 @@ def write_calibration(
     setting = scoring_setting(rows)
 
     resolved = resolve_model(args.model)
-    names = CANDIDATES[args.combination]
+    names = candidates(bool(args.likelihood_scores))[args.combination]
     human = [full[i] for i in fit if rows[i]["label"] == 0]
     machine = [full[i] for i in fit if rows[i]["label"] == 1]
     groups = [f"{rows[i]['file']}#{rows[i]['pair']}" for i in fit if rows[i]["label"] == 0]
@@ -480,10 +530,18 @@ def write_calibration(
         "tool": "bench/detector_quality.py",
         "code": {"git_commit": _git_commit()},
     }
+    likelihood = None
+    if args.likelihood_scores:
+        fitted_on["likelihood_scores"] = {
+            "model": args.likelihood_model,
+            "dtype": scoring_setting(read_rows(Path(args.likelihood_scores)))["dtype"],
+        }
+        likelihood = (args.likelihood_model, resolve_model(args.likelihood_model).revision)
     entry = fit_calibration(
         human,
         machine,
-        members=["fast_detectgpt", "binoculars"],
+        members=["fast_detectgpt", "binoculars", *(["likelihood"] if likelihood else [])],
+        likelihood=likelihood,
         features=list(names),
         groups=groups,
         sampling=(args.model, resolved.revision),
@@ -493,8 +551,9 @@ def write_calibration(
         c=chosen_c[args.combination]["c"],
     )
     description = (
-        f"{args.model} (one model: sampling = scoring), {setting['dtype']}, {setting['max_tokens']} tokens. "
-        "Detection.probability is a logistic "
+        f"{args.model} (one model: sampling = scoring), {setting['dtype']}, {setting['max_tokens']} tokens"
+        + (f", with {args.likelihood_model} as the likelihood member (likelihood_model). " if likelihood else ". ")
+        + "Detection.probability is a logistic "
         f"regression over {', '.join(names)} (standardised), its C chosen by held-out log-loss leaving one domain "
         "(XSum, Writing) and one source model (GPT-3.5-turbo, GPT-4, GPT-2-XL) out in turn; "
         + (
@@ -504,6 +563,11 @@ def write_calibration(
             if out["holds_up"].get(args.combination)
             else "no combination held up against its best member on every left-out domain and source, so this is the "
             "member with the best worst case, calibrated alone."
+            if args.combination == out["chosen"]
+            else f"chosen with --combination over the report's rule ({out['chosen']}): its worst left-out AUROC is "
+            f"{out['worst_left_out_auroc'][args.combination]:.3f} against {out['worst_left_out_auroc'][out['chosen']]:.3f}, "
+            "although it fell more than the tolerance below the best member on a left-out group (see the detector "
+            "README)."
         )
         + " Two Gaussians per member as before. Fitted on the scored texts of the first half (by pair index) of "
         "each detect file; see fitted_on and the detector README. Refit on your own domain with crucible detector calibrate."
@@ -545,7 +609,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.add_argument("--out", required=True, help="JSON report")
     report.add_argument("--write-calibration", default="", help="also write a calibration file for --combination")
-    report.add_argument("--combination", default="auto", choices=["auto", *CANDIDATES], help="auto: the report's choice")
+    report.add_argument("--combination", default="auto", choices=["auto", *candidates(True)], help="auto: the report's choice")
+    report.add_argument(
+        "--likelihood-scores",
+        default="",
+        help="a `score` file of a second model on the same texts: its mean log-likelihood is the likelihood member",
+    )
+    report.add_argument("--likelihood-model", default="", help="the model that wrote --likelihood-scores")
     report.add_argument("--version", default="", help="version of the calibration file written")
     report.add_argument("--plot", default="", help="also write a reliability diagram (PNG) of the held-out texts")
     args = parser.parse_args(argv)

@@ -120,3 +120,30 @@ def test_rows_record_their_dtype_and_the_calibration_says_what_it_was_fitted_in(
     scores.write_text("\n".join([*lines, json.dumps(legacy)]) + "\n")
     with pytest.raises(SystemExit, match="mix settings"):
         bench.main(argv)
+
+
+def test_a_second_models_scores_add_the_likelihood_member_and_its_calibration(bench, lm, tmp_path):
+    """`report --likelihood-scores`: the second model's mean log-likelihood joins as the likelihood member (raw AUROC,
+    candidates, leave-a-group-out), and the calibration written for criterion+likelihood names that model, so the
+    service applies it only when it runs as --likelihood-model."""
+    data = _data(tmp_path / "detect")
+    companion = tiny_lm_folder(tmp_path / "companion", seed=5, vocab=350)
+    scores, other = tmp_path / "scores.jsonl", tmp_path / "companion.jsonl"
+    for model, out in ((lm, scores), (companion, other)):
+        argv = ["score", "--model", str(model), "--data", str(data), "--files", ",".join(FILES), "--threads", "1"]
+        assert bench.main([*argv, "--out", str(out)]) == 0
+    cal = tmp_path / "cal.json"
+    argv = ["report", "--scores", str(scores), "--model", str(lm), "--data", str(data), "--out", str(tmp_path / "r.json")]
+    with pytest.raises(SystemExit, match="needs --likelihood-model"):
+        bench.main([*argv, "--likelihood-scores", str(other)])
+    with pytest.raises(SystemExit, match="needs --likelihood-scores"):
+        bench.main([*argv, "--combination", "criterion+likelihood"])
+    argv += ["--likelihood-scores", str(other), "--likelihood-model", str(companion), "--combination", "criterion+likelihood"]
+    assert bench.main([*argv, "--write-calibration", str(cal), "--version", "tiny-pair-v1"]) == 0
+    out = json.loads((tmp_path / "r.json").read_text())
+    assert "likelihood" in out["raw_auroc"]["all"] and "criterion+likelihood" in out["held_out"]
+    assert all("likelihood" in v["members"] for v in out["leave_one_group_out"].values())
+    assert out["shipped"] == "criterion+likelihood"
+    entry = load_calibration_file(cal).entries[0]
+    assert entry.likelihood == str(companion) and "likelihood" in entry.revisions
+    assert entry.ensemble is not None and entry.ensemble.members == ("fast_detectgpt", "likelihood")

