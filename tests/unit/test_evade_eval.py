@@ -192,3 +192,29 @@ def test_a_condition_whose_ensemble_fell_back_to_the_criterion_is_still_compared
     ]
     found = ev.changes(reports, resamples=50)
     assert [(c.detector, c.other) for c in found] == [("binoculars", "trained")] and found[0].drop > 0
+
+
+def test_the_ensemble_is_compared_on_the_texts_judged_under_both_conditions():
+    """When the base rewrites have withheld (short) detections, the ensemble's P(machine) is still compared with a
+    trained policy's on the texts both had judged; the withheld index is left out of both (the first version
+    printed no ensemble change at all)."""
+    humans = [_det(0.0, 0.1 * k, 1.0) for k in range(6)]
+    base_m = [_det(1.0, p, 0.9) for p in (0.9, 0.8, None, 0.7, 0.95, 0.85)]  # one withheld: too short
+    trained_m = [_det(0.0, p, 1.0) for p in (0.2, 0.3, 0.9, 0.1, 0.4, 0.05)]
+    originals = [f"original text number {k} about something" for k in range(6)]
+    texts = [f"rewrite {k} says the same thing in other words" for k in range(6)]
+    base = ev.condition_report("base", humans, base_m, originals, texts, [0.5] * 6)
+    trained = ev.condition_report("trained", humans, trained_m, originals, texts, [0.5] * 6)
+    assert base.signal == "criterion" and trained.signal == "probability"
+    found = ev.changes([base, trained], resamples=200)
+    judged = next(c for c in found if c.detector == ev.JUDGED)
+    human_p = [0.1 * k for k in range(6)]
+    kept = [0, 1, 3, 4, 5]  # index 2 was withheld under base: out of both
+    want = ev.auroc(human_p, [base_m[j].probability for j in kept]) - ev.auroc(human_p, [trained_m[j].probability for j in kept])
+    assert judged.drop == pytest.approx(want) and judged.drop > 0.5
+    assert judged.texts == "5 of 6 machine texts, 6 of 6 human texts"
+    assert "on 5 of 6 machine texts" in ev.format_changes(found)
+    assert "ensemble" not in [c.detector for c in found]  # the all-texts ensemble signals differ: not compared
+    # nothing judged in both: no ensemble line
+    none = ev.condition_report("none", humans, [_det(1.0, None, 0.9) for _ in range(6)], originals, texts, [0.5] * 6)
+    assert ev.judged_change(none, trained) is None

@@ -94,6 +94,9 @@ class ConditionReport:
     #: "ensemble" and each member -> (human scores, machine scores), higher = machine: what the AUROCs were computed
     #: on, kept for the paired bootstrap of a change between conditions (auroc_change).
     scores: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = dataclasses.field(default_factory=dict)
+    #: Each text's P(machine), None where the detector withheld it (human texts, machine texts): lets two conditions
+    #: be compared by the ensemble on the texts both had judged (judged_change) when one of them withheld some.
+    probabilities: tuple[tuple[float | None, ...], tuple[float | None, ...]] = ((), ())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +110,29 @@ class AurocChange:
     low: float
     high: float
     resamples: int
+    #: Which texts it was computed on when not all of them (judged_change), e.g. "83 of 96 machine texts".
+    texts: str = ""
+
+
+def _paired_bootstrap(
+    bh: Sequence[float],
+    bm: Sequence[float],
+    oh: Sequence[float],
+    om: Sequence[float],
+    resamples: int,
+    seed: int,
+) -> tuple[float, float]:
+    """95 % interval of auroc(bh, bm) - auroc(oh, om), resampling human and machine indices, paired across both."""
+    import random
+
+    rng = random.Random(seed)
+    drops = []
+    for _ in range(resamples):
+        h = [rng.randrange(len(bh)) for _ in bh]
+        m = [rng.randrange(len(bm)) for _ in bm]
+        drops.append(auroc([bh[i] for i in h], [bm[j] for j in m]) - auroc([oh[i] for i in h], [om[j] for j in m]))
+    drops.sort()
+    return drops[int(0.025 * (resamples - 1))], drops[int(0.975 * (resamples - 1))]
 
 
 def auroc_change(
@@ -122,17 +148,32 @@ def auroc_change(
     mixed = detector == "ensemble" and base.signal != other.signal
     if len(bh) != len(oh) or len(bm) != len(om) or mixed:
         raise ValueError(f"{base.name} and {other.name} do not score the same texts with the same signal")
-    import random
-
-    rng = random.Random(seed)
-    drops = []
-    for _ in range(resamples):
-        h = [rng.randrange(len(bh)) for _ in bh]
-        m = [rng.randrange(len(bm)) for _ in bm]
-        drops.append(auroc([bh[i] for i in h], [bm[j] for j in m]) - auroc([oh[i] for i in h], [om[j] for j in m]))
-    drops.sort()
-    low, high = drops[int(0.025 * (resamples - 1))], drops[int(0.975 * (resamples - 1))]
+    low, high = _paired_bootstrap(bh, bm, oh, om, resamples, seed)
     return AurocChange(detector, base.name, other.name, auroc(bh, bm) - auroc(oh, om), low, high, resamples)
+
+
+JUDGED = "ensemble, judged in both"
+
+
+def judged_change(base: ConditionReport, other: ConditionReport, *, resamples: int = 2000, seed: int = 0) -> AurocChange | None:
+    """The ensemble's P(machine) drop from `base` to `other` on the texts the detector judged under both (a
+    withheld, too-short rewrite under either leaves its index out of both), with the paired-bootstrap interval;
+    None when fewer than two texts of a class remain. For conditions whose ensemble signals differ."""
+    (bh, bm), (oh, om) = base.probabilities, other.probabilities
+    if len(bh) != len(oh) or len(bm) != len(om):
+        raise ValueError(f"{base.name} and {other.name} do not score the same texts")
+    hs = [i for i in range(len(bh)) if bh[i] is not None and oh[i] is not None]
+    ms = [j for j in range(len(bm)) if bm[j] is not None and om[j] is not None]
+    if len(hs) < 2 or len(ms) < 2:
+        return None
+
+    def pick(values: Sequence[float | None], idx: list[int]) -> list[float]:
+        return [float(values[i] or 0.0) for i in idx]
+
+    b_h, b_m, o_h, o_m = pick(bh, hs), pick(bm, ms), pick(oh, hs), pick(om, ms)
+    low, high = _paired_bootstrap(b_h, b_m, o_h, o_m, resamples, seed)
+    texts = f"{len(ms)} of {len(bm)} machine texts, {len(hs)} of {len(bh)} human texts"
+    return AurocChange(JUDGED, base.name, other.name, auroc(b_h, b_m) - auroc(o_h, o_m), low, high, resamples, texts)
 
 
 def ensemble_scores(human: Sequence[Detection], machine: Sequence[Detection]) -> tuple[list[float], list[float], str]:
@@ -180,6 +221,7 @@ def condition_report(
         mean_words=sum(len(t.split()) for t in texts) / len(texts),
         count=len(texts),
         scores=scores,
+        probabilities=(tuple(d.probability for d in human), tuple(d.probability for d in machine)),
     )
 
 
@@ -398,8 +440,13 @@ def changes(reports: Sequence[ConditionReport], resamples: int = 2000) -> list[A
         # The ensemble's signal is P(machine) only when every detection has one: a condition with withheld (short)
         # rewrites falls back to the criterion, and a probability against a criterion is no change of one
         # detector. The members' raw scores are always comparable.
+        # The members' raw scores are always comparable; the ensemble's P(machine) still is on the texts judged
+        # under both conditions (judged_change).
         detectors = ["ensemble"] if other.signal == base.signal else []
         detectors += sorted(set(base.auroc_members) & set(other.auroc_members))
+        if other.signal != base.signal:
+            judged = judged_change(base, other, resamples=resamples)
+            out.extend([judged] if judged is not None else [])
         out.extend(auroc_change(base, other, detector, resamples=resamples) for detector in detectors)
     return out
 
@@ -408,7 +455,7 @@ def format_changes(found: Sequence[AurocChange]) -> str:
     """One line per change: "<detector> <base> -> <other>: drop +0.025 (95 % interval -0.059 .. +0.110)"."""
     return "\n".join(
         f"{c.detector} {c.base} -> {c.other}: drop {c.drop:+.3f} (95 % interval {c.low:+.3f} .. {c.high:+.3f}, "
-        f"paired bootstrap of {c.resamples})"
+        f"paired bootstrap of {c.resamples})" + (f" on {c.texts}" if c.texts else "")
         for c in found
     )
 
