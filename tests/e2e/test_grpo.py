@@ -211,8 +211,8 @@ async def test_tinker_cookbook_rollout_scores_a_group_over_the_mesh(mesh_env):
 
 
 def test_evade_eval_runs_against_the_mesh_for_base_and_a_lora_adapter(mesh_env, tmp_path):
-    """`python -m crucible.clients.evade_eval` paraphrases 3 machine texts with the base model and with a LoRA adapter,
-    scores them and 3 human texts over the mesh, and writes the side-by-side report (issue 24)."""
+    """`python -m crucible.clients.evade_eval` paraphrases 3 machine texts with the base model, with a LoRA adapter and
+    with the mesh's proposer, scores them and 3 human texts over the mesh, and writes the side-by-side report."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -258,6 +258,8 @@ def test_evade_eval_runs_against_the_mesh_for_base_and_a_lora_adapter(mesh_env, 
             "base=smollm2-135m-instruct",
             "--policy",
             f"lora={tmp_path / 'adapter'}",
+            "--policy",
+            "mesh=proposer",
             "--max-new-tokens",
             "48",
             "--batch-size",
@@ -275,7 +277,7 @@ def test_evade_eval_runs_against_the_mesh_for_base_and_a_lora_adapter(mesh_env, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     names = [r["name"] for r in report["reports"]]
-    assert names == ["original", "base", "lora"] and report["human"] == 3 and report["machine"] == 3
+    assert names == ["original", "base", "lora", "mesh"] and report["human"] == 3 and report["machine"] == 3
     for r in report["reports"]:
         assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["tpr_at_1pct_fpr"] <= 1.0
         assert {"fast_detectgpt", "binoculars"} <= set(r["auroc_members"])
@@ -284,3 +286,7 @@ def test_evade_eval_runs_against_the_mesh_for_base_and_a_lora_adapter(mesh_env, 
     assert original["similarity"] > 0.99 and original["near_copy_share"] == 1.0  # the texts themselves
     assert len((out / "rewrites_base.jsonl").read_text().splitlines()) == 3
     assert "AUROC binoculars" in proc.stdout
+    # the mesh's own paraphraser as a policy: its rewrites, recorded with the settings they were made with
+    rows = [json.loads(line) for line in (out / "rewrites_mesh.jsonl").read_text().splitlines()]
+    assert [r["original"] for r in rows] == machine and all(r["settings"]["policy"] == "proposer" for r in rows)
+    assert all(r["rewrite"] != r["original"] for r in rows)

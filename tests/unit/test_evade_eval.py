@@ -105,6 +105,18 @@ def test_cached_rewrites_are_reused_only_for_the_same_originals(tmp_path: Path):
     assert ev.cached_rewrites(path, ["a", "c"], lambda: ["A2", "C2"]) == ["A2", "C2"]
 
 
+def test_cached_rewrites_from_other_decoding_settings_are_made_again(tmp_path: Path):
+    """A rerun at another temperature (or seed, length, policy) into the same folder once reused the greedy
+    rewrites silently; the settings are recorded with each rewrite and must match."""
+    path = tmp_path / "rewrites_p.jsonl"
+    greedy = {"policy": "m", "temperature": 0.0, "seed": 0, "max_new_tokens": 64}
+    assert ev.cached_rewrites(path, ["a"], lambda: ["greedy"], greedy) == ["greedy"]
+    assert ev.cached_rewrites(path, ["a"], lambda: pytest.fail("made again"), greedy) == ["greedy"]
+    sampled = {**greedy, "temperature": 1.0}
+    assert ev.cached_rewrites(path, ["a"], lambda: ["sampled"], sampled) == ["sampled"]
+    assert json.loads(path.read_text())["settings"] == sampled
+
+
 def test_the_prompt_is_the_one_the_grpo_example_trains_with():
     spec = importlib.util.spec_from_file_location(
         "grpo_train_prompt", Path(__file__).resolve().parents[2] / "examples" / "grpo" / "train.py"

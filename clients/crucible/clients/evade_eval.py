@@ -35,6 +35,9 @@ LOWER_IS_MACHINE = frozenset({"binoculars"})
 #: Texts per Detect / Embed call, sent one call at a time: the detector refuses a call it cannot finish within the
 #: deadline at its measured throughput (tens of tokens/s on a loaded CPU), so calls stay small and deadlines long.
 CALL_CHUNK = 8
+#: `--policy NAME=proposer`: the mesh's own paraphraser (Propose, mode paraphrase: its model, prompt and cleaning),
+#: the rewrites a user of the mesh gets without training anything.
+PROPOSER_POLICY = "proposer"
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -355,15 +358,37 @@ def paraphrase(
     return out
 
 
-def cached_rewrites(path: Path, machine: Sequence[str], make: Any) -> list[str]:
-    """Rewrites from `path` when it holds one per machine text (same originals, in order); else made and saved."""
+def cached_rewrites(path: Path, machine: Sequence[str], make: Any, settings: dict[str, Any] | None = None) -> list[str]:
+    """Rewrites from `path` when it holds one per machine text (same originals, in order) made with the same
+    `settings` (policy, decoding, length); else made and saved. A file from other settings is never reused."""
+    settings = dict(settings or {})
     if path.is_file():
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if [r.get("original") for r in rows] == list(machine):
+        if [r.get("original") for r in rows] == list(machine) and all(r.get("settings", {}) == settings for r in rows):
             return [str(r["rewrite"]) for r in rows]
     rewrites: list[str] = make()
-    path.write_text("".join(json.dumps({"original": o, "rewrite": r}) + "\n" for o, r in zip(machine, rewrites, strict=True)))
+    path.write_text(
+        "".join(
+            json.dumps({"original": o, "rewrite": r, "settings": settings}) + "\n" for o, r in zip(machine, rewrites, strict=True)
+        )
+    )
     return rewrites
+
+
+async def propose_rewrites(
+    mesh: Mesh, texts: Sequence[str], *, temperature: float, max_new_tokens: int, seed: int, timeout: float
+) -> tuple[list[str], int]:
+    """One rewrite per text from the mesh's proposer (Propose, paraphrase mode; greedy when temperature is 0), and
+    how many came back with no candidate (the proposer dropped its only one: an empty rewrite here, withheld)."""
+    out: list[str] = []
+    for k, text in enumerate(texts):
+        proposal = await mesh.proposer.propose(
+            text, n=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed + k, timeout=timeout
+        )
+        out.append(proposal.candidates[0] if proposal.candidates else "")
+        if (k + 1) % CALL_CHUNK == 0 or k + 1 == len(texts):
+            print(f"  paraphrased {k + 1}/{len(texts)}", file=sys.stderr, flush=True)
+    return out, sum(1 for r in out if not r)
 
 
 # ----------------------------------------------------------------------------------------------- mesh
@@ -521,7 +546,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=MODEL",
-        help="a paraphraser: crucible model alias, local HF folder or LoRA adapter folder (repeatable)",
+        help="a paraphraser: crucible model alias, local HF folder or LoRA adapter folder, or 'proposer' (the "
+        "mesh's Propose) (repeatable)",
     )
     p.add_argument("--base-model", default="", help="base model of LoRA adapters (default: the adapter's own record)")
     p.add_argument("--max-new-tokens", type=int, default=80)
@@ -567,10 +593,28 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rewrites: dict[str, list[str]] = {}
+    decoding = {"temperature": args.temperature, "seed": args.seed, "max_new_tokens": args.max_new_tokens}
     for item in args.policy:
         name, _, spec = item.partition("=")
 
         def make(spec: str = spec) -> list[str]:
+            if spec == PROPOSER_POLICY:
+
+                async def ask() -> tuple[list[str], int]:
+                    async with Mesh(mesh_config(args.mesh)) as mesh:
+                        return await propose_rewrites(
+                            mesh,
+                            machine,
+                            temperature=args.temperature,
+                            max_new_tokens=args.max_new_tokens,
+                            seed=args.seed,
+                            timeout=args.timeout,
+                        )
+
+                texts, dropped = asyncio.run(ask())
+                if dropped:
+                    print(f"  the proposer returned no candidate for {dropped} texts (empty rewrites)", file=sys.stderr)
+                return texts
             import torch
 
             if args.threads:
@@ -587,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         print(f"{name}: paraphrasing {len(machine)} machine texts with {spec}", file=sys.stderr, flush=True)
-        rewrites[name] = cached_rewrites(out / f"rewrites_{name}.jsonl", machine, make)
+        settings = {"policy": spec, **decoding, **({"base_model": args.base_model} if args.base_model else {})}
+        rewrites[name] = cached_rewrites(out / f"rewrites_{name}.jsonl", machine, make, settings)
 
     async def run() -> list[ConditionReport]:
         async with Mesh(mesh_config(args.mesh)) as mesh:
