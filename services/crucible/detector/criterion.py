@@ -259,6 +259,24 @@ def _next_tokens(input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
     return following[rows, cols]
 
 
+class _Collected:
+    """The per-position statistics of a batch, written chunk by chunk into buffers allocated before the loop.
+
+    Keeping each chunk's small output tensors alive until the end (a list of parts) pinned the allocator's heap
+    between the chunks' large temporaries: 32 texts of ~230 tokens took 5.7 GB resident through SmolLM2's 49k
+    vocabulary instead of about 1.2 GB. Writing into preallocated buffers frees every temporary of a chunk."""
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        self.values = torch.empty((5, n), dtype=torch.float32, device=device)
+
+    def put(self, start: int, stats: tuple[torch.Tensor, ...]) -> None:
+        for k, value in enumerate(stats):
+            self.values[k, start : start + value.shape[0]] = value
+
+    def parts(self) -> list[tuple[torch.Tensor, ...]]:
+        return [tuple(self.values.unbind(0))]
+
+
 def _reduce(
     batch: int, rows: torch.Tensor, scored: torch.Tensor, parts: list[tuple[torch.Tensor, ...]], device: torch.device
 ) -> TokenStatistics:
@@ -300,20 +318,22 @@ def analytic_statistics(
     rows, cols, scored = _positions(attention_mask)
     labels = _next_tokens(input_ids, rows, cols).to(ref_logits.device)
     step = max(1, chunk_elements // ref_logits.shape[-1])
-    parts = []
+    out_device = ref_logits.device if score_logits is None else score_logits.device
+    collected = _Collected(rows.numel(), out_device)
     for start in range(0, rows.numel(), step):
         r, c = rows[start : start + step], cols[start : start + step]
         if score_logits is None:
-            parts.append(kernel(ref_logits[r, c], None, labels[start : start + step]))
+            collected.put(start, kernel(ref_logits[r, c], None, labels[start : start + step]))
         else:
-            parts.append(
+            collected.put(
+                start,
                 kernel(
                     score_logits[r, c],
                     ref_logits[r, c].to(score_logits.device),
                     labels[start : start + step].to(score_logits.device),
-                )
+                ),
             )
-    return _reduce(input_ids.shape[0], rows, scored, parts, ref_logits.device)
+    return _reduce(input_ids.shape[0], rows, scored, collected.parts(), ref_logits.device)
 
 
 def reference_criterion(ref_logits: torch.Tensor, score_logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -461,15 +481,16 @@ def model_statistics(
             )
         vocab = scoring.vocab_size if same else max(scoring.vocab_size, sampler.vocab_size)
         step = max(1, chunk_elements // vocab)
-        parts = []
+        collected = _Collected(rows.numel(), scoring.device)
         for start in range(0, rows.numel(), step):
             score_logits = scoring.head(h_score[start : start + step])
             ref_logits: torch.Tensor | None = None
             if h_ref is not None:
                 assert sampling is not None
                 ref_logits = sampling.head(h_ref[start : start + step]).to(scoring.device)
-            parts.append(kernel(score_logits, ref_logits, labels[start : start + step]))
-        return _reduce(input_ids.shape[0], rows, scored, parts, scoring.device)
+            collected.put(start, kernel(score_logits, ref_logits, labels[start : start + step]))
+            del score_logits, ref_logits
+        return _reduce(input_ids.shape[0], rows, scored, collected.parts(), scoring.device)
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, *, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
