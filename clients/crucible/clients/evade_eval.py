@@ -552,7 +552,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base-model", default="", help="base model of LoRA adapters (default: the adapter's own record)")
     p.add_argument("--max-new-tokens", type=int, default=80)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0: greedy; GRPO trains the policy's samples at 1 (train.py --temperature), so 1 measures what training changed",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--near-copy", type=float, default=0.8, help="word-trigram containment at which a rewrite is a near-copy")
