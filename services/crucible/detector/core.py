@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from crucible.detector.config import DetectorConfig
+from crucible.detector.config import LIKELIHOOD_AUTO, DetectorConfig
 from crucible.detector.criterion import (
     CausalScorer,
     StatisticsKernel,
@@ -112,6 +112,20 @@ class MemberDescription:
     notes: tuple[str, ...] = ()
 
 
+def auto_likelihood_model(settings: DetectorConfig, scoring: Any, sampling: Any | None) -> str:
+    """What `likelihood_model = auto` loads: the likelihood model of the first calibration entry (the user's file,
+    then the built-in ones) fitted for these scoring/sampling models with one; '' (none) when no entry names one."""
+    from pathlib import Path
+
+    from crucible.detector.calibration import builtin_calibrations, calibrated_likelihood_model, load_calibration_file
+
+    files = [load_calibration_file(Path(settings.calibration_file))] if settings.calibration_file else []
+    files += builtin_calibrations()
+    scoring_id = (scoring.identity.name, scoring.identity.revision)
+    sampling_id = (sampling.identity.name, sampling.identity.revision) if sampling is not None else scoring_id
+    return calibrated_likelihood_model(files, sampling_id, scoring_id)
+
+
 def machine_label_index(id2label: dict[Any, str], wanted: str = "") -> tuple[int, str]:
     """The class index whose probability is P(machine), read from config id2label; never a hard-coded index.
 
@@ -198,6 +212,8 @@ class Detector:
         if settings.sampling_model and settings.sampling_model != settings.model:
             sampling = load_causal_lm(settings.sampling_model, **kw)
         classifier = load_sequence_classifier(settings.classifier_model, **kw) if settings.classifier_model else None
+        if settings.likelihood_model == LIKELIHOOD_AUTO:
+            settings = dataclasses.replace(settings, likelihood_model=auto_likelihood_model(settings, scoring, sampling))
         likelihood = load_causal_lm(settings.likelihood_model, **kw) if settings.likelihood_model else None
         return cls(settings, scoring, sampling, classifier, likelihood)
 

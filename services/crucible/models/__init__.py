@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     )
     from .registry import (
         DEFAULT_CAUSAL_LM,
+        DEFAULT_DETECTOR_MODEL,
         DEFAULT_EMBEDDING_MODEL,
         MODEL_ALIASES,
         PackagedModel,
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 # light callers do not pay for importing torch and transformers.
 _EXPORTS = {
     "DEFAULT_CAUSAL_LM": "registry",
+    "DEFAULT_DETECTOR_MODEL": "registry",
     "DEFAULT_EMBEDDING_MODEL": "registry",
     "DeviceUnavailableError": "errors",
     "IncompatibleModelError": "errors",
@@ -104,6 +106,7 @@ _EXPORTS = {
 }
 __all__ = [
     "DEFAULT_CAUSAL_LM",
+    "DEFAULT_DETECTOR_MODEL",
     "DEFAULT_EMBEDDING_MODEL",
     "MODEL_ALIASES",
     "DeviceUnavailableError",

