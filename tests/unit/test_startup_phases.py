@@ -6,6 +6,7 @@ start measured the compile too.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -87,6 +88,17 @@ def test_kernel_cache_dir_follows_the_environment_then_the_model_cache(monkeypat
     assert kernel_cache_dir(tmp_path) == tmp_path / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "explicit"))
     assert kernel_cache_dir(tmp_path) == tmp_path / "explicit"
+
+
+def test_torchs_own_default_in_the_environment_does_not_move_the_kernels(monkeypatch, tmp_path):
+    """torch writes its /tmp default into $TORCHINDUCTOR_CACHE_DIR when asked for the cache (converting a model does):
+    `crucible models prepare` right after a conversion compiled the kernels there, where the detector never looks."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    cache_dir()  # what torch does on its own; it sets the variable
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    assert kernel_cache_dir(tmp_path) == tmp_path / "inductor"
 
 
 def test_compile_records_its_phase(monkeypatch, tmp_path):

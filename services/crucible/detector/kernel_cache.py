@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,15 +17,29 @@ _MARKER = "crucible-statistics-{vocab}-{dtype}.json"
 
 
 def kernel_cache_dir(model_cache: Path | None = None) -> Path:
-    """Where compiled kernels are kept across restarts: $TORCHINDUCTOR_CACHE_DIR, else <model cache>/inductor."""
+    """Where compiled kernels are kept across restarts: $TORCHINDUCTOR_CACHE_DIR, else <model cache>/inductor.
+
+    torch writes its own default (a folder under /tmp) into $TORCHINDUCTOR_CACHE_DIR the first time anything asks
+    for the inductor cache (converting a model does), so that value counts as unset: the kernels then still go to
+    the model cache, where the detector looks for them, not to a /tmp folder that a reboot clears."""
     explicit = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if explicit:
+    if explicit and explicit != _torch_default_dir():
         return Path(explicit)
     if model_cache is None:
         from crucible.models.registry import default_cache_dir
 
         model_cache = default_cache_dir()
     return Path(model_cache) / "inductor"
+
+
+def _torch_default_dir() -> str | None:
+    """The folder torch's inductor uses when $TORCHINDUCTOR_CACHE_DIR is unset; None while torch is not imported (then
+    it cannot have written the variable in this process, and importing it here would cost seconds)."""
+    if "torch" not in sys.modules:
+        return None
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return os.path.abspath(default_cache_dir())
 
 
 def _vocabulary(model_folder: Path) -> int | None:
