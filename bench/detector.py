@@ -31,6 +31,8 @@ from crucible.detector.server import create_server
 from crucible.models import load_causal_lm
 from crucible.runtime.config import load_config
 
+SMOLLM2 = "smollm2-135m-instruct"
+
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 WORDS = [
     "the",
@@ -139,6 +141,8 @@ async def bench_c(dtype: str, rounds: list[list[str]], clients: int, batch: int,
         metrics_enabled=False,
         dtype=dtype,
         device="cpu",
+        model=SMOLLM2,  # the model (a), (b) and (d) run, alone (the service's default is the Gemma + SmolLM2 pair)
+        likelihood_model="",
         cache_size=0,
         max_batch_size=batch,
         max_wait_ms=20.0,
@@ -195,9 +199,12 @@ def main() -> None:
     results: dict[tuple[str, str], float] = {}
     kernel_mode: dict[str, str] = {}
     for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
-        loaded = load_causal_lm("smollm2-135m-instruct", device="cpu", dtype=dtype)
+        loaded = load_causal_lm(SMOLLM2, device="cpu", dtype=dtype)
         detector = Detector(
-            DetectorConfig(max_texts_per_call=max(args.texts, args.batch), stats_kernel=args.stats_kernel), loaded
+            DetectorConfig(
+                model=SMOLLM2, likelihood_model="", max_texts_per_call=max(args.texts, args.batch), stats_kernel=args.stats_kernel
+            ),
+            loaded,
         )
         detector.warm_up()  # compiles the statistics kernel (stats_kernel compile)
         kernel_mode[dtype] = detector.kernel.mode

@@ -1,8 +1,8 @@
 """Benchmark of the detector's scoring models side by side: SmolLM2 alone, Gemma-3-270M alone, and the pair (Gemma's
 criterion with SmolLM2 as the likelihood member): start-up and texts/s of the in-process core on the same texts.
 
-`python bench/detector_models.py [--texts 48 --tokens 192 --batch 8 --dtype auto]`. Gemma is optional: without its
-packages only SmolLM2 is measured (and the script says so). Every configuration is measured in this one process, in
+`python bench/detector_models.py [--texts 48 --tokens 192 --batch 8 --dtype auto]`. Without the Gemma packages (a set-up
+other than `make`'s) only SmolLM2 is measured, and the script says so. Every configuration is measured in this one process, in
 turn, so the ratios compare like with like; the load average is printed with them.
 """
 
