@@ -175,3 +175,20 @@ def test_the_default_detector_is_gemma_with_smollm2_as_its_likelihood_model():
     assert calibrated_likelihood_model(files, smollm2, smollm2) == ""
     # another revision of Gemma is not the model the pair was fitted for
     assert calibrated_likelihood_model(files, ("gemma-3-270m", "x==2"), ("gemma-3-270m", "x==2")) == ""
+
+
+def test_a_users_calibration_comes_before_a_builtin_one_even_when_the_builtin_names_the_running_likelihood_model():
+    from crucible.detector.calibration import calibrated_likelihood_model
+
+    builtin = CalibrationFile("shipped-pair", "builtin", (_entry("scorer", "companion", ("fast_detectgpt", "likelihood")),))
+    mine = _file("mine", _entry("scorer", "", ("fast_detectgpt",)))
+    scorer = ("scorer", "")
+    # auto: the user calibrated the scorer alone, so no likelihood model is loaded for the shipped pair's sake
+    assert calibrated_likelihood_model([mine, builtin], scorer, scorer) == ""
+    assert calibrated_likelihood_model([builtin], scorer, scorer) == "companion"
+    mine_paired = _file("mine-paired", _entry("scorer", "other", ("fast_detectgpt", "likelihood")))
+    assert calibrated_likelihood_model([mine_paired, builtin], scorer, scorer) == "other"
+    # an explicit likelihood model that the built-in pair was fitted with: the user's file still wins
+    members = ("fast_detectgpt", "binoculars", "likelihood")
+    chosen = select_calibration([mine, builtin], scorer, scorer, members, likelihood=("companion", ""))
+    assert chosen.version == "mine"

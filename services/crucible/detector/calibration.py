@@ -18,6 +18,8 @@ import numpy as np
 FORMAT = "crucible.detector.calibration"
 FORMAT_VERSION = 1
 BUILTIN_DIR = Path(__file__).resolve().parent / "calibrations"
+#: `CalibrationFile.source` of the files shipped in BUILTIN_DIR; every other source is a user's file.
+BUILTIN_SOURCE = "builtin"
 MEMBERS = ("fast_detectgpt", "binoculars", "classifier", "likelihood")
 #: Per-token means from the Fast-DetectGPT forward pass, always computed: usable as ensemble features, not members.
 BY_PRODUCTS = ("log_likelihood", "log_rank", "entropy")
@@ -197,12 +199,9 @@ class CalibrationEntry:
         wanted = self.revisions.get(role)
         return model_key(name) in names and not (wanted and wanted != revision)
 
-    def fitted_likelihood(self, sampling: tuple[str, str], scoring: tuple[str, str]) -> str:
-        """The likelihood model this entry was fitted with when it is for these sampling/scoring models, else ''."""
-        if not self.likelihood:
-            return ""
-        roles = (("sampling", sampling), ("scoring", scoring))
-        return self.likelihood if all(self._role_matches(role, *model) for role, model in roles) else ""
+    def matches_models(self, sampling: tuple[str, str], scoring: tuple[str, str]) -> bool:
+        """True when this entry is for these (name, revision) sampling/scoring models, whatever its likelihood model."""
+        return self._role_matches("sampling", *sampling) and self._role_matches("scoring", *scoring)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -312,7 +311,7 @@ def load_calibration_file(path: Path, *, source: str | None = None) -> Calibrati
 
 def builtin_calibrations() -> list[CalibrationFile]:
     """The calibration files shipped with the detector (newest version last), source 'builtin'."""
-    return [load_calibration_file(p, source="builtin") for p in sorted(BUILTIN_DIR.glob("*.json"))]
+    return [load_calibration_file(p, source=BUILTIN_SOURCE) for p in sorted(BUILTIN_DIR.glob("*.json"))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,14 +389,19 @@ def choose_c_leaving_groups_out(
     return min(c for c, loss in losses.items() if loss <= best + 1e-9), losses
 
 
+def _tiers(files: Sequence[CalibrationFile]) -> list[list[CalibrationFile]]:
+    """The user's files, then the built-in ones: a user's entry always comes before a built-in one."""
+    return [[f for f in files if f.source != BUILTIN_SOURCE], [f for f in files if f.source == BUILTIN_SOURCE]]
+
+
 def calibrated_likelihood_model(files: Sequence[CalibrationFile], sampling: tuple[str, str], scoring: tuple[str, str]) -> str:
-    """The likelihood model named by the first entry of `files` fitted for these (name, revision) sampling/scoring
-    models with one, '' when none: what `likelihood_model = auto` loads."""
-    for file in files:
-        for entry in file.entries:
-            name = entry.fitted_likelihood(sampling, scoring)
-            if name:
-                return name
+    """What `likelihood_model = auto` loads for these (name, revision) sampling/scoring models: when the user's files
+    have entries for them, the likelihood model one of those was fitted with ('' when none was: the user calibrated
+    the models alone); else the one a built-in entry for them names; '' when none does."""
+    for tier in _tiers(files):
+        entries = [e for f in tier for e in f.entries if e.matches_models(sampling, scoring)]
+        if entries:
+            return next((e.likelihood for e in entries if e.likelihood), "")
     return ""
 
 
@@ -409,14 +413,18 @@ def select_calibration(
     classifier: str = "",
     likelihood: tuple[str, str] | None = None,
 ) -> Calibration:
-    """The first matching entry across `files` (put a user's file before the built-in ones), or UNCALIBRATED.
+    """The first matching entry across `files`, the user's files' entries before any built-in one, or UNCALIBRATED.
 
-    With a likelihood model, entries fitted with it (`likelihood` names it) come first, then the entries of the
-    sampling/scoring pair alone. An ensemble is used only when every member it needs is enabled and, if it uses the
-    classifier, the classifier is the one it was fitted with; otherwise the per-member Gaussians still apply.
+    Within each (the user's, the built-in), with a likelihood model, entries fitted with it (`likelihood` names it)
+    come first, then the entries of the sampling/scoring pair alone. An ensemble is used only when every member it
+    needs is enabled and, if it uses the classifier, the classifier is the one it was fitted with; otherwise the
+    per-member Gaussians still apply.
     """
-    fitted_with = [(f, e) for f in files for e in f.entries if e.likelihood and likelihood is not None]
-    for file, entry in fitted_with + [(f, e) for f in files for e in f.entries if not e.likelihood]:
+    ordered: list[tuple[CalibrationFile, CalibrationEntry]] = []
+    for tier in _tiers(files):
+        ordered += [(f, e) for f in tier for e in f.entries if e.likelihood and likelihood is not None]
+        ordered += [(f, e) for f in tier for e in f.entries if not e.likelihood]
+    for file, entry in ordered:
         if not entry.matches(sampling, scoring, likelihood):
             continue
         members = {k: v for k, v in entry.members.items() if k in enabled_members}

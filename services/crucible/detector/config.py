@@ -47,8 +47,9 @@ class DetectorConfig(ModelServerConfig):
     likelihood_model: str = setting(
         LIKELIHOOD_AUTO,
         "Second causal model (alias or local folder, its own tokenizer) whose mean log-likelihood per token is the "
-        "likelihood member, a feature of the calibrated ensemble. auto = the one a calibration fitted for the "
-        "scoring model names (smollm2-135m-instruct beside gemma-3-270m), none otherwise; empty disables it.",
+        "likelihood member, a feature of the calibrated ensemble. auto = the one the calibration for the scoring "
+        "model was fitted with (--calibration-file's entries first; built-in: smollm2-135m-instruct beside "
+        "gemma-3-270m), none otherwise; empty disables it.",
     )
     max_tokens: int = setting(512, "Tokens scored per text; longer texts are truncated to their first max_tokens and flagged.")
     min_reliable_tokens: int = setting(

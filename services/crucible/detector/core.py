@@ -113,8 +113,8 @@ class MemberDescription:
 
 
 def auto_likelihood_model(settings: DetectorConfig, scoring: Any, sampling: Any | None) -> str:
-    """What `likelihood_model = auto` loads: the likelihood model of the first calibration entry (the user's file,
-    then the built-in ones) fitted for these scoring/sampling models with one; '' (none) when no entry names one."""
+    """What `likelihood_model = auto` loads for these scoring/sampling models (`calibrated_likelihood_model`: the
+    user's calibration file decides when it has entries for them, else the built-in ones); '' for none."""
     from pathlib import Path
 
     from crucible.detector.calibration import builtin_calibrations, calibrated_likelihood_model, load_calibration_file
