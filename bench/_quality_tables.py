@@ -58,6 +58,8 @@ def markdown(out: dict[str, Any]) -> str:
     """The README tables from a report."""
     counts = ", ".join(f"{k} {v['human']}+{v['machine']}" for k, v in out["files"].items())
     lines = [f"texts scored: {out['texts']} ({counts})", ""]
+    if out.get("first_tokens"):
+        lines[-1:] = [f"each text cut to its first {out['first_tokens']} tokens (--first-tokens)", ""]
     lines.append("| tokens scored (after the shared prefix) | " + " | ".join(out["auroc_by_length"]) + " |")
     lines.append("|---" * (len(out["auroc_by_length"]) + 1) + "|")
     lines.append("| criterion AUROC | " + " | ".join(_f(v["criterion"]) for v in out["auroc_by_length"].values()) + " |")

@@ -241,12 +241,15 @@ def candidates(with_likelihood: bool) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def attach_likelihood(rows: list[dict[str, Any]], full: list[dict[str, float]], path: Path) -> list[int]:
-    """Add the second model's mean log-likelihood (`likelihood`) to each text's scores, matched by (file, pair,
-    label); returns the indices of the texts both models scored (the report keeps only those)."""
+def attach_likelihood(
+    rows: list[dict[str, Any]], full: list[dict[str, float]], path: Path, first_tokens: int | None = None
+) -> list[int]:
+    """Add the second model's mean log-likelihood (`likelihood`, over its first `first_tokens` tokens when given) to
+    each text's scores, matched by (file, pair, label); returns the indices of the texts both models scored (the
+    report keeps only those)."""
     other = [r for r in read_rows(path) if r["tokens"] >= 2]
     scoring_setting(other)
-    by_key = {(r["file"], r["pair"], r["label"]): truncated_scores(r, None)["log_likelihood"] for r in other}
+    by_key = {(r["file"], r["pair"], r["label"]): truncated_scores(r, first_tokens)["log_likelihood"] for r in other}
     kept = []
     for i, r in enumerate(rows):
         value = by_key.get((r["file"], r["pair"], r["label"]))
@@ -278,15 +281,20 @@ def report_command(args: argparse.Namespace) -> int:
     rows = read_rows(Path(args.scores))
     rows = [r for r in rows if r["tokens"] >= 2]
     scoring_setting(rows)  # refuse a file that mixes dtypes or token limits before any work
+    if args.first_tokens < 0 or args.first_tokens == 1:
+        raise SystemExit("error: --first-tokens must be 0 (whole texts) or at least 2")
+    if args.first_tokens and args.write_calibration:
+        raise SystemExit("error: --first-tokens studies shorter texts; fit a calibration on whole texts (drop it)")
+    first = args.first_tokens or None  # every "whole text" figure below is of the first N tokens when given
     if args.likelihood_scores:
         if not args.likelihood_model:
             raise SystemExit("error: --likelihood-scores needs --likelihood-model (the model that scored them)")
         probe = [truncated_scores(r, None) for r in rows]
-        rows = [rows[i] for i in attach_likelihood(rows, probe, Path(args.likelihood_scores))]
+        rows = [rows[i] for i in attach_likelihood(rows, probe, Path(args.likelihood_scores), first)]
     cands = candidates(bool(args.likelihood_scores))
     orientation = dict(MEMBER_ORIENTATION, **({"likelihood": 1.0} if args.likelihood_scores else {}))
     files = sorted({r["file"] for r in rows})
-    out: dict[str, Any] = {"scores_file": args.scores, "texts": len(rows), "files": {}}
+    out: dict[str, Any] = {"scores_file": args.scores, "texts": len(rows), "first_tokens": first, "files": {}}
     for f in files:
         mine = [r for r in rows if r["file"] == f]
         out["files"][f] = {"human": sum(r["label"] == 0 for r in mine), "machine": sum(r["label"] == 1 for r in mine)}
@@ -326,7 +334,7 @@ def report_command(args: argparse.Namespace) -> int:
     labels = [r["label"] for r in rows]
     for n in LENGTHS:
         key = "all" if n is None else str(n)
-        feats = [truncated_scores(r, None) if n is None else window(r, n) for r in rows]
+        feats = [truncated_scores(r, first) if n is None else window(r, n) for r in rows]
         entry = {
             "criterion": _auroc(labels, [x["fast_detectgpt"] for x in feats]),
             "log_likelihood": _auroc(labels, [x["log_likelihood"] for x in feats]),
@@ -339,9 +347,9 @@ def report_command(args: argparse.Namespace) -> int:
     out["auroc_by_length"] = lengths
 
     # 2. Raw AUROC of every member (oriented: higher = machine) on every scored text of each file: no fitting at all.
-    full = [truncated_scores(r, None) for r in rows]
+    full = [truncated_scores(r, first) for r in rows]
     if args.likelihood_scores:
-        attach_likelihood(rows, full, Path(args.likelihood_scores))
+        attach_likelihood(rows, full, Path(args.likelihood_scores), first)
     raw_auroc: dict[str, Any] = {}
     for group in ["all", *files]:
         idx = [i for i, r in enumerate(rows) if group == "all" or r["file"] == group]
@@ -617,6 +625,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.add_argument("--likelihood-model", default="", help="the model that wrote --likelihood-scores")
     report.add_argument("--version", default="", help="version of the calibration file written")
+    report.add_argument(
+        "--first-tokens",
+        type=int,
+        default=0,
+        help="score every text as if it stopped after its first N tokens (each model's own tokens; the DetectGPT "
+        "pairs share a ~30-token human prefix, which counts): how the figures hold up on shorter texts. 0 = whole",
+    )
     report.add_argument("--plot", default="", help="also write a reliability diagram (PNG) of the held-out texts")
     args = parser.parse_args(argv)
     return int(score_command(args) if args.command == "score" else report_command(args))

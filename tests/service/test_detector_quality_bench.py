@@ -147,3 +147,12 @@ def test_a_second_models_scores_add_the_likelihood_member_and_its_calibration(be
     entry = load_calibration_file(cal).entries[0]
     assert entry.likelihood == str(companion) and "likelihood" in entry.revisions
     assert entry.ensemble is not None and entry.ensemble.members == ("fast_detectgpt", "likelihood")
+    # --first-tokens: every text scored as if it stopped after its first N tokens (both models), for the study only
+    whole = out["raw_auroc"]["all"]
+    assert bench.main([*argv, "--first-tokens", "100000"]) == 0  # longer than every text: the whole texts
+    assert json.loads((tmp_path / "r.json").read_text())["raw_auroc"]["all"] == whole
+    assert bench.main([*argv, "--first-tokens", "6"]) == 0
+    short = json.loads((tmp_path / "r.json").read_text())
+    assert short["first_tokens"] == 6 and short["raw_auroc"]["all"] != whole
+    with pytest.raises(SystemExit, match="whole texts"):
+        bench.main([*argv, "--first-tokens", "6", "--write-calibration", str(cal)])
