@@ -348,7 +348,8 @@ def _models_prepare(args: argparse.Namespace) -> int:
     from crucible.models import ModelError, prepare_models
 
     try:
-        prepared = prepare_models(args.cache_dir)
+        # progress lines on stderr: stdout is the table, or JSON lines a script parses (`--json | jq`)
+        prepared = prepare_models(args.cache_dir, log=lambda line: print(line, file=sys.stderr))
     except ModelError as err:
         print(f"crucible models prepare: {err}", file=sys.stderr)
         return 1
@@ -369,12 +370,16 @@ def _models_prepare(args: argparse.Namespace) -> int:
                         "state": "created" if p.created else "present",
                         "revision": p.revision,
                         "path": str(p.path),
+                        "license": MODEL_ALIASES[p.alias].license,
                     }
                 )
             )
         return 0
-    rows = [(p.alias, "created" if p.created else "present", p.revision, str(p.path)) for p in prepared]
-    print(format_table(("model", "state", "revision", "path"), rows))
+    rows = [
+        (p.alias, "created" if p.created else "present", p.revision, MODEL_ALIASES[p.alias].license, str(p.path))
+        for p in prepared
+    ]
+    print(format_table(("model", "state", "revision", "license", "path"), rows))
     return 0
 
 

@@ -64,6 +64,19 @@ def test_second_prepare_is_a_fast_no_op(prepared: dict[str, models.PreparedModel
     assert {item.alias: item.path for item in again} == {alias: item.path for alias, item in prepared.items()}
 
 
+def test_models_prepare_states_each_models_license(prepared: dict[str, models.PreparedModel], capsys) -> None:
+    """Set-up installs Gemma-3-270M (the detector's default) under the Gemma Terms of Use: `crucible models prepare`
+    (what `make models` runs) says so beside each model, in its table and in --json."""
+    from crucible.cli import main
+
+    assert main(["models", "prepare", "--json"]) == 0
+    rows = {row["model"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["gemma-3-270m"]["license"] == "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"
+    assert rows["smollm2-135m-instruct"]["license"] == rows["minilm-l6-v2"]["license"] == "Apache-2.0"
+    assert main(["models", "prepare"]) == 0
+    assert "Gemma Terms of Use" in capsys.readouterr().out
+
+
 def test_converted_folder_is_a_plain_hugging_face_folder(prepared: dict[str, models.PreparedModel]) -> None:
     folder = prepared["smollm2-135m-instruct"].path
     config = json.loads((folder / "config.json").read_text())

