@@ -21,21 +21,34 @@ from crucible.clients.reward import CompositeReward, RewardConfig
 from crucible.clients.scorer import ChoiceQuery
 from crucible.clients.tables import format_table
 
-#: (original, rewrites) used when no data folder is around: one faithful paraphrase, one drifting, one degenerate.
+#: (original, rewrites) used when no data folder is around: one faithful paraphrase, one drifting, one unrelated, one
+#: empty; then a faithful one and a degenerate one. Two or three sentences each, so that the detector judges them (a
+#: text under 32 scored tokens gets a neutral detector term, flagged detector_unreliable:too_few_tokens).
 REWARD_SAMPLES: list[tuple[str, list[str]]] = [
     (
-        "The city council voted on Tuesday to expand the bike lane network across the downtown area next spring.",
+        "The city council voted on Tuesday to expand the bike lane network across the downtown area next spring. The "
+        "plan adds twelve miles of protected lanes, connects the train station to the university, and will be paid for "
+        "with a state transportation grant. Local business owners were divided, with some worried about losing parking.",
         [
-            "On Tuesday the city council approved a plan to extend downtown bike lanes starting next spring.",
-            "Next spring, cyclists downtown will get more lanes after councillors backed the expansion on Tuesday.",
-            "The weather was pleasant and many people enjoyed a picnic in the park.",
+            "On Tuesday the city council approved a plan to extend downtown bike lanes starting next spring. Twelve miles "
+            "of protected lanes will link the train station with the university, funded by a state transportation grant. "
+            "Shop owners in the area disagreed, and some fear they will lose parking spaces.",
+            "Next spring, cyclists downtown will get more lanes after councillors backed the expansion on Tuesday. "
+            "Officials also discussed a new stadium, higher property taxes and a summer festival, which many residents "
+            "say the city cannot afford this year.",
+            "The weather was pleasant and many people enjoyed a picnic in the park. Children played on the swings while "
+            "their parents talked about holidays, and a small band performed old songs near the fountain until sunset.",
             "",
         ],
     ),
     (
-        "Regular exercise improves sleep quality, lowers stress and helps people keep a healthy weight.",
+        "Regular exercise improves sleep quality, lowers stress and helps people keep a healthy weight. Doctors "
+        "recommend about 150 minutes of moderate activity each week, such as brisk walking or cycling, and say that even "
+        "short sessions spread across the day bring benefits.",
         [
-            "Working out regularly helps you sleep better, reduces stress and makes it easier to stay at a healthy weight.",
+            "Working out regularly helps you sleep better, reduces stress and makes it easier to stay at a healthy "
+            "weight. Physicians advise roughly 150 minutes of moderate exercise a week, like cycling or a brisk walk, and "
+            "note that brief sessions spread through the day help too.",
             "Exercise exercise exercise exercise exercise exercise exercise exercise exercise exercise.",
         ],
     ),
@@ -44,8 +57,9 @@ REWARD_SAMPLES: list[tuple[str, list[str]]] = [
 
 async def reward_section(mesh: Mesh) -> dict[str, Any]:
     """Score the sample rewrites and print every component per rewrite."""
-    # SmolLM2 is uncalibrated (no P(machine)), so evasion comes from the criterion; a 135M model puts fluent English
-    # at perplexity ~20-150, so the fluency window is wider than StealthRL's 5-80 (set for larger scoring models).
+    # Evasion from the criterion works with any detector model (P(machine) needs a calibration for the model pair);
+    # the detector's small scoring model (Gemma-3-270M; SmolLM2-135M) puts fluent English at perplexity ~15-150, so
+    # the fluency window is wider than StealthRL's 5-80 (set for larger scoring models).
     config = RewardConfig(detector_signal="criterion", perplexity_target=40.0, perplexity_min=8.0, perplexity_max=250.0)
     reward = CompositeReward(mesh, config)
     rows = []

@@ -74,7 +74,10 @@ async def test_degenerate_repetition_scores_below_sensible_rewrites(mesh_base):
     from crucible.demo import REWARD_SAMPLES
 
     original, (faithful, degenerate) = REWARD_SAMPLES[1]
-    looser = "People who exercise often tend to rest better at night and feel calmer, and their weight stays in check."
+    looser = (
+        "People who exercise often tend to rest better at night and feel calmer, and their weight stays in check. "
+        "Health experts suggest a couple of hours of gentle movement over a week, and think small bits of activity help."
+    )
     config = RewardConfig(detector_signal="criterion", perplexity_target=40.0, perplexity_min=8.0, perplexity_max=250.0)
     unhygienic = dataclasses.replace(config, w_repetition=0.0, w_language=0.0, w_length=0.0)
     async with Mesh.local(mesh_base) as mesh:
