@@ -314,6 +314,12 @@ def builtin_calibrations() -> list[CalibrationFile]:
     return [load_calibration_file(p, source=BUILTIN_SOURCE) for p in sorted(BUILTIN_DIR.glob("*.json"))]
 
 
+def calibration_files(calibration_file: str = "") -> list[CalibrationFile]:
+    """The files the detector consults, in order: the user's `calibration_file` (when set), then the built-in ones."""
+    files = [load_calibration_file(Path(calibration_file))] if calibration_file else []
+    return files + builtin_calibrations()
+
+
 @dataclasses.dataclass(frozen=True)
 class Calibration:
     """The calibration in force for the loaded models (or none): maps raw member scores to probabilities."""

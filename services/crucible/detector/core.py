@@ -115,12 +115,9 @@ class MemberDescription:
 def auto_likelihood_model(settings: DetectorConfig, scoring: Any, sampling: Any | None) -> str:
     """What `likelihood_model = auto` loads for these scoring/sampling models (`calibrated_likelihood_model`: the
     user's calibration file decides when it has entries for them, else the built-in ones); '' for none."""
-    from pathlib import Path
+    from crucible.detector.calibration import calibrated_likelihood_model, calibration_files
 
-    from crucible.detector.calibration import builtin_calibrations, calibrated_likelihood_model, load_calibration_file
-
-    files = [load_calibration_file(Path(settings.calibration_file))] if settings.calibration_file else []
-    files += builtin_calibrations()
+    files = calibration_files(settings.calibration_file)
     scoring_id = (scoring.identity.name, scoring.identity.revision)
     sampling_id = (sampling.identity.name, sampling.identity.revision) if sampling is not None else scoring_id
     return calibrated_likelihood_model(files, sampling_id, scoring_id)

@@ -300,15 +300,11 @@ class DetectionPipeline:
 
 def load_calibration(detector: Detector, calibration_file: str = "") -> Calibration:
     """The calibration for the detector's models: the file's entries first (when given), then the built-in ones."""
-    from pathlib import Path
+    from crucible.detector.calibration import calibration_files, select_calibration
 
-    from crucible.detector.calibration import builtin_calibrations, load_calibration_file, select_calibration
-
-    files = [load_calibration_file(Path(calibration_file))] if calibration_file else []
-    files += builtin_calibrations()
     ids = detector.identities
     return select_calibration(
-        files,
+        calibration_files(calibration_file),
         (ids["sampling"].name, ids["sampling"].revision),
         (ids["scoring"].name, ids["scoring"].revision),
         detector.enabled_members,
